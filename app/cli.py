@@ -1,0 +1,66 @@
+"""python -m app: serve, check."""
+import argparse
+import json
+import sys
+
+from app.compiler import compile_schema, load_schema_file
+from app.service import DEFAULT_SCHEMA
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m app", description="Depot: a declarative package repository "
+                                     "server. Routes are compiled from a schema at start-up.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve the repository over HTTP",
+                                description="Serve the repository. Environment: DEPOT_ADMIN_PASSWORD (first start), "
+                                "DEPOT_SECRET_KEY (JWT key; else generated into the data dir), DEPOT_DATABASE_URL "
+                                "(default: SQLite in the data dir).")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    serve.add_argument("--data-dir", default="./data", help="blobs, KV/index database, SQL database, keys "
+                       "(default ./data)")
+    serve.add_argument("--schema", default=DEFAULT_SCHEMA, help="schema to serve (default: the project's "
+                       "schema.json)")
+    serve.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
+    serve.set_defaults(handler=cmd_serve)
+
+    check = commands.add_parser("check", help="check a schema and print the report (exit 0: servable, 1: not)")
+    check.add_argument("path", nargs="?", default=DEFAULT_SCHEMA, help="schema file (default: schema.json)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.set_defaults(handler=cmd_check)
+    return parser
+
+
+def cmd_check(args):
+    try:
+        doc = load_schema_file(args.path)
+    except (OSError, ValueError) as exc:
+        print("cannot read %s: %s" % (args.path, exc), file=sys.stderr)
+        return 1
+    _, report = compile_schema(doc, args.path)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
+    return 0 if report.ok else 1
+
+
+def cmd_serve(args):
+    import waitress
+
+    from app import create_app
+    from app.errors import SchemaLoadError
+    try:
+        app = create_app(args.data_dir, schema_path=args.schema)
+    except SchemaLoadError as exc:
+        print(exc.report.to_text(), file=sys.stderr)
+        print("refusing to start: the schema cannot be served", file=sys.stderr)
+        return 1
+    limits = app.extensions["depot"].engine.limits
+    print("Depot serving %s on http://%s:%d (data dir %s)" % (args.schema, args.host, args.port, args.data_dir))
+    waitress.serve(app, host=args.host, port=args.port, threads=args.threads,
+                   max_request_body_size=limits.max_request_body_bytes, ident="depot")
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.handler(args)

@@ -1,0 +1,494 @@
+"""Schema -> compiled routes and pipelines, checked on the way. Runs once per schema load.
+
+load (JSON) -> shape check (metaschema) -> definitions -> routes and pipelines (each step bound to its op,
+templates parsed, references resolved, bindings analysed) -> schema-level checks (app.checks).
+Every problem is recorded in the Report with its place; the schema is servable only if no error was found.
+"""
+import hashlib
+import json
+import os
+import re
+from types import SimpleNamespace
+
+import jsonschema
+
+import operations  # noqa: F401  (registers the vocabulary)
+from app import checks
+from app.conditions import ConditionError, compile_condition
+from app.definitions import (BlobStoreDef, Constraint, Document, Entity, EventLog, EventType, Limits, Upstream,
+                             Validator, Versioning, compile_normalizer)
+from app.errors import SchemaLoadError
+from app.expr import TemplateSyntaxError, parse_template
+from app.metaschema import METASCHEMA
+from app.opspec import REGISTRY, BindError, Output
+from app.report import Report, place
+from app.stores.state import IndexDef, IndexKeyDef, kv_key
+
+_PATH_PARAM = re.compile(r"\{([^{}]*)\}")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DEFAULT_LOG = ("_depot", "eventlog/", 262144)
+
+
+class Step:
+    __slots__ = ("op", "fn", "args", "when", "place", "decl")
+
+    def __init__(self, decl, args, when, place_):
+        self.op = decl.name
+        self.fn = decl.fn
+        self.decl = decl
+        self.args = args
+        self.when = when
+        self.place = place_
+
+
+class Pipeline:
+    def __init__(self, name, steps, place_):
+        self.name = name
+        self.steps = steps
+        self.place = place_
+
+
+class Route:
+    def __init__(self, spec, pipeline, place_, params):
+        self.id = spec["id"]
+        self.method = spec["method"]
+        self.path = spec["path"]
+        self.tags = spec.get("tags", [])
+        self.description = spec.get("description", "")
+        self.spec = spec
+        self.pipeline = pipeline
+        self.place = place_
+        self.params = params
+        self.rule = _PATH_PARAM.sub(lambda m: "<%s>" % m.group(1), self.path)
+
+
+class CompiledSchema:
+    """Everything a running engine needs, decided at load."""
+
+    def __init__(self, doc, report):
+        self.doc = doc
+        self.report = report
+        self.sha256 = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+        self.routes = []
+        self.apply_pipelines = {}
+
+
+def load_schema_file(path):
+    with open(path, "rb") as handle:
+        return json.load(handle)
+
+
+def compile_schema(doc, source="schema"):
+    """Check and compile; returns (CompiledSchema or None, Report)."""
+    report = Report(source)
+    if not isinstance(doc, dict):
+        report.error("", "a schema is a JSON object")
+        return None, report
+    for error in jsonschema.Draft202012Validator(METASCHEMA).iter_errors(doc):
+        report.error(place(*error.absolute_path), "%s (schema shape)" % error.message)
+    if not report.ok:
+        return None, report
+    compiled = Compiler(doc, report).compile()
+    return (compiled if report.ok else None), report
+
+
+def compile_or_raise(doc, source="schema"):
+    compiled, report = compile_schema(doc, source)
+    if compiled is None:
+        raise SchemaLoadError(report)
+    return compiled
+
+
+class Compiler:
+    def __init__(self, doc, report):
+        self.doc = doc
+        self.report = report
+        self.out = CompiledSchema(doc, report)
+        self.definitions = {}
+
+    def compile(self):
+        out = self.out
+        out.limits = Limits(self.doc["ops"].get("limits"))
+        out.features = dict(self.doc.get("features", {}))
+        out.versioning = Versioning(self.doc.get("entities", {}).get("versioning"))
+        self.definitions = {
+            "scope": {s["name"]: s for s in self.doc.get("auth", {}).get("scopes", [])},
+            "schema": self._schemas(),
+            "kv_store": dict(self.doc.get("storage", {}).get("kv_stores", {})),
+        }
+        self.definitions["entity"] = self._entities(out.versioning)
+        self.definitions["document"] = self._documents()
+        self.definitions["index"] = self._indexes()
+        self.definitions["blob_store"] = self._blob_stores()
+        self.definitions["upstream"] = {n: Upstream(n, s) for n, s in self.doc.get("upstreams", {}).items()}
+        self.definitions["event_type"] = self._event_types()
+        out.definitions = self.definitions
+        out.event_log = self._event_log()
+        out.caching = self._caching()
+        out.allowed_ops = set(self.doc["ops"]["allowed"])
+        for name in out.allowed_ops - set(REGISTRY):
+            self.report.error("ops.allowed", "op %r is not in Depot's vocabulary" % name)
+        self._routes()
+        self._apply_pipelines()
+        out.runtime = checks.run_all(self)
+        return out
+
+    # --- definitions ------------------------------------------------------------------------------------
+
+    def _schemas(self):
+        validators = {}
+        for name, schema in self.doc.get("storage", {}).get("schemas", {}).items():
+            problem = Validator.schema_errors(schema)
+            if problem:
+                self.report.error(place("storage.schemas", name), "not a valid JSON Schema: %s" % problem)
+            else:
+                validators[name] = Validator(schema, name)
+        return validators
+
+    def _entities(self, versioning):
+        entities = {}
+        for name, spec in self.doc.get("entities", {}).items():
+            if name == "versioning":
+                continue
+            where = place("entities", name)
+            normalizers = []
+            for field, fspec in spec["fields"].items():
+                rules = []
+                for i, rule in enumerate(fspec.get("normalize", [])):
+                    try:
+                        rules.append(compile_normalizer(rule))
+                    except ValueError as exc:
+                        self.report.error(place(where, "fields", field, "normalize", i), str(exc))
+                if rules:
+                    normalizers.append((field, rules))
+            constraints = []
+            for i, cspec in enumerate(spec.get("constraints", [])):
+                cwhere = place(where, "constraints", i)
+                if cspec["field"] not in spec["fields"]:
+                    self.report.error(cwhere + ".field", "unknown field %r of entity %s" % (cspec["field"], name))
+                    continue
+                try:
+                    constraints.append(Constraint(**cspec))
+                except re.error as exc:
+                    self.report.error(cwhere + ".regex", "invalid regular expression: %s" % exc)
+            for i, field in enumerate(spec.get("primary_key", [])):
+                if field not in spec["fields"]:
+                    self.report.error(place(where, "primary_key", i), "unknown field %r" % field)
+            entities[name] = Entity(name, spec["fields"], normalizers, constraints, spec.get("primary_key", []),
+                                    versioning)
+        return entities
+
+    def _template(self, source, where):
+        try:
+            return parse_template(source)
+        except TemplateSyntaxError as exc:
+            self.report.error(where, str(exc))
+            return None
+
+    def _documents(self):
+        documents = {}
+        for name, spec in self.doc.get("storage", {}).get("documents", {}).items():
+            where = place("storage.documents", name)
+            if spec["store"] not in self.definitions["kv_store"]:
+                self.report.error(where + ".store", "unknown kv store %r; expected one of: %s"
+                                  % (spec["store"], ", ".join(sorted(self.definitions["kv_store"]))))
+            validator = None
+            if "schema" in spec:
+                validator = self.definitions["schema"].get(spec["schema"])
+                if validator is None:
+                    self.report.error(where + ".schema", "unknown schema %r; storage.schemas declares: %s"
+                                      % (spec["schema"], ", ".join(sorted(self.definitions["schema"]))))
+            key = self._template(spec["key_template"], where + ".key_template")
+            if key is not None:
+                for ref in key.refs:
+                    if ref.namespace != "field":
+                        self.report.error(where + ".key_template", "%s: key templates read document fields only"
+                                          % ref.source)
+                documents[name] = Document(name, spec["store"], key, validator)
+        return documents
+
+    def _indexes(self):
+        indexes = {}
+        for name, spec in self.doc.get("indexes", {}).items():
+            where = place("indexes", name)
+            source = self.definitions["document"].get(spec["source_document"])
+            if source is None:
+                self.report.error(where + ".source_document", "unknown document %r; expected one of: %s"
+                                  % (spec["source_document"], ", ".join(sorted(self.definitions["document"]))))
+                continue
+            keys = [IndexKeyDef(name, k["name"], k["fields"], k.get("sort", []), k.get("unique", False),
+                                self.out.versioning.ordering) for k in spec["keys"]]
+            indexes[name] = IndexDef(name, keys, _rowid_from(source))
+        return indexes
+
+    def _blob_stores(self):
+        stores = {}
+        for name, spec in self.doc.get("storage", {}).get("blob_stores", {}).items():
+            where = place("storage.blob_stores", name)
+            if spec["kind"] != "filesystem":
+                self.report.error(where + ".kind", "blob store kind %r is not supported; expected 'filesystem'"
+                                  % spec["kind"])
+            addressing = spec.get("addressing", {})
+            if addressing.get("mode", "content_addressed") != "content_addressed":
+                self.report.error(where + ".addressing.mode", "only content_addressed blob stores are supported")
+            if addressing.get("digest", "sha256") != "sha256":
+                self.report.error(where + ".addressing.digest", "only sha256 is supported")
+            definition = BlobStoreDef(name, spec)
+            template = self._template(definition.path_template, where + ".addressing.path_template")
+            if template is not None:
+                bad = [r.source for r in template.refs if r.namespace != "field" or r.root not in ("digest", "algo")]
+                if bad or "digest" not in {r.root for r in template.refs}:
+                    self.report.error(where + ".addressing.path_template",
+                                      "a path template may use only {digest} (with slices) and {algo}, and must "
+                                      "use {digest}")
+            stores[name] = definition
+        return stores
+
+    def _event_types(self):
+        types = {}
+        for i, spec in enumerate(self.doc.get("events", {}).get("types", [])):
+            schema = spec.get("schema", {"type": "object"})
+            problem = Validator.schema_errors(schema)
+            if problem:
+                self.report.error(place("events.types", i, "schema"), "not a valid JSON Schema: %s" % problem)
+                continue
+            if spec["name"] in types:
+                self.report.error(place("events.types", i, "name"), "duplicate event type %r" % spec["name"])
+            types[spec["name"]] = EventType(spec["name"], Validator(schema, spec["name"]), spec.get("durable", True))
+        return types
+
+    def _event_log(self):
+        log = self.doc.get("replication", {}).get("log", {})
+        store = log.get("store", DEFAULT_LOG[0])
+        if "store" in log and store not in self.definitions["kv_store"]:
+            self.report.error("replication.log.store", "unknown kv store %r" % store)
+        prefix = kv_key(store, log.get("key_prefix", DEFAULT_LOG[1]))
+        return EventLog(prefix, log.get("max_event_bytes", DEFAULT_LOG[2]))
+
+    def _caching(self):
+        caching = self.doc.get("caching", {})
+        return {"response": caching.get("response_cache", {}), "blob": caching.get("blob_cache", {})}
+
+    # --- routes and pipelines ---------------------------------------------------------------------------
+
+    def _routes(self):
+        seen_ids, seen_shapes = {}, {}
+        for i, spec in enumerate(self.doc["api"]["routes"]):
+            where = place("api.routes", i)
+            if spec["id"] in seen_ids:
+                self.report.error(where + ".id", "duplicate route id %r (also %s)" % (spec["id"], seen_ids[spec["id"]]))
+            seen_ids.setdefault(spec["id"], where)
+            params = _PATH_PARAM.findall(spec["path"])
+            bad = [p for p in params if not _IDENT.match(p)]
+            if bad or len(set(params)) != len(params) or "{" in _PATH_PARAM.sub("", spec["path"]):
+                self.report.error(where + ".path", "path parameters are {name} segments with distinct identifier "
+                                  "names")
+                continue
+            shape = (spec["method"], _PATH_PARAM.sub("{}", spec["path"]))
+            if shape in seen_shapes:
+                self.report.error(where + ".path", "%s %s duplicates %s" % (spec["method"], spec["path"],
+                                                                             seen_shapes[shape]))
+            seen_shapes.setdefault(shape, where)
+            pipeline = self._pipeline(spec["id"], spec["pipeline"], where + ".pipeline",
+                                      Scope(self, params=params))
+            self.out.routes.append(Route(spec, pipeline, where, params))
+
+    def _apply_pipelines(self):
+        replication = self.doc.get("replication", {})
+        by_pipeline = {}
+        for event_name, pipeline_name in replication.get("replay", {}).get("apply_pipelines", {}).items():
+            where = place("replication.replay.apply_pipelines", event_name)
+            if event_name not in self.definitions["event_type"]:
+                self.report.error(where, "unknown event type %r" % event_name)
+            elif pipeline_name not in replication.get("apply_pipelines", {}):
+                self.report.error(where, "unknown apply pipeline %r" % pipeline_name)
+            else:
+                by_pipeline.setdefault(pipeline_name, []).append(event_name)
+        for name, steps in replication.get("apply_pipelines", {}).items():
+            event_types = [self.definitions["event_type"][e] for e in by_pipeline.get(name, [])]
+            scope = Scope(self, event_types=event_types)
+            pipeline = self._pipeline(name, steps, place("replication.apply_pipelines", name), scope)
+            for event_type in event_types:
+                self.out.apply_pipelines[event_type.name] = pipeline
+
+    def _pipeline(self, name, raw_steps, where, scope):
+        limit = self.out.limits.max_pipeline_ops
+        if len(raw_steps) > limit:
+            self.report.error(where, "pipeline has %d ops; ops.limits.max_pipeline_ops is %d" % (len(raw_steps), limit))
+        steps = []
+        for i, raw in enumerate(raw_steps):
+            step = self._step(raw, place(where, i), scope)
+            if step is not None:
+                steps.append(step)
+        return Pipeline(name, steps, where)
+
+    def _step(self, raw, where, scope):
+        name = raw["op"]
+        decl = REGISTRY.get(name)
+        if name not in self.out.allowed_ops:
+            self.report.error(where + ".op", "op %r is not in ops.allowed" % name, "val.pipeline_ops_allowed")
+            return None
+        if decl is None:
+            self.report.error(where + ".op", "op %r is not in Depot's vocabulary" % name)
+            return None
+        args = dict(raw.get("args", {}))
+        when_spec = args.pop("when", None) or raw.get("when")
+        when_place = where + (".args.when" if "when" in raw.get("args", {}) else ".when")
+        when = None
+        if when_spec is not None:
+            refs = []
+            try:
+                when = compile_condition(when_spec, when_place, refs=refs)
+                scope.place = when_place
+                scope.uses(refs)
+            except (ConditionError, TemplateSyntaxError) as exc:
+                self.report.error(getattr(exc, "place", "") or when_place, str(exc))
+        bound = self._bind_args(decl, args, where + ".args", scope)
+        if bound is None:
+            return None
+        if decl.binds is not None:
+            scope.place = where
+            decl.binds(scope, args)
+        return Step(decl, bound, when, where)
+
+    def _bind_args(self, decl, args, where, scope):
+        ok = True
+        for unknown in sorted(set(args) - set(decl.args)):
+            self.report.error(place(where, unknown), "unknown argument for %s; expected: %s"
+                              % (decl.name, ", ".join(decl.args) or "(none)"))
+            ok = False
+        bound = {}
+        inputs = [(n, a) for n, a in decl.args.items() if not isinstance(a, Output)]
+        outputs = [(n, a) for n, a in decl.args.items() if isinstance(a, Output)]
+        for arg_name, arg in inputs + outputs:  # a step's outputs are bound after its inputs are read
+            scope.place = place(where, arg_name)
+            if arg_name not in args:
+                if arg.required:
+                    self.report.error(scope.place, "missing required argument of %s (%s)"
+                                      % (decl.name, arg.describe()))
+                    ok = False
+                default = arg.default
+                bound[arg_name] = arg.bind(default, scope) if default is not None and arg.kind == "template" \
+                    else default
+                continue
+            try:
+                bound[arg_name] = arg.bind(args[arg_name], scope)
+            except BindError as exc:
+                self.report.error(scope.place, str(exc))
+                ok = False
+        return SimpleNamespace(**bound) if ok else None
+
+
+def _rowid_from(document):
+    template = document.key
+
+    class _Row:
+        __slots__ = ("fields",)
+        vars = {}
+        principal = None
+        event = None
+
+    def rowid(row):
+        view = _Row()
+        view.fields = row
+        return template.render(view)
+    return rowid
+
+
+class Scope:
+    """What a pipeline has bound so far, for the load-time binding analysis (and the env ops bind against)."""
+
+    def __init__(self, compiler, params=(), event_types=None):
+        self.compiler = compiler
+        self.report = compiler.report
+        self.definitions = compiler.definitions
+        self.params = list(params)
+        self.replay = event_types is not None
+        self.fields = set()
+        self.body_fields = set()
+        self.unknown_sources = []
+        self.vars = set()
+        self.json_vars = set()
+        self.place = ""
+        if self.replay:
+            props = [set(e.validator.schema.get("properties", {})) for e in event_types]
+            self.fields = set.intersection(*props) if props else set()
+            if any(not e.validator.schema.get("properties") for e in event_types):
+                self.unknown_sources.append("the event payload")
+
+    # --- used by op declarations and argument kinds ---
+
+    def compile_json_schema(self, schema):
+        problem = Validator.schema_errors(schema)
+        if problem:
+            raise BindError("not a valid JSON Schema: %s" % problem)
+        return Validator(schema)
+
+    def binds_var(self, name):
+        self.vars.add(name)
+
+    def bind_fields(self, names):
+        self.fields.update(names)
+
+    def bind_unknown(self, source):
+        self.unknown_sources.append(source)
+
+    def bind_path_params(self, entity_name):
+        entity = self.definitions["entity"].get(entity_name) if entity_name else None
+        if entity is not None:
+            for param in self.params:
+                if param not in entity.fields:
+                    self.report.error(self.place + ".args.entity", "path parameter {%s} is not a field of entity %s"
+                                      % (param, entity.name))
+        self.fields.update(self.params)
+
+    def bind_json_body(self, out):
+        if out:
+            self.json_vars.add(out)
+        self.bind_unknown("the JSON body")
+
+    def bind_body_schema(self, value, schema):
+        if isinstance(value, str) and value.startswith("$") and value[1:] in self.json_vars:
+            if isinstance(schema, str):
+                validator = self.definitions["schema"].get(schema)
+                schema = validator.schema if validator else {}
+            if isinstance(schema, dict):
+                self.body_fields.update(schema.get("properties", {}))
+
+    def uses(self, refs):
+        for ref in refs:
+            self._check_ref(ref)
+
+    def _check_ref(self, ref):
+        if ref.namespace == "var":
+            if ref.root not in self.vars:
+                self.report.error(self.place, "%s can never be bound here: no earlier step outputs $%s (bound: %s)"
+                                  % (ref.source, ref.root, ", ".join(sorted(self.vars)) or "none"))
+        elif ref.namespace == "event":
+            if not self.replay:
+                self.report.error(self.place, "%s: {event.*} is bound only in replication apply pipelines"
+                                  % ref.source)
+        elif ref.namespace == "principal":
+            if self.replay:
+                self.report.error(self.place, "%s: replayed events have no principal" % ref.source)
+        elif ref.root in self.fields:
+            return
+        elif ref.root in self.body_fields:
+            self.report.warning(self.place, "%s is not a path or query field; it resolves from the parsed JSON "
+                                "body (write $%s.%s to say so)" % (ref.source, next(iter(self.json_vars), "body"),
+                                                                    ref.root), "bindings")
+        elif self.unknown_sources:
+            self.report.warning(self.place, "%s is bound only if %s carries it" % (ref.source,
+                                                                                 " or ".join(self.unknown_sources)),
+                                "bindings")
+        elif not ref.optional:
+            self.report.error(self.place, "%s can never be bound: fields bound here are %s"
+                              % (ref.source, ", ".join(sorted(self.fields)) or "none"))
+
+
+def resolve_blob_root(data_dir, root):
+    """Blob store roots live inside the data dir; an absolute root is taken relative to it."""
+    relative = os.path.normpath(root).lstrip(os.sep)
+    if relative.startswith(".."):
+        raise ValueError("blob store root %r leaves the data dir" % root)
+    return os.path.join(data_dir, relative)

@@ -1,0 +1,109 @@
+"""ExecutionContext: the state of one pipeline run. Knows nothing of HTTP; the request is a small adapter."""
+import time
+from contextlib import contextmanager
+
+from app.errors import DepotError
+
+
+class ResponseSpec:
+    """What a respond.* op decided; the HTTP layer turns it into bytes on the wire."""
+
+    __slots__ = ("status", "headers", "json", "blob", "location")
+
+    def __init__(self, status, headers=None, json=None, blob=None, location=None):
+        self.status = status
+        self.headers = headers or {}
+        self.json = json
+        self.blob = blob
+        self.location = location
+
+
+class RequestData:
+    """Everything an op may read of a request. The HTTP layer fills it; tests and replay can build one directly.
+
+    ``stream`` has read(n); ``declared_digest`` is the digest the client said the body has (or None).
+    """
+
+    __slots__ = ("method", "path_params", "query", "headers", "stream", "content_length", "declared_digest",
+                 "remote_addr", "request_id")
+
+    def __init__(self, method="GET", path_params=None, query=None, headers=None, stream=None,
+                 content_length=None, declared_digest=None, remote_addr=None, request_id=None):
+        self.method = method
+        self.path_params = path_params or {}
+        self.query = query or {}
+        self.headers = headers or {}
+        self.stream = stream
+        self.content_length = content_length
+        self.declared_digest = declared_digest
+        self.remote_addr = remote_addr
+        self.request_id = request_id
+
+
+class ExecutionContext:
+    def __init__(self, engine, request, event=None, authenticate=None):
+        self.engine = engine
+        self.request = request
+        self.fields = {}
+        self.vars = {}
+        self.event = event
+        self.txn = None
+        self.response = None
+        self.io_ops = 0
+        self.exempt_ns = 0
+        self.unverified_blobs = {}
+        self.cleanups = []
+        self._authenticate = authenticate
+        self._principal = None
+        self._principal_known = authenticate is None
+
+    @property
+    def principal(self):
+        """Resolved on first use, so routes that never ask pay nothing for token verification."""
+        if not self._principal_known:
+            self._principal = self._authenticate(self.request)
+            self._principal_known = True
+        return self._principal
+
+    def count_io(self, n=1):
+        self.io_ops += n
+        if self.io_ops > self.engine.limits.max_io_ops:
+            raise DepotError("IO_LIMIT_EXCEEDED", 503,
+                             "request exceeded max_io_ops_per_request (%d)" % self.engine.limits.max_io_ops)
+
+    @contextmanager
+    def streaming(self):
+        """Time spent moving a body's bytes is not charged to max_cpu_ms_per_request."""
+        start = time.thread_time_ns()
+        try:
+            yield
+        finally:
+            self.exempt_ns += time.thread_time_ns() - start
+
+    @contextmanager
+    def writing(self):
+        """The open transaction, or a one-op transaction committed when the block ends."""
+        if self.txn is not None:
+            yield self.txn
+            return
+        if self.engine.runtime.txn_for_writes:
+            raise DepotError("RUNTIME_CHECK_FAILED", 500,
+                             "a KV or index write ran outside a transaction (all_kv_or_index_writes_inside_txn)")
+        txn = self.engine.state.transaction()
+        try:
+            yield txn
+        except BaseException:
+            txn.abort()
+            raise
+        self.engine.commit(self, txn)
+
+    def abort_txn(self):
+        if self.txn is not None:
+            self.txn.abort()
+            self.txn = None
+
+    def close(self):
+        self.abort_txn()
+        for cleanup in reversed(self.cleanups):
+            cleanup()
+        self.cleanups = []

@@ -1,0 +1,220 @@
+"""Compiled definitions of the schema's named objects: entities, JSON schemas, documents, upstreams, events.
+
+Each is built once at load; ops receive them already resolved.
+"""
+import re
+
+import jsonschema
+
+from app.errors import DepotError
+from app.stores import sortkeys
+
+
+class Validator:
+    """A JSON Schema compiled once; ``check`` raises a DepotError naming the offending field."""
+
+    def __init__(self, schema, name=""):
+        self.schema = schema
+        self.name = name
+        self._validator = jsonschema.Draft202012Validator(schema)
+
+    @staticmethod
+    def schema_errors(schema):
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            return exc.message
+        return None
+
+    def check(self, value, code, status):
+        error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
+        if error is None:
+            return
+        path = list(error.absolute_path)
+        if error.validator == "required":
+            missing = re.findall(r"'([^']+)' is a required property", error.message)
+            path = path + missing[:1]
+        field = ".".join(str(p) for p in path) or None
+        what = ("%s: " % self.name) if self.name else ""
+        raise DepotError(code, status, "%s%s" % (what, error.message), field)
+
+
+# --- entities -----------------------------------------------------------------------------------------------
+
+NORMALIZERS = {}
+
+
+def normalizer(name):
+    def register(fn):
+        NORMALIZERS[name] = fn
+        return fn
+    return register
+
+
+@normalizer("trim")
+def _trim():
+    return str.strip
+
+
+@normalizer("lower")
+def _lower():
+    return str.lower
+
+
+@normalizer("upper")
+def _upper():
+    return str.upper
+
+
+@normalizer("replace")
+def _replace(old, new):
+    return lambda value: value.replace(old, new)
+
+
+@normalizer("collapse_whitespace")
+def _collapse():
+    return lambda value: " ".join(value.split())
+
+
+def compile_normalizer(spec):
+    """'replace:_:-' -> a function; raises ValueError naming what was expected."""
+    name, *params = spec.split(":")
+    factory = NORMALIZERS.get(name)
+    if factory is None:
+        raise ValueError("unknown normalize rule %r; expected one of: %s" % (name, ", ".join(sorted(NORMALIZERS))))
+    try:
+        return factory(*params)
+    except TypeError:
+        raise ValueError("normalize rule %r takes a different number of ':' parameters" % spec) from None
+
+
+class Versioning:
+    def __init__(self, spec):
+        spec = spec or {}
+        self.scheme = spec.get("scheme", "semver")
+        self.ordering = spec.get("ordering", self.scheme)
+        self.allow_prerelease = spec.get("allow_prerelease", True)
+        latest = spec.get("latest_policy", {})
+        self.latest_enabled = latest.get("enabled", True)
+        self.monotonic = latest.get("monotonic", False)
+        self.exclude_prerelease = latest.get("exclude_prerelease", False)
+
+    def check(self, version):
+        if self.scheme != "semver":
+            return
+        parsed = sortkeys.parse_semver(version)
+        if parsed is None:
+            raise DepotError("INVALID_VERSION", 400, "version %r is not a semantic version (MAJOR.MINOR.PATCH"
+                             "[-PRERELEASE][+BUILD])" % version, "version")
+        if parsed.prerelease and not self.allow_prerelease:
+            raise DepotError("PRERELEASE_NOT_ALLOWED", 400, "pre-release versions are not accepted "
+                             "(entities.versioning.allow_prerelease is false)", "version")
+
+
+class Constraint:
+    def __init__(self, field, regex=None, when_present=False, min_length=None, max_length=None, enum=None):
+        self.field = field
+        self.regex = re.compile(regex) if regex is not None else None
+        self.pattern = regex
+        self.when_present = when_present
+        self.min_length, self.max_length, self.enum = min_length, max_length, enum
+
+    def check(self, value):
+        if not isinstance(value, str):
+            raise DepotError("INVALID_FIELD", 400, "%s must be a string" % self.field, self.field)
+        if self.regex is not None and not self.regex.match(value):
+            raise DepotError("INVALID_FIELD", 400, "%s must match %s" % (self.field, self.pattern), self.field)
+        if self.min_length is not None and len(value) < self.min_length or \
+                self.max_length is not None and len(value) > self.max_length:
+            raise DepotError("INVALID_FIELD", 400, "%s must be %s to %s characters long"
+                             % (self.field, self.min_length, self.max_length), self.field)
+        if self.enum is not None and value not in self.enum:
+            raise DepotError("INVALID_FIELD", 400, "%s must be one of %s" % (self.field, self.enum), self.field)
+
+
+class Entity:
+    def __init__(self, name, fields, normalizers, constraints, primary_key, versioning):
+        self.name = name
+        self.fields = fields
+        self.normalizers = normalizers  # [(field, [fn, ...])]
+        self.constraints = constraints
+        self.primary_key = primary_key
+        self.versioning = versioning
+
+    def validate(self, values):
+        for constraint in self.constraints:
+            value = values.get(constraint.field)
+            if value is None:
+                continue
+            constraint.check(value)
+        version = values.get("version")
+        if "version" in self.fields and isinstance(version, str):
+            self.versioning.check(version)
+
+
+class Document:
+    def __init__(self, name, store, key, validator):
+        self.name = name
+        self.store = store
+        self.key = key  # compiled key_template
+        self.validator = validator
+
+    def check(self, value):
+        if self.validator is not None:
+            self.validator.check(value, "DOCUMENT_INVALID", 400)
+
+
+class EventType:
+    def __init__(self, name, validator, durable):
+        self.name = name
+        self.validator = validator
+        self.durable = durable
+
+    def check(self, payload, code, status):
+        self.validator.check(payload, code, status)
+
+
+class Upstream:
+    DEFAULT_CONNECT_MS, DEFAULT_READ_MS = 5000, 30000
+
+    def __init__(self, name, spec):
+        self.name = name
+        self.base_url = spec["base_url"].rstrip("/")
+        timeouts = spec.get("timeouts_ms", {})
+        self.timeout = (timeouts.get("connect", self.DEFAULT_CONNECT_MS) / 1000.0,
+                        timeouts.get("read", self.DEFAULT_READ_MS) / 1000.0)
+        retry = spec.get("retry", {})
+        self.max_attempts = max(1, retry.get("max_attempts", 1))
+        self.backoff = retry.get("backoff_ms", 0) / 1000.0
+        self.auth_mode = spec.get("auth", {}).get("mode", "none")
+
+
+class BlobStoreDef:
+    def __init__(self, name, spec):
+        self.name = name
+        self.root = spec.get("root", name)
+        addressing = spec.get("addressing", {})
+        self.path_template = addressing.get("path_template", "sha256/{digest:0:2}/{digest:2:2}/{digest}")
+        limits = spec.get("limits", {})
+        self.min_bytes = limits.get("min_blob_bytes", 0)
+        self.max_bytes = limits.get("max_blob_bytes")
+
+
+class Limits:
+    DEFAULTS = {"max_pipeline_ops": 128, "max_request_body_bytes": 2 ** 31, "max_json_bytes": 10 * 2 ** 20,
+                "max_kv_value_bytes": 2 ** 20, "max_cpu_ms_per_request": 200, "max_io_ops_per_request": 5000}
+
+    def __init__(self, spec):
+        merged = dict(self.DEFAULTS, **(spec or {}))
+        self.max_pipeline_ops = merged["max_pipeline_ops"]
+        self.max_request_body_bytes = merged["max_request_body_bytes"]
+        self.max_json_bytes = merged["max_json_bytes"]
+        self.max_kv_value_bytes = merged["max_kv_value_bytes"]
+        self.max_cpu_ns = merged["max_cpu_ms_per_request"] * 1_000_000
+        self.max_io_ops = merged["max_io_ops_per_request"]
+
+
+class EventLog:
+    def __init__(self, prefix, max_event_bytes):
+        self.prefix = prefix
+        self.max_event_bytes = max_event_bytes

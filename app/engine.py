@@ -1,0 +1,185 @@
+"""The engine: a compiled schema bound to stores. Runs a route's pipeline for one request.
+
+The per-request loop does lookups and I/O only: every step is already bound to its op function and arguments.
+"""
+import os
+import tempfile
+import time
+
+import requests
+from werkzeug.routing import Map, Rule
+
+from app.context import ExecutionContext
+from app.errors import DepotError
+from app.stores.blobs import BlobRef, FileBlobStore, split_digest
+from app.stores.cache import CacheStore
+from app.stores.state import StateStore
+
+BAD_PARAM_CHARS = ("/", "\\", "\x00")
+PROXY_CHUNK = 1024 * 1024
+
+
+class Stores:
+    """The data dir's stores, shared by every engine (schema version) that runs over it."""
+
+    def __init__(self, data_dir, sync=True):
+        self.data_dir = os.path.abspath(data_dir)
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.state = StateStore(os.path.join(self.data_dir, "state"), sync=sync)
+        self.tmp_dir = os.path.join(self.data_dir, "tmp")
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        self._blob_stores = {}
+
+    def blob_store(self, definition):
+        from app.compiler import resolve_blob_root
+        key = (definition.name, definition.root, definition.path_template, definition.min_bytes,
+               definition.max_bytes)
+        if key not in self._blob_stores:
+            self._blob_stores[key] = FileBlobStore(definition.name, resolve_blob_root(self.data_dir, definition.root),
+                                                   definition.path_template, definition.min_bytes,
+                                                   definition.max_bytes)
+        return self._blob_stores[key]
+
+    def close(self):
+        self.state.close()
+
+
+class Engine:
+    def __init__(self, compiled, stores):
+        self.compiled = compiled
+        self.stores = stores
+        self.state = stores.state
+        self.limits = compiled.limits
+        self.features = compiled.features
+        self.runtime = compiled.runtime
+        self.event_log = compiled.event_log
+        self.blob_stores = {name: stores.blob_store(d) for name, d in compiled.definitions["blob_store"].items()}
+        self.cache = CacheStore(stores.state, compiled.caching, self._blob_from_json)
+        self.routes = {route.id: route for route in compiled.routes}
+        self.url_map = Map([Rule(route.rule, methods=[route.method], endpoint=route.id)
+                            for route in compiled.routes], strict_slashes=False)
+        self._sessions = {}
+
+    def blob_store(self, name):
+        return self.blob_stores[name]
+
+    def _blob_from_json(self, info):
+        store = self.blob_stores.get(info.get("store"))
+        if store is None:
+            return None
+        return BlobRef(store.name, info["digest"], info.get("size"), store.path_for(split_digest(info["digest"])))
+
+    # --- running pipelines ------------------------------------------------------------------------------
+
+    def run(self, route, request, authenticate=None):
+        """Run ``route`` for ``request``; returns the context holding the ResponseSpec, or raises DepotError.
+        The caller calls ``ctx.close()`` once the response has been sent (it removes temporary files)."""
+        for name, value in request.path_params.items():
+            if any(c in value for c in BAD_PARAM_CHARS) or value in (".", "..") or ".." in value.split("."):
+                raise DepotError("INVALID_PATH_PARAMETER", 400, "path parameter %s contains a forbidden sequence"
+                                 % name, name)
+        ctx = ExecutionContext(self, request, authenticate=authenticate)
+        try:
+            self._execute(route.pipeline, ctx)
+        except BaseException:
+            ctx.close()
+            raise
+        if ctx.response is None:
+            ctx.close()
+            raise DepotError("NO_RESPONSE", 500, "the pipeline finished without responding")
+        ctx.abort_txn()  # a response from inside an open transaction discards it
+        return ctx
+
+    def _execute(self, pipeline, ctx):
+        budget = self.limits.max_cpu_ns
+        started = time.thread_time_ns()
+        try:
+            for step in pipeline.steps:
+                if time.thread_time_ns() - started - ctx.exempt_ns > budget:
+                    raise DepotError("CPU_LIMIT_EXCEEDED", 503, "request exceeded max_cpu_ms_per_request (%d ms)"
+                                     % (budget // 1_000_000))
+                if step.when is not None and not step.when(ctx):
+                    continue
+                step.fn(ctx, step.args)
+                if ctx.response is not None:
+                    return
+        except BaseException:
+            ctx.abort_txn()
+            raise
+
+    def commit(self, ctx, txn):
+        if self.runtime.digest_verify:
+            unverified = [staged for _, staged in txn.blobs if not staged.verified]
+            if unverified:
+                txn.abort()
+                raise DepotError("RUNTIME_CHECK_FAILED", 500, "a blob was stored without blob.verify_digest "
+                                 "(all_blob_puts_followed_by); nothing was recorded")
+        txn.commit()
+
+    def apply_event(self, record):
+        """Replay one event through its apply pipeline (replication)."""
+        pipeline = self.compiled.apply_pipelines.get(record["type"])
+        if pipeline is None:
+            raise DepotError("NO_APPLY_PIPELINE", 400, "no apply pipeline for event type %r" % record["type"])
+        from app.context import RequestData
+        ctx = ExecutionContext(self, RequestData(), event=record)
+        ctx.fields.update(record.get("payload") or {})
+        try:
+            self._execute(pipeline, ctx)
+        finally:
+            ctx.close()
+
+    # --- upstreams ----------------------------------------------------------------------------------------
+
+    def fetch_upstream(self, ctx, upstream, method, path):
+        """GET/HEAD ``path`` from an upstream with bounded retries; the body streams into a temp file."""
+        session = self._sessions.get(upstream.name)
+        if session is None:
+            session = self._sessions[upstream.name] = requests.Session()
+        headers = {}
+        token = os.environ.get("DEPOT_UPSTREAM_%s_TOKEN" % upstream.name.upper())
+        if upstream.auth_mode == "bearer_token" and token:
+            headers["Authorization"] = "Bearer " + token
+        url = upstream.base_url + path
+        for attempt in range(upstream.max_attempts):
+            last = attempt == upstream.max_attempts - 1
+            try:
+                response = session.request(method, url, headers=headers, timeout=upstream.timeout, stream=True,
+                                           allow_redirects=True)
+            except requests.RequestException as exc:
+                if last:
+                    return {"status": None, "headers": {}, "body": None, "size": 0, "error": type(exc).__name__}
+            else:
+                if response.status_code < 500 or last:
+                    return self._capture(ctx, response)
+                response.close()
+            time.sleep(upstream.backoff * (2 ** attempt))
+        return {"status": None, "headers": {}, "body": None, "size": 0, "error": "exhausted"}
+
+    def _capture(self, ctx, response):
+        limit = self.limits.max_request_body_bytes
+        fd, path = tempfile.mkstemp(dir=self.stores.tmp_dir, prefix="upstream-")
+        ctx.cleanups.append(lambda: _remove(path))
+        size = 0
+        with response, os.fdopen(fd, "wb") as out:
+            for chunk in response.iter_content(PROXY_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise DepotError("UPSTREAM_TOO_LARGE", 502, "upstream body exceeds max_request_body_bytes")
+                out.write(chunk)
+        return {"status": response.status_code, "headers": dict(response.headers),
+                "body": BlobRef(None, None, size, path), "size": size}
+
+    def health(self):
+        stores = {"state": self.state.health()}
+        for name, store in self.blob_stores.items():
+            stores["blob:" + name] = store.health()
+        return stores
+
+
+def _remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+

@@ -1,0 +1,49 @@
+"""Errors are values: a stable code, an HTTP status, a message and optionally the offending field.
+
+One mapping (``DepotError.envelope``) turns any of them into the JSON body every error response uses:
+``{"error": {"code", "message"[, "field"]}}``.
+"""
+
+
+class DepotError(Exception):
+    def __init__(self, code, status, message, field=None, headers=None):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+
+    def envelope(self):
+        body = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return {"error": body}
+
+
+def bad_request(code, message, field=None):
+    return DepotError(code, 400, message, field)
+
+
+def not_found(message="Not found", code="NOT_FOUND"):
+    return DepotError(code, 404, message)
+
+
+def conflict(message, code="CONFLICT"):
+    return DepotError(code, 409, message)
+
+
+def too_large(message, code="PAYLOAD_TOO_LARGE", field=None):
+    return DepotError(code, 413, message, field)
+
+
+def internal(code, message):
+    return DepotError(code, 500, message)
+
+
+class SchemaLoadError(Exception):
+    """Raised when a schema cannot be served; carries the check report."""
+
+    def __init__(self, report):
+        super().__init__(report.summary())
+        self.report = report

@@ -1,0 +1,274 @@
+"""The interpolation grammar, parsed once at schema load and rendered per request.
+
+Grammar (see OPERATIONS.md, "Interpolation"):
+
+    template   := ( literal | field_ref | var_ref )*
+    field_ref  := "{" name ( "." name )* [ "?" ] [ ":" start ":" length ] "}"
+    var_ref    := "$" name ( "." name | "[" index "]" )*
+    escapes    := "{{" -> "{",  "}}" -> "}",  "$$" -> "$"
+
+``{...}`` reads the *field* namespace: path parameters (normalized by normalize.entity), query parameters
+bound by parse.query, then the top-level members of a JSON object body bound by parse.json (earlier sources
+win). Two roots are reserved: ``{principal.*}`` reads the authenticated principal and ``{event.*}`` the event
+being applied. ``$...`` reads the *variable* namespace: the outputs of earlier steps (``out``, ``out_size``...).
+
+A template that is exactly one reference renders to the referenced value with its type intact. Rendered values
+are never scanned again, so request data cannot inject references.
+"""
+import json
+import re
+
+from app.errors import DepotError
+
+FIELD_ROOTS = ("principal", "event")
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_FIELD_REF = re.compile(
+    r"\{(?P<path>%s(?:\.%s)*)(?P<optional>\?)?(?::(?P<start>\d+):(?P<length>\d+))?\}" % (_NAME, _NAME))
+_VAR_REF = re.compile(r"\$(?P<root>%s)(?P<rest>(?:\.%s|\[\d+\])*)" % (_NAME, _NAME))
+_VAR_STEP = re.compile(r"\.(%s)|\[(\d+)\]" % _NAME)
+_MISSING = object()
+
+
+class TemplateSyntaxError(ValueError):
+    pass
+
+
+class Ref:
+    """One reference: where it reads from, the path below its root, and how it is shaped."""
+
+    __slots__ = ("namespace", "root", "path", "optional", "slice", "source", "prefix")
+
+    def __init__(self, namespace, root, path, optional=False, slice_=None, source=""):
+        self.namespace = namespace  # "field", "principal", "event" or "var"
+        self.root = root
+        self.path = path  # tuple of str (mapping keys) / int (list indexes) below the root
+        self.optional = optional
+        self.slice = slice_
+        self.source = source
+        self.prefix = ""  # a "/" bound to an optional reference disappears with it
+
+    def lookup(self, ctx):
+        """The referenced value, or _MISSING."""
+        if self.namespace == "field":
+            value = ctx.fields.get(self.root, _MISSING)
+        elif self.namespace == "var":
+            value = ctx.vars.get(self.root, _MISSING)
+        elif self.namespace == "principal":
+            value = ctx.principal if ctx.principal is not None else _MISSING
+        else:
+            value = ctx.event if ctx.event is not None else _MISSING
+        for step in self.path:
+            value = _descend(value, step)
+            if value is _MISSING:
+                break
+        if self.slice is not None and isinstance(value, str):
+            start, length = self.slice
+            value = value[start:start + length]
+        return value
+
+    def resolve(self, ctx):
+        value = self.lookup(ctx)
+        if value is _MISSING or (value is None and self.namespace == "field"):
+            if self.optional:
+                return None
+            raise DepotError("UNRESOLVED_REFERENCE", 500, "reference %s is not bound" % self.source)
+        return value
+
+    def resolve_lenient(self, ctx):
+        value = self.lookup(ctx)
+        return None if value is _MISSING else value
+
+
+def _descend(value, step):
+    if isinstance(step, int):
+        if isinstance(value, (list, tuple)) and -len(value) <= step < len(value):
+            return value[step]
+        return _MISSING
+    if isinstance(value, dict):
+        return value.get(step, _MISSING)
+    attr = getattr(value, "template_attrs", None)
+    if attr is not None and step in attr:
+        return getattr(value, step)
+    return _MISSING
+
+
+def _stringify(value):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+class Template:
+    """A parsed string template."""
+
+    __slots__ = ("source", "parts", "refs", "single")
+
+    def __init__(self, source, parts):
+        self.source = source
+        self.parts = parts  # str literals and Ref objects
+        self.refs = [p for p in parts if isinstance(p, Ref)]
+        self.single = self.refs[0] if len(parts) == 1 and self.refs else None
+
+    def render(self, ctx):
+        if self.single is not None:
+            return self.single.resolve(ctx)
+        out = []
+        for part in self.parts:
+            if part.__class__ is str:
+                out.append(part)
+                continue
+            value = part.resolve(ctx)
+            if value is None:  # an absent optional reference: its segment disappears
+                continue
+            out.append(part.prefix)
+            out.append(_stringify(value))
+        return "".join(out)
+
+    def render_lenient(self, ctx):
+        if self.single is not None:
+            return self.single.resolve_lenient(ctx)
+        return self.render(ctx)
+
+    def render_key(self, ctx):
+        """Render a storage key: substituted values may not add segments ('/', '..') or NUL."""
+        out = []
+        for part in self.parts:
+            if part.__class__ is str:
+                out.append(part)
+                continue
+            value = part.resolve(ctx)
+            if value is None:
+                continue
+            text = _stringify(value)
+            if "/" in text or "\x00" in text or text in ("", ".", ".."):
+                raise DepotError("INVALID_KEY_SEGMENT", 400, "value for %s is not a valid key segment"
+                                 % part.source, part.root)
+            out.append(part.prefix)
+            out.append(text)
+        return "".join(out)
+
+    @property
+    def is_constant(self):
+        return not self.refs
+
+
+def _parse_var(match):
+    path = []
+    for step in _VAR_STEP.finditer(match.group("rest")):
+        path.append(step.group(1) if step.group(1) is not None else int(step.group(2)))
+    return Ref("var", match.group("root"), tuple(path), source=match.group(0))
+
+
+def _parse_field(match):
+    names = match.group("path").split(".")
+    optional = bool(match.group("optional"))
+    slice_ = None
+    if match.group("start") is not None:
+        slice_ = (int(match.group("start")), int(match.group("length")))
+    if names[0] in FIELD_ROOTS:
+        return Ref(names[0], names[0], tuple(names[1:]), optional, slice_, match.group(0))
+    return Ref("field", names[0], tuple(names[1:]), optional, slice_, match.group(0))
+
+
+def parse_template(source):
+    """Parse one string into a Template; raises TemplateSyntaxError for a malformed reference."""
+    parts, literal, i, n = [], [], 0, len(source)
+    while i < n:
+        ch = source[i]
+        if ch in "{}$" and source.startswith(ch * 2, i):
+            literal.append(ch)
+            i += 2
+            continue
+        match = None
+        if ch == "{":
+            match = _FIELD_REF.match(source, i)
+            if match is None:
+                raise TemplateSyntaxError("malformed reference at offset %d in %r (write '{{' for a literal '{')"
+                                          % (i, source))
+            ref = _parse_field(match)
+        elif ch == "$":
+            match = _VAR_REF.match(source, i)
+            ref = _parse_var(match) if match else None
+        elif ch == "}":
+            raise TemplateSyntaxError("unmatched '}' at offset %d in %r (write '}}' for a literal '}')" % (i, source))
+        if match is None:
+            literal.append(ch)
+            i += 1
+            continue
+        if ref.optional and literal and literal[-1].endswith("/"):
+            literal[-1] = literal[-1][:-1]
+            ref.prefix = "/"
+        if literal:
+            parts.append("".join(literal))
+            literal = []
+        parts.append(ref)
+        i = match.end()
+    if literal:
+        parts.append("".join(literal))
+    return Template(source, parts)
+
+
+class Const:
+    __slots__ = ("value",)
+    refs = ()
+
+    def __init__(self, value):
+        self.value = value
+
+    def render(self, ctx):
+        return self.value
+
+    render_lenient = render
+    render_key = render
+
+
+class DictNode:
+    __slots__ = ("items", "refs")
+
+    def __init__(self, items):
+        self.items = items
+        self.refs = [r for _, node in items for r in node.refs]
+
+    def render(self, ctx):
+        return {key: node.render(ctx) for key, node in self.items}
+
+    def render_lenient(self, ctx):
+        return {key: node.render_lenient(ctx) for key, node in self.items}
+
+
+class ListNode:
+    __slots__ = ("nodes", "refs")
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+        self.refs = [r for node in nodes for r in node.refs]
+
+    def render(self, ctx):
+        return [node.render(ctx) for node in self.nodes]
+
+    def render_lenient(self, ctx):
+        return [node.render_lenient(ctx) for node in self.nodes]
+
+
+def compile_value(value):
+    """Compile a JSON value whose strings may hold references; constant subtrees render as themselves."""
+    if isinstance(value, str):
+        template = parse_template(value)
+        if template.is_constant:
+            return Const("".join(template.parts))
+        return template
+    if isinstance(value, dict):
+        items = [(key, compile_value(item)) for key, item in value.items()]
+        if all(isinstance(node, Const) for _, node in items):
+            return Const({key: node.value for key, node in items})
+        return DictNode(items)
+    if isinstance(value, list):
+        nodes = [compile_value(item) for item in value]
+        if all(isinstance(node, Const) for node in nodes):
+            return Const([node.value for node in nodes])
+        return ListNode(nodes)
+    return Const(value)

@@ -1,0 +1,205 @@
+"""Flask glue: the URL map of the compiled routes, a streaming request adapter, the response writer.
+
+This layer knows nothing of individual ops: it turns a request into RequestData, runs the matched route's
+pipeline, and writes the ResponseSpec (JSON, a blob streamed from disk with Range/ETag/HEAD, or a redirect).
+Every error, whatever raised it, leaves as the JSON envelope with an X-Request-Id.
+"""
+import base64
+import binascii
+import json
+import logging
+import re
+import uuid
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestedRangeNotSatisfiable
+from werkzeug.wsgi import wrap_file
+
+from app.context import RequestData
+from app.errors import DepotError, bad_request, too_large
+from app.stores.blobs import DIGEST_PREFIX, split_digest
+from app.stores.state import dumps
+
+log = logging.getLogger("depot")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_CONTENT_DIGEST = re.compile(r"sha-256=:([A-Za-z0-9+/=]+):")
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def json_response(payload, status=200, headers=None):
+    return Response(dumps(payload), status=status, headers=headers, mimetype="application/json")
+
+
+def error_response(error):
+    return json_response(error.envelope(), error.status, error.headers)
+
+
+class LimitedBody:
+    """The request body as a stream; reading past ``limit`` bytes is a 413, however the body was framed."""
+
+    def __init__(self, stream, limit):
+        self.stream = stream
+        self.limit = limit
+        self.seen = 0
+
+    def read(self, size=-1):
+        chunk = self.stream.read(size if size is not None and size >= 0 else self.limit + 1)
+        self.seen += len(chunk)
+        if self.seen > self.limit:
+            raise too_large("request body exceeds max_request_body_bytes (%d)" % self.limit)
+        return chunk
+
+
+def declared_digest(headers, query):
+    """The digest a client declares for its upload: Content-Digest (RFC 9530) or ?digest=sha256:<hex>."""
+    header = headers.get("Content-Digest")
+    if header:
+        match = _CONTENT_DIGEST.search(header)
+        if match is None:
+            raise bad_request("INVALID_DIGEST", "Content-Digest must carry sha-256=:<base64>:", "Content-Digest")
+        try:
+            raw = base64.b64decode(match.group(1), validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise bad_request("INVALID_DIGEST", "Content-Digest sha-256 value is not 32 bytes", "Content-Digest")
+        return DIGEST_PREFIX + raw.hex()
+    value = query.get("digest")
+    if value:
+        return DIGEST_PREFIX + split_digest(value)
+    return None
+
+
+def request_data(engine, params):
+    limit = engine.limits.max_request_body_bytes
+    length = request.content_length
+    if length is not None and length > limit:
+        raise too_large("request body exceeds max_request_body_bytes (%d)" % limit)
+    query = request.args
+    return RequestData(method=request.method, path_params=params, query=query, headers=request.headers,
+                       stream=LimitedBody(request.stream, limit), content_length=length,
+                       declared_digest=declared_digest(request.headers, query), remote_addr=request.remote_addr,
+                       request_id=g.request_id)
+
+
+def write_response(spec):
+    if spec.blob is not None:
+        return _blob_response(spec)
+    response = json_response(spec.json, spec.status, spec.headers)
+    return response
+
+
+def _blob_response(spec):
+    blob = spec.blob
+    try:
+        handle = open(blob.path, "rb")
+    except FileNotFoundError:
+        raise DepotError("BLOB_NOT_FOUND", 404, "the blob's bytes are missing from the store")
+    headers = {k: v for k, v in spec.headers.items() if k.lower() not in ("content-length", "etag")}
+    response = Response(wrap_file(request.environ, handle), status=spec.status, headers=headers,
+                        mimetype=headers.get("Content-Type", "application/octet-stream"), direct_passthrough=True)
+    size = blob.size if blob.size is not None else _file_size(handle)
+    response.content_length = size
+    etag = spec.headers.get("ETag") or spec.headers.get("Etag")
+    etag = etag.strip('"') if etag else blob.digest
+    if etag:
+        response.set_etag(etag)
+    if blob.digest:
+        response.headers["X-Depot-Digest"] = blob.digest
+    try:
+        return response.make_conditional(request.environ, accept_ranges=True, complete_length=size)
+    except RequestedRangeNotSatisfiable:
+        response.close()
+        return error_response(DepotError("RANGE_NOT_SATISFIABLE", 416, "the requested range is not satisfiable",
+                                         headers={"Content-Range": "bytes */%d" % size}))
+
+
+def _file_size(handle):
+    import os
+    return os.fstat(handle.fileno()).st_size
+
+
+def create_app(service):
+    app = Flask("depot")
+    app.config["MAX_CONTENT_LENGTH"] = None
+    app.extensions["depot"] = service
+
+    @app.before_request
+    def assign_request_id():
+        incoming = request.headers.get("X-Request-Id", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+    @app.after_request
+    def stamp_request_id(response):
+        response.headers["X-Request-Id"] = g.get("request_id") or uuid.uuid4().hex
+        return response
+
+    @app.errorhandler(DepotError)
+    def depot_error(error):
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error):
+        code = re.sub(r"[^A-Z]+", "_", (error.name or "error").upper()).strip("_")
+        headers = {}
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            headers["Allow"] = ", ".join(error.valid_methods)
+        if error.code == 413:
+            code = "PAYLOAD_TOO_LARGE"
+        return error_response(DepotError(code, error.code or 500, error.description or error.name, headers=headers))
+
+    @app.errorhandler(Exception)
+    def crash(error):
+        log.exception("unhandled error (request %s)", g.get("request_id"))
+        return error_response(DepotError("INTERNAL_ERROR", 500, "internal error; quote request id %s"
+                                         % g.get("request_id")))
+
+    @app.get("/health")
+    def health():
+        stores = service.engine.health()
+        ok = all(s.get("ok") for s in stores.values())
+        return json_response({"ok": ok, "stores": stores, "schema_sha256": service.engine.compiled.sha256},
+                             200 if ok else 503)
+
+    @app.post("/auth/login")
+    def login():
+        body = _json_body()
+        username, password = body.get("username"), body.get("password")
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise bad_request("INVALID_CREDENTIALS_FORMAT", "username and password are required strings")
+        token, expires = service.auth.login(username, password)
+        return json_response({"token": token, "token_type": "Bearer", "expires_at": expires.isoformat()})
+
+    @app.route("/", defaults={"path": ""}, methods=ALL_METHODS)
+    @app.route("/<path:path>", methods=ALL_METHODS)
+    def dispatch(path):
+        engine = service.engine  # one reference for the whole request: a schema swap does not split it
+        adapter = engine.url_map.bind_to_environ(request.environ)
+        try:
+            route_id, params = adapter.match()
+        except NotFound:
+            raise DepotError("NOT_FOUND", 404, "no route for %s %s" % (request.method, request.path))
+        except MethodNotAllowed as exc:
+            raise DepotError("METHOD_NOT_ALLOWED", 405, "%s is not allowed here" % request.method,
+                             headers={"Allow": ", ".join(exc.valid_methods or [])})
+        ctx = engine.run(engine.routes[route_id], request_data(engine, params), service.auth.authenticate)
+        try:
+            response = write_response(ctx.response)
+        except BaseException:
+            ctx.close()
+            raise
+        response.call_on_close(ctx.close)
+        return response
+
+    return app
+
+
+def _json_body(limit=65536):
+    raw = request.get_data(cache=False)[:limit + 1] if (request.content_length or 0) <= limit else b""
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError:
+        raise bad_request("INVALID_JSON", "request body is not valid JSON")
+    if not isinstance(body, dict):
+        raise bad_request("INVALID_JSON", "expected a JSON object")
+    return body

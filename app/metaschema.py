@@ -1,0 +1,112 @@
+"""The shape of a repository-type schema, checked first so later checks can rely on it."""
+
+_NAME_MAP = {"type": "object"}
+_STEP = {
+    "type": "object",
+    "required": ["op"],
+    "properties": {"op": {"type": "string"}, "args": {"type": "object"}, "when": {"type": "object"},
+                   "id": {"type": "string"}},
+    "additionalProperties": False,
+}
+_PIPELINE = {"type": "array", "items": _STEP}
+
+METASCHEMA = {
+    "type": "object",
+    "required": ["ops", "api"],
+    "properties": {
+        "schema_version": {"type": "string"},
+        "type_id": {"type": "string"},
+        "description": {"type": "string"},
+        "capabilities": {"type": "object"},
+        "entities": {
+            "type": "object",
+            "properties": {"versioning": {"type": "object"}},
+            "additionalProperties": {
+                "type": "object",
+                "required": ["fields"],
+                "properties": {
+                    "fields": {"type": "object", "additionalProperties": {
+                        "type": "object",
+                        "properties": {"type": {"enum": ["string"]}, "optional": {"type": "boolean"},
+                                       "normalize": {"type": "array", "items": {"type": "string"}}},
+                    }},
+                    "primary_key": {"type": "array", "items": {"type": "string"}},
+                    "constraints": {"type": "array", "items": {
+                        "type": "object", "required": ["field"],
+                        "properties": {"field": {"type": "string"}, "regex": {"type": "string"},
+                                       "when_present": {"type": "boolean"}, "min_length": {"type": "integer"},
+                                       "max_length": {"type": "integer"}, "enum": {"type": "array"}},
+                        "additionalProperties": False}},
+                },
+            },
+        },
+        "storage": {
+            "type": "object",
+            "properties": {
+                "blob_stores": {"type": "object", "additionalProperties": {
+                    "type": "object", "required": ["kind"],
+                    "properties": {"kind": {"type": "string"}, "root": {"type": "string"},
+                                   "addressing": {"type": "object"}, "limits": {"type": "object"}}}},
+                "kv_stores": {"type": "object", "additionalProperties": {
+                    "type": "object", "required": ["kind"]}},
+                "documents": {"type": "object", "additionalProperties": {
+                    "type": "object", "required": ["store", "key_template"],
+                    "properties": {"store": {"type": "string"}, "key_template": {"type": "string"},
+                                   "schema": {"type": "string"}}}},
+                "schemas": {"type": "object", "additionalProperties": {"type": "object"}},
+            },
+        },
+        "indexes": {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["source_document", "keys"],
+            "properties": {
+                "source_document": {"type": "string"},
+                "keys": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "required": ["name", "fields"],
+                    "properties": {"name": {"type": "string"},
+                                   "fields": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                                   "sort": {"type": "array", "items": {
+                                       "type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*(:(asc|desc))?$"}},
+                                   "unique": {"type": "boolean"}}}},
+                "materialization": {"type": "object"}}}},
+        "auth": {"type": "object", "properties": {
+            "scopes": {"type": "array", "items": {
+                "type": "object", "required": ["name"],
+                "properties": {"name": {"type": "string"}, "actions": {"type": "array"}}}},
+            "policies": {"type": "array", "items": {"type": "object", "required": ["name"]}}}},
+        "upstreams": {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["base_url"],
+            "properties": {"base_url": {"type": "string", "pattern": "^https?://"},
+                           "timeouts_ms": {"type": "object", "properties": {
+                               "connect": {"type": "integer", "minimum": 1}, "read": {"type": "integer",
+                                                                                       "minimum": 1}}},
+                           "retry": {"type": "object", "properties": {
+                               "max_attempts": {"type": "integer", "minimum": 1},
+                               "backoff_ms": {"type": "integer", "minimum": 0}}}}}},
+        "caching": {"type": "object"},
+        "ops": {"type": "object", "required": ["allowed"], "properties": {
+            "closed_world": {"type": "boolean"},
+            "allowed": {"type": "array", "items": {"type": "string"}},
+            "limits": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}}},
+        "api": {"type": "object", "required": ["routes"], "properties": {
+            "routes": {"type": "array", "items": {
+                "type": "object", "required": ["id", "method", "path", "pipeline"],
+                "properties": {"id": {"type": "string"},
+                               "method": {"enum": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]},
+                               "path": {"type": "string", "pattern": "^/"},
+                               "tags": {"type": "array", "items": {"type": "string"}},
+                               "description": {"type": "string"},
+                               "pipeline": _PIPELINE}}}}},
+        "events": {"type": "object", "properties": {"types": {"type": "array", "items": {
+            "type": "object", "required": ["name"],
+            "properties": {"name": {"type": "string"}, "durable": {"type": "boolean"},
+                           "schema": {"type": "object"}}}}}},
+        "replication": {"type": "object", "properties": {
+            "apply_pipelines": {"type": "object", "additionalProperties": _PIPELINE}}},
+        "gc": {"type": "object"},
+        "invariants": {"type": "object"},
+        "features": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        "validation": {"type": "object", "properties": {
+            "load_time_checks": {"type": "array", "items": {"type": "object", "required": ["id", "require"]}},
+            "runtime_checks": {"type": "array", "items": {"type": "object", "required": ["id", "require"]}}}},
+    },
+}

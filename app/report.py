@@ -1,0 +1,79 @@
+"""The check report: every finding names its place in the schema as a path (api.routes[2].pipeline[5].args.doc)."""
+
+ERROR, WARNING = "error", "warning"
+
+
+class Finding:
+    __slots__ = ("severity", "place", "message", "check")
+
+    def __init__(self, severity, place, message, check=None):
+        self.severity, self.place, self.message, self.check = severity, place, message, check
+
+    def to_dict(self):
+        out = {"severity": self.severity, "place": self.place, "message": self.message}
+        if self.check:
+            out["check"] = self.check
+        return out
+
+    def __str__(self):
+        tag = "[%s] " % self.check if self.check else ""
+        return "%-7s %s: %s%s" % (self.severity.upper(), self.place or "(schema)", tag, self.message)
+
+
+class Report:
+    def __init__(self, source=""):
+        self.source = source
+        self.findings = []
+
+    def error(self, place, message, check=None):
+        self.add(ERROR, place, message, check)
+
+    def warning(self, place, message, check=None):
+        self.add(WARNING, place, message, check)
+
+    def add(self, severity, place, message, check=None):
+        """Record a finding; the same problem found by two checks is reported once."""
+        for existing in self.findings:
+            if existing.place == place and existing.message == message:
+                if severity == ERROR:
+                    existing.severity = ERROR
+                existing.check = existing.check or check
+                return
+        self.findings.append(Finding(severity, place, message, check))
+
+    @property
+    def errors(self):
+        return [f for f in self.findings if f.severity == ERROR]
+
+    @property
+    def warnings(self):
+        return [f for f in self.findings if f.severity == WARNING]
+
+    @property
+    def ok(self):
+        return not self.errors
+
+    def summary(self):
+        verdict = "can be served" if self.ok else "cannot be served"
+        return "%s: %d error(s), %d warning(s); %s" % (self.source or "schema", len(self.errors),
+                                                        len(self.warnings), verdict)
+
+    def to_text(self):
+        return "\n".join([str(f) for f in self.findings] + [self.summary()])
+
+    def to_dict(self):
+        return {"ok": self.ok, "errors": [f.to_dict() for f in self.errors],
+                "warnings": [f.to_dict() for f in self.warnings]}
+
+
+def place(*parts):
+    """place("api.routes", 2, "pipeline", 5) -> 'api.routes[2].pipeline[5]'."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += "[%d]" % part
+        elif out:
+            out += "." + part
+        else:
+            out = part
+    return out

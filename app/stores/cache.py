@@ -1,0 +1,48 @@
+"""Response and blob caches with a TTL, kept in the state database (embedded default).
+
+A cache entry is advisory: it is written outside any transaction and an expired or unreadable entry is a miss.
+"""
+import time
+
+from app.stores.state import dumps, loads
+
+
+class CacheStore:
+    def __init__(self, state, settings, resolve_blob=None):
+        self.state = state
+        self.settings = settings  # kind -> {"enabled", "max_entry_bytes", "default_ttl_seconds"}
+        self.resolve_blob = resolve_blob
+
+    def _key(self, kind, key):
+        return b"c" + kind.encode() + b"\x00" + key.encode("utf-8")
+
+    def enabled(self, kind):
+        return self.settings.get(kind, {}).get("enabled", False)
+
+    def get(self, kind, key):
+        if not self.enabled(kind):
+            return False, None
+        raw = self.state.get(self._key(kind, key))
+        if raw is None:
+            return False, None
+        entry = loads(raw, self.resolve_blob)
+        if entry["expires_at"] <= time.time():
+            self.state.write([], [self._key(kind, key)])
+            return False, None
+        return True, entry["value"]
+
+    def put(self, kind, key, value, ttl_seconds=None):
+        """Store unless caching is off or the entry is larger than max_entry_bytes; returns whether stored."""
+        settings = self.settings.get(kind, {})
+        if not settings.get("enabled", False):
+            return False
+        ttl = ttl_seconds if ttl_seconds is not None else settings.get("default_ttl_seconds", 300)
+        raw = dumps({"expires_at": time.time() + ttl, "value": value})
+        limit = settings.get("max_entry_bytes")
+        if limit is not None and len(raw) > limit:
+            return False
+        self.state.write([(self._key(kind, key), raw)])
+        return True
+
+    def invalidate(self, kind, key):
+        self.state.write([], [self._key(kind, key)])

@@ -1,0 +1,303 @@
+"""KV documents, indexes and the event log in one rocksdict database.
+
+Keeping them in one database is what lets a transaction commit KV, index and event writes in a single
+atomic write batch. Key spaces (first byte):
+    k  KV documents      k<store>\\0<document key>
+    i  index entries     i<index>\\0<key name>\\0<encoded key fields><encoded sort fields><encoded row id>
+    r  index row map     r<index>\\0<row id>  -> the entry keys a row currently occupies
+    c  cache entries     c<kind>\\0<key>
+"""
+import json
+import os
+import threading
+
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+
+from app.errors import DepotError, conflict
+from app.stores import sortkeys
+
+SEQ_WIDTH = 20
+
+
+def dumps(value):
+    return json.dumps(value, separators=(",", ":"), default=_encode_special).encode("utf-8")
+
+
+def loads(raw, resolve_blob=None):
+    """Decode JSON; with ``resolve_blob``, blob handles stored by reference come back as handles."""
+    if resolve_blob is None:
+        return json.loads(raw)
+
+    def hook(obj):
+        if len(obj) == 1 and "$blob" in obj:
+            return resolve_blob(obj["$blob"])
+        return obj
+    return json.loads(raw, object_hook=hook)
+
+
+def _encode_special(value):
+    to_json = getattr(value, "to_json", None)
+    if to_json is None:
+        raise TypeError("%s is not JSON serialisable" % type(value).__name__)
+    return to_json()
+
+
+def kv_key(store, key):
+    return b"k" + store.encode() + b"\x00" + key.encode("utf-8")
+
+
+class IndexKeyDef:
+    def __init__(self, index_name, name, fields, sort, unique, ordering):
+        self.name = name
+        self.fields = list(fields)
+        self.unique = unique
+        self.sorts = []
+        for spec in sort:
+            field, _, direction = spec.partition(":")
+            self.sorts.append((field, direction == "desc", ordering if field == "version" else None))
+        self.head = b"i" + index_name.encode() + b"\x00" + name.encode() + b"\x00"
+
+    def prefix(self, values, fields=None):
+        return self.head + b"".join(sortkeys.encode_value(values.get(f)) for f in (fields or self.fields))
+
+    def entry_key(self, row, rowid):
+        parts = [self.prefix(row)]
+        if self.unique:
+            return parts[0]
+        for field, desc, ordering in self.sorts:
+            value = row.get(field)
+            encoded = (sortkeys.encode_version(str(value), ordering) if ordering
+                       else sortkeys.encode_value(value))
+            parts.append(sortkeys.descending(encoded) if desc else encoded)
+        parts.append(sortkeys.encode_str(rowid))
+        return b"".join(parts)
+
+
+class IndexDef:
+    def __init__(self, name, keys, rowid):
+        self.name = name
+        self.keys = keys
+        self.rowid = rowid  # row dict -> stable row identity (the source document's key)
+        self.rowmap_head = b"r" + name.encode() + b"\x00"
+
+    def key_for(self, fields):
+        """The index key whose leading fields are exactly ``fields`` (in any order)."""
+        wanted = set(fields)
+        for key in self.keys:
+            if set(key.fields[:len(wanted)]) == wanted:
+                return key
+        return None
+
+
+class StateStore:
+    def __init__(self, path, sync=True):
+        os.makedirs(path, exist_ok=True)
+        self.path = path
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        self.db = Rdict(path, options=options)
+        self.write_options = WriteOptions()
+        self.write_options.sync = sync
+        self.commit_lock = threading.Lock()
+        self._seq = {}
+
+    def close(self):
+        self.db.close()
+
+    def get(self, raw_key):
+        return self.db.get(raw_key)
+
+    def scan(self, prefix, limit=None, start=None):
+        """(key, value) pairs under ``prefix`` in key order, from ``start`` (exclusive) when given."""
+        it = self.db.iter()
+        if start is None:
+            it.seek(prefix)
+        else:
+            it.seek(start)
+            if it.valid() and it.key() == start:
+                it.next()
+        count = 0
+        while it.valid() and (limit is None or count < limit):
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            yield key, it.value()
+            count += 1
+            it.next()
+
+    def count(self, prefix):
+        return sum(1 for _ in self.scan(prefix))
+
+    def write(self, puts, deletes=()):
+        batch = WriteBatch(raw_mode=True)
+        for key in deletes:
+            batch.delete(key)
+        for key, value in puts:
+            batch.put(key, value)
+        self.db.write(batch, self.write_options)
+
+    def next_seq(self, log_prefix):
+        """The next event sequence number for a log; call with commit_lock held."""
+        if log_prefix not in self._seq:
+            it = self.db.iter()
+            it.seek_for_prev(log_prefix + b"\xff")
+            last = 0
+            if it.valid() and it.key().startswith(log_prefix):
+                last = int(it.key()[len(log_prefix):].decode())
+            self._seq[log_prefix] = last
+        return self._seq[log_prefix] + 1
+
+    def transaction(self):
+        return Transaction(self)
+
+    def health(self):
+        try:
+            self.db.get(b"health-probe")
+            return {"kind": "rocksdict", "ok": True, "path": self.path}
+        except Exception as exc:  # report any store failure as unhealthy rather than crash the probe
+            return {"kind": "rocksdict", "ok": False, "path": self.path, "error": str(exc)}
+
+
+class _Overlay:
+    """Pending writes over the committed state, so a commit sees its own earlier writes."""
+
+    def __init__(self, state, writes):
+        self.state = state
+        self.writes = writes
+
+    def get(self, key):
+        if key in self.writes:
+            return self.writes[key]
+        return self.state.get(key)
+
+    def put(self, key, value):
+        self.writes[key] = value
+
+    def delete(self, key):
+        self.writes[key] = None
+
+
+class Transaction:
+    """Buffers KV, index and event writes and staged blobs; commit applies them in one write batch.
+
+    Isolation: reads of KV documents inside the transaction are remembered and re-checked at commit under the
+    commit lock (optimistic concurrency), as are `if_absent` conditions; any change since is a 409 CONFLICT.
+    """
+
+    def __init__(self, state):
+        self.state = state
+        self.writes = {}
+        self.reads = {}
+        self.absent = {}
+        self.index_ops = []
+        self.events = []
+        self.blobs = []
+        self.open = True
+
+    def kv_get(self, raw_key):
+        if raw_key in self.writes:
+            return self.writes[raw_key]
+        value = self.state.get(raw_key)
+        self.reads.setdefault(raw_key, value)
+        return value
+
+    def kv_put(self, raw_key, raw_value):
+        self.writes[raw_key] = raw_value
+
+    def kv_delete(self, raw_key):
+        self.writes[raw_key] = None
+
+    def kv_put_if_absent(self, raw_key, raw_value, label):
+        if self.writes.get(raw_key) is not None:
+            raise conflict("%s already exists" % label)
+        self.absent[raw_key] = label
+        self.writes[raw_key] = raw_value
+
+    def index_upsert(self, index, row):
+        self.index_ops.append((index, row, True))
+
+    def index_delete(self, index, row):
+        self.index_ops.append((index, row, False))
+
+    def emit(self, log_prefix, record):
+        self.events.append((log_prefix, record))
+
+    def stage_blob(self, store, staged):
+        self.blobs.append((store, staged))
+
+    def commit(self):
+        if not self.open:
+            raise DepotError("TXN_CLOSED", 500, "transaction is not open")
+        try:
+            with self.state.commit_lock:
+                self._validate()
+                view = _Overlay(self.state, dict(self.writes))
+                for index, row, upsert in self.index_ops:
+                    (_apply_upsert if upsert else _apply_delete)(view, index, row)
+                committed = self._append_events(view)
+                for store, staged in self.blobs:
+                    store.promote(staged)
+                deletes = [k for k, v in view.writes.items() if v is None]
+                self.state.write([(k, v) for k, v in view.writes.items() if v is not None], deletes)
+                self.state._seq.update(committed)
+        except BaseException:
+            self.abort()
+            raise
+        self.open = False
+        return [record for _, record in self.events]
+
+    def _validate(self):
+        for raw_key, label in self.absent.items():
+            if self.state.get(raw_key) is not None:
+                raise conflict("%s already exists" % label)
+        for raw_key, seen in self.reads.items():
+            if self.state.get(raw_key) != seen:
+                raise conflict("a document read by this transaction changed before it committed")
+
+    def _append_events(self, view):
+        next_seq = {}
+        for log_prefix, record in self.events:
+            seq = next_seq.get(log_prefix) or self.state.next_seq(log_prefix)
+            record["seq"] = seq
+            view.put(log_prefix + b"%0*d" % (SEQ_WIDTH, seq), dumps(record))
+            next_seq[log_prefix] = seq + 1
+        return {prefix: seq - 1 for prefix, seq in next_seq.items()}
+
+    def abort(self):
+        if not self.open:
+            return
+        self.open = False
+        for store, staged in self.blobs:
+            store.discard(staged)
+
+
+def _row_entries(view, index, rowid):
+    raw = view.get(index.rowmap_head + rowid.encode("utf-8"))
+    return [bytes.fromhex(h) for h in json.loads(raw)] if raw else []
+
+
+def _apply_upsert(view, index, row):
+    rowid = index.rowid(row)
+    new_entries = []
+    for key in index.keys:
+        entry = key.entry_key(row, rowid)
+        if key.unique:
+            existing = view.get(entry)
+            if existing is not None and json.loads(existing)[0] != rowid:
+                raise conflict("index %s key %s is unique and already taken" % (index.name, key.name),
+                               "UNIQUE_VIOLATION")
+        new_entries.append(entry)
+    for old in _row_entries(view, index, rowid):
+        if old not in new_entries:
+            view.delete(old)
+    payload = dumps([rowid, row])
+    for entry in new_entries:
+        view.put(entry, payload)
+    view.put(index.rowmap_head + rowid.encode("utf-8"), json.dumps([e.hex() for e in new_entries]).encode())
+
+
+def _apply_delete(view, index, row):
+    rowid = index.rowid(row)
+    for old in _row_entries(view, index, rowid):
+        view.delete(old)
+    view.delete(index.rowmap_head + rowid.encode("utf-8"))

@@ -1,0 +1,485 @@
+"""The operation vocabulary: one small function per op, each declared with its arguments.
+
+Every op receives the ExecutionContext and its bound arguments (templates already parsed, schema references
+already resolved to their definitions). Ops know nothing of HTTP: they read ``ctx.request`` (a RequestData),
+write ``ctx.fields`` / ``ctx.vars``, and end a pipeline by setting ``ctx.response`` (respond.*) or raising a
+DepotError. OPERATIONS.md is generated from these declarations.
+"""
+import base64
+import hashlib
+import json
+import time
+import uuid
+from datetime import datetime, timezone
+
+from app.context import ResponseSpec
+from app.errors import DepotError, bad_request, too_large
+from app.opspec import Const, JsonSchema, Output, RefTo, Scopes, Source, Template, op
+from app.stores.blobs import BlobRef, digest_mismatch, split_digest
+from app.stores.state import dumps, kv_key, loads
+
+MAX_QUERY_LIMIT = 1000
+
+
+# --- auth -------------------------------------------------------------------------------------------------
+
+@op("auth.require_scopes", "Require an authenticated principal holding every listed scope ('admin' implies all).",
+    args={"scopes": Scopes("scopes the principal must hold")},
+    errors=["401 UNAUTHENTICATED", "403 FORBIDDEN"],
+    example={"scopes": ["write"]})
+def auth_require_scopes(ctx, a):
+    principal = ctx.principal
+    if principal is None:
+        raise DepotError("UNAUTHENTICATED", 401, "a valid bearer token is required",
+                         headers={"WWW-Authenticate": "Bearer"})
+    held = principal["scopes"]
+    if "admin" in held or a.scopes <= held:
+        return
+    missing = sorted(a.scopes - held)
+    raise DepotError("FORBIDDEN", 403, "this route requires scope(s): %s" % ", ".join(missing))
+
+
+# --- parse ------------------------------------------------------------------------------------------------
+
+@op("parse.path", "Bind the route's path parameters into the field namespace.",
+    args={"entity": RefTo("entity", "entity whose fields the parameters are", required=False)},
+    example={"entity": "artifact"}, binds=lambda scope, raw: scope.bind_path_params(raw.get("entity")))
+def parse_path(ctx, a):
+    ctx.fields.update(ctx.request.path_params)
+
+
+_QUERY_TYPES = {"string": str, "integer": int, "boolean": lambda v: v.lower() in ("1", "true", "yes")}
+
+
+@op("parse.query", "Bind query parameters into the field namespace, typed and bounded when declared.",
+    args={"fields": Const("object", "name -> {type: string|integer|boolean, default, minimum, maximum, required}",
+                          required=False, default={}),
+          "out": Output("variable receiving all query parameters as an object", required=False)},
+    errors=["400 INVALID_QUERY"],
+    example={"fields": {"page": {"type": "integer", "default": 1, "minimum": 1}}, "out": "query"},
+    binds=lambda scope, raw: scope.bind_fields(raw["fields"]) if raw.get("fields") else scope.bind_unknown("query"))
+def parse_query(ctx, a):
+    query = ctx.request.query
+    if a.fields:
+        for name, spec in a.fields.items():
+            ctx.fields.setdefault(name, _query_value(query.get(name), name, spec))
+    else:
+        for name, value in query.items():
+            ctx.fields.setdefault(name, value)
+    if a.out:
+        ctx.vars[a.out] = dict(query)
+
+
+def _query_value(raw, name, spec):
+    if raw is None:
+        if spec.get("required"):
+            raise bad_request("INVALID_QUERY", "query parameter %r is required" % name, name)
+        return spec.get("default")
+    try:
+        value = _QUERY_TYPES[spec.get("type", "string")](raw)
+    except ValueError:
+        raise bad_request("INVALID_QUERY", "query parameter %r must be %s" % (name, spec.get("type")), name)
+    if "minimum" in spec and value < spec["minimum"] or "maximum" in spec and value > spec["maximum"]:
+        raise bad_request("INVALID_QUERY", "query parameter %r is out of range [%s, %s]"
+                          % (name, spec.get("minimum"), spec.get("maximum")), name)
+    return value
+
+
+@op("parse.json", "Parse the request body as JSON (bounded by ops.limits.max_json_bytes); an object's members "
+    "also join the field namespace without overriding path parameters.",
+    args={"out": Output("variable receiving the parsed body")},
+    errors=["400 INVALID_JSON", "413 JSON_TOO_LARGE"],
+    example={"out": "body"}, binds=lambda scope, raw: scope.bind_json_body(raw.get("out")))
+def parse_json(ctx, a):
+    limit = ctx.engine.limits.max_json_bytes
+    request = ctx.request
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large("JSON body exceeds max_json_bytes (%d)" % limit, "JSON_TOO_LARGE")
+    raw = request.stream.read(limit + 1) if request.stream is not None else b""
+    if len(raw) > limit:
+        raise too_large("JSON body exceeds max_json_bytes (%d)" % limit, "JSON_TOO_LARGE")
+    if not raw.strip():
+        raise bad_request("INVALID_JSON", "request body is empty; expected JSON")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_request("INVALID_JSON", "request body is not valid JSON: %s" % exc)
+    ctx.vars[a.out] = body
+    if isinstance(body, dict):
+        for name, value in body.items():
+            ctx.fields.setdefault(name, value)
+
+
+# --- normalize / validate ---------------------------------------------------------------------------------
+
+@op("normalize.entity", "Apply the entity's per-field normalize rules to the fields present.",
+    args={"entity": RefTo("entity")}, example={"entity": "artifact"})
+def normalize_entity(ctx, a):
+    fields = ctx.fields
+    for name, rules in a.entity.normalizers:
+        value = fields.get(name)
+        if isinstance(value, str):
+            for rule in rules:
+                value = rule(value)
+            fields[name] = value
+
+
+@op("validate.entity", "Check the fields present against the entity's constraints and versioning scheme.",
+    args={"entity": RefTo("entity")},
+    errors=["400 INVALID_FIELD", "400 INVALID_VERSION", "400 PRERELEASE_NOT_ALLOWED"],
+    example={"entity": "artifact"})
+def validate_entity(ctx, a):
+    a.entity.validate(ctx.fields)
+
+
+@op("validate.json_schema", "Validate a value against a JSON Schema; the first error names the field.",
+    args={"schema": JsonSchema(), "value": Template("the value to validate, usually $body")},
+    errors=["400 SCHEMA_VALIDATION"],
+    example={"schema": {"type": "object", "required": ["target_version"]}, "value": "$body"},
+    binds=lambda scope, raw: scope.bind_body_schema(raw.get("value"), raw.get("schema")))
+def validate_json_schema(ctx, a):
+    a.schema.check(a.value.render(ctx), "SCHEMA_VALIDATION", 400)
+
+
+# --- transactions -----------------------------------------------------------------------------------------
+
+@op("txn.begin", "Open a transaction: later KV, index and event writes and blob puts are buffered.",
+    args={"isolation": Const("string", choices=["serializable"], required=False, default="serializable")},
+    errors=["500 TXN_NESTED"], example={"isolation": "serializable"})
+def txn_begin(ctx, a):
+    if ctx.txn is not None:
+        raise DepotError("TXN_NESTED", 500, "a transaction is already open")
+    ctx.txn = ctx.engine.state.transaction()
+
+
+@op("txn.commit", "Commit the open transaction atomically (one write batch); conditions are checked under "
+    "the commit lock.", needs_txn=True, errors=["409 CONFLICT", "409 UNIQUE_VIOLATION"], example={})
+def txn_commit(ctx, a):
+    txn, ctx.txn = ctx.txn, None
+    ctx.engine.commit(ctx, txn)
+
+
+@op("txn.abort", "Discard the open transaction; nothing it buffered is written.", needs_txn=True, example={})
+def txn_abort(ctx, a):
+    ctx.abort_txn()
+
+
+# --- kv ---------------------------------------------------------------------------------------------------
+
+def _doc_key(ctx, a):
+    return kv_key(a.doc.store, (a.key or a.doc.key).render_key(ctx))
+
+
+@op("kv.get", "Read a document (null when absent) into a variable.",
+    args={"doc": RefTo("document"), "key": Template("key; defaults to the document's key_template",
+                                                     required=False, shape="string"),
+          "out": Output()},
+    example={"doc": "artifact_meta", "key": "artifact/{namespace}/{name}/{version}/{variant}", "out": "meta"})
+def kv_get(ctx, a):
+    key = _doc_key(ctx, a)
+    ctx.count_io()
+    raw = ctx.txn.kv_get(key) if ctx.txn is not None else ctx.engine.state.get(key)
+    ctx.vars[a.out] = loads(raw) if raw is not None else None
+
+
+def _document_bytes(ctx, a):
+    value = a.value.render(ctx)
+    a.doc.check(value)
+    raw = dumps(value)
+    limit = ctx.engine.limits.max_kv_value_bytes
+    if len(raw) > limit:
+        raise too_large("document exceeds max_kv_value_bytes (%d)" % limit, "VALUE_TOO_LARGE")
+    return raw
+
+
+@op("kv.put", "Write a document, validated against its storage schema.",
+    args={"doc": RefTo("document"), "key": Template(required=False, shape="string"), "value": Template()},
+    writes=True, errors=["400 DOCUMENT_INVALID", "413 VALUE_TOO_LARGE"],
+    example={"doc": "tag_map", "key": "tag/{namespace}/{name}/{tag}", "value": {"tag": "{tag}"}})
+def kv_put(ctx, a):
+    key, raw = _doc_key(ctx, a), _document_bytes(ctx, a)
+    ctx.count_io()
+    with ctx.writing() as txn:
+        txn.kv_put(key, raw)
+
+
+@op("kv.cas_put", "Write a document only if the condition holds at commit (if_absent: the key must not exist).",
+    args={"doc": RefTo("document"), "key": Template(required=False, shape="string"), "value": Template(),
+          "if_absent": Const("boolean", required=False, default=True)},
+    writes=True, errors=["409 CONFLICT", "400 DOCUMENT_INVALID", "413 VALUE_TOO_LARGE"],
+    example={"doc": "artifact_meta", "if_absent": True, "value": {"namespace": "{namespace}"}})
+def kv_cas_put(ctx, a):
+    key, raw = _doc_key(ctx, a), _document_bytes(ctx, a)
+    ctx.count_io()
+    label = "%s %r" % (a.doc.name, key.split(b"\x00", 1)[1].decode())
+    with ctx.writing() as txn:
+        if a.if_absent:
+            txn.kv_put_if_absent(key, raw, label)
+        else:
+            txn.kv_put(key, raw)
+
+
+@op("kv.delete", "Delete a document.", args={"doc": RefTo("document"), "key": Template(required=False,
+                                                                                       shape="string")},
+    writes=True, example={"doc": "tag_map", "key": "tag/{namespace}/{name}/{tag}"})
+def kv_delete(ctx, a):
+    key = _doc_key(ctx, a)
+    ctx.count_io()
+    with ctx.writing() as txn:
+        txn.kv_delete(key)
+
+
+# --- blob -------------------------------------------------------------------------------------------------
+
+@op("blob.get", "Locate a blob by digest; the handle streams from disk when responded.",
+    args={"store": RefTo("blob_store"), "digest": Template(shape="string"), "out": Output()},
+    errors=["400 INVALID_DIGEST", "404 BLOB_NOT_FOUND"],
+    example={"store": "primary", "digest": "$meta.blob_digest", "out": "blob"})
+def blob_get(ctx, a):
+    ctx.count_io()
+    blob = ctx.engine.blob_store(a.store.name).locate(a.digest.render(ctx))
+    if blob is None:
+        raise DepotError("BLOB_NOT_FOUND", 404, "blob is not in store %r" % a.store.name)
+    ctx.vars[a.out] = blob
+
+
+@op("blob.put", "Stream bytes into the content-addressed store, hashing while writing; inside a transaction "
+    "the blob is moved into place only at commit.",
+    args={"store": RefTo("blob_store"), "from": Source(), "out": Output("variable receiving 'sha256:<hex>'"),
+          "out_size": Output("variable receiving the size in bytes", required=False)},
+    errors=["413 BLOB_TOO_LARGE", "413 PAYLOAD_TOO_LARGE", "400 BLOB_TOO_SMALL"],
+    example={"store": "primary", "from": "request.body", "out": "digest", "out_size": "blob_size"})
+def blob_put(ctx, a):
+    store = ctx.engine.blob_store(a.store.name)
+    source = getattr(a, "from")
+    ctx.count_io()
+    with ctx.streaming():
+        if source == Source.REQUEST_BODY:
+            staged = store.stage(ctx.request.stream)
+        else:
+            staged = _stage_from_value(store, source.render(ctx))
+    if ctx.txn is not None:
+        ctx.txn.stage_blob(store, staged)
+    else:
+        store.promote(staged)
+    ctx.unverified_blobs[staged.digest] = staged
+    ctx.vars[a.out] = staged.digest
+    if a.out_size:
+        ctx.vars[a.out_size] = staged.size
+
+
+def _stage_from_value(store, value):
+    if not isinstance(value, BlobRef):
+        raise DepotError("INVALID_SOURCE", 500, "blob.put 'from' must be request.body or a body/blob handle")
+    with open(value.path, "rb") as stream:
+        return store.stage(stream)
+
+
+@op("blob.verify_digest", "Check a put blob's digest against the one the client declared (Content-Digest "
+    "header or ?digest=) or an explicit expected digest; a mismatch rejects the request and nothing is recorded.",
+    args={"digest": Template(shape="string"), "algo": Const("string", choices=["sha256"], required=False,
+                                                            default="sha256"),
+          "expected": Template("expected digest; defaults to the client's declaration", required=False)},
+    errors=["400 DIGEST_MISMATCH", "400 INVALID_DIGEST"],
+    example={"digest": "$digest", "algo": "sha256"})
+def blob_verify_digest(ctx, a):
+    actual = "sha256:" + split_digest(a.digest.render(ctx))
+    expected = a.expected.render(ctx) if a.expected is not None else ctx.request.declared_digest
+    if expected is not None and "sha256:" + split_digest(expected) != actual:
+        raise digest_mismatch(expected, actual)
+    staged = ctx.unverified_blobs.pop(actual, None)
+    if staged is not None:
+        staged.verified = True
+
+
+# --- index ------------------------------------------------------------------------------------------------
+
+@op("index.query", "Read rows of an index in its sort order (first row = highest version for artifact_versions).",
+    args={"index": RefTo("index"), "key": Template("values of the index key's leading fields", shape="object"),
+          "limit": Template("rows to return (at most 1000)", required=False, default=100),
+          "offset": Template("rows to skip", required=False, default=0),
+          "out": Output()},
+    example={"index": "artifact_versions", "key": {"namespace": "{namespace}", "name": "{name}"},
+             "limit": 1, "out": "rows"})
+def index_query(ctx, a):
+    key = a.key.render(ctx)
+    index_key = a.index.key_for(key)
+    if index_key is None:
+        raise DepotError("INDEX_KEY_UNKNOWN", 500, "index %s has no key over %s" % (a.index.name, sorted(key)))
+    limit = _bounded_int(a.limit.render(ctx), "limit", 1, MAX_QUERY_LIMIT)
+    offset = _bounded_int(a.offset.render(ctx), "offset", 0, None)
+    rows = []
+    ordered_fields = [f for f in index_key.fields if f in key]
+    for _, raw in ctx.engine.state.scan(index_key.prefix(key, ordered_fields), limit + offset):
+        rows.append(raw)
+    ctx.count_io(1 + len(rows))
+    ctx.vars[a.out] = [json.loads(raw)[1] for raw in rows[offset:]]
+
+
+def _bounded_int(value, name, low, high):
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise bad_request("INVALID_QUERY", "%s must be an integer" % name, name)
+    if number < low or (high is not None and number > high):
+        raise bad_request("INVALID_QUERY", "%s must be between %s and %s" % (name, low, high), name)
+    return number
+
+
+def _index_row(ctx, a):
+    row = dict(a.value.render(ctx)) if a.value is not None else {}
+    for field, value in a.key.render(ctx).items():
+        if row.setdefault(field, value) != value:
+            raise DepotError("INDEX_KEY_MISMATCH", 500, "index key field %r differs from the row's value" % field)
+    a.index.rowid(row)  # fail now, naming the missing field, rather than at commit
+    return row
+
+
+@op("index.upsert", "Insert or replace a row; its position follows the index's key and sort fields.",
+    args={"index": RefTo("index"), "key": Template(shape="object"), "value": Template(shape="object")},
+    writes=True, errors=["409 UNIQUE_VIOLATION"],
+    example={"index": "tags", "key": {"namespace": "{namespace}"}, "value": {"namespace": "{namespace}"}})
+def index_upsert(ctx, a):
+    row = _index_row(ctx, a)
+    ctx.count_io()
+    with ctx.writing() as txn:
+        txn.index_upsert(a.index, row)
+
+
+@op("index.delete", "Remove the row identified by key (and value) from an index.",
+    args={"index": RefTo("index"), "key": Template(shape="object"),
+          "value": Template("further fields identifying the row", required=False, shape="object")},
+    writes=True, example={"index": "tags", "key": {"namespace": "{namespace}", "name": "{name}", "tag": "{tag}"}})
+def index_delete(ctx, a):
+    row = _index_row(ctx, a)
+    ctx.count_io()
+    with ctx.writing() as txn:
+        txn.index_delete(a.index, row)
+
+
+# --- cache ------------------------------------------------------------------------------------------------
+
+_CACHE_KINDS = ["response", "blob"]
+
+
+@op("cache.get", "Look up a cache entry (response or blob cache); a miss or expiry sets the hit flag false.",
+    args={"kind": Const("string", choices=_CACHE_KINDS), "key": Template(shape="string"),
+          "hit_out": Output(), "value_out": Output()},
+    example={"kind": "response", "key": "blob_resp/{namespace}/{name}", "hit_out": "hit", "value_out": "cached"})
+def cache_get(ctx, a):
+    ctx.count_io()
+    hit, value = ctx.engine.cache.get(a.kind, a.key.render_key(ctx))
+    ctx.vars[a.hit_out] = hit
+    ctx.vars[a.value_out] = value
+
+
+@op("cache.put", "Store a value (blob handles are kept by reference) for ttl_seconds; entries larger than "
+    "max_entry_bytes are skipped.",
+    args={"kind": Const("string", choices=_CACHE_KINDS), "key": Template(shape="string"), "value": Template(),
+          "ttl_seconds": Const("integer", required=False, minimum=1)},
+    example={"kind": "response", "key": "blob_resp/{namespace}/{name}", "value": {"body": "$blob"},
+             "ttl_seconds": 300})
+def cache_put(ctx, a):
+    ctx.count_io()
+    ctx.engine.cache.put(a.kind, a.key.render_key(ctx), a.value.render(ctx), a.ttl_seconds)
+
+
+# --- proxy ------------------------------------------------------------------------------------------------
+
+@op("proxy.fetch", "Fetch from an upstream with its timeouts and bounded retries; the body streams to a "
+    "temporary file. Output: {status, headers, body, size}; status is null when the upstream was unreachable.",
+    args={"upstream": RefTo("upstream"), "method": Const("string", choices=["GET", "HEAD"], required=False,
+                                                         default="GET"),
+          "path": Template(shape="string"), "out": Output()},
+    errors=["404 PROXY_DISABLED"],
+    example={"upstream": "originA", "method": "GET", "path": "/v1/{namespace}/{name}", "out": "up_resp"})
+def proxy_fetch(ctx, a):
+    if not ctx.engine.features.get("proxy_enabled", True):
+        raise DepotError("PROXY_DISABLED", 404, "proxying is disabled (features.proxy_enabled)")
+    ctx.count_io()
+    with ctx.streaming():
+        ctx.vars[a.out] = ctx.engine.fetch_upstream(ctx, a.upstream, a.method, a.path.render(ctx))
+
+
+# --- events -----------------------------------------------------------------------------------------------
+
+@op("emit.event", "Append an event to the durable log (with the transaction's commit, or at once), validated "
+    "against the event type's schema.",
+    args={"type": RefTo("event_type"), "payload": Template(shape="object")},
+    errors=["400 EVENT_INVALID", "413 EVENT_TOO_LARGE"],
+    example={"type": "artifact.published", "payload": {"namespace": "{namespace}"}})
+def emit_event(ctx, a):
+    payload = a.payload.render(ctx)
+    a.type.check(payload, "EVENT_INVALID", 400)
+    record = {"event_id": uuid.uuid4().hex, "type": a.type.name, "at": _now(), "payload": payload}
+    log = ctx.engine.event_log
+    if len(dumps(record)) > log.max_event_bytes:
+        raise too_large("event exceeds max_event_bytes (%d)" % log.max_event_bytes, "EVENT_TOO_LARGE")
+    ctx.count_io()
+    with ctx.writing() as txn:
+        txn.emit(log.prefix, record)
+
+
+# --- respond ----------------------------------------------------------------------------------------------
+
+_STATUS = dict(minimum=100, maximum=599)
+
+
+@op("respond.json", "End the pipeline with a JSON response; an open transaction is aborted.",
+    args={"status": Const("integer", required=False, default=200, **_STATUS), "body": Template(),
+          "headers": Template(required=False, shape="object")},
+    example={"status": 200, "body": {"ok": True}})
+def respond_json(ctx, a):
+    headers = a.headers.render(ctx) if a.headers is not None else None
+    ctx.response = ResponseSpec(a.status, headers, json=a.body.render(ctx))
+
+
+@op("respond.bytes", "End the pipeline streaming a blob from disk (HEAD, Range, ETag and If-None-Match "
+    "are honoured).",
+    args={"status": Const("integer", required=False, default=200, **_STATUS),
+          "body": Template("a blob handle ($blob)"), "headers": Template(required=False, shape="object")},
+    errors=["404 BLOB_NOT_FOUND", "416 RANGE_NOT_SATISFIABLE"],
+    example={"status": 200, "body": "$blob", "headers": {"Content-Type": "application/octet-stream"}})
+def respond_bytes(ctx, a):
+    body = a.body.render(ctx)
+    if not isinstance(body, BlobRef):
+        raise DepotError("INVALID_BODY", 500, "respond.bytes needs a blob handle as its body")
+    headers = a.headers.render(ctx) if a.headers is not None else None
+    ctx.response = ResponseSpec(a.status, headers, blob=body)
+
+
+@op("respond.redirect", "End the pipeline with a redirect.",
+    args={"status": Const("integer", required=False, default=302, choices=[301, 302, 303, 307, 308]),
+          "location": Template(shape="string")},
+    example={"status": 307, "location": "/v1/{namespace}/{name}/{version}/{variant}/blob"})
+def respond_redirect(ctx, a):
+    ctx.response = ResponseSpec(a.status, {"Location": a.location.render(ctx)},
+                                json={"location": a.location.render(ctx)})
+
+
+@op("respond.error", "End the pipeline with the JSON error envelope; an open transaction is aborted.",
+    args={"status": Const("integer", minimum=400, maximum=599), "code": Const("string"),
+          "message": Template(shape="string"), "field": Const("string", required=False)},
+    example={"status": 404, "code": "NOT_FOUND", "message": "Artifact not found"})
+def respond_error(ctx, a):
+    raise DepotError(a.code, a.status, a.message.render(ctx), a.field)
+
+
+# --- time / string ----------------------------------------------------------------------------------------
+
+def _now():
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@op("time.now_iso8601", "Bind the current UTC time, ISO 8601 with milliseconds and 'Z'.",
+    args={"out": Output()}, example={"out": "now"})
+def time_now_iso8601(ctx, a):
+    ctx.vars[a.out] = _now()
+
+
+@op("string.format", "Render a string template into a variable.",
+    args={"template": Template(shape="string"), "out": Output()},
+    example={"template": "{namespace}/{name}@{version}", "out": "coordinates"})
+def string_format(ctx, a):
+    value = a.template.render(ctx)
+    ctx.vars[a.out] = value if isinstance(value, str) else json.dumps(value)
