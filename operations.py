@@ -5,10 +5,7 @@ already resolved to their definitions). Ops know nothing of HTTP: they read ``ct
 write ``ctx.fields`` / ``ctx.vars``, and end a pipeline by setting ``ctx.response`` (respond.*) or raising a
 DepotError. OPERATIONS.md is generated from these declarations.
 """
-import base64
-import hashlib
 import json
-import time
 import uuid
 from datetime import datetime, timezone
 
@@ -155,6 +152,8 @@ def txn_begin(ctx, a):
 @op("txn.commit", "Commit the open transaction atomically (one write batch); conditions are checked under "
     "the commit lock.", needs_txn=True, errors=["409 CONFLICT", "409 UNIQUE_VIOLATION"], example={})
 def txn_commit(ctx, a):
+    if ctx.txn is None:
+        raise DepotError("TXN_CLOSED", 500, "txn.commit ran with no open transaction")
     txn, ctx.txn = ctx.txn, None
     ctx.engine.commit(ctx, txn)
 

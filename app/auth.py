@@ -21,12 +21,15 @@ AUDIENCE = "depot"
 CLOCK_SKEW_SECONDS = 30
 TOKEN_TTL_SECONDS = 3600
 REQUIRED_CLAIMS = ["sub", "scopes", "iat", "exp", "iss", "aud", "jti"]
-# A real hash to compare against when the user does not exist, so unknown users cost the same time.
-_DUMMY_HASH = bcrypt.hashpw(b"depot-timing-equaliser", bcrypt.gensalt()).decode()
+
+
+def bcrypt_rounds():
+    """DEPOT_BCRYPT_ROUNDS (default 12); the test suite lowers it to keep bcrypt from dominating its time."""
+    return int(os.environ.get("DEPOT_BCRYPT_ROUNDS", "12"))
 
 
 def hash_password(password):
-    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt()).decode()
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(bcrypt_rounds())).decode()
 
 
 def check_password(password, hashed):
@@ -56,6 +59,8 @@ class Auth:
         self.secret = secret
         self.sessions = sessions
         self.ttl = ttl_seconds
+        # compared against when the user does not exist, so unknown users cost the same time as wrong passwords
+        self._dummy_hash = hash_password(secrets.token_urlsafe(16))
 
     def issue(self, username, scopes):
         now = datetime.now(timezone.utc)
@@ -89,7 +94,7 @@ class Auth:
     def login(self, username, password):
         with self.sessions() as session:
             user = session.scalar(select(User).where(User.username == username))
-            hashed = user.password_hash if user is not None else _DUMMY_HASH
+            hashed = user.password_hash if user is not None else self._dummy_hash
             valid = check_password(password, hashed) and user is not None and user.status == "active"
             if not valid:
                 raise DepotError("INVALID_CREDENTIALS", 401, "unknown user or wrong password")

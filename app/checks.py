@@ -232,6 +232,8 @@ def _txn_state(op, in_txn):
 # --- structure ----------------------------------------------------------------------------------------------
 
 def _check_structure(c, pipeline, is_route):
+    """Transactions open and close in order. A conditional txn.commit/txn.abort may not run, so the
+    transaction counts as open after it (a later unconditional commit is expected)."""
     in_txn, opened_at = False, None
     for step in pipeline.steps:
         if step.op == "txn.begin" and in_txn:
@@ -243,7 +245,8 @@ def _check_structure(c, pipeline, is_route):
         if step.op.startswith("respond.") and step.when is None and in_txn:
             c.report.error(step.place, "responds while the transaction opened at %s is still open; commit or "
                            "abort it first" % opened_at)
-        in_txn = _txn_state(step.op, in_txn)
+        if step.when is None or step.op == "txn.begin":
+            in_txn = _txn_state(step.op, in_txn)
     if in_txn:
         c.report.error(pipeline.place, "the transaction opened at %s is never committed" % opened_at)
     if is_route:

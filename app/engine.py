@@ -11,7 +11,7 @@ from werkzeug.routing import Map, Rule
 
 from app.context import ExecutionContext
 from app.errors import DepotError
-from app.stores.blobs import BlobRef, FileBlobStore, split_digest
+from app.stores.blobs import DIGEST_PREFIX, BlobRef, FileBlobStore, declared_digest, split_digest
 from app.stores.cache import CacheStore
 from app.stores.state import StateStore
 
@@ -168,13 +168,28 @@ class Engine:
                     raise DepotError("UPSTREAM_TOO_LARGE", 502, "upstream body exceeds max_request_body_bytes")
                 out.write(chunk)
         return {"status": response.status_code, "headers": dict(response.headers),
-                "body": BlobRef(None, None, size, path), "size": size}
+                "body": BlobRef(None, None, size, path), "size": size, "digest": upstream_digest(response.headers)}
 
     def health(self):
         stores = {"state": self.state.health()}
         for name, store in self.blob_stores.items():
             stores["blob:" + name] = store.health()
         return stores
+
+
+def upstream_digest(headers):
+    """The sha256 digest an upstream declares for its body (X-Depot-Digest, Content-Digest or a digest ETag)."""
+    for name in ("X-Depot-Digest", "ETag"):
+        value = (headers.get(name) or "").strip().strip('"')
+        if value.startswith(DIGEST_PREFIX):
+            try:
+                return DIGEST_PREFIX + split_digest(value)
+            except DepotError:
+                return None
+    try:
+        return declared_digest(headers, {})
+    except DepotError:
+        return None
 
 
 def _remove(path):

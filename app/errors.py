@@ -45,5 +45,5 @@ class SchemaLoadError(Exception):
     """Raised when a schema cannot be served; carries the check report."""
 
     def __init__(self, report):
-        super().__init__(report.summary())
+        super().__init__(report.to_text())
         self.report = report

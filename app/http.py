@@ -4,10 +4,9 @@ This layer knows nothing of individual ops: it turns a request into RequestData,
 pipeline, and writes the ResponseSpec (JSON, a blob streamed from disk with Range/ETag/HEAD, or a redirect).
 Every error, whatever raised it, leaves as the JSON envelope with an X-Request-Id.
 """
-import base64
-import binascii
 import json
 import logging
+import os
 import re
 import uuid
 
@@ -17,12 +16,11 @@ from werkzeug.wsgi import wrap_file
 
 from app.context import RequestData
 from app.errors import DepotError, bad_request, too_large
-from app.stores.blobs import DIGEST_PREFIX, split_digest
+from app.stores.blobs import declared_digest
 from app.stores.state import dumps
 
 log = logging.getLogger("depot")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_CONTENT_DIGEST = re.compile(r"sha-256=:([A-Za-z0-9+/=]+):")
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -48,26 +46,6 @@ class LimitedBody:
         if self.seen > self.limit:
             raise too_large("request body exceeds max_request_body_bytes (%d)" % self.limit)
         return chunk
-
-
-def declared_digest(headers, query):
-    """The digest a client declares for its upload: Content-Digest (RFC 9530) or ?digest=sha256:<hex>."""
-    header = headers.get("Content-Digest")
-    if header:
-        match = _CONTENT_DIGEST.search(header)
-        if match is None:
-            raise bad_request("INVALID_DIGEST", "Content-Digest must carry sha-256=:<base64>:", "Content-Digest")
-        try:
-            raw = base64.b64decode(match.group(1), validate=True)
-        except (binascii.Error, ValueError):
-            raw = b""
-        if len(raw) != 32:
-            raise bad_request("INVALID_DIGEST", "Content-Digest sha-256 value is not 32 bytes", "Content-Digest")
-        return DIGEST_PREFIX + raw.hex()
-    value = query.get("digest")
-    if value:
-        return DIGEST_PREFIX + split_digest(value)
-    return None
 
 
 def request_data(engine, params):
@@ -115,7 +93,6 @@ def _blob_response(spec):
 
 
 def _file_size(handle):
-    import os
     return os.fstat(handle.fileno()).st_size
 
 
@@ -195,7 +172,9 @@ def create_app(service):
 
 
 def _json_body(limit=65536):
-    raw = request.get_data(cache=False)[:limit + 1] if (request.content_length or 0) <= limit else b""
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise too_large("request body exceeds %d bytes" % limit, "JSON_TOO_LARGE")
     try:
         body = json.loads(raw or b"null")
     except ValueError:

@@ -1,6 +1,5 @@
 """The shape of a repository-type schema, checked first so later checks can rely on it."""
 
-_NAME_MAP = {"type": "object"}
 _STEP = {
     "type": "object",
     "required": ["op"],

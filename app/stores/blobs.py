@@ -4,8 +4,11 @@ Bytes are hashed while they stream into a temporary file inside the store, fsync
 the path their digest names, so a crash never leaves a partial file under a digest. Inside a transaction the
 rename waits for the commit; an abort deletes the temporary file.
 """
+import base64
+import binascii
 import hashlib
 import os
+import re
 import tempfile
 import threading
 
@@ -14,6 +17,7 @@ from app.expr import parse_template
 
 CHUNK = 1024 * 1024
 DIGEST_PREFIX = "sha256:"
+_CONTENT_DIGEST = re.compile(r"sha-256=:([A-Za-z0-9+/=]+):")
 
 
 def split_digest(digest):
@@ -149,3 +153,23 @@ def _fsync_dir(directory):
 def digest_mismatch(expected, actual):
     return DepotError("DIGEST_MISMATCH", 400, "declared digest %s does not match the uploaded bytes (%s)"
                       % (expected, actual), "digest")
+
+
+def declared_digest(headers, query):
+    """The digest a client declares for its upload: Content-Digest (RFC 9530) or ?digest=sha256:<hex>."""
+    header = headers.get("Content-Digest")
+    if header:
+        match = _CONTENT_DIGEST.search(header)
+        if match is None:
+            raise bad_request("INVALID_DIGEST", "Content-Digest must carry sha-256=:<base64>:", "Content-Digest")
+        try:
+            raw = base64.b64decode(match.group(1), validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise bad_request("INVALID_DIGEST", "Content-Digest sha-256 value is not 32 bytes", "Content-Digest")
+        return DIGEST_PREFIX + raw.hex()
+    value = query.get("digest")
+    if value:
+        return DIGEST_PREFIX + split_digest(value)
+    return None

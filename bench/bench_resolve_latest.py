@@ -1,0 +1,394 @@
+#!/usr/bin/env python3
+"""Throughput of the compiled `resolve_latest` route against a hand-written Flask view doing the same work.
+
+One run: a temporary data dir, a Depot over the reference schema, packages published through the real publish
+route, then requests/second of
+
+    compiled       GET /v1/{namespace}/{name}/latest on Depot's app (the compiled pipeline)
+    handwritten    the same work written by hand as a Flask view on the same app (same request-id hooks,
+                   its own URL), so the difference is what the engine costs
+    hand-plain     the same view alone on a plain Flask app (no Depot hooks), for reference
+
+Every variant is driven in-process by calling the WSGI app with a prepared environ (no sockets, no test-client
+overhead), with the same requests, in interleaved rounds. Both bodies are checked byte-identical first.
+
+    python3 bench/bench_resolve_latest.py [--seconds 30] [--rounds 10] [--profile]
+"""
+import argparse
+import cProfile
+import gc
+import io
+import json
+import os
+import pstats
+import random
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SHARED_SCHEMA = ROOT.parent / "shared" / "reference" / "schema.json"
+FIXTURE_SCHEMA = ROOT / "tests" / "fixtures" / "reference_schema.json"
+HAND_PREFIX = "/_bench/handwritten"
+VARIANT = "linux-amd64"
+VERSIONS = ["%d.%d.%d" % (i // 5, (i % 5) * 3, i % 3) for i in range(20)]  # semver order != string order
+LATEST = max(VERSIONS, key=lambda v: tuple(int(p) for p in v.split(".")))
+
+# The hand-written view's own copies of what the schema declares; checked against the schema at start-up.
+SEGMENT_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+BAD_PARAM_CHARS = ("/", "\\", "\x00")
+_STR_END = b"\x00\x01"
+
+
+# --- the hand-written view ----------------------------------------------------------------------------------
+
+def make_handwritten_view(service):
+    """A Flask view doing resolve_latest's work by hand: the same JWT check, normalisation, regexes, index scan
+    and JSON body, with no pipeline, templates or per-request context objects."""
+    from flask import Response, request
+
+    from app.errors import DepotError
+
+    auth = service.auth
+    state = service.engine.state
+    index = service.engine.compiled.definitions["index"]["artifact_versions"]
+    head = index.key_for(["namespace", "name"]).head
+    pattern = SEGMENT_RE.pattern
+
+    def reply(status, payload, headers=None):
+        return Response(json.dumps(payload, separators=(",", ":")).encode("utf-8"), status=status,
+                        headers=headers, mimetype="application/json")
+
+    def error(status, code, message, field=None, headers=None):
+        body = {"code": code, "message": message}
+        if field is not None:
+            body["field"] = field
+        return reply(status, {"error": body}, headers)
+
+    def resolve_latest(namespace, name):
+        for param, value in (("namespace", namespace), ("name", name)):
+            if value in (".", "..") or "/" in value or "\\" in value or "\x00" in value:
+                return error(400, "INVALID_PATH_PARAMETER",
+                             "path parameter %s contains a forbidden sequence" % param, param)
+        try:
+            principal = auth.authenticate(request)
+        except DepotError as exc:
+            return error(exc.status, exc.code, exc.message, exc.field, exc.headers)
+        if principal is None:
+            return error(401, "UNAUTHENTICATED", "a valid bearer token is required",
+                         headers={"WWW-Authenticate": "Bearer"})
+        scopes = principal["scopes"]
+        if "read" not in scopes and "admin" not in scopes:
+            return error(403, "FORBIDDEN", "this route requires scope(s): read")
+        namespace = namespace.strip().lower()
+        name = name.strip().lower().replace("_", "-")
+        if not SEGMENT_RE.match(namespace):
+            return error(400, "INVALID_FIELD", "namespace must match %s" % pattern, "namespace")
+        if not SEGMENT_RE.match(name):
+            return error(400, "INVALID_FIELD", "name must match %s" % pattern, "name")
+        prefix = (head + namespace.encode("utf-8").replace(b"\x00", b"\x00\xff") + _STR_END
+                  + name.encode("utf-8").replace(b"\x00", b"\x00\xff") + _STR_END)
+        for _, raw in state.scan(prefix, 1):
+            row = json.loads(raw)[1]
+            return reply(200, {"namespace": namespace, "name": name, "version": row["version"],
+                               "variant": row["variant"], "blob_digest": row["blob_digest"]})
+        return error(404, "NOT_FOUND", "No versions found")
+
+    return resolve_latest
+
+
+def check_view_matches_schema(service, doc):
+    """The hand-written view hard-codes what the schema declares; fail loudly if the schema has moved on."""
+    from app.stores import sortkeys
+
+    entity = doc["entities"]["artifact"]
+    regexes = {c["field"]: c["regex"] for c in entity["constraints"]}
+    assert regexes["namespace"] == regexes["name"] == SEGMENT_RE.pattern, regexes
+    assert entity["fields"]["namespace"]["normalize"] == ["trim", "lower"]
+    assert entity["fields"]["name"]["normalize"] == ["trim", "lower", "replace:_:-"]
+    route = next(r for r in doc["api"]["routes"] if r["id"] == "resolve_latest")
+    assert [s["op"] for s in route["pipeline"]] == ["auth.require_scopes", "parse.path", "normalize.entity",
+                                                    "validate.entity", "index.query", "respond.error",
+                                                    "respond.json"], route["pipeline"]
+    key = service.engine.compiled.definitions["index"]["artifact_versions"].key_for(["namespace", "name"])
+    sample = {"namespace": "team-a", "name": "pkg\x00x"}
+    assert key.prefix(sample) == key.head + sortkeys.encode_str("team-a") + sortkeys.encode_str("pkg\x00x")
+
+
+# --- set-up -------------------------------------------------------------------------------------------------
+
+def start_depot(data_dir, schema_path):
+    os.environ["DEPOT_ADMIN_PASSWORD"] = "bench-admin-password"
+    os.environ["DEPOT_BCRYPT_ROUNDS"] = "4"
+    os.environ.pop("DEPOT_SECRET_KEY", None)
+    os.environ.pop("DEPOT_DATABASE_URL", None)  # never point a benchmark at a real database
+    from app.http import create_app
+    from app.service import Service
+
+    with open(schema_path, "rb") as handle:
+        doc = json.load(handle)
+    service = Service(data_dir, schema=json.loads(json.dumps(doc)), schema_path=str(schema_path),
+                      announce=lambda *_: None)
+    return doc, service, create_app(service)
+
+
+def publish(app, token, packages, versions):
+    client = app.test_client()
+    rng = random.Random(7)
+    jobs = [(ns, name, version) for ns, name in packages for version in versions]
+    rng.shuffle(jobs)
+    started = time.perf_counter()
+    for ns, name, version in jobs:
+        response = client.put("/v1/%s/%s/%s/%s/blob" % (ns, name, version, VARIANT),
+                              data=("%s/%s@%s\n" % (ns, name, version)).encode() * 8,
+                              headers={"Authorization": "Bearer " + token})
+        if response.status_code != 201:
+            raise SystemExit("publish %s/%s@%s failed: %s %s" % (ns, name, version, response.status_code,
+                                                                  response.get_data(as_text=True)))
+    return len(jobs), time.perf_counter() - started
+
+
+def request_paths(packages):
+    """The timed requests: every package, spelled in ways normalisation must undo for a third of them."""
+    paths = []
+    for i, (ns, name) in enumerate(packages):
+        if i % 3 == 1:
+            ns, name = ns.upper(), name.upper().replace("-", "_")
+        elif i % 3 == 2:
+            ns, name = "%20" + ns, name.replace("-", "_") + "%20"
+        paths.append("/v1/%s/%s/latest" % (ns, name))
+    return paths
+
+
+# --- driving a WSGI app in-process --------------------------------------------------------------------------
+
+def prepare(path, authorization):
+    from werkzeug.test import EnvironBuilder
+
+    headers = {"Authorization": authorization} if authorization else {}
+    builder = EnvironBuilder(path=path, method="GET", headers=headers)
+    try:
+        return builder.get_environ()
+    finally:
+        builder.close()
+
+
+def call(app, environ):
+    """One request through the WSGI callable: -> (status line, headers, body bytes)."""
+    env = environ.copy()
+    env["wsgi.input"] = io.BytesIO(b"")
+    seen = []
+
+    def start_response(status, headers, exc_info=None):
+        seen.append((status, headers))
+
+    result = app(env, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    status, headers = seen[-1]
+    return status, headers, body
+
+
+def run_for(app, environs, seconds):
+    """Requests/second over ``seconds`` (checked every batch of len(environs) requests)."""
+    done = 0
+    gc.collect()
+    started = time.perf_counter()
+    deadline = started + seconds
+    while True:
+        for environ in environs:
+            env = environ.copy()
+            env["wsgi.input"] = io.BytesIO(b"")
+            result = app(env, _start_response)
+            for _ in result:
+                pass
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        done += len(environs)
+        now = time.perf_counter()
+        if now >= deadline:
+            return done / (now - started)
+
+
+def _start_response(status, headers, exc_info=None):
+    return None
+
+
+# --- checks -------------------------------------------------------------------------------------------------
+
+def check_identical(variants, cases):
+    """Every case must give the same status and byte-identical JSON body on every variant."""
+    problems = []
+    for label, path, authorization, expect_status in cases:
+        results = {}
+        for vname, (app, prefix) in variants.items():
+            status, headers, body = call(app, prepare(prefix + path, authorization))
+            results[vname] = (status, dict(headers).get("Content-Type"), body)
+        first = next(iter(results.values()))
+        if any(r != first for r in results.values()):
+            problems.append("%s (%s): %s" % (label, path, {k: (v[0], v[2]) for k, v in results.items()}))
+        elif not first[0].startswith(str(expect_status)):
+            problems.append("%s (%s): expected %s, got %s %s" % (label, path, expect_status, first[0], first[2]))
+        elif expect_status == 200 and json.loads(first[2])["version"] != LATEST:
+            problems.append("%s (%s): latest is %s, expected %s" % (label, path, first[2], LATEST))
+    return problems
+
+
+def correctness_cases(service, paths, token):
+    bearer = "Bearer " + token
+    cases = [("timed request %d" % i, path, bearer, 200) for i, path in enumerate(paths)]
+    cases += [
+        ("admin scope", paths[0], "Bearer " + service.auth.issue("root", ["admin"])[0], 200),
+        ("no token", paths[0], None, 401),
+        ("bad token", paths[0], "Bearer not-a-jwt", 401),
+        ("wrong scheme", paths[0], "Basic Zm9vOmJhcg==", 401),
+        ("write-only scope", paths[0], "Bearer " + service.auth.issue("w", ["write"])[0], 403),
+        ("unknown package", "/v1/team-a/no-such-package/latest", bearer, 404),
+        ("invalid name", "/v1/team-a/bad$name/latest", bearer, 400),
+        ("invalid namespace", "/v1/-team/pkg-000/latest", bearer, 400),
+        ("backslash in name", "/v1/team-a/a%5Cb/latest", bearer, 400),
+        ("dot-dot name", "/v1/team-a/../latest", bearer, 400),
+        ("forbidden chars before auth", "/v1/team-a/a%5Cb/latest", None, 400),
+    ]
+    return cases
+
+
+# --- profiling ----------------------------------------------------------------------------------------------
+
+def profile(app, environs, requests, label, top):
+    profiler = cProfile.Profile()
+    rounds = max(1, requests // len(environs))
+    profiler.enable()
+    for _ in range(rounds):
+        for environ in environs:
+            env = environ.copy()
+            env["wsgi.input"] = io.BytesIO(b"")
+            result = app(env, _start_response)
+            for _ in result:
+                pass
+            result.close()
+    profiler.disable()
+    n = rounds * len(environs)
+    stats = pstats.Stats(profiler)
+    total = stats.total_tt
+    print("\n== cProfile: %s, %d requests, %.1f us/request under the profiler (top %d by own time) =="
+          % (label, n, total / n * 1e6, top))
+    rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    print("%10s %10s %10s  %s" % ("calls/req", "own us/req", "cum us/req", "function"))
+    for (filename, line, func), (cc, nc, tt, ct, _) in rows:
+        short = filename.replace(str(ROOT) + os.sep, "")
+        short = re.sub(r".*site-packages" + re.escape(os.sep), "", short)
+        print("%10.2f %10.2f %10.2f  %s:%d(%s)" % (nc / n, tt / n * 1e6, ct / n * 1e6, short, line, func))
+
+
+# --- main ---------------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=30.0, help="total timed seconds, all variants (30)")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds per variant (10)")
+    parser.add_argument("--packages", type=int, default=50, help="packages to publish (50)")
+    parser.add_argument("--versions", type=int, default=20, help="versions per package (20, at most 20)")
+    parser.add_argument("--schema", default=str(SHARED_SCHEMA if SHARED_SCHEMA.exists() else FIXTURE_SCHEMA),
+                        help="schema to serve (the reference schema)")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain-Flask hand-written variant")
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing, cProfile the compiled and hand-written paths")
+    parser.add_argument("--profile-requests", type=int, default=20000)
+    parser.add_argument("--top", type=int, default=30, help="rows of each profile to print")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary data dir")
+    args = parser.parse_args(argv)
+    if not 1 <= args.versions <= len(VERSIONS):
+        parser.error("--versions must be 1..%d" % len(VERSIONS))
+    versions = VERSIONS[:args.versions]
+
+    data_dir = tempfile.mkdtemp(prefix="depot-bench-")
+    service = None
+    try:
+        from flask import Flask
+
+        doc, service, depot_app = start_depot(data_dir, args.schema)
+        check_view_matches_schema(service, doc)
+        view = make_handwritten_view(service)
+        depot_app.add_url_rule(HAND_PREFIX + "/v1/<namespace>/<name>/latest", "bench_handwritten", view,
+                               methods=["GET"])
+        plain_app = Flask("bench-plain")
+        plain_app.add_url_rule("/v1/<namespace>/<name>/latest", "resolve_latest", view, methods=["GET"])
+
+        global LATEST
+        LATEST = max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
+        packages = [("team-%s" % "ab"[i % 2], "pkg-%03d" % i) for i in range(args.packages)]
+        writer = service.auth.issue("bench-writer", ["read", "write"])[0]
+        count, took = publish(depot_app, writer, packages, versions)
+        print("published %d artifacts (%d packages x %d versions) in %.1f s; data dir %s"
+              % (count, len(packages), len(versions), took, data_dir))
+
+        variants = {"compiled": (depot_app, ""), "handwritten": (depot_app, HAND_PREFIX)}
+        if not args.no_plain:
+            variants["hand-plain"] = (plain_app, "")
+        token = service.auth.issue("bench-reader", ["read"])[0]
+        paths = request_paths(packages)
+        cases = correctness_cases(service, paths, token)
+        problems = check_identical(variants, cases)
+        if problems:
+            print("MISMATCH between variants; not timing:\n  " + "\n  ".join(problems))
+            return 1
+        print("status and body byte-identical across variants on %d requests (%d timed paths + %d edge cases)"
+              % (len(cases), len(paths), len(cases) - len(paths)))
+
+        environs = {name: [prepare(prefix + p, "Bearer " + token) for p in paths]
+                    for name, (_, prefix) in variants.items()}
+        apps = {name: app for name, (app, _) in variants.items()}
+        names = list(variants)
+        slot = args.seconds / (args.rounds * len(names))
+        for name in names:  # warm-up, not counted
+            run_for(apps[name], environs[name], min(0.5, slot))
+        rps = {name: [] for name in names}
+        for r in range(args.rounds):
+            order = names if r % 2 == 0 else names[::-1]
+            for name in order:
+                rps[name].append(run_for(apps[name], environs[name], slot))
+
+        med = {name: statistics.median(values) for name, values in rps.items()}
+        print("\n%d rounds x %.2f s per variant, %d distinct requests cycled, Python %s"
+              % (args.rounds, slot, len(paths), sys.version.split()[0]))
+        print("%-12s %12s %12s %12s %10s" % ("variant", "median req/s", "min req/s", "max req/s", "us/req"))
+        for name in names:
+            print("%-12s %12.0f %12.0f %12.0f %10.1f" % (name, med[name], min(rps[name]), max(rps[name]),
+                                                         1e6 / med[name]))
+        paired = [c / h for c, h in zip(rps["compiled"], rps["handwritten"])]
+        ratio = med["compiled"] / med["handwritten"]
+        print("\nratio compiled/handwritten = %.3f (per-round %.3f..%.3f); goal >= 0.90: %s"
+              % (ratio, min(paired), max(paired), "met" if ratio >= 0.9 else "NOT met"))
+        print("engine overhead per request = %.1f us"
+              % (1e6 / med["compiled"] - 1e6 / med["handwritten"]))
+        if "hand-plain" in med:
+            print("ratio compiled/hand-plain  = %.3f (plain Flask app, without Depot's request-id hooks)"
+                  % (med["compiled"] / med["hand-plain"]))
+
+        if args.profile:
+            profile(apps["compiled"], environs["compiled"], args.profile_requests, "compiled", args.top)
+            profile(apps["handwritten"], environs["handwritten"], args.profile_requests, "handwritten", args.top)
+        return 0
+    finally:
+        if service is not None:
+            service.close()
+        if args.keep:
+            print("kept data dir %s" % data_dir)
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

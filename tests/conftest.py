@@ -1,0 +1,87 @@
+"""Shared fixtures: real stores in temporary directories, real HTTP through the Flask app."""
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from app.http import create_app
+from app.service import Service
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ADMIN_PASSWORD = "correct horse battery staple"
+
+os.environ.setdefault("DEPOT_BCRYPT_ROUNDS", "4")
+
+
+def load_json(path):
+    with open(path, "rb") as handle:
+        return json.load(handle)
+
+
+@pytest.fixture
+def reference_schema():
+    """The reference schema exactly as ../shared/reference/schema.json has it (copied unchanged)."""
+    return load_json(FIXTURES / "reference_schema.json")
+
+
+@pytest.fixture
+def project_schema():
+    return load_json(ROOT / "schema.json")
+
+
+@pytest.fixture(autouse=True)
+def _admin_password(monkeypatch):
+    monkeypatch.setenv("DEPOT_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    monkeypatch.delenv("DEPOT_SECRET_KEY", raising=False)
+    monkeypatch.delenv("DEPOT_DATABASE_URL", raising=False)
+
+
+class Depot:
+    """A running Depot over a temporary data dir: its service, a Flask test client and token helpers."""
+
+    def __init__(self, data_dir, schema):
+        self.data_dir = data_dir
+        self.schema = schema
+        self.service = Service(data_dir, schema=copy.deepcopy(schema), announce=lambda *_: None)
+        self.app = create_app(self.service)
+        self.client = self.app.test_client()
+
+    def token(self, scopes=("read", "write"), sub="tester"):
+        return self.service.auth.issue(sub, scopes)[0]
+
+    def headers(self, scopes=("read", "write"), **extra):
+        return dict({"Authorization": "Bearer " + self.token(scopes)}, **extra)
+
+    def publish(self, namespace, name, version, variant, data, scopes=("read", "write"), **kw):
+        return self.client.put("/v1/%s/%s/%s/%s/blob" % (namespace, name, version, variant), data=data,
+                               headers=self.headers(scopes, **kw.pop("headers", {})), **kw)
+
+    def restart(self):
+        self.close()
+        self.__init__(self.data_dir, self.schema)
+        return self
+
+    def close(self):
+        self.service.close()
+
+
+@pytest.fixture
+def make_depot(tmp_path):
+    """make_depot(schema, name="data") -> Depot; every one is closed at teardown."""
+    made = []
+
+    def make(schema, name="data"):
+        depot = Depot(str(tmp_path / name), schema)
+        made.append(depot)
+        return depot
+    yield make
+    for depot in made:
+        depot.close()
+
+
+@pytest.fixture
+def ref_depot(make_depot, reference_schema):
+    return make_depot(reference_schema)
