@@ -121,6 +121,7 @@ def _glob(value, parts, where):
 
 @load_predicate("equals")
 def _equals(c, arg, pipelines):
+    """[schema path, value]: the schema holds that value at that path."""
     if not isinstance(arg, list) or len(arg) != 2 or not isinstance(arg[0], str):
         return [(None, "equals takes [schema path, expected value]")]
     found = resolve_path(c.doc, arg[0])
@@ -131,6 +132,7 @@ def _equals(c, arg, pipelines):
 
 @load_predicate("pipelines_only_use_ops_in")
 def _ops_in(c, arg, pipelines):
+    """a schema path (e.g. "ops.allowed"): every pipeline step uses an op listed there."""
     allowed = resolve_path(c.doc, arg) if isinstance(arg, str) else arg
     if not isinstance(allowed, list):
         return [(None, "pipelines_only_use_ops_in names a list (such as 'ops.allowed')")]
@@ -140,6 +142,7 @@ def _ops_in(c, arg, pipelines):
 
 @load_predicate("all_entity_refs_exist")
 def _entity_refs(c, arg, pipelines):
+    """true: every `entity` argument names an entity the schema defines."""
     entities = c.definitions["entity"]
     return [(step_place + ".args.entity", unknown_ref_message("entity", args["entity"], entities))
             for step_place, _, args in _raw_steps(c.doc)
@@ -148,6 +151,7 @@ def _entity_refs(c, arg, pipelines):
 
 @load_predicate("unique")
 def _unique(c, arg, pipelines):
+    """[path, ...] with `[]` (each list item) and `*` (each mapping value): the values found are distinct."""
     problems = []
     for path in arg if isinstance(arg, list) else [arg]:
         hits = _glob(c.doc, path.replace("[]", "[]").split("."), "")
@@ -164,6 +168,7 @@ def _proxy_upstreams(c):
 
 @load_predicate("proxy_fetch_requires_timeouts")
 def _proxy_timeouts(c, arg, pipelines):
+    """true: every upstream a proxy.fetch uses sets timeouts_ms.connect and timeouts_ms.read."""
     return [(place("upstreams", name, "timeouts_ms"), "proxy.fetch at %s uses upstream %s, which needs "
              "timeouts_ms.connect and timeouts_ms.read" % (where, name))
             for where, name, spec in _proxy_upstreams(c)
@@ -172,6 +177,7 @@ def _proxy_timeouts(c, arg, pipelines):
 
 @load_predicate("proxy_fetch_requires_retry_bounds")
 def _proxy_retries(c, arg, pipelines):
+    """true: every upstream a proxy.fetch uses bounds retry.max_attempts (1 to 10) and sets backoff_ms."""
     return [(place("upstreams", name, "retry"), "proxy.fetch at %s uses upstream %s, which needs "
              "retry.max_attempts (at most %d) and retry.backoff_ms" % (where, name, MAX_RETRY_ATTEMPTS))
             for where, name, spec in _proxy_upstreams(c)
@@ -192,6 +198,8 @@ def _raw_steps(doc):
 
 @runtime_predicate("all_blob_puts_followed_by")
 def _blob_puts_verified(c, arg, pipelines):
+    """an op name: every blob.put is followed by that op (blob.verify_digest) on its digest; at run time a
+    transaction holding an unverified blob is refused at commit (`500 RUNTIME_CHECK_FAILED`, nothing stored)."""
     problems = []
     for pipeline, _ in pipelines:
         for i, step in enumerate(pipeline.steps):
@@ -211,6 +219,8 @@ def _sources(step):
 
 @runtime_predicate("all_kv_or_index_writes_inside_txn")
 def _writes_in_txn(c, arg, pipelines):
+    """true: KV and index writes happen between txn.begin and txn.commit; at run time a write outside one
+    is refused (`500 RUNTIME_CHECK_FAILED`)."""
     problems = []
     for pipeline, _ in pipelines:
         in_txn = False

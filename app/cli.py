@@ -1,4 +1,4 @@
-"""python -m app: serve, check."""
+"""python -m app: serve, check, docs."""
 import argparse
 import json
 import sys
@@ -29,7 +29,20 @@ def build_parser():
     check.add_argument("path", nargs="?", default=DEFAULT_SCHEMA, help="schema file (default: schema.json)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(handler=cmd_check)
+    docs = commands.add_parser("docs", help="print OPERATIONS.md generated from the op registry (--write: update "
+                               "the file)")
+    docs.add_argument("--write", action="store_true", help="write OPERATIONS.md instead of printing it")
+    docs.set_defaults(handler=cmd_docs)
     return parser
+
+
+def cmd_docs(args):
+    from app import docs
+    if args.write:
+        docs.write()
+    else:
+        sys.stdout.write(docs.render())
+    return 0
 
 
 def cmd_check(args):

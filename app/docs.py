@@ -1,0 +1,101 @@
+"""Generate OPERATIONS.md from the op registry, the condition and check registries and app/doc_sections/."""
+import json
+import os
+
+from app import checks
+from app.conditions import KEYWORDS
+from app.definitions import NORMALIZERS
+from app.opspec import REGISTRY, Output
+
+SECTIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "doc_sections")
+OPERATIONS_MD = os.path.join(os.path.dirname(SECTIONS), "..", "OPERATIONS.md")
+_ARITY = {"one": "`operand`", "two": "`[a, b]`", "conds": "`[condition, ...]`", "cond": "`condition`"}
+_KEYWORD_DOCS = {
+    "equals": "a equals b", "not_equals": "a differs from b", "in": "a is an element of list b",
+    "not_in": "a is not an element of list b", "is_null": "the operand is null or unbound",
+    "is_not_null": "the operand is bound and not null", "is_empty": "null, or an empty string, list or object",
+    "is_not_empty": "not is_empty", "all": "every condition holds", "any": "at least one holds",
+    "not": "the condition does not hold", "implies": "[p, q]: q holds whenever p holds",
+}
+
+
+def _section(name):
+    with open(os.path.join(SECTIONS, name), encoding="utf-8") as handle:
+        return handle.read().rstrip() + "\n"
+
+
+def _conditions():
+    lines = [_section("30_conditions_head.md"), "| keyword | operand | holds when |", "|---|---|---|"]
+    for name, (_, arity) in sorted(KEYWORDS.items()):
+        lines.append("| `%s` | %s | %s |" % (name, _ARITY[arity], _KEYWORD_DOCS.get(name, "")))
+    return "\n".join(lines) + "\n"
+
+
+def _op(decl):
+    lines = ["### `%s`" % decl.name, "", decl.summary, ""]
+    facts = []
+    if decl.needs_txn:
+        facts.append("needs an open transaction")
+    if decl.writes:
+        facts.append("writes (buffered in the open transaction, or its own one-step transaction)")
+    if facts:
+        lines += ["*" + "; ".join(facts) + ".*", ""]
+    if decl.args:
+        lines += ["| argument | kind | required | default | meaning |", "|---|---|---|---|---|"]
+        for name, arg in decl.args.items():
+            default = "" if arg.default in (None, {}) else "`%s`" % json.dumps(arg.default)
+            lines.append("| `%s` | %s | %s | %s | %s |" % (name, arg.describe(), "yes" if arg.required else "no",
+                                                           default, arg.doc))
+        lines.append("")
+    else:
+        lines += ["No arguments.", ""]
+    outputs = [n for n, a in decl.args.items() if isinstance(a, Output)]
+    lines.append("Outputs: %s." % (", ".join("`%s`" % o for o in outputs) if outputs else "none"))
+    lines.append("Errors: %s." % (", ".join("`%s`" % e for e in decl.errors) if decl.errors else "none of its own"))
+    lines += ["", "```json", json.dumps({"op": decl.name, "args": decl.example or {}}), "```", ""]
+    return "\n".join(lines)
+
+
+def _ops():
+    groups = {}
+    for decl in REGISTRY.values():
+        groups.setdefault(decl.name.split(".")[0], []).append(decl)
+    out = ["## Operations", "", "The closed vocabulary: %d ops. `ops.allowed` must list only these." % len(REGISTRY),
+           ""]
+    for group in groups:
+        out.append("\n".join(_op(d) for d in groups[group]))
+    return "\n".join(out)
+
+
+def _checks():
+    lines = ["## Load-time checks", "",
+             "Always checked: the schema's shape; every op is in `ops.allowed` and in the vocabulary; every "
+             "argument is known, present when required and of its kind; every reference to an entity, document, "
+             "index, blob store, kv store, upstream, event type, scope or storage schema exists; every template "
+             "parses and every reference in it can be bound; pipelines fit `max_pipeline_ops`; route ids and "
+             "method+path pairs are unique; transactions open and close in order; routes end by responding; "
+             "documents written from literal objects carry their schema's required fields.", "",
+             "`validation.load_time_checks` predicates (`on_fail`: `reject_config` = error, `warn` = warning; "
+             "an unknown predicate is an error):", ""]
+    lines += ["- `%s`: %s" % (n, (f.__doc__ or "").strip()) for n, f in sorted(checks.LOAD_PREDICATES.items())]
+    lines += ["", "`validation.runtime_checks` predicates, decided statically and reported as warnings at load, and "
+              "enforced per request when `on_fail` is `abort_request`:", ""]
+    lines += ["- `%s`: %s" % (n, (f.__doc__ or "").strip()) for n, f in sorted(checks.RUNTIME_PREDICATES.items())]
+    lines += ["", "`invariants`: each `assert` is a condition over the schema itself (a string whose first segment "
+              "names a top-level section is a path into the schema), plus `route_requires: {route_id: [{op, "
+              "args_contains}]}`. A violation is reported with the invariant's id: a warning, or an error when the "
+              "invariant has `\"on_fail\": \"reject_config\"`.", "",
+              "Entity field `normalize` rules: %s (parameters after `:`, e.g. `replace:_:-`)."
+              % ", ".join("`%s`" % n for n in sorted(NORMALIZERS)), ""]
+    return "\n".join(lines)
+
+
+def render():
+    parts = [_section("10_intro.md"), _section("20_grammar.md"), _conditions(), _ops(), _checks(),
+             _section("50_limits.md"), _section("60_stores.md"), _section("70_deviations.md")]
+    return "\n".join(p.rstrip() + "\n" for p in parts)
+
+
+def write(path=OPERATIONS_MD):
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(render())
