@@ -110,7 +110,7 @@ def parse_json(ctx, a):
 # --- normalize / validate ---------------------------------------------------------------------------------
 
 @op("normalize.entity", "Apply the entity's per-field normalize rules to the fields present.",
-    args={"entity": RefTo("entity")}, example={"entity": "artifact"})
+    args={"entity": RefTo("entity", "entity whose fields' normalize rules apply")}, example={"entity": "artifact"})
 def normalize_entity(ctx, a):
     fields = ctx.fields
     for name, rules in a.entity.normalizers:
@@ -122,7 +122,7 @@ def normalize_entity(ctx, a):
 
 
 @op("validate.entity", "Check the fields present against the entity's constraints and versioning scheme.",
-    args={"entity": RefTo("entity")},
+    args={"entity": RefTo("entity", "entity whose constraints apply")},
     errors=["400 INVALID_FIELD", "400 INVALID_VERSION", "400 PRERELEASE_NOT_ALLOWED"],
     example={"entity": "artifact"})
 def validate_entity(ctx, a):
@@ -130,7 +130,7 @@ def validate_entity(ctx, a):
 
 
 @op("validate.json_schema", "Validate a value against a JSON Schema; the first error names the field.",
-    args={"schema": JsonSchema(), "value": Template("the value to validate, usually $body")},
+    args={"schema": JsonSchema("the schema to satisfy"), "value": Template("the value to validate, usually $body")},
     errors=["400 SCHEMA_VALIDATION"],
     example={"schema": {"type": "object", "required": ["target_version"]}, "value": "$body"},
     binds=lambda scope, raw: scope.bind_body_schema(raw.get("value"), raw.get("schema")))
@@ -141,7 +141,8 @@ def validate_json_schema(ctx, a):
 # --- transactions -----------------------------------------------------------------------------------------
 
 @op("txn.begin", "Open a transaction: later KV, index and event writes and blob puts are buffered.",
-    args={"isolation": Const("string", choices=["serializable"], required=False, default="serializable")},
+    args={"isolation": Const("string", "optimistic serializable: reads re-checked at commit",
+                            choices=["serializable"], required=False, default="serializable")},
     errors=["500 TXN_NESTED"], example={"isolation": "serializable"})
 def txn_begin(ctx, a):
     if ctx.txn is not None:
@@ -170,9 +171,9 @@ def _doc_key(ctx, a):
 
 
 @op("kv.get", "Read a document (null when absent) into a variable.",
-    args={"doc": RefTo("document"), "key": Template("key; defaults to the document's key_template",
-                                                     required=False, shape="string"),
-          "out": Output()},
+    args={"doc": RefTo("document", "the document type"),
+          "key": Template("key; defaults to the document's key_template", required=False, shape="string"),
+          "out": Output("variable receiving the document, or null")},
     example={"doc": "artifact_meta", "key": "artifact/{namespace}/{name}/{version}/{variant}", "out": "meta"})
 def kv_get(ctx, a):
     key = _doc_key(ctx, a)
@@ -192,7 +193,9 @@ def _document_bytes(ctx, a):
 
 
 @op("kv.put", "Write a document, validated against its storage schema.",
-    args={"doc": RefTo("document"), "key": Template(required=False, shape="string"), "value": Template()},
+    args={"doc": RefTo("document", "the document type (its schema validates the value)"),
+          "key": Template("key; defaults to the document's key_template", required=False, shape="string"),
+          "value": Template("the document")},
     writes=True, errors=["400 DOCUMENT_INVALID", "413 VALUE_TOO_LARGE"],
     example={"doc": "tag_map", "key": "tag/{namespace}/{name}/{tag}", "value": {"tag": "{tag}"}})
 def kv_put(ctx, a):
@@ -203,8 +206,11 @@ def kv_put(ctx, a):
 
 
 @op("kv.cas_put", "Write a document only if the condition holds at commit (if_absent: the key must not exist).",
-    args={"doc": RefTo("document"), "key": Template(required=False, shape="string"), "value": Template(),
-          "if_absent": Const("boolean", required=False, default=True)},
+    args={"doc": RefTo("document", "the document type (its schema validates the value)"),
+          "key": Template("key; defaults to the document's key_template", required=False, shape="string"),
+          "value": Template("the document"),
+          "if_absent": Const("boolean", "the key must not exist at commit (409 CONFLICT otherwise)", required=False,
+                             default=True)},
     writes=True, errors=["409 CONFLICT", "400 DOCUMENT_INVALID", "413 VALUE_TOO_LARGE"],
     example={"doc": "artifact_meta", "if_absent": True, "value": {"namespace": "{namespace}"}})
 def kv_cas_put(ctx, a):
@@ -218,8 +224,9 @@ def kv_cas_put(ctx, a):
             txn.kv_put(key, raw)
 
 
-@op("kv.delete", "Delete a document.", args={"doc": RefTo("document"), "key": Template(required=False,
-                                                                                       shape="string")},
+@op("kv.delete", "Delete a document.",
+    args={"doc": RefTo("document", "the document type"),
+          "key": Template("key; defaults to the document's key_template", required=False, shape="string")},
     writes=True, example={"doc": "tag_map", "key": "tag/{namespace}/{name}/{tag}"})
 def kv_delete(ctx, a):
     key = _doc_key(ctx, a)
@@ -231,7 +238,8 @@ def kv_delete(ctx, a):
 # --- blob -------------------------------------------------------------------------------------------------
 
 @op("blob.get", "Locate a blob by digest; the handle streams from disk when responded.",
-    args={"store": RefTo("blob_store"), "digest": Template(shape="string"), "out": Output()},
+    args={"store": RefTo("blob_store", "the blob store"), "digest": Template("'sha256:<hex>'", shape="string"),
+          "out": Output("variable receiving the blob handle (.digest, .size)")},
     errors=["400 INVALID_DIGEST", "404 BLOB_NOT_FOUND"],
     example={"store": "primary", "digest": "$meta.blob_digest", "out": "blob"})
 def blob_get(ctx, a):
@@ -244,7 +252,9 @@ def blob_get(ctx, a):
 
 @op("blob.put", "Stream bytes into the content-addressed store, hashing while writing; inside a transaction "
     "the blob is moved into place only at commit.",
-    args={"store": RefTo("blob_store"), "from": Source(), "out": Output("variable receiving 'sha256:<hex>'"),
+    args={"store": RefTo("blob_store", "the blob store"),
+          "from": Source("request.body, or a body handle such as $up_resp.body"),
+          "out": Output("variable receiving 'sha256:<hex>'"),
           "out_size": Output("variable receiving the size in bytes", required=False)},
     errors=["413 BLOB_TOO_LARGE", "413 PAYLOAD_TOO_LARGE", "400 BLOB_TOO_SMALL"],
     example={"store": "primary", "from": "request.body", "out": "digest", "out_size": "blob_size"})
@@ -276,8 +286,8 @@ def _stage_from_value(store, value):
 
 @op("blob.verify_digest", "Check a put blob's digest against the one the client declared (Content-Digest "
     "header or ?digest=) or an explicit expected digest; a mismatch rejects the request and nothing is recorded.",
-    args={"digest": Template(shape="string"), "algo": Const("string", choices=["sha256"], required=False,
-                                                            default="sha256"),
+    args={"digest": Template("the digest blob.put produced ($digest)", shape="string"),
+          "algo": Const("string", "digest algorithm", choices=["sha256"], required=False, default="sha256"),
           "expected": Template("expected digest; defaults to the client's declaration", required=False)},
     errors=["400 DIGEST_MISMATCH", "400 INVALID_DIGEST"],
     example={"digest": "$digest", "algo": "sha256"})
@@ -294,10 +304,11 @@ def blob_verify_digest(ctx, a):
 # --- index ------------------------------------------------------------------------------------------------
 
 @op("index.query", "Read rows of an index in its sort order (first row = highest version for artifact_versions).",
-    args={"index": RefTo("index"), "key": Template("values of the index key's leading fields", shape="object"),
+    args={"index": RefTo("index", "the index"),
+          "key": Template("values of the index key's leading fields", shape="object"),
           "limit": Template("rows to return (at most 1000)", required=False, default=100),
           "offset": Template("rows to skip", required=False, default=0),
-          "out": Output()},
+          "out": Output("variable receiving the list of rows")},
     example={"index": "artifact_versions", "key": {"namespace": "{namespace}", "name": "{name}"},
              "limit": 1, "out": "rows"})
 def index_query(ctx, a):
@@ -335,7 +346,8 @@ def _index_row(ctx, a):
 
 
 @op("index.upsert", "Insert or replace a row; its position follows the index's key and sort fields.",
-    args={"index": RefTo("index"), "key": Template(shape="object"), "value": Template(shape="object")},
+    args={"index": RefTo("index", "the index"), "key": Template("the index key's fields", shape="object"),
+          "value": Template("the row (key fields are added to it)", shape="object")},
     writes=True, errors=["409 UNIQUE_VIOLATION"],
     example={"index": "tags", "key": {"namespace": "{namespace}"}, "value": {"namespace": "{namespace}"}})
 def index_upsert(ctx, a):
@@ -346,7 +358,7 @@ def index_upsert(ctx, a):
 
 
 @op("index.delete", "Remove the row identified by key (and value) from an index.",
-    args={"index": RefTo("index"), "key": Template(shape="object"),
+    args={"index": RefTo("index", "the index"), "key": Template("the index key's fields", shape="object"),
           "value": Template("further fields identifying the row", required=False, shape="object")},
     writes=True, example={"index": "tags", "key": {"namespace": "{namespace}", "name": "{name}", "tag": "{tag}"}})
 def index_delete(ctx, a):
@@ -362,8 +374,9 @@ _CACHE_KINDS = ["response", "blob"]
 
 
 @op("cache.get", "Look up a cache entry (response or blob cache); a miss or expiry sets the hit flag false.",
-    args={"kind": Const("string", choices=_CACHE_KINDS), "key": Template(shape="string"),
-          "hit_out": Output(), "value_out": Output()},
+    args={"kind": Const("string", "caching.response_cache or caching.blob_cache", choices=_CACHE_KINDS),
+          "key": Template("cache key", shape="string"),
+          "hit_out": Output("variable receiving true/false"), "value_out": Output("variable receiving the value")},
     example={"kind": "response", "key": "blob_resp/{namespace}/{name}", "hit_out": "hit", "value_out": "cached"})
 def cache_get(ctx, a):
     ctx.count_io()
@@ -374,8 +387,10 @@ def cache_get(ctx, a):
 
 @op("cache.put", "Store a value (blob handles are kept by reference) for ttl_seconds; entries larger than "
     "max_entry_bytes are skipped.",
-    args={"kind": Const("string", choices=_CACHE_KINDS), "key": Template(shape="string"), "value": Template(),
-          "ttl_seconds": Const("integer", required=False, minimum=1)},
+    args={"kind": Const("string", "caching.response_cache or caching.blob_cache", choices=_CACHE_KINDS),
+          "key": Template("cache key", shape="string"), "value": Template("the value to cache"),
+          "ttl_seconds": Const("integer", "lifetime; default: the cache's default_ttl_seconds", required=False,
+                               minimum=1)},
     example={"kind": "response", "key": "blob_resp/{namespace}/{name}", "value": {"body": "$blob"},
              "ttl_seconds": 300})
 def cache_put(ctx, a):
@@ -387,9 +402,10 @@ def cache_put(ctx, a):
 
 @op("proxy.fetch", "Fetch from an upstream with its timeouts and bounded retries; the body streams to a "
     "temporary file. Output: {status, headers, body, size}; status is null when the upstream was unreachable.",
-    args={"upstream": RefTo("upstream"), "method": Const("string", choices=["GET", "HEAD"], required=False,
-                                                         default="GET"),
-          "path": Template(shape="string"), "out": Output()},
+    args={"upstream": RefTo("upstream", "the upstream (base_url, timeouts, retry)"),
+          "method": Const("string", "HTTP method", choices=["GET", "HEAD"], required=False, default="GET"),
+          "path": Template("path appended to base_url", shape="string"),
+          "out": Output("variable receiving {status, headers, body, size, digest}")},
     errors=["404 PROXY_DISABLED"],
     example={"upstream": "originA", "method": "GET", "path": "/v1/{namespace}/{name}", "out": "up_resp"})
 def proxy_fetch(ctx, a):
@@ -404,7 +420,8 @@ def proxy_fetch(ctx, a):
 
 @op("emit.event", "Append an event to the durable log (with the transaction's commit, or at once), validated "
     "against the event type's schema.",
-    args={"type": RefTo("event_type"), "payload": Template(shape="object")},
+    args={"type": RefTo("event_type", "the event type (its schema validates the payload)"),
+          "payload": Template("the payload", shape="object")},
     errors=["400 EVENT_INVALID", "413 EVENT_TOO_LARGE"],
     example={"type": "artifact.published", "payload": {"namespace": "{namespace}"}})
 def emit_event(ctx, a):
@@ -425,8 +442,8 @@ _STATUS = dict(minimum=100, maximum=599)
 
 
 @op("respond.json", "End the pipeline with a JSON response; an open transaction is aborted.",
-    args={"status": Const("integer", required=False, default=200, **_STATUS), "body": Template(),
-          "headers": Template(required=False, shape="object")},
+    args={"status": Const("integer", "HTTP status", required=False, default=200, **_STATUS),
+          "body": Template("the JSON body"), "headers": Template("extra headers", required=False, shape="object")},
     example={"status": 200, "body": {"ok": True}})
 def respond_json(ctx, a):
     headers = a.headers.render(ctx) if a.headers is not None else None
@@ -435,8 +452,9 @@ def respond_json(ctx, a):
 
 @op("respond.bytes", "End the pipeline streaming a blob from disk (HEAD, Range, ETag and If-None-Match "
     "are honoured).",
-    args={"status": Const("integer", required=False, default=200, **_STATUS),
-          "body": Template("a blob handle ($blob)"), "headers": Template(required=False, shape="object")},
+    args={"status": Const("integer", "HTTP status", required=False, default=200, **_STATUS),
+          "body": Template("a blob handle ($blob)"), "headers": Template("extra headers", required=False,
+                                                                         shape="object")},
     errors=["404 BLOB_NOT_FOUND", "416 RANGE_NOT_SATISFIABLE"],
     example={"status": 200, "body": "$blob", "headers": {"Content-Type": "application/octet-stream"}})
 def respond_bytes(ctx, a):
@@ -448,8 +466,8 @@ def respond_bytes(ctx, a):
 
 
 @op("respond.redirect", "End the pipeline with a redirect.",
-    args={"status": Const("integer", required=False, default=302, choices=[301, 302, 303, 307, 308]),
-          "location": Template(shape="string")},
+    args={"status": Const("integer", "HTTP status", required=False, default=302, choices=[301, 302, 303, 307, 308]),
+          "location": Template("the Location header", shape="string")},
     example={"status": 307, "location": "/v1/{namespace}/{name}/{version}/{variant}/blob"})
 def respond_redirect(ctx, a):
     ctx.response = ResponseSpec(a.status, {"Location": a.location.render(ctx)},
@@ -457,8 +475,9 @@ def respond_redirect(ctx, a):
 
 
 @op("respond.error", "End the pipeline with the JSON error envelope; an open transaction is aborted.",
-    args={"status": Const("integer", minimum=400, maximum=599), "code": Const("string"),
-          "message": Template(shape="string"), "field": Const("string", required=False)},
+    args={"status": Const("integer", "HTTP status", minimum=400, maximum=599),
+          "code": Const("string", "stable error code"), "message": Template("human-readable message", shape="string"),
+          "field": Const("string", "the offending field", required=False)},
     example={"status": 404, "code": "NOT_FOUND", "message": "Artifact not found"})
 def respond_error(ctx, a):
     raise DepotError(a.code, a.status, a.message.render(ctx), a.field)
@@ -471,13 +490,14 @@ def _now():
 
 
 @op("time.now_iso8601", "Bind the current UTC time, ISO 8601 with milliseconds and 'Z'.",
-    args={"out": Output()}, example={"out": "now"})
+    args={"out": Output("variable receiving the timestamp")}, example={"out": "now"})
 def time_now_iso8601(ctx, a):
     ctx.vars[a.out] = _now()
 
 
 @op("string.format", "Render a string template into a variable.",
-    args={"template": Template(shape="string"), "out": Output()},
+    args={"template": Template("the string to render", shape="string"),
+          "out": Output("variable receiving the string")},
     example={"template": "{namespace}/{name}@{version}", "out": "coordinates"})
 def string_format(ctx, a):
     value = a.template.render(ctx)
