@@ -57,20 +57,38 @@ def cmd_check(args):
 
 
 def cmd_serve(args):
-    import waitress
+    """Check the schema in this process, then serve with gunicorn: one worker process (rocksdict allows one
+    writer process per database) with --threads threads. Request bodies stream to the app as they arrive."""
+    from gunicorn.app.base import BaseApplication
 
-    from app import create_app
-    from app.errors import SchemaLoadError
     try:
-        app = create_app(args.data_dir, schema_path=args.schema)
-    except SchemaLoadError as exc:
-        print(exc.report.to_text(), file=sys.stderr)
+        doc = load_schema_file(args.schema)
+    except (OSError, ValueError) as exc:
+        print("cannot read %s: %s" % (args.schema, exc), file=sys.stderr)
+        return 1
+    compiled, report = compile_schema(doc, args.schema)
+    if compiled is None:
+        print(report.to_text(), file=sys.stderr)
         print("refusing to start: the schema cannot be served", file=sys.stderr)
         return 1
-    limits = app.extensions["depot"].engine.limits
-    print("Depot serving %s on http://%s:%d (data dir %s)" % (args.schema, args.host, args.port, args.data_dir))
-    waitress.serve(app, host=args.host, port=args.port, threads=args.threads,
-                   max_request_body_size=limits.max_request_body_bytes, ident="depot")
+
+    class DepotServer(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", "%s:%d" % (args.host, args.port))
+            self.cfg.set("workers", 1)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", args.threads)
+            self.cfg.set("timeout", 0)  # long uploads and downloads are not worker hangs
+            self.cfg.set("accesslog", "-")
+            self.cfg.set("control_socket_disable", True)
+
+        def load(self):
+            from app import create_app
+            return create_app(args.data_dir, schema=doc)
+
+    print("Depot serving %s on http://%s:%d (data dir %s)" % (args.schema, args.host, args.port, args.data_dir),
+          flush=True)
+    DepotServer().run()
     return 0
 
 

@@ -1,0 +1,116 @@
+"""A real server process: start-up, first-admin bootstrap, streamed upload and download over a socket."""
+import hashlib
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from tests.conftest import ROOT
+
+CHUNK = 1024 * 1024
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_serving(proc, url, deadline_s=30):
+    """Poll the health endpoint until it answers (readiness, not a timing assumption)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise AssertionError("server exited: %s" % proc.stdout.read())
+        try:
+            if requests.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    raise AssertionError("server did not become ready")
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = _free_port()
+    env = dict(os.environ, DEPOT_BCRYPT_ROUNDS="4")
+    env.pop("DEPOT_ADMIN_PASSWORD", None)
+    data_dir = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port), "--data-dir", str(data_dir),
+                             "--threads", "4"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    url = "http://127.0.0.1:%d" % port
+    try:
+        _wait_until_serving(proc, url)
+        yield url, data_dir
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_first_start_creates_admin_with_private_password_file(server):
+    url, data_dir = server
+    password_file = data_dir / "admin.password"
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE((data_dir / "secret.key").stat().st_mode) == 0o600
+    password = password_file.read_text().strip()
+    assert len(password) >= 16
+    login = requests.post(url + "/auth/login", json={"username": "admin", "password": password})
+    assert login.status_code == 200 and login.json()["token"].count(".") == 2
+
+
+def test_streamed_upload_and_ranged_download_over_a_socket(server):
+    url, data_dir = server
+    password = (data_dir / "admin.password").read_text().strip()
+    token = requests.post(url + "/auth/login", json={"username": "admin", "password": password}).json()["token"]
+    auth = {"Authorization": "Bearer " + token}
+    hasher = hashlib.sha256()
+
+    def body():  # chunked transfer: the server never learns the length in advance
+        for i in range(32):
+            chunk = bytes([i]) * CHUNK
+            hasher.update(chunk)
+            yield chunk
+    response = requests.put(url + "/v1/acme/big/1.0.0/raw/blob", data=body(), headers=auth)
+    assert response.status_code == 201, response.text
+    digest = "sha256:" + hasher.hexdigest()
+    assert response.json() == {"ok": True, "digest": digest, "size": 32 * CHUNK}
+    ranged = requests.get(url + "/v1/acme/big/1.0.0/raw/blob", headers=dict(auth, Range="bytes=%d-%d"
+                                                                               % (CHUNK - 1, CHUNK)))
+    assert ranged.status_code == 206 and ranged.content == b"\x00\x01"
+    full = requests.get(url + "/v1/acme/big/1.0.0/raw/blob", headers=auth, stream=True)
+    streamed = hashlib.sha256()
+    for chunk in full.iter_content(CHUNK):
+        streamed.update(chunk)
+    assert "sha256:" + streamed.hexdigest() == digest == full.headers["ETag"].strip('"')
+
+
+def test_oversized_declared_body_is_refused_with_json_before_it_is_sent(server):
+    url, _ = server
+    with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(b"PUT /v1/a/b/1.0.0/x/blob HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n")
+        reply = b""
+        while b'"}}' not in reply:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        reply = reply.decode()
+    assert reply.startswith("HTTP/1.1 413")
+    assert '"code":"PAYLOAD_TOO_LARGE"' in reply and "application/json" in reply
+
+
+def test_serve_refuses_a_schema_that_fails_its_checks(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"ops": {"allowed": ["kv.get"]}, "api": {"routes": [{"id": "r", "method": "GET", '
+                      '"path": "/x", "pipeline": [{"op": "kv.put", "args": {}}]}]}}')
+    result = subprocess.run([sys.executable, "-m", "app", "serve", "--schema", str(broken), "--data-dir",
+                             str(tmp_path / "d"), "--port", str(_free_port())], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert "api.routes[0].pipeline[0].op" in result.stderr and "refusing to start" in result.stderr
