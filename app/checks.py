@@ -312,8 +312,13 @@ def _check_invariants(c):
             except ConditionError as exc:
                 c.report.error(exc.place or where, str(exc))
                 continue
+            on_fail = inv.get("on_fail", "warn")
+            if on_fail not in ("warn", "reject_config"):
+                c.report.error(where + ".on_fail", "unknown on_fail %r; expected one of: warn, reject_config"
+                               % on_fail)
+                continue
             if not predicate(None):
-                severity = ERROR if inv.get("on_fail") == "reject_config" else WARNING
+                severity = ERROR if on_fail == "reject_config" else WARNING
                 c.report.add(severity, where, "invariant violated: %s" % inv.get("description", inv["id"]),
                              inv["id"])
 

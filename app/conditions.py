@@ -17,7 +17,8 @@ class ConditionError(ValueError):
 
 
 def keyword(name, arity):
-    """arity: "one" (a single operand), "two" (a pair), "conds" (a list of conditions), "cond" (one condition)."""
+    """arity: "one" (a single operand), "two" (a pair), "conds" (a list of conditions), "cond_pair" (exactly
+    two conditions), "cond" (one condition)."""
     def register(fn):
         KEYWORDS[name] = (fn, arity)
         return fn
@@ -90,10 +91,8 @@ def _not(pred):
     return lambda ctx: not pred(ctx)
 
 
-@keyword("implies", "conds")
+@keyword("implies", "cond_pair")
 def _implies(preds):
-    if len(preds) != 2:
-        raise ConditionError("'implies' takes exactly two conditions")
     first, second = preds
     return lambda ctx: (not first(ctx)) or second(ctx)
 
@@ -138,6 +137,8 @@ def compile_condition(spec, place, make_operand=None, refs=None, extra=None):
         return fn(operand(arg[0]), operand(arg[1]))
     if arity == "cond":
         return fn(compile_condition(arg, here, make_operand, refs, extra))
+    if arity == "cond_pair" and (not isinstance(arg, list) or len(arg) != 2):
+        raise ConditionError("%r takes a list of exactly two conditions" % name, here)
     if not isinstance(arg, list) or not arg:
         raise ConditionError("%r takes a non-empty list of conditions" % name, here)
     return fn([compile_condition(c, "%s[%d]" % (here, i), make_operand, refs, extra) for i, c in enumerate(arg)])

@@ -9,7 +9,8 @@ from app.opspec import REGISTRY, Output
 
 SECTIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "doc_sections")
 OPERATIONS_MD = os.path.join(os.path.dirname(SECTIONS), "..", "OPERATIONS.md")
-_ARITY = {"one": "`operand`", "two": "`[a, b]`", "conds": "`[condition, ...]`", "cond": "`condition`"}
+_ARITY = {"one": "`operand`", "two": "`[a, b]`", "conds": "`[condition, ...]`", "cond": "`condition`",
+          "cond_pair": "`[condition, condition]`"}
 _KEYWORD_DOCS = {
     "equals": "a equals b", "not_equals": "a differs from b", "in": "a is an element of list b",
     "not_in": "a is not an element of list b", "is_null": "the operand is null or unbound",

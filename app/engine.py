@@ -15,7 +15,7 @@ from app.stores.blobs import DIGEST_PREFIX, BlobRef, FileBlobStore, declared_dig
 from app.stores.cache import CacheStore
 from app.stores.state import StateStore
 
-BAD_PARAM_CHARS = ("/", "\\", "\x00")
+BAD_PARAM_CHARS = ("/", "\\", "\x00")  # with "..": never part of a path parameter
 PROXY_CHUNK = 1024 * 1024
 
 
@@ -75,7 +75,7 @@ class Engine:
         """Run ``route`` for ``request``; returns the context holding the ResponseSpec, or raises DepotError.
         The caller calls ``ctx.close()`` once the response has been sent (it removes temporary files)."""
         for name, value in request.path_params.items():
-            if any(c in value for c in BAD_PARAM_CHARS) or value in (".", "..") or ".." in value.split("."):
+            if any(c in value for c in BAD_PARAM_CHARS) or ".." in value or value == ".":
                 raise DepotError("INVALID_PATH_PARAMETER", 400, "path parameter %s contains a forbidden sequence"
                                  % name, name)
         ctx = ExecutionContext(self, request, authenticate=authenticate)

@@ -2,7 +2,6 @@
 import itertools
 import random
 
-import pytest
 
 from app.stores.sortkeys import (descending, encode_int, encode_str, encode_uint, encode_value, encode_version,
                                  parse_semver)
