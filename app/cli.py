@@ -45,13 +45,20 @@ def cmd_docs(args):
     return 0
 
 
-def cmd_check(args):
+def _check_file(path):
+    """(schema dict, report), or (None, None) after saying why the file cannot be read."""
     try:
-        doc = load_schema_file(args.path)
+        doc = load_schema_file(path)
     except (OSError, ValueError) as exc:
-        print("cannot read %s: %s" % (args.path, exc), file=sys.stderr)
+        print("cannot read %s: %s" % (path, exc), file=sys.stderr)
+        return None, None
+    return doc, compile_schema(doc, path)[1]
+
+
+def cmd_check(args):
+    doc, report = _check_file(args.path)
+    if doc is None:
         return 1
-    _, report = compile_schema(doc, args.path)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
     return 0 if report.ok else 1
 
@@ -61,13 +68,10 @@ def cmd_serve(args):
     writer process per database) with --threads threads. Request bodies stream to the app as they arrive."""
     from gunicorn.app.base import BaseApplication
 
-    try:
-        doc = load_schema_file(args.schema)
-    except (OSError, ValueError) as exc:
-        print("cannot read %s: %s" % (args.schema, exc), file=sys.stderr)
+    doc, report = _check_file(args.schema)
+    if doc is None:
         return 1
-    compiled, report = compile_schema(doc, args.schema)
-    if compiled is None:
+    if not report.ok:
         print(report.to_text(), file=sys.stderr)
         print("refusing to start: the schema cannot be served", file=sys.stderr)
         return 1

@@ -102,6 +102,11 @@ def _stringify(value):
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
 
 
+def _check_key_segment(ref, text):
+    if "/" in text or "\x00" in text or text in ("", ".", ".."):
+        raise DepotError("INVALID_KEY_SEGMENT", 400, "value for %s is not a valid key segment" % ref.source, ref.root)
+
+
 class Template:
     """A parsed string template."""
 
@@ -116,17 +121,7 @@ class Template:
     def render(self, ctx):
         if self.single is not None:
             return self.single.resolve(ctx)
-        out = []
-        for part in self.parts:
-            if part.__class__ is str:
-                out.append(part)
-                continue
-            value = part.resolve(ctx)
-            if value is None:  # an absent optional reference: its segment disappears
-                continue
-            out.append(part.prefix)
-            out.append(_stringify(value))
-        return "".join(out)
+        return self._join(ctx, None)
 
     def render_lenient(self, ctx):
         if self.single is not None:
@@ -135,18 +130,20 @@ class Template:
 
     def render_key(self, ctx):
         """Render a storage key: substituted values may not add segments ('/', '..') or NUL."""
+        return self._join(ctx, _check_key_segment)
+
+    def _join(self, ctx, check):
         out = []
         for part in self.parts:
             if part.__class__ is str:
                 out.append(part)
                 continue
             value = part.resolve(ctx)
-            if value is None:
+            if value is None:  # an absent optional reference: its segment disappears
                 continue
             text = _stringify(value)
-            if "/" in text or "\x00" in text or text in ("", ".", ".."):
-                raise DepotError("INVALID_KEY_SEGMENT", 400, "value for %s is not a valid key segment"
-                                 % part.source, part.root)
+            if check is not None:
+                check(part, text)
             out.append(part.prefix)
             out.append(text)
         return "".join(out)

@@ -32,6 +32,16 @@ def project_schema():
     return load_json(ROOT / "schema.json")
 
 
+class Namespaces:
+    """The four namespaces a template or condition reads, and nothing else."""
+
+    def __init__(self, fields=None, vars=None, principal=None, event=None):
+        self.fields = fields or {}
+        self.vars = vars or {}
+        self.principal = principal
+        self.event = event
+
+
 @pytest.fixture(autouse=True)
 def _admin_password(monkeypatch):
     monkeypatch.setenv("DEPOT_ADMIN_PASSWORD", ADMIN_PASSWORD)
@@ -58,6 +68,16 @@ class Depot:
     def publish(self, namespace, name, version, variant, data, scopes=("read", "write"), **kw):
         return self.client.put("/v1/%s/%s/%s/%s/blob" % (namespace, name, version, variant), data=data,
                                headers=self.headers(scopes, **kw.pop("headers", {})), **kw)
+
+    def blob_files(self):
+        """Every file under the data dir's blob root (its .tmp dir included)."""
+        root = os.path.join(self.data_dir, "data", "blobs")
+        return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files)
+
+    def temp_files(self):
+        """Files in the blob store's .tmp dir and the data dir's tmp dir."""
+        dirs = (os.path.join(self.data_dir, "data", "blobs", ".tmp"), os.path.join(self.data_dir, "tmp"))
+        return [os.path.join(d, f) for d in dirs if os.path.isdir(d) for f in os.listdir(d)]
 
     def restart(self):
         self.close()

@@ -5,7 +5,6 @@ Threads are released together by a Barrier; each has its own Flask test client o
 """
 import hashlib
 import json
-import os
 import threading
 
 import pytest
@@ -52,14 +51,6 @@ def index_rows(depot):
 
 def events(depot):
     return [(key, json.loads(raw)) for key, raw in depot.service.engine.state.scan(EVENT_PREFIX)]
-
-
-def blob_files(depot):
-    root = os.path.join(depot.data_dir, "data", "blobs")
-    found = []
-    for directory, _, files in os.walk(root):
-        found.extend(os.path.join(directory, f) for f in files)
-    return sorted(found)
 
 
 def publisher(headers, path, body):
@@ -113,7 +104,7 @@ def test_racing_publishes_of_the_same_coordinates_have_exactly_one_winner(ref_de
 
     # only the winner's bytes are kept; the losers' staged uploads are gone
     store = depot.service.engine.blob_store("primary")
-    assert blob_files(depot) == [store.path_for(digests[winner].split(":", 1)[1])]
+    assert depot.blob_files() == [store.path_for(digests[winner].split(":", 1)[1])]
 
 
 def test_racing_publishes_of_different_versions_all_succeed(ref_depot):

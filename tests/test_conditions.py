@@ -2,20 +2,13 @@
 import pytest
 
 from app.conditions import ConditionError, compile_condition
+from tests.conftest import Namespaces
 
 PLACE = "api.routes[1].pipeline[5].args.when"
 
 
-class Ctx:
-    def __init__(self, fields=None, vars=None, principal=None, event=None):
-        self.fields = fields or {}
-        self.vars = vars or {}
-        self.principal = principal
-        self.event = event
-
-
 def holds(spec, **ctx):
-    return compile_condition(spec, PLACE)(Ctx(**ctx))
+    return compile_condition(spec, PLACE)(Namespaces(**ctx))
 
 
 def load_error(spec):
@@ -170,9 +163,9 @@ def test_nested_conditions_evaluate_against_the_context():
 
 def test_predicate_is_compiled_once_and_reused():
     predicate = compile_condition({"is_null": "$meta"}, PLACE)
-    assert predicate(Ctx(vars={"meta": None}))
-    assert not predicate(Ctx(vars={"meta": {}}))
-    assert predicate(Ctx())
+    assert predicate(Namespaces(vars={"meta": None}))
+    assert not predicate(Namespaces(vars={"meta": {}}))
+    assert predicate(Namespaces())
 
 
 def test_references_are_collected_for_binding_analysis():
@@ -183,7 +176,7 @@ def test_references_are_collected_for_binding_analysis():
 
 def test_extra_keywords_are_used_by_their_caller_only():
     extra = {"always": lambda arg, where: (lambda ctx: arg)}
-    assert compile_condition({"not": {"always": False}}, PLACE, extra=extra)(Ctx())
+    assert compile_condition({"not": {"always": False}}, PLACE, extra=extra)(Namespaces())
     with pytest.raises(ConditionError):
         compile_condition({"always": True}, PLACE)
 

@@ -2,21 +2,12 @@
 import pytest
 
 from app.errors import DepotError
+from tests.conftest import Namespaces
 from app.expr import Const, DictNode, ListNode, Template, TemplateSyntaxError, compile_value, parse_template
 
 
-class Ctx:
-    """The four namespaces a template reads, and nothing else."""
-
-    def __init__(self, fields=None, vars=None, principal=None, event=None):
-        self.fields = fields or {}
-        self.vars = vars or {}
-        self.principal = principal
-        self.event = event
-
-
 def render(source, **ctx):
-    return parse_template(source).render(Ctx(**ctx))
+    return parse_template(source).render(Namespaces(**ctx))
 
 
 def unresolved(source, **ctx):
@@ -199,8 +190,8 @@ def test_absent_event_raises_unresolved_reference():
 
 def test_lenient_render_reads_unbound_as_none():
     template = parse_template("$meta.blob_digest")
-    assert template.render_lenient(Ctx()) is None
-    assert template.render_lenient(Ctx(vars={"meta": {"blob_digest": "d"}})) == "d"
+    assert template.render_lenient(Namespaces()) is None
+    assert template.render_lenient(Namespaces(vars={"meta": {"blob_digest": "d"}})) == "d"
 
 
 # --- malformed templates --------------------------------------------------------------------------------------
@@ -226,7 +217,7 @@ def test_compile_value_rejects_malformed_strings_deep_in_a_tree():
 # --- storage keys ---------------------------------------------------------------------------------------------
 
 def key(source, **fields):
-    return parse_template(source).render_key(Ctx(fields=fields))
+    return parse_template(source).render_key(Namespaces(fields=fields))
 
 
 def bad_key(source, **fields):
@@ -274,14 +265,14 @@ def test_render_key_still_raises_for_unbound_reference():
 def test_constant_string_compiles_to_const_with_escapes_applied():
     node = compile_value("{{literal}} $$")
     assert isinstance(node, Const)
-    assert node.render(Ctx()) == "{literal} $"
+    assert node.render(Namespaces()) == "{literal} $"
 
 
 def test_constant_tree_compiles_to_one_const():
     value = {"status": 201, "ok": True, "tags": ["a", "b"], "nested": {"x": None, "y": "{{z}}"}}
     node = compile_value(value)
     assert isinstance(node, Const)
-    assert node.render(Ctx()) == {"status": 201, "ok": True, "tags": ["a", "b"], "nested": {"x": None, "y": "{z}"}}
+    assert node.render(Namespaces()) == {"status": 201, "ok": True, "tags": ["a", "b"], "nested": {"x": None, "y": "{z}"}}
     assert node.refs == ()
 
 
@@ -289,13 +280,13 @@ def test_constant_tree_compiles_to_one_const():
 def test_scalars_compile_to_const(value):
     node = compile_value(value)
     assert isinstance(node, Const)
-    assert node.render(Ctx()) == value
+    assert node.render(Namespaces()) == value
 
 
 def test_dict_with_references_renders_each_member():
     node = compile_value({"ok": True, "digest": "$digest", "size": "$size", "who": "{principal.sub}"})
     assert isinstance(node, DictNode)
-    ctx = Ctx(vars={"digest": "sha256:ab", "size": 12}, principal={"sub": "bob"})
+    ctx = Namespaces(vars={"digest": "sha256:ab", "size": 12}, principal={"sub": "bob"})
     assert node.render(ctx) == {"ok": True, "digest": "sha256:ab", "size": 12, "who": "bob"}
 
 
@@ -311,7 +302,7 @@ def test_list_with_references_renders_each_item():
     node = compile_value(["$a", 2, ["{f}", "c"], {"k": "const"}])
     assert isinstance(node, ListNode)
     assert isinstance(node.nodes[1], Const) and isinstance(node.nodes[3], Const)
-    assert node.render(Ctx(fields={"f": "F"}, vars={"a": [1]})) == [[1], 2, ["F", "c"], {"k": "const"}]
+    assert node.render(Namespaces(fields={"f": "F"}, vars={"a": [1]})) == [[1], 2, ["F", "c"], {"k": "const"}]
 
 
 def test_tree_collects_every_reference():
@@ -322,15 +313,15 @@ def test_tree_collects_every_reference():
 def test_tree_render_raises_for_unbound_member():
     node = compile_value({"a": "$x", "b": "$missing"})
     with pytest.raises(DepotError) as info:
-        node.render(Ctx(vars={"x": 1}))
+        node.render(Namespaces(vars={"x": 1}))
     assert info.value.code == "UNRESOLVED_REFERENCE"
 
 
 def test_tree_lenient_render_reads_unbound_members_as_none():
     node = compile_value({"a": "$x", "b": ["$missing"]})
-    assert node.render_lenient(Ctx(vars={"x": 1})) == {"a": 1, "b": [None]}
+    assert node.render_lenient(Namespaces(vars={"x": 1})) == {"a": 1, "b": [None]}
 
 
 def test_tree_values_are_not_rescanned():
     node = compile_value({"a": "{f}"})
-    assert node.render(Ctx(fields={"f": "$secret"}, vars={"secret": "no"})) == {"a": "$secret"}
+    assert node.render(Namespaces(fields={"f": "$secret"}, vars={"secret": "no"})) == {"a": "$secret"}

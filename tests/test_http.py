@@ -47,15 +47,6 @@ def assert_error(response, status, code=None):
     return error
 
 
-def blob_files(depot):
-    """Every file under the data dir's blob root (including its .tmp dir)."""
-    root = os.path.join(depot.data_dir, "data", "blobs")
-    found = []
-    for directory, _, files in os.walk(root):
-        found.extend(os.path.join(directory, f) for f in files)
-    return sorted(found)
-
-
 def artifact_keys(depot):
     return [key for key, _ in depot.service.engine.state.scan(ARTIFACT_PREFIX)]
 
@@ -172,7 +163,7 @@ def test_body_over_max_request_body_bytes_is_413(make_depot, reference_schema):
     response = depot.publish("acme", "big", "1.0.0", "x", b"z" * 2048)
     assert_error(response, 413, "PAYLOAD_TOO_LARGE")
     assert artifact_keys(depot) == []
-    assert blob_files(depot) == []
+    assert depot.blob_files() == []
     assert depot.publish("acme", "big", "1.0.0", "x", b"z" * 1024).status_code == 201
 
 
@@ -187,7 +178,7 @@ def test_body_over_limit_without_content_length_is_413(make_depot, reference_sch
     response = depot.client.open(Request(environ))
     assert_error(response, 413, "PAYLOAD_TOO_LARGE")
     assert artifact_keys(depot) == []
-    assert blob_files(depot) == []
+    assert depot.blob_files() == []
 
 
 def test_blob_over_max_blob_bytes_is_413(make_depot, reference_schema):
@@ -195,7 +186,7 @@ def test_blob_over_max_blob_bytes_is_413(make_depot, reference_schema):
     response = depot.publish("acme", "big", "1.0.0", "x", b"z" * 513)
     assert_error(response, 413, "BLOB_TOO_LARGE")
     assert artifact_keys(depot) == []
-    assert blob_files(depot) == []
+    assert depot.blob_files() == []
     assert depot.publish("acme", "big", "1.0.0", "x", b"z" * 512).status_code == 201
 
 
@@ -229,7 +220,7 @@ def test_json_over_max_json_bytes_is_413(make_depot, reference_schema):
 def test_missing_token_is_401(ref_depot):
     assert_error(ref_depot.client.put(BLOB, data=b"x"), 401, "UNAUTHENTICATED")
     assert_error(ref_depot.client.get(BLOB), 401, "UNAUTHENTICATED")
-    assert artifact_keys(ref_depot) == [] and blob_files(ref_depot) == []
+    assert artifact_keys(ref_depot) == [] and ref_depot.blob_files() == []
 
 
 def test_malformed_authorization_header_is_401(ref_depot):
@@ -243,7 +234,7 @@ def test_token_without_the_scope_is_403(ref_depot):
     response = ref_depot.publish("acme", "hello", "1.0.0", "linux-amd64", DATA, scopes=["read"])
     error = assert_error(response, 403, "FORBIDDEN")
     assert "write" in error["message"]
-    assert artifact_keys(ref_depot) == [] and blob_files(ref_depot) == []
+    assert artifact_keys(ref_depot) == [] and ref_depot.blob_files() == []
     assert event_count(ref_depot) == 0
 
 
@@ -259,7 +250,7 @@ def test_forged_token_is_401(ref_depot):
     forged = jwt.encode(_claims(["read", "write", "admin"]), "not-the-server-secret-" * 3, algorithm="HS256")
     response = ref_depot.client.put(BLOB, data=DATA, headers={"Authorization": "Bearer " + forged})
     assert_error(response, 401, "INVALID_TOKEN")
-    assert artifact_keys(ref_depot) == [] and blob_files(ref_depot) == []
+    assert artifact_keys(ref_depot) == [] and ref_depot.blob_files() == []
 
 
 def test_expired_and_alg_none_tokens_are_401(ref_depot):
@@ -277,7 +268,7 @@ def test_validation_failure_is_400_naming_the_field(ref_depot):
     assert error["field"] == "namespace"
     response = ref_depot.publish("acme", "hello", "1.0.0", "Linux amd64!", DATA)
     assert assert_error(response, 400, "INVALID_FIELD")["field"] == "variant"
-    assert artifact_keys(ref_depot) == [] and blob_files(ref_depot) == []
+    assert artifact_keys(ref_depot) == [] and ref_depot.blob_files() == []
 
 
 def test_non_semver_version_is_400_invalid_version(ref_depot):
@@ -285,7 +276,7 @@ def test_non_semver_version_is_400_invalid_version(ref_depot):
         response = ref_depot.publish("acme", "hello", version, "linux-amd64", DATA)
         error = assert_error(response, 400, "INVALID_VERSION")
         assert error["field"] == "version"
-    assert artifact_keys(ref_depot) == [] and blob_files(ref_depot) == []
+    assert artifact_keys(ref_depot) == [] and ref_depot.blob_files() == []
 
 
 def test_prerelease_is_rejected_by_the_reference_versioning(ref_depot):
@@ -347,7 +338,7 @@ def test_hostile_path_parameters_are_rejected_and_nothing_is_stored(ref_depot, p
     assert 400 <= response.status_code < 500, (path, response.status_code)
     assert_error(response, response.status_code)
     assert artifact_keys(ref_depot) == []
-    assert blob_files(ref_depot) == []
+    assert ref_depot.blob_files() == []
     assert event_count(ref_depot) == 0
     assert ref_depot.service.engine.state.count(b"i") == 0
 
@@ -407,7 +398,7 @@ def test_a_store_fault_during_publish_is_a_json_500_and_stores_nothing(ref_depot
     monkeypatch.undo()
     assert artifact_keys(ref_depot) == []
     assert event_count(ref_depot) == 0
-    assert blob_files(ref_depot) == []
+    assert ref_depot.blob_files() == []
     latest = ref_depot.client.get("/v1/acme/hello/latest", headers=ref_depot.headers(["read"]))
     assert_error(latest, 404, "NOT_FOUND")
     assert ref_depot.publish("acme", "hello", "1.0.0", "linux-amd64", DATA).status_code == 201

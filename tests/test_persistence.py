@@ -3,7 +3,6 @@ transactions: what committed survives, the event log stays contiguous, and what 
 """
 import hashlib
 import json
-import os
 
 EVENT_PREFIX = b"kmeta\x00eventlog/"
 ARTIFACT_PREFIX = b"kmeta\x00artifact/"
@@ -27,22 +26,6 @@ def assert_contiguous(logged):
     assert len({record["event_id"] for _, record in logged}) == len(logged)
 
 
-def blob_files(depot):
-    root = os.path.join(depot.data_dir, "data", "blobs")
-    found = []
-    for directory, _, files in os.walk(root):
-        found.extend(os.path.join(directory, f) for f in files)
-    return sorted(found)
-
-
-def temp_files(depot):
-    found = []
-    for directory in (os.path.join(depot.data_dir, "data", "blobs", ".tmp"), os.path.join(depot.data_dir, "tmp")):
-        if os.path.isdir(directory):
-            found.extend(os.listdir(directory))
-    return found
-
-
 def snapshot(depot):
     """Everything a request could have written: KV documents, index entries, row maps, events, blob files."""
     state = depot.service.engine.state
@@ -50,8 +33,8 @@ def snapshot(depot):
         "kv": [(k, v) for k, v in state.scan(b"kmeta\x00")],
         "index": [(k, v) for k, v in state.scan(b"i")],
         "rowmap": [(k, v) for k, v in state.scan(b"r")],
-        "blobs": blob_files(depot),
-        "tmp": temp_files(depot),
+        "blobs": depot.blob_files(),
+        "tmp": depot.temp_files(),
     }
 
 
@@ -222,9 +205,9 @@ def test_identical_bytes_under_two_coordinates_share_one_blob_across_restart(ref
     data = b"shared content\n" * 100
     assert depot.publish("acme", "app", "1.0.0", "linux", data).status_code == 201
     assert depot.publish("acme", "app", "1.0.0", "darwin", data).status_code == 201
-    assert len(blob_files(depot)) == 1
+    assert len(depot.blob_files()) == 1
     depot.restart()
-    assert len(blob_files(depot)) == 1
+    assert len(depot.blob_files()) == 1
     assert fetch(depot, "1.0.0", "linux").get_data() == data
     assert fetch(depot, "1.0.0", "darwin").get_data() == data
     assert depot.service.engine.state.count(ARTIFACT_PREFIX) == 2

@@ -7,7 +7,6 @@ import base64
 import copy
 import hashlib
 import io
-import os
 import tracemalloc
 
 import pytest
@@ -81,23 +80,6 @@ def lazy_digest(total, seed=b"depot"):
         hasher.update(chunk)
 
 
-def blob_files(depot):
-    root = os.path.join(depot.data_dir, "data", "blobs")
-    found = []
-    for directory, _, files in os.walk(root):
-        found.extend(os.path.join(directory, f) for f in files)
-    return sorted(found)
-
-
-def temp_files(depot):
-    """Files in the blob store's .tmp dir and the data dir's tmp dir."""
-    found = []
-    for directory in (os.path.join(depot.data_dir, "data", "blobs", ".tmp"), os.path.join(depot.data_dir, "tmp")):
-        if os.path.isdir(directory):
-            found.extend(os.path.join(directory, f) for f in os.listdir(directory))
-    return found
-
-
 def nothing_stored(depot, namespace="acme", name="big"):
     state = depot.service.engine.state
     assert list(state.scan(ARTIFACT_PREFIX)) == []
@@ -106,8 +88,8 @@ def nothing_stored(depot, namespace="acme", name="big"):
     latest = depot.client.get("/v1/%s/%s/latest" % (namespace, name), headers=depot.headers(["read"]))
     assert latest.status_code == 404
     assert latest.get_json()["error"]["code"] == "NOT_FOUND"
-    assert blob_files(depot) == []
-    assert temp_files(depot) == []
+    assert depot.blob_files() == []
+    assert depot.temp_files() == []
 
 
 def put_stream(depot, path, body, headers=None, query=None, chunked=False):
@@ -164,7 +146,7 @@ def test_a_64_mib_upload_streams_in_bounded_memory(ref_depot):
         for chunk in iter(lambda: handle.read(MiB), b""):
             hasher.update(chunk)
     assert hasher.hexdigest() == expected
-    assert temp_files(ref_depot) == []
+    assert ref_depot.temp_files() == []
 
 
 def test_a_chunked_upload_without_content_length_is_stored_whole(ref_depot):
