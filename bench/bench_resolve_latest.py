@@ -10,7 +10,7 @@ route, then requests/second of
     hand-plain     the same view alone on a plain Flask app (no Depot hooks), for reference
 
 Every variant is driven in-process by calling the WSGI app with a prepared environ (no sockets, no test-client
-overhead), with the same requests, in interleaved rounds. Both bodies are checked byte-identical first.
+overhead), with the same requests, in interleaved rounds. Every variant's status and body are first checked byte-identical.
 
     python3 bench/bench_resolve_latest.py [--seconds 30] [--rounds 10] [--profile]
 """
@@ -38,12 +38,15 @@ FIXTURE_SCHEMA = ROOT / "tests" / "fixtures" / "reference_schema.json"
 HAND_PREFIX = "/_bench/handwritten"
 VARIANT = "linux-amd64"
 VERSIONS = ["%d.%d.%d" % (i // 5, (i % 5) * 3, i % 3) for i in range(20)]  # semver order != string order
-LATEST = max(VERSIONS, key=lambda v: tuple(int(p) for p in v.split(".")))
 
 # The hand-written view's own copies of what the schema declares; checked against the schema at start-up.
 SEGMENT_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
-BAD_PARAM_CHARS = ("/", "\\", "\x00")
-_STR_END = b"\x00\x01"
+
+
+def index_prefix(head, namespace, name):
+    """The by_name key prefix, encoded by hand (the order-preserving string encoding of app.stores.sortkeys)."""
+    return (head + namespace.encode("utf-8").replace(b"\x00", b"\x00\xff") + b"\x00\x01"
+            + name.encode("utf-8").replace(b"\x00", b"\x00\xff") + b"\x00\x01")
 
 
 # --- the hand-written view ----------------------------------------------------------------------------------
@@ -73,7 +76,7 @@ def make_handwritten_view(service):
 
     def resolve_latest(namespace, name):
         for param, value in (("namespace", namespace), ("name", name)):
-            if value in (".", "..") or "/" in value or "\\" in value or "\x00" in value:
+            if ".." in value or value == "." or "/" in value or "\\" in value or "\x00" in value:
                 return error(400, "INVALID_PATH_PARAMETER",
                              "path parameter %s contains a forbidden sequence" % param, param)
         try:
@@ -92,9 +95,7 @@ def make_handwritten_view(service):
             return error(400, "INVALID_FIELD", "namespace must match %s" % pattern, "namespace")
         if not SEGMENT_RE.match(name):
             return error(400, "INVALID_FIELD", "name must match %s" % pattern, "name")
-        prefix = (head + namespace.encode("utf-8").replace(b"\x00", b"\x00\xff") + _STR_END
-                  + name.encode("utf-8").replace(b"\x00", b"\x00\xff") + _STR_END)
-        for _, raw in state.scan(prefix, 1):
+        for _, raw in state.scan(index_prefix(head, namespace, name), 1):
             row = json.loads(raw)[1]
             return reply(200, {"namespace": namespace, "name": name, "version": row["version"],
                                "variant": row["variant"], "blob_digest": row["blob_digest"]})
@@ -105,8 +106,6 @@ def make_handwritten_view(service):
 
 def check_view_matches_schema(service, doc):
     """The hand-written view hard-codes what the schema declares; fail loudly if the schema has moved on."""
-    from app.stores import sortkeys
-
     entity = doc["entities"]["artifact"]
     regexes = {c["field"]: c["regex"] for c in entity["constraints"]}
     assert regexes["namespace"] == regexes["name"] == SEGMENT_RE.pattern, regexes
@@ -118,7 +117,7 @@ def check_view_matches_schema(service, doc):
                                                     "respond.json"], route["pipeline"]
     key = service.engine.compiled.definitions["index"]["artifact_versions"].key_for(["namespace", "name"])
     sample = {"namespace": "team-a", "name": "pkg\x00x"}
-    assert key.prefix(sample) == key.head + sortkeys.encode_str("team-a") + sortkeys.encode_str("pkg\x00x")
+    assert key.prefix(sample) == index_prefix(key.head, "team-a", "pkg\x00x")
 
 
 # --- set-up -------------------------------------------------------------------------------------------------
@@ -238,8 +237,13 @@ def _start_response(status, headers, exc_info=None):
 
 # --- checks -------------------------------------------------------------------------------------------------
 
-def check_identical(variants, cases):
-    """Every case must give the same status and byte-identical JSON body on every variant."""
+def highest(versions):
+    return max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
+
+
+def check_identical(variants, cases, latest):
+    """Every case must give the same status and byte-identical JSON body on every variant, and hits must name
+    the highest published version."""
     problems = []
     for label, path, authorization, expect_status in cases:
         results = {}
@@ -251,8 +255,8 @@ def check_identical(variants, cases):
             problems.append("%s (%s): %s" % (label, path, {k: (v[0], v[2]) for k, v in results.items()}))
         elif not first[0].startswith(str(expect_status)):
             problems.append("%s (%s): expected %s, got %s %s" % (label, path, expect_status, first[0], first[2]))
-        elif expect_status == 200 and json.loads(first[2])["version"] != LATEST:
-            problems.append("%s (%s): latest is %s, expected %s" % (label, path, first[2], LATEST))
+        elif expect_status == 200 and json.loads(first[2])["version"] != latest:
+            problems.append("%s (%s): latest is %s, expected %s" % (label, path, first[2], latest))
     return problems
 
 
@@ -270,6 +274,8 @@ def correctness_cases(service, paths, token):
         ("invalid namespace", "/v1/-team/pkg-000/latest", bearer, 400),
         ("backslash in name", "/v1/team-a/a%5Cb/latest", bearer, 400),
         ("dot-dot name", "/v1/team-a/../latest", bearer, 400),
+        ("dot-dot inside name", "/v1/team-a/a..b/latest", bearer, 400),
+        ("dot name", "/v1/team-a/./latest", bearer, 400),
         ("forbidden chars before auth", "/v1/team-a/a%5Cb/latest", None, 400),
     ]
     return cases
@@ -277,30 +283,43 @@ def correctness_cases(service, paths, token):
 
 # --- profiling ----------------------------------------------------------------------------------------------
 
-def profile(app, environs, requests, label, top):
-    profiler = cProfile.Profile()
+def profile(app, environs, requests):
+    """cProfile ``requests`` requests: -> ({function: (calls, own us, cumulative us) per request}, us/request)."""
     rounds = max(1, requests // len(environs))
+    run_batch(app, environs)
+    profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(rounds):
-        for environ in environs:
-            env = environ.copy()
-            env["wsgi.input"] = io.BytesIO(b"")
-            result = app(env, _start_response)
-            for _ in result:
-                pass
-            result.close()
+        run_batch(app, environs)
     profiler.disable()
     n = rounds * len(environs)
-    stats = pstats.Stats(profiler)
-    total = stats.total_tt
-    print("\n== cProfile: %s, %d requests, %.1f us/request under the profiler (top %d by own time) =="
-          % (label, n, total / n * 1e6, top))
-    rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
-    print("%10s %10s %10s  %s" % ("calls/req", "own us/req", "cum us/req", "function"))
-    for (filename, line, func), (cc, nc, tt, ct, _) in rows:
-        short = filename.replace(str(ROOT) + os.sep, "")
-        short = re.sub(r".*site-packages" + re.escape(os.sep), "", short)
-        print("%10.2f %10.2f %10.2f  %s:%d(%s)" % (nc / n, tt / n * 1e6, ct / n * 1e6, short, line, func))
+    per_request = {}
+    for (filename, line, func), (_, calls, own, cum, _) in pstats.Stats(profiler).stats.items():
+        if func == "run_batch":
+            continue
+        short = re.sub(r".*site-packages" + re.escape(os.sep), "", filename.replace(str(ROOT) + os.sep, ""))
+        per_request["%s:%d(%s)" % (short, line, func)] = (calls / n, own / n * 1e6, cum / n * 1e6)
+    return per_request, sum(v[1] for v in per_request.values())
+
+
+def print_profiles(apps, environs, requests, top):
+    """Where the compiled path spends time the hand-written one does not: a differential cProfile."""
+    compiled, c_total = profile(apps["compiled"], environs["compiled"], requests)
+    hand, h_total = profile(apps["handwritten"], environs["handwritten"], requests)
+    zero = (0.0, 0.0, 0.0)
+    print("\n== cProfile, %d requests each: compiled %.0f us/request, handwritten %.0f us/request (profiler "
+          "overhead inflates both, call-heavy code most) ==" % (requests, c_total, h_total))
+    print("\nextra own time per request, compiled minus handwritten (top %d):" % top)
+    print("%9s %9s %9s %9s  %s" % ("extra us", "own us", "cum us", "calls", "function (compiled path)"))
+    rows = sorted(compiled, key=lambda k: compiled[k][1] - hand.get(k, zero)[1], reverse=True)[:top]
+    for key in rows:
+        calls, own, cum = compiled[key]
+        print("%9.2f %9.2f %9.2f %9.2f  %s" % (own - hand.get(key, zero)[1], own, cum, calls, key))
+    print("\nfunctions only the compiled path calls, by cumulative time per request (top %d):" % top)
+    only = sorted((k for k in compiled if k not in hand), key=lambda k: compiled[k][2], reverse=True)[:top]
+    for key in only:
+        calls, own, cum = compiled[key]
+        print("%9.2f us cum %6.2f calls  %s" % (cum, calls, key))
 
 
 def report(names, rps, rounds, slot, distinct):
@@ -338,8 +357,8 @@ def main(argv=None):
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-Flask hand-written variant")
     parser.add_argument("--profile", action="store_true",
                         help="after timing, cProfile the compiled and hand-written paths")
-    parser.add_argument("--profile-requests", type=int, default=20000)
-    parser.add_argument("--top", type=int, default=30, help="rows of each profile to print")
+    parser.add_argument("--profile-requests", type=int, default=10000, help="requests per profiled path (10000)")
+    parser.add_argument("--top", type=int, default=25, help="rows of each profile table (25)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir")
     args = parser.parse_args(argv)
     if not 1 <= args.versions <= len(VERSIONS):
@@ -359,8 +378,6 @@ def main(argv=None):
         plain_app = Flask("bench-plain")
         plain_app.add_url_rule("/v1/<namespace>/<name>/latest", "resolve_latest", view, methods=["GET"])
 
-        global LATEST
-        LATEST = max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
         packages = [("team-%s" % "ab"[i % 2], "pkg-%03d" % i) for i in range(args.packages)]
         writer = service.auth.issue("bench-writer", ["read", "write"])[0]
         count, took = publish(depot_app, writer, packages, versions)
@@ -373,7 +390,7 @@ def main(argv=None):
         token = service.auth.issue("bench-reader", ["read"])[0]
         paths = request_paths(packages)
         cases = correctness_cases(service, paths, token)
-        problems = check_identical(variants, cases)
+        problems = check_identical(variants, cases, highest(versions))
         if problems:
             print("MISMATCH between variants; not timing:\n  " + "\n  ".join(problems))
             return 1
@@ -393,8 +410,7 @@ def main(argv=None):
         report(names, rps, args.rounds, slot, len(paths))
 
         if args.profile:
-            profile(apps["compiled"], environs["compiled"], args.profile_requests, "compiled", args.top)
-            profile(apps["handwritten"], environs["handwritten"], args.profile_requests, "handwritten", args.top)
+            print_profiles(apps, environs, args.profile_requests, args.top)
         return 0
     finally:
         if service is not None:
