@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 
 from app.context import ResponseSpec
 from app.errors import DepotError, bad_request, too_large
-from app.opspec import Const, JsonSchema, Output, RefTo, Scopes, Source, Template, op
+from app import expr
+from app.opspec import BindError, Const, JsonSchema, Output, RefTo, Scopes, Source, Template, op
 from app.stores.blobs import BlobRef, digest_mismatch, split_digest
 from app.stores.state import dumps, kv_key, loads
 
@@ -151,7 +152,7 @@ def txn_begin(ctx, a):
 
 
 @op("txn.commit", "Commit the open transaction atomically (one write batch); conditions are checked under "
-    "the commit lock.", needs_txn=True, errors=["409 CONFLICT", "409 UNIQUE_VIOLATION"], example={})
+    "the commit lock.", needs_txn=True, errors=["409 CONFLICT", "409 UNIQUE_VIOLATION"], example={}, io=True)
 def txn_commit(ctx, a):
     if ctx.txn is None:
         raise DepotError("TXN_CLOSED", 500, "txn.commit ran with no open transaction")
@@ -174,7 +175,7 @@ def _doc_key(ctx, a):
     args={"doc": RefTo("document", "the document type"),
           "key": Template("key; defaults to the document's key_template", required=False, shape="string"),
           "out": Output("variable receiving the document, or null")},
-    example={"doc": "artifact_meta", "key": "artifact/{namespace}/{name}/{version}/{variant}", "out": "meta"})
+    example={"doc": "artifact_meta", "key": "artifact/{namespace}/{name}/{version}/{variant}", "out": "meta"}, io=True)
 def kv_get(ctx, a):
     key = _doc_key(ctx, a)
     ctx.count_io()
@@ -197,7 +198,7 @@ def _document_bytes(ctx, a):
           "key": Template("key; defaults to the document's key_template", required=False, shape="string"),
           "value": Template("the document")},
     writes=True, errors=["400 DOCUMENT_INVALID", "413 VALUE_TOO_LARGE"],
-    example={"doc": "tag_map", "key": "tag/{namespace}/{name}/{tag}", "value": {"tag": "{tag}"}})
+    example={"doc": "tag_map", "key": "tag/{namespace}/{name}/{tag}", "value": {"tag": "{tag}"}}, io=True)
 def kv_put(ctx, a):
     key, raw = _doc_key(ctx, a), _document_bytes(ctx, a)
     ctx.count_io()
@@ -212,7 +213,7 @@ def kv_put(ctx, a):
           "if_absent": Const("boolean", "the key must not exist at commit (409 CONFLICT otherwise)", required=False,
                              default=True)},
     writes=True, errors=["409 CONFLICT", "400 DOCUMENT_INVALID", "413 VALUE_TOO_LARGE"],
-    example={"doc": "artifact_meta", "if_absent": True, "value": {"namespace": "{namespace}"}})
+    example={"doc": "artifact_meta", "if_absent": True, "value": {"namespace": "{namespace}"}}, io=True)
 def kv_cas_put(ctx, a):
     key, raw = _doc_key(ctx, a), _document_bytes(ctx, a)
     ctx.count_io()
@@ -227,7 +228,7 @@ def kv_cas_put(ctx, a):
 @op("kv.delete", "Delete a document.",
     args={"doc": RefTo("document", "the document type"),
           "key": Template("key; defaults to the document's key_template", required=False, shape="string")},
-    writes=True, example={"doc": "tag_map", "key": "tag/{namespace}/{name}/{tag}"})
+    writes=True, example={"doc": "tag_map", "key": "tag/{namespace}/{name}/{tag}"}, io=True)
 def kv_delete(ctx, a):
     key = _doc_key(ctx, a)
     ctx.count_io()
@@ -241,7 +242,7 @@ def kv_delete(ctx, a):
     args={"store": RefTo("blob_store", "the blob store"), "digest": Template("'sha256:<hex>'", shape="string"),
           "out": Output("variable receiving the blob handle (.digest, .size)")},
     errors=["400 INVALID_DIGEST", "404 BLOB_NOT_FOUND"],
-    example={"store": "primary", "digest": "$meta.blob_digest", "out": "blob"})
+    example={"store": "primary", "digest": "$meta.blob_digest", "out": "blob"}, io=True)
 def blob_get(ctx, a):
     ctx.count_io()
     blob = ctx.engine.blob_store(a.store.name).locate(a.digest.render(ctx))
@@ -257,7 +258,7 @@ def blob_get(ctx, a):
           "out": Output("variable receiving 'sha256:<hex>'"),
           "out_size": Output("variable receiving the size in bytes", required=False)},
     errors=["413 BLOB_TOO_LARGE", "413 PAYLOAD_TOO_LARGE", "400 BLOB_TOO_SMALL"],
-    example={"store": "primary", "from": "request.body", "out": "digest", "out_size": "blob_size"})
+    example={"store": "primary", "from": "request.body", "out": "digest", "out_size": "blob_size"}, io=True)
 def blob_put(ctx, a):
     store = ctx.engine.blob_store(a.store.name)
     source = getattr(a, "from")
@@ -303,6 +304,30 @@ def blob_verify_digest(ctx, a):
 
 # --- index ------------------------------------------------------------------------------------------------
 
+def _prepare_index_query(a):
+    """At load: pick the index key the query's fields select, their order, and constant limit/offset."""
+    a.index_key, a.key_fields = None, None
+    items = getattr(a.key, "items", None)
+    names = [k for k, _ in items] if isinstance(items, list) else list(getattr(a.key, "value", None) or ())
+    if names:
+        a.index_key = a.index.key_for(names)
+        if a.index_key is None:
+            raise BindError("index %s has no key whose leading fields are %s" % (a.index.name, ", ".join(names)),
+                            "key")
+        a.key_fields = [f for f in a.index_key.fields if f in names]
+    a.limit_value = _constant_int(a.limit, "limit", 1, MAX_QUERY_LIMIT)
+    a.offset_value = _constant_int(a.offset, "offset", 0, None)
+
+
+def _constant_int(node, name, low, high):
+    if not isinstance(node, expr.Const):
+        return None
+    try:
+        return _bounded_int(node.value, name, low, high)
+    except DepotError as exc:
+        raise BindError(exc.message, name) from None
+
+
 @op("index.query", "Read rows of an index in its sort order (first row = highest version for artifact_versions).",
     args={"index": RefTo("index", "the index"),
           "key": Template("values of the index key's leading fields", shape="object"),
@@ -310,18 +335,19 @@ def blob_verify_digest(ctx, a):
           "offset": Template("rows to skip", required=False, default=0),
           "out": Output("variable receiving the list of rows")},
     example={"index": "artifact_versions", "key": {"namespace": "{namespace}", "name": "{name}"},
-             "limit": 1, "out": "rows"})
+             "limit": 1, "out": "rows"},
+    errors=["400 INVALID_QUERY"], io=True, prepare=_prepare_index_query)
 def index_query(ctx, a):
     key = a.key.render(ctx)
-    index_key = a.index.key_for(key)
-    if index_key is None:
-        raise DepotError("INDEX_KEY_UNKNOWN", 500, "index %s has no key over %s" % (a.index.name, sorted(key)))
-    limit = _bounded_int(a.limit.render(ctx), "limit", 1, MAX_QUERY_LIMIT)
-    offset = _bounded_int(a.offset.render(ctx), "offset", 0, None)
-    rows = []
-    ordered_fields = [f for f in index_key.fields if f in key]
-    for _, raw in ctx.engine.state.scan(index_key.prefix(key, ordered_fields), limit + offset):
-        rows.append(raw)
+    index_key, fields = a.index_key, a.key_fields
+    if index_key is None:  # the key is one reference to an object: its fields are known only now
+        index_key = a.index.key_for(key)
+        if index_key is None:
+            raise DepotError("INDEX_KEY_UNKNOWN", 500, "index %s has no key over %s" % (a.index.name, sorted(key)))
+        fields = [f for f in index_key.fields if f in key]
+    limit = a.limit_value or _bounded_int(a.limit.render(ctx), "limit", 1, MAX_QUERY_LIMIT)
+    offset = a.offset_value if a.offset_value is not None else _bounded_int(a.offset.render(ctx), "offset", 0, None)
+    rows = [raw for _, raw in ctx.engine.state.scan(index_key.prefix(key, fields), limit + offset)]
     ctx.count_io(1 + len(rows))
     ctx.vars[a.out] = [json.loads(raw)[1] for raw in rows[offset:]]
 
@@ -349,7 +375,7 @@ def _index_row(ctx, a):
     args={"index": RefTo("index", "the index"), "key": Template("the index key's fields", shape="object"),
           "value": Template("the row (key fields are added to it)", shape="object")},
     writes=True, errors=["409 UNIQUE_VIOLATION"],
-    example={"index": "tags", "key": {"namespace": "{namespace}"}, "value": {"namespace": "{namespace}"}})
+    example={"index": "tags", "key": {"namespace": "{namespace}"}, "value": {"namespace": "{namespace}"}}, io=True)
 def index_upsert(ctx, a):
     row = _index_row(ctx, a)
     ctx.count_io()
@@ -360,7 +386,8 @@ def index_upsert(ctx, a):
 @op("index.delete", "Remove the row identified by key (and value) from an index.",
     args={"index": RefTo("index", "the index"), "key": Template("the index key's fields", shape="object"),
           "value": Template("further fields identifying the row", required=False, shape="object")},
-    writes=True, example={"index": "tags", "key": {"namespace": "{namespace}", "name": "{name}", "tag": "{tag}"}})
+    writes=True, example={"index": "tags", "key": {"namespace": "{namespace}", "name": "{name}", "tag": "{tag}"}},
+    io=True)
 def index_delete(ctx, a):
     row = _index_row(ctx, a)
     ctx.count_io()
@@ -377,7 +404,8 @@ _CACHE_KINDS = ["response", "blob"]
     args={"kind": Const("string", "caching.response_cache or caching.blob_cache", choices=_CACHE_KINDS),
           "key": Template("cache key", shape="string"),
           "hit_out": Output("variable receiving true/false"), "value_out": Output("variable receiving the value")},
-    example={"kind": "response", "key": "blob_resp/{namespace}/{name}", "hit_out": "hit", "value_out": "cached"})
+    example={"kind": "response", "key": "blob_resp/{namespace}/{name}", "hit_out": "hit", "value_out": "cached"},
+    io=True)
 def cache_get(ctx, a):
     ctx.count_io()
     hit, value = ctx.engine.cache.get(a.kind, a.key.render_key(ctx))
@@ -392,7 +420,7 @@ def cache_get(ctx, a):
           "ttl_seconds": Const("integer", "lifetime; default: the cache's default_ttl_seconds", required=False,
                                minimum=1)},
     example={"kind": "response", "key": "blob_resp/{namespace}/{name}", "value": {"body": "$blob"},
-             "ttl_seconds": 300})
+             "ttl_seconds": 300}, io=True)
 def cache_put(ctx, a):
     ctx.count_io()
     ctx.engine.cache.put(a.kind, a.key.render_key(ctx), a.value.render(ctx), a.ttl_seconds)
@@ -407,7 +435,7 @@ def cache_put(ctx, a):
           "path": Template("path appended to base_url", shape="string"),
           "out": Output("variable receiving {status, headers, body, size, digest}")},
     errors=["404 PROXY_DISABLED"],
-    example={"upstream": "originA", "method": "GET", "path": "/v1/{namespace}/{name}", "out": "up_resp"})
+    example={"upstream": "originA", "method": "GET", "path": "/v1/{namespace}/{name}", "out": "up_resp"}, io=True)
 def proxy_fetch(ctx, a):
     if not ctx.engine.features.get("proxy_enabled", True):
         raise DepotError("PROXY_DISABLED", 404, "proxying is disabled (features.proxy_enabled)")
@@ -423,7 +451,7 @@ def proxy_fetch(ctx, a):
     args={"type": RefTo("event_type", "the event type (its schema validates the payload)"),
           "payload": Template("the payload", shape="object")},
     errors=["400 EVENT_INVALID", "413 EVENT_TOO_LARGE"],
-    example={"type": "artifact.published", "payload": {"namespace": "{namespace}"}})
+    example={"type": "artifact.published", "payload": {"namespace": "{namespace}"}}, io=True)
 def emit_event(ctx, a):
     payload = a.payload.render(ctx)
     a.type.check(payload, "EVENT_INVALID", 400)

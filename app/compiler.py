@@ -30,9 +30,10 @@ DEFAULT_LOG = ("_depot", "eventlog/", 262144)
 
 
 class Step:
-    __slots__ = ("op", "fn", "args", "when", "place", "decl")
+    __slots__ = ("op", "fn", "args", "when", "place", "decl", "io")
 
     def __init__(self, decl, args, when, place_):
+        self.io = decl.io
         self.op = decl.name
         self.fn = decl.fn
         self.decl = decl
@@ -346,6 +347,12 @@ class Compiler:
         bound = self._bind_args(decl, args, where + ".args", scope)
         if bound is None:
             return None
+        if decl.prepare is not None:
+            try:
+                decl.prepare(bound)
+            except BindError as exc:
+                self.report.error(place(where, "args", exc.arg) if exc.arg else where, str(exc))
+                return None
         if decl.binds is not None:
             scope.place = where
             decl.binds(scope, args)

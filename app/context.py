@@ -24,15 +24,12 @@ class RequestData:
     ``stream`` has read(n); ``declared_digest`` is the digest the client said the body has (or None).
     """
 
-    __slots__ = ("method", "path_params", "query", "headers", "stream", "content_length", "declared_digest",
-                 "remote_addr", "request_id")
-
     def __init__(self, method="GET", path_params=None, query=None, headers=None, stream=None,
                  content_length=None, declared_digest=None, remote_addr=None, request_id=None):
         self.method = method
-        self.path_params = path_params or {}
-        self.query = query or {}
-        self.headers = headers or {}
+        self.path_params = path_params if path_params is not None else {}
+        self.query = query if query is not None else {}
+        self.headers = headers if headers is not None else {}
         self.stream = stream
         self.content_length = content_length
         self.declared_digest = declared_digest

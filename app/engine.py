@@ -3,11 +3,11 @@
 The per-request loop does lookups and I/O only: every step is already bound to its op function and arguments.
 """
 import os
+import re
 import tempfile
 import time
 
 import requests
-from werkzeug.routing import Map, Rule
 
 from app.context import ExecutionContext
 from app.errors import DepotError
@@ -15,7 +15,7 @@ from app.stores.blobs import DIGEST_PREFIX, BlobRef, FileBlobStore, declared_dig
 from app.stores.cache import CacheStore
 from app.stores.state import StateStore
 
-BAD_PARAM_CHARS = ("/", "\\", "\x00")  # with "..": never part of a path parameter
+_BAD_PARAM = re.compile(r"[/\\\x00]|\.\.|^\.$")  # never part of a path parameter: "/", "\\", NUL, "..", "."
 PROXY_CHUNK = 1024 * 1024
 
 
@@ -56,8 +56,6 @@ class Engine:
         self.blob_stores = {name: stores.blob_store(d) for name, d in compiled.definitions["blob_store"].items()}
         self.cache = CacheStore(stores.state, compiled.caching, self._blob_from_json)
         self.routes = {route.id: route for route in compiled.routes}
-        self.url_map = Map([Rule(route.rule, methods=[route.method], endpoint=route.id)
-                            for route in compiled.routes], strict_slashes=False)
         self._sessions = {}
 
     def blob_store(self, name):
@@ -75,7 +73,7 @@ class Engine:
         """Run ``route`` for ``request``; returns the context holding the ResponseSpec, or raises DepotError.
         The caller calls ``ctx.close()`` once the response has been sent (it removes temporary files)."""
         for name, value in request.path_params.items():
-            if any(c in value for c in BAD_PARAM_CHARS) or ".." in value or value == ".":
+            if _BAD_PARAM.search(value):
                 raise DepotError("INVALID_PATH_PARAMETER", 400, "path parameter %s contains a forbidden sequence"
                                  % name, name)
         ctx = ExecutionContext(self, request, authenticate=authenticate)
@@ -95,7 +93,7 @@ class Engine:
         started = time.thread_time_ns()
         try:
             for step in pipeline.steps:
-                if time.thread_time_ns() - started - ctx.exempt_ns > budget:
+                if step.io and time.thread_time_ns() - started - ctx.exempt_ns > budget:
                     raise DepotError("CPU_LIMIT_EXCEEDED", 503, "request exceeded max_cpu_ms_per_request (%d ms)"
                                      % (budget // 1_000_000))
                 if step.when is not None and not step.when(ctx):

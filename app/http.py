@@ -8,10 +8,14 @@ import json
 import logging
 import os
 import re
-import uuid
+import itertools
+import secrets
+import threading
+from functools import cached_property
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestedRangeNotSatisfiable
+from werkzeug.routing import Map, Rule
 from werkzeug.wsgi import wrap_file
 
 from app.context import RequestData
@@ -21,7 +25,7 @@ from app.stores.state import dumps
 
 log = logging.getLogger("depot")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+ROUTE_ENDPOINT = "depot.route"
 
 
 def json_response(payload, status=200, headers=None):
@@ -48,16 +52,48 @@ class LimitedBody:
         return chunk
 
 
+class HttpRequestData(RequestData):
+    """RequestData over the WSGI request: each part is worked out the first time an op reads it, so a route
+    pays only for what its pipeline uses."""
+
+    def __init__(self, req, params, limit, request_id):  # not super().__init__: it would compute every part
+        self._req = req
+        self._limit = limit
+        self.method = req.method
+        self.path_params = params
+        self.request_id = request_id
+
+    @cached_property
+    def query(self):
+        return self._req.args
+
+    @cached_property
+    def headers(self):
+        return self._req.headers
+
+    @cached_property
+    def content_length(self):
+        return self._req.content_length
+
+    @cached_property
+    def stream(self):
+        return LimitedBody(self._req.stream, self._limit)
+
+    @cached_property
+    def declared_digest(self):
+        return declared_digest(self._req.headers, self._req.args)
+
+    @cached_property
+    def remote_addr(self):
+        return self._req.remote_addr
+
+
 def request_data(engine, params):
     limit = engine.limits.max_request_body_bytes
-    length = request.content_length
-    if length is not None and length > limit:
+    length = request.environ.get("CONTENT_LENGTH")
+    if length and length.isdigit() and int(length) > limit:
         raise too_large("request body exceeds max_request_body_bytes (%d)" % limit)
-    query = request.args
-    return RequestData(method=request.method, path_params=params, query=query, headers=request.headers,
-                       stream=LimitedBody(request.stream, limit), content_length=length,
-                       declared_digest=declared_digest(request.headers, query), remote_addr=request.remote_addr,
-                       request_id=g.request_id)
+    return HttpRequestData(request, params, limit, g.request_id)
 
 
 def write_response(spec):
@@ -96,19 +132,61 @@ def _file_size(handle):
     return os.fstat(handle.fileno()).st_size
 
 
+class RouteRule(Rule):
+    """A URL rule for one compiled route; it carries the engine that compiled it, so the request runs on the
+    engine it was matched against even if the schema is swapped meanwhile."""
+
+    def __init__(self, route, engine):
+        super().__init__(route.rule, methods=[route.method], endpoint=ROUTE_ENDPOINT)
+        self.route = route
+        self.engine = engine
+
+
+class DepotFlask(Flask):
+    """Flask matching each request once, against one map holding Depot's own views and the active engine's
+    compiled routes. The map is rebuilt when the service's engine changes."""
+
+    def __init__(self, service):
+        super().__init__("depot", static_folder=None)
+        self.extensions["depot"] = service
+        self._routing = (None, None)
+        self._routing_lock = threading.Lock()
+
+    def routing_map(self):
+        engine = self.extensions["depot"].engine
+        built_for, url_map = self._routing
+        if built_for is not engine:
+            with self._routing_lock:
+                rules = [rule.empty() for rule in self.url_map.iter_rules()]
+                rules += [RouteRule(route, engine) for route in engine.compiled.routes]
+                url_map = Map(rules, strict_slashes=False)
+                self._routing = (engine, url_map)
+        return url_map
+
+    def create_url_adapter(self, request):
+        if request is None:
+            return super().create_url_adapter(request)
+        return self.routing_map().bind_to_environ(request.environ, server_name=self.config["SERVER_NAME"],
+                                                  subdomain=self.url_map.default_subdomain or "")
+
+
+def _next_request_id(prefix="%s-" % secrets.token_hex(4), counter=itertools.count(1)):
+    """Unique per process (random prefix) and cheap: request ids need not be secret."""
+    return "%s%x" % (prefix, next(counter))
+
+
 def create_app(service):
-    app = Flask("depot")
+    app = DepotFlask(service)
     app.config["MAX_CONTENT_LENGTH"] = None
-    app.extensions["depot"] = service
 
     @app.before_request
     def assign_request_id():
         incoming = request.headers.get("X-Request-Id", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else _next_request_id()
 
     @app.after_request
     def stamp_request_id(response):
-        response.headers["X-Request-Id"] = g.get("request_id") or uuid.uuid4().hex
+        response.headers["X-Request-Id"] = g.get("request_id") or _next_request_id()
         return response
 
     @app.errorhandler(DepotError)
@@ -118,12 +196,16 @@ def create_app(service):
     @app.errorhandler(HTTPException)
     def http_error(error):
         code = re.sub(r"[^A-Z]+", "_", (error.name or "error").upper()).strip("_")
+        message = error.description or error.name
         headers = {}
-        if isinstance(error, MethodNotAllowed) and error.valid_methods:
-            headers["Allow"] = ", ".join(error.valid_methods)
-        if error.code == 413:
+        if isinstance(error, MethodNotAllowed):
+            message = "%s is not allowed here" % request.method
+            headers["Allow"] = ", ".join(error.valid_methods or [])
+        elif isinstance(error, NotFound):
+            message = "no route for %s %s" % (request.method, request.path)
+        elif error.code == 413:
             code = "PAYLOAD_TOO_LARGE"
-        return error_response(DepotError(code, error.code or 500, error.description or error.name, headers=headers))
+        return error_response(DepotError(code, error.code or 500, message, headers=headers))
 
     @app.errorhandler(Exception)
     def crash(error):
@@ -147,27 +229,20 @@ def create_app(service):
         token, expires = service.auth.login(username, password)
         return json_response({"token": token, "token_type": "Bearer", "expires_at": expires.isoformat()})
 
-    @app.route("/", defaults={"path": ""}, methods=ALL_METHODS)
-    @app.route("/<path:path>", methods=ALL_METHODS)
-    def dispatch(path):
-        engine = service.engine  # one reference for the whole request: a schema swap does not split it
-        adapter = engine.url_map.bind_to_environ(request.environ)
-        try:
-            route_id, params = adapter.match()
-        except NotFound:
-            raise DepotError("NOT_FOUND", 404, "no route for %s %s" % (request.method, request.path))
-        except MethodNotAllowed as exc:
-            raise DepotError("METHOD_NOT_ALLOWED", 405, "%s is not allowed here" % request.method,
-                             headers={"Allow": ", ".join(exc.valid_methods or [])})
-        ctx = engine.run(engine.routes[route_id], request_data(engine, params), service.auth.authenticate)
+    def run_route(**params):
+        rule = request.url_rule
+        engine = rule.engine
+        ctx = engine.run(rule.route, request_data(engine, params), service.auth.authenticate)
         try:
             response = write_response(ctx.response)
         except BaseException:
             ctx.close()
             raise
-        response.call_on_close(ctx.close)
+        if ctx.cleanups:
+            response.call_on_close(ctx.close)
         return response
 
+    app.view_functions[ROUTE_ENDPOINT] = run_route
     return app
 
 

@@ -13,13 +13,19 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class BindError(ValueError):
-    """An argument that cannot be bound; ``place`` is relative to the argument when set."""
+    """An argument that cannot be bound; ``arg`` names the argument when the error is about one."""
+
+    def __init__(self, message, arg=None):
+        super().__init__(message)
+        self.arg = arg
 
 
 class OpDecl:
-    def __init__(self, name, fn, args, summary, needs_txn, errors, writes, example, binds):
+    def __init__(self, name, fn, args, summary, needs_txn, errors, writes, example, binds, io, prepare):
         self.name = name
         self.binds = binds
+        self.io = io
+        self.prepare = prepare
         self.fn = fn
         self.args = args
         self.summary = summary
@@ -33,15 +39,19 @@ class OpDecl:
         return [name for name, arg in self.args.items() if isinstance(arg, Output)]
 
 
-def op(name, summary, args=None, needs_txn=False, errors=(), writes=False, example=None, binds=None):
+def op(name, summary, args=None, needs_txn=False, errors=(), writes=False, example=None, binds=None, io=False,
+       prepare=None):
     """Register an op.
 
     ``needs_txn``: must run between txn.begin and txn.commit. ``writes``: a KV or index write (checked by
-    all_kv_or_index_writes_inside_txn). ``binds(scope, raw_args)``: which fields the op binds, for the
-    load-time binding analysis.
+    all_kv_or_index_writes_inside_txn). ``io``: touches a store or the network (the CPU budget is checked
+    before such steps). ``binds(scope, raw_args)``: which fields the op binds, for the load-time binding
+    analysis. ``prepare(bound_args)``: work done once at load on the bound arguments (raise BindError to
+    reject them).
     """
     def register(fn):
-        REGISTRY[name] = OpDecl(name, fn, args or {}, summary, needs_txn, list(errors), writes, example, binds)
+        REGISTRY[name] = OpDecl(name, fn, args or {}, summary, needs_txn, list(errors), writes, example, binds,
+                                io, prepare)
         return fn
     return register
 
