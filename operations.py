@@ -110,11 +110,17 @@ def parse_json(ctx, a):
 
 # --- normalize / validate ---------------------------------------------------------------------------------
 
+def _prepare_normalize(a, scope):
+    """Only the rules of fields this pipeline can have bound are kept."""
+    a.normalizers = [(name, rules) for name, rules in a.entity.normalizers if scope.may_bind(name)]
+
+
 @op("normalize.entity", "Apply the entity's per-field normalize rules to the fields present.",
-    args={"entity": RefTo("entity", "entity whose fields' normalize rules apply")}, example={"entity": "artifact"})
+    args={"entity": RefTo("entity", "entity whose fields' normalize rules apply")}, example={"entity": "artifact"},
+    prepare=_prepare_normalize)
 def normalize_entity(ctx, a):
     fields = ctx.fields
-    for name, rules in a.entity.normalizers:
+    for name, rules in a.normalizers:
         value = fields.get(name)
         if isinstance(value, str):
             for rule in rules:
@@ -125,9 +131,10 @@ def normalize_entity(ctx, a):
 @op("validate.entity", "Check the fields present against the entity's constraints and versioning scheme.",
     args={"entity": RefTo("entity", "entity whose constraints apply")},
     errors=["400 INVALID_FIELD", "400 INVALID_VERSION", "400 PRERELEASE_NOT_ALLOWED"],
-    example={"entity": "artifact"})
+    example={"entity": "artifact"},
+    prepare=lambda a, scope: setattr(a, "checker", a.entity.checker(scope.may_bind)))
 def validate_entity(ctx, a):
-    a.entity.validate(ctx.fields)
+    a.checker(ctx.fields)
 
 
 @op("validate.json_schema", "Validate a value against a JSON Schema; the first error names the field.",
@@ -304,7 +311,7 @@ def blob_verify_digest(ctx, a):
 
 # --- index ------------------------------------------------------------------------------------------------
 
-def _prepare_index_query(a):
+def _prepare_index_query(a, scope):
     """At load: pick the index key the query's fields select, their order, and constant limit/offset."""
     a.index_key, a.key_fields = None, None
     items = getattr(a.key, "items", None)

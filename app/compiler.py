@@ -47,6 +47,8 @@ class Pipeline:
         self.name = name
         self.steps = steps
         self.place = place_
+        # what the runner needs per step, flattened once: (op function, bound args, condition, io, ends)
+        self.plan = tuple((s.fn, s.args, s.when, s.io, s.op.startswith("respond.")) for s in steps)
 
 
 class Route:
@@ -349,7 +351,7 @@ class Compiler:
             return None
         if decl.prepare is not None:
             try:
-                decl.prepare(bound)
+                decl.prepare(bound, scope)
             except BindError as exc:
                 self.report.error(place(where, "args", exc.arg) if exc.arg else where, str(exc))
                 return None
@@ -436,6 +438,10 @@ class Scope:
 
     def bind_fields(self, names):
         self.fields.update(names)
+
+    def may_bind(self, field):
+        """Whether the field can hold a value at this point of the pipeline."""
+        return field in self.fields or field in self.body_fields or bool(self.unknown_sources)
 
     def bind_unknown(self, source):
         self.unknown_sources.append(source)

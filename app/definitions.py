@@ -141,15 +141,21 @@ class Entity:
         self.primary_key = primary_key
         self.versioning = versioning
 
-    def validate(self, values):
-        for constraint in self.constraints:
-            value = values.get(constraint.field)
-            if value is None:
-                continue
-            constraint.check(value)
-        version = values.get("version")
-        if "version" in self.fields and isinstance(version, str):
-            self.versioning.check(version)
+    def checker(self, may_bind):
+        """A validator over the fields ``may_bind`` admits: a route checks only what it can have bound."""
+        constraints = [c for c in self.constraints if may_bind(c.field)]
+        versioning = self.versioning if "version" in self.fields and may_bind("version") else None
+
+        def check(values):
+            for constraint in constraints:
+                value = values.get(constraint.field)
+                if value is not None:
+                    constraint.check(value)
+            if versioning is not None:
+                version = values.get("version")
+                if isinstance(version, str):
+                    versioning.check(version)
+        return check
 
 
 class Document:

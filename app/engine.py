@@ -90,16 +90,17 @@ class Engine:
 
     def _execute(self, pipeline, ctx):
         budget = self.limits.max_cpu_ns
-        started = time.thread_time_ns()
+        clock = time.thread_time_ns
+        started = clock()
         try:
-            for step in pipeline.steps:
-                if step.io and time.thread_time_ns() - started - ctx.exempt_ns > budget:
+            for fn, args, when, io, ends in pipeline.plan:
+                if io and clock() - started - ctx.exempt_ns > budget:
                     raise DepotError("CPU_LIMIT_EXCEEDED", 503, "request exceeded max_cpu_ms_per_request (%d ms)"
                                      % (budget // 1_000_000))
-                if step.when is not None and not step.when(ctx):
+                if when is not None and not when(ctx):
                     continue
-                step.fn(ctx, step.args)
-                if ctx.response is not None:
+                fn(ctx, args)
+                if ends:  # only respond.* steps set a response
                     return
         except BaseException:
             ctx.abort_txn()

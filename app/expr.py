@@ -36,7 +36,7 @@ class TemplateSyntaxError(ValueError):
 class Ref:
     """One reference: where it reads from, the path below its root, and how it is shaped."""
 
-    __slots__ = ("namespace", "root", "path", "optional", "slice", "source", "prefix")
+    __slots__ = ("namespace", "root", "path", "optional", "slice", "source", "prefix", "lookup")
 
     def __init__(self, namespace, root, path, optional=False, slice_=None, source=""):
         self.namespace = namespace  # "field", "principal", "event" or "var"
@@ -46,25 +46,7 @@ class Ref:
         self.slice = slice_
         self.source = source
         self.prefix = ""  # a "/" bound to an optional reference disappears with it
-
-    def lookup(self, ctx):
-        """The referenced value, or _MISSING."""
-        if self.namespace == "field":
-            value = ctx.fields.get(self.root, _MISSING)
-        elif self.namespace == "var":
-            value = ctx.vars.get(self.root, _MISSING)
-        elif self.namespace == "principal":
-            value = ctx.principal if ctx.principal is not None else _MISSING
-        else:
-            value = ctx.event if ctx.event is not None else _MISSING
-        for step in self.path:
-            value = _descend(value, step)
-            if value is _MISSING:
-                break
-        if self.slice is not None and isinstance(value, str):
-            start, length = self.slice
-            value = value[start:start + length]
-        return value
+        self.lookup = _getter(namespace, root, path, slice_)  # ctx -> the value, or _MISSING
 
     def resolve(self, ctx):
         value = self.lookup(ctx)
@@ -79,17 +61,52 @@ class Ref:
         return None if value is _MISSING else value
 
 
-def _descend(value, step):
-    if isinstance(step, int):
-        if isinstance(value, (list, tuple)) and -len(value) <= step < len(value):
-            return value[step]
+def _getter(namespace, root, path, slice_):
+    """Build the lookup for one reference once, so rendering does no dispatch on its shape."""
+    if namespace == "field":
+        def read_root(ctx):
+            return ctx.fields.get(root, _MISSING)
+    elif namespace == "var":
+        def read_root(ctx):
+            return ctx.vars.get(root, _MISSING)
+    else:
+        def read_root(ctx):
+            value = getattr(ctx, namespace)
+            return _MISSING if value is None else value
+    if not path and slice_ is None:
+        return read_root
+    steps = tuple(_index_step(step) if isinstance(step, int) else _key_step(step) for step in path)
+
+    def lookup(ctx):
+        value = read_root(ctx)
+        for step in steps:
+            value = step(value)
+            if value is _MISSING:
+                return value
+        if slice_ is not None and isinstance(value, str):
+            value = value[slice_[0]:slice_[0] + slice_[1]]
+        return value
+    return lookup
+
+
+def _index_step(index):
+    def step(value):
+        if isinstance(value, (list, tuple)) and -len(value) <= index < len(value):
+            return value[index]
         return _MISSING
-    if isinstance(value, dict):
-        return value.get(step, _MISSING)
-    attr = getattr(value, "template_attrs", None)
-    if attr is not None and step in attr:
-        return getattr(value, step)
-    return _MISSING
+    return step
+
+
+def _key_step(key):
+    def step(value):
+        if value.__class__ is dict:
+            return value.get(key, _MISSING)
+        if isinstance(value, dict):
+            return value.get(key, _MISSING)
+        if key in getattr(value, "template_attrs", ()):  # blob handles expose .digest, .size, .store
+            return getattr(value, key)
+        return _MISSING
+    return step
 
 
 def _stringify(value):
@@ -223,15 +240,22 @@ class Const:
     render_key = render
 
 
+def _fast_render(node):
+    """The node's render function; for a lone reference, the reference's own resolve (one call less)."""
+    single = getattr(node, "single", None)
+    return single.resolve if single is not None else node.render
+
+
 class DictNode:
-    __slots__ = ("items", "refs")
+    __slots__ = ("items", "refs", "_renders")
 
     def __init__(self, items):
         self.items = items
         self.refs = [r for _, node in items for r in node.refs]
+        self._renders = [(key, _fast_render(node)) for key, node in items]
 
     def render(self, ctx):
-        return {key: node.render(ctx) for key, node in self.items}
+        return {key: render(ctx) for key, render in self._renders}
 
     def render_lenient(self, ctx):
         return {key: node.render_lenient(ctx) for key, node in self.items}

@@ -11,7 +11,6 @@ import re
 import itertools
 import secrets
 import threading
-from functools import cached_property
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestedRangeNotSatisfiable
@@ -52,6 +51,21 @@ class LimitedBody:
         return chunk
 
 
+class _lazy:
+    """A per-instance computed attribute (functools.cached_property without its lock, which Python 3.11
+    takes on every first access; a RequestData belongs to one request thread)."""
+
+    def __init__(self, compute):
+        self.compute = compute
+        self.name = compute.__name__
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.compute(instance)
+        return value
+
+
 class HttpRequestData(RequestData):
     """RequestData over the WSGI request: each part is worked out the first time an op reads it, so a route
     pays only for what its pipeline uses."""
@@ -63,37 +77,37 @@ class HttpRequestData(RequestData):
         self.path_params = params
         self.request_id = request_id
 
-    @cached_property
+    @_lazy
     def query(self):
         return self._req.args
 
-    @cached_property
+    @_lazy
     def headers(self):
         return self._req.headers
 
-    @cached_property
+    @_lazy
     def content_length(self):
         return self._req.content_length
 
-    @cached_property
+    @_lazy
     def stream(self):
         return LimitedBody(self._req.stream, self._limit)
 
-    @cached_property
+    @_lazy
     def declared_digest(self):
         return declared_digest(self._req.headers, self._req.args)
 
-    @cached_property
+    @_lazy
     def remote_addr(self):
         return self._req.remote_addr
 
 
-def request_data(engine, params):
+def request_data(req, engine, params):
     limit = engine.limits.max_request_body_bytes
-    length = request.environ.get("CONTENT_LENGTH")
+    length = req.environ.get("CONTENT_LENGTH")
     if length and length.isdigit() and int(length) > limit:
         raise too_large("request body exceeds max_request_body_bytes (%d)" % limit)
-    return HttpRequestData(request, params, limit, g.request_id)
+    return HttpRequestData(req, params, limit, g.request_id)
 
 
 def write_response(spec):
@@ -230,9 +244,10 @@ def create_app(service):
         return json_response({"token": token, "token_type": "Bearer", "expires_at": expires.isoformat()})
 
     def run_route(**params):
-        rule = request.url_rule
+        req = request._get_current_object()  # one context-local lookup instead of one per attribute
+        rule = req.url_rule
         engine = rule.engine
-        ctx = engine.run(rule.route, request_data(engine, params), service.auth.authenticate)
+        ctx = engine.run(rule.route, request_data(req, engine, params), service.auth.authenticate)
         try:
             response = write_response(ctx.response)
         except BaseException:

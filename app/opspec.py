@@ -46,8 +46,8 @@ def op(name, summary, args=None, needs_txn=False, errors=(), writes=False, examp
     ``needs_txn``: must run between txn.begin and txn.commit. ``writes``: a KV or index write (checked by
     all_kv_or_index_writes_inside_txn). ``io``: touches a store or the network (the CPU budget is checked
     before such steps). ``binds(scope, raw_args)``: which fields the op binds, for the load-time binding
-    analysis. ``prepare(bound_args)``: work done once at load on the bound arguments (raise BindError to
-    reject them).
+    analysis. ``prepare(bound_args, scope)``: work done once at load on the bound arguments, knowing what the
+    pipeline has bound so far (raise BindError to reject them).
     """
     def register(fn):
         REGISTRY[name] = OpDecl(name, fn, args or {}, summary, needs_txn, list(errors), writes, example, binds,

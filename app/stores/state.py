@@ -20,7 +20,7 @@ SEQ_WIDTH = 20
 
 
 def dumps(value):
-    return json.dumps(value, separators=(",", ":"), default=_encode_special).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 def loads(raw, resolve_blob=None):
@@ -40,6 +40,9 @@ def _encode_special(value):
     if to_json is None:
         raise TypeError("%s is not JSON serialisable" % type(value).__name__)
     return to_json()
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_encode_special)
 
 
 def kv_key(store, key):
