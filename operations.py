@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime, timezone
 
 from app.context import ResponseSpec
+from app.definitions import chain
 from app.errors import DepotError, bad_request, too_large
 from app import expr
 from app.opspec import BindError, Const, JsonSchema, Output, RefTo, Scopes, Source, Template, op
@@ -112,7 +113,7 @@ def parse_json(ctx, a):
 
 def _prepare_normalize(a, scope):
     """Only the rules of fields this pipeline can have bound are kept."""
-    a.normalizers = [(name, rules) for name, rules in a.entity.normalizers if scope.may_bind(name)]
+    a.normalizers = [(name, chain(rules)) for name, rules in a.entity.normalizers if scope.may_bind(name)]
 
 
 @op("normalize.entity", "Apply the entity's per-field normalize rules to the fields present.",
@@ -120,12 +121,10 @@ def _prepare_normalize(a, scope):
     prepare=_prepare_normalize)
 def normalize_entity(ctx, a):
     fields = ctx.fields
-    for name, rules in a.normalizers:
+    for name, normalize in a.normalizers:
         value = fields.get(name)
         if isinstance(value, str):
-            for rule in rules:
-                value = rule(value)
-            fields[name] = value
+            fields[name] = normalize(value)
 
 
 @op("validate.entity", "Check the fields present against the entity's constraints and versioning scheme.",

@@ -100,7 +100,8 @@ def _implies(preds):
 def _template_operand(value):
     """-> (fn(ctx), the references it reads)."""
     node = compile_value(value)
-    return node.render_lenient, node.refs
+    single = getattr(node, "single", None)
+    return (single.resolve_lenient if single is not None else node.render_lenient), node.refs
 
 
 def compile_condition(spec, place, make_operand=None, refs=None, extra=None):

@@ -12,7 +12,7 @@ class ResponseSpec:
 
     def __init__(self, status, headers=None, json=None, blob=None, location=None):
         self.status = status
-        self.headers = headers or {}
+        self.headers = headers
         self.json = json
         self.blob = blob
         self.location = location
@@ -38,7 +38,7 @@ class RequestData:
 
 
 class ExecutionContext:
-    __slots__ = ("engine", "request", "fields", "vars", "event", "txn", "response", "io_ops", "exempt_ns",
+    __slots__ = ("engine", "request", "fields", "vars", "event", "txn", "response", "io_ops", "exempt_ns", "exempt_wall_ns",
                  "unverified_blobs", "cleanups", "_authenticate", "_principal", "_principal_known")
 
     def __init__(self, engine, request, event=None, authenticate=None):
@@ -51,6 +51,7 @@ class ExecutionContext:
         self.response = None
         self.io_ops = 0
         self.exempt_ns = 0
+        self.exempt_wall_ns = 0
         self.unverified_blobs = {}
         self.cleanups = []
         self._authenticate = authenticate
@@ -74,11 +75,12 @@ class ExecutionContext:
     @contextmanager
     def streaming(self):
         """Time spent moving a body's bytes is not charged to max_cpu_ms_per_request."""
-        start = time.thread_time_ns()
+        start, start_wall = time.thread_time_ns(), time.perf_counter_ns()
         try:
             yield
         finally:
             self.exempt_ns += time.thread_time_ns() - start
+            self.exempt_wall_ns += time.perf_counter_ns() - start_wall
 
     @contextmanager
     def writing(self):

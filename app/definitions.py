@@ -76,6 +76,18 @@ def _collapse():
     return lambda value: " ".join(value.split())
 
 
+def chain(rules):
+    """One function applying ``rules`` in order."""
+    if len(rules) == 1:
+        return rules[0]
+
+    def apply(value):
+        for rule in rules:
+            value = rule(value)
+        return value
+    return apply
+
+
 def compile_normalizer(spec):
     """'replace:_:-' -> a function; raises ValueError naming what was expected."""
     name, *params = spec.split(":")

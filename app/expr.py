@@ -36,7 +36,8 @@ class TemplateSyntaxError(ValueError):
 class Ref:
     """One reference: where it reads from, the path below its root, and how it is shaped."""
 
-    __slots__ = ("namespace", "root", "path", "optional", "slice", "source", "prefix", "lookup")
+    __slots__ = ("namespace", "root", "path", "optional", "slice", "source", "prefix", "lookup", "resolve",
+                 "resolve_lenient")
 
     def __init__(self, namespace, root, path, optional=False, slice_=None, source=""):
         self.namespace = namespace  # "field", "principal", "event" or "var"
@@ -46,19 +47,46 @@ class Ref:
         self.slice = slice_
         self.source = source
         self.prefix = ""  # a "/" bound to an optional reference disappears with it
+        # built once per reference, so rendering does no dispatch on its shape:
         self.lookup = _getter(namespace, root, path, slice_)  # ctx -> the value, or _MISSING
+        self.resolve = _resolver(self)  # ctx -> the value; unbound is an error unless optional (then None)
+        self.resolve_lenient = _lenient(self.lookup)  # ctx -> the value, or None when unbound
 
-    def resolve(self, ctx):
-        value = self.lookup(ctx)
-        if value is _MISSING or (value is None and self.namespace == "field"):
-            if self.optional:
+
+def _unresolved(source):
+    return DepotError("UNRESOLVED_REFERENCE", 500, "reference %s is not bound" % source)
+
+
+def _resolver(ref):
+    optional, source = ref.optional, ref.source
+    if ref.namespace == "field" and not ref.path and ref.slice is None:
+        root = ref.root
+
+        def resolve_field(ctx):  # the common case: one field, read directly
+            value = ctx.fields.get(root)
+            if value is None:
+                if optional:
+                    return None
+                raise _unresolved(source)
+            return value
+        return resolve_field
+    lookup, null_is_unbound = ref.lookup, ref.namespace == "field"
+
+    def resolve(ctx):
+        value = lookup(ctx)
+        if value is _MISSING or (value is None and null_is_unbound):
+            if optional:
                 return None
-            raise DepotError("UNRESOLVED_REFERENCE", 500, "reference %s is not bound" % self.source)
+            raise _unresolved(source)
         return value
+    return resolve
 
-    def resolve_lenient(self, ctx):
-        value = self.lookup(ctx)
+
+def _lenient(lookup):
+    def resolve_lenient(ctx):
+        value = lookup(ctx)
         return None if value is _MISSING else value
+    return resolve_lenient
 
 
 def _getter(namespace, root, path, slice_):

@@ -25,6 +25,7 @@ from app.stores.state import dumps
 log = logging.getLogger("depot")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 ROUTE_ENDPOINT = "depot.route"
+REQUEST_ID_KEY = "depot.request_id"
 
 
 def json_response(payload, status=200, headers=None):
@@ -32,7 +33,7 @@ def json_response(payload, status=200, headers=None):
 
 
 def error_response(error):
-    return json_response(error.envelope(), error.status, error.headers)
+    return json_response(error.envelope(), error.status, error.headers or None)
 
 
 class LimitedBody:
@@ -107,7 +108,7 @@ def request_data(req, engine, params):
     length = req.environ.get("CONTENT_LENGTH")
     if length and length.isdigit() and int(length) > limit:
         raise too_large("request body exceeds max_request_body_bytes (%d)" % limit)
-    return HttpRequestData(req, params, limit, g.request_id)
+    return HttpRequestData(req, params, limit, req.environ[REQUEST_ID_KEY])
 
 
 def write_response(spec):
@@ -123,12 +124,13 @@ def _blob_response(spec):
         handle = open(blob.path, "rb")
     except FileNotFoundError:
         raise DepotError("BLOB_NOT_FOUND", 404, "the blob's bytes are missing from the store")
-    headers = {k: v for k, v in spec.headers.items() if k.lower() not in ("content-length", "etag")}
+    given = spec.headers or {}
+    headers = {k: v for k, v in given.items() if k.lower() not in ("content-length", "etag")}
     response = Response(wrap_file(request.environ, handle), status=spec.status, headers=headers,
                         mimetype=headers.get("Content-Type", "application/octet-stream"), direct_passthrough=True)
     size = blob.size if blob.size is not None else _file_size(handle)
     response.content_length = size
-    etag = spec.headers.get("ETag") or spec.headers.get("Etag")
+    etag = given.get("ETag") or given.get("Etag")
     etag = etag.strip('"') if etag else blob.digest
     if etag:
         response.set_etag(etag)
@@ -196,7 +198,8 @@ def create_app(service):
     @app.before_request
     def assign_request_id():
         incoming = request.headers.get("X-Request-Id", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else _next_request_id()
+        g.request_id = request.environ[REQUEST_ID_KEY] = (incoming if _REQUEST_ID.match(incoming)
+                                                          else _next_request_id())
 
     @app.after_request
     def stamp_request_id(response):

@@ -60,6 +60,8 @@ def encode_version(text, ordering="semver"):
 
 
 def encode_value(value):
+    if value.__class__ is str:  # the common case first
+        return value.encode("utf-8").replace(b"\x00", b"\x00\xff") + _STR_END
     if isinstance(value, bool):
         return b"\x02" if value else b"\x01"
     if isinstance(value, int):

@@ -120,12 +120,14 @@ class StateStore:
             if it.valid() and it.key() == start:
                 it.next()
         count = 0
-        while it.valid() and (limit is None or count < limit):
+        while it.valid():
             key = it.key()
             if not key.startswith(prefix):
                 break
             yield key, it.value()
             count += 1
+            if limit is not None and count >= limit:
+                break  # without stepping the iterator past the last row wanted
             it.next()
 
     def count(self, prefix):
