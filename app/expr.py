@@ -119,8 +119,11 @@ def _getter(namespace, root, path, slice_):
 
 def _index_step(index):
     def step(value):
-        if isinstance(value, (list, tuple)) and -len(value) <= index < len(value):
-            return value[index]
+        if value.__class__ is list or isinstance(value, (list, tuple)):
+            try:
+                return value[index]
+            except IndexError:
+                return _MISSING
         return _MISSING
     return step
 

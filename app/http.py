@@ -175,7 +175,7 @@ class DepotFlask(Flask):
             with self._routing_lock:
                 rules = [rule.empty() for rule in self.url_map.iter_rules()]
                 rules += [RouteRule(route, engine) for route in engine.compiled.routes]
-                url_map = Map(rules, strict_slashes=False)
+                url_map = Map(rules, strict_slashes=False, redirect_defaults=False)
                 self._routing = (engine, url_map)
         return url_map
 
