@@ -312,7 +312,7 @@ def blob_verify_digest(ctx, a):
 
 def _prepare_index_query(a, scope):
     """At load: pick the index key the query's fields select, their order, and constant limit/offset."""
-    a.index_key, a.key_fields = None, None
+    a.index_key, a.key_fields, a.key_parts = None, None, None
     items = getattr(a.key, "items", None)
     names = [k for k, _ in items] if isinstance(items, list) else list(getattr(a.key, "value", None) or ())
     if names:
@@ -321,6 +321,8 @@ def _prepare_index_query(a, scope):
             raise BindError("index %s has no key whose leading fields are %s" % (a.index.name, ", ".join(names)),
                             "key")
         a.key_fields = [f for f in a.index_key.fields if f in names]
+        nodes = dict(items) if isinstance(items, list) else {}
+        a.key_parts = [expr.fast_render(nodes[f]) for f in a.key_fields] if nodes else None
     a.limit_value = _constant_int(a.limit, "limit", 1, MAX_QUERY_LIMIT)
     a.offset_value = _constant_int(a.offset, "offset", 0, None)
 
@@ -344,16 +346,17 @@ def _constant_int(node, name, low, high):
              "limit": 1, "out": "rows"},
     errors=["400 INVALID_QUERY"], io=True, prepare=_prepare_index_query)
 def index_query(ctx, a):
-    key = a.key.render(ctx)
-    index_key, fields = a.index_key, a.key_fields
-    if index_key is None:  # the key is one reference to an object: its fields are known only now
-        index_key = a.index.key_for(key)
+    if a.key_parts is not None:  # the usual case: the key's fields were matched to the index at load
+        prefix = a.index_key.prefix_of([part(ctx) for part in a.key_parts])
+    else:  # the key is one reference to an object: its fields are known only now
+        key = a.key.render(ctx)
+        index_key = a.index_key or a.index.key_for(key)
         if index_key is None:
             raise DepotError("INDEX_KEY_UNKNOWN", 500, "index %s has no key over %s" % (a.index.name, sorted(key)))
-        fields = [f for f in index_key.fields if f in key]
+        prefix = index_key.prefix(key, [f for f in index_key.fields if f in key])
     limit = a.limit_value or _bounded_int(a.limit.render(ctx), "limit", 1, MAX_QUERY_LIMIT)
     offset = a.offset_value if a.offset_value is not None else _bounded_int(a.offset.render(ctx), "offset", 0, None)
-    rows = [raw for _, raw in ctx.engine.state.scan(index_key.prefix(key, fields), limit + offset)]
+    rows = [raw for _, raw in ctx.engine.state.scan(prefix, limit + offset)]
     ctx.count_io(1 + len(rows))
     ctx.vars[a.out] = [json.loads(raw)[1] for raw in rows[offset:]]
 

@@ -59,18 +59,25 @@ def _unresolved(source):
 
 def _resolver(ref):
     optional, source = ref.optional, ref.source
-    if ref.namespace == "field" and not ref.path and ref.slice is None:
-        root = ref.root
+    root, null_is_unbound = ref.root, ref.namespace == "field"
+    if ref.namespace in ("field", "var") and ref.slice is None:
+        # the common cases, read directly: one call per reference plus one per path step
+        namespace = "fields" if ref.namespace == "field" else "vars"
+        steps = tuple(_index_step(s) if isinstance(s, int) else _key_step(s) for s in ref.path)
 
-        def resolve_field(ctx):  # the common case: one field, read directly
-            value = ctx.fields.get(root)
-            if value is None:
+        def resolve_direct(ctx):
+            value = getattr(ctx, namespace).get(root, _MISSING)
+            for step in steps:
+                if value is _MISSING:
+                    break
+                value = step(value)
+            if value is _MISSING or (value is None and null_is_unbound):
                 if optional:
                     return None
                 raise _unresolved(source)
             return value
-        return resolve_field
-    lookup, null_is_unbound = ref.lookup, ref.namespace == "field"
+        return resolve_direct
+    lookup = ref.lookup
 
     def resolve(ctx):
         value = lookup(ctx)
@@ -271,7 +278,7 @@ class Const:
     render_key = render
 
 
-def _fast_render(node):
+def fast_render(node):
     """The node's render function; for a lone reference, the reference's own resolve (one call less)."""
     single = getattr(node, "single", None)
     return single.resolve if single is not None else node.render
@@ -283,7 +290,7 @@ class DictNode:
     def __init__(self, items):
         self.items = items
         self.refs = [r for _, node in items for r in node.refs]
-        self._renders = [(key, _fast_render(node)) for key, node in items]
+        self._renders = [(key, fast_render(node)) for key, node in items]
 
     def render(self, ctx):
         return {key: render(ctx) for key, render in self._renders}

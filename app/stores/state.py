@@ -61,7 +61,11 @@ class IndexKeyDef:
         self.head = b"i" + index_name.encode() + b"\x00" + name.encode() + b"\x00"
 
     def prefix(self, values, fields=None):
-        return self.head + b"".join(sortkeys.encode_value(values.get(f)) for f in (fields or self.fields))
+        return self.prefix_of([values.get(f) for f in (fields or self.fields)])
+
+    def prefix_of(self, ordered_values):
+        """The key prefix for the values of the leading key fields, in key order."""
+        return self.head + b"".join([sortkeys.encode_value(v) for v in ordered_values])
 
     def entry_key(self, row, rowid):
         parts = [self.prefix(row)]
