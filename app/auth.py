@@ -1,26 +1,36 @@
-"""Passwords (bcrypt), JWTs (pyjwt, HS256 pinned) and principals.
+"""Identities: passwords (bcrypt), login tokens (JWT, HS256 pinned), API tokens, principals, and the state
+checks that make a disabled user, a changed password or a revoked token fail at once.
 
-A principal is ``{"sub": username, "scopes": frozenset}``. Tokens carry sub, scopes, iat, exp, iss, aud and jti;
-verification requires every one of them and allows CLOCK_SKEW_SECONDS of skew.
+A principal is ``{"sub", "scopes": frozenset, "kind": "jwt" | "api_token" | "anonymous", "token_id"}``.
+Login tokens carry sub, scopes, ver (the user's token version), iat, exp, iss, aud and jti; verification requires
+every one of them and allows CLOCK_SKEW_SECONDS of skew. Each request's token is then checked against the
+user's state in SQL, through a small cache that this process invalidates whenever it changes that state
+(STATE_CACHE_SECONDS bounds how late another process's change is seen).
 """
+import hashlib
 import os
 import secrets
+import threading
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import bcrypt
 import jwt
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
-from app.errors import DepotError
-from models import User, utcnow
+from app.errors import DepotError, bad_request, not_found
+from models import ApiToken, RevokedJwt, User, as_utc, iso, utcnow
 
 ALGORITHM = "HS256"
 ISSUER = "depot"
 AUDIENCE = "depot"
 CLOCK_SKEW_SECONDS = 30
-TOKEN_TTL_SECONDS = 3600
-REQUIRED_CLAIMS = ["sub", "scopes", "iat", "exp", "iss", "aud", "jti"]
+REQUIRED_CLAIMS = ["sub", "scopes", "ver", "iat", "exp", "iss", "aud", "jti"]
+API_TOKEN_PREFIX = "dpt_"
+STATE_CACHE_SECONDS = 5.0
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+DEFAULTS = {"token_ttl_seconds": 3600, "min_password_length": 12, "max_token_ttl_seconds": 365 * 86400}
 
 
 def bcrypt_rounds():
@@ -36,6 +46,11 @@ def check_password(password, hashed):
     return bcrypt.checkpw(password.encode("utf-8"), hashed.encode())
 
 
+def holds(scopes, wanted):
+    """Whether ``scopes`` grant every scope in ``wanted`` ('admin' grants all)."""
+    return "admin" in scopes or set(wanted) <= set(scopes)
+
+
 def load_or_create_secret(data_dir):
     """DEPOT_SECRET_KEY, or a key generated once and kept (mode 0600) in the data dir."""
     env = os.environ.get("DEPOT_SECRET_KEY")
@@ -43,53 +58,78 @@ def load_or_create_secret(data_dir):
         return env
     path = os.path.join(data_dir, "secret.key")
     if not os.path.exists(path):
-        _write_private(path, secrets.token_urlsafe(48))
+        write_private(path, secrets.token_urlsafe(48))
     with open(path) as handle:
         return handle.read().strip()
 
 
-def _write_private(path, text):
+def write_private(path, text):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text + "\n")
 
 
-class Auth:
-    def __init__(self, secret, sessions, ttl_seconds=TOKEN_TTL_SECONDS):
+def _unauthorized(code, message):
+    return DepotError(code, 401, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def user_view(user):
+    return {"username": user.username, "scopes": sorted(user.scopes), "status": user.status,
+            "created_at": iso(user.created_at), "last_login_at": iso(user.last_login_at)}
+
+
+def token_view(token, owner):
+    return {"id": token.id, "name": token.name, "owner": owner, "scopes": sorted(token.scopes),
+            "created_at": iso(token.created_at), "expires_at": iso(token.expires_at),
+            "last_used_at": iso(token.last_used_at), "revoked": token.revoked_at is not None}
+
+
+class _TtlCache:
+    """A small dict whose entries expire; cleared entry by entry when this process changes the state."""
+
+    def __init__(self, ttl=STATE_CACHE_SECONDS, limit=10000):
+        self.ttl, self.limit = ttl, limit
+        self.entries = {}
+
+    def get(self, key):
+        entry = self.entries.get(key)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, key, value):
+        if len(self.entries) >= self.limit:
+            self.entries.clear()
+        self.entries[key] = (value, time.monotonic() + self.ttl)
+
+    def drop(self, key):
+        self.entries.pop(key, None)
+
+
+class Identity:
+    def __init__(self, secret, sessions, settings=None):
         self.secret = secret
         self.sessions = sessions
-        self.ttl = ttl_seconds
+        self.settings = dict(DEFAULTS)
+        self.configure(settings or {})
+        self._users = _TtlCache()  # username -> (status, token_version, scopes)
+        self._revoked = _TtlCache()  # jti -> bool
+        self._api = _TtlCache()  # secret sha256 -> token state
+        self._last_used_lock = threading.Lock()
         # compared against when the user does not exist, so unknown users cost the same time as wrong passwords
         self._dummy_hash = hash_password(secrets.token_urlsafe(16))
 
-    def issue(self, username, scopes):
+    def configure(self, settings):
+        self.settings.update({k: v for k, v in settings.items() if k in DEFAULTS})
+
+    # --- login tokens ---------------------------------------------------------------------------------
+
+    def issue(self, username, scopes, version=1):
         now = datetime.now(timezone.utc)
-        claims = {"sub": username, "scopes": sorted(scopes), "iat": now, "exp": now + timedelta(seconds=self.ttl),
-                  "iss": ISSUER, "aud": AUDIENCE, "jti": uuid.uuid4().hex}
-        return jwt.encode(claims, self.secret, algorithm=ALGORITHM), claims["exp"]
-
-    def verify(self, token):
-        try:
-            claims = jwt.decode(token, self.secret, algorithms=[ALGORITHM], audience=AUDIENCE, issuer=ISSUER,
-                                leeway=CLOCK_SKEW_SECONDS, options={"require": REQUIRED_CLAIMS})
-        except jwt.ExpiredSignatureError:
-            raise DepotError("TOKEN_EXPIRED", 401, "the token has expired", headers={"WWW-Authenticate": "Bearer"})
-        except jwt.InvalidTokenError:
-            raise DepotError("INVALID_TOKEN", 401, "the token is not valid", headers={"WWW-Authenticate": "Bearer"})
-        if not isinstance(claims["scopes"], list):
-            raise DepotError("INVALID_TOKEN", 401, "the token is not valid")
-        return {"sub": claims["sub"], "scopes": frozenset(claims["scopes"])}
-
-    def authenticate(self, request):
-        """The principal a request's bearer token names, or None when it carries none."""
-        header = request.headers.get("Authorization")
-        if not header:
-            return None
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise DepotError("INVALID_TOKEN", 401, "expected 'Authorization: Bearer <token>'",
-                             headers={"WWW-Authenticate": "Bearer"})
-        return self.verify(token.strip())
+        exp = now + timedelta(seconds=self.settings["token_ttl_seconds"])
+        claims = {"sub": username, "scopes": sorted(scopes), "ver": version, "iat": now, "exp": exp, "iss": ISSUER,
+                  "aud": AUDIENCE, "jti": uuid.uuid4().hex}
+        return jwt.encode(claims, self.secret, algorithm=ALGORITHM), exp
 
     def login(self, username, password):
         with self.sessions() as session:
@@ -97,10 +137,138 @@ class Auth:
             hashed = user.password_hash if user is not None else self._dummy_hash
             valid = check_password(password, hashed) and user is not None and user.status == "active"
             if not valid:
-                raise DepotError("INVALID_CREDENTIALS", 401, "unknown user or wrong password")
+                raise _unauthorized("INVALID_CREDENTIALS", "unknown user, wrong password or disabled account")
             user.last_login_at = utcnow()
             session.commit()
-            return self.issue(user.username, user.scopes)
+            return self.issue(user.username, user.scopes, user.token_version)
+
+    def _verify_jwt(self, token):
+        try:
+            claims = jwt.decode(token, self.secret, algorithms=[ALGORITHM], audience=AUDIENCE, issuer=ISSUER,
+                                leeway=CLOCK_SKEW_SECONDS, options={"require": REQUIRED_CLAIMS})
+        except jwt.ExpiredSignatureError:
+            raise _unauthorized("TOKEN_EXPIRED", "the token has expired")
+        except jwt.InvalidTokenError:
+            raise _unauthorized("INVALID_TOKEN", "the token is not valid")
+        if not isinstance(claims["scopes"], list) or not isinstance(claims["ver"], int):
+            raise _unauthorized("INVALID_TOKEN", "the token is not valid")
+        status, version, scopes = self._user_state(claims["sub"])
+        if status != "active" or version != claims["ver"]:
+            raise _unauthorized("TOKEN_REVOKED", "the token is no longer valid (account disabled or password "
+                                "changed)")
+        if self._is_revoked(claims["jti"]):
+            raise _unauthorized("TOKEN_REVOKED", "the token has been revoked")
+        granted = frozenset(claims["scopes"]) if "admin" in scopes else frozenset(claims["scopes"]) & scopes
+        return {"sub": claims["sub"], "scopes": granted, "kind": "jwt", "token_id": claims["jti"],
+                "exp": claims["exp"]}
+
+    def _user_state(self, username):
+        state = self._users.get(username)
+        if state is None:
+            with self.sessions() as session:
+                user = session.scalar(select(User).where(User.username == username))
+                state = ("missing", 0, frozenset()) if user is None else \
+                    (user.status, user.token_version, frozenset(user.scopes))
+            self._users.put(username, state)
+        return state
+
+    def _is_revoked(self, jti):
+        revoked = self._revoked.get(jti)
+        if revoked is None:
+            with self.sessions() as session:
+                revoked = session.get(RevokedJwt, jti) is not None
+            self._revoked.put(jti, revoked)
+        return revoked
+
+    # --- requests -------------------------------------------------------------------------------------
+
+    def authenticate(self, request):
+        """The principal a request's bearer credential names, or None when it carries none."""
+        header = request.headers.get("Authorization")
+        if not header:
+            return None
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise _unauthorized("INVALID_TOKEN", "expected 'Authorization: Bearer <token>'")
+        if token.startswith(API_TOKEN_PREFIX):
+            return self._verify_api_token(token)
+        return self._verify_jwt(token)
+
+    def logout(self, principal):
+        if principal["kind"] == "jwt":
+            with self.sessions() as session:
+                session.merge(RevokedJwt(jti=principal["token_id"],
+                                         expires_at=datetime.fromtimestamp(principal["exp"], timezone.utc)))
+                session.execute(delete(RevokedJwt).where(RevokedJwt.expires_at < utcnow() -
+                                                         timedelta(seconds=CLOCK_SKEW_SECONDS)))
+                session.commit()
+            self._revoked.put(principal["token_id"], True)
+        elif principal["kind"] == "api_token":
+            self.revoke_token(principal["sub"], principal["token_id"])
+
+    # --- users ----------------------------------------------------------------------------------------
+
+    def check_password_rules(self, password, field="password"):
+        minimum = self.settings["min_password_length"]
+        if not isinstance(password, str) or len(password) < minimum:
+            raise bad_request("WEAK_PASSWORD", "passwords have at least %d characters" % minimum, field)
+
+    def change_password(self, username, current, new):
+        self.check_password_rules(new, "new_password")
+        with self.sessions() as session:
+            user = session.scalar(select(User).where(User.username == username))
+            if user is None or not check_password(current or "", user.password_hash):
+                raise _unauthorized("INVALID_CREDENTIALS", "the current password is wrong")
+            user.password_hash = hash_password(new)
+            user.token_version += 1
+            session.commit()
+        self._users.drop(username)
+
+    def create_user(self, username, password, scopes, status="active"):
+        self.check_password_rules(password)
+        with self.sessions() as session:
+            if session.scalar(select(User).where(User.username == username)) is not None:
+                raise DepotError("USER_EXISTS", 409, "user %r already exists" % username, "username")
+            user = User(username=username, password_hash=hash_password(password), scopes=sorted(set(scopes)),
+                        status=status, token_version=1)
+            session.add(user)
+            session.commit()
+            return user_view(user)
+
+    def update_user(self, username, scopes=None, status=None, password=None):
+        if password is not None:
+            self.check_password_rules(password)
+        with self.sessions() as session:
+            user = self._user(session, username)
+            if scopes is not None:
+                user.scopes = sorted(set(scopes))
+            if status is not None and status != user.status:
+                user.status = status
+                user.token_version += 1
+            if password is not None:
+                user.password_hash = hash_password(password)
+                user.token_version += 1
+            session.commit()
+            self._users.drop(username)
+            self._api.entries.clear()  # token scopes are bounded by their owner's
+            return user_view(user)
+
+    def get_user(self, username):
+        with self.sessions() as session:
+            return user_view(self._user(session, username))
+
+    def list_users(self, offset, limit):
+        with self.sessions() as session:
+            users = session.scalars(select(User).order_by(User.username).offset(offset).limit(limit)).all()
+            total = session.query(User).count()
+            return [user_view(u) for u in users], total
+
+    def _user(self, session, username):
+        user = session.scalar(select(User).where(User.username == username))
+        if user is None:
+            raise not_found("no user %r" % username, "USER_NOT_FOUND")
+        return user
 
     def ensure_admin(self, data_dir, announce=print):
         """On first start create 'admin' (read, write, admin) with DEPOT_ADMIN_PASSWORD or a random password
@@ -108,15 +276,97 @@ class Auth:
         with self.sessions() as session:
             if session.scalar(select(User).limit(1)) is not None:
                 return None
-            password = os.environ.get("DEPOT_ADMIN_PASSWORD")
-            generated = not password
-            if generated:
-                password = secrets.token_urlsafe(18)
-                _write_private(os.path.join(data_dir, "admin.password"), password)
+        password = os.environ.get("DEPOT_ADMIN_PASSWORD")
+        generated = not password
+        if generated:
+            password = secrets.token_urlsafe(18)
+            write_private(os.path.join(data_dir, "admin.password"), password)
+        with self.sessions() as session:
             session.add(User(username="admin", password_hash=hash_password(password),
-                             scopes=["read", "write", "admin"]))
+                             scopes=["admin", "read", "write"], token_version=1))
             session.commit()
         if generated:
             announce("Created user 'admin' with password: %s (also in %s)"
                      % (password, os.path.join(data_dir, "admin.password")))
         return password
+
+    # --- API tokens -----------------------------------------------------------------------------------
+
+    def create_token(self, owner, name, scopes, expires_in=None):
+        """Returns (token view, secret). The secret is shown once; only its SHA-256 is stored."""
+        if not isinstance(name, str) or not 0 < len(name) <= 128:
+            raise bad_request("INVALID_TOKEN_REQUEST", "name is a string of 1 to 128 characters", "name")
+        if not isinstance(scopes, list) or not scopes or not all(isinstance(s, str) for s in scopes):
+            raise bad_request("INVALID_TOKEN_REQUEST", "scopes is a non-empty list of scope names", "scopes")
+        if expires_in is not None and (not isinstance(expires_in, int) or isinstance(expires_in, bool) or
+                                       not 0 < expires_in <= self.settings["max_token_ttl_seconds"]):
+            raise bad_request("INVALID_TOKEN_REQUEST", "expires_in is a number of seconds from 1 to %d"
+                              % self.settings["max_token_ttl_seconds"], "expires_in")
+        secret = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        with self.sessions() as session:
+            user = self._user(session, owner)
+            if not holds(user.scopes, scopes):
+                raise DepotError("SCOPE_NOT_HELD", 403, "a token's scopes must be a subset of its owner's (%s)"
+                                 % ", ".join(sorted(user.scopes)), "scopes")
+            token = ApiToken(id=uuid.uuid4().hex[:16], user_id=user.id, name=name, scopes=sorted(set(scopes)),
+                             secret_sha256=hashlib.sha256(secret.encode()).hexdigest(),
+                             expires_at=utcnow() + timedelta(seconds=expires_in) if expires_in else None)
+            session.add(token)
+            session.commit()
+            return token_view(token, owner), secret
+
+    def list_tokens(self, owner):
+        with self.sessions() as session:
+            user = self._user(session, owner)
+            tokens = session.scalars(select(ApiToken).where(ApiToken.user_id == user.id)
+                                     .order_by(ApiToken.created_at)).all()
+            return [token_view(t, owner) for t in tokens]
+
+    def revoke_token(self, owner, token_id):
+        with self.sessions() as session:
+            user = self._user(session, owner)
+            token = session.scalar(select(ApiToken).where(ApiToken.id == token_id, ApiToken.user_id == user.id))
+            if token is None:
+                raise not_found("no token %r for user %r" % (token_id, owner), "TOKEN_NOT_FOUND")
+            if token.revoked_at is None:
+                token.revoked_at = utcnow()
+                session.commit()
+            self._api.drop(token.secret_sha256)
+            return token_view(token, owner)
+
+    def _verify_api_token(self, secret):
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        state = self._api.get(digest)
+        if state is None:
+            with self.sessions() as session:
+                row = session.execute(select(ApiToken, User).join(User, ApiToken.user_id == User.id)
+                                      .where(ApiToken.secret_sha256 == digest)).first()
+                if row is None:
+                    raise _unauthorized("INVALID_TOKEN", "the token is not valid")
+                token, user = row
+                state = {"id": token.id, "owner": user.username, "expires_at": as_utc(token.expires_at),
+                         "revoked": token.revoked_at is not None, "active": user.status == "active",
+                         "scopes": frozenset(token.scopes) if "admin" in user.scopes else
+                         frozenset(token.scopes) & frozenset(user.scopes),
+                         "last_used_at": as_utc(token.last_used_at)}
+            self._api.put(digest, state)
+        if state["revoked"] or not state["active"]:
+            raise _unauthorized("TOKEN_REVOKED", "the token has been revoked or its owner disabled")
+        now = utcnow()
+        if state["expires_at"] is not None and state["expires_at"] <= now:
+            raise _unauthorized("TOKEN_EXPIRED", "the token has expired")
+        self._touch(state, now)
+        return {"sub": state["owner"], "scopes": state["scopes"], "kind": "api_token", "token_id": state["id"]}
+
+    def _touch(self, state, now):
+        """Record last use, at most once a minute per token, so a busy CI token does not write every request."""
+        last = state["last_used_at"]
+        if last is not None and now - last < LAST_USED_RESOLUTION:
+            return
+        with self._last_used_lock:
+            state["last_used_at"] = now
+        with self.sessions() as session:
+            token = session.get(ApiToken, state["id"])
+            if token is not None:
+                token.last_used_at = now
+                session.commit()

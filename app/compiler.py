@@ -21,12 +21,14 @@ from app.errors import SchemaLoadError
 from app.expr import TemplateSyntaxError, parse_template
 from app.metaschema import METASCHEMA
 from app.opspec import REGISTRY, BindError, Output
+from app.ratelimit import parse_rate
 from app.report import Report, place
 from app.stores.state import IndexDef, IndexKeyDef, kv_key
 
 _PATH_PARAM = re.compile(r"\{([^{}]*)\}")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_LOG = ("_depot", "eventlog/", 262144)
+RESERVED_PATHS = ("/auth", "/admin", "/health", "/openapi.json", "/docs")
 
 
 class Step:
@@ -128,6 +130,7 @@ class Compiler:
         out.definitions = self.definitions
         out.event_log = self._event_log()
         out.caching = self._caching()
+        self._auth()
         out.allowed_ops = set(self.doc["ops"]["allowed"])
         for name in out.allowed_ops - set(REGISTRY):
             self.report.error("ops.allowed", "op %r is not in Depot's vocabulary" % name)
@@ -268,6 +271,53 @@ class Compiler:
         prefix = kv_key(store, log.get("key_prefix", DEFAULT_LOG[1]))
         return EventLog(prefix, log.get("max_event_bytes", DEFAULT_LOG[2]))
 
+    def _auth(self):
+        """auth.login (password and token settings, login rate limits), auth.anonymous, auth.policies."""
+        auth = self.doc.get("auth", {})
+        login = auth.get("login", {})
+        self.out.auth_settings = {k: login[k] for k in ("min_password_length", "token_ttl_seconds") if k in login}
+        self.out.login_limits = {}
+        for key, default in (("rate_limit_per_username", "5/m"), ("rate_limit_per_address", "20/m")):
+            rate = login.get(key, default)
+            try:
+                parse_rate(rate)
+            except ValueError as exc:
+                self.report.error(place("auth.login", key), str(exc))
+            self.out.login_limits[key] = rate
+        anonymous = auth.get("anonymous", {})
+        self.out.anonymous = None
+        if anonymous.get("enabled"):
+            scopes = anonymous.get("scopes", ["read"])
+            for i, scope in enumerate(scopes):
+                if scope not in self.definitions["scope"]:
+                    self.report.error(place("auth.anonymous.scopes", i), "unknown scope %r" % scope)
+            self.out.anonymous = {"sub": "anonymous", "scopes": frozenset(scopes), "kind": "anonymous",
+                                  "token_id": None}
+        self.policies = []
+        for i, policy in enumerate(auth.get("policies", [])):
+            where = place("auth.policies", i)
+            unknown = set(policy.get("when", {})) - {"route.tags"}
+            if unknown:
+                self.report.error(where + ".when", "unknown policy condition(s) %s; expected route.tags"
+                                  % ", ".join(sorted(unknown)))
+            scopes = policy.get("require", {}).get("scopes", [])
+            for j, scope in enumerate(scopes):
+                if scope not in self.definitions["scope"]:
+                    self.report.error(place(where, "require.scopes", j), "unknown scope %r" % scope)
+            self.policies.append((set(policy.get("when", {}).get("route.tags", [])), policy.get("effect", "allow"),
+                                  frozenset(scopes)))
+
+    def _route_policy(self, tags):
+        """(scopes every request must hold, whether a deny policy applies) for a route with ``tags``."""
+        required, denied = set(), False
+        for when_tags, effect, scopes in self.policies:
+            if when_tags & set(tags):
+                if effect == "deny":
+                    denied = True
+                else:
+                    required |= scopes
+        return frozenset(required), denied
+
     def _caching(self):
         caching = self.doc.get("caching", {})
         return {"response": caching.get("response_cache", {}), "blob": caching.get("blob_cache", {})}
@@ -292,9 +342,13 @@ class Compiler:
                 self.report.error(where + ".path", "%s %s duplicates %s" % (spec["method"], spec["path"],
                                                                              seen_shapes[shape]))
             seen_shapes.setdefault(shape, where)
+            if any(spec["path"] == p or spec["path"].startswith(p + "/") for p in RESERVED_PATHS):
+                self.report.error(where + ".path", "paths under %s belong to Depot itself" % ", ".join(RESERVED_PATHS))
             pipeline = self._pipeline(spec["id"], spec["pipeline"], where + ".pipeline",
                                       Scope(self, params=params))
-            self.out.routes.append(Route(spec, pipeline, where, params))
+            route = Route(spec, pipeline, where, params)
+            route.policy_scopes, route.denied = self._route_policy(route.tags)
+            self.out.routes.append(route)
 
     def _apply_pipelines(self):
         replication = self.doc.get("replication", {})

@@ -9,6 +9,7 @@ import time
 
 import requests
 
+from app.auth import holds
 from app.context import ExecutionContext
 from app.errors import DepotError
 from app.stores.blobs import DIGEST_PREFIX, BlobRef, FileBlobStore, declared_digest, split_digest
@@ -78,6 +79,8 @@ class Engine:
                                  % name, name)
         ctx = ExecutionContext(self, request, authenticate=authenticate)
         try:
+            if route.policy_scopes or route.denied:
+                self._apply_policies(route, ctx)
             self._execute(route.pipeline, ctx)
         except BaseException:
             ctx.close()
@@ -87,6 +90,18 @@ class Engine:
             raise DepotError("NO_RESPONSE", 500, "the pipeline finished without responding")
         ctx.abort_txn()  # a response from inside an open transaction discards it
         return ctx
+
+    def _apply_policies(self, route, ctx):
+        """auth.policies whose route.tags match this route: every request must hold their scopes."""
+        principal = ctx.principal
+        if principal is None:
+            raise DepotError("UNAUTHENTICATED", 401, "a valid bearer token is required",
+                             headers={"WWW-Authenticate": "Bearer"})
+        if route.denied and "admin" not in principal["scopes"]:
+            raise DepotError("FORBIDDEN", 403, "a deny policy applies to this route")
+        if not holds(principal["scopes"], route.policy_scopes):
+            raise DepotError("FORBIDDEN", 403, "policy requires scope(s): %s"
+                             % ", ".join(sorted(route.policy_scopes - principal["scopes"])))
 
     def _execute(self, pipeline, ctx):
         budget = self.limits.max_cpu_ns

@@ -6,18 +6,21 @@ One mapping (``DepotError.envelope``) turns any of them into the JSON body every
 
 
 class DepotError(Exception):
-    def __init__(self, code, status, message, field=None, headers=None):
+    def __init__(self, code, status, message, field=None, headers=None, details=None):
         super().__init__(message)
         self.code = code
         self.status = status
         self.message = message
         self.field = field
         self.headers = headers or {}
+        self.details = details
 
     def envelope(self):
         body = {"code": self.code, "message": self.message}
         if self.field is not None:
             body["field"] = self.field
+        if self.details is not None:
+            body["details"] = self.details
         return {"error": body}
 
 

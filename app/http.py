@@ -4,7 +4,6 @@ This layer knows nothing of individual ops: it turns a request into RequestData,
 pipeline, and writes the ResponseSpec (JSON, a blob streamed from disk with Range/ETag/HEAD, or a redirect).
 Every error, whatever raised it, leaves as the JSON envelope with an X-Request-Id.
 """
-import json
 import logging
 import os
 import re
@@ -18,13 +17,14 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wsgi import wrap_file
 
 from app.context import RequestData
-from app.errors import DepotError, bad_request, too_large
+from app.errors import DepotError, too_large
 from app.stores.blobs import declared_digest
 from app.stores.state import dumps
 
 log = logging.getLogger("depot")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 ROUTE_ENDPOINT = "depot.route"
+READ_METHODS = ("GET", "HEAD")
 REQUEST_ID_KEY = "depot.request_id"
 
 
@@ -237,41 +237,42 @@ def create_app(service):
         return json_response({"ok": ok, "stores": stores, "schema_sha256": service.engine.compiled.sha256},
                              200 if ok else 503)
 
-    @app.post("/auth/login")
-    def login():
-        body = _json_body()
-        username, password = body.get("username"), body.get("password")
-        if not isinstance(username, str) or not isinstance(password, str):
-            raise bad_request("INVALID_CREDENTIALS_FORMAT", "username and password are required strings")
-        token, expires = service.auth.login(username, password)
-        return json_response({"token": token, "token_type": "Bearer", "expires_at": expires.isoformat()})
-
     def run_route(**params):
         req = request._get_current_object()  # one context-local lookup instead of one per attribute
         rule = req.url_rule
         engine = rule.engine
-        ctx = engine.run(rule.route, request_data(req, engine, params), service.auth.authenticate)
+        data = request_data(req, engine, params)
+        try:
+            ctx = engine.run(rule.route, data, service.principal)
+        except DepotError as error:
+            if rule.route.method not in READ_METHODS:
+                _audit_route(service, rule.route, data, None, error.status)
+            raise
         try:
             response = write_response(ctx.response)
         except BaseException:
             ctx.close()
             raise
+        if rule.route.method not in READ_METHODS:
+            _audit_route(service, rule.route, data, ctx, response.status_code)
         if ctx.cleanups:
             response.call_on_close(ctx.close)
         return response
 
     app.view_functions[ROUTE_ENDPOINT] = run_route
+    from app.management import create_blueprint
+    app.register_blueprint(create_blueprint(service))
     return app
 
 
-def _json_body(limit=65536):
-    raw = request.stream.read(limit + 1)
-    if len(raw) > limit:
-        raise too_large("request body exceeds %d bytes" % limit, "JSON_TOO_LARGE")
+def _audit_route(service, route, data, ctx, status):
+    """Writes through the schema's routes (publish, tag changes, deletes) are audited with their outcome."""
     try:
-        body = json.loads(raw or b"null")
-    except ValueError:
-        raise bad_request("INVALID_JSON", "request body is not valid JSON")
-    if not isinstance(body, dict):
-        raise bad_request("INVALID_JSON", "expected a JSON object")
-    return body
+        principal = ctx.principal if ctx is not None else None
+    except DepotError:
+        principal = None
+    actor = principal["sub"] if principal else "anonymous"
+    outcome = "success" if status < 400 else "failure"
+    service.audit.record(actor, "route." + route.id, data._req.path, outcome,
+                         {"ip": data._req.remote_addr, "user_agent": data._req.headers.get("User-Agent"),
+                          "request_id": data.request_id}, {"status": status})

@@ -71,7 +71,20 @@ METASCHEMA = {
             "scopes": {"type": "array", "items": {
                 "type": "object", "required": ["name"],
                 "properties": {"name": {"type": "string"}, "actions": {"type": "array"}}}},
-            "policies": {"type": "array", "items": {"type": "object", "required": ["name"]}}}},
+            "policies": {"type": "array", "items": {
+                "type": "object", "required": ["name"],
+                "properties": {"name": {"type": "string"}, "effect": {"enum": ["allow", "deny"]},
+                               "when": {"type": "object"},
+                               "require": {"type": "object", "properties": {
+                                   "scopes": {"type": "array", "items": {"type": "string"}}}}}}},
+            "anonymous": {"type": "object", "properties": {
+                "enabled": {"type": "boolean"}, "scopes": {"type": "array", "items": {"type": "string"}}},
+                "additionalProperties": False},
+            "login": {"type": "object", "properties": {
+                "rate_limit_per_username": {"type": "string"}, "rate_limit_per_address": {"type": "string"},
+                "min_password_length": {"type": "integer", "minimum": 8},
+                "token_ttl_seconds": {"type": "integer", "minimum": 60}},
+                "additionalProperties": False}}},
         "upstreams": {"type": "object", "additionalProperties": {
             "type": "object", "required": ["base_url"],
             "properties": {"base_url": {"type": "string", "pattern": "^https?://"},

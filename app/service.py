@@ -1,39 +1,83 @@
-"""The running service: the data dir's stores, the SQL database, auth, and the engine serving the active schema.
+"""The running service: the data dir's stores, the SQL database (identities, schema versions, audit), and
+the engine serving the active schema.
 
-The engine reference is swapped atomically when the schema changes; a request takes the reference once and
-finishes on it.
+The active schema lives in the database. On first start it is loaded from the schema file; afterwards the
+database's active version is served, and an administrator changes it through the admin API. The engine
+reference is swapped atomically: a request takes it once and finishes on it.
 """
+import json
 import os
+import threading
 
-from sqlalchemy import create_engine
-from sqlalchemy.orm import sessionmaker
-
-from app.auth import Auth, load_or_create_secret
-from app.compiler import compile_or_raise, load_schema_file
+from app import database
+from app.audit import Audit
+from app.auth import Identity, load_or_create_secret
+from app.compiler import compile_or_raise, compile_schema, load_schema_file
 from app.engine import Engine, Stores
-from models import Base
+from app.errors import DepotError
+from app.ratelimit import RateLimiter
+from app.schema_store import SchemaStore
 
 DEFAULT_SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema.json")
-
-
-def database_url(data_dir):
-    return os.environ.get("DEPOT_DATABASE_URL") or "sqlite:///" + os.path.join(os.path.abspath(data_dir), "depot.db")
 
 
 class Service:
     def __init__(self, data_dir, schema=None, schema_path=None, sync=True, announce=print):
         self.data_dir = os.path.abspath(data_dir)
         os.makedirs(self.data_dir, exist_ok=True)
+        self.announce = announce
+        url = database.database_url(self.data_dir)
+        database.upgrade(url)
+        self.db, self.sessions = database.connect(url)
+        self.identity = Identity(load_or_create_secret(self.data_dir), self.sessions)
+        self.audit = Audit(self.sessions)
+        self.schemas = SchemaStore(self.sessions)
+        self.stores = Stores(self.data_dir, sync=sync)
+        self._swap_lock = threading.Lock()
+        self.limiters = {}
+        self._activate(self._initial_schema(schema, schema_path))
+        self.identity.ensure_admin(self.data_dir, announce)
+
+    def _initial_schema(self, schema, schema_path):
+        active = self.schemas.active()
+        if active is not None:
+            return compile_or_raise(json.loads(active.document), "schema version %d" % active.version)
         if schema is None:
             schema_path = schema_path or DEFAULT_SCHEMA
             schema = load_schema_file(schema_path)
-        self.stores = Stores(self.data_dir, sync=sync)
-        self.engine = Engine(compile_or_raise(schema, schema_path or "schema"), self.stores)
-        self.db = create_engine(database_url(self.data_dir))
-        Base.metadata.create_all(self.db)
-        self.sessions = sessionmaker(self.db, expire_on_commit=False)
-        self.auth = Auth(load_or_create_secret(self.data_dir), self.sessions)
-        self.auth.ensure_admin(self.data_dir, announce)
+        compiled = compile_or_raise(schema, schema_path or "schema")
+        self.schemas.add(schema, "bootstrap", "loaded from %s" % (schema_path or "the given schema"))
+        return compiled
+
+    def _activate(self, compiled):
+        self.identity.configure(compiled.auth_settings)
+        self.limiters = {name: self._limiter(name, rate) for name, rate in compiled.login_limits.items()}
+        self.engine = Engine(compiled, self.stores)
+
+    def _limiter(self, name, rate):
+        current = self.limiters.get(name)
+        return current if current is not None and current.rate == rate else RateLimiter(rate)
+
+    def apply_schema(self, doc, by, comment=""):
+        """Check ``doc`` exactly as `python -m app check` does; on success store it as the new active version
+        and swap it in. On failure raise 422 SCHEMA_INVALID with the findings; nothing changes."""
+        with self._swap_lock:
+            compiled, report = compile_schema(doc, "uploaded schema")
+            if compiled is None:
+                raise DepotError("SCHEMA_INVALID", 422, report.summary(), details=report.to_dict()["errors"])
+            row = self.schemas.add(doc, by, comment)
+            self._activate(compiled)
+            return row, report
+
+    def active_document(self):
+        return json.loads(self.schemas.active().document)
+
+    def principal(self, request):
+        """The request's principal; without credentials, the anonymous principal when auth.anonymous is on."""
+        found = self.identity.authenticate(request)
+        if found is None and self.engine.compiled.anonymous is not None:
+            return self.engine.compiled.anonymous
+        return found
 
     def close(self):
         self.stores.close()

@@ -59,7 +59,7 @@ def make_handwritten_view(service):
 
     from app.errors import DepotError
 
-    auth = service.auth
+    auth = service.identity
     state = service.engine.state
     index = service.engine.compiled.definitions["index"]["artifact_versions"]
     head = index.key_for(["namespace", "name"]).head
@@ -103,6 +103,15 @@ def make_handwritten_view(service):
         return error(404, "NOT_FOUND", "No versions found")
 
     return resolve_latest
+
+
+def bench_token(service, sub, scopes):
+    """A login token for ``sub``, created with ``scopes`` if it does not exist yet."""
+    try:
+        service.identity.create_user(sub, "bench-password-" + sub, scopes)
+    except Exception:  # already there
+        pass
+    return service.identity.issue(sub, scopes)
 
 
 def check_view_matches_schema(service, doc):
@@ -265,11 +274,11 @@ def correctness_cases(service, paths, token):
     bearer = "Bearer " + token
     cases = [("timed request %d" % i, path, bearer, 200) for i, path in enumerate(paths)]
     cases += [
-        ("admin scope", paths[0], "Bearer " + service.auth.issue("root", ["admin"])[0], 200),
+        ("admin scope", paths[0], "Bearer " + bench_token(service, "root", ["admin"])[0], 200),
         ("no token", paths[0], None, 401),
         ("bad token", paths[0], "Bearer not-a-jwt", 401),
         ("wrong scheme", paths[0], "Basic Zm9vOmJhcg==", 401),
-        ("write-only scope", paths[0], "Bearer " + service.auth.issue("w", ["write"])[0], 403),
+        ("write-only scope", paths[0], "Bearer " + bench_token(service, "w", ["write"])[0], 403),
         ("unknown package", "/v1/team-a/no-such-package/latest", bearer, 404),
         ("invalid name", "/v1/team-a/bad$name/latest", bearer, 400),
         ("invalid namespace", "/v1/-team/pkg-000/latest", bearer, 400),
@@ -380,7 +389,7 @@ def main(argv=None):
         plain_app.add_url_rule("/v1/<namespace>/<name>/latest", "resolve_latest", view, methods=["GET"])
 
         packages = [("team-%s" % "ab"[i % 2], "pkg-%03d" % i) for i in range(args.packages)]
-        writer = service.auth.issue("bench-writer", ["read", "write"])[0]
+        writer = bench_token(service, "bench-writer", ["read", "write"])[0]
         count, took = publish(depot_app, writer, packages, versions)
         print("published %d artifacts (%d packages x %d versions) in %.1f s; data dir %s"
               % (count, len(packages), len(versions), took, data_dir))
@@ -388,7 +397,7 @@ def main(argv=None):
         variants = {"compiled": (depot_app, ""), "handwritten": (depot_app, HAND_SUFFIX)}
         if not args.no_plain:
             variants["hand-plain"] = (plain_app, "")
-        token = service.auth.issue("bench-reader", ["read"])[0]
+        token = bench_token(service, "bench-reader", ["read"])[0]
         paths = request_paths(packages)
         cases = correctness_cases(service, paths, token)
         problems = check_identical(variants, cases, highest(versions))

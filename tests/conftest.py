@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from app.errors import DepotError
 from app.http import create_app
 from app.service import Service
 
@@ -59,8 +60,20 @@ class Depot:
         self.app = create_app(self.service)
         self.client = self.app.test_client()
 
+    def ensure_user(self, sub, scopes):
+        """A user ``sub`` holding at least ``scopes`` (tokens are checked against their user's state)."""
+        identity = self.service.identity
+        try:
+            held = set(identity.get_user(sub)["scopes"])
+        except DepotError:
+            identity.create_user(sub, "password-of-" + sub, sorted(scopes))
+            return
+        if not set(scopes) <= held:
+            identity.update_user(sub, scopes=sorted(held | set(scopes)))
+
     def token(self, scopes=("read", "write"), sub="tester"):
-        return self.service.auth.issue(sub, scopes)[0]
+        self.ensure_user(sub, scopes)
+        return self.service.identity.issue(sub, scopes)[0]
 
     def headers(self, scopes=("read", "write"), **extra):
         return dict({"Authorization": "Bearer " + self.token(scopes)}, **extra)

@@ -254,7 +254,7 @@ def test_forged_token_is_401(ref_depot):
 
 
 def test_expired_and_alg_none_tokens_are_401(ref_depot):
-    secret = ref_depot.service.auth.secret
+    secret = ref_depot.service.identity.secret
     past = datetime.now(timezone.utc) - timedelta(hours=2)
     expired = jwt.encode(_claims(iat=past, exp=past + timedelta(minutes=5)), secret, algorithm="HS256")
     assert_error(ref_depot.client.get(BLOB, headers={"Authorization": "Bearer " + expired}), 401)

@@ -23,7 +23,7 @@ def with_routes(schema, *routes, **changes):
     return schema
 
 
-def route(route_id, method, path, *steps, tags=("public",)):
+def route(route_id, method, path, *steps, tags=()):
     return {"id": route_id, "method": method, "path": path, "tags": list(tags), "pipeline": list(steps)}
 
 

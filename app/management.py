@@ -1,0 +1,294 @@
+"""Depot's own HTTP API, beside the schema's routes: /auth (login, tokens) and /admin (users, schema, audit).
+
+These views manage the server rather than the repository, so they are written here rather than declared in
+the schema. Every admin action, login, token change and denied attempt is audited.
+"""
+import copy
+import functools
+import json
+
+from flask import Blueprint, g, request
+
+from app.auth import holds
+from app.errors import DepotError, bad_request, not_found, too_large
+from app.http import json_response
+from app.schema_store import version_view
+
+MAX_BODY = 10 * 1024 * 1024
+MAX_PAGE_SIZE = 200
+
+
+def client():
+    return {"ip": request.remote_addr, "user_agent": request.headers.get("User-Agent"),
+            "request_id": g.get("request_id")}
+
+
+def json_body(limit=MAX_BODY):
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise too_large("request body exceeds %d bytes" % limit, "JSON_TOO_LARGE")
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError as exc:
+        raise bad_request("INVALID_JSON", "request body is not valid JSON: %s" % exc)
+    if not isinstance(body, dict):
+        raise bad_request("INVALID_JSON", "expected a JSON object")
+    return body
+
+
+def page_args():
+    """?page= (from 1) and ?page_size= (1 to 200, default 50): the API's one pagination form."""
+    try:
+        page = int(request.args.get("page", 1))
+        size = int(request.args.get("page_size", 50))
+    except ValueError:
+        raise bad_request("INVALID_QUERY", "page and page_size are integers")
+    if page < 1 or not 1 <= size <= MAX_PAGE_SIZE:
+        raise bad_request("INVALID_QUERY", "page starts at 1; page_size is 1 to %d" % MAX_PAGE_SIZE)
+    return page, size, (page - 1) * size
+
+
+def paginated(items, total, page, size):
+    return {"items": items, "total": total, "page": page, "page_size": size}
+
+
+def create_blueprint(service):
+    bp = Blueprint("depot_management", __name__)
+    identity, audit = service.identity, service.audit
+
+    def principal_or_401():
+        principal = service.principal(request)
+        if principal is None or principal["kind"] == "anonymous":
+            raise DepotError("UNAUTHENTICATED", 401, "a valid bearer token is required",
+                             headers={"WWW-Authenticate": "Bearer"})
+        return principal
+
+    def admin_action(action):
+        """An admin view: needs the admin scope (a refusal is audited as denied) and is audited with its
+        outcome. The view returns (response, target)."""
+        def wrap(view):
+            @functools.wraps(view)
+            def run(*args, **kwargs):
+                principal = principal_or_401()
+                if "admin" not in principal["scopes"]:
+                    audit.record(principal["sub"], action, request.path, "denied", client())
+                    raise DepotError("FORBIDDEN", 403, "this needs the admin scope")
+                g.principal = principal
+                try:
+                    response, target = view(*args, **kwargs)
+                except DepotError as error:
+                    audit.record(principal["sub"], action, request.path, "failure", client(),
+                                 {"code": error.code, "status": error.status})
+                    raise
+                if request.method not in ("GET", "HEAD"):
+                    audit.record(principal["sub"], action, target, "success", client())
+                return response
+            return run
+        return wrap
+
+    # --- /auth ----------------------------------------------------------------------------------------
+
+    @bp.post("/auth/login")
+    def login():
+        body = json_body(65536)
+        username, password = body.get("username"), body.get("password")
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise bad_request("INVALID_CREDENTIALS_FORMAT", "username and password are required strings")
+        for name, key in (("rate_limit_per_username", username), ("rate_limit_per_address", request.remote_addr)):
+            wait = service.limiters[name].hit(key)
+            if wait:
+                audit.record(username, "auth.login", username, "rate_limited", client())
+                raise DepotError("RATE_LIMITED", 429, "too many login attempts; retry in %d s" % wait,
+                                 headers={"Retry-After": str(wait)})
+        try:
+            token, expires = identity.login(username, password)
+        except DepotError:
+            audit.record(username, "auth.login", username, "failure", client())
+            raise
+        audit.record(username, "auth.login", username, "success", client())
+        return json_response({"token": token, "token_type": "Bearer",
+                              "expires_at": expires.isoformat().replace("+00:00", "Z")})
+
+    @bp.get("/auth/me")
+    def me():
+        principal = principal_or_401()
+        view = identity.get_user(principal["sub"])
+        view.update(scopes=sorted(principal["scopes"]), auth=principal["kind"])
+        return json_response(view)
+
+    @bp.post("/auth/change-password")
+    def change_password():
+        principal = principal_or_401()
+        body = json_body(65536)
+        try:
+            identity.change_password(principal["sub"], body.get("current_password"), body.get("new_password"))
+        except DepotError:
+            audit.record(principal["sub"], "auth.change_password", principal["sub"], "failure", client())
+            raise
+        audit.record(principal["sub"], "auth.change_password", principal["sub"], "success", client())
+        return json_response({"ok": True, "message": "password changed; earlier tokens no longer work"})
+
+    @bp.post("/auth/logout")
+    def logout():
+        principal = principal_or_401()
+        identity.logout(principal)
+        audit.record(principal["sub"], "auth.logout", principal["token_id"], "success", client())
+        return json_response({"ok": True})
+
+    @bp.post("/auth/tokens")
+    def create_token():
+        principal = principal_or_401()
+        return _create_token(principal["sub"], principal)
+
+    def _create_token(owner, principal):
+        body = json_body(65536)
+        scopes = body.get("scopes")
+        if principal["sub"] == owner and isinstance(scopes, list) and not holds(principal["scopes"], scopes):
+            raise DepotError("SCOPE_NOT_HELD", 403, "a token's scopes must be a subset of your own", "scopes")
+        try:
+            view, secret = identity.create_token(owner, body.get("name"), scopes, body.get("expires_in"))
+        except DepotError as error:
+            audit.record(principal["sub"], "token.create", owner, "failure", client(), {"code": error.code})
+            raise
+        audit.record(principal["sub"], "token.create", "%s/%s" % (owner, view["id"]), "success", client(),
+                     {"name": view["name"], "scopes": view["scopes"]})
+        return json_response(dict(view, token=secret), 201)
+
+    @bp.get("/auth/tokens")
+    def list_tokens():
+        principal = principal_or_401()
+        return json_response({"items": identity.list_tokens(principal["sub"])})
+
+    @bp.delete("/auth/tokens/<token_id>")
+    def revoke_token(token_id):
+        principal = principal_or_401()
+        view = identity.revoke_token(principal["sub"], token_id)
+        audit.record(principal["sub"], "token.revoke", "%s/%s" % (principal["sub"], token_id), "success", client())
+        return json_response(view)
+
+    # --- /admin/users ---------------------------------------------------------------------------------
+
+    @bp.get("/admin/users")
+    @admin_action("admin.users.list")
+    def list_users():
+        page, size, offset = page_args()
+        users, total = identity.list_users(offset, size)
+        return json_response(paginated(users, total, page, size)), None
+
+    @bp.post("/admin/users")
+    @admin_action("admin.users.create")
+    def create_user():
+        body = json_body(65536)
+        username, scopes, status = body.get("username"), body.get("scopes", ["read"]), body.get("status", "active")
+        _check_user_fields(username, scopes, status)
+        return json_response(identity.create_user(username, body.get("password"), scopes, status), 201), username
+
+    @bp.get("/admin/users/<username>")
+    @admin_action("admin.users.get")
+    def get_user(username):
+        return json_response(identity.get_user(username)), username
+
+    @bp.patch("/admin/users/<username>")
+    @admin_action("admin.users.update")
+    def update_user(username):
+        body = json_body(65536)
+        unknown = set(body) - {"scopes", "status", "password"}
+        if unknown:
+            raise bad_request("INVALID_REQUEST", "unknown field(s): %s" % ", ".join(sorted(unknown)))
+        _check_user_fields(username, body.get("scopes", []), body.get("status", "active"))
+        return json_response(identity.update_user(username, body.get("scopes"), body.get("status"),
+                                                  body.get("password"))), username
+
+    def _check_user_fields(username, scopes, status):
+        known = service.engine.compiled.definitions["scope"]
+        if not isinstance(username, str) or not 0 < len(username) <= 128:
+            raise bad_request("INVALID_REQUEST", "username is a string of 1 to 128 characters", "username")
+        if not isinstance(scopes, list) or any(s not in known for s in scopes):
+            raise bad_request("INVALID_REQUEST", "scopes is a list of: %s" % ", ".join(sorted(known)), "scopes")
+        if status not in ("active", "disabled"):
+            raise bad_request("INVALID_REQUEST", "status is active or disabled", "status")
+
+    @bp.get("/admin/users/<username>/tokens")
+    @admin_action("admin.tokens.list")
+    def user_tokens(username):
+        return json_response({"items": identity.list_tokens(username)}), username
+
+    @bp.post("/admin/users/<username>/tokens")
+    @admin_action("admin.tokens.create")
+    def create_user_token(username):
+        return _create_token(username, g.principal), username
+
+    @bp.delete("/admin/users/<username>/tokens/<token_id>")
+    @admin_action("admin.tokens.revoke")
+    def revoke_user_token(username, token_id):
+        return json_response(identity.revoke_token(username, token_id)), "%s/%s" % (username, token_id)
+
+    # --- /admin/schema and /admin/routes --------------------------------------------------------------
+
+    @bp.get("/admin/schema")
+    @admin_action("admin.schema.get")
+    def get_schema():
+        return json_response(version_view(service.schemas.active(), with_document=True)), None
+
+    @bp.get("/admin/schema/versions")
+    @admin_action("admin.schema.versions")
+    def schema_versions():
+        page, size, offset = page_args()
+        rows, total = service.schemas.list(offset, size)
+        return json_response(paginated([version_view(r) for r in rows], total, page, size)), None
+
+    @bp.get("/admin/schema/versions/<int:version>")
+    @admin_action("admin.schema.version")
+    def schema_version(version):
+        return json_response(version_view(service.schemas.get(version), with_document=True)), None
+
+    def _apply(doc, comment):
+        row, report = service.apply_schema(doc, g.principal["sub"], comment)
+        body = dict(version_view(row), warnings=report.to_dict()["warnings"])
+        return json_response(body, 201), "schema version %d" % row.version
+
+    @bp.post("/admin/schema")
+    @admin_action("admin.schema.update")
+    def update_schema():
+        doc = json_body()
+        return _apply(doc, request.args.get("comment", "uploaded"))
+
+    @bp.post("/admin/schema/rollback")
+    @admin_action("admin.schema.rollback")
+    def rollback_schema():
+        version = json_body(65536).get("version")
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise bad_request("INVALID_REQUEST", "version is an integer", "version")
+        doc = json.loads(service.schemas.get(version).document)
+        return _apply(doc, "rollback to version %d" % version)
+
+    @bp.post("/admin/routes")
+    @admin_action("admin.routes.add")
+    def add_route():
+        route = json_body()
+        doc = copy.deepcopy(service.active_document())
+        doc["api"]["routes"].append(route)
+        return _apply(doc, "added route %s" % route.get("id"))
+
+    @bp.delete("/admin/routes/<route_id>")
+    @admin_action("admin.routes.delete")
+    def delete_route(route_id):
+        doc = copy.deepcopy(service.active_document())
+        routes = doc["api"]["routes"]
+        kept = [r for r in routes if r.get("id") != route_id]
+        if len(kept) == len(routes):
+            raise not_found("no route %r" % route_id, "ROUTE_NOT_FOUND")
+        doc["api"]["routes"] = kept
+        return _apply(doc, "removed route %s" % route_id)
+
+    # --- /admin/audit ---------------------------------------------------------------------------------
+
+    @bp.get("/admin/audit")
+    @admin_action("admin.audit")
+    def audit_log():
+        page, size, offset = page_args()
+        rows, total = audit.query(request.args.get("actor"), request.args.get("action"), request.args.get("since"),
+                                  offset, size)
+        return json_response(paginated(rows, total, page, size)), None
+
+    return bp
