@@ -1,4 +1,4 @@
-"""python -m app: serve, check, docs."""
+"""python -m app: serve, check, db, docs."""
 import argparse
 import json
 import sys
@@ -29,11 +29,29 @@ def build_parser():
     check.add_argument("path", nargs="?", default=DEFAULT_SCHEMA, help="schema file (default: schema.json)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(handler=cmd_check)
+    db = commands.add_parser("db", help="database migrations (Alembic)")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    upgrade = db_commands.add_parser("upgrade", help="apply migrations up to head (serve does this at start)")
+    upgrade.add_argument("--data-dir", default="./data", help="data dir holding the default SQLite database")
+    upgrade.add_argument("--revision", default="head", help="target revision (default head)")
+    upgrade.set_defaults(handler=cmd_db_upgrade)
+
     docs = commands.add_parser("docs", help="print OPERATIONS.md generated from the op registry (--write: update "
                                "the file)")
     docs.add_argument("--write", action="store_true", help="write OPERATIONS.md instead of printing it")
     docs.set_defaults(handler=cmd_docs)
     return parser
+
+
+def cmd_db_upgrade(args):
+    import os
+
+    from app import database
+    os.makedirs(args.data_dir, exist_ok=True)
+    url = database.database_url(args.data_dir)
+    database.upgrade(url, args.revision)
+    print("database at %s is at revision %s" % (url, args.revision))
+    return 0
 
 
 def cmd_docs(args):
