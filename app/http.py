@@ -267,8 +267,8 @@ def create_app(service):
 
 def _audit_route(service, route, data, ctx, status):
     """Writes through the schema's routes (publish, tag changes, deletes) are audited with their outcome."""
-    try:
-        principal = ctx.principal if ctx is not None else None
+    try:  # a failed request may have failed before its pipeline asked who is calling: ask now
+        principal = ctx.principal if ctx is not None else service.principal(data)
     except DepotError:
         principal = None
     actor = principal["sub"] if principal else "anonymous"
