@@ -9,6 +9,7 @@ import json
 import uuid
 from datetime import datetime, timezone
 
+from app.auth import holds
 from app.context import ResponseSpec
 from app.definitions import chain
 from app.errors import DepotError, bad_request, too_large
@@ -32,7 +33,7 @@ def auth_require_scopes(ctx, a):
         raise DepotError("UNAUTHENTICATED", 401, "a valid bearer token is required",
                          headers={"WWW-Authenticate": "Bearer"})
     held = principal["scopes"]
-    if "admin" in held or a.scopes <= held:
+    if holds(held, a.scopes):
         return
     missing = sorted(a.scopes - held)
     raise DepotError("FORBIDDEN", 403, "this route requires scope(s): %s" % ", ".join(missing))
