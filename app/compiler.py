@@ -223,9 +223,22 @@ class Compiler:
                                   % (spec["source_document"], ", ".join(sorted(self.definitions["document"]))))
                 continue
             keys = [IndexKeyDef(name, k["name"], k["fields"], k.get("sort", []), k.get("unique", False),
-                                self.out.versioning.ordering) for k in spec["keys"]]
+                                self.out.versioning.ordering, self._row_condition(k.get("where"),
+                                                                                  place(where, "keys", i, "where")))
+                    for i, k in enumerate(spec["keys"])]
             indexes[name] = IndexDef(name, keys, _rowid_from(source))
         return indexes
+
+    def _row_condition(self, spec, where):
+        """A condition over an index row ({field} reads the row's fields), as ``row -> bool``."""
+        if spec is None:
+            return None
+        try:
+            predicate = compile_condition(spec, where)
+        except (ConditionError, TemplateSyntaxError) as exc:
+            self.report.error(getattr(exc, "place", "") or where, str(exc))
+            return None
+        return lambda row: predicate(RowContext(row))
 
     def _blob_stores(self):
         stores = {}
@@ -440,6 +453,18 @@ class Compiler:
                 self.report.error(scope.place, str(exc))
                 ok = False
         return SimpleNamespace(**bound) if ok else None
+
+
+class RowContext:
+    """What a condition over an index row reads: the row as the field namespace, and nothing else (or, for a
+    query's filter, the request's variables too)."""
+    __slots__ = ("fields", "vars")
+    principal = None
+    event = None
+
+    def __init__(self, row, variables=None):
+        self.fields = row
+        self.vars = variables if variables is not None else {}
 
 
 def _rowid_from(document):

@@ -6,6 +6,7 @@ rendered leniently: a reference that cannot be resolved reads as null, so ``{"is
 An unknown keyword is a load error, never "true".
 """
 from app.expr import compile_value
+from app.stores import sortkeys
 
 KEYWORDS = {}
 
@@ -74,6 +75,31 @@ def _is_empty(a):
 @keyword("is_not_empty", "one")
 def _is_not_empty(a):
     return lambda ctx: not _empty(a(ctx))
+
+
+@keyword("contains", "two")
+def _contains(a, b):
+    """a (a string) contains b, ignoring case."""
+    return lambda ctx: _text_test(a(ctx), b(ctx), lambda x, y: y in x)
+
+
+@keyword("starts_with", "two")
+def _starts_with(a, b):
+    """a (a string) starts with b, ignoring case."""
+    return lambda ctx: _text_test(a(ctx), b(ctx), str.startswith)
+
+
+def _text_test(a, b, test):
+    return isinstance(a, str) and isinstance(b, str) and test(a.lower(), b.lower())
+
+
+@keyword("is_prerelease", "one")
+def _is_prerelease(a):
+    """the operand is a semantic version with a pre-release part (1.0.0-rc.1)."""
+    def holds(ctx):
+        parsed = sortkeys.parse_semver(a(ctx)) if isinstance(a(ctx), str) else None
+        return parsed is not None and parsed.prerelease is not None
+    return holds
 
 
 @keyword("all", "conds")

@@ -17,6 +17,8 @@ _KEYWORD_DOCS = {
     "is_not_null": "the operand is bound and not null", "is_empty": "null, or an empty string, list or object",
     "is_not_empty": "not is_empty", "all": "every condition holds", "any": "at least one holds",
     "not": "the condition does not hold", "implies": "[p, q]: q holds whenever p holds",
+    "contains": "string a contains string b (case-insensitive)", "starts_with": "string a starts with b "
+    "(case-insensitive)", "is_prerelease": "a semantic version with a pre-release part",
 }
 
 

@@ -62,7 +62,8 @@ METASCHEMA = {
                 "keys": {"type": "array", "minItems": 1, "items": {
                     "type": "object", "required": ["name", "fields"],
                     "properties": {"name": {"type": "string"},
-                                   "fields": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                                   "fields": {"type": "array", "items": {"type": "string"}},
+                                   "where": {"type": "object"},
                                    "sort": {"type": "array", "items": {
                                        "type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*(:(asc|desc))?$"}},
                                    "unique": {"type": "boolean"}}}},

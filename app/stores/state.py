@@ -50,10 +50,11 @@ def kv_key(store, key):
 
 
 class IndexKeyDef:
-    def __init__(self, index_name, name, fields, sort, unique, ordering):
+    def __init__(self, index_name, name, fields, sort, unique, ordering, where=None):
         self.name = name
         self.fields = list(fields)
         self.unique = unique
+        self.where = where  # row -> bool: a partial key holds only the rows it admits
         self.sorts = []
         for spec in sort:
             field, _, direction = spec.partition(":")
@@ -87,11 +88,11 @@ class IndexDef:
         self.rowid = rowid  # row dict -> stable row identity (the source document's key)
         self.rowmap_head = b"r" + name.encode() + b"\x00"
 
-    def key_for(self, fields):
-        """The index key whose leading fields are exactly ``fields`` (in any order)."""
+    def key_for(self, fields, name=None):
+        """The index key (named ``name``, or the first) whose leading fields are exactly ``fields``."""
         wanted = set(fields)
         for key in self.keys:
-            if set(key.fields[:len(wanted)]) == wanted:
+            if (name is None or key.name == name) and set(key.fields[:len(wanted)]) == wanted:
                 return key
         return None
 
@@ -289,6 +290,8 @@ def _apply_upsert(view, index, row):
     rowid = index.rowid(row)
     new_entries = []
     for key in index.keys:
+        if key.where is not None and not key.where(row):
+            continue
         entry = key.entry_key(row, rowid)
         if key.unique:
             existing = view.get(entry)
