@@ -9,7 +9,7 @@ import json
 import uuid
 from datetime import datetime, timezone
 
-from app.auth import holds
+from app.auth import require
 from app.context import ResponseSpec
 from app.definitions import chain
 from app.errors import DepotError, bad_request, too_large
@@ -28,15 +28,7 @@ MAX_QUERY_LIMIT = 1000
     errors=["401 UNAUTHENTICATED", "403 FORBIDDEN"],
     example={"scopes": ["write"]})
 def auth_require_scopes(ctx, a):
-    principal = ctx.principal
-    if principal is None:
-        raise DepotError("UNAUTHENTICATED", 401, "a valid bearer token is required",
-                         headers={"WWW-Authenticate": "Bearer"})
-    held = principal["scopes"]
-    if holds(held, a.scopes):
-        return
-    missing = sorted(a.scopes - held)
-    raise DepotError("FORBIDDEN", 403, "this route requires scope(s): %s" % ", ".join(missing))
+    require(ctx.principal, a.scopes)
 
 
 # --- parse ------------------------------------------------------------------------------------------------

@@ -51,6 +51,17 @@ def holds(scopes, wanted):
     return "admin" in scopes or set(wanted) <= set(scopes)
 
 
+def require(principal, scopes, what="this route"):
+    """Raise unless ``principal`` holds ``scopes``: 401 when nobody (or only the anonymous principal) is
+    calling, since credentials would help; 403 when an authenticated caller lacks a scope."""
+    if principal is not None and holds(principal["scopes"], scopes):
+        return
+    if principal is None or principal["kind"] == "anonymous":
+        raise _unauthorized("UNAUTHENTICATED", "a valid bearer token is required")
+    missing = sorted(set(scopes) - principal["scopes"])
+    raise DepotError("FORBIDDEN", 403, "%s requires scope(s): %s" % (what, ", ".join(missing)))
+
+
 def load_or_create_secret(data_dir):
     """DEPOT_SECRET_KEY, or a key generated once and kept (mode 0600) in the data dir."""
     env = os.environ.get("DEPOT_SECRET_KEY")

@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from app.auth import holds
+from app.auth import require
 from app.context import ExecutionContext
 from app.errors import DepotError
 from app.stores.blobs import DIGEST_PREFIX, BlobRef, FileBlobStore, declared_digest, split_digest
@@ -94,14 +94,9 @@ class Engine:
     def _apply_policies(self, route, ctx):
         """auth.policies whose route.tags match this route: every request must hold their scopes."""
         principal = ctx.principal
-        if principal is None:
-            raise DepotError("UNAUTHENTICATED", 401, "a valid bearer token is required",
-                             headers={"WWW-Authenticate": "Bearer"})
-        if route.denied and "admin" not in principal["scopes"]:
-            raise DepotError("FORBIDDEN", 403, "a deny policy applies to this route")
-        if not holds(principal["scopes"], route.policy_scopes):
-            raise DepotError("FORBIDDEN", 403, "policy requires scope(s): %s"
-                             % ", ".join(sorted(route.policy_scopes - principal["scopes"])))
+        if route.denied and (principal is None or "admin" not in principal["scopes"]):
+            require(principal, {"admin"}, "a deny policy on this route")
+        require(principal, route.policy_scopes, "a policy on this route")
 
     def _execute(self, pipeline, ctx):
         budget = self.limits.max_cpu_ns
