@@ -10,6 +10,8 @@ import uuid
 from datetime import datetime, timezone
 
 from app.auth import require
+from app.conditions import ConditionError, compile_condition
+from app.rows import RowContext
 from app.context import ResponseSpec
 from app.definitions import chain
 from app.errors import DepotError, bad_request, too_large
@@ -19,6 +21,7 @@ from app.stores.blobs import BlobRef, digest_mismatch, split_digest
 from app.stores.state import dumps, kv_key, loads
 
 MAX_QUERY_LIMIT = 1000
+MAX_PAGE_SIZE = 200
 
 
 # --- auth -------------------------------------------------------------------------------------------------
@@ -75,6 +78,26 @@ def _query_value(raw, name, spec):
         raise bad_request("INVALID_QUERY", "query parameter %r is out of range [%s, %s]"
                           % (name, spec.get("minimum"), spec.get("maximum")), name)
     return value
+
+
+@op("parse.headers", "Bind request headers: `fields` maps field names to header names (absent headers bind "
+    "nothing); `prefixes` maps variable names to a header prefix and collects every header with it into an object "
+    "keyed by the rest of the name, lower-cased (X-Depot-Label-Os: linux -> {\"os\": \"linux\"}).",
+    args={"fields": Const("object", "field name -> header name", required=False, default={}),
+          "prefixes": Const("object", "variable name -> header name prefix", required=False, default={})},
+    example={"fields": {"description": "X-Depot-Description"}, "prefixes": {"labels": "X-Depot-Label-"}},
+    binds=lambda scope, raw: (scope.bind_fields(raw.get("fields", {})),
+                              [scope.binds_var(name) for name in raw.get("prefixes", {})]))
+def parse_headers(ctx, a):
+    headers = ctx.request.headers
+    for field, header in a.fields.items():
+        value = headers.get(header)
+        if value is not None:
+            ctx.fields.setdefault(field, value)
+    for name, prefix in a.prefixes.items():
+        start = len(prefix)
+        ctx.vars[name] = {key[start:].lower(): value for key, value in headers.items()
+                          if key.lower().startswith(prefix.lower()) and len(key) > start}
 
 
 @op("parse.json", "Parse the request body as JSON (bounded by ops.limits.max_json_bytes); an object's members "
@@ -304,20 +327,36 @@ def blob_verify_digest(ctx, a):
 # --- index ------------------------------------------------------------------------------------------------
 
 def _prepare_index_query(a, scope):
-    """At load: pick the index key the query's fields select, their order, and constant limit/offset."""
-    a.index_key, a.key_fields, a.key_parts = None, None, None
+    """At load: pick the index key the query's fields select (or `using` names), their order, the paging, and
+    compile the row filter."""
     items = getattr(a.key, "items", None)
-    names = [k for k, _ in items] if isinstance(items, list) else list(getattr(a.key, "value", None) or ())
-    if names:
-        a.index_key = a.index.key_for(names)
+    constant = getattr(a.key, "value", None)
+    static = isinstance(items, list) or isinstance(constant, dict)
+    names = [k for k, _ in items] if isinstance(items, list) else list(constant or ())
+    a.index_key, a.key_fields, a.key_parts = None, None, None
+    if a.using is not None and a.using not in {k.name for k in a.index.keys}:
+        raise BindError("index %s has no key named %r" % (a.index.name, a.using), "using")
+    if static:
+        a.index_key = a.index.key_for(names, a.using)
         if a.index_key is None:
-            raise BindError("index %s has no key whose leading fields are %s" % (a.index.name, ", ".join(names)),
-                            "key")
+            raise BindError("index %s has no key%s whose leading fields are [%s]"
+                            % (a.index.name, " " + a.using if a.using else "", ", ".join(names)), "key")
         a.key_fields = [f for f in a.index_key.fields if f in names]
-        nodes = dict(items) if isinstance(items, list) else {}
-        a.key_parts = [expr.fast_render(nodes[f]) for f in a.key_fields] if nodes else None
-    a.limit_value = _constant_int(a.limit, "limit", 1, MAX_QUERY_LIMIT)
-    a.offset_value = _constant_int(a.offset, "offset", 0, None)
+        nodes = dict(items) if isinstance(items, list) else {k: expr.Const(v) for k, v in constant.items()}
+        a.key_parts = [expr.fast_render(nodes[f]) for f in a.key_fields]
+    if (a.page is not None or a.page_size is not None) and (a.limit is not None or a.offset is not None):
+        raise BindError("page/page_size and limit/offset are two ways to say the same; use one", "page")
+    a.limit_value = _constant_int(a.limit, "limit", 1, MAX_QUERY_LIMIT) if a.limit is not None else None
+    a.offset_value = _constant_int(a.offset, "offset", 0, None) if a.offset is not None else 0
+    a.filter = None
+    if a.where is not None:
+        refs = []
+        try:
+            predicate = compile_condition(a.where, "where", refs=refs)
+        except (ConditionError, expr.TemplateSyntaxError) as exc:
+            raise BindError(str(exc), "where") from None
+        scope.uses([r for r in refs if r.namespace == "var"])  # {field} in a filter reads the row
+        a.filter = predicate
 
 
 def _constant_int(node, name, low, high):
@@ -329,12 +368,20 @@ def _constant_int(node, name, low, high):
         raise BindError(exc.message, name) from None
 
 
-@op("index.query", "Read rows of an index in its sort order (first row = highest version for artifact_versions).",
+@op("index.query", "Read rows of an index in its sort order (first row = highest version for artifact_versions). "
+    "Page with limit/offset or page/page_size (at most %d a page); `where` filters rows ({field} reads the row, "
+    "$var the request); `total_out` receives the number of matching rows." % MAX_PAGE_SIZE,
     args={"index": RefTo("index", "the index"),
-          "key": Template("values of the index key's leading fields", shape="object"),
-          "limit": Template("rows to return (at most 1000)", required=False, default=100),
-          "offset": Template("rows to skip", required=False, default=0),
-          "out": Output("variable receiving the list of rows")},
+          "key": Template("values of the index key's leading fields ({} for all rows)", shape="object"),
+          "using": Const("string", "the index key to read, by name (default: the first whose fields match)",
+                         required=False),
+          "limit": Template("rows to return (at most %d)" % MAX_QUERY_LIMIT, required=False),
+          "offset": Template("rows to skip", required=False),
+          "page": Template("page number from 1", required=False),
+          "page_size": Template("rows a page (at most %d)" % MAX_PAGE_SIZE, required=False),
+          "where": Const("object", "a condition each row must meet", required=False),
+          "out": Output("variable receiving the list of rows"),
+          "total_out": Output("variable receiving the number of matching rows", required=False)},
     example={"index": "artifact_versions", "key": {"namespace": "{namespace}", "name": "{name}"},
              "limit": 1, "out": "rows"},
     errors=["400 INVALID_QUERY"], io=True, prepare=_prepare_index_query)
@@ -343,15 +390,51 @@ def index_query(ctx, a):
         prefix = a.index_key.prefix_of([part(ctx) for part in a.key_parts])
     else:  # the key is one reference to an object: its fields are known only now
         key = a.key.render(ctx)
-        index_key = a.index_key or a.index.key_for(key)
+        index_key = a.index.key_for(key, a.using)
         if index_key is None:
             raise DepotError("INDEX_KEY_UNKNOWN", 500, "index %s has no key over %s" % (a.index.name, sorted(key)))
         prefix = index_key.prefix(key, [f for f in index_key.fields if f in key])
-    limit = a.limit_value or _bounded_int(a.limit.render(ctx), "limit", 1, MAX_QUERY_LIMIT)
-    offset = a.offset_value if a.offset_value is not None else _bounded_int(a.offset.render(ctx), "offset", 0, None)
-    rows = [raw for _, raw in ctx.engine.state.scan(prefix, limit + offset)]
+    offset, limit = _window(ctx, a)
+    if a.filter is None and a.total_out is None:
+        rows = [raw for _, raw in ctx.engine.state.scan(prefix, limit + offset)][offset:]
+        ctx.count_io(1 + len(rows))
+        ctx.vars[a.out] = [json.loads(raw)[1] for raw in rows]
+        return
+    rows, total = _filtered_window(ctx, a, prefix, offset, limit)
     ctx.count_io(1 + len(rows))
-    ctx.vars[a.out] = [json.loads(raw)[1] for raw in rows[offset:]]
+    ctx.vars[a.out] = rows
+    if a.total_out:
+        ctx.vars[a.total_out] = total
+
+
+def _window(ctx, a):
+    """(offset, limit) from limit/offset or page/page_size."""
+    if a.page is not None or a.page_size is not None:
+        page = _bounded_int(a.page.render(ctx) if a.page is not None else 1, "page", 1, None)
+        size = _bounded_int(a.page_size.render(ctx) if a.page_size is not None else 50, "page_size", 1,
+                            MAX_PAGE_SIZE)
+        return (page - 1) * size, size
+    limit = a.limit_value or (_bounded_int(a.limit.render(ctx), "limit", 1, MAX_QUERY_LIMIT)
+                              if a.limit is not None else 100)
+    offset = a.offset_value if a.offset is None or a.offset_value is not None else \
+        _bounded_int(a.offset.render(ctx), "offset", 0, None)
+    return offset, limit
+
+
+def _filtered_window(ctx, a, prefix, offset, limit):
+    """The rows in [offset, offset + limit) of those matching the filter, and how many match in all."""
+    rows, matched = [], 0
+    for _, raw in ctx.engine.state.scan(prefix):
+        if a.filter is not None:
+            row = json.loads(raw)[1]
+            if not a.filter(RowContext(row, ctx.vars)):
+                continue
+        matched += 1
+        if offset < matched <= offset + limit:
+            rows.append(row if a.filter is not None else json.loads(raw)[1])
+        elif matched > offset + limit and a.total_out is None:
+            break
+    return rows, matched
 
 
 def _bounded_int(value, name, low, high):

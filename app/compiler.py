@@ -22,6 +22,7 @@ from app.expr import TemplateSyntaxError, parse_template
 from app.metaschema import METASCHEMA
 from app.opspec import REGISTRY, BindError, Output
 from app.ratelimit import parse_rate
+from app.rows import RowContext
 from app.report import Report, place
 from app.stores.state import IndexDef, IndexKeyDef, kv_key
 
@@ -65,6 +66,7 @@ class Route:
         self.place = place_
         self.params = params
         self.rule = _PATH_PARAM.sub(lambda m: "<%s>" % m.group(1), self.path)
+        self.disabled = None  # (code, message) when a feature switch turns the route off: it answers 404
 
 
 class CompiledSchema:
@@ -361,6 +363,8 @@ class Compiler:
                                       Scope(self, params=params))
             route = Route(spec, pipeline, where, params)
             route.policy_scopes, route.denied = self._route_policy(route.tags)
+            if "proxy" in route.tags and not self.out.features.get("proxy_enabled", True):
+                route.disabled = ("PROXY_DISABLED", "proxying is disabled (features.proxy_enabled is false)")
             self.out.routes.append(route)
 
     def _apply_pipelines(self):
@@ -453,18 +457,6 @@ class Compiler:
                 self.report.error(scope.place, str(exc))
                 ok = False
         return SimpleNamespace(**bound) if ok else None
-
-
-class RowContext:
-    """What a condition over an index row reads: the row as the field namespace, and nothing else (or, for a
-    query's filter, the request's variables too)."""
-    __slots__ = ("fields", "vars")
-    principal = None
-    event = None
-
-    def __init__(self, row, variables=None):
-        self.fields = row
-        self.vars = variables if variables is not None else {}
 
 
 def _rowid_from(document):

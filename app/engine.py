@@ -77,6 +77,8 @@ class Engine:
             if _BAD_PARAM.search(value):
                 raise DepotError("INVALID_PATH_PARAMETER", 400, "path parameter %s contains a forbidden sequence"
                                  % name, name)
+        if route.disabled is not None:
+            raise DepotError(route.disabled[0], 404, route.disabled[1])
         ctx = ExecutionContext(self, request, authenticate=authenticate)
         try:
             if route.policy_scopes or route.denied:

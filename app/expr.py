@@ -4,7 +4,7 @@ Grammar (see OPERATIONS.md, "Interpolation"):
 
     template   := ( literal | field_ref | var_ref )*
     field_ref  := "{" name ( "." name )* [ "?" ] [ ":" start ":" length ] "}"
-    var_ref    := "$" name ( "." name | "[" index "]" )*
+    var_ref    := "$" name ( "." name | "[" index "]" )* [ "?" ]
     escapes    := "{{" -> "{",  "}}" -> "}",  "$$" -> "$"
 
 ``{...}`` reads the *field* namespace: path parameters (normalized by normalize.entity), query parameters
@@ -24,7 +24,7 @@ FIELD_ROOTS = ("principal", "event")
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _FIELD_REF = re.compile(
     r"\{(?P<path>%s(?:\.%s)*)(?P<optional>\?)?(?::(?P<start>\d+):(?P<length>\d+))?\}" % (_NAME, _NAME))
-_VAR_REF = re.compile(r"\$(?P<root>%s)(?P<rest>(?:\.%s|\[\d+\])*)" % (_NAME, _NAME))
+_VAR_REF = re.compile(r"\$(?P<root>%s)(?P<rest>(?:\.%s|\[\d+\])*)(?P<optional>\?)?" % (_NAME, _NAME))
 _VAR_STEP = re.compile(r"\.(%s)|\[(\d+)\]" % _NAME)
 _MISSING = object()
 
@@ -212,7 +212,8 @@ def _parse_var(match):
     path = []
     for step in _VAR_STEP.finditer(match.group("rest")):
         path.append(step.group(1) if step.group(1) is not None else int(step.group(2)))
-    return Ref("var", match.group("root"), tuple(path), source=match.group(0))
+    return Ref("var", match.group("root"), tuple(path), optional=bool(match.group("optional")),
+               source=match.group(0))
 
 
 def _parse_field(match):

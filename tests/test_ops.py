@@ -37,8 +37,9 @@ PATH = [step("parse.path", entity="artifact"), step("normalize.entity", entity="
         step("validate.entity", entity="artifact")]
 
 
-def test_vocabulary_is_exactly_the_allowed_ops(project_schema, reference_schema):
-    assert set(REGISTRY) == set(project_schema["ops"]["allowed"]) == set(reference_schema["ops"]["allowed"])
+def test_vocabulary_is_the_project_schemas_allowed_ops(project_schema, reference_schema):
+    assert set(REGISTRY) == set(project_schema["ops"]["allowed"])
+    assert set(reference_schema["ops"]["allowed"]) <= set(REGISTRY)
     for decl in REGISTRY.values():
         assert decl.summary and callable(decl.fn)
 
