@@ -29,7 +29,8 @@ MAX_PAGE_SIZE = 200
 @op("auth.require_scopes", "Require an authenticated principal holding every listed scope ('admin' implies all).",
     args={"scopes": Scopes("scopes the principal must hold")},
     errors=["401 UNAUTHENTICATED", "403 FORBIDDEN"],
-    example={"scopes": ["write"]})
+    example={"scopes": ["write"]},
+    openapi=lambda o, a: o.require(a.scopes))
 def auth_require_scopes(ctx, a):
     require(ctx.principal, a.scopes)
 
@@ -38,7 +39,8 @@ def auth_require_scopes(ctx, a):
 
 @op("parse.path", "Bind the route's path parameters into the field namespace.",
     args={"entity": RefTo("entity", "entity whose fields the parameters are", required=False)},
-    example={"entity": "artifact"}, binds=lambda scope, raw: scope.bind_path_params(raw.get("entity")))
+    example={"entity": "artifact"}, binds=lambda scope, raw: scope.bind_path_params(raw.get("entity")),
+    openapi=lambda o, a: o.path_params(a.entity))
 def parse_path(ctx, a):
     ctx.fields.update(ctx.request.path_params)
 
@@ -52,7 +54,8 @@ _QUERY_TYPES = {"string": str, "integer": int, "boolean": lambda v: v.lower() in
           "out": Output("variable receiving all query parameters as an object", required=False)},
     errors=["400 INVALID_QUERY"],
     example={"fields": {"page": {"type": "integer", "default": 1, "minimum": 1}}, "out": "query"},
-    binds=lambda scope, raw: scope.bind_fields(raw["fields"]) if raw.get("fields") else scope.bind_unknown("query"))
+    binds=lambda scope, raw: scope.bind_fields(raw["fields"]) if raw.get("fields") else scope.bind_unknown("query"),
+    openapi=lambda o, a: o.query_params(a.fields))
 def parse_query(ctx, a):
     query = ctx.request.query
     if a.fields:
@@ -87,7 +90,8 @@ def _query_value(raw, name, spec):
           "prefixes": Const("object", "variable name -> header name prefix", required=False, default={})},
     example={"fields": {"description": "X-Depot-Description"}, "prefixes": {"labels": "X-Depot-Label-"}},
     binds=lambda scope, raw: (scope.bind_fields(raw.get("fields", {})),
-                              [scope.binds_var(name) for name in raw.get("prefixes", {})]))
+                              [scope.binds_var(name) for name in raw.get("prefixes", {})]),
+    openapi=lambda o, a: o.header_params(a.fields, a.prefixes))
 def parse_headers(ctx, a):
     headers = ctx.request.headers
     for field, header in a.fields.items():
@@ -104,7 +108,8 @@ def parse_headers(ctx, a):
     "also join the field namespace without overriding path parameters.",
     args={"out": Output("variable receiving the parsed body")},
     errors=["400 INVALID_JSON", "413 JSON_TOO_LARGE"],
-    example={"out": "body"}, binds=lambda scope, raw: scope.bind_json_body(raw.get("out")))
+    example={"out": "body"}, binds=lambda scope, raw: scope.bind_json_body(raw.get("out")),
+    openapi=lambda o, a: o.json_body(a.out))
 def parse_json(ctx, a):
     limit = ctx.engine.limits.max_json_bytes
     request = ctx.request
@@ -156,7 +161,8 @@ def validate_entity(ctx, a):
     args={"schema": JsonSchema("the schema to satisfy"), "value": Template("the value to validate, usually $body")},
     errors=["400 SCHEMA_VALIDATION"],
     example={"schema": {"type": "object", "required": ["target_version"]}, "value": "$body"},
-    binds=lambda scope, raw: scope.bind_body_schema(raw.get("value"), raw.get("schema")))
+    binds=lambda scope, raw: scope.bind_body_schema(raw.get("value"), raw.get("schema")),
+    openapi=lambda o, a: o.body_schema(a.value, a.schema))
 def validate_json_schema(ctx, a):
     a.schema.check(a.value.render(ctx), "SCHEMA_VALIDATION", 400)
 
@@ -280,7 +286,8 @@ def blob_get(ctx, a):
           "out": Output("variable receiving 'sha256:<hex>'"),
           "out_size": Output("variable receiving the size in bytes", required=False)},
     errors=["413 BLOB_TOO_LARGE", "413 PAYLOAD_TOO_LARGE", "400 BLOB_TOO_SMALL"],
-    example={"store": "primary", "from": "request.body", "out": "digest", "out_size": "blob_size"}, io=True)
+    example={"store": "primary", "from": "request.body", "out": "digest", "out_size": "blob_size"}, io=True,
+    openapi=lambda o, a: o.binary_body() if getattr(a, "from") == Source.REQUEST_BODY else None)
 def blob_put(ctx, a):
     store = ctx.engine.blob_store(a.store.name)
     source = getattr(a, "from")
@@ -557,7 +564,8 @@ _STATUS = dict(minimum=100, maximum=599)
 @op("respond.json", "End the pipeline with a JSON response; an open transaction is aborted.",
     args={"status": Const("integer", "HTTP status", required=False, default=200, **_STATUS),
           "body": Template("the JSON body"), "headers": Template("extra headers", required=False, shape="object")},
-    example={"status": 200, "body": {"ok": True}})
+    example={"status": 200, "body": {"ok": True}},
+    openapi=lambda o, a: o.response(a.status, "json"))
 def respond_json(ctx, a):
     headers = a.headers.render(ctx) if a.headers is not None else None
     ctx.response = ResponseSpec(a.status, headers, json=a.body.render(ctx))
@@ -569,7 +577,8 @@ def respond_json(ctx, a):
           "body": Template("a blob handle ($blob)"), "headers": Template("extra headers", required=False,
                                                                          shape="object")},
     errors=["404 BLOB_NOT_FOUND", "416 RANGE_NOT_SATISFIABLE"],
-    example={"status": 200, "body": "$blob", "headers": {"Content-Type": "application/octet-stream"}})
+    example={"status": 200, "body": "$blob", "headers": {"Content-Type": "application/octet-stream"}},
+    openapi=lambda o, a: o.response(a.status, "bytes"))
 def respond_bytes(ctx, a):
     body = a.body.render(ctx)
     if not isinstance(body, BlobRef):
@@ -581,7 +590,8 @@ def respond_bytes(ctx, a):
 @op("respond.redirect", "End the pipeline with a redirect.",
     args={"status": Const("integer", "HTTP status", required=False, default=302, choices=[301, 302, 303, 307, 308]),
           "location": Template("the Location header", shape="string")},
-    example={"status": 307, "location": "/v1/{namespace}/{name}/{version}/{variant}/blob"})
+    example={"status": 307, "location": "/v1/{namespace}/{name}/{version}/{variant}/blob"},
+    openapi=lambda o, a: o.response(a.status, "redirect"))
 def respond_redirect(ctx, a):
     ctx.response = ResponseSpec(a.status, {"Location": a.location.render(ctx)},
                                 json={"location": a.location.render(ctx)})
@@ -591,7 +601,8 @@ def respond_redirect(ctx, a):
     args={"status": Const("integer", "HTTP status", minimum=400, maximum=599),
           "code": Const("string", "stable error code"), "message": Template("human-readable message", shape="string"),
           "field": Const("string", "the offending field", required=False)},
-    example={"status": 404, "code": "NOT_FOUND", "message": "Artifact not found"})
+    example={"status": 404, "code": "NOT_FOUND", "message": "Artifact not found"},
+    openapi=lambda o, a: o.response(a.status, "error", a.code))
 def respond_error(ctx, a):
     raise DepotError(a.code, a.status, a.message.render(ctx), a.field)
 

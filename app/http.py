@@ -230,6 +230,16 @@ def create_app(service):
         return error_response(DepotError("INTERNAL_ERROR", 500, "internal error; quote request id %s"
                                          % g.get("request_id")))
 
+    @app.get("/openapi.json")
+    def openapi_document():
+        from app import openapi
+        return json_response(openapi.document(service.engine.compiled))
+
+    @app.get("/docs")
+    def openapi_page():
+        from app import openapi
+        return Response(openapi.html_page(openapi.document(service.engine.compiled)), mimetype="text/html")
+
     @app.get("/health")
     def health():
         stores = service.engine.health()

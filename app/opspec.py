@@ -21,8 +21,9 @@ class BindError(ValueError):
 
 
 class OpDecl:
-    def __init__(self, name, fn, args, summary, needs_txn, errors, writes, example, binds, io, prepare):
+    def __init__(self, name, fn, args, summary, needs_txn, errors, writes, example, binds, io, prepare, openapi):
         self.name = name
+        self.openapi = openapi
         self.binds = binds
         self.io = io
         self.prepare = prepare
@@ -40,18 +41,19 @@ class OpDecl:
 
 
 def op(name, summary, args=None, needs_txn=False, errors=(), writes=False, example=None, binds=None, io=False,
-       prepare=None):
+       prepare=None, openapi=None):
     """Register an op.
 
     ``needs_txn``: must run between txn.begin and txn.commit. ``writes``: a KV or index write (checked by
     all_kv_or_index_writes_inside_txn). ``io``: touches a store or the network (the CPU budget is checked
     before such steps). ``binds(scope, raw_args)``: which fields the op binds, for the load-time binding
     analysis. ``prepare(bound_args, scope)``: work done once at load on the bound arguments, knowing what the
-    pipeline has bound so far (raise BindError to reject them).
+    pipeline has bound so far (raise BindError to reject them). ``openapi(operation, bound_args)``: what the
+    step adds to its route's OpenAPI operation (parameters, request body, responses, security).
     """
     def register(fn):
         REGISTRY[name] = OpDecl(name, fn, args or {}, summary, needs_txn, list(errors), writes, example, binds,
-                                io, prepare)
+                                io, prepare, openapi)
         return fn
     return register
 
