@@ -1,4 +1,4 @@
-"""python -m app: serve, check, db, docs."""
+"""python -m app: serve, check, add, routes add, db, docs."""
 import argparse
 import json
 import sys
@@ -36,11 +36,116 @@ def build_parser():
     upgrade.add_argument("--revision", default="head", help="target revision (default head)")
     upgrade.set_defaults(handler=cmd_db_upgrade)
 
+    add = commands.add_parser("add", help="add a template (templates/*.json) to the schema, checked as a whole",
+                              description="Add a template's route, pipeline, entity, blob store, scope or upstream "
+                              "to the schema. The result is checked exactly as `check` does; nothing changes if it "
+                              "fails. Target: a running server (--url, --token), a schema file (--schema-file), or "
+                              "the data dir's active schema (default; a running server serves it after a restart).")
+    _add_template_args(add)
+    routes = commands.add_parser("routes", help="routes: add one from a template")
+    routes_commands = routes.add_subparsers(dest="routes_command", required=True, metavar="ROUTES_COMMAND")
+    routes_add = routes_commands.add_parser("add", help="add a route (route or pipeline template)")
+    _add_template_args(routes_add, kinds=("route", "pipeline"))
+
     docs = commands.add_parser("docs", help="print OPERATIONS.md generated from the op registry (--write: update "
                                "the file)")
     docs.add_argument("--write", action="store_true", help="write OPERATIONS.md instead of printing it")
     docs.set_defaults(handler=cmd_docs)
     return parser
+
+
+def _add_template_args(parser, kinds=None):
+    parser.add_argument("template", help="template file, e.g. templates/route_template.json")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fill a placeholder")
+    parser.add_argument("--url", help="a running server's base URL (with --token: applied through its admin API)")
+    parser.add_argument("--token", help="an admin token for --url")
+    parser.add_argument("--schema-file", help="edit this schema file instead")
+    parser.add_argument("--data-dir", default="./data", help="data dir whose active schema to change (default)")
+    parser.set_defaults(handler=cmd_add, kinds=kinds)
+
+
+def cmd_add(args):
+    from app import templates
+    try:
+        template = templates.load(args.template)
+        kind = template["$template"]["kind"]
+        if args.kinds and kind not in args.kinds:
+            raise templates.TemplateError("%s is a %s template; this command takes %s"
+                                          % (args.template, kind, " or ".join(args.kinds)))
+        body = templates.instantiate(template, templates.parse_assignments(args.set))
+        if args.url:
+            return _add_remote(args, kind, body)
+        doc = load_schema_file(args.schema_file) if args.schema_file else _active_schema(args.data_dir)
+        new_doc, added = templates.apply(doc, kind, body)
+    except (OSError, ValueError) as exc:
+        print("cannot add %s: %s" % (args.template, exc), file=sys.stderr)
+        return 1
+    _, report = compile_schema(new_doc, args.schema_file or "the schema with %s" % added)
+    if not report.ok:
+        print(report.to_text(), file=sys.stderr)
+        print("not added: the schema with %s cannot be served" % added, file=sys.stderr)
+        return 1
+    if args.schema_file:
+        _write_json(args.schema_file, new_doc)
+        print("added %s to %s" % (added, args.schema_file))
+    else:
+        row = _schema_store(args.data_dir).add(new_doc, "cli", "added %s" % added)
+        print("added %s: schema version %d is active in %s (a running server serves it after a restart; "
+              "use --url to change a running server)" % (added, row.version, args.data_dir))
+    return 0
+
+
+def _add_remote(args, kind, body):
+    import requests
+
+    from app import templates
+    headers = {"Authorization": "Bearer %s" % args.token}
+    base = args.url.rstrip("/")
+    try:
+        current = requests.get(base + "/admin/schema", headers=headers, timeout=30)
+        if current.status_code != 200:
+            print("cannot read the schema: %s %s" % (current.status_code, current.text), file=sys.stderr)
+            return 1
+        new_doc, added = templates.apply(current.json()["schema"], kind, body)
+        answer = requests.post(base + "/admin/schema", params={"comment": "added %s" % added}, json=new_doc,
+                               headers=headers, timeout=60)
+    except requests.RequestException as exc:
+        print("cannot reach %s: %s" % (base, exc), file=sys.stderr)
+        return 1
+    if answer.status_code != 201:
+        print("not added (%s): %s" % (answer.status_code, json.dumps(answer.json(), indent=2)), file=sys.stderr)
+        return 1
+    print("added %s: schema version %d is active and served" % (added, answer.json()["version"]))
+    return 0
+
+
+def _schema_store(data_dir):
+    import os
+
+    from app import database
+    from app.schema_store import SchemaStore
+    os.makedirs(data_dir, exist_ok=True)
+    url = database.database_url(data_dir)
+    database.upgrade(url)
+    return SchemaStore(database.connect(url)[1])
+
+
+def _active_schema(data_dir):
+    active = _schema_store(data_dir).active()
+    if active is None:
+        return load_schema_file(DEFAULT_SCHEMA)
+    return json.loads(active.document)
+
+
+def _write_json(path, doc):
+    import os
+    import tempfile
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".schema-")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(doc, handle, indent=2)
+        handle.write("\n")
+    os.replace(tmp, path)
 
 
 def cmd_db_upgrade(args):

@@ -45,7 +45,10 @@ METASCHEMA = {
                 "blob_stores": {"type": "object", "additionalProperties": {
                     "type": "object", "required": ["kind"],
                     "properties": {"kind": {"type": "string"}, "root": {"type": "string"},
-                                   "addressing": {"type": "object"}, "limits": {"type": "object"}}}},
+                                   "addressing": {"type": "object"},
+                                   "limits": {"type": "object", "properties": {
+                                       "max_blob_bytes": {"type": "integer", "minimum": 0},
+                                       "min_blob_bytes": {"type": "integer", "minimum": 0}}}}}},
                 "kv_stores": {"type": "object", "additionalProperties": {
                     "type": "object", "required": ["kind"]}},
                 "documents": {"type": "object", "additionalProperties": {
