@@ -97,11 +97,19 @@ def parse_headers(ctx, a):
     for field, header in a.fields.items():
         value = headers.get(header)
         if value is not None:
-            ctx.fields.setdefault(field, value)
+            ctx.fields.setdefault(field, _utf8(value))
     for name, prefix in a.prefixes.items():
         start = len(prefix)
-        ctx.vars[name] = {key[start:].lower(): value for key, value in headers.items()
+        ctx.vars[name] = {key[start:].lower(): _utf8(value) for key, value in headers.items()
                           if key.lower().startswith(prefix.lower()) and len(key) > start}
+
+
+def _utf8(value):
+    """WSGI hands header values over as latin-1; clients send UTF-8, so read the bytes as UTF-8 when they are."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
 
 
 @op("parse.json", "Parse the request body as JSON (bounded by ops.limits.max_json_bytes); an object's members "
