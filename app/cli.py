@@ -1,4 +1,4 @@
-"""python -m app: serve, check, add, routes add, db, docs."""
+"""python -m app: serve, check, validate, add, routes add, db, docs."""
 import argparse
 import json
 import sys
@@ -29,6 +29,11 @@ def build_parser():
     check.add_argument("path", nargs="?", default=DEFAULT_SCHEMA, help="schema file (default: schema.json)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(handler=cmd_check)
+    validate = commands.add_parser("validate", help="schema compliance: ops, routes, op and storage semantics "
+                                   "(run against real stores in a temporary dir); exit 1 on any failure")
+    validate.add_argument("path", nargs="?", default=DEFAULT_SCHEMA, help="schema file (default: schema.json)")
+    validate.set_defaults(handler=cmd_validate)
+
     db = commands.add_parser("db", help="database migrations (Alembic)")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     upgrade = db_commands.add_parser("upgrade", help="apply migrations up to head (serve does this at start)")
@@ -146,6 +151,26 @@ def _write_json(path, doc):
         json.dump(doc, handle, indent=2)
         handle.write("\n")
     os.replace(tmp, path)
+
+
+def cmd_validate(args):
+    import os
+
+    from app import compliance
+    try:
+        doc = load_schema_file(args.path)
+    except (OSError, ValueError) as exc:
+        print("cannot read %s: %s" % (args.path, exc), file=sys.stderr)
+        return 1
+    os.environ.setdefault("DEPOT_ADMIN_PASSWORD", "compliance-probe-password")
+    results = compliance.run(doc)
+    print("\nsummary:")
+    for category, (passed, failed) in results.items():
+        print("  %-9s %d passed, %d failed" % (category, passed, failed))
+    total_failed = sum(failed for _, failed in results.values())
+    total_passed = sum(passed for passed, _ in results.values())
+    print("%d passed, %d failed" % (total_passed, total_failed))
+    return 1 if total_failed else 0
 
 
 def cmd_db_upgrade(args):
