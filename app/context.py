@@ -38,8 +38,8 @@ class RequestData:
 
 
 class ExecutionContext:
-    __slots__ = ("engine", "request", "fields", "vars", "event", "txn", "response", "io_ops", "exempt_ns", "exempt_wall_ns",
-                 "unverified_blobs", "cleanups", "_authenticate", "_principal", "_principal_known")
+    __slots__ = ("engine", "request", "fields", "vars", "event", "txn", "response", "io_ops", "exempt_ns",
+                 "exempt_wall_ns", "unverified_blobs", "cleanups", "_authenticate", "_principal", "_principal_known")
 
     def __init__(self, engine, request, event=None, authenticate=None):
         self.engine = engine

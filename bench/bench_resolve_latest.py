@@ -10,7 +10,8 @@ route, then requests/second of
     hand-plain     the same view alone on a plain Flask app (no Depot hooks), for reference
 
 Every variant is driven in-process by calling the WSGI app with a prepared environ (no sockets, no test-client
-overhead), with the same requests, in interleaved rounds. Every variant's status and body are first checked byte-identical.
+overhead), with the same requests, in interleaved rounds. Every variant's status and body are first checked
+byte-identical.
 
     python3 bench/bench_resolve_latest.py [--seconds 30] [--rounds 10] [--profile]
 """

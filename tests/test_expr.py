@@ -272,7 +272,8 @@ def test_constant_tree_compiles_to_one_const():
     value = {"status": 201, "ok": True, "tags": ["a", "b"], "nested": {"x": None, "y": "{{z}}"}}
     node = compile_value(value)
     assert isinstance(node, Const)
-    assert node.render(Namespaces()) == {"status": 201, "ok": True, "tags": ["a", "b"], "nested": {"x": None, "y": "{z}"}}
+    assert node.render(Namespaces()) == {"status": 201, "ok": True, "tags": ["a", "b"],
+                                         "nested": {"x": None, "y": "{z}"}}
     assert node.refs == ()
 
 
