@@ -90,7 +90,7 @@ def make_handwritten_view(service):
                          headers={"WWW-Authenticate": "Bearer"})
         scopes = principal["scopes"]
         if "read" not in scopes and "admin" not in scopes:
-            return error(403, "FORBIDDEN", "this route requires scope(s): read")
+            return error(403, "FORBIDDEN", "a policy on this route requires scope(s): read")
         namespace = namespace.strip().lower()
         name = name.strip().lower().replace("_", "-")
         if not SEGMENT_RE.match(namespace):
