@@ -118,8 +118,12 @@ class Compiler:
         out.limits = Limits(self.doc["ops"].get("limits"))
         out.features = dict(self.doc.get("features", {}))
         out.versioning = Versioning(self.doc.get("entities", {}).get("versioning"))
+        scopes = self.doc.get("auth", {}).get("scopes", [])
+        for i, scope in enumerate(scopes):
+            if [s["name"] for s in scopes].index(scope["name"]) != i:
+                self.report.error(place("auth.scopes", i, "name"), "duplicate scope %r" % scope["name"])
         self.definitions = {
-            "scope": {s["name"]: s for s in self.doc.get("auth", {}).get("scopes", [])},
+            "scope": {s["name"]: s for s in scopes},
             "schema": self._schemas(),
             "kv_store": dict(self.doc.get("storage", {}).get("kv_stores", {})),
         }

@@ -50,6 +50,11 @@ def instantiate(template, assignments):
     if missing:
         raise TemplateError("set %s with --set name=value" % ", ".join(missing))
     body = {k: v for k, v in template.items() if k != "$template"}
+    used = set(_PLACEHOLDER.findall(json.dumps(body)))
+    undeclared = sorted(used - set(values))
+    if undeclared:
+        raise TemplateError("the template uses undeclared placeholder(s) %s; declare them under "
+                            "$template.placeholders" % ", ".join(undeclared))
     return _substitute(body, values)
 
 
@@ -85,7 +90,10 @@ def apply(doc, kind, body):
         doc.setdefault("api", {}).setdefault("routes", []).append(route)
         return doc, "route %s" % route.get("id")
     if kind == "auth_scope":
-        doc.setdefault("auth", {}).setdefault("scopes", []).append(body["value"])
+        scopes = doc.setdefault("auth", {}).setdefault("scopes", [])
+        if any(scope.get("name") == body["value"].get("name") for scope in scopes):
+            raise TemplateError("auth scope %r already exists" % body["value"].get("name"))
+        scopes.append(body["value"])
         return doc, "scope %s" % body["value"].get("name")
     section = {"entity": ("entities",), "blob_store": ("storage", "blob_stores"), "upstream": ("upstreams",)}[kind]
     target = doc
