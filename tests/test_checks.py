@@ -726,3 +726,10 @@ def test_cli_check_unparseable_file_exits_1(tmp_path):
     result = run_check(str(broken))
     assert result.returncode == 1
     assert "cannot read" in result.stderr
+
+
+def test_duplicate_scope_names_are_an_error(reference_schema):
+    reference_schema["auth"]["scopes"].append({"name": "write", "actions": []})
+    _, report = compile_schema(reference_schema, "dup-scope")
+    assert not report.ok
+    assert any(f.place == "auth.scopes[3].name" and "duplicate scope" in f.message for f in report.errors)

@@ -287,3 +287,19 @@ def test_a_broken_result_is_refused_by_the_running_server_with_its_findings(serv
 
     after = requests.get(url + "/admin/schema", headers=auth, timeout=30).json()
     assert after["version"] == before["version"] and "sneaky" not in route_ids(after["schema"])
+
+
+def test_undeclared_placeholder_is_refused_cleanly(tmp_path):
+    from app import templates as tpl
+    template = {"$template": {"kind": "upstream", "placeholders": {}}, "name": "<<nope>>",
+                "value": {"base_url": "https://x.example"}}
+    with pytest.raises(tpl.TemplateError, match="undeclared placeholder"):
+        tpl.instantiate(template, {})
+
+
+def test_auth_scope_template_twice_is_refused(tmp_path):
+    from app import templates as tpl
+    body = tpl.instantiate(tpl.load(str(ROOT / "templates" / "auth_scope_template.json")), {})
+    doc, _ = tpl.apply({"auth": {"scopes": []}}, "auth_scope", body)
+    with pytest.raises(tpl.TemplateError, match="already exists"):
+        tpl.apply(doc, "auth_scope", body)
