@@ -2,6 +2,10 @@
 import copy
 import json
 import os
+import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -99,6 +103,54 @@ class Depot:
 
     def close(self):
         self.service.close()
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m app serve` in a child process on a free port. Ready once gunicorn says it listens and a
+    first /health request (which waits in the listen backlog until the app is loaded) answers."""
+
+    def __init__(self, data_dir, env=None, drop_env=()):
+        import requests
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        environment = dict(os.environ, DEPOT_BCRYPT_ROUNDS="4", **(env or {}))
+        for name in ("DEPOT_SECRET_KEY", "DEPOT_DATABASE_URL") + tuple(drop_env):
+            environment.pop(name, None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(self.port), "--data-dir",
+                                      str(data_dir), "--threads", "4"], cwd=ROOT, env=environment,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines = []
+        listening = threading.Event()
+
+        def drain():  # keep reading so the pipe never fills; note when the socket is bound
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                if "Listening at" in line:
+                    listening.set()
+            listening.set()  # the process ended
+        self.reader = threading.Thread(target=drain, daemon=True)
+        self.reader.start()
+        try:
+            assert listening.wait(60) and self.proc.poll() is None, "server did not start: %s" % self.output
+            assert requests.get(self.url + "/health", timeout=60).status_code == 200
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def output(self):
+        return "".join(self.lines)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.reader.join(timeout=30)
 
 
 @pytest.fixture

@@ -1,42 +1,19 @@
 """The seed loader against a real server process: first load, idempotent re-run, conflicts, bad credentials."""
 import hashlib
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, ServerProcess, free_port
 
 PASSWORD = "seed loader test password"
 SEED_FILE = ROOT / "seed_data" / "example_packages.json"
 LOADER = ROOT / "seed_data" / "load_seed_data.py"
 SEED = json.loads(SEED_FILE.read_text(encoding="utf-8"))
 STEPS = len(SEED["artifacts"]) + len(SEED["tags"])
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_serving(proc, url, log, deadline_s=30):
-    """Poll the health endpoint until it answers (readiness, not a timing assumption)."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise AssertionError("server exited: %s" % log.read_text())
-        try:
-            if requests.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    raise AssertionError("server did not become ready")
 
 
 def _digest(text):
@@ -54,23 +31,9 @@ def admin_args(password=PASSWORD):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("seed")
-    port = _free_port()
-    env = dict(os.environ, DEPOT_BCRYPT_ROUNDS="4", DEPOT_ADMIN_PASSWORD=PASSWORD)
-    env.pop("DEPOT_SECRET_KEY", None)
-    env.pop("DEPOT_DATABASE_URL", None)
-    log = tmp / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port), "--data-dir",
-                                 str(tmp / "data"), "--threads", "4"], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-    url = "http://127.0.0.1:%d" % port
-    try:
-        _wait_until_serving(proc, url, log)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    process = ServerProcess(tmp_path_factory.mktemp("seed") / "data", env={"DEPOT_ADMIN_PASSWORD": PASSWORD})
+    yield process.url
+    process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +113,6 @@ def test_wrong_password_is_refused_clearly(server, first_run):
 
 
 def test_unreachable_server_is_reported_without_a_traceback():
-    result = run_loader("http://127.0.0.1:%d" % _free_port(), "--token", "dpt_unused")
+    result = run_loader("http://127.0.0.1:%d" % free_port(), "--token", "dpt_unused")
     assert result.returncode != 0
     assert "cannot connect to" in result.stderr and "Traceback" not in result.stderr

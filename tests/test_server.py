@@ -1,56 +1,24 @@
 """A real server process: start-up, first-admin bootstrap, streamed upload and download over a socket."""
 import hashlib
-import os
 import socket
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, ServerProcess, free_port
 
 CHUNK = 1024 * 1024
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_serving(proc, url, deadline_s=30):
-    """Poll the health endpoint until it answers (readiness, not a timing assumption)."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise AssertionError("server exited: %s" % proc.stdout.read())
-        try:
-            if requests.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    raise AssertionError("server did not become ready")
-
-
 @pytest.fixture
 def server(tmp_path):
-    port = _free_port()
-    env = dict(os.environ, DEPOT_BCRYPT_ROUNDS="4")
-    env.pop("DEPOT_ADMIN_PASSWORD", None)
     data_dir = tmp_path / "data"
-    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port), "--data-dir", str(data_dir),
-                             "--threads", "4"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    url = "http://127.0.0.1:%d" % port
-    try:
-        _wait_until_serving(proc, url)
-        yield url, data_dir
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    process = ServerProcess(data_dir, drop_env=("DEPOT_ADMIN_PASSWORD",))
+    yield process.url, data_dir
+    process.stop()
 
 
 def test_first_start_creates_admin_with_private_password_file(server):
@@ -110,7 +78,7 @@ def test_serve_refuses_a_schema_that_fails_its_checks(tmp_path):
     broken.write_text('{"ops": {"allowed": ["kv.get"]}, "api": {"routes": [{"id": "r", "method": "GET", '
                       '"path": "/x", "pipeline": [{"op": "kv.put", "args": {}}]}]}}')
     result = subprocess.run([sys.executable, "-m", "app", "serve", "--schema", str(broken), "--data-dir",
-                             str(tmp_path / "d"), "--port", str(_free_port())], cwd=ROOT, capture_output=True,
+                             str(tmp_path / "d"), "--port", str(free_port())], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 1
     assert "api.routes[0].pipeline[0].op" in result.stderr and "refusing to start" in result.stderr

@@ -1,19 +1,16 @@
 """Templates (templates/*.json) applied with `python -m app add` / `routes add`: to a schema file, to a data dir's
 active schema and to a running server through its admin API. Real files, real processes, the Flask test client."""
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 import requests
 
 from app.service import Service
-from tests.conftest import ADMIN_PASSWORD, ROOT, load_json
+from tests.conftest import ADMIN_PASSWORD, ROOT, ServerProcess, load_json
 
 TEMPLATES = ROOT / "templates"
 
@@ -212,43 +209,17 @@ def test_routes_add_to_a_data_dir_makes_a_new_active_version(tmp_path, project_s
 
 # --- a running server --------------------------------------------------------------------------------------------
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
-    """`python -m app serve` on a free port; (base url, admin token). Ready once gunicorn reports it listens."""
-    port = _free_port()
-    env = dict(os.environ, DEPOT_BCRYPT_ROUNDS="4", DEPOT_ADMIN_PASSWORD=ADMIN_PASSWORD)
-    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port), "--data-dir",
-                             str(tmp_path / "server-data"), "--threads", "4"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    listening, output = threading.Event(), []
-
-    def drain():  # keep reading so the pipe never fills; note when the socket is bound
-        for line in proc.stdout:
-            output.append(line)
-            if "Listening at" in line:
-                listening.set()
-        listening.set()  # the process ended
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    url = "http://127.0.0.1:%d" % port
+    """A running server and an admin token for it."""
+    process = ServerProcess(tmp_path / "server-data", env={"DEPOT_ADMIN_PASSWORD": ADMIN_PASSWORD})
     try:
-        assert listening.wait(30) and proc.poll() is None, "server did not start: %s" % "".join(output)
-        # the socket is bound: this request waits in the backlog until the worker has loaded the app
-        assert requests.get(url + "/health", timeout=30).status_code == 200
-        login = requests.post(url + "/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD},
+        login = requests.post(process.url + "/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD},
                               timeout=30)
         assert login.status_code == 200, login.text
-        yield url, login.json()["token"]
+        yield process.url, login.json()["token"]
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        reader.join(timeout=30)
+        process.stop()
 
 
 def test_routes_add_to_a_running_server_serves_the_route_at_once(server):
