@@ -1,4 +1,4 @@
-"""python -m app: serve, check, validate, add, routes add, db, docs."""
+"""python -m app: serve, check, validate, add, routes add, gc, db, docs."""
 import argparse
 import json
 import sys
@@ -33,6 +33,13 @@ def build_parser():
                                    "(run against real stores in a temporary dir); exit 1 on any failure")
     validate.add_argument("path", nargs="?", default=DEFAULT_SCHEMA, help="schema file (default: schema.json)")
     validate.set_defaults(handler=cmd_validate)
+
+    gc = commands.add_parser("gc", help="remove blobs no live document references (the schema's gc section); "
+                             "the server must be stopped (a running one: POST /admin/gc)")
+    gc.add_argument("--data-dir", default="./data", help="data dir (default ./data)")
+    gc.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
+    gc.add_argument("--grace-seconds", type=int, help="override gc.sweep.sweep_unreferenced_after_seconds")
+    gc.set_defaults(handler=cmd_gc)
 
     db = commands.add_parser("db", help="database migrations (Alembic)")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
@@ -171,6 +178,18 @@ def cmd_validate(args):
     total_passed = sum(passed for passed, _ in results.values())
     print("%d passed, %d failed" % (total_passed, total_failed))
     return 1 if total_failed else 0
+
+
+def cmd_gc(args):
+    from app import gc
+    from app.service import Service
+    service = Service(args.data_dir, announce=lambda *_: None)
+    try:
+        result = gc.collect(service.engine, dry_run=args.dry_run, grace_seconds=args.grace_seconds)
+    finally:
+        service.close()
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 def cmd_db_upgrade(args):

@@ -281,6 +281,19 @@ def create_blueprint(service):
         doc["api"]["routes"] = kept
         return _apply(doc, "removed route %s" % route_id)
 
+    # --- /admin/gc ---------------------------------------------------------------------------------------
+
+    @bp.post("/admin/gc")
+    @admin_action("admin.gc")
+    def collect_garbage():
+        from app import gc
+        body = json_body(65536) if request.content_length else {}
+        grace = body.get("grace_seconds")
+        if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool) or grace < 0):
+            raise bad_request("INVALID_REQUEST", "grace_seconds is a non-negative integer", "grace_seconds")
+        result = gc.collect(service.engine, dry_run=bool(body.get("dry_run")), grace_seconds=grace)
+        return json_response(result), "%d blob(s)" % len(result["removed"])
+
     # --- /admin/audit ---------------------------------------------------------------------------------
 
     @bp.get("/admin/audit")

@@ -106,10 +106,12 @@ class FileBlobStore:
         return StagedBlob(self.name, DIGEST_PREFIX + hexdigest, size, tmp_path, self.path_for(hexdigest))
 
     def promote(self, staged):
-        """Rename a staged blob into place. Content addressing makes an existing file the same bytes."""
-        if os.path.exists(staged.final_path):
+        """Rename a staged blob into place. Content addressing makes an existing file the same bytes; it is
+        touched instead, so garbage collection's grace period starts again for it."""
+        try:
+            os.utime(staged.final_path)
             _unlink(staged.path)
-        else:
+        except FileNotFoundError:
             directory = os.path.dirname(staged.final_path)
             with self._dir_lock:
                 os.makedirs(directory, exist_ok=True)
@@ -129,6 +131,17 @@ class FileBlobStore:
             return None
         return BlobRef(self.name, digest if digest.startswith(DIGEST_PREFIX) else DIGEST_PREFIX + digest,
                        size, path)
+
+    def files(self):
+        """(hex digest, path) of every stored blob: files named by their digest, outside .tmp."""
+        for directory, subdirs, names in os.walk(self.root):
+            subdirs[:] = [d for d in subdirs if os.path.join(directory, d) != self.tmp_dir]
+            for name in names:
+                if len(name) == 64 and all(c in "0123456789abcdef" for c in name):
+                    yield name, os.path.join(directory, name)
+
+    def temp_files(self):
+        return [os.path.join(self.tmp_dir, name) for name in os.listdir(self.tmp_dir)]
 
     def health(self):
         ok = os.access(self.root, os.W_OK)

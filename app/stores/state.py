@@ -110,7 +110,9 @@ class StateStore:
         self._seq = {}
 
     def close(self):
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
 
     def get(self, raw_key):
         return self.db.get(raw_key)
