@@ -363,6 +363,8 @@ def _prepare_index_query(a, scope):
         raise BindError("page/page_size and limit/offset are two ways to say the same; use one", "page")
     a.limit_value = _constant_int(a.limit, "limit", 1, MAX_QUERY_LIMIT) if a.limit is not None else None
     a.offset_value = _constant_int(a.offset, "offset", 0, None) if a.offset is not None else 0
+    a.window = _window(None, a) if all(isinstance(n, expr.Const) or n is None
+                                       for n in (a.limit, a.offset, a.page, a.page_size)) else None
     a.filter = None
     if a.where is not None:
         refs = []
@@ -409,7 +411,7 @@ def index_query(ctx, a):
         if index_key is None:
             raise DepotError("INDEX_KEY_UNKNOWN", 500, "index %s has no key over %s" % (a.index.name, sorted(key)))
         prefix = index_key.prefix(key, [f for f in index_key.fields if f in key])
-    offset, limit = _window(ctx, a)
+    offset, limit = a.window or _window(ctx, a)
     if a.filter is None and a.total_out is None:
         rows = [raw for _, raw in ctx.engine.state.scan(prefix, limit + offset)][offset:]
         ctx.count_io(1 + len(rows))

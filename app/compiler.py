@@ -50,8 +50,19 @@ class Pipeline:
         self.name = name
         self.steps = steps
         self.place = place_
-        # what the runner needs per step, flattened once: (op function, bound args, condition, io, ends)
-        self.plan = tuple((s.fn, s.args, s.when, s.io, s.op.startswith("respond.")) for s in steps)
+        self.plan = self._plan(steps)
+
+    @staticmethod
+    def _plan(steps):
+        """What the runner needs per step, flattened once: (op function, bound args, condition, io, ends)."""
+        return tuple((s.fn, s.args, s.when, s.io, s.op.startswith("respond.")) for s in steps)
+
+    def skip_satisfied_scope_checks(self, policy_scopes):
+        """An unconditional auth.require_scopes asking nothing beyond what the route's policies already
+        required before the pipeline ran cannot fail: leave it out of the plan (it stays in ``steps``)."""
+        if policy_scopes:
+            self.plan = self._plan([s for s in self.steps if not (
+                s.op == "auth.require_scopes" and s.when is None and s.args.scopes <= policy_scopes)])
 
 
 class Route:
@@ -367,6 +378,7 @@ class Compiler:
                                       Scope(self, params=params))
             route = Route(spec, pipeline, where, params)
             route.policy_scopes, route.denied = self._route_policy(route.tags)
+            route.pipeline.skip_satisfied_scope_checks(route.policy_scopes)
             if "proxy" in route.tags and not self.out.features.get("proxy_enabled", True):
                 route.disabled = ("PROXY_DISABLED", "proxying is disabled (features.proxy_enabled is false)")
             self.out.routes.append(route)

@@ -62,11 +62,11 @@ def _resolver(ref):
     root, null_is_unbound = ref.root, ref.namespace == "field"
     if ref.namespace in ("field", "var") and ref.slice is None:
         # the common cases, read directly: one call per reference plus one per path step
-        namespace = "fields" if ref.namespace == "field" else "vars"
         steps = tuple(_index_step(s) if isinstance(s, int) else _key_step(s) for s in ref.path)
+        is_field = ref.namespace == "field"
 
         def resolve_direct(ctx):
-            value = getattr(ctx, namespace).get(root, _MISSING)
+            value = (ctx.fields if is_field else ctx.vars).get(root, _MISSING)
             for step in steps:
                 if value is _MISSING:
                     break
