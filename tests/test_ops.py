@@ -459,3 +459,18 @@ def test_streaming_is_not_charged_to_the_cpu_limit(make_depot, reference_schema)
     depot = make_depot(reference_schema)
     data = b"\x5a" * (48 * 1024 * 1024)  # hashing and copying this takes far longer than 20 ms of CPU
     assert depot.publish("a", "b", "1.0.0", "x", data).status_code == 201
+
+
+def test_scope_steps_a_policy_already_enforces_leave_the_plan_but_others_stay(make_depot, project_schema):
+    schema = with_routes(project_schema,
+                         route("needs_write", "GET", "/needs-write", step("auth.require_scopes", scopes=["write"]),
+                               step("respond.json", body={"ok": True}), tags=("public",)))
+    depot = make_depot(schema)
+    routes = {r.id: r for r in depot.service.engine.compiled.routes}
+    assert [fn.__name__ for fn, *_ in routes["resolve_latest"].pipeline.plan][0] != "auth_require_scopes"
+    assert [fn.__name__ for fn, *_ in routes["needs_write"].pipeline.plan][0] == "auth_require_scopes"
+    def bearer(scopes, sub):
+        return {"Authorization": "Bearer " + depot.token(scopes, sub)}
+    assert depot.client.get("/needs-write", headers=bearer(["read"], "r")).status_code == 403
+    assert depot.client.get("/needs-write", headers=bearer(["write"], "w")).status_code == 403
+    assert depot.client.get("/needs-write", headers=bearer(["read", "write"], "rw")).status_code == 200
