@@ -13,7 +13,7 @@ from app.auth import require
 from app.conditions import ConditionError, compile_condition
 from app.rows import RowContext
 from app.context import ResponseSpec
-from app.definitions import chain
+from app.definitions import MAX_PAGE_SIZE, chain
 from app.errors import DepotError, bad_request, too_large
 from app import expr
 from app.opspec import BindError, Const, JsonSchema, Output, RefTo, Scopes, Source, Template, op
@@ -21,7 +21,6 @@ from app.stores.blobs import BlobRef, digest_mismatch, split_digest
 from app.stores.state import dumps, kv_key, loads
 
 MAX_QUERY_LIMIT = 1000
-MAX_PAGE_SIZE = 200
 
 
 # --- auth -------------------------------------------------------------------------------------------------

@@ -154,7 +154,7 @@ def _unique(c, arg, pipelines):
     """[path, ...] with `[]` (each list item) and `*` (each mapping value): the values found are distinct."""
     problems = []
     for path in arg if isinstance(arg, list) else [arg]:
-        hits = _glob(c.doc, path.replace("[]", "[]").split("."), "")
+        hits = _glob(c.doc, path.split("."), "")
         counts = Counter(repr(v) for _, v in hits)
         problems += [(p, "%r is not unique across %s" % (v, path)) for p, v in hits if counts[repr(v)] > 1]
     return problems

@@ -6,7 +6,6 @@ Every problem is recorded in the Report with its place; the schema is servable o
 """
 import hashlib
 import json
-import os
 import re
 from types import SimpleNamespace
 
@@ -584,11 +583,3 @@ class Scope:
         elif not ref.optional:
             self.report.error(self.place, "%s can never be bound: fields bound here are %s"
                               % (ref.source, ", ".join(sorted(self.fields)) or "none"))
-
-
-def resolve_blob_root(data_dir, root):
-    """Blob store roots live inside the data dir; an absolute root is taken relative to it."""
-    relative = os.path.normpath(root).lstrip(os.sep)
-    if relative.startswith(".."):
-        raise ValueError("blob store root %r leaves the data dir" % root)
-    return os.path.join(data_dir, relative)

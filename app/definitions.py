@@ -106,10 +106,7 @@ class Versioning:
         self.scheme = spec.get("scheme", "semver")
         self.ordering = spec.get("ordering", self.scheme)
         self.allow_prerelease = spec.get("allow_prerelease", True)
-        latest = spec.get("latest_policy", {})
-        self.latest_enabled = latest.get("enabled", True)
-        self.monotonic = latest.get("monotonic", False)
-        self.exclude_prerelease = latest.get("exclude_prerelease", False)
+        # latest_policy is carried out by the schema's own routes and indexes (see OPERATIONS.md), not here
 
     def check(self, version):
         if self.scheme != "semver":
@@ -216,6 +213,9 @@ class BlobStoreDef:
         limits = spec.get("limits", {})
         self.min_bytes = limits.get("min_blob_bytes", 0)
         self.max_bytes = limits.get("max_blob_bytes")
+
+
+MAX_PAGE_SIZE = 200  # one bound for every paginated list, schema routes and Depot's own alike
 
 
 class Limits:

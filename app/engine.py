@@ -32,17 +32,24 @@ class Stores:
         self._blob_stores = {}
 
     def blob_store(self, definition):
-        from app.compiler import resolve_blob_root
         key = (definition.name, definition.root, definition.path_template, definition.min_bytes,
                definition.max_bytes)
         if key not in self._blob_stores:
-            self._blob_stores[key] = FileBlobStore(definition.name, resolve_blob_root(self.data_dir, definition.root),
-                                                   definition.path_template, definition.min_bytes,
-                                                   definition.max_bytes)
+            root = resolve_blob_root(self.data_dir, definition.root)
+            self._blob_stores[key] = FileBlobStore(definition.name, root, definition.path_template,
+                                                   definition.min_bytes, definition.max_bytes)
         return self._blob_stores[key]
 
     def close(self):
         self.state.close()
+
+
+def resolve_blob_root(data_dir, root):
+    """Blob store roots live inside the data dir; an absolute root is taken relative to it."""
+    relative = os.path.normpath(root).lstrip(os.sep)
+    if relative.startswith(".."):
+        raise ValueError("blob store root %r leaves the data dir" % root)
+    return os.path.join(data_dir, relative)
 
 
 class Engine:

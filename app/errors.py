@@ -40,10 +40,6 @@ def too_large(message, code="PAYLOAD_TOO_LARGE", field=None):
     return DepotError(code, 413, message, field)
 
 
-def internal(code, message):
-    return DepotError(code, 500, message)
-
-
 class SchemaLoadError(Exception):
     """Raised when a schema cannot be served; carries the check report."""
 

@@ -10,12 +10,12 @@ import json
 from flask import Blueprint, g, request
 
 from app.auth import holds
+from app.definitions import MAX_PAGE_SIZE
 from app.errors import DepotError, bad_request, not_found, too_large
 from app.http import json_response
 from app.schema_store import version_view
 
 MAX_BODY = 10 * 1024 * 1024
-MAX_PAGE_SIZE = 200
 
 
 def client():

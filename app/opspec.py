@@ -65,7 +65,6 @@ def unknown_ref_message(section, value, table):
 
 class Arg:
     kind = "value"
-    json_type = None  # for docs
 
     def __init__(self, doc="", required=True, default=None):
         self.doc = doc
