@@ -61,16 +61,21 @@ def _resolver(ref):
     optional, source = ref.optional, ref.source
     root, null_is_unbound = ref.root, ref.namespace == "field"
     if ref.namespace in ("field", "var") and ref.slice is None:
-        # the common cases, read directly: one call per reference plus one per path step
-        steps = tuple(_index_step(s) if isinstance(s, int) else _key_step(s) for s in ref.path)
+        # the common cases, read directly: one call per reference, the path walked inline
+        path = ref.path
         is_field = ref.namespace == "field"
 
         def resolve_direct(ctx):
             value = (ctx.fields if is_field else ctx.vars).get(root, _MISSING)
-            for step in steps:
+            for step in path:
+                if value.__class__ is dict and step.__class__ is str:
+                    value = value.get(step, _MISSING)
+                elif value.__class__ is list and step.__class__ is int:
+                    value = value[step] if -len(value) <= step < len(value) else _MISSING
+                else:
+                    value = _descend(value, step)
                 if value is _MISSING:
                     break
-                value = step(value)
             if value is _MISSING or (value is None and null_is_unbound):
                 if optional:
                     return None
@@ -122,6 +127,13 @@ def _getter(namespace, root, path, slice_):
             value = value[slice_[0]:slice_[0] + slice_[1]]
         return value
     return lookup
+
+
+def _descend(value, step):
+    """One path step for the less common shapes (tuples, dict subclasses, blob handles)."""
+    if value is _MISSING:
+        return value
+    return (_index_step(step) if isinstance(step, int) else _key_step(step))(value)
 
 
 def _index_step(index):
