@@ -413,7 +413,7 @@ def test_tags_are_immutable(depot, read):
         assert code(moved) == "TAG_IMMUTABLE"
 
     same = set_tag(depot, "stable", "1.0.0", "x")
-    assert same.status_code == 200 and same.get_json() == {"ok": True}
+    assert same.status_code == 200 and same.get_json() == {"ok": True, "unchanged": True}
 
     now = depot.client.get("/v1/acme/pkg/tags/stable", headers=read).get_json()
     assert now["target_version"] == "1.0.0" and now["target_variant"] == "x"
@@ -699,3 +699,18 @@ def test_proxy_disabled_is_404_even_for_existing_artifact(make_depot, project_sc
     assert depot.client.get("/v1/acme/pkg/1.0.0/x/blob", headers=read).data == b"local"
     assert depot.client.get("/v1/acme/pkg/latest", headers=read).get_json()["version"] == "1.0.0"
     assert not [e for e in events(depot) if e["type"] == "artifact.cached"]
+
+
+def test_setting_a_tag_to_its_current_target_changes_nothing(make_depot, project_schema):
+    depot = make_depot(project_schema)
+    assert depot.publish("acme", "same", "1.0.0", "x", b"one").status_code == 201
+    body = {"target_version": "1.0.0", "target_variant": "x"}
+    first = depot.client.put("/v1/acme/same/tags/stable", json=body, headers=depot.headers())
+    assert first.status_code == 200 and first.get_json() == {"ok": True}
+    state = depot.service.engine.state
+    stored = state.get(b"kmeta\x00tag/acme/same/stable")
+    events = state.count(b"kmeta\x00eventlog/")
+    again = depot.client.put("/v1/acme/same/tags/stable", json=body, headers=depot.headers())
+    assert again.status_code == 200 and again.get_json() == {"ok": True, "unchanged": True}
+    assert state.get(b"kmeta\x00tag/acme/same/stable") == stored
+    assert state.count(b"kmeta\x00eventlog/") == events
