@@ -97,7 +97,8 @@ def _text_test(a, b, test):
 def _is_prerelease(a):
     """the operand is a semantic version with a pre-release part (1.0.0-rc.1)."""
     def holds(ctx):
-        parsed = sortkeys.parse_semver(a(ctx)) if isinstance(a(ctx), str) else None
+        value = a(ctx)
+        parsed = sortkeys.parse_semver(value) if isinstance(value, str) else None
         return parsed is not None and parsed.prerelease is not None
     return holds
 

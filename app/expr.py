@@ -53,8 +53,11 @@ class Ref:
         self.resolve_lenient = _lenient(self.lookup)  # ctx -> the value, or None when unbound
 
 
-def _unresolved(source):
-    return DepotError("UNRESOLVED_REFERENCE", 500, "reference %s is not bound" % source)
+def _absent(optional, source):
+    """What an unbound reference renders as: nothing when optional, else an error naming it."""
+    if optional:
+        return None
+    raise DepotError("UNRESOLVED_REFERENCE", 500, "reference %s is not bound" % source)
 
 
 def _resolver(ref):
@@ -77,9 +80,7 @@ def _resolver(ref):
                 if value is _MISSING:
                     break
             if value is _MISSING or (value is None and null_is_unbound):
-                if optional:
-                    return None
-                raise _unresolved(source)
+                return _absent(optional, source)
             return value
         return resolve_direct
     lookup = ref.lookup
@@ -87,9 +88,7 @@ def _resolver(ref):
     def resolve(ctx):
         value = lookup(ctx)
         if value is _MISSING or (value is None and null_is_unbound):
-            if optional:
-                return None
-            raise _unresolved(source)
+            return _absent(optional, source)
         return value
     return resolve
 
@@ -115,12 +114,11 @@ def _getter(namespace, root, path, slice_):
             return _MISSING if value is None else value
     if not path and slice_ is None:
         return read_root
-    steps = tuple(_index_step(step) if isinstance(step, int) else _key_step(step) for step in path)
 
     def lookup(ctx):
         value = read_root(ctx)
-        for step in steps:
-            value = step(value)
+        for step in path:
+            value = _descend(value, step)
             if value is _MISSING:
                 return value
         if slice_ is not None and isinstance(value, str):
@@ -130,33 +128,17 @@ def _getter(namespace, root, path, slice_):
 
 
 def _descend(value, step):
-    """One path step for the less common shapes (tuples, dict subclasses, blob handles)."""
-    if value is _MISSING:
-        return value
-    return (_index_step(step) if isinstance(step, int) else _key_step(step))(value)
-
-
-def _index_step(index):
-    def step(value):
-        if value.__class__ is list or isinstance(value, (list, tuple)):
-            try:
-                return value[index]
-            except IndexError:
-                return _MISSING
+    """One path step: a list index, a mapping key, or an attribute a handle exposes to templates (blob handles:
+    .digest, .size, .store); _MISSING when the value has no such part."""
+    if isinstance(step, int):
+        if isinstance(value, (list, tuple)) and -len(value) <= step < len(value):
+            return value[step]
         return _MISSING
-    return step
-
-
-def _key_step(key):
-    def step(value):
-        if value.__class__ is dict:
-            return value.get(key, _MISSING)
-        if isinstance(value, dict):
-            return value.get(key, _MISSING)
-        if key in getattr(value, "template_attrs", ()):  # blob handles expose .digest, .size, .store
-            return getattr(value, key)
-        return _MISSING
-    return step
+    if isinstance(value, dict):
+        return value.get(step, _MISSING)
+    if step in getattr(value, "template_attrs", ()):
+        return getattr(value, step)
+    return _MISSING
 
 
 def _stringify(value):

@@ -102,6 +102,10 @@ class HttpRequestData(RequestData):
     def remote_addr(self):
         return self._req.remote_addr
 
+    @_lazy
+    def path(self):
+        return self._req.path
+
 
 def request_data(req, engine, params):
     limit = engine.limits.max_request_body_bytes
@@ -283,6 +287,6 @@ def _audit_route(service, route, data, ctx, status):
         principal = None
     actor = principal["sub"] if principal else "anonymous"
     outcome = "success" if status < 400 else "failure"
-    service.audit.record(actor, "route." + route.id, data._req.path, outcome,
-                         {"ip": data._req.remote_addr, "user_agent": data._req.headers.get("User-Agent"),
+    service.audit.record(actor, "route." + route.id, data.path, outcome,
+                         {"ip": data.remote_addr, "user_agent": data.headers.get("User-Agent"),
                           "request_id": data.request_id}, {"status": status})

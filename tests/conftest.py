@@ -105,6 +105,15 @@ class Depot:
         self.service.close()
 
 
+def join_all(threads, errors, what="a thread"):
+    """Wait for ``threads``; fail if one is stuck, and re-raise the first error a thread recorded."""
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads), "%s never finished" % what
+    if errors:
+        raise errors[0]
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

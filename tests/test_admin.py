@@ -13,8 +13,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD
-
+from tests.conftest import ADMIN_PASSWORD, join_all
 
 # --- helpers ------------------------------------------------------------------------------------------------
 
@@ -441,11 +440,7 @@ def test_readers_never_fail_while_the_schema_is_swapped(depot):
             assert depot.client.get("/v1/acme/pkg/hello").status_code == expected
     finally:
         stop.set()
-        for thread in threads:
-            thread.join(120)
-    assert not any(thread.is_alive() for thread in threads), "a reader never finished"
-    if errors:
-        raise errors[0]
+    join_all(threads, errors, "a reader")
 
     assert posted == list(range(2, SWAPS + 2))
     flat = [status for per_thread in statuses for status in per_thread]

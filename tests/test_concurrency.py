@@ -9,6 +9,8 @@ import threading
 
 import pytest
 
+from tests.conftest import join_all
+
 THREADS = 20
 ARTIFACT_PREFIX = b"kmeta\x00artifact/"
 EVENT_PREFIX = b"kmeta\x00eventlog/"
@@ -37,11 +39,7 @@ def race(depot, requests):
     threads = [threading.Thread(target=worker, args=(i, r), daemon=True) for i, r in enumerate(requests)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not any(thread.is_alive() for thread in threads), "a request thread never finished"
-    if errors:
-        raise errors[0]
+    join_all(threads, errors, "a request thread")
     return results
 
 
