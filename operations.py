@@ -347,7 +347,7 @@ def _prepare_index_query(a, scope):
     constant = getattr(a.key, "value", None)
     static = isinstance(items, list) or isinstance(constant, dict)
     names = [k for k, _ in items] if isinstance(items, list) else list(constant or ())
-    a.index_key, a.key_fields, a.key_parts = None, None, None
+    a.index_key, a.key_fields, a.key_values = None, None, None
     if a.using is not None and a.using not in {k.name for k in a.index.keys}:
         raise BindError("index %s has no key named %r" % (a.index.name, a.using), "using")
     if static:
@@ -357,7 +357,7 @@ def _prepare_index_query(a, scope):
                             % (a.index.name, " " + a.using if a.using else "", ", ".join(names)), "key")
         a.key_fields = [f for f in a.index_key.fields if f in names]
         nodes = dict(items) if isinstance(items, list) else {k: expr.Const(v) for k, v in constant.items()}
-        a.key_parts = [expr.fast_render(nodes[f]) for f in a.key_fields]
+        a.key_values = expr.ListNode([nodes[f] for f in a.key_fields]).render  # ctx -> the values, in key order
     if (a.page is not None or a.page_size is not None) and (a.limit is not None or a.offset is not None):
         raise BindError("page/page_size and limit/offset are two ways to say the same; use one", "page")
     a.limit_value = _constant_int(a.limit, "limit", 1, MAX_QUERY_LIMIT) if a.limit is not None else None
@@ -402,8 +402,8 @@ def _constant_int(node, name, low, high):
              "limit": 1, "out": "rows"},
     errors=["400 INVALID_QUERY"], io=True, prepare=_prepare_index_query)
 def index_query(ctx, a):
-    if a.key_parts is not None:  # the usual case: the key's fields were matched to the index at load
-        prefix = a.index_key.prefix_of([part(ctx) for part in a.key_parts])
+    if a.key_values is not None:  # the usual case: the key's fields were matched to the index at load
+        prefix = a.index_key.prefix_of(a.key_values(ctx))
     else:  # the key is one reference to an object: its fields are known only now
         key = a.key.render(ctx)
         index_key = a.index.key_for(key, a.using)

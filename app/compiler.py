@@ -7,6 +7,7 @@ Every problem is recorded in the Report with its place; the schema is servable o
 import hashlib
 import json
 import re
+import time
 from types import SimpleNamespace
 
 import jsonschema
@@ -16,7 +17,8 @@ from app import checks
 from app.conditions import ConditionError, compile_condition
 from app.definitions import (BlobStoreDef, Constraint, Document, Entity, EventLog, EventType, Limits, Upstream,
                              Validator, Versioning, compile_normalizer)
-from app.errors import SchemaLoadError
+from app.codegen import FunctionBuilder
+from app.errors import DepotError, SchemaLoadError
 from app.expr import TemplateSyntaxError, parse_template
 from app.metaschema import METASCHEMA
 from app.opspec import REGISTRY, BindError, Output
@@ -49,19 +51,54 @@ class Pipeline:
         self.name = name
         self.steps = steps
         self.place = place_
-        self.plan = self._plan(steps)
+        self._set_plan(steps)
 
-    @staticmethod
-    def _plan(steps):
-        """What the runner needs per step, flattened once: (op function, bound args, condition, io, ends)."""
-        return tuple((s.fn, s.args, s.when, s.io, s.op.startswith("respond.")) for s in steps)
+    def _set_plan(self, steps):
+        """``plan``: what the runner needs per step, flattened once: (op function, bound args, condition, io,
+        ends). ``run(ctx, cpu_budget_ns)``: the plan as one generated function (see generate_runner)."""
+        self.plan = tuple((s.fn, s.args, s.when, s.io, s.op.startswith("respond.")) for s in steps)
+        self.run = generate_runner(self.plan)
 
     def skip_satisfied_scope_checks(self, policy_scopes):
         """An unconditional auth.require_scopes asking nothing beyond what the route's policies already
         required before the pipeline ran cannot fail: leave it out of the plan (it stays in ``steps``)."""
         if policy_scopes:
-            self.plan = self._plan([s for s in self.steps if not (
+            self._set_plan([s for s in self.steps if not (
                 s.op == "auth.require_scopes" and s.when is None and s.args.scopes <= policy_scopes)])
+
+
+def generate_runner(plan):
+    """The plan as straight-line code: each step a direct call of its op function with its bound arguments,
+    under its `when` if it has one, returning after a respond step; before each step that does I/O, the CPU
+    budget check. Any error aborts the open transaction and propagates."""
+    builder = FunctionBuilder("run_pipeline", "ctx, budget")
+    wall, cpu = builder.bind(time.perf_counter_ns, "wall"), builder.bind(time.thread_time_ns, "cpu")
+    over_budget = builder.bind(_over_budget, "over_budget")
+    builder.line("started_cpu, started_wall = %s(), %s()" % (cpu, wall))
+    builder.line("try:")
+    for fn, args, when, io, ends in plan:
+        if io:  # CPU time never exceeds wall time over the same interval, so the cheap wall clock decides
+            # whether the thread CPU clock (a system call) needs reading at all
+            builder.line("if %s() - started_wall - ctx.exempt_wall_ns > budget and %s() - started_cpu - "
+                         "ctx.exempt_ns > budget:" % (wall, cpu), 2)
+            builder.line("%s(budget)" % over_budget, 3)
+        depth = 2
+        if when is not None:
+            builder.line("if %s(ctx):" % builder.bind(when, "when"), 2)
+            depth = 3
+        builder.line("%s(ctx, %s)" % (builder.bind(fn, "step"), builder.bind(args, "args")), depth)
+        if ends:  # only respond.* steps set a response
+            builder.line("return", depth)
+    builder.line("pass", 2)
+    builder.line("except BaseException:")
+    builder.line("ctx.abort_txn()", 2)
+    builder.line("raise", 2)
+    return builder.build()
+
+
+def _over_budget(budget):
+    raise DepotError("CPU_LIMIT_EXCEEDED", 503, "request exceeded max_cpu_ms_per_request (%d ms)"
+                     % (budget // 1_000_000))
 
 
 class Route:

@@ -3,7 +3,6 @@
 The per-request loop does lookups and I/O only: every step is already bound to its op function and arguments.
 """
 import os
-import re
 import tempfile
 import time
 
@@ -16,8 +15,13 @@ from app.stores.blobs import DIGEST_PREFIX, BlobRef, FileBlobStore, declared_dig
 from app.stores.cache import CacheStore
 from app.stores.state import StateStore
 
-_BAD_PARAM = re.compile(r"[/\\\x00]|\.\.|^\.$")  # never part of a path parameter: "/", "\\", NUL, "..", "."
 PROXY_CHUNK = 1024 * 1024
+
+
+def _forbidden_param(value):
+    """Never part of a path parameter: "/", "\\", NUL, "..", or a lone "." (plain `in` tests: a regex search
+    costs three times as much on every request)."""
+    return "/" in value or "\\" in value or "\x00" in value or ".." in value or value == "."
 
 
 class Stores:
@@ -81,7 +85,7 @@ class Engine:
         """Run ``route`` for ``request``; returns the context holding the ResponseSpec, or raises DepotError.
         The caller calls ``ctx.close()`` once the response has been sent (it removes temporary files)."""
         for name, value in request.path_params.items():
-            if _BAD_PARAM.search(value):
+            if _forbidden_param(value):
                 raise DepotError("INVALID_PATH_PARAMETER", 400, "path parameter %s contains a forbidden sequence"
                                  % name, name)
         if route.disabled is not None:
@@ -90,7 +94,7 @@ class Engine:
         try:
             if route.policy_scopes or route.denied:
                 self._apply_policies(route, ctx)
-            self._execute(route.pipeline, ctx)
+            route.pipeline.run(ctx, self.limits.max_cpu_ns)
         except BaseException:
             ctx.close()
             raise
@@ -106,27 +110,6 @@ class Engine:
         if route.denied and (principal is None or "admin" not in principal["scopes"]):
             require(principal, {"admin"}, "a deny policy on this route")
         require(principal, route.policy_scopes, "a policy on this route")
-
-    def _execute(self, pipeline, ctx):
-        budget = self.limits.max_cpu_ns
-        wall = time.perf_counter_ns
-        started_cpu, started_wall = time.thread_time_ns(), wall()
-        try:
-            for fn, args, when, io, ends in pipeline.plan:
-                # CPU time never exceeds wall time over the same intervals, so the cheap wall clock decides
-                # when the thread CPU clock (a system call) needs reading at all
-                if io and wall() - started_wall - ctx.exempt_wall_ns > budget and \
-                        time.thread_time_ns() - started_cpu - ctx.exempt_ns > budget:
-                    raise DepotError("CPU_LIMIT_EXCEEDED", 503, "request exceeded max_cpu_ms_per_request (%d ms)"
-                                     % (budget // 1_000_000))
-                if when is not None and not when(ctx):
-                    continue
-                fn(ctx, args)
-                if ends:  # only respond.* steps set a response
-                    return
-        except BaseException:
-            ctx.abort_txn()
-            raise
 
     def commit(self, ctx, txn):
         if self.runtime.digest_verify:
@@ -146,7 +129,7 @@ class Engine:
         ctx = ExecutionContext(self, RequestData(), event=record)
         ctx.fields.update(record.get("payload") or {})
         try:
-            self._execute(pipeline, ctx)
+            pipeline.run(ctx, self.limits.max_cpu_ns)
         finally:
             ctx.close()
 

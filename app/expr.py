@@ -18,6 +18,7 @@ are never scanned again, so request data cannot inject references.
 import json
 import re
 
+from app.codegen import FunctionBuilder, literal
 from app.errors import DepotError
 
 FIELD_ROOTS = ("principal", "event")
@@ -37,7 +38,7 @@ class Ref:
     """One reference: where it reads from, the path below its root, and how it is shaped."""
 
     __slots__ = ("namespace", "root", "path", "optional", "slice", "source", "prefix", "lookup", "resolve",
-                 "resolve_lenient")
+                 "resolve_lenient", "resolve_interpreted")
 
     def __init__(self, namespace, root, path, optional=False, slice_=None, source=""):
         self.namespace = namespace  # "field", "principal", "event" or "var"
@@ -49,8 +50,50 @@ class Ref:
         self.prefix = ""  # a "/" bound to an optional reference disappears with it
         # built once per reference, so rendering does no dispatch on its shape:
         self.lookup = _getter(namespace, root, path, slice_)  # ctx -> the value, or _MISSING
-        self.resolve = _resolver(self)  # ctx -> the value; unbound is an error unless optional (then None)
+        self.resolve_interpreted = _resolver(self)  # ctx -> the value; unbound: an error, or None when optional
+        self.resolve = self._generate_resolve() if self.generated else self.resolve_interpreted
         self.resolve_lenient = _lenient(self.lookup)  # ctx -> the value, or None when unbound
+
+    @property
+    def generated(self):
+        """Plain reads (a field or variable, then dict keys and list indexes) become straight-line code."""
+        return self.namespace in _NAMESPACE_SOURCE and self.slice is None and all(
+            step.__class__ is str or (step.__class__ is int and step >= 0) for step in self.path)
+
+    def emit(self, builder, roots, unbound):
+        """Write statements putting this reference's value into a new local of ``builder``; -> the local's name.
+
+        ``roots`` maps "field"/"var" to the expressions reading those namespaces. When a plain dict/list step
+        does not find the value (or a field is null), the statement ``unbound`` runs: the caller hands the
+        request to the interpreted path, which decides exactly as it always would (optional, error, a tuple or
+        a blob handle's attribute)."""
+        target = builder.local()
+        if not self.generated:
+            builder.line("%s = %s(ctx)" % (target, builder.bind(self.resolve_interpreted, "resolve")))
+            return target
+        missing = builder.bind(_MISSING, "MISSING")
+        builder.line("%s = %s.get(%s, %s)" % (target, roots[self.namespace], literal(self.root), missing))
+        for step in self.path:
+            if step.__class__ is str:
+                builder.line("%s = %s.get(%s, %s) if %s.__class__ is dict else %s"
+                             % (target, target, literal(step), missing, target, missing))
+            else:
+                builder.line("%s = %s[%d] if %s.__class__ is list and len(%s) > %d else %s"
+                             % (target, target, step, target, target, step, missing))
+        null_unbound = " or %s is None" % target if self.namespace == "field" else ""
+        builder.line("if %s is %s%s:" % (target, missing, null_unbound))
+        builder.line(unbound, 2)
+        return target
+
+    def _generate_resolve(self):
+        builder = FunctionBuilder("resolve")
+        interpreted = builder.bind(self.resolve_interpreted, "interpreted")
+        value = self.emit(builder, _NAMESPACE_SOURCE, "return %s(ctx)" % interpreted)
+        builder.line("return " + value)
+        return builder.build()
+
+
+_NAMESPACE_SOURCE = {"field": "ctx.fields", "var": "ctx.vars"}
 
 
 def _absent(optional, source):
@@ -62,27 +105,7 @@ def _absent(optional, source):
 
 def _resolver(ref):
     optional, source = ref.optional, ref.source
-    root, null_is_unbound = ref.root, ref.namespace == "field"
-    if ref.namespace in ("field", "var") and ref.slice is None:
-        # the common cases, read directly: one call per reference, the path walked inline
-        path = ref.path
-        is_field = ref.namespace == "field"
-
-        def resolve_direct(ctx):
-            value = (ctx.fields if is_field else ctx.vars).get(root, _MISSING)
-            for step in path:
-                if value.__class__ is dict and step.__class__ is str:
-                    value = value.get(step, _MISSING)
-                elif value.__class__ is list and step.__class__ is int:
-                    value = value[step] if -len(value) <= step < len(value) else _MISSING
-                else:
-                    value = _descend(value, step)
-                if value is _MISSING:
-                    break
-            if value is _MISSING or (value is None and null_is_unbound):
-                return _absent(optional, source)
-            return value
-        return resolve_direct
+    null_is_unbound = ref.namespace == "field"
     lookup = ref.lookup
 
     def resolve(ctx):
@@ -157,20 +180,27 @@ def _check_key_segment(ref, text):
 
 
 class Template:
-    """A parsed string template."""
+    """A parsed string template. ``render`` is the lone reference's resolve when the template is exactly one
+    reference (its value keeps its type), else the joined string."""
 
-    __slots__ = ("source", "parts", "refs", "single")
+    __slots__ = ("source", "parts", "refs", "single", "render")
 
     def __init__(self, source, parts):
         self.source = source
         self.parts = parts  # str literals and Ref objects
         self.refs = [p for p in parts if isinstance(p, Ref)]
         self.single = self.refs[0] if len(parts) == 1 and self.refs else None
+        self.render = self.single.resolve if self.single is not None else self._render_joined
 
-    def render(self, ctx):
-        if self.single is not None:
-            return self.single.resolve(ctx)
+    def _render_joined(self, ctx):
         return self._join(ctx, None)
+
+    def emit(self, builder, roots, unbound):
+        if self.single is not None:
+            return self.single.emit(builder, roots, unbound)
+        target = builder.local()
+        builder.line("%s = %s(ctx)" % (target, builder.bind(self.render, "render")))
+        return target
 
     def render_lenient(self, ctx):
         if self.single is not None:
@@ -272,37 +302,54 @@ class Const:
     render_lenient = render
     render_key = render
 
+    def emit(self, builder, roots, unbound):
+        return builder.bind(self.value, "const")  # the same object every time, as render gives
 
-def fast_render(node):
-    """The node's render function; for a lone reference, the reference's own resolve (one call less)."""
-    single = getattr(node, "single", None)
-    return single.resolve if single is not None else node.render
+
+def _generate_render(node):
+    """ctx -> the node's value, as one generated function: each reference read inline, in the order the
+    interpreted render reads them; anything but a plain read hands the whole render to the interpreted path."""
+    builder = FunctionBuilder("render")
+    interpreted = builder.bind(node.render_interpreted, "interpreted")
+    builder.line("fields = ctx.fields")
+    builder.line("variables = ctx.vars")
+    value = node.emit(builder, {"field": "fields", "var": "variables"}, "return %s(ctx)" % interpreted)
+    builder.line("return " + value)
+    return builder.build()
 
 
 class DictNode:
-    __slots__ = ("items", "refs", "_renders")
+    __slots__ = ("items", "refs", "render")
 
     def __init__(self, items):
         self.items = items
         self.refs = [r for _, node in items for r in node.refs]
-        self._renders = [(key, fast_render(node)) for key, node in items]
+        self.render = _generate_render(self)
 
-    def render(self, ctx):
-        return {key: render(ctx) for key, render in self._renders}
+    def render_interpreted(self, ctx):
+        return {key: node.render(ctx) for key, node in self.items}
+
+    def emit(self, builder, roots, unbound):
+        values = [(key, node.emit(builder, roots, unbound)) for key, node in self.items]
+        return "{%s}" % ", ".join("%s: %s" % (literal(key), value) for key, value in values)
 
     def render_lenient(self, ctx):
         return {key: node.render_lenient(ctx) for key, node in self.items}
 
 
 class ListNode:
-    __slots__ = ("nodes", "refs")
+    __slots__ = ("nodes", "refs", "render")
 
     def __init__(self, nodes):
         self.nodes = nodes
         self.refs = [r for node in nodes for r in node.refs]
+        self.render = _generate_render(self)
 
-    def render(self, ctx):
+    def render_interpreted(self, ctx):
         return [node.render(ctx) for node in self.nodes]
+
+    def emit(self, builder, roots, unbound):
+        return "[%s]" % ", ".join([node.emit(builder, roots, unbound) for node in self.nodes])
 
     def render_lenient(self, ctx):
         return [node.render_lenient(ctx) for node in self.nodes]
