@@ -8,6 +8,7 @@ DepotError. OPERATIONS.md is generated from these declarations.
 import json
 import uuid
 from datetime import datetime, timezone
+from itertools import islice
 
 from app.auth import require
 from app.conditions import ConditionError, compile_condition
@@ -412,9 +413,9 @@ def index_query(ctx, a):
         prefix = index_key.prefix(key, [f for f in index_key.fields if f in key])
     offset, limit = a.window or _window(ctx, a)
     if a.filter is None and a.total_out is None:
-        rows = [raw for _, raw in ctx.engine.state.scan(prefix, limit + offset)][offset:]
+        scan = ctx.engine.state.scan(prefix, limit + offset)
+        rows = ctx.vars[a.out] = [json.loads(raw)[1] for _, raw in (islice(scan, offset, None) if offset else scan)]
         ctx.count_io(1 + len(rows))
-        ctx.vars[a.out] = [json.loads(raw)[1] for raw in rows]
         return
     rows, total = _filtered_window(ctx, a, prefix, offset, limit)
     ctx.count_io(1 + len(rows))

@@ -37,9 +37,12 @@ class RequestData:
         self.request_id = request_id
 
 
+_UNKNOWN = object()
+
+
 class ExecutionContext:
     __slots__ = ("engine", "request", "fields", "vars", "event", "txn", "response", "io_ops", "exempt_ns",
-                 "exempt_wall_ns", "unverified_blobs", "cleanups", "_authenticate", "_principal", "_principal_known")
+                 "exempt_wall_ns", "unverified_blobs", "cleanups", "_authenticate", "_principal")
 
     def __init__(self, engine, request, event=None, authenticate=None):
         self.engine = engine
@@ -49,22 +52,19 @@ class ExecutionContext:
         self.event = event
         self.txn = None
         self.response = None
-        self.io_ops = 0
-        self.exempt_ns = 0
-        self.exempt_wall_ns = 0
+        self.io_ops = self.exempt_ns = self.exempt_wall_ns = 0
         self.unverified_blobs = {}
         self.cleanups = []
         self._authenticate = authenticate
-        self._principal = None
-        self._principal_known = authenticate is None
+        self._principal = None if authenticate is None else _UNKNOWN
 
     @property
     def principal(self):
         """Resolved on first use, so routes that never ask pay nothing for token verification."""
-        if not self._principal_known:
-            self._principal = self._authenticate(self.request)
-            self._principal_known = True
-        return self._principal
+        principal = self._principal
+        if principal is _UNKNOWN:
+            principal = self._principal = self._authenticate(self.request)
+        return principal
 
     def count_io(self, n=1):
         self.io_ops += n

@@ -3,6 +3,7 @@
 Each is built once at load; ops receive them already resolved.
 """
 import re
+from operator import methodcaller
 
 import jsonschema
 
@@ -68,7 +69,7 @@ def _upper():
 
 @normalizer("replace")
 def _replace(old, new):
-    return lambda value: value.replace(old, new)
+    return methodcaller("replace", old, new)
 
 
 @normalizer("collapse_whitespace")

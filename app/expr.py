@@ -51,8 +51,10 @@ class Ref:
         # built once per reference, so rendering does no dispatch on its shape:
         self.lookup = _getter(namespace, root, path, slice_)  # ctx -> the value, or _MISSING
         self.resolve_interpreted = _resolver(self)  # ctx -> the value; unbound: an error, or None when optional
-        self.resolve = self._generate_resolve() if self.generated else self.resolve_interpreted
-        self.resolve_lenient = _lenient(self.lookup)  # ctx -> the value, or None when unbound
+        lenient = _lenient(self.lookup)  # ctx -> the value, or None when unbound
+        # the same two, as straight-line code when the reference is a plain read:
+        self.resolve = self._generate_resolve(self.resolve_interpreted) if self.generated else self.resolve_interpreted
+        self.resolve_lenient = self._generate_resolve(lenient) if self.generated else lenient
 
     @property
     def generated(self):
@@ -85,9 +87,10 @@ class Ref:
         builder.line(unbound, 2)
         return target
 
-    def _generate_resolve(self):
+    def _generate_resolve(self, interpreted):
+        """``interpreted`` with its plain reads done inline: it runs only when they find nothing."""
         builder = FunctionBuilder("resolve")
-        interpreted = builder.bind(self.resolve_interpreted, "interpreted")
+        interpreted = builder.bind(interpreted, "interpreted")
         value = self.emit(builder, _NAMESPACE_SOURCE, "return %s(ctx)" % interpreted)
         builder.line("return " + value)
         return builder.build()

@@ -23,7 +23,8 @@ from app.stores.state import dumps
 
 log = logging.getLogger("depot")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-ROUTE_ENDPOINT = "depot.route"
+ROUTE_ENDPOINT = "depot_route"  # no ".": Flask would take "depot" for a blueprint
+# and look up that blueprint's hooks on every request
 READ_METHODS = ("GET", "HEAD")
 REQUEST_ID_KEY = "depot.request_id"
 

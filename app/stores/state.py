@@ -66,7 +66,7 @@ class IndexKeyDef:
 
     def prefix_of(self, ordered_values):
         """The key prefix for the values of the leading key fields, in key order."""
-        return self.head + b"".join([sortkeys.encode_value(v) for v in ordered_values])
+        return self.head + b"".join(map(sortkeys.encode_value, ordered_values))
 
     def entry_key(self, row, rowid):
         parts = [self.prefix(row)]
