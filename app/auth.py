@@ -48,7 +48,7 @@ def check_password(password, hashed):
 
 def holds(scopes, wanted):
     """Whether ``scopes`` grant every scope in ``wanted`` ('admin' grants all)."""
-    return "admin" in scopes or set(wanted) <= set(scopes)
+    return "admin" in scopes or (scopes if isinstance(scopes, frozenset) else set(scopes)).issuperset(wanted)
 
 
 def require(principal, scopes, what="this route"):

@@ -7,6 +7,7 @@ from operator import methodcaller
 
 import jsonschema
 
+from app.codegen import FunctionBuilder
 from app.errors import DepotError
 from app.stores import sortkeys
 
@@ -78,15 +79,15 @@ def _collapse():
 
 
 def chain(rules):
-    """One function applying ``rules`` in order."""
+    """One function applying ``rules`` in order: ``rules[-1](...rules[0](value))``, generated as one expression."""
     if len(rules) == 1:
         return rules[0]
-
-    def apply(value):
-        for rule in rules:
-            value = rule(value)
-        return value
-    return apply
+    builder = FunctionBuilder("normalize", "value")
+    call = "value"
+    for rule in rules:
+        call = "%s(%s)" % (builder.bind(rule, "rule"), call)
+    builder.line("return " + call)
+    return builder.build()
 
 
 def compile_normalizer(spec):

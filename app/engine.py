@@ -101,7 +101,8 @@ class Engine:
         if ctx.response is None:
             ctx.close()
             raise DepotError("NO_RESPONSE", 500, "the pipeline finished without responding")
-        ctx.abort_txn()  # a response from inside an open transaction discards it
+        if ctx.txn is not None:  # a response from inside an open transaction discards it
+            ctx.abort_txn()
         return ctx
 
     def _apply_policies(self, route, ctx):
