@@ -21,6 +21,7 @@ class FunctionBuilder:
         self.name = name
         self.params = params
         self.lines = []
+        self.depth = 1  # the indentation of the next line, in levels
         self.env = {}
         self._names = itertools.count()
 
@@ -33,8 +34,26 @@ class FunctionBuilder:
     def local(self, hint="v"):
         return "%s%d" % (hint, next(self._names))
 
-    def line(self, text, depth=1):
-        self.lines.append("    " * depth + text)
+    def line(self, text, deeper=0):
+        self.lines.append("    " * (self.depth + deeper) + text)
+
+    def guarded(self, emit, fallback):
+        """Write ``emit(builder, bail)`` inside one ``try``: a plain read that finds nothing (KeyError,
+        IndexError) or a shape check that fails (it runs the statement ``bail``) ends in ``fallback``, a call
+        expression. -> what ``emit`` returned."""
+        bail = "return " + fallback
+        self.line("try:")
+        self.depth += 1
+        written = len(self.lines)
+        try:
+            result = emit(self, bail)
+            if len(self.lines) == written:  # nothing to read (constants only)
+                self.line("pass")
+        finally:
+            self.depth -= 1
+        self.line("except (KeyError, IndexError):")
+        self.line(bail, 1)
+        return result
 
     def build(self):
         source = "def %s(%s):\n%s\n" % (self.name, self.params, "\n".join(self.lines))

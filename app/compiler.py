@@ -76,23 +76,25 @@ def generate_runner(plan):
     over_budget = builder.bind(_over_budget, "over_budget")
     builder.line("started_cpu, started_wall = %s(), %s()" % (cpu, wall))
     builder.line("try:")
+    builder.depth += 1
     for fn, args, when, io, ends in plan:
         if io:  # CPU time never exceeds wall time over the same interval, so the cheap wall clock decides
             # whether the thread CPU clock (a system call) needs reading at all
             builder.line("if %s() - started_wall - ctx.exempt_wall_ns > budget and %s() - started_cpu - "
-                         "ctx.exempt_ns > budget:" % (wall, cpu), 2)
-            builder.line("%s(budget)" % over_budget, 3)
-        depth = 2
+                         "ctx.exempt_ns > budget:" % (wall, cpu))
+            builder.line("%s(budget)" % over_budget, 1)
+        deeper = 0
         if when is not None:
-            builder.line("if %s(ctx):" % builder.bind(when, "when"), 2)
-            depth = 3
-        builder.line("%s(ctx, %s)" % (builder.bind(fn, "step"), builder.bind(args, "args")), depth)
+            builder.line("if %s(ctx):" % builder.bind(when, "when"))
+            deeper = 1
+        builder.line("%s(ctx, %s)" % (builder.bind(fn, "step"), builder.bind(args, "args")), deeper)
         if ends:  # only respond.* steps set a response
-            builder.line("return", depth)
-    builder.line("pass", 2)
+            builder.line("return", deeper)
+    builder.line("pass")
+    builder.depth -= 1
     builder.line("except BaseException:")
-    builder.line("ctx.abort_txn()", 2)
-    builder.line("raise", 2)
+    builder.line("ctx.abort_txn()", 1)
+    builder.line("raise", 1)
     return builder.build()
 
 

@@ -62,36 +62,31 @@ class Ref:
         return self.namespace in _NAMESPACE_SOURCE and self.slice is None and all(
             step.__class__ is str or (step.__class__ is int and step >= 0) for step in self.path)
 
-    def emit(self, builder, roots, unbound):
+    def emit(self, builder, bail):
         """Write statements putting this reference's value into a new local of ``builder``; -> the local's name.
 
-        ``roots`` maps "field"/"var" to the expressions reading those namespaces. When a plain dict/list step
-        does not find the value (or a field is null), the statement ``unbound`` runs: the caller hands the
-        request to the interpreted path, which decides exactly as it always would (optional, error, a tuple or
-        a blob handle's attribute)."""
+        A plain read is written out: the namespace, then each dict key or list index, each step checking the
+        shape it steps into. When a step finds nothing (KeyError, IndexError: see FunctionBuilder.guarded), meets
+        another shape, or a field is null, the statement ``bail`` hands the call to the interpreted path, which
+        decides exactly as it always would (optional, error, a tuple, a blob handle's attribute)."""
         target = builder.local()
         if not self.generated:
             builder.line("%s = %s(ctx)" % (target, builder.bind(self.resolve_interpreted, "resolve")))
             return target
-        missing = builder.bind(_MISSING, "MISSING")
-        builder.line("%s = %s.get(%s, %s)" % (target, roots[self.namespace], literal(self.root), missing))
+        builder.line("%s = %s[%s]" % (target, _NAMESPACE_SOURCE[self.namespace], literal(self.root)))
         for step in self.path:
-            if step.__class__ is str:
-                builder.line("%s = %s.get(%s, %s) if %s.__class__ is dict else %s"
-                             % (target, target, literal(step), missing, target, missing))
-            else:
-                builder.line("%s = %s[%d] if %s.__class__ is list and len(%s) > %d else %s"
-                             % (target, target, step, target, target, step, missing))
-        null_unbound = " or %s is None" % target if self.namespace == "field" else ""
-        builder.line("if %s is %s%s:" % (target, missing, null_unbound))
-        builder.line(unbound, 2)
+            builder.line("if %s.__class__ is not %s:" % (target, "dict" if step.__class__ is str else "list"))
+            builder.line(bail, 1)
+            builder.line("%s = %s[%s]" % (target, target, literal(step)))
+        if self.namespace == "field":  # a null field counts as unbound
+            builder.line("if %s is None:" % target)
+            builder.line(bail, 1)
         return target
 
     def _generate_resolve(self, interpreted):
         """``interpreted`` with its plain reads done inline: it runs only when they find nothing."""
         builder = FunctionBuilder("resolve")
-        interpreted = builder.bind(interpreted, "interpreted")
-        value = self.emit(builder, _NAMESPACE_SOURCE, "return %s(ctx)" % interpreted)
+        value = builder.guarded(self.emit, "%s(ctx)" % builder.bind(interpreted, "interpreted"))
         builder.line("return " + value)
         return builder.build()
 
@@ -198,9 +193,9 @@ class Template:
     def _render_joined(self, ctx):
         return self._join(ctx, None)
 
-    def emit(self, builder, roots, unbound):
+    def emit(self, builder, bail):
         if self.single is not None:
-            return self.single.emit(builder, roots, unbound)
+            return self.single.emit(builder, bail)
         target = builder.local()
         builder.line("%s = %s(ctx)" % (target, builder.bind(self.render, "render")))
         return target
@@ -305,7 +300,7 @@ class Const:
     render_lenient = render
     render_key = render
 
-    def emit(self, builder, roots, unbound):
+    def emit(self, builder, bail):
         return builder.bind(self.value, "const")  # the same object every time, as render gives
 
 
@@ -313,10 +308,7 @@ def _generate_render(node):
     """ctx -> the node's value, as one generated function: each reference read inline, in the order the
     interpreted render reads them; anything but a plain read hands the whole render to the interpreted path."""
     builder = FunctionBuilder("render")
-    interpreted = builder.bind(node.render_interpreted, "interpreted")
-    builder.line("fields = ctx.fields")
-    builder.line("variables = ctx.vars")
-    value = node.emit(builder, {"field": "fields", "var": "variables"}, "return %s(ctx)" % interpreted)
+    value = builder.guarded(node.emit, "%s(ctx)" % builder.bind(node.render_interpreted, "interpreted"))
     builder.line("return " + value)
     return builder.build()
 
@@ -332,8 +324,8 @@ class DictNode:
     def render_interpreted(self, ctx):
         return {key: node.render(ctx) for key, node in self.items}
 
-    def emit(self, builder, roots, unbound):
-        values = [(key, node.emit(builder, roots, unbound)) for key, node in self.items]
+    def emit(self, builder, bail):
+        values = [(key, node.emit(builder, bail)) for key, node in self.items]
         return "{%s}" % ", ".join("%s: %s" % (literal(key), value) for key, value in values)
 
     def render_lenient(self, ctx):
@@ -351,8 +343,8 @@ class ListNode:
     def render_interpreted(self, ctx):
         return [node.render(ctx) for node in self.nodes]
 
-    def emit(self, builder, roots, unbound):
-        return "[%s]" % ", ".join([node.emit(builder, roots, unbound) for node in self.nodes])
+    def emit(self, builder, bail):
+        return "[%s]" % ", ".join([node.emit(builder, bail) for node in self.nodes])
 
     def render_lenient(self, ctx):
         return [node.render_lenient(ctx) for node in self.nodes]
