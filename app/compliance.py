@@ -12,6 +12,8 @@ import os
 import shutil
 import tempfile
 
+from app.testing import LocalDepot
+
 CHECKS = []
 PROBE_STORE, PROBE_DOC, PROBE_INDEX, PROBE_EVENT = "_probe", "_probe_doc", "_probe_index", "_probe.event"
 
@@ -212,7 +214,7 @@ class ProbeEnv:
         self.doc = doc
         _, self.report = compile_schema(doc, "schema")
         self.data_dir = data_dir
-        self.depot = _ProbeDepot(os.path.join(data_dir, "data"), probe_schema(doc))
+        self.depot = LocalDepot(os.path.join(data_dir, "data"), probe_schema(doc))
         self.refresh()
 
     def refresh(self):
@@ -239,32 +241,6 @@ class ProbeEnv:
 
     def close(self):
         self.depot.close()
-
-
-class _ProbeDepot:
-    """A service and test client over a data dir (the probe's own, never a real one)."""
-
-    def __init__(self, data_dir, schema):
-        from app.http import create_app
-        from app.service import Service
-        self.data_dir, self.schema = data_dir, schema
-        self.service = Service(data_dir, schema=copy.deepcopy(schema), announce=lambda *_: None)
-        self.client = create_app(self.service).test_client()
-
-    def token(self, scopes, sub):
-        identity = self.service.identity
-        try:
-            identity.create_user(sub, "probe-password-" + sub, list(scopes))
-        except Exception:  # created before a restart
-            pass
-        return identity.issue(sub, scopes)[0]
-
-    def restart(self):
-        self.close()
-        self.__init__(self.data_dir, self.schema)
-
-    def close(self):
-        self.service.close()
 
 
 def run(doc, report_line=print):

@@ -46,16 +46,14 @@ def main():
     args = parser.parse_args()
     os.environ.setdefault("DEPOT_ADMIN_PASSWORD", "bench-admin-password")
     os.environ["DEPOT_BCRYPT_ROUNDS"] = "4"
-    from app.http import create_app
-    from app.service import Service
+    from app.testing import LocalDepot
 
     data_dir = tempfile.mkdtemp(prefix="depot-bench-latest-")
     try:
         # sync=False only speeds up filling the store; the timed part only reads
-        service = Service(data_dir, sync=False, announce=lambda *_: None)
-        client = create_app(service).test_client()
-        service.identity.create_user("bench", "bench-password-long", ["read", "write"])
-        headers = {"Authorization": "Bearer " + service.identity.issue("bench", ["read", "write"])[0]}
+        depot = LocalDepot(data_dir, sync=False)
+        client = depot.client
+        headers = {"Authorization": "Bearer " + depot.token(["read", "write"], "bench")}
         started = time.perf_counter()
         publish_all(client, headers, "few", args.few)
         publish_all(client, headers, "many", args.many)
@@ -75,7 +73,7 @@ def main():
         ratio = many / few
         print("ratio %d/%d versions = %.3f (goal < 1.5: %s)" % (args.many, args.few, ratio,
                                                                "met" if ratio < 1.5 else "NOT met"))
-        service.close()
+        depot.close()
         return 0 if ratio < 1.5 else 1
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -106,15 +106,6 @@ def make_handwritten_view(service):
     return resolve_latest
 
 
-def bench_token(service, sub, scopes):
-    """A login token for ``sub``, created with ``scopes`` if it does not exist yet."""
-    try:
-        service.identity.create_user(sub, "bench-password-" + sub, scopes)
-    except Exception:  # already there
-        pass
-    return service.identity.issue(sub, scopes)
-
-
 def check_view_matches_schema(service, doc):
     """The hand-written view hard-codes what the schema declares; fail loudly if the schema has moved on."""
     entity = doc["entities"]["artifact"]
@@ -134,18 +125,16 @@ def check_view_matches_schema(service, doc):
 # --- set-up -------------------------------------------------------------------------------------------------
 
 def start_depot(data_dir, schema_path):
+    """-> (the schema document, a LocalDepot serving it over ``data_dir``)."""
     os.environ["DEPOT_ADMIN_PASSWORD"] = "bench-admin-password"
     os.environ["DEPOT_BCRYPT_ROUNDS"] = "4"
     os.environ.pop("DEPOT_SECRET_KEY", None)
     os.environ.pop("DEPOT_DATABASE_URL", None)  # never point a benchmark at a real database
-    from app.http import create_app
-    from app.service import Service
+    from app.testing import LocalDepot
 
     with open(schema_path, "rb") as handle:
         doc = json.load(handle)
-    service = Service(data_dir, schema=json.loads(json.dumps(doc)), schema_path=str(schema_path),
-                      announce=lambda *_: None)
-    return doc, service, create_app(service)
+    return doc, LocalDepot(data_dir, doc, schema_path=str(schema_path))
 
 
 def publish(app, token, packages, versions):
@@ -271,15 +260,15 @@ def check_identical(variants, cases, latest):
     return problems
 
 
-def correctness_cases(service, paths, token):
+def correctness_cases(depot, paths, token):
     bearer = "Bearer " + token
     cases = [("timed request %d" % i, path, bearer, 200) for i, path in enumerate(paths)]
     cases += [
-        ("admin scope", paths[0], "Bearer " + bench_token(service, "root", ["admin"])[0], 200),
+        ("admin scope", paths[0], "Bearer " + depot.token(["admin"], "root"), 200),
         ("no token", paths[0], None, 401),
         ("bad token", paths[0], "Bearer not-a-jwt", 401),
         ("wrong scheme", paths[0], "Basic Zm9vOmJhcg==", 401),
-        ("write-only scope", paths[0], "Bearer " + bench_token(service, "w", ["write"])[0], 403),
+        ("write-only scope", paths[0], "Bearer " + depot.token(["write"], "w"), 403),
         ("unknown package", "/v1/team-a/no-such-package/latest", bearer, 404),
         ("invalid name", "/v1/team-a/bad$name/latest", bearer, 400),
         ("invalid namespace", "/v1/-team/pkg-000/latest", bearer, 400),
@@ -377,11 +366,12 @@ def main(argv=None):
     versions = VERSIONS[:args.versions]
 
     data_dir = tempfile.mkdtemp(prefix="depot-bench-")
-    service = None
+    depot = None
     try:
         from flask import Flask
 
-        doc, service, depot_app = start_depot(data_dir, args.schema)
+        doc, depot = start_depot(data_dir, args.schema)
+        service, depot_app = depot.service, depot.app
         check_view_matches_schema(service, doc)
         view = make_handwritten_view(service)
         depot_app.add_url_rule("/v1/<namespace>/<name>/latest" + HAND_SUFFIX, "bench_handwritten", view,
@@ -390,7 +380,7 @@ def main(argv=None):
         plain_app.add_url_rule("/v1/<namespace>/<name>/latest", "resolve_latest", view, methods=["GET"])
 
         packages = [("team-%s" % "ab"[i % 2], "pkg-%03d" % i) for i in range(args.packages)]
-        writer = bench_token(service, "bench-writer", ["read", "write"])[0]
+        writer = depot.token(["read", "write"], "bench-writer")
         count, took = publish(depot_app, writer, packages, versions)
         print("published %d artifacts (%d packages x %d versions) in %.1f s; data dir %s"
               % (count, len(packages), len(versions), took, data_dir))
@@ -398,9 +388,9 @@ def main(argv=None):
         variants = {"compiled": (depot_app, ""), "handwritten": (depot_app, HAND_SUFFIX)}
         if not args.no_plain:
             variants["hand-plain"] = (plain_app, "")
-        token = bench_token(service, "bench-reader", ["read"])[0]
+        token = depot.token(["read"], "bench-reader")
         paths = request_paths(packages)
-        cases = correctness_cases(service, paths, token)
+        cases = correctness_cases(depot, paths, token)
         problems = check_identical(variants, cases, highest(versions))
         if problems:
             print("MISMATCH between variants; not timing:\n  " + "\n  ".join(problems))
@@ -424,8 +414,8 @@ def main(argv=None):
             print_profiles(apps, environs, args.profile_requests, args.top)
         return 0
     finally:
-        if service is not None:
-            service.close()
+        if depot is not None:
+            depot.close()
         if args.keep:
             print("kept data dir %s" % data_dir)
         else:

@@ -28,12 +28,13 @@ def child(variant, requests):
     data_dir = tempfile.mkdtemp(prefix="depot-bench-cg-")
     try:
         schema = bench.FIXTURE_SCHEMA if not bench.SHARED_SCHEMA.exists() else bench.SHARED_SCHEMA
-        _, service, app = bench.start_depot(data_dir, schema)
+        _, depot = bench.start_depot(data_dir, schema)
+        app = depot.app
         app.add_url_rule("/v1/<namespace>/<name>/latest" + bench.HAND_SUFFIX, "bench_handwritten",
-                         bench.make_handwritten_view(service), methods=["GET"])
+                         bench.make_handwritten_view(depot.service), methods=["GET"])
         packages = [("team-a", "pkg-%03d" % i) for i in range(5)]
-        bench.publish(app, bench.bench_token(service, "writer", ["read", "write"])[0], packages, bench.VERSIONS[:5])
-        token = bench.bench_token(service, "reader", ["read"])[0]
+        bench.publish(app, depot.token(["read", "write"], "writer"), packages, bench.VERSIONS[:5])
+        token = depot.token(["read"], "reader")
         suffix = bench.HAND_SUFFIX if variant == "handwritten" else ""
         environs = [bench.prepare(path + suffix, "Bearer " + token) for path in bench.request_paths(packages)]
         for _ in range(20):
@@ -42,7 +43,7 @@ def child(variant, requests):
         for _ in range(batches):
             bench.run_batch(app, environs)
         bench.run_batch(app, environs[:rest])
-        service.close()
+        depot.close()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 

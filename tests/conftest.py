@@ -1,5 +1,4 @@
 """Shared fixtures: real stores in temporary directories, real HTTP through the Flask app."""
-import copy
 import json
 import os
 import socket
@@ -10,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import DepotError
-from app.http import create_app
-from app.service import Service
+from app.testing import LocalDepot
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -54,30 +51,8 @@ def _admin_password(monkeypatch):
     monkeypatch.delenv("DEPOT_DATABASE_URL", raising=False)
 
 
-class Depot:
-    """A running Depot over a temporary data dir: its service, a Flask test client and token helpers."""
-
-    def __init__(self, data_dir, schema):
-        self.data_dir = data_dir
-        self.schema = schema
-        self.service = Service(data_dir, schema=copy.deepcopy(schema), announce=lambda *_: None)
-        self.app = create_app(self.service)
-        self.client = self.app.test_client()
-
-    def ensure_user(self, sub, scopes):
-        """A user ``sub`` holding at least ``scopes`` (tokens are checked against their user's state)."""
-        identity = self.service.identity
-        try:
-            held = set(identity.get_user(sub)["scopes"])
-        except DepotError:
-            identity.create_user(sub, "password-of-" + sub, sorted(scopes))
-            return
-        if not set(scopes) <= held:
-            identity.update_user(sub, scopes=sorted(held | set(scopes)))
-
-    def token(self, scopes=("read", "write"), sub="tester"):
-        self.ensure_user(sub, scopes)
-        return self.service.identity.issue(sub, scopes)[0]
+class Depot(LocalDepot):
+    """A running Depot over a temporary data dir (app.testing.LocalDepot) with the tests' request helpers."""
 
     def headers(self, scopes=("read", "write"), **extra):
         return dict({"Authorization": "Bearer " + self.token(scopes)}, **extra)
@@ -95,14 +70,6 @@ class Depot:
         """Files in the blob store's .tmp dir and the data dir's tmp dir."""
         dirs = (os.path.join(self.data_dir, "data", "blobs", ".tmp"), os.path.join(self.data_dir, "tmp"))
         return [os.path.join(d, f) for d in dirs if os.path.isdir(d) for f in os.listdir(d)]
-
-    def restart(self):
-        self.close()
-        self.__init__(self.data_dir, self.schema)
-        return self
-
-    def close(self):
-        self.service.close()
 
 
 def join_all(threads, errors, what="a thread"):
