@@ -26,8 +26,11 @@ def load_predicate(name):
     return register
 
 
-def runtime_predicate(name):
+def runtime_predicate(name, enforces):
+    """A runtime check's static predicate; ``enforces`` names the engine flag that an on_fail of abort_request
+    turns on, so the engine also refuses violating requests as they run."""
     def register(fn):
+        fn.enforces = enforces
         RUNTIME_PREDICATES[name] = fn
         return fn
     return register
@@ -82,9 +85,8 @@ def _run_check(c, check, where, registry, severities, pipelines):
             c.report.error(place(where, "require", name), "unknown predicate %r; expected one of: %s"
                            % (name, ", ".join(sorted(registry))))
             continue
-        result = predicate(c, arg, pipelines)
-        problems, flag = (result if isinstance(result, tuple) else (result, flag))
-        for problem_place, message in problems:
+        flag = getattr(predicate, "enforces", flag)
+        for problem_place, message in predicate(c, arg, pipelines):
             c.report.add(severity, problem_place or place(where, "require", name), message, check["id"])
     return flag
 
@@ -196,7 +198,7 @@ def _raw_steps(doc):
 
 # --- runtime predicates, decided statically where they can be ---------------------------------------------
 
-@runtime_predicate("all_blob_puts_followed_by")
+@runtime_predicate("all_blob_puts_followed_by", enforces="digest_verify")
 def _blob_puts_verified(c, arg, pipelines):
     """an op name: every blob.put is followed by that op (blob.verify_digest) on its digest; at run time a
     transaction holding an unverified blob is refused at commit (`500 RUNTIME_CHECK_FAILED`, nothing stored)."""
@@ -210,14 +212,14 @@ def _blob_puts_verified(c, arg, pipelines):
             if not followed:
                 problems.append((step.place, "blob.put is not followed by %s of %s; on_fail aborts every request "
                                  "that reaches this step" % (arg, out)))
-    return problems, "digest_verify"
+    return problems
 
 
 def _sources(step):
     return {ref.source for node in vars(step.args).values() for ref in getattr(node, "refs", ())}
 
 
-@runtime_predicate("all_kv_or_index_writes_inside_txn")
+@runtime_predicate("all_kv_or_index_writes_inside_txn", enforces="txn_for_writes")
 def _writes_in_txn(c, arg, pipelines):
     """true: KV and index writes happen between txn.begin and txn.commit; at run time a write outside one
     is refused (`500 RUNTIME_CHECK_FAILED`)."""
@@ -228,7 +230,7 @@ def _writes_in_txn(c, arg, pipelines):
             in_txn = _txn_state(step.op, in_txn)
             if step.decl.writes and not in_txn:
                 problems.append((step.place, "%s writes outside a transaction" % step.op))
-    return problems, "txn_for_writes"
+    return problems
 
 
 def _txn_state(op, in_txn):
