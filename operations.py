@@ -629,10 +629,13 @@ def time_now_iso8601(ctx, a):
     ctx.vars[a.out] = _now()
 
 
-@op("string.format", "Render a string template into a variable.",
+@op("string.format", "Render a string template into a variable (always a string: an absent optional reference "
+    "renders as nothing, a non-string value as its JSON).",
     args={"template": Template("the string to render", shape="string"),
           "out": Output("variable receiving the string")},
     example={"template": "{namespace}/{name}@{version}", "out": "coordinates"})
 def string_format(ctx, a):
     value = a.template.render(ctx)
+    if value is None:  # the template is one optional reference, absent: its segment disappears
+        value = ""
     ctx.vars[a.out] = value if isinstance(value, str) else json.dumps(value)

@@ -438,6 +438,23 @@ def test_respond_redirect_error_json_time_and_string_format(make_depot, project_
     assert teapot.get_json() == {"error": {"code": "TEAPOT", "message": "short and stout", "field": "spout"}}
 
 
+def test_string_format_always_gives_a_string(make_depot, project_schema):
+    schema = with_routes(project_schema, route(
+        "fmt", "GET", "/fmt", step("parse.query", fields={"note": {"type": "string"}, "n": {"type": "integer"}}),
+        step("string.format", template="{note?}", out="note"), step("string.format", template="{n?}", out="n"),
+        step("respond.json", body={"note": "$note", "n": "$n"})))
+    client = make_depot(schema).client
+    assert client.get("/fmt").get_json() == {"note": "", "n": ""}  # absent optional: nothing, never "null"
+    assert client.get("/fmt?note=hi&n=7").get_json() == {"note": "hi", "n": "7"}
+
+
+def test_publishing_without_a_description_stores_an_empty_one(make_depot, project_schema):
+    depot = make_depot(project_schema)
+    assert depot.publish("a", "b", "1.0.0", "x", b"bytes").status_code == 201
+    meta = depot.client.get("/v1/a/b/1.0.0/x", headers=depot.headers()).get_json()
+    assert meta["description"] == "" and meta["labels"] == {}
+
+
 # --- limits -------------------------------------------------------------------------------------------------
 
 def test_io_limit_is_enforced(make_depot, reference_schema):
