@@ -1,4 +1,4 @@
-"""python -m app: serve, check, validate, add, routes add, gc, db, docs."""
+"""python -m app: serve, check, validate, add, routes add, gc, replicate, db, docs."""
 import argparse
 import json
 import sys
@@ -40,6 +40,19 @@ def build_parser():
     gc.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
     gc.add_argument("--grace-seconds", type=int, help="override gc.sweep.sweep_unreferenced_after_seconds")
     gc.set_defaults(handler=cmd_gc)
+
+    replicate = commands.add_parser(
+        "replicate", help="copy what a primary has published to a replica (both running), blobs before events",
+        description="Feed a replica from a primary through their /admin/replication APIs: blob bytes first, then "
+        "the events, each applied once through the replica's apply pipelines. Tokens (admin scope) come from "
+        "--source-token/--target-token or the environment: DEPOT_SOURCE_TOKEN, DEPOT_TARGET_TOKEN.")
+    replicate.add_argument("--source", required=True, help="the primary's base URL")
+    replicate.add_argument("--target", required=True, help="the replica's base URL")
+    replicate.add_argument("--source-token", help="admin token on the primary (default: $DEPOT_SOURCE_TOKEN)")
+    replicate.add_argument("--target-token", help="admin token on the replica (default: $DEPOT_TARGET_TOKEN)")
+    replicate.add_argument("--follow", action="store_true", help="keep polling for new events until interrupted")
+    replicate.add_argument("--interval", type=float, default=2.0, help="seconds between polls with --follow (2)")
+    replicate.set_defaults(handler=cmd_replicate)
 
     db = commands.add_parser("db", help="database migrations (Alembic)")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
@@ -189,6 +202,30 @@ def cmd_gc(args):
     finally:
         service.close()
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_replicate(args):
+    import os
+
+    from app import replication
+    tokens = {"source": args.source_token or os.environ.get("DEPOT_SOURCE_TOKEN"),
+              "target": args.target_token or os.environ.get("DEPOT_TARGET_TOKEN")}
+    missing = [name for name, token in tokens.items() if not token]
+    if missing:
+        print("no token for the %s: pass --%s-token or set DEPOT_%s_TOKEN" % (missing[0], missing[0],
+                                                                            missing[0].upper()), file=sys.stderr)
+        return 2
+    source = replication.Endpoint(args.source, tokens["source"])
+    target = replication.Endpoint(args.target, tokens["target"])
+    try:
+        total = replication.pump(source, target, follow=args.follow, interval=args.interval)
+    except (replication.PumpError, OSError) as exc:
+        print("replication stopped: %s" % exc, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    print("replica up to date: %d event(s) applied" % total)
     return 0
 
 

@@ -337,7 +337,11 @@ class Compiler:
         if "store" in log and store not in self.definitions["kv_store"]:
             self.report.error("replication.log.store", "unknown kv store %r" % store)
         prefix = kv_key(store, log.get("key_prefix", DEFAULT_LOG[1]))
-        return EventLog(prefix, log.get("max_event_bytes", DEFAULT_LOG[2]))
+        shipping = self.doc.get("replication", {}).get("shipping", {})
+        batch, dedupe = shipping.get("batch", {}), shipping.get("dedupe", {})
+        return EventLog(prefix, log.get("max_event_bytes", DEFAULT_LOG[2]), batch.get("max_events", 1000),
+                        batch.get("max_bytes", 10 * 1024 * 1024),
+                        dedupe.get("key", "event_id") if dedupe.get("enabled", True) else None)
 
     def _auth(self):
         """auth.login (password and token settings, login rate limits), auth.anonymous, auth.policies."""
@@ -433,7 +437,11 @@ class Compiler:
             else:
                 by_pipeline.setdefault(pipeline_name, []).append(event_name)
         for name, steps in replication.get("apply_pipelines", {}).items():
-            event_types = [self.definitions["event_type"][e] for e in by_pipeline.get(name, [])]
+            if name not in by_pipeline:  # its fields would come from the event types it applies: there are none
+                self.report.warning(place("replication.apply_pipelines", name), "no event type is applied with "
+                                    "this pipeline (replication.replay.apply_pipelines); it is not compiled")
+                continue
+            event_types = [self.definitions["event_type"][e] for e in by_pipeline[name]]
             scope = Scope(self, event_types=event_types)
             pipeline = self._pipeline(name, steps, place("replication.apply_pipelines", name), scope)
             for event_type in event_types:

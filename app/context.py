@@ -42,7 +42,7 @@ _UNKNOWN = object()
 
 class ExecutionContext:
     __slots__ = ("engine", "request", "fields", "vars", "event", "txn", "response", "io_ops", "exempt_ns",
-                 "exempt_wall_ns", "unverified_blobs", "cleanups", "_authenticate", "_principal")
+                 "exempt_wall_ns", "unverified_blobs", "cleanups", "replay_writes", "_authenticate", "_principal")
 
     def __init__(self, engine, request, event=None, authenticate=None):
         self.engine = engine
@@ -55,6 +55,7 @@ class ExecutionContext:
         self.io_ops = self.exempt_ns = self.exempt_wall_ns = 0
         self.unverified_blobs = {}
         self.cleanups = []
+        self.replay_writes = None  # replication's bookkeeping, written with a replayed event's first commit
         self._authenticate = authenticate
         self._principal = None if authenticate is None else _UNKNOWN
 

@@ -235,6 +235,12 @@ class Limits:
 
 
 class EventLog:
-    def __init__(self, prefix, max_event_bytes):
+    """Where events are appended, and how a replica is fed from them (replication.log and .shipping)."""
+
+    def __init__(self, prefix, max_event_bytes, batch_events=1000, batch_bytes=10 * 1024 * 1024,
+                 dedupe_key="event_id"):
         self.prefix = prefix
         self.max_event_bytes = max_event_bytes
+        self.batch_events = batch_events  # a shipped batch holds at most this many events
+        self.batch_bytes = batch_bytes  # ... and at most this many bytes of them (one event always fits)
+        self.dedupe_key = dedupe_key  # the event field a replica applies each event once by; None: no dedupe

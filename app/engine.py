@@ -119,18 +119,26 @@ class Engine:
                 txn.abort()
                 raise DepotError("RUNTIME_CHECK_FAILED", 500, "a blob was stored without blob.verify_digest "
                                  "(all_blob_puts_followed_by); nothing was recorded")
+        if ctx.replay_writes:
+            for key, value in ctx.replay_writes:
+                txn.kv_put(key, value)
+            ctx.replay_writes = None
         txn.commit()
 
-    def apply_event(self, record):
-        """Replay one event through its apply pipeline (replication)."""
+    def apply_event(self, record, bookkeeping=()):
+        """Replay one event through its apply pipeline (replication). ``bookkeeping``, (raw key, value) pairs,
+        is written in the same write batch as the pipeline's first commit, or alone if it commits nothing."""
         pipeline = self.compiled.apply_pipelines.get(record["type"])
         if pipeline is None:
             raise DepotError("NO_APPLY_PIPELINE", 400, "no apply pipeline for event type %r" % record["type"])
         from app.context import RequestData
         ctx = ExecutionContext(self, RequestData(), event=record)
         ctx.fields.update(record.get("payload") or {})
+        ctx.replay_writes = list(bookkeeping)
         try:
             pipeline.run(ctx, self.limits.max_cpu_ns)
+            if ctx.replay_writes:
+                self.state.write(ctx.replay_writes)
         finally:
             ctx.close()
 

@@ -9,10 +9,12 @@ import json
 
 from flask import Blueprint, g, request
 
+from app import replication
 from app.auth import holds
+from app.context import ResponseSpec
 from app.definitions import MAX_PAGE_SIZE
 from app.errors import DepotError, bad_request, not_found, too_large
-from app.http import json_response
+from app.http import LimitedBody, json_response, write_response
 from app.schema_store import version_view
 
 MAX_BODY = 10 * 1024 * 1024
@@ -46,6 +48,20 @@ def page_args():
     if page < 1 or not 1 <= size <= MAX_PAGE_SIZE:
         raise bad_request("INVALID_QUERY", "page starts at 1; page_size is 1 to %d" % MAX_PAGE_SIZE)
     return page, size, (page - 1) * size
+
+
+def int_arg(name, default, minimum):
+    """?name= as an integer of at least ``minimum``; ``default`` when absent."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise bad_request("INVALID_QUERY", "%s is an integer of at least %d" % (name, minimum), name)
+    return value
 
 
 def paginated(items, total, page, size):
@@ -293,6 +309,45 @@ def create_blueprint(service):
             raise bad_request("INVALID_REQUEST", "grace_seconds is a non-negative integer", "grace_seconds")
         result = gc.collect(service.engine, dry_run=bool(body.get("dry_run")), grace_seconds=grace)
         return json_response(result), "%d blob(s)" % len(result["removed"])
+
+    # --- /admin/replication (app/replication.py) --------------------------------------------------------
+
+    @bp.get("/admin/replication/status")
+    @admin_action("admin.replication.status")
+    def replication_status():
+        engine = service.engine
+        return json_response({"cursor": replication.cursor(engine), "dedupe_key": engine.event_log.dedupe_key,
+                              "apply_pipelines": sorted(engine.compiled.apply_pipelines)}), None
+
+    @bp.get("/admin/replication/events")
+    @admin_action("admin.replication.events")
+    def replication_events():
+        after, limit = int_arg("after", 0, 0), int_arg("limit", None, 1)
+        return json_response(replication.ship(service.engine, after, limit)), None
+
+    @bp.get("/admin/replication/blobs/<digest>")
+    @admin_action("admin.replication.blob")
+    def replication_send_blob(digest):
+        replication.check_digest(digest, "digest")
+        blob = replication.find_blob(service.engine, digest)
+        headers = {"Content-Type": "application/octet-stream", "X-Depot-Blob-Store": blob.store}
+        return write_response(ResponseSpec(200, headers, blob=blob)), None
+
+    @bp.put("/admin/replication/blobs/<digest>")
+    @admin_action("admin.replication.blob")
+    def replication_receive_blob(digest):
+        engine = service.engine
+        body = LimitedBody(request.stream, engine.limits.max_request_body_bytes)
+        blob = replication.receive_blob(engine, request.args.get("store", ""), digest, body)
+        return json_response({"digest": blob.digest, "size": blob.size, "store": blob.store}, 201), digest
+
+    @bp.post("/admin/replication/apply")
+    @admin_action("admin.replication.apply")
+    def replication_apply():
+        # a batch as the primary ships it, re-encoded by the client: allow for looser JSON spacing
+        body = json_body(2 * service.engine.event_log.batch_bytes + 65536)
+        result = replication.apply_batch(service.engine, body.get("events"))
+        return json_response(result), "cursor %d" % result["cursor"]
 
     # --- /admin/audit ---------------------------------------------------------------------------------
 

@@ -117,7 +117,13 @@ METASCHEMA = {
             "properties": {"name": {"type": "string"}, "durable": {"type": "boolean"},
                            "schema": {"type": "object"}}}}}},
         "replication": {"type": "object", "properties": {
-            "apply_pipelines": {"type": "object", "additionalProperties": _PIPELINE}}},
+            "apply_pipelines": {"type": "object", "additionalProperties": _PIPELINE},
+            "shipping": {"type": "object", "properties": {
+                "dedupe": {"type": "object", "properties": {
+                    "enabled": {"type": "boolean"}, "key": {"type": "string", "minLength": 1}}},
+                "batch": {"type": "object", "properties": {
+                    "max_events": {"type": "integer", "minimum": 1},
+                    "max_bytes": {"type": "integer", "minimum": 1}}}}}}},
         "gc": {"type": "object"},
         "invariants": {"type": "object"},
         "features": {"type": "object", "additionalProperties": {"type": "boolean"}},

@@ -6,6 +6,7 @@ atomic write batch. Key spaces (first byte):
     i  index entries     i<index>\\0<key name>\\0<encoded key fields><encoded sort fields><encoded row id>
     r  index row map     r<index>\\0<row id>  -> the entry keys a row currently occupies
     c  cache entries     c<kind>\\0<key>
+    x  replication       xcursor (last primary event applied), xapplied\\0<event id> (see app/replication.py)
 """
 import json
 import os

@@ -1,0 +1,219 @@
+"""Replication by event sourcing, as the schema's `replication` section declares it.
+
+A primary ships its event log in batches (`ship`). A replica applies each event through the apply pipeline
+its type names (`apply_batch`), once: the event's dedupe key (`shipping.dedupe.key`, `event_id`) and the
+replica's cursor (the last primary sequence number it has taken) are written in the same write batch as the
+apply pipeline's own writes, so a crash or a re-delivered batch never applies an event twice or skips one.
+Blob bytes travel on their own, before the events that name them: an event naming a digest the replica does
+not hold is refused, so no document on a replica points at missing bytes. `pump` feeds a replica from a
+primary over HTTP (`python -m app replicate`).
+
+Nothing here knows Flask: app/management.py serves these under /admin/replication.
+"""
+import json
+import re
+import threading
+import time
+
+from app.errors import DepotError, bad_request, not_found
+from app.stores.state import SEQ_WIDTH
+
+_BOOKKEEPING = b"x"  # the state store's key space for replication (see app/stores/state.py)
+CURSOR_KEY = _BOOKKEEPING + b"cursor"
+_APPLIED_HEAD = _BOOKKEEPING + b"applied\x00"
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_APPLY_LOCK = threading.Lock()  # one stream of events at a time: dedupe checks and cursor moves never interleave
+
+
+# --- the primary: shipping ----------------------------------------------------------------------------------
+
+def ship(engine, after, limit=None):
+    """Events with a sequence number above ``after``, in order, at most ``limit`` (and the schema's batch
+    bounds) of them. -> {"events", "next_after", "more"}: ask again with next_after while more is true."""
+    log = engine.event_log
+    limit = min(limit or log.batch_events, log.batch_events)
+    events, size, more = [], 0, False
+    for _, raw in engine.state.scan(log.prefix, start=log.prefix + b"%0*d" % (SEQ_WIDTH, after)):
+        if events and (len(events) >= limit or size + len(raw) > log.batch_bytes):
+            more = True
+            break
+        events.append(json.loads(raw))
+        size += len(raw)
+    return {"events": events, "next_after": events[-1]["seq"] if events else after, "more": more}
+
+
+def find_blob(engine, digest):
+    """The blob with ``digest`` in any of the engine's stores, or 404."""
+    for store in engine.blob_stores.values():
+        blob = store.locate(digest)
+        if blob is not None:
+            return blob
+    raise not_found("no blob %s in any store" % digest, "BLOB_NOT_FOUND")
+
+
+# --- the replica: replay -------------------------------------------------------------------------------------
+
+def cursor(engine):
+    raw = engine.state.get(CURSOR_KEY)
+    return int(raw) if raw else 0
+
+
+def receive_blob(engine, store_name, digest, stream):
+    """Store the bytes of ``digest`` read from ``stream`` into blob store ``store_name``; the bytes must hash to
+    ``digest`` (400 DIGEST_MISMATCH, nothing kept). -> the stored BlobRef."""
+    check_digest(digest, "digest")
+    store = engine.blob_stores.get(store_name)
+    if store is None:
+        raise bad_request("UNKNOWN_BLOB_STORE", "no blob store %r here; expected one of: %s"
+                          % (store_name, ", ".join(sorted(engine.blob_stores))), "store")
+    staged = store.stage(stream)
+    if staged.digest != digest:
+        store.discard(staged)
+        raise DepotError("DIGEST_MISMATCH", 400, "the bytes hash to %s, not %s" % (staged.digest, digest), "digest")
+    with engine.state.commit_lock:  # garbage collection checks and removes files under this lock
+        store.promote(staged)
+    return staged
+
+
+def apply_batch(engine, events):
+    """Apply shipped ``events`` in order. An event already applied (its dedupe key seen) or at or below the
+    cursor is skipped; an event type with no apply pipeline moves the cursor and nothing else. The first event
+    that fails stops the batch: those before it stay applied, the error names it.
+    -> {"applied", "skipped", "without_pipeline", "cursor"}"""
+    if not isinstance(events, list):
+        raise bad_request("INVALID_BATCH", "events is a list of events", "events")
+    result = {"applied": 0, "skipped": 0, "without_pipeline": 0}
+    with _APPLY_LOCK:
+        position = cursor(engine)
+        for i, event in enumerate(events):
+            seq, applied_key = _check_event(engine, event, "events[%d]" % i)
+            if seq <= position or (applied_key is not None and engine.state.get(applied_key) is not None):
+                result["skipped"] += 1
+                continue
+            bookkeeping = [(CURSOR_KEY, b"%d" % seq)] + ([(applied_key, b"1")] if applied_key else [])
+            if event["type"] in engine.compiled.apply_pipelines:
+                _require_blobs(engine, event["payload"], "events[%d].payload" % i)
+                _apply_one(engine, event, bookkeeping, i)
+                result["applied"] += 1
+            else:
+                engine.state.write(bookkeeping)
+                result["without_pipeline"] += 1
+            position = seq
+    result["cursor"] = position
+    return result
+
+
+def _check_event(engine, event, where):
+    """-> (the event's sequence number, its dedupe marker key or None); 400 naming the field if malformed."""
+    if not isinstance(event, dict):
+        raise bad_request("INVALID_EVENT", "an event is an object", where)
+    seq, payload = event.get("seq"), event.get("payload")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise bad_request("INVALID_EVENT", "seq is a positive integer", where + ".seq")
+    if not isinstance(event.get("type"), str):
+        raise bad_request("INVALID_EVENT", "type is a string", where + ".type")
+    if not isinstance(payload, dict):
+        raise bad_request("INVALID_EVENT", "payload is an object", where + ".payload")
+    key = engine.event_log.dedupe_key
+    if key is None:
+        return seq, None
+    value = event.get(key)
+    if not isinstance(value, str) or not value:
+        raise bad_request("INVALID_EVENT", "%s (replication.shipping.dedupe.key) is a non-empty string" % key,
+                          where + "." + key)
+    return seq, _APPLIED_HEAD + value.encode("utf-8")
+
+
+def _require_blobs(engine, payload, where):
+    for field, value in payload.items():
+        if isinstance(value, str) and _DIGEST.match(value) and \
+                not any(store.locate(value) for store in engine.blob_stores.values()):
+            raise DepotError("BLOB_MISSING", 409, "blob %s is not here yet: send its bytes before the event "
+                             "naming it" % value, where + "." + field)
+
+
+def _apply_one(engine, event, bookkeeping, index):
+    try:
+        engine.apply_event(event, bookkeeping)
+    except DepotError as error:
+        raise DepotError(error.code, error.status, "event %d (seq %d, %s) was not applied: %s"
+                         % (index, event["seq"], event["type"], error.message), "events[%d]" % index) from None
+
+
+def check_digest(digest, field):
+    if not isinstance(digest, str) or not _DIGEST.match(digest):
+        raise bad_request("INVALID_DIGEST", "a digest is sha256:<64 lower-case hex digits>", field)
+
+
+# --- the pump: primary -> replica over HTTP -------------------------------------------------------------------
+
+class Endpoint:
+    """A Depot server's /admin/replication API, with an admin bearer token."""
+
+    def __init__(self, base_url, token, timeout=60):
+        import requests
+        self.base_url = base_url.rstrip("/")
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = "Bearer " + token
+        self.timeout = timeout
+
+    def call(self, method, path, expect=(200,), **kwargs):
+        response = self.session.request(method, self.base_url + "/admin/replication" + path, timeout=self.timeout,
+                                        **kwargs)
+        if response.status_code not in expect:
+            try:
+                error = response.json()["error"]
+                detail = "%s: %s" % (error["code"], error["message"])
+            except (ValueError, KeyError, TypeError):
+                detail = response.text[:200]
+            response.close()
+            raise PumpError("%s %s answered %d (%s)" % (method, self.base_url + path, response.status_code, detail))
+        return response
+
+
+class PumpError(RuntimeError):
+    pass
+
+
+def pump(source, target, follow=False, interval=2.0, report=print, stop=None):
+    """Copy what ``source`` (an Endpoint on the primary) has shipped since ``target``'s cursor: blob bytes
+    first, then the events. Returns the number of events the target applied. With ``follow``, keeps polling
+    every ``interval`` seconds until ``stop`` (a threading.Event) is set."""
+    total = 0
+    after = target.call("GET", "/status").json()["cursor"]
+    while True:
+        batch = source.call("GET", "/events", params={"after": after}).json()
+        if batch["events"]:
+            for digest in _digests(batch["events"]):
+                _copy_blob(source, target, digest)
+            result = target.call("POST", "/apply", json={"events": batch["events"]}).json()
+            total += result["applied"]
+            after = result["cursor"]
+            report("applied %d event(s), skipped %d, cursor now %d" % (result["applied"], result["skipped"], after))
+        if batch["more"]:
+            continue
+        if not follow or (stop is not None and stop.is_set()):
+            return total
+        if stop is not None:
+            stop.wait(interval)
+        else:
+            time.sleep(interval)
+
+
+def _digests(events):
+    seen = []
+    for event in events:
+        for value in (event.get("payload") or {}).values():
+            if isinstance(value, str) and _DIGEST.match(value) and value not in seen:
+                seen.append(value)
+    return seen
+
+
+def _copy_blob(source, target, digest):
+    if target.call("HEAD", "/blobs/" + digest, expect=(200, 404)).status_code == 200:
+        return
+    with source.call("GET", "/blobs/" + digest, stream=True) as download:
+        store = download.headers.get("X-Depot-Blob-Store", "")
+        target.call("PUT", "/blobs/" + digest, expect=(201,), params={"store": store},
+                    data=download.iter_content(1024 * 1024))
+
