@@ -2,6 +2,7 @@
 import json
 import os
 
+import operations  # noqa: F401  (registers the vocabulary the reference documents)
 from app import checks
 from app.conditions import KEYWORDS
 from app.definitions import NORMALIZERS

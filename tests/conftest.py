@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import operations  # noqa: F401  (the op vocabulary registers itself when imported)
 from app.testing import LocalDepot
 
 ROOT = Path(__file__).resolve().parent.parent
