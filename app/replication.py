@@ -33,6 +33,8 @@ def ship(engine, after, limit=None):
     log = engine.event_log
     limit = min(limit or log.batch_events, log.batch_events)
     events, size, more = [], 0, False
+    if after >= 10 ** SEQ_WIDTH:  # beyond any sequence number (and its key would sort among theirs)
+        return {"events": events, "next_after": after, "more": more}
     for _, raw in engine.state.scan(log.prefix, start=log.prefix + b"%0*d" % (SEQ_WIDTH, after)):
         if events and (len(events) >= limit or size + len(raw) > log.batch_bytes):
             more = True

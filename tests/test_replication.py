@@ -4,14 +4,16 @@ them, and the replica ends up answering every read exactly as the primary does."
 import copy
 import hashlib
 import os
+import queue
 import subprocess
 import sys
+import threading
 
 import pytest
 import requests
 
 from app import replication
-from tests.conftest import ADMIN_PASSWORD, ROOT, ServerProcess
+from tests.conftest import ADMIN_PASSWORD, ROOT, ServerProcess, join_all
 
 # every read a user can make of what the scenario below publishes
 READS = ["/v1/namespaces", "/v1/acme", "/v1/acme/tool", "/v1/acme/tool/versions", "/v1/acme/tool/latest",
@@ -96,6 +98,7 @@ def test_the_log_ships_in_order_from_after(pair):
     rest = shipped(primary, after=5)
     assert [e["seq"] for e in rest["events"]] == [6, 7, 8]
     assert shipped(primary, after=8) == {"events": [], "next_after": 8, "more": False}
+    assert shipped(primary, after=10 ** 25)["events"] == []
 
 
 def test_batches_are_bounded_by_count_and_bytes(make_depot, project_schema):
@@ -287,6 +290,27 @@ def test_replicate_command_copies_a_running_primary_into_a_running_replica(tmp_p
                 return response.status_code, response.json() if is_json else response.content
             return read
         assert_same_reads(reader(primary, tokens["DEPOT_SOURCE_TOKEN"]), reader(replica, tokens["DEPOT_TARGET_TOKEN"]))
+
+        # following: what the primary publishes next reaches the replica without another run
+        source = replication.Endpoint(primary.url, tokens["DEPOT_SOURCE_TOKEN"])
+        target = replication.Endpoint(replica.url, tokens["DEPOT_TARGET_TOKEN"])
+        lines, stop, errors = queue.Queue(), threading.Event(), []
+
+        def follow():
+            try:
+                replication.pump(source, target, follow=True, interval=0.05, report=lines.put, stop=stop)
+            except Exception as exc:  # handed to the test thread by join_all
+                errors.append(exc)
+        follower = threading.Thread(target=follow)
+        follower.start()
+        try:
+            assert write("PUT", "/v1/acme/tool/2.0.0/linux/blob", data=b"four") == 201
+            assert lines.get(timeout=60) == "applied 1 event(s), skipped 0, cursor now 9"
+        finally:
+            stop.set()
+            join_all([follower], errors, "the follower")
+        latest = reader(replica, tokens["DEPOT_TARGET_TOKEN"])("/v1/acme/tool/latest")
+        assert latest[0] == 200 and latest[1]["version"] == "2.0.0"
     finally:
         primary.stop()
         replica.stop()
