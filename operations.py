@@ -295,6 +295,7 @@ def blob_get(ctx, a):
           "out_size": Output("variable receiving the size in bytes", required=False)},
     errors=["413 BLOB_TOO_LARGE", "413 PAYLOAD_TOO_LARGE", "400 BLOB_TOO_SMALL"],
     example={"store": "primary", "from": "request.body", "out": "digest", "out_size": "blob_size"}, io=True,
+    mutates=True,
     openapi=lambda o, a: o.binary_body() if getattr(a, "from") == Source.REQUEST_BODY else None)
 def blob_put(ctx, a):
     store = ctx.engine.blob_store(a.store.name)
@@ -553,7 +554,7 @@ def proxy_fetch(ctx, a):
     args={"type": RefTo("event_type", "the event type (its schema validates the payload)"),
           "payload": Template("the payload", shape="object")},
     errors=["400 EVENT_INVALID", "413 EVENT_TOO_LARGE"],
-    example={"type": "artifact.published", "payload": {"namespace": "{namespace}"}}, io=True)
+    example={"type": "artifact.published", "payload": {"namespace": "{namespace}"}}, io=True, mutates=True)
 def emit_event(ctx, a):
     payload = a.payload.render(ctx)
     a.type.check(payload, "EVENT_INVALID", 400)

@@ -23,6 +23,9 @@ def build_parser():
     serve.add_argument("--schema", default=DEFAULT_SCHEMA, help="schema to serve (default: the project's "
                        "schema.json)")
     serve.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
+    serve.add_argument("--read-only", action="store_true", help="serve as a read-only replica: route steps that "
+                       "change the repository answer 403 READ_ONLY; replication (python -m app replicate) still "
+                       "applies the primary's events")
     serve.set_defaults(handler=cmd_serve)
 
     check = commands.add_parser("check", help="check a schema and print the report (exit 0: servable, 1: not)")
@@ -292,9 +295,10 @@ def cmd_serve(args):
 
         def load(self):
             from app import create_app
-            return create_app(args.data_dir, schema=doc)
+            return create_app(args.data_dir, schema=doc, read_only=args.read_only)
 
-    print("Depot serving %s on http://%s:%d (data dir %s)" % (args.schema, args.host, args.port, args.data_dir),
+    print("Depot serving %s on http://%s:%d (data dir %s%s)" % (args.schema, args.host, args.port, args.data_dir,
+                                                                 ", read-only replica" if args.read_only else ""),
           flush=True)
     DepotServer().run()
     return 0

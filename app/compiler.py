@@ -55,8 +55,8 @@ class Pipeline:
 
     def _set_plan(self, steps):
         """``plan``: what the runner needs per step, flattened once: (op function, bound args, condition, io,
-        ends). ``run(ctx, cpu_budget_ns)``: the plan as one generated function (see generate_runner)."""
-        self.plan = tuple((s.fn, s.args, s.when, s.io, s.op.startswith("respond.")) for s in steps)
+        ends, mutates). ``run(ctx, cpu_budget_ns)``: the plan as one generated function (see generate_runner)."""
+        self.plan = tuple((s.fn, s.args, s.when, s.io, s.op.startswith("respond."), s.decl.mutates) for s in steps)
         self.run = generate_runner(self.plan)
 
     def skip_satisfied_scope_checks(self, policy_scopes):
@@ -70,14 +70,16 @@ class Pipeline:
 def generate_runner(plan):
     """The plan as straight-line code: each step a direct call of its op function with its bound arguments,
     under its `when` if it has one, returning after a respond step; before each step that does I/O, the CPU
-    budget check. Any error aborts the open transaction and propagates."""
+    budget check; before each step that changes the repository, the read-only replica check (replayed events,
+    which carry ctx.event, are how a replica changes). Any error aborts the open transaction and propagates."""
     builder = FunctionBuilder("run_pipeline", "ctx, budget")
     wall, cpu = builder.bind(time.perf_counter_ns, "wall"), builder.bind(time.thread_time_ns, "cpu")
     over_budget = builder.bind(_over_budget, "over_budget")
+    read_only = builder.bind(_read_only, "read_only")
     builder.line("started_cpu, started_wall = %s(), %s()" % (cpu, wall))
     builder.line("try:")
     builder.depth += 1
-    for fn, args, when, io, ends in plan:
+    for fn, args, when, io, ends, mutates in plan:
         if io:  # CPU time never exceeds wall time over the same interval, so the cheap wall clock decides
             # whether the thread CPU clock (a system call) needs reading at all
             builder.line("if %s() - started_wall - ctx.exempt_wall_ns > budget and %s() - started_cpu - "
@@ -87,6 +89,9 @@ def generate_runner(plan):
         if when is not None:
             builder.line("if %s(ctx):" % builder.bind(when, "when"))
             deeper = 1
+        if mutates:
+            builder.line("if ctx.engine.read_only and ctx.event is None:", deeper)
+            builder.line("%s()" % read_only, deeper + 1)
         builder.line("%s(ctx, %s)" % (builder.bind(fn, "step"), builder.bind(args, "args")), deeper)
         if ends:  # only respond.* steps set a response
             builder.line("return", deeper)
@@ -96,6 +101,10 @@ def generate_runner(plan):
     builder.line("ctx.abort_txn()", 1)
     builder.line("raise", 1)
     return builder.build()
+
+
+def _read_only():
+    raise DepotError("READ_ONLY", 403, "this server is a read-only replica: send changes to its primary")
 
 
 def _over_budget(budget):

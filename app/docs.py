@@ -42,6 +42,8 @@ def _op(decl):
         facts.append("needs an open transaction")
     if decl.writes:
         facts.append("writes (buffered in the open transaction, or its own one-step transaction)")
+    if decl.mutates:
+        facts.append("changes the repository (a read-only replica refuses it)")
     if facts:
         lines += ["*" + "; ".join(facts) + ".*", ""]
     if decl.args:

@@ -57,9 +57,10 @@ def resolve_blob_root(data_dir, root):
 
 
 class Engine:
-    def __init__(self, compiled, stores):
+    def __init__(self, compiled, stores, read_only=False):
         self.compiled = compiled
         self.stores = stores
+        self.read_only = read_only  # a replica: route steps that change the repository are refused
         self.state = stores.state
         self.limits = compiled.limits
         self.features = compiled.features

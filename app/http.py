@@ -249,8 +249,8 @@ def create_app(service):
     def health():
         stores = service.engine.health()
         ok = all(s.get("ok") for s in stores.values())
-        return json_response({"ok": ok, "stores": stores, "schema_sha256": service.engine.compiled.sha256},
-                             200 if ok else 503)
+        return json_response({"ok": ok, "stores": stores, "schema_sha256": service.engine.compiled.sha256,
+                              "read_only": service.read_only}, 200 if ok else 503)
 
     def run_route(**params):
         req = request._get_current_object()  # one context-local lookup instead of one per attribute

@@ -317,7 +317,8 @@ def create_blueprint(service):
     def replication_status():
         engine = service.engine
         return json_response({"cursor": replication.cursor(engine), "dedupe_key": engine.event_log.dedupe_key,
-                              "apply_pipelines": sorted(engine.compiled.apply_pipelines)}), None
+                              "apply_pipelines": sorted(engine.compiled.apply_pipelines),
+                              "read_only": engine.read_only}), None
 
     @bp.get("/admin/replication/events")
     @admin_action("admin.replication.events")

@@ -21,7 +21,8 @@ class BindError(ValueError):
 
 
 class OpDecl:
-    def __init__(self, name, fn, args, summary, needs_txn, errors, writes, example, binds, io, prepare, openapi):
+    def __init__(self, name, fn, args, summary, needs_txn, errors, writes, mutates, example, binds, io, prepare,
+                 openapi):
         self.name = name
         self.openapi = openapi
         self.binds = binds
@@ -33,6 +34,7 @@ class OpDecl:
         self.needs_txn = needs_txn
         self.errors = errors
         self.writes = writes
+        self.mutates = mutates
         self.example = example
 
     @property
@@ -40,20 +42,22 @@ class OpDecl:
         return [name for name, arg in self.args.items() if isinstance(arg, Output)]
 
 
-def op(name, summary, args=None, needs_txn=False, errors=(), writes=False, example=None, binds=None, io=False,
-       prepare=None, openapi=None):
+def op(name, summary, args=None, needs_txn=False, errors=(), writes=False, mutates=None, example=None, binds=None,
+       io=False, prepare=None, openapi=None):
     """Register an op.
 
     ``needs_txn``: must run between txn.begin and txn.commit. ``writes``: a KV or index write (checked by
-    all_kv_or_index_writes_inside_txn). ``io``: touches a store or the network (the CPU budget is checked
-    before such steps). ``binds(scope, raw_args)``: which fields the op binds, for the load-time binding
+    all_kv_or_index_writes_inside_txn). ``mutates``: changes what the repository holds (documents, index rows,
+    blobs, the event log); a read-only replica refuses such a step; every write mutates. ``io``: touches a store
+    or the network (the CPU budget is checked before such steps). ``binds(scope, raw_args)``: which fields the
+    op binds, for the load-time binding
     analysis. ``prepare(bound_args, scope)``: work done once at load on the bound arguments, knowing what the
     pipeline has bound so far (raise BindError to reject them). ``openapi(operation, bound_args)``: what the
     step adds to its route's OpenAPI operation (parameters, request body, responses, security).
     """
     def register(fn):
-        REGISTRY[name] = OpDecl(name, fn, args or {}, summary, needs_txn, list(errors), writes, example, binds,
-                                io, prepare, openapi)
+        REGISTRY[name] = OpDecl(name, fn, args or {}, summary, needs_txn, list(errors), writes,
+                                writes if mutates is None else mutates, example, binds, io, prepare, openapi)
         return fn
     return register
 

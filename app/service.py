@@ -22,8 +22,9 @@ DEFAULT_SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 
 class Service:
-    def __init__(self, data_dir, schema=None, schema_path=None, sync=True, announce=print):
+    def __init__(self, data_dir, schema=None, schema_path=None, sync=True, announce=print, read_only=False):
         self.data_dir = os.path.abspath(data_dir)
+        self.read_only = read_only
         os.makedirs(self.data_dir, exist_ok=True)
         self.announce = announce
         url = database.database_url(self.data_dir)
@@ -52,7 +53,7 @@ class Service:
     def _activate(self, compiled):
         self.identity.configure(compiled.auth_settings)
         self.limiters = {name: self._limiter(name, rate) for name, rate in compiled.login_limits.items()}
-        self.engine = Engine(compiled, self.stores)
+        self.engine = Engine(compiled, self.stores, self.read_only)
 
     def _limiter(self, name, rate):
         current = self.limiters.get(name)

@@ -9,14 +9,16 @@ from app.errors import DepotError
 
 
 class LocalDepot:
-    def __init__(self, data_dir, schema=None, schema_path=None, sync=True):
+    def __init__(self, data_dir, schema=None, schema_path=None, sync=True, read_only=False):
         """``schema`` (a document) or ``schema_path`` seeds an empty data dir, as `serve --schema` does; with
-        neither, the project's schema.json. ``sync=False`` skips fsync (only for filling a benchmark's store)."""
+        neither, the project's schema.json. ``sync=False`` skips fsync (only for filling a benchmark's store).
+        ``read_only``: a replica, as `serve --read-only`."""
         from app.http import create_app
         from app.service import Service
-        self.data_dir, self.schema, self.schema_path, self.sync = data_dir, schema, schema_path, sync
+        self.data_dir, self.schema, self.schema_path = data_dir, schema, schema_path
+        self.sync, self.read_only = sync, read_only
         self.service = Service(data_dir, schema=copy.deepcopy(schema), schema_path=schema_path, sync=sync,
-                               announce=lambda *_: None)
+                               announce=lambda *_: None, read_only=read_only)
         self.app = create_app(self.service)
         self.client = self.app.test_client()
 
@@ -39,7 +41,7 @@ class LocalDepot:
     def restart(self):
         """Close and start again over the same data dir (what a server restart keeps, this keeps)."""
         self.close()
-        self.__init__(self.data_dir, self.schema, self.schema_path, self.sync)
+        self.__init__(self.data_dir, self.schema, self.schema_path, self.sync, self.read_only)
         return self
 
     def close(self):

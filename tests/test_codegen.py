@@ -178,11 +178,11 @@ def step(label, fail=False):
 
 
 def test_runner_calls_steps_in_order_skips_false_whens_and_stops_at_a_respond():
-    plan = ((step("a"), {"n": 1}, None, False, False),
-            (step("skipped"), None, lambda ctx: False, False, True),
-            (step("b"), {"n": 2}, lambda ctx: True, True, False),
-            (step("respond"), None, None, False, True),
-            (step("never"), None, None, False, False))
+    plan = ((step("a"), {"n": 1}, None, False, False, False),
+            (step("skipped"), None, lambda ctx: False, False, True, False),
+            (step("b"), {"n": 2}, lambda ctx: True, True, False, False),
+            (step("respond"), None, None, False, True, False),
+            (step("never"), None, None, False, False, False))
     ctx = RunnerContext()
     generate_runner(plan)(ctx, 10 ** 12)
     assert ctx.trace == [("a", {"n": 1}), ("b", {"n": 2}), ("respond", None)] and ctx.aborted == 0
@@ -191,8 +191,9 @@ def test_runner_calls_steps_in_order_skips_false_whens_and_stops_at_a_respond():
 def test_runner_aborts_the_transaction_and_reraises_on_error():
     ctx = RunnerContext()
     with pytest.raises(DepotError) as info:
-        generate_runner(((step("a"), None, None, False, False), (step("b", fail=True), None, None, False, False),
-                         (step("c"), None, None, False, True)))(ctx, 10 ** 12)
+        generate_runner(((step("a"), None, None, False, False, False),
+                         (step("b", fail=True), None, None, False, False, False),
+                         (step("c"), None, None, False, True, False)))(ctx, 10 ** 12)
     assert info.value.code == "BOOM" and [t[0] for t in ctx.trace] == ["a", "b"] and ctx.aborted == 1
 
 
@@ -203,8 +204,8 @@ def test_runner_checks_the_cpu_budget_before_io_steps_only():
         for i in range(200_000):
             total += i
         ctx.trace.append("burn")
-    plan = ((burn, None, None, False, False), (step("cpu-only"), None, None, False, False),
-            (step("io"), None, None, True, True))
+    plan = ((burn, None, None, False, False, False), (step("cpu-only"), None, None, False, False, False),
+            (step("io"), None, None, True, True, False))
     ctx = RunnerContext()
     with pytest.raises(DepotError) as info:
         generate_runner(plan)(ctx, 1)  # a 1 ns budget: exceeded by the time the io step comes
@@ -216,3 +217,21 @@ def test_an_empty_plan_runs():
     ctx = RunnerContext()
     generate_runner(())(ctx, 1)
     assert ctx.trace == [] and ctx.aborted == 0
+
+
+def test_runner_refuses_steps_that_change_the_repository_on_a_read_only_replica():
+    from types import SimpleNamespace
+    plan = ((step("read"), None, None, False, False, False), (step("write"), None, None, True, False, True),
+            (step("respond"), None, None, False, True, False))
+    run = generate_runner(plan)
+    for read_only, event, trace in ((False, None, ["read", "write", "respond"]), (True, None, ["read"]),
+                                    (True, {"type": "replayed"}, ["read", "write", "respond"])):
+        ctx = RunnerContext()
+        ctx.engine, ctx.event = SimpleNamespace(read_only=read_only), event
+        if trace[-1] == "respond":
+            run(ctx, 10 ** 12)
+        else:
+            with pytest.raises(DepotError) as info:
+                run(ctx, 10 ** 12)
+            assert info.value.code == "READ_ONLY" and info.value.status == 403 and ctx.aborted == 1
+        assert [label for label, _ in ctx.trace] == trace

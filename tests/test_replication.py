@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from app import replication
-from tests.conftest import ADMIN_PASSWORD, ROOT, ServerProcess, join_all
+from tests.conftest import ADMIN_PASSWORD, ROOT, Depot, ServerProcess, join_all
 
 # every read a user can make of what the scenario below publishes
 READS = ["/v1/namespaces", "/v1/acme", "/v1/acme/tool", "/v1/acme/tool/versions", "/v1/acme/tool/latest",
@@ -254,6 +254,38 @@ def test_malformed_events_are_400_naming_the_field(make_depot, project_schema, e
     assert response.status_code == 400 and response.get_json()["error"]["field"] == field
     not_a_list = replica.client.post("/admin/replication/apply", json={"events": {}}, headers=admin(replica))
     assert not_a_list.status_code == 400 and not_a_list.get_json()["error"]["code"] == "INVALID_BATCH"
+
+
+# --- a read-only replica -------------------------------------------------------------------------------------
+
+def test_a_read_only_replica_refuses_changes_but_applies_replication(pair, tmp_path, project_schema):
+    primary, _ = pair
+    replica = Depot(str(tmp_path / "read-only"), project_schema, read_only=True)
+    try:
+        assert replica.publish("acme", "tool", "3.0.0", "linux", b"new").get_json()["error"]["code"] == "READ_ONLY"
+        assert replica.blob_files() == [] and replica.temp_files() == []  # the upload was never read
+        events = shipped(primary)["events"]
+        copy_blobs(primary, replica, events)
+        assert apply(replica, events).get_json()["applied"] == 8
+        assert_same_reads(reads_of(primary), reads_of(replica))
+        files = replica.blob_files()
+        refused = [replica.publish("acme", "tool", "3.0.0", "linux", b"new"),
+                   replica.client.put("/v1/acme/tool/tags/next", headers=replica.headers(),
+                                      json={"target_version": "1.0.0", "target_variant": "linux"}),
+                   replica.client.delete("/v1/acme/tool/1.0.0/linux", headers=admin(replica)),
+                   replica.client.delete("/v1/acme/tool/tags/stable", headers=replica.headers())]
+        for response in refused:
+            assert response.status_code == 403 and response.get_json()["error"]["code"] == "READ_ONLY"
+        assert replica.blob_files() == files and replica.temp_files() == []
+        assert_same_reads(reads_of(primary), reads_of(replica))  # nothing changed
+        # the proxy route only redirects to what the replica holds; fetching from upstream would change it
+        held = replica.client.get("/v1/proxy/acme/tool/1.0.0/linux/blob", headers=replica.headers(("read",)))
+        assert held.status_code == 307
+        assert replica.client.get("/health").get_json()["read_only"] is True
+        status = replica.client.get("/admin/replication/status", headers=admin(replica)).get_json()
+        assert status["read_only"] is True and status["cursor"] == 8
+    finally:
+        replica.close()
 
 
 # --- the pump, between two running servers --------------------------------------------------------------------
