@@ -44,13 +44,25 @@ def ship(engine, after, limit=None):
     return {"events": events, "next_after": events[-1]["seq"] if events else after, "more": more}
 
 
-def find_blob(engine, digest):
-    """The blob with ``digest`` in any of the engine's stores, or 404."""
+def locate(engine, digest):
+    """The blob with ``digest`` in any of the engine's stores, or None."""
     for store in engine.blob_stores.values():
         blob = store.locate(digest)
         if blob is not None:
             return blob
-    raise not_found("no blob %s in any store" % digest, "BLOB_NOT_FOUND")
+    return None
+
+
+def find_blob(engine, digest):
+    blob = locate(engine, digest)
+    if blob is None:
+        raise not_found("no blob %s in any store" % digest, "BLOB_NOT_FOUND")
+    return blob
+
+
+def named_digests(payload):
+    """(field, digest) for each top-level payload value that is a blob digest: the bytes an event refers to."""
+    return [(field, value) for field, value in payload.items() if isinstance(value, str) and _DIGEST.match(value)]
 
 
 # --- the replica: replay -------------------------------------------------------------------------------------
@@ -127,9 +139,8 @@ def _check_event(engine, event, where):
 
 
 def _require_blobs(engine, payload, where):
-    for field, value in payload.items():
-        if isinstance(value, str) and _DIGEST.match(value) and \
-                not any(store.locate(value) for store in engine.blob_stores.values()):
+    for field, value in named_digests(payload):
+        if locate(engine, value) is None:
             raise DepotError("BLOB_MISSING", 409, "blob %s is not here yet: send its bytes before the event "
                              "naming it" % value, where + "." + field)
 
@@ -203,12 +214,8 @@ def pump(source, target, follow=False, interval=2.0, report=print, stop=None):
 
 
 def _digests(events):
-    seen = []
-    for event in events:
-        for value in (event.get("payload") or {}).values():
-            if isinstance(value, str) and _DIGEST.match(value) and value not in seen:
-                seen.append(value)
-    return seen
+    """Every digest the events name, once each, in order."""
+    return list(dict.fromkeys(digest for event in events for _, digest in named_digests(event["payload"])))
 
 
 def _copy_blob(source, target, digest):
