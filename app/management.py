@@ -68,24 +68,44 @@ def paginated(items, total, page, size):
     return {"items": items, "total": total, "page": page, "page_size": size}
 
 
-def create_blueprint(service):
-    bp = Blueprint("depot_management", __name__)
-    identity, audit = service.identity, service.audit
+def issue_api_token(service, owner, principal):
+    """A new API token for ``owner``, asked for by ``principal`` (one's own tokens hold at most one's scopes)."""
+    body = json_body(65536)
+    scopes = body.get("scopes")
+    if principal["sub"] == owner and isinstance(scopes, list) and not holds(principal["scopes"], scopes):
+        raise DepotError("SCOPE_NOT_HELD", 403, "a token's scopes must be a subset of your own", "scopes")
+    try:
+        view, secret = service.identity.create_token(owner, body.get("name"), scopes, body.get("expires_in"))
+    except DepotError as error:
+        service.audit.record(principal["sub"], "token.create", owner, "failure", client(), {"code": error.code})
+        raise
+    service.audit.record(principal["sub"], "token.create", "%s/%s" % (owner, view["id"]), "success", client(),
+                         {"name": view["name"], "scopes": view["scopes"]})
+    return json_response(dict(view, token=secret), 201)
 
-    def principal_or_401():
-        principal = service.principal(request)
+
+class Guard:
+    """Who may call Depot's own endpoints, and the audit trail of what admins did."""
+
+    def __init__(self, service):
+        self.service = service
+
+    def principal_or_401(self):
+        principal = self.service.principal(request)
         if principal is None or principal["kind"] == "anonymous":
             raise DepotError("UNAUTHENTICATED", 401, "a valid bearer token is required",
                              headers={"WWW-Authenticate": "Bearer"})
         return principal
 
-    def admin_action(action):
+    def admin_action(self, action):
         """An admin view: needs the admin scope (a refusal is audited as denied) and is audited with its
         outcome. The view returns (response, target)."""
+        audit = self.service.audit
+
         def wrap(view):
             @functools.wraps(view)
             def run(*args, **kwargs):
-                principal = principal_or_401()
+                principal = self.principal_or_401()
                 if "admin" not in principal["scopes"]:
                     audit.record(principal["sub"], action, request.path, "denied", client())
                     raise DepotError("FORBIDDEN", 403, "this needs the admin scope")
@@ -102,7 +122,18 @@ def create_blueprint(service):
             return run
         return wrap
 
-    # --- /auth ----------------------------------------------------------------------------------------
+
+def create_blueprint(service):
+    bp = Blueprint("depot_management", __name__)
+    guard = Guard(service)
+    for register in (_auth_views, _user_views, _schema_views, _maintenance_views, _replication_views):
+        register(bp, service, guard)
+    return bp
+
+
+def _auth_views(bp, service, guard):
+    """/auth: login, the caller's account, password, logout and API tokens."""
+    identity, audit, principal_or_401 = service.identity, service.audit, guard.principal_or_401
 
     @bp.post("/auth/login")
     def login():
@@ -154,21 +185,7 @@ def create_blueprint(service):
     @bp.post("/auth/tokens")
     def create_token():
         principal = principal_or_401()
-        return _create_token(principal["sub"], principal)
-
-    def _create_token(owner, principal):
-        body = json_body(65536)
-        scopes = body.get("scopes")
-        if principal["sub"] == owner and isinstance(scopes, list) and not holds(principal["scopes"], scopes):
-            raise DepotError("SCOPE_NOT_HELD", 403, "a token's scopes must be a subset of your own", "scopes")
-        try:
-            view, secret = identity.create_token(owner, body.get("name"), scopes, body.get("expires_in"))
-        except DepotError as error:
-            audit.record(principal["sub"], "token.create", owner, "failure", client(), {"code": error.code})
-            raise
-        audit.record(principal["sub"], "token.create", "%s/%s" % (owner, view["id"]), "success", client(),
-                     {"name": view["name"], "scopes": view["scopes"]})
-        return json_response(dict(view, token=secret), 201)
+        return issue_api_token(service, principal["sub"], principal)
 
     @bp.get("/auth/tokens")
     def list_tokens():
@@ -182,7 +199,10 @@ def create_blueprint(service):
         audit.record(principal["sub"], "token.revoke", "%s/%s" % (principal["sub"], token_id), "success", client())
         return json_response(view)
 
-    # --- /admin/users ---------------------------------------------------------------------------------
+
+def _user_views(bp, service, guard):
+    """/admin/users: accounts and their API tokens."""
+    identity, admin_action = service.identity, guard.admin_action
 
     @bp.get("/admin/users")
     @admin_action("admin.users.list")
@@ -232,14 +252,17 @@ def create_blueprint(service):
     @bp.post("/admin/users/<username>/tokens")
     @admin_action("admin.tokens.create")
     def create_user_token(username):
-        return _create_token(username, g.principal), username
+        return issue_api_token(service, username, g.principal), username
 
     @bp.delete("/admin/users/<username>/tokens/<token_id>")
     @admin_action("admin.tokens.revoke")
     def revoke_user_token(username, token_id):
         return json_response(identity.revoke_token(username, token_id)), "%s/%s" % (username, token_id)
 
-    # --- /admin/schema and /admin/routes --------------------------------------------------------------
+
+def _schema_views(bp, service, guard):
+    """/admin/schema and /admin/routes: the active schema, its versions, changes to it."""
+    admin_action = guard.admin_action
 
     @bp.get("/admin/schema")
     @admin_action("admin.schema.get")
@@ -297,7 +320,10 @@ def create_blueprint(service):
         doc["api"]["routes"] = kept
         return _apply(doc, "removed route %s" % route_id)
 
-    # --- /admin/gc ---------------------------------------------------------------------------------------
+
+def _maintenance_views(bp, service, guard):
+    """/admin/gc and /admin/audit."""
+    audit, admin_action = service.audit, guard.admin_action
 
     @bp.post("/admin/gc")
     @admin_action("admin.gc")
@@ -310,7 +336,18 @@ def create_blueprint(service):
         result = gc.collect(service.engine, dry_run=bool(body.get("dry_run")), grace_seconds=grace)
         return json_response(result), "%d blob(s)" % len(result["removed"])
 
-    # --- /admin/replication (app/replication.py) --------------------------------------------------------
+    @bp.get("/admin/audit")
+    @admin_action("admin.audit")
+    def audit_log():
+        page, size, offset = page_args()
+        rows, total = audit.query(request.args.get("actor"), request.args.get("action"), request.args.get("since"),
+                                  offset, size)
+        return json_response(paginated(rows, total, page, size)), None
+
+
+def _replication_views(bp, service, guard):
+    """/admin/replication: what app/replication.py does, over HTTP."""
+    admin_action = guard.admin_action
 
     @bp.get("/admin/replication/status")
     @admin_action("admin.replication.status")
@@ -349,15 +386,3 @@ def create_blueprint(service):
         body = json_body(2 * service.engine.event_log.batch_bytes + 65536)
         result = replication.apply_batch(service.engine, body.get("events"))
         return json_response(result), "cursor %d" % result["cursor"]
-
-    # --- /admin/audit ---------------------------------------------------------------------------------
-
-    @bp.get("/admin/audit")
-    @admin_action("admin.audit")
-    def audit_log():
-        page, size, offset = page_args()
-        rows, total = audit.query(request.args.get("actor"), request.args.get("action"), request.args.get("since"),
-                                  offset, size)
-        return json_response(paginated(rows, total, page, size)), None
-
-    return bp
