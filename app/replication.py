@@ -89,13 +89,19 @@ def receive_blob(engine, store_name, digest, stream):
     return staged
 
 
-def apply_batch(engine, events):
+def apply_batch(engine, events, gone=()):
     """Apply shipped ``events`` in order. An event already applied (its dedupe key seen) or at or below the
     cursor is skipped; an event type with no apply pipeline moves the cursor and nothing else. The first event
-    that fails stops the batch: those before it stay applied, the error names it.
+    that fails stops the batch: those before it stay applied, the error names it. ``gone``: digests the primary
+    no longer holds (garbage collection takes bytes only once every artifact naming them is deleted, and those
+    deletions follow in the log), so events naming them apply without the bytes, as the primary's state is.
     -> {"applied", "skipped", "without_pipeline", "cursor"}"""
     if not isinstance(events, list):
         raise bad_request("INVALID_BATCH", "events is a list of events", "events")
+    if not isinstance(gone, list):
+        raise bad_request("INVALID_BATCH", "gone is a list of digests", "gone")
+    for i, digest in enumerate(gone):
+        check_digest(digest, "gone[%d]" % i)
     result = {"applied": 0, "skipped": 0, "without_pipeline": 0}
     with _APPLY_LOCK:
         position = cursor(engine)
@@ -106,7 +112,7 @@ def apply_batch(engine, events):
                 continue
             bookkeeping = [(CURSOR_KEY, b"%d" % seq)] + ([(applied_key, b"1")] if applied_key else [])
             if event["type"] in engine.compiled.apply_pipelines:
-                _require_blobs(engine, event["payload"], "events[%d].payload" % i)
+                _require_blobs(engine, event["payload"], gone, "events[%d].payload" % i)
                 _apply_one(engine, event, bookkeeping, i)
                 result["applied"] += 1
             else:
@@ -138,9 +144,9 @@ def _check_event(engine, event, where):
     return seq, _APPLIED_HEAD + value.encode("utf-8")
 
 
-def _require_blobs(engine, payload, where):
+def _require_blobs(engine, payload, gone, where):
     for field, value in named_digests(payload):
-        if locate(engine, value) is None:
+        if value not in gone and locate(engine, value) is None:
             raise DepotError("BLOB_MISSING", 409, "blob %s is not here yet: send its bytes before the event "
                              "naming it" % value, where + "." + field)
 
@@ -197,9 +203,8 @@ def pump(source, target, follow=False, interval=2.0, report=print, stop=None):
     while True:
         batch = source.call("GET", "/events", params={"after": after}).json()
         if batch["events"]:
-            for digest in _digests(batch["events"]):
-                _copy_blob(source, target, digest)
-            result = target.call("POST", "/apply", json={"events": batch["events"]}).json()
+            gone = [digest for digest in _digests(batch["events"]) if not _copy_blob(source, target, digest)]
+            result = target.call("POST", "/apply", json={"events": batch["events"], "gone": gone}).json()
             total += result["applied"]
             after = result["cursor"]
             report("applied %d event(s), skipped %d, cursor now %d" % (result["applied"], result["skipped"], after))
@@ -219,10 +224,14 @@ def _digests(events):
 
 
 def _copy_blob(source, target, digest):
+    """Make sure the target holds ``digest``'s bytes; False when the source no longer has them either."""
     if target.call("HEAD", "/blobs/" + digest, expect=(200, 404)).status_code == 200:
-        return
-    with source.call("GET", "/blobs/" + digest, stream=True) as download:
+        return True
+    with source.call("GET", "/blobs/" + digest, expect=(200, 404), stream=True) as download:
+        if download.status_code == 404:
+            return False
         store = download.headers.get("X-Depot-Blob-Store", "")
         target.call("PUT", "/blobs/" + digest, expect=(201,), params={"store": store},
                     data=download.iter_content(1024 * 1024))
+    return True
 

@@ -226,6 +226,24 @@ def test_a_failing_event_stops_the_batch_and_keeps_what_came_before(pair, make_d
     assert state.get(replication._APPLIED_HEAD + events[2]["event_id"].encode()) is not None
 
 
+def test_events_naming_bytes_the_primary_collected_apply_when_declared_gone(pair):
+    primary, replica = pair
+    collected = primary.client.post("/admin/gc", json={"grace_seconds": 0}, headers=admin(primary)).get_json()
+    gone = "sha256:" + hashlib.sha256(b"three").hexdigest()  # 1.2.0's bytes: the version was deleted
+    assert collected["removed"] == [gone]
+    events = shipped(primary)["events"]
+    copy_blobs(primary, replica, [e for e in events if e["payload"].get("blob_digest") != gone])
+    refused = apply(replica, events)
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "BLOB_MISSING"
+    response = replica.client.post("/admin/replication/apply", json={"events": events, "gone": [gone]},
+                                   headers=admin(replica))
+    assert response.get_json()["cursor"] == 8
+    assert_same_reads(reads_of(primary), reads_of(replica))
+    bad = replica.client.post("/admin/replication/apply", json={"events": [], "gone": ["md5:x"]},
+                              headers=admin(replica))
+    assert bad.status_code == 400 and bad.get_json()["error"]["field"] == "gone[0]"
+
+
 def test_event_types_without_an_apply_pipeline_only_move_the_cursor(make_depot, reference_schema, project_schema):
     primary = make_depot(project_schema, "primary")
     assert primary.publish("acme", "tool", "1.0.0", "linux", b"x").status_code == 201
@@ -307,6 +325,9 @@ def test_replicate_command_copies_a_running_primary_into_a_running_replica(tmp_p
         def write(method, path, **kw):
             return session.request(method, primary.url + path, timeout=30, **kw).status_code
         scenario(write, lambda path: write("DELETE", path))
+        # the deleted version's bytes are collected before the replica ever sees them: its events still apply
+        collected = session.post(primary.url + "/admin/gc", json={"grace_seconds": 0}, timeout=30).json()
+        assert collected["removed"] == ["sha256:" + hashlib.sha256(b"three").hexdigest()]
         command = [sys.executable, "-m", "app", "replicate", "--source", primary.url, "--target", replica.url]
         env = dict(os.environ, **tokens)
         first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
