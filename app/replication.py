@@ -72,6 +72,15 @@ def cursor(engine):
     return int(raw) if raw else 0
 
 
+def was_applied(engine, event_id):
+    """Whether this replica has applied the event with this dedupe key."""
+    return engine.state.get(_applied_key(event_id)) is not None
+
+
+def _applied_key(event_id):
+    return _APPLIED_HEAD + event_id.encode("utf-8")
+
+
 def receive_blob(engine, store_name, digest, stream):
     """Store the bytes of ``digest`` read from ``stream`` into blob store ``store_name``; the bytes must hash to
     ``digest`` (400 DIGEST_MISMATCH, nothing kept). -> the stored BlobRef."""
@@ -106,11 +115,11 @@ def apply_batch(engine, events, gone=()):
     with _APPLY_LOCK:
         position = cursor(engine)
         for i, event in enumerate(events):
-            seq, applied_key = _check_event(engine, event, "events[%d]" % i)
-            if seq <= position or (applied_key is not None and engine.state.get(applied_key) is not None):
+            seq, event_id = _check_event(engine, event, "events[%d]" % i)
+            if seq <= position or (event_id is not None and was_applied(engine, event_id)):
                 result["skipped"] += 1
                 continue
-            bookkeeping = [(CURSOR_KEY, b"%d" % seq)] + ([(applied_key, b"1")] if applied_key else [])
+            bookkeeping = [(CURSOR_KEY, b"%d" % seq)] + ([(_applied_key(event_id), b"1")] if event_id else [])
             if event["type"] in engine.compiled.apply_pipelines:
                 _require_blobs(engine, event["payload"], gone, "events[%d].payload" % i)
                 _apply_one(engine, event, bookkeeping, i)
@@ -124,7 +133,7 @@ def apply_batch(engine, events, gone=()):
 
 
 def _check_event(engine, event, where):
-    """-> (the event's sequence number, its dedupe marker key or None); 400 naming the field if malformed."""
+    """-> (the event's sequence number, its dedupe key or None); 400 naming the field if malformed."""
     if not isinstance(event, dict):
         raise bad_request("INVALID_EVENT", "an event is an object", where)
     seq, payload = event.get("seq"), event.get("payload")
@@ -141,7 +150,7 @@ def _check_event(engine, event, where):
     if not isinstance(value, str) or not value:
         raise bad_request("INVALID_EVENT", "%s (replication.shipping.dedupe.key) is a non-empty string" % key,
                           where + "." + key)
-    return seq, _APPLIED_HEAD + value.encode("utf-8")
+    return seq, value
 
 
 def _require_blobs(engine, payload, gone, where):
@@ -203,7 +212,7 @@ def pump(source, target, follow=False, interval=2.0, report=print, stop=None):
     while True:
         batch = source.call("GET", "/events", params={"after": after}).json()
         if batch["events"]:
-            gone = [digest for digest in _digests(batch["events"]) if not _copy_blob(source, target, digest)]
+            gone = [digest for digest in digests_named_by(batch["events"]) if not _copy_blob(source, target, digest)]
             result = target.call("POST", "/apply", json={"events": batch["events"], "gone": gone}).json()
             total += result["applied"]
             after = result["cursor"]
@@ -218,7 +227,7 @@ def pump(source, target, follow=False, interval=2.0, report=print, stop=None):
             time.sleep(interval)
 
 
-def _digests(events):
+def digests_named_by(events):
     """Every digest the events name, once each, in order."""
     return list(dict.fromkeys(digest for event in events for _, digest in named_digests(event["payload"])))
 

@@ -63,7 +63,7 @@ def apply(depot, events):
 
 
 def copy_blobs(primary, replica, events):
-    for digest in replication._digests(events):
+    for digest in replication.digests_named_by(events):
         download = primary.client.get("/admin/replication/blobs/" + digest, headers=admin(primary))
         assert download.status_code == 200
         stored = replica.client.put("/admin/replication/blobs/" + digest, data=download.data, headers=admin(replica),
@@ -221,9 +221,8 @@ def test_a_failing_event_stops_the_batch_and_keeps_what_came_before(pair, make_d
     assert response.status_code == 409 and error["code"] == "REPLICA_DIVERGED" and error["field"] == "events[3]"
     status = replica.client.get("/admin/replication/status", headers=admin(replica)).get_json()
     assert status["cursor"] == 3  # the three before it are applied, nothing of it or after it is
-    state = replica.service.engine.state
-    assert state.get(replication._APPLIED_HEAD + b"ghost") is None
-    assert state.get(replication._APPLIED_HEAD + events[2]["event_id"].encode()) is not None
+    engine = replica.service.engine
+    assert not replication.was_applied(engine, "ghost") and replication.was_applied(engine, events[2]["event_id"])
 
 
 def test_events_naming_bytes_the_primary_collected_apply_when_declared_gone(pair):
