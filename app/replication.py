@@ -186,8 +186,8 @@ class Endpoint:
         self.timeout = timeout
 
     def call(self, method, path, expect=(200,), **kwargs):
-        response = self.session.request(method, self.base_url + "/admin/replication" + path, timeout=self.timeout,
-                                        **kwargs)
+        url = self.base_url + "/admin/replication" + path
+        response = self.session.request(method, url, timeout=self.timeout, **kwargs)
         if response.status_code not in expect:
             try:
                 error = response.json()["error"]
@@ -195,7 +195,7 @@ class Endpoint:
             except (ValueError, KeyError, TypeError):
                 detail = response.text[:200]
             response.close()
-            raise PumpError("%s %s answered %d (%s)" % (method, self.base_url + path, response.status_code, detail))
+            raise PumpError("%s %s answered %d (%s)" % (method, url, response.status_code, detail))
         return response
 
 

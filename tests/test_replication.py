@@ -384,3 +384,32 @@ def test_an_apply_pipeline_no_event_type_uses_is_reported_not_compiled(project_s
     assert compiled is not None and "artifact.deleted" not in compiled.apply_pipelines
     assert [w.place for w in report.warnings if "no event type is applied" in w.message] == \
         ["replication.apply_pipelines.apply_artifact_deleted"]
+
+
+def test_without_dedupe_the_cursor_alone_keeps_replay_exactly_once(pair, make_depot, project_schema):
+    primary, _ = pair
+    schema = copy.deepcopy(project_schema)
+    schema["replication"]["shipping"]["dedupe"] = {"enabled": False}
+    replica = make_depot(schema, "no-dedupe")
+    events = shipped(primary)["events"]
+    copy_blobs(primary, replica, events)
+    stripped = [{k: v for k, v in e.items() if k != "event_id"} for e in events]  # no dedupe key needed
+    assert apply(replica, stripped).get_json() == {"applied": 8, "skipped": 0, "without_pipeline": 0, "cursor": 8}
+    assert apply(replica, stripped).get_json()["skipped"] == 8
+    assert replica.client.get("/admin/replication/status", headers=admin(replica)).get_json()["dedupe_key"] is None
+    not_a_list = replica.client.post("/admin/replication/apply", json={"events": [], "gone": "x"},
+                                     headers=admin(replica))
+    assert not_a_list.status_code == 400 and not_a_list.get_json()["error"]["field"] == "gone"
+
+
+def test_replicate_command_reports_a_refusal_and_exits_1(tmp_path):
+    primary = ServerProcess(tmp_path / "primary")
+    try:
+        env = dict(os.environ, DEPOT_SOURCE_TOKEN=login(primary), DEPOT_TARGET_TOKEN="not-a-token")
+        result = subprocess.run([sys.executable, "-m", "app", "replicate", "--source", primary.url,
+                                 "--target", primary.url], cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 1
+        assert "replication stopped" in result.stderr and "401" in result.stderr and "INVALID_TOKEN" in result.stderr
+    finally:
+        primary.stop()
