@@ -82,9 +82,11 @@ def _applied_key(event_id):
 
 
 def receive_blob(engine, store_name, digest, stream):
-    """Store the bytes of ``digest`` read from ``stream`` into blob store ``store_name``; the bytes must hash to
-    ``digest`` (400 DIGEST_MISMATCH, nothing kept). -> the stored BlobRef."""
+    """Store the bytes of ``digest`` read from ``stream`` into blob store ``store_name`` (may be left empty when
+    there is only one); the bytes must hash to ``digest`` (400 DIGEST_MISMATCH, nothing kept). -> the BlobRef."""
     check_digest(digest, "digest")
+    if not store_name and len(engine.blob_stores) == 1:
+        store_name = next(iter(engine.blob_stores))
     store = engine.blob_stores.get(store_name)
     if store is None:
         raise bad_request("UNKNOWN_BLOB_STORE", "no blob store %r here; expected one of: %s"

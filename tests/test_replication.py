@@ -172,6 +172,9 @@ def test_received_bytes_must_match_their_digest(make_depot, project_schema):
     unknown = replica.client.put("/admin/replication/blobs/" + wrong, data=b"expected",
                                  query_string={"store": "elsewhere"}, headers=admin(replica))
     assert unknown.status_code == 400 and unknown.get_json()["error"]["field"] == "store"
+    right = "sha256:" + hashlib.sha256(b"expected").hexdigest()
+    only_store = replica.client.put("/admin/replication/blobs/" + right, data=b"expected", headers=admin(replica))
+    assert only_store.status_code == 201 and only_store.get_json()["store"] == "primary"  # the one store there is
 
 
 # --- applying -------------------------------------------------------------------------------------------------
