@@ -384,5 +384,5 @@ def _replication_views(bp, service, guard):
     def replication_apply():
         # a batch as the primary ships it, re-encoded by the client: allow for looser JSON spacing
         body = json_body(2 * service.engine.event_log.batch_bytes + 65536)
-        result = replication.apply_batch(service.engine, body.get("events"), body.get("gone", []))
+        result = replication.apply_batch(service.engine, body.get("events"), body.get("gone"))
         return json_response(result), "cursor %d" % result["cursor"]

@@ -100,7 +100,7 @@ def receive_blob(engine, store_name, digest, stream):
     return staged
 
 
-def apply_batch(engine, events, gone=()):
+def apply_batch(engine, events, gone=None):
     """Apply shipped ``events`` in order. An event already applied (its dedupe key seen) or at or below the
     cursor is skipped; an event type with no apply pipeline moves the cursor and nothing else. The first event
     that fails stops the batch: those before it stay applied, the error names it. ``gone``: digests the primary
@@ -109,6 +109,7 @@ def apply_batch(engine, events, gone=()):
     -> {"applied", "skipped", "without_pipeline", "cursor"}"""
     if not isinstance(events, list):
         raise bad_request("INVALID_BATCH", "events is a list of events", "events")
+    gone = [] if gone is None else gone
     if not isinstance(gone, list):
         raise bad_request("INVALID_BATCH", "gone is a list of digests", "gone")
     for i, digest in enumerate(gone):

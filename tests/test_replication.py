@@ -416,3 +416,12 @@ def test_replicate_command_reports_a_refusal_and_exits_1(tmp_path):
         assert "replication stopped" in result.stderr and "401" in result.stderr and "INVALID_TOKEN" in result.stderr
     finally:
         primary.stop()
+
+
+def test_apply_batch_called_directly_needs_no_gone_list(pair):
+    primary, replica = pair
+    events = shipped(primary)["events"]
+    copy_blobs(primary, replica, events)
+    result = replication.apply_batch(replica.service.engine, events)
+    assert result == {"applied": 8, "skipped": 0, "without_pipeline": 0, "cursor": 8}
+    assert replication.cursor(replica.service.engine) == 8
