@@ -17,6 +17,7 @@ from app import checks
 from app.conditions import ConditionError, compile_condition
 from app.definitions import (BlobStoreDef, Constraint, Document, Entity, EventLog, EventType, Limits, Upstream,
                              Validator, Versioning, compile_normalizer)
+from app.auth import require
 from app.codegen import FunctionBuilder
 from app.errors import DepotError, SchemaLoadError
 from app.expr import TemplateSyntaxError, parse_template
@@ -53,22 +54,26 @@ class Pipeline:
         self.place = place_
         self._set_plan(steps)
 
-    def _set_plan(self, steps):
+    def _set_plan(self, steps, policy_scopes=frozenset(), denied=False):
         """``plan``: what the runner needs per step, flattened once: (op function, bound args, condition, io,
-        ends, mutates). ``run(ctx, cpu_budget_ns)``: the plan as one generated function (see generate_runner)."""
+        ends, mutates). ``run(ctx, cpu_budget_ns)``: the policies, then the plan, as one generated function
+        (see generate_runner)."""
         self.plan = tuple((s.fn, s.args, s.when, s.io, s.op.startswith("respond."), s.decl.mutates) for s in steps)
-        self.run = generate_runner(self.plan)
+        self.run = generate_runner(self.plan, policy_scopes, denied)
 
-    def skip_satisfied_scope_checks(self, policy_scopes):
-        """An unconditional auth.require_scopes asking nothing beyond what the route's policies already
-        required before the pipeline ran cannot fail: leave it out of the plan (it stays in ``steps``)."""
-        if policy_scopes:
+    def guard(self, policy_scopes, denied):
+        """The route's auth.policies (scopes every request needs; ``denied``: admin only) are checked first.
+        An unconditional auth.require_scopes asking nothing beyond them cannot fail: it is left out of the plan
+        (it stays in ``steps``)."""
+        if policy_scopes or denied:
             self._set_plan([s for s in self.steps if not (
-                s.op == "auth.require_scopes" and s.when is None and s.args.scopes <= policy_scopes)])
+                s.op == "auth.require_scopes" and s.when is None and s.args.scopes <= policy_scopes)],
+                policy_scopes, denied)
 
 
-def generate_runner(plan):
-    """The plan as straight-line code: each step a direct call of its op function with its bound arguments,
+def generate_runner(plan, policy_scopes=frozenset(), denied=False):
+    """The plan as straight-line code, after the route's policies (a principal holding ``policy_scopes``, or
+    admin; only admin when ``denied``): each step a direct call of its op function with its bound arguments,
     under its `when` if it has one, returning after a respond step; before each step that does I/O, the CPU
     budget check; before each step that changes the repository, the read-only replica check (replayed events,
     which carry ctx.event, are how a replica changes). Any error aborts the open transaction and propagates."""
@@ -79,6 +84,13 @@ def generate_runner(plan):
     builder.line("started_cpu, started_wall = %s(), %s()" % (cpu, wall))
     builder.line("try:")
     builder.depth += 1
+    if policy_scopes or denied:  # the common case inline; enforce_policies works out the refusal
+        policy = builder.bind(frozenset(policy_scopes), "policy")
+        builder.line("principal = ctx.principal")
+        held = "" if denied else " or %s <= principal['scopes']" % policy
+        builder.line("if principal is None or not ('admin' in principal['scopes']%s):" % held)
+        builder.line("%s(principal, %s, %s)" % (builder.bind(enforce_policies, "enforce"), policy,
+                                                builder.bind(bool(denied), "denied")), 1)
     for fn, args, when, io, ends, mutates in plan:
         if io:  # CPU time never exceeds wall time over the same interval, so the cheap wall clock decides
             # whether the thread CPU clock (a system call) needs reading at all
@@ -95,12 +107,20 @@ def generate_runner(plan):
         builder.line("%s(ctx, %s)" % (builder.bind(fn, "step"), builder.bind(args, "args")), deeper)
         if ends:  # only respond.* steps set a response
             builder.line("return", deeper)
-    builder.line("pass")
+    if builder.lines[-1].endswith("try:"):  # nothing to run
+        builder.line("pass")
     builder.depth -= 1
     builder.line("except BaseException:")
     builder.line("ctx.abort_txn()", 1)
     builder.line("raise", 1)
     return builder.build()
+
+
+def enforce_policies(principal, policy_scopes, denied):
+    """Raise the route policies' refusal for ``principal``: 401 without credentials, else 403."""
+    if denied and (principal is None or "admin" not in principal["scopes"]):
+        require(principal, {"admin"}, "a deny policy on this route")
+    require(principal, policy_scopes, "a policy on this route")
 
 
 def _read_only():
@@ -429,7 +449,7 @@ class Compiler:
                                       Scope(self, params=params))
             route = Route(spec, pipeline, where, params)
             route.policy_scopes, route.denied = self._route_policy(route.tags)
-            route.pipeline.skip_satisfied_scope_checks(route.policy_scopes)
+            route.pipeline.guard(route.policy_scopes, route.denied)
             if "proxy" in route.tags and not self.out.features.get("proxy_enabled", True):
                 route.disabled = ("PROXY_DISABLED", "proxying is disabled (features.proxy_enabled is false)")
             self.out.routes.append(route)

@@ -8,7 +8,6 @@ import time
 
 import requests
 
-from app.auth import require
 from app.context import ExecutionContext
 from app.errors import DepotError
 from app.stores.blobs import DIGEST_PREFIX, BlobRef, FileBlobStore, declared_digest, split_digest
@@ -93,8 +92,6 @@ class Engine:
             raise DepotError(route.disabled[0], 404, route.disabled[1])
         ctx = ExecutionContext(self, request, authenticate=authenticate)
         try:
-            if route.policy_scopes or route.denied:
-                self._apply_policies(route, ctx)
             route.pipeline.run(ctx, self.limits.max_cpu_ns)
         except BaseException:
             ctx.close()
@@ -105,13 +102,6 @@ class Engine:
         if ctx.txn is not None:  # a response from inside an open transaction discards it
             ctx.abort_txn()
         return ctx
-
-    def _apply_policies(self, route, ctx):
-        """auth.policies whose route.tags match this route: every request must hold their scopes."""
-        principal = ctx.principal
-        if route.denied and (principal is None or "admin" not in principal["scopes"]):
-            require(principal, {"admin"}, "a deny policy on this route")
-        require(principal, route.policy_scopes, "a policy on this route")
 
     def commit(self, ctx, txn):
         if self.runtime.digest_verify:

@@ -638,3 +638,19 @@ def test_public_tag_requires_read_even_without_an_auth_step(make_depot, project_
     assert response.status_code == 200 and response.get_json() == {"ok": True}
     assert_unauthorized(depot.client.get("/v1/ping/public", headers=bearer(forge(depot, sub="tester",
                                                                                  aud="x"))))
+
+
+def test_a_deny_policy_leaves_its_routes_to_admins(make_depot, project_schema):
+    schema = copy.deepcopy(project_schema)
+    schema["auth"]["policies"].append({"name": "maintenance_only", "effect": "deny",
+                                       "when": {"route.tags": ["maintenance"]}})
+    schema["api"]["routes"].append(
+        {"id": "maintenance_ping", "method": "GET", "path": "/v1/ping/maintenance", "tags": ["maintenance", "public"],
+         "pipeline": [{"op": "respond.json", "args": {"status": 200, "body": {"ok": True}}}]})
+    depot = make_depot(schema)
+    assert_unauthorized(depot.client.get("/v1/ping/maintenance"), "UNAUTHENTICATED")
+    refused = depot.client.get("/v1/ping/maintenance", headers=depot.headers(["read", "write"]))
+    assert_error(refused, 403, "FORBIDDEN")
+    assert "deny policy" in refused.get_json()["error"]["message"]
+    allowed = depot.client.get("/v1/ping/maintenance", headers=bearer(depot.token(["admin"], "root")))
+    assert allowed.status_code == 200 and allowed.get_json() == {"ok": True}
