@@ -124,6 +124,7 @@ def apply_batch(engine, events, gone=None):
                 continue
             bookkeeping = [(CURSOR_KEY, b"%d" % seq)] + ([(_applied_key(event_id), b"1")] if event_id else [])
             if event["type"] in engine.compiled.apply_pipelines:
+                _check_payload(engine, event, "events[%d].payload" % i)
                 _require_blobs(engine, event["payload"], gone, "events[%d].payload" % i)
                 _apply_one(engine, event, bookkeeping, i)
                 result["applied"] += 1
@@ -154,6 +155,15 @@ def _check_event(engine, event, where):
         raise bad_request("INVALID_EVENT", "%s (replication.shipping.dedupe.key) is a non-empty string" % key,
                           where + "." + key)
     return seq, value
+
+
+def _check_payload(engine, event, where):
+    """The payload must satisfy its event type's schema here too: the apply pipeline relies on it."""
+    try:
+        engine.compiled.definitions["event_type"][event["type"]].check(event["payload"], "EVENT_INVALID", 400)
+    except DepotError as error:
+        error.field = where + ("." + error.field if error.field else "")
+        raise
 
 
 def _require_blobs(engine, payload, gone, where):

@@ -260,6 +260,16 @@ def test_event_types_without_an_apply_pipeline_only_move_the_cursor(make_depot, 
     assert meta.status_code == 200  # the delete was not applied here
 
 
+def test_an_event_whose_payload_breaks_its_schema_is_400_naming_the_field(make_depot, project_schema):
+    replica = make_depot(project_schema)
+    event = {"seq": 1, "type": "artifact.published", "event_id": "e1", "payload": {"namespace": "acme"}}
+    response = apply(replica, [event])
+    error = response.get_json()["error"]
+    assert response.status_code == 400 and error["code"] == "EVENT_INVALID"
+    assert error["field"].startswith("events[0].payload.")
+    assert replication.cursor(replica.service.engine) == 0
+
+
 @pytest.mark.parametrize("event, field", [
     ("not an event", "events[0]"),
     ({"type": "artifact.published", "payload": {}, "event_id": "e"}, "events[0].seq"),
