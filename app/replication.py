@@ -102,7 +102,8 @@ def receive_blob(engine, store_name, digest, stream):
 
 def apply_batch(engine, events, gone=None):
     """Apply shipped ``events`` in order. An event already applied (its dedupe key seen) or at or below the
-    cursor is skipped; an event type with no apply pipeline moves the cursor and nothing else. The first event
+    cursor is skipped; the next must follow the cursor (409 EVENT_GAP otherwise: the log has no gaps); an event
+    type with no apply pipeline moves the cursor and nothing else. The first event
     that fails stops the batch: those before it stay applied, the error names it. ``gone``: digests the primary
     no longer holds (garbage collection takes bytes only once every artifact naming them is deleted, and those
     deletions follow in the log), so events naming them apply without the bytes, as the primary's state is.
@@ -122,6 +123,9 @@ def apply_batch(engine, events, gone=None):
             if seq <= position or (event_id is not None and was_applied(engine, event_id)):
                 result["skipped"] += 1
                 continue
+            if seq != position + 1:  # the primary numbers its events without gaps: one is missing
+                raise DepotError("EVENT_GAP", 409, "expected the event with seq %d next, got %d: ship from the "
+                                 "replica's cursor" % (position + 1, seq), "events[%d].seq" % i)
             bookkeeping = [(CURSOR_KEY, b"%d" % seq)] + ([(_applied_key(event_id), b"1")] if event_id else [])
             if event["type"] in engine.compiled.apply_pipelines:
                 _check_payload(engine, event, "events[%d].payload" % i)

@@ -211,13 +211,26 @@ def test_each_event_is_applied_once_even_when_shipped_again(pair):
     assert_same_reads(reads_of(primary), reads_of(replica))
 
 
+def test_events_apply_only_in_unbroken_order(pair):
+    primary, replica = pair
+    events = shipped(primary)["events"]
+    copy_blobs(primary, replica, events)
+    response = apply(replica, events[2:])
+    error = response.get_json()["error"]
+    assert response.status_code == 409 and error["code"] == "EVENT_GAP" and error["field"] == "events[0].seq"
+    assert replication.cursor(replica.service.engine) == 0
+    assert apply(replica, events[:2] + events[3:]).get_json()["error"]["field"] == "events[2].seq"
+    assert replication.cursor(replica.service.engine) == 2  # the two before the gap are in
+    assert apply(replica, events).get_json()["cursor"] == 8
+
+
 def test_a_failing_event_stops_the_batch_and_keeps_what_came_before(pair, make_depot, project_schema):
     primary, replica = pair
     events = shipped(primary)["events"]
     copy_blobs(primary, replica, events)
     deleted = events[-1]
     assert deleted["type"] == "artifact.deleted"
-    ghost = dict(copy.deepcopy(deleted), event_id="ghost", seq=9)
+    ghost = dict(copy.deepcopy(deleted), event_id="ghost", seq=4)  # next in line after three
     ghost["payload"]["version"] = "9.9.9"  # an artifact the replica never saw
     response = apply(replica, events[:3] + [ghost] + events[3:])
     error = response.get_json()["error"]
