@@ -53,7 +53,8 @@ def build_parser():
     replicate.add_argument("--target", required=True, help="the replica's base URL")
     replicate.add_argument("--source-token", help="admin token on the primary (default: $DEPOT_SOURCE_TOKEN)")
     replicate.add_argument("--target-token", help="admin token on the replica (default: $DEPOT_TARGET_TOKEN)")
-    replicate.add_argument("--follow", action="store_true", help="keep polling for new events until interrupted")
+    replicate.add_argument("--follow", action="store_true", help="keep polling for new events until interrupted, "
+                           "retrying (with a growing wait) while either server is down")
     replicate.add_argument("--interval", type=float, default=2.0, help="seconds between polls with --follow (2)")
     replicate.set_defaults(handler=cmd_replicate)
 

@@ -13,7 +13,6 @@ Nothing here knows Flask: app/management.py serves these under /admin/replicatio
 import json
 import re
 import threading
-import time
 
 from app.errors import DepotError, bad_request, not_found
 from app.stores.state import SEQ_WIDTH
@@ -220,28 +219,45 @@ class PumpError(RuntimeError):
     pass
 
 
+MAX_RETRY_WAIT = 60.0
+
+
 def pump(source, target, follow=False, interval=2.0, report=print, stop=None):
     """Copy what ``source`` (an Endpoint on the primary) has shipped since ``target``'s cursor: blob bytes
     first, then the events. Returns the number of events the target applied. With ``follow``, keeps polling
-    every ``interval`` seconds until ``stop`` (a threading.Event) is set."""
-    total = 0
-    after = target.call("GET", "/status").json()["cursor"]
+    every ``interval`` seconds until ``stop`` (a threading.Event) is set, and rides out either server being
+    down or refusing: the error is reported and the round retried, the wait doubling up to a minute."""
+    stop = stop if stop is not None else threading.Event()
+    total, retry_wait = 0, interval
     while True:
-        batch = source.call("GET", "/events", params={"after": after}).json()
-        if batch["events"]:
-            gone = [digest for digest in digests_named_by(batch["events"]) if not _copy_blob(source, target, digest)]
-            result = target.call("POST", "/apply", json={"events": batch["events"], "gone": gone}).json()
-            total += result["applied"]
-            after = result["cursor"]
-            report("applied %d event(s), skipped %d, cursor now %d" % (result["applied"], result["skipped"], after))
-        if batch["more"]:
+        try:
+            applied, more = _pump_batch(source, target, report)
+        except (PumpError, OSError) as exc:  # requests' errors are OSErrors
+            if not follow:
+                raise
+            report("replication paused: %s; retrying in %.1f s" % (exc, retry_wait))
+            if stop.wait(retry_wait):
+                return total
+            retry_wait = min(retry_wait * 2, MAX_RETRY_WAIT)
             continue
-        if not follow or (stop is not None and stop.is_set()):
+        total, retry_wait = total + applied, interval
+        if more:
+            continue
+        if not follow or stop.wait(interval):
             return total
-        if stop is not None:
-            stop.wait(interval)
-        else:
-            time.sleep(interval)
+
+
+def _pump_batch(source, target, report):
+    """One batch from the target's cursor on. -> (events applied, whether the source has more)."""
+    after = target.call("GET", "/status").json()["cursor"]
+    batch = source.call("GET", "/events", params={"after": after}).json()
+    if not batch["events"]:
+        return 0, batch["more"]
+    gone = [digest for digest in digests_named_by(batch["events"]) if not _copy_blob(source, target, digest)]
+    result = target.call("POST", "/apply", json={"events": batch["events"], "gone": gone}).json()
+    report("applied %d event(s), skipped %d, cursor now %d" % (result["applied"], result["skipped"],
+                                                               result["cursor"]))
+    return result["applied"], batch["more"]
 
 
 def digests_named_by(events):

@@ -92,9 +92,9 @@ class ServerProcess:
     """`python -m app serve` in a child process on a free port. Ready once gunicorn says it listens and a
     first /health request (which waits in the listen backlog until the app is loaded) answers."""
 
-    def __init__(self, data_dir, env=None, drop_env=()):
+    def __init__(self, data_dir, env=None, drop_env=(), port=None):
         import requests
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = "http://127.0.0.1:%d" % self.port
         environment = dict(os.environ, DEPOT_BCRYPT_ROUNDS="4", **(env or {}))
         for name in ("DEPOT_SECRET_KEY", "DEPOT_DATABASE_URL") + tuple(drop_env):

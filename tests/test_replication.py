@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from app import replication
-from tests.conftest import ADMIN_PASSWORD, ROOT, Depot, ServerProcess, join_all
+from tests.conftest import ADMIN_PASSWORD, ROOT, Depot, ServerProcess, free_port, join_all
 
 # every read a user can make of what the scenario below publishes
 READS = ["/v1/namespaces", "/v1/acme", "/v1/acme/tool", "/v1/acme/tool/versions", "/v1/acme/tool/latest",
@@ -448,3 +448,40 @@ def test_apply_batch_called_directly_needs_no_gone_list(pair):
     result = replication.apply_batch(replica.service.engine, events)
     assert result == {"applied": 8, "skipped": 0, "without_pipeline": 0, "cursor": 8}
     assert replication.cursor(replica.service.engine) == 8
+
+
+
+def test_following_rides_out_a_primary_that_is_down(tmp_path, project_schema):
+    """The follower starts before its primary is up, reports the refusals, and catches up once it is."""
+    primary_dir = tmp_path / "primary"
+    seeded = Depot(str(primary_dir), project_schema)  # the primary's data dir: its admin, key and one artifact
+    assert seeded.publish("acme", "tool", "1.0.0", "linux", b"one").status_code == 201
+    source_token = seeded.token(["admin"], "replicator")
+    seeded.close()
+    port = free_port()
+    replica = ServerProcess(tmp_path / "replica")
+    lines, stop, errors = queue.Queue(), threading.Event(), []
+
+    def follow():
+        try:
+            replication.pump(replication.Endpoint("http://127.0.0.1:%d" % port, source_token),
+                             replication.Endpoint(replica.url, login(replica)), follow=True, interval=0.05,
+                             report=lines.put, stop=stop)
+        except Exception as exc:  # handed to the test thread by join_all
+            errors.append(exc)
+    follower = threading.Thread(target=follow)
+    primary = None
+    try:
+        follower.start()
+        assert lines.get(timeout=60).startswith("replication paused: ")  # nothing listens yet
+        primary = ServerProcess(primary_dir, port=port)
+        line = lines.get(timeout=120)
+        while line.startswith("replication paused: "):  # refusals reported while the primary was starting
+            line = lines.get(timeout=120)
+        assert line == "applied 1 event(s), skipped 0, cursor now 1"
+    finally:
+        stop.set()
+        join_all([follower], errors, "the follower")
+        replica.stop()
+        if primary is not None:
+            primary.stop()
