@@ -68,9 +68,20 @@ class _lazy:
         return value
 
 
+def _from_request(attribute):
+    """A part read straight from the werkzeug request, which works it out once and caches it itself."""
+    return property(lambda self: getattr(self._req, attribute))
+
+
 class HttpRequestData(RequestData):
     """RequestData over the WSGI request: each part is worked out the first time an op reads it, so a route
     pays only for what its pipeline uses."""
+
+    query = _from_request("args")
+    headers = _from_request("headers")
+    content_length = _from_request("content_length")
+    remote_addr = _from_request("remote_addr")
+    path = _from_request("path")
 
     def __init__(self, req, params, limit, request_id):  # not super().__init__: it would compute every part
         self._req = req
@@ -80,32 +91,12 @@ class HttpRequestData(RequestData):
         self.request_id = request_id
 
     @_lazy
-    def query(self):
-        return self._req.args
-
-    @_lazy
-    def headers(self):
-        return self._req.headers
-
-    @_lazy
-    def content_length(self):
-        return self._req.content_length
-
-    @_lazy
     def stream(self):
         return LimitedBody(self._req.stream, self._limit)
 
     @_lazy
     def declared_digest(self):
         return declared_digest(self._req.headers, self._req.args)
-
-    @_lazy
-    def remote_addr(self):
-        return self._req.remote_addr
-
-    @_lazy
-    def path(self):
-        return self._req.path
 
 
 def request_data(req, engine, params):
