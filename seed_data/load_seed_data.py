@@ -149,14 +149,20 @@ def check_header_safe(headers):
             raise StepFailed("header %s: value must be ASCII on one line without outer spaces" % name)
 
 
-def existing_digest(session, url, artifact):
-    """The stored digest of these coordinates, or None when nothing is stored there."""
-    response = request(session, "GET", url + artifact_path(artifact))
+def read_existing(session, url, what):
+    """The JSON document at ``url``, or None when nothing is there (404)."""
+    response = request(session, "GET", url)
     if response.status_code == 404:
         return None
     if response.status_code != 200:
-        raise StepFailed("reading metadata: %s" % describe_error(response))
-    return response.json().get("digest")
+        raise StepFailed("reading %s: %s" % (what, describe_error(response)))
+    return response.json()
+
+
+def existing_digest(session, url, artifact):
+    """The stored digest of these coordinates, or None when nothing is stored there."""
+    meta = read_existing(session, url + artifact_path(artifact), "metadata")
+    return None if meta is None else meta.get("digest")
 
 
 def check_existing(session, url, artifact, digest):
@@ -207,12 +213,9 @@ def tag_path(tag):
 
 def check_existing_tag(session, url, tag):
     """PRESENT when the tag already points at the seed file's target, None when it is not set."""
-    response = request(session, "GET", url + tag_path(tag))
-    if response.status_code == 404:
+    current = read_existing(session, url + tag_path(tag), "tag")
+    if current is None:
         return None
-    if response.status_code != 200:
-        raise StepFailed("reading tag: %s" % describe_error(response))
-    current = response.json()
     target = (current.get("target_version"), current.get("target_variant"))
     if target != (tag["target_version"], tag["target_variant"]):
         raise StepFailed("conflict: tag already points at %s (%s) and tags are immutable" % target)
