@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from app.compiler import compile_schema
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -501,25 +503,14 @@ def test_failing_load_check_with_warn_is_a_warning(reference_schema):
     assert_warning(report, "ops.closed_world", "False", check="val.ops_closed_world")
 
 
-def test_unknown_load_time_predicate(reference_schema):
-    reference_schema["validation"]["load_time_checks"].append(
-        {"id": "val.custom", "require": {"all_routes_are_fast": True}, "on_fail": "reject_config"})
-    assert_error(reference_schema, "validation.load_time_checks[6].require.all_routes_are_fast",
-                 "unknown predicate", "'all_routes_are_fast'")
-
-
-def test_unknown_load_time_predicate_with_warn_is_still_an_error(reference_schema):
-    reference_schema["validation"]["load_time_checks"].append(
-        {"id": "val.custom", "require": {"all_routes_are_fast": True}, "on_fail": "warn"})
-    assert_error(reference_schema, "validation.load_time_checks[6].require.all_routes_are_fast",
-                 "unknown predicate")
-
-
-def test_unknown_runtime_predicate(reference_schema):
-    reference_schema["validation"]["runtime_checks"].append(
-        {"id": "run.custom", "require": {"all_blobs_are_small": True}, "on_fail": "abort_request"})
-    assert_error(reference_schema, "validation.runtime_checks[2].require.all_blobs_are_small",
-                 "unknown predicate", "'all_blobs_are_small'")
+@pytest.mark.parametrize("checks, on_fail, predicate, place, fragments", [
+    ("load_time_checks", "reject_config", "all_routes_are_fast", "load_time_checks[6]", ("'all_routes_are_fast'",)),
+    ("load_time_checks", "warn", "all_routes_are_fast", "load_time_checks[6]", ()),  # warn: still an error
+    ("runtime_checks", "abort_request", "all_blobs_are_small", "runtime_checks[2]", ("'all_blobs_are_small'",)),
+])
+def test_unknown_predicate_is_an_error(reference_schema, checks, on_fail, predicate, place, fragments):
+    reference_schema["validation"][checks].append({"id": "custom", "require": {predicate: True}, "on_fail": on_fail})
+    assert_error(reference_schema, "validation.%s.require.%s" % (place, predicate), "unknown predicate", *fragments)
 
 
 def test_malformed_equals_predicate_argument(reference_schema):
