@@ -8,7 +8,7 @@ import time
 
 import requests
 
-from app.context import ExecutionContext
+from app.context import ExecutionContext, RequestData
 from app.errors import DepotError
 from app.stores.blobs import DIGEST_PREFIX, BlobRef, FileBlobStore, declared_digest, split_digest
 from app.stores.cache import CacheStore
@@ -122,7 +122,6 @@ class Engine:
         pipeline = self.compiled.apply_pipelines.get(record["type"])
         if pipeline is None:
             raise DepotError("NO_APPLY_PIPELINE", 400, "no apply pipeline for event type %r" % record["type"])
-        from app.context import RequestData
         ctx = ExecutionContext(self, RequestData(), event=record)
         ctx.fields.update(record.get("payload") or {})
         ctx.replay_writes = list(bookkeeping)
