@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from itertools import islice
 
 from app.auth import require
+from app.body import parse_json as parse_json_body, read_all
 from app.conditions import ConditionError, compile_condition
 from app.rows import RowContext
 from app.context import ResponseSpec
@@ -112,27 +113,21 @@ def _utf8(value):
         return value
 
 
-@op("parse.json", "Parse the request body as JSON (bounded by ops.limits.max_json_bytes); an object's members "
-    "also join the field namespace without overriding path parameters.",
+@op("parse.json", "Parse the request body as JSON (bounded by ops.limits.max_json_bytes and max_json_depth); an "
+    "object's members also join the field namespace without overriding path parameters.",
     args={"out": Output("variable receiving the parsed body")},
     errors=["400 INVALID_JSON", "413 JSON_TOO_LARGE"],
     example={"out": "body"}, binds=lambda scope, raw: scope.bind_json_body(raw.get("out")),
     openapi=lambda o, a: o.json_body(a.out))
 def parse_json(ctx, a):
-    limit = ctx.engine.limits.max_json_bytes
+    limits = ctx.engine.limits
     request = ctx.request
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large("JSON body exceeds max_json_bytes (%d)" % limit, "JSON_TOO_LARGE")
-    raw = request.stream.read(limit + 1) if request.stream is not None else b""
-    if len(raw) > limit:
-        raise too_large("JSON body exceeds max_json_bytes (%d)" % limit, "JSON_TOO_LARGE")
+    if request.content_length is not None and request.content_length > limits.max_json_bytes:
+        raise too_large("JSON body exceeds max_json_bytes (%d)" % limits.max_json_bytes, "JSON_TOO_LARGE")
+    raw = read_all(request.stream, limits.max_json_bytes) if request.stream is not None else b""
     if not raw.strip():
         raise bad_request("INVALID_JSON", "request body is empty; expected JSON")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request("INVALID_JSON", "request body is not valid JSON: %s" % exc)
-    ctx.vars[a.out] = body
+    body = ctx.vars[a.out] = parse_json_body(raw, limits.max_json_depth)
     if isinstance(body, dict):
         for name, value in body.items():
             ctx.fields.setdefault(name, value)
@@ -281,7 +276,9 @@ def kv_delete(ctx, a):
     example={"store": "primary", "digest": "$meta.blob_digest", "out": "blob"}, io=True)
 def blob_get(ctx, a):
     ctx.count_io()
-    blob = ctx.engine.blob_store(a.store.name).locate(a.digest.render(ctx))
+    store, digest = ctx.engine.blob_store(a.store.name), a.digest.render(ctx)
+    ctx.hold_blob(store, digest)  # before looking: a collection either sees the hold or has already removed it
+    blob = store.locate(digest)
     if blob is None:
         raise DepotError("BLOB_NOT_FOUND", 404, "blob is not in store %r" % a.store.name)
     ctx.vars[a.out] = blob
@@ -306,10 +303,11 @@ def blob_put(ctx, a):
             staged = store.stage(ctx.request.stream)
         else:
             staged = _stage_from_value(store, source.render(ctx))
+    ctx.hold_blob(store, staged.digest)
     if ctx.txn is not None:
         ctx.txn.stage_blob(store, staged)
     else:
-        store.promote(staged)
+        store.commit(staged)
     ctx.unverified_blobs[staged.digest] = staged
     ctx.vars[a.out] = staged.digest
     if a.out_size:

@@ -42,7 +42,8 @@ _UNKNOWN = object()
 
 class ExecutionContext:
     __slots__ = ("engine", "request", "fields", "vars", "event", "txn", "response", "io_ops", "exempt_ns",
-                 "exempt_wall_ns", "unverified_blobs", "cleanups", "replay_writes", "_authenticate", "_principal")
+                 "exempt_wall_ns", "unverified_blobs", "held_blobs", "cleanups", "replay_writes", "_authenticate",
+                 "_principal")
 
     def __init__(self, engine, request, event=None, authenticate=None):
         self.engine = engine
@@ -54,7 +55,8 @@ class ExecutionContext:
         self.response = None
         self.io_ops = self.exempt_ns = self.exempt_wall_ns = 0
         self.unverified_blobs = {}
-        self.cleanups = []
+        self.held_blobs = []  # (store, digest) kept from garbage collection until the pipeline ends
+        self.cleanups = []  # run once the response has been sent
         self.replay_writes = None  # replication's bookkeeping, written with a replayed event's first commit
         self._authenticate = authenticate
         self._principal = None if authenticate is None else _UNKNOWN
@@ -100,6 +102,16 @@ class ExecutionContext:
             raise
         self.engine.commit(self, txn)
 
+    def hold_blob(self, store, digest):
+        """Keep a blob from garbage collection until the pipeline ends: a later step may reference it."""
+        store.hold(digest)
+        self.held_blobs.append((store, digest))
+
+    def release_blobs(self):
+        while self.held_blobs:
+            store, digest = self.held_blobs.pop()
+            store.release(digest)
+
     def abort_txn(self):
         if self.txn is not None:
             self.txn.abort()
@@ -107,6 +119,7 @@ class ExecutionContext:
 
     def close(self):
         self.abort_txn()
+        self.release_blobs()
         for cleanup in reversed(self.cleanups):
             cleanup()
         self.cleanups = []

@@ -7,6 +7,7 @@ from operator import methodcaller
 
 import jsonschema
 
+from app.body import MAX_JSON_DEPTH
 from app.codegen import FunctionBuilder
 from app.errors import DepotError
 from app.stores import sortkeys
@@ -222,13 +223,15 @@ MAX_PAGE_SIZE = 200  # one bound for every paginated list, schema routes and Dep
 
 class Limits:
     DEFAULTS = {"max_pipeline_ops": 128, "max_request_body_bytes": 2 ** 31, "max_json_bytes": 10 * 2 ** 20,
-                "max_kv_value_bytes": 2 ** 20, "max_cpu_ms_per_request": 200, "max_io_ops_per_request": 5000}
+                "max_kv_value_bytes": 2 ** 20, "max_cpu_ms_per_request": 200, "max_io_ops_per_request": 5000,
+                "max_json_depth": MAX_JSON_DEPTH}
 
     def __init__(self, spec):
         merged = dict(self.DEFAULTS, **(spec or {}))
         self.max_pipeline_ops = merged["max_pipeline_ops"]
         self.max_request_body_bytes = merged["max_request_body_bytes"]
         self.max_json_bytes = merged["max_json_bytes"]
+        self.max_json_depth = merged["max_json_depth"]
         self.max_kv_value_bytes = merged["max_kv_value_bytes"]
         self.max_cpu_ns = merged["max_cpu_ms_per_request"] * 1_000_000
         self.max_io_ops = merged["max_io_ops_per_request"]

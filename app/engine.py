@@ -12,6 +12,7 @@ from app.context import ExecutionContext, RequestData
 from app.errors import DepotError
 from app.stores.blobs import DIGEST_PREFIX, BlobRef, FileBlobStore, declared_digest, split_digest
 from app.stores.cache import CacheStore
+from app.stores.guard import BlobGuard
 from app.stores.state import StateStore
 
 PROXY_CHUNK = 1024 * 1024
@@ -24,23 +25,32 @@ def _forbidden_param(value):
 
 
 class Stores:
-    """The data dir's stores, shared by every engine (schema version) that runs over it."""
+    """The data dir's stores, shared by every engine (schema version) that runs over it. Opening them removes
+    what a crash can leave behind: temporary files no upload of this process is writing."""
 
     def __init__(self, data_dir, sync=True):
         self.data_dir = os.path.abspath(data_dir)
-        os.makedirs(self.data_dir, exist_ok=True)
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         self.state = StateStore(os.path.join(self.data_dir, "state"), sync=sync)
+        self.guard = BlobGuard(self.state.commit_lock)
         self.tmp_dir = os.path.join(self.data_dir, "tmp")
-        os.makedirs(self.tmp_dir, exist_ok=True)
+        os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
+        for name in os.listdir(self.tmp_dir):  # upstream bodies of requests that ended with the last process
+            _remove(os.path.join(self.tmp_dir, name))
         self._blob_stores = {}
+        self._cleaned_roots = set()
 
     def blob_store(self, definition):
         key = (definition.name, definition.root, definition.path_template, definition.min_bytes,
                definition.max_bytes)
         if key not in self._blob_stores:
             root = resolve_blob_root(self.data_dir, definition.root)
-            self._blob_stores[key] = FileBlobStore(definition.name, root, definition.path_template,
-                                                   definition.min_bytes, definition.max_bytes)
+            store = FileBlobStore(definition.name, root, definition.path_template, definition.min_bytes,
+                                  definition.max_bytes, self.guard)
+            if root not in self._cleaned_roots:  # once per root: a later store over it may share live uploads
+                self._cleaned_roots.add(root)
+                store.remove_leftover_temps()
+            self._blob_stores[key] = store
         return self._blob_stores[key]
 
     def close(self):
@@ -99,8 +109,8 @@ class Engine:
         if ctx.response is None:
             ctx.close()
             raise DepotError("NO_RESPONSE", 500, "the pipeline finished without responding")
-        if ctx.txn is not None:  # a response from inside an open transaction discards it
-            ctx.abort_txn()
+        ctx.abort_txn()  # a response from inside an open transaction discards it
+        ctx.release_blobs()  # no step is left to reference them
         return ctx
 
     def commit(self, ctx, txn):
@@ -173,10 +183,11 @@ class Engine:
         return {"status": response.status_code, "headers": dict(response.headers),
                 "body": BlobRef(None, None, size, path), "size": size, "digest": upstream_digest(response.headers)}
 
-    def health(self):
-        stores = {"state": self.state.health()}
+    def health(self, detail=False):
+        """Each store's kind and state; ``detail`` adds where it lives (for admins only)."""
+        stores = {"state": self.state.health(detail)}
         for name, store in self.blob_stores.items():
-            stores["blob:" + name] = store.health()
+            stores["blob:" + name] = store.health(detail)
         return stores
 
 

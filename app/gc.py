@@ -1,38 +1,34 @@
 """Garbage collection of blobs, as the schema's `gc` section describes it.
 
 Mark: every blob digest named by `gc.sweep.mark.mark_blobs_by` (for example `artifact_meta.blob_digest`) in a
-document that is not a tombstone (`deleted: true`). Sweep: every blob file no mark names, and every temporary
-upload, older than `gc.sweep.sweep_unreferenced_after_seconds`. Each file is checked and removed under the
-commit lock: a commit that references a blob touches its file under that lock, so a blob referenced after the
-mark is seen as recent and kept.
+document that is not a tombstone (`deleted: true`), read from a snapshot taken after the collection began.
+Sweep: every blob no mark names (an orphan), and every temporary upload file, untouched for
+`gc.sweep.sweep_unreferenced_after_seconds`, unless a write in flight needs it: app/stores/guard.py is the
+protocol that makes a collection safe beside concurrent publishes, re-publishes, uploads and replication, for
+any grace period, 0 included. A dry run takes every decision a real run would and removes nothing.
 """
-import os
 import time
 
+from app.errors import DepotError
 from app.stores.state import kv_key, loads
 
 DEFAULT_GRACE_SECONDS = 7 * 86400
 
 
 def collect(engine, dry_run=False, grace_seconds=None):
-    spec = engine.compiled.doc.get("gc", {})
+    spec = engine.compiled.doc.get("gc", {}).get("sweep", {})
     if grace_seconds is None:
-        grace_seconds = spec.get("sweep", {}).get("sweep_unreferenced_after_seconds", DEFAULT_GRACE_SECONDS)
-    marked = mark(engine, spec.get("sweep", {}).get("mark", {}).get("mark_blobs_by", []))
-    cutoff = time.time() - grace_seconds
-    removed, kept, recent = [], 0, 0
-    for store in engine.blob_stores.values():
-        for hexdigest, path in store.files():
-            if hexdigest in marked:
-                kept += 1
-            elif _remove_if_older(engine, path, cutoff, dry_run):
-                removed.append("sha256:" + hexdigest)
-            else:
-                recent += 1
-        for path in store.temp_files():
-            _remove_if_older(engine, path, cutoff, dry_run)
-    return {"marked": len(marked), "kept": kept, "removed": removed, "too_recent": recent, "dry_run": dry_run,
-            "grace_seconds": grace_seconds}
+        grace_seconds = spec.get("sweep_unreferenced_after_seconds", DEFAULT_GRACE_SECONDS)
+    guard = engine.stores.guard
+    if not guard.begin():
+        raise DepotError("GC_RUNNING", 409, "a garbage collection is already running; try again when it ends")
+    try:
+        cutoff = time.time() - grace_seconds
+        marked = mark(engine, spec.get("mark", {}).get("mark_blobs_by", []))
+        sweeps = [store.sweep(marked, cutoff, dry_run) for store in engine.blob_stores.values()]
+    finally:
+        guard.end()
+    return summary(sweeps, len(marked), dry_run, grace_seconds)
 
 
 def mark(engine, sources):
@@ -53,13 +49,15 @@ def mark(engine, sources):
     return marked
 
 
-def _remove_if_older(engine, path, cutoff, dry_run):
-    with engine.state.commit_lock:
-        try:
-            if os.stat(path).st_mtime >= cutoff:
-                return False
-            if not dry_run:
-                os.unlink(path)
-        except FileNotFoundError:
-            return False
-    return True
+def summary(sweeps, marked, dry_run, grace_seconds):
+    """One report over every store's sweep. Orphans: blobs no live document names."""
+    def total(name):
+        return sum(getattr(sweep, name) for sweep in sweeps)
+    removed = [digest for sweep in sweeps for digest in sweep.removed]
+    return {"dry_run": dry_run, "grace_seconds": grace_seconds, "marked": marked, "kept": total("kept"),
+            "removed": removed, "removed_bytes": total("removed_bytes"), "too_recent": total("recent"),
+            "orphans": {"count": len(removed) + total("recent") + total("in_use"),
+                        "bytes": total("removed_bytes") + total("recent_bytes"),
+                        "removed": len(removed), "within_grace": total("recent"), "in_use": total("in_use")},
+            "temp_files": {"removed": total("temp_removed"), "removed_bytes": total("temp_removed_bytes"),
+                           "kept": total("temp_kept")}}

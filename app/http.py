@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from werkzeug.routing import Map, Rule
 from werkzeug.wsgi import wrap_file
 
+from app.body import RequestBody
 from app.context import RequestData
 from app.errors import DepotError, too_large
 from app.stores.blobs import declared_digest
@@ -35,22 +36,6 @@ def json_response(payload, status=200, headers=None):
 
 def error_response(error):
     return json_response(error.envelope(), error.status, error.headers or None)
-
-
-class LimitedBody:
-    """The request body as a stream; reading past ``limit`` bytes is a 413, however the body was framed."""
-
-    def __init__(self, stream, limit):
-        self.stream = stream
-        self.limit = limit
-        self.seen = 0
-
-    def read(self, size=-1):
-        chunk = self.stream.read(size if size is not None and size >= 0 else self.limit + 1)
-        self.seen += len(chunk)
-        if self.seen > self.limit:
-            raise too_large("request body exceeds max_request_body_bytes (%d)" % self.limit)
-        return chunk
 
 
 class _lazy:
@@ -92,7 +77,7 @@ class HttpRequestData(RequestData):
 
     @_lazy
     def stream(self):
-        return LimitedBody(self._req.stream, self._limit)
+        return RequestBody(self._req.stream, self._limit, self._req.content_length)
 
     @_lazy
     def declared_digest(self):
@@ -238,7 +223,7 @@ def create_app(service):
 
     @app.get("/health")
     def health():
-        stores = service.engine.health()
+        stores = service.engine.health(detail=_is_admin(service, request))
         ok = all(s.get("ok") for s in stores.values())
         return json_response({"ok": ok, "stores": stores, "schema_sha256": service.engine.compiled.sha256,
                               "read_only": service.read_only}, 200 if ok else 503)
@@ -269,6 +254,15 @@ def create_app(service):
     from app.management import create_blueprint
     app.register_blueprint(create_blueprint(service))
     return app
+
+
+def _is_admin(service, req):
+    """Whether the request carries valid admin credentials (a bad or missing token is simply not an admin)."""
+    try:
+        principal = service.principal(req)
+    except DepotError:
+        return False
+    return principal is not None and "admin" in principal["scopes"]
 
 
 def _audit_route(service, route, data, ctx, status):

@@ -13,11 +13,13 @@ from app import replication
 from app.auth import holds
 from app.context import ResponseSpec
 from app.definitions import MAX_PAGE_SIZE
-from app.errors import DepotError, bad_request, not_found, too_large
-from app.http import LimitedBody, json_response, write_response
+from app.errors import DepotError, bad_request, not_found
+from app.body import RequestBody, parse_json, read_all
+from app.http import json_response, write_response
 from app.schema_store import version_view
 
 MAX_BODY = 10 * 1024 * 1024
+MAX_GRACE_SECONDS = 100 * 365 * 86400
 
 
 def client():
@@ -25,16 +27,23 @@ def client():
             "request_id": g.get("request_id")}
 
 
-def json_body(limit=MAX_BODY):
-    raw = request.stream.read(limit + 1)
-    if len(raw) > limit:
-        raise too_large("request body exceeds %d bytes" % limit, "JSON_TOO_LARGE")
-    try:
-        body = json.loads(raw or b"null")
-    except ValueError as exc:
-        raise bad_request("INVALID_JSON", "request body is not valid JSON: %s" % exc)
+def request_body(limit):
+    return RequestBody(request.stream, limit, request.content_length)
+
+
+def json_body(limit=MAX_BODY, allowed=None, empty=None):
+    """The request's JSON object, however the body is framed. ``allowed``: the only keys it may have (400
+    naming the first other); ``empty``: what an empty body means (None: it is refused)."""
+    raw = read_all(request_body(limit), limit)
+    if not raw.strip() and empty is not None:
+        return empty
+    body = parse_json(raw or b"null")
     if not isinstance(body, dict):
         raise bad_request("INVALID_JSON", "expected a JSON object")
+    unknown = sorted(set(body) - set(allowed)) if allowed is not None else []
+    if unknown:
+        raise bad_request("INVALID_REQUEST", "unknown field %r; expected: %s" % (unknown[0], ", ".join(allowed)),
+                          unknown[0])
     return body
 
 
@@ -329,11 +338,16 @@ def _maintenance_views(bp, service, guard):
     @admin_action("admin.gc")
     def collect_garbage():
         from app import gc
-        body = json_body(65536) if request.content_length else {}
+        body = json_body(65536, allowed=("dry_run", "grace_seconds"), empty={})
         grace = body.get("grace_seconds")
-        if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool) or grace < 0):
-            raise bad_request("INVALID_REQUEST", "grace_seconds is a non-negative integer", "grace_seconds")
-        result = gc.collect(service.engine, dry_run=bool(body.get("dry_run")), grace_seconds=grace)
+        if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool) or
+                                  not 0 <= grace <= MAX_GRACE_SECONDS):
+            raise bad_request("INVALID_REQUEST", "grace_seconds is an integer from 0 to %d" % MAX_GRACE_SECONDS,
+                              "grace_seconds")
+        dry_run = body.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise bad_request("INVALID_REQUEST", "dry_run is true or false", "dry_run")
+        result = gc.collect(service.engine, dry_run=dry_run, grace_seconds=grace)
         return json_response(result), "%d blob(s)" % len(result["removed"])
 
     @bp.get("/admin/audit")
@@ -375,7 +389,7 @@ def _replication_views(bp, service, guard):
     @admin_action("admin.replication.blob")
     def replication_receive_blob(digest):
         engine = service.engine
-        body = LimitedBody(request.stream, engine.limits.max_request_body_bytes)
+        body = request_body(engine.limits.max_request_body_bytes)
         blob = replication.receive_blob(engine, request.args.get("store", ""), digest, body)
         return json_response({"digest": blob.digest, "size": blob.size, "store": blob.store}, 201), digest
 

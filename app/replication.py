@@ -13,6 +13,7 @@ Nothing here knows Flask: app/management.py serves these under /admin/replicatio
 import json
 import re
 import threading
+from contextlib import contextmanager
 
 from app.errors import DepotError, bad_request, not_found
 from app.stores.state import SEQ_WIDTH
@@ -21,6 +22,7 @@ _BOOKKEEPING = b"x"  # the state store's key space for replication (see app/stor
 CURSOR_KEY = _BOOKKEEPING + b"cursor"
 _APPLIED_HEAD = _BOOKKEEPING + b"applied\x00"
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+RECEIVED_BLOB_LEASE_SECONDS = 3600  # received bytes outlive collections this long, while their event is on its way
 _APPLY_LOCK = threading.Lock()  # one stream of events at a time: dedupe checks and cursor moves never interleave
 
 
@@ -94,8 +96,8 @@ def receive_blob(engine, store_name, digest, stream):
     if staged.digest != digest:
         store.discard(staged)
         raise DepotError("DIGEST_MISMATCH", 400, "the bytes hash to %s, not %s" % (staged.digest, digest), "digest")
-    with engine.state.commit_lock:  # garbage collection checks and removes files under this lock
-        store.promote(staged)
+    store.lease(digest, RECEIVED_BLOB_LEASE_SECONDS)  # no document names them until their event is applied
+    store.commit(staged)
     return staged
 
 
@@ -128,8 +130,8 @@ def apply_batch(engine, events, gone=None):
             bookkeeping = [(CURSOR_KEY, b"%d" % seq)] + ([(_applied_key(event_id), b"1")] if event_id else [])
             if event["type"] in engine.compiled.apply_pipelines:
                 _check_payload(engine, event, "events[%d].payload" % i)
-                _require_blobs(engine, event["payload"], gone, "events[%d].payload" % i)
-                _apply_one(engine, event, bookkeeping, i)
+                with _held_blobs(engine, event["payload"], gone, "events[%d].payload" % i):
+                    _apply_one(engine, event, bookkeeping, i)
                 result["applied"] += 1
             else:
                 engine.state.write(bookkeeping)
@@ -169,11 +171,37 @@ def _check_payload(engine, event, where):
         raise
 
 
-def _require_blobs(engine, payload, gone, where):
-    for field, value in named_digests(payload):
-        if value not in gone and locate(engine, value) is None:
-            raise DepotError("BLOB_MISSING", 409, "blob %s is not here yet: send its bytes before the event "
-                             "naming it" % value, where + "." + field)
+@contextmanager
+def _held_blobs(engine, payload, gone, where):
+    """Hold the blobs an event names (those the primary still has) while it is applied: held before they are
+    looked for, so garbage collection has either removed one already (409 BLOB_MISSING: the pump sends it again)
+    or keeps it; once the event is applied a live document names them and their leases end."""
+    held = []
+    try:
+        for field, value in named_digests(payload):
+            if value in gone:
+                continue
+            store = _store_holding(engine, value)
+            if store is None:
+                raise DepotError("BLOB_MISSING", 409, "blob %s is not here yet: send its bytes before the event "
+                                 "naming it" % value, where + "." + field)
+            held.append((store, value))
+        yield
+        for store, value in held:
+            store.end_lease(value)
+    finally:
+        for store, value in held:
+            store.release(value)
+
+
+def _store_holding(engine, digest):
+    """The blob store holding ``digest``, which it now holds against collection; None (nothing held) if none."""
+    for store in engine.blob_stores.values():
+        store.hold(digest)
+        if store.locate(digest) is not None:
+            return store
+        store.release(digest)
+    return None
 
 
 def _apply_one(engine, event, bookkeeping, index):

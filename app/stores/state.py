@@ -163,12 +163,15 @@ class StateStore:
     def transaction(self):
         return Transaction(self)
 
-    def health(self):
+    def health(self, detail=False):
+        report = {"kind": "rocksdict", "ok": True}
         try:
             self.db.get(b"health-probe")
-            return {"kind": "rocksdict", "ok": True, "path": self.path}
         except Exception as exc:  # report any store failure as unhealthy rather than crash the probe
-            return {"kind": "rocksdict", "ok": False, "path": self.path, "error": str(exc)}
+            report.update(ok=False, error=str(exc) if detail else "the state database cannot be read")
+        if detail:
+            report["path"] = self.path
+        return report
 
 
 class _Overlay:

@@ -1,0 +1,98 @@
+"""What garbage collection must not remove at this moment: the protocol between collections and writers.
+
+A collection marks the digests live documents name, from a snapshot taken once it has begun, and sweeps the
+rest. Bytes that no live document names yet, but that a write in flight needs, are protected here instead:
+
+- an upload's temporary file is live from before it is created until it is promoted or discarded;
+- a request holds every blob it stored or looked up until it ends (a later step may write a reference to it);
+- a replica leases the bytes it received until the event naming them has been applied (or the lease ends);
+- while a collection runs, every blob a commit promoted or a request released is remembered as seen: the
+  collection's snapshot cannot show the documents that reference it, so it is kept until the next collection.
+
+Ordering: a collection begins under the commit lock, so every commit either precedes its snapshot or notes its
+blobs as seen. Every decision to delete is taken, and carried out, under ``self.lock``, the same lock that
+holds, leases and promotions take, so a blob is either protected before the check or already gone before the
+writer looks for it.
+"""
+import threading
+import time
+
+
+class BlobGuard:
+    def __init__(self, commit_lock):
+        self.commit_lock = commit_lock
+        self.lock = threading.Lock()
+        self._holds = {}  # hex digest -> number of requests holding it
+        self._leases = {}  # hex digest -> time.monotonic() deadline
+        self._live_temps = set()  # paths of temporary files uploads are writing
+        self._seen = None  # hex digests used since the running collection began; None when none runs
+        self._collecting = threading.Lock()
+
+    # --- writers ---------------------------------------------------------------------------------------------
+
+    def hold(self, hexdigest):
+        with self.lock:
+            self._holds[hexdigest] = self._holds.get(hexdigest, 0) + 1
+
+    def release(self, hexdigest):
+        with self.lock:
+            remaining = self._holds.get(hexdigest, 0) - 1
+            if remaining > 0:
+                self._holds[hexdigest] = remaining
+            else:
+                self._holds.pop(hexdigest, None)
+            self._note(hexdigest)
+
+    def lease(self, hexdigest, seconds):
+        now = time.monotonic()
+        with self.lock:
+            if len(self._leases) >= 1024:  # forget ended leases now and then, so the table stays small
+                self._leases = {d: t for d, t in self._leases.items() if t > now}
+            self._leases[hexdigest] = max(self._leases.get(hexdigest, 0), now + seconds)
+
+    def end_lease(self, hexdigest):
+        with self.lock:
+            if self._leases.pop(hexdigest, None) is not None:
+                self._note(hexdigest)
+
+    def promoted(self, hexdigest):
+        """Call with ``self.lock`` held, right after the bytes were put (or touched) under their digest."""
+        self._note(hexdigest)
+
+    def temp_started(self, path):
+        with self.lock:
+            self._live_temps.add(path)
+
+    def temp_ended(self, path):
+        with self.lock:
+            self._live_temps.discard(path)
+
+    def _note(self, hexdigest):
+        if self._seen is not None:
+            self._seen.add(hexdigest)
+
+    # --- the collector ---------------------------------------------------------------------------------------
+
+    def begin(self):
+        """Start a collection; False when one is already running. Take the mark's snapshot after this."""
+        if not self._collecting.acquire(blocking=False):
+            return False
+        with self.commit_lock, self.lock:
+            self._seen = set()
+        return True
+
+    def end(self):
+        with self.lock:
+            self._seen = None
+        self._collecting.release()
+
+    def blob_in_use(self, hexdigest):
+        """Call with ``self.lock`` held."""
+        if hexdigest in self._holds or (self._seen is not None and hexdigest in self._seen):
+            return True
+        deadline = self._leases.get(hexdigest)
+        return deadline is not None and deadline > time.monotonic()
+
+    def temp_in_use(self, path):
+        """Call with ``self.lock`` held."""
+        return path in self._live_temps
