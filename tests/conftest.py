@@ -1,4 +1,5 @@
 """Shared fixtures: real stores in temporary directories, real HTTP through the Flask app."""
+import io
 import json
 import os
 import socket
@@ -71,6 +72,41 @@ class Depot(LocalDepot):
         """Files in the blob store's .tmp dir and the data dir's tmp dir."""
         dirs = (os.path.join(self.data_dir, "data", "blobs", ".tmp"), os.path.join(self.data_dir, "tmp"))
         return [os.path.join(d, f) for d in dirs if os.path.isdir(d) for f in os.listdir(d)]
+
+
+class GatedBody(io.BytesIO):
+    """A request body that, once ``after`` bytes have been read, announces ``reading`` and blocks until ``release``
+    is set: a client pausing mid-body at a point the test chooses."""
+
+    def __init__(self, data, reading, release, after=0):
+        super().__init__(data)
+        self.reading, self.release, self.after = reading, release, after
+        self.gated = True
+
+    def _gate(self):
+        if self.gated and self.tell() >= self.after:
+            self.gated = False
+            self.reading.set()
+            if not self.release.wait(60):
+                raise RuntimeError("never released")
+
+    def read(self, size=-1):
+        self._gate()
+        return super().read(size)
+
+    def readinto(self, buffer):
+        self._gate()
+        return super().readinto(buffer)
+
+
+def send_chunked(client, method, path, body, headers=None):
+    """Send ``body`` without a Content-Length, as a chunked upload reaches the app."""
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wrappers import Request
+    environ = EnvironBuilder(path=path, method=method, headers=headers, input_stream=io.BytesIO(body)).get_environ()
+    del environ["CONTENT_LENGTH"]
+    environ["wsgi.input_terminated"] = True
+    return client.open(Request(environ))
 
 
 def join_all(threads, errors, what="a thread"):

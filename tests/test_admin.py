@@ -6,14 +6,13 @@ Everything runs through the Flask test client against real SQLite (migrated by A
 stores; threads are released together by a Barrier and coordinated with Events, never with sleeps.
 """
 import copy
-import io
 import json
 import threading
 from datetime import datetime
 
 import pytest
 
-from tests.conftest import ADMIN_PASSWORD, join_all
+from tests.conftest import ADMIN_PASSWORD, GatedBody, join_all
 
 # --- helpers ------------------------------------------------------------------------------------------------
 
@@ -448,30 +447,6 @@ def test_readers_never_fail_while_the_schema_is_swapped(depot):
     assert all(len(per_thread) >= 4 for per_thread in statuses)
     assert set(flat) == {200}, sorted(set(flat))
     assert versions(depot)["total"] == SWAPS + 1
-
-
-class GatedBody(io.BytesIO):
-    """A request body whose first read blocks until ``release`` is set (after announcing ``reading``)."""
-
-    def __init__(self, data, reading, release):
-        super().__init__(data)
-        self.reading, self.release = reading, release
-        self.gated = True
-
-    def _gate(self):
-        if self.gated:
-            self.gated = False
-            self.reading.set()
-            if not self.release.wait(60):
-                raise RuntimeError("never released")
-
-    def read(self, size=-1):
-        self._gate()
-        return super().read(size)
-
-    def readinto(self, buffer):
-        self._gate()
-        return super().readinto(buffer)
 
 
 def probe_route(served_by):
