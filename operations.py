@@ -15,7 +15,7 @@ from app.body import parse_json as parse_json_body, read_all
 from app.conditions import ConditionError, compile_condition
 from app.rows import RowContext
 from app.context import ResponseSpec
-from app.definitions import MAX_PAGE_SIZE, chain
+from app.definitions import MAX_PAGE, MAX_PAGE_SIZE, chain
 from app.errors import DepotError, bad_request, too_large
 from app import expr
 from app.opspec import BindError, Const, JsonSchema, Output, RefTo, Scopes, Source, Template, op
@@ -23,6 +23,7 @@ from app.stores.blobs import BlobRef, digest_mismatch, split_digest
 from app.stores.state import dumps, kv_key, loads
 
 MAX_QUERY_LIMIT = 1000
+MAX_OFFSET = MAX_PAGE * MAX_PAGE_SIZE
 
 
 # --- auth -------------------------------------------------------------------------------------------------
@@ -361,7 +362,7 @@ def _prepare_index_query(a, scope):
     if (a.page is not None or a.page_size is not None) and (a.limit is not None or a.offset is not None):
         raise BindError("page/page_size and limit/offset are two ways to say the same; use one", "page")
     a.limit_value = _constant_int(a.limit, "limit", 1, MAX_QUERY_LIMIT) if a.limit is not None else None
-    a.offset_value = _constant_int(a.offset, "offset", 0, None) if a.offset is not None else 0
+    a.offset_value = _constant_int(a.offset, "offset", 0, MAX_OFFSET) if a.offset is not None else 0
     a.window = _window(None, a) if all(isinstance(n, expr.Const) or n is None
                                        for n in (a.limit, a.offset, a.page, a.page_size)) else None
     a.filter = None
@@ -426,14 +427,14 @@ def index_query(ctx, a):
 def _window(ctx, a):
     """(offset, limit) from limit/offset or page/page_size."""
     if a.page is not None or a.page_size is not None:
-        page = _bounded_int(a.page.render(ctx) if a.page is not None else 1, "page", 1, None)
+        page = _bounded_int(a.page.render(ctx) if a.page is not None else 1, "page", 1, MAX_PAGE)
         size = _bounded_int(a.page_size.render(ctx) if a.page_size is not None else 50, "page_size", 1,
                             MAX_PAGE_SIZE)
         return (page - 1) * size, size
     limit = a.limit_value or (_bounded_int(a.limit.render(ctx), "limit", 1, MAX_QUERY_LIMIT)
                               if a.limit is not None else 100)
     offset = a.offset_value if a.offset is None or a.offset_value is not None else \
-        _bounded_int(a.offset.render(ctx), "offset", 0, None)
+        _bounded_int(a.offset.render(ctx), "offset", 0, MAX_OFFSET)
     return offset, limit
 
 

@@ -3,6 +3,7 @@
 Each is built once at load; ops receive them already resolved.
 """
 import re
+import string
 from operator import methodcaller
 
 import jsonschema
@@ -54,19 +55,29 @@ def normalizer(name):
     return register
 
 
+# The built-in rules change ASCII characters only. Unicode case mapping and whitespace would fold look-alikes into
+# ASCII (the Kelvin sign K lower-cases to "k", U+017F long s upper-cases to "S"), so a name the entity's
+# constraints would refuse could pass them once normalized; left as they are, such characters meet the
+# constraints and are refused there.
+_ASCII_SPACE = " \t\n\r\x0b\x0c"
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+_ASCII_UPPER = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
+_ASCII_SPACE_RUN = re.compile("[%s]+" % re.escape(_ASCII_SPACE))
+
+
 @normalizer("trim")
 def _trim():
-    return str.strip
+    return lambda value: value.strip(_ASCII_SPACE)
 
 
 @normalizer("lower")
 def _lower():
-    return str.lower
+    return lambda value: value.lower() if value.isascii() else value.translate(_ASCII_LOWER)
 
 
 @normalizer("upper")
 def _upper():
-    return str.upper
+    return lambda value: value.upper() if value.isascii() else value.translate(_ASCII_UPPER)
 
 
 @normalizer("replace")
@@ -76,7 +87,7 @@ def _replace(old, new):
 
 @normalizer("collapse_whitespace")
 def _collapse():
-    return lambda value: " ".join(value.split())
+    return lambda value: _ASCII_SPACE_RUN.sub(" ", value).strip(" ")
 
 
 def chain(rules):
@@ -219,6 +230,7 @@ class BlobStoreDef:
 
 
 MAX_PAGE_SIZE = 200  # one bound for every paginated list, schema routes and Depot's own alike
+MAX_PAGE = 10_000_000  # ... and for page numbers: offsets stay far inside the SQL databases' 64-bit integers
 
 
 class Limits:

@@ -91,7 +91,10 @@ def _checks():
               "names a top-level section is a path into the schema), plus `route_requires: {route_id: [{op, "
               "args_contains}]}`. A violation is reported with the invariant's id: a warning, or an error when the "
               "invariant has `\"on_fail\": \"reject_config\"`.", "",
-              "Entity field `normalize` rules: %s (parameters after `:`, e.g. `replace:_:-`)."
+              "Entity field `normalize` rules: %s (parameters after `:`, e.g. `replace:_:-`). `trim`, `lower`, "
+              "`upper` and `collapse_whitespace` change ASCII characters only: Unicode case mapping would fold "
+              "look-alikes into ASCII (the Kelvin sign lower-cases to `k`), letting a name the constraints refuse "
+              "pass them once normalized; left alone, such characters meet the constraints and are refused."
               % ", ".join("`%s`" % n for n in sorted(NORMALIZERS)), ""]
     return "\n".join(lines)
 

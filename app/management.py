@@ -7,12 +7,12 @@ import copy
 import functools
 import json
 
-from flask import Blueprint, g, request
+from flask import Blueprint, current_app, g, request
 
 from app import replication
 from app.auth import holds
 from app.context import ResponseSpec
-from app.definitions import MAX_PAGE_SIZE
+from app.definitions import MAX_PAGE, MAX_PAGE_SIZE
 from app.errors import DepotError, bad_request, not_found
 from app.body import RequestBody, parse_json, read_all
 from app.http import json_response, write_response
@@ -34,7 +34,7 @@ def request_body(limit):
 def json_body(limit=MAX_BODY, allowed=None, empty=None):
     """The request's JSON object, however the body is framed. ``allowed``: the only keys it may have (400
     naming the first other); ``empty``: what an empty body means (None: it is refused)."""
-    raw = read_all(request_body(limit), limit)
+    raw = read_all(request_body(current_app.extensions["depot"].engine.limits.max_request_body_bytes), limit)
     if not raw.strip() and empty is not None:
         return empty
     body = parse_json(raw or b"null")
@@ -54,8 +54,8 @@ def page_args():
         size = int(request.args.get("page_size", 50))
     except ValueError:
         raise bad_request("INVALID_QUERY", "page and page_size are integers")
-    if page < 1 or not 1 <= size <= MAX_PAGE_SIZE:
-        raise bad_request("INVALID_QUERY", "page starts at 1; page_size is 1 to %d" % MAX_PAGE_SIZE)
+    if not 1 <= page <= MAX_PAGE or not 1 <= size <= MAX_PAGE_SIZE:
+        raise bad_request("INVALID_QUERY", "page is 1 to %d; page_size is 1 to %d" % (MAX_PAGE, MAX_PAGE_SIZE))
     return page, size, (page - 1) * size
 
 
@@ -285,7 +285,7 @@ def _schema_views(bp, service, guard):
         rows, total = service.schemas.list(offset, size)
         return json_response(paginated([version_view(r) for r in rows], total, page, size)), None
 
-    @bp.get("/admin/schema/versions/<int:version>")
+    @bp.get("/admin/schema/versions/<int(max=2147483647):version>")  # larger: no such version
     @admin_action("admin.schema.version")
     def schema_version(version):
         return json_response(version_view(service.schemas.get(version), with_document=True)), None
