@@ -148,12 +148,19 @@ def _add_remote(args, kind, body):
     return 0
 
 
-def _schema_store(data_dir):
+def open_data_dir(path):
+    """The data dir, private to its owner, and every file this process creates in it private too."""
     import os
 
+    from app.service import private_dir
+    os.umask(0o077)
+    return private_dir(path)
+
+
+def _schema_store(data_dir):
     from app import database
     from app.schema_store import SchemaStore
-    os.makedirs(data_dir, exist_ok=True)
+    open_data_dir(data_dir)
     url = database.database_url(data_dir)
     database.upgrade(url)
     return SchemaStore(database.connect(url)[1])
@@ -200,7 +207,7 @@ def cmd_validate(args):
 def cmd_gc(args):
     from app import gc
     from app.service import Service
-    service = Service(args.data_dir, announce=lambda *_: None)
+    service = Service(open_data_dir(args.data_dir), announce=lambda *_: None)
     try:
         result = gc.collect(service.engine, dry_run=args.dry_run, grace_seconds=args.grace_seconds)
     finally:
@@ -234,10 +241,8 @@ def cmd_replicate(args):
 
 
 def cmd_db_upgrade(args):
-    import os
-
     from app import database
-    os.makedirs(args.data_dir, exist_ok=True)
+    open_data_dir(args.data_dir)
     url = database.database_url(args.data_dir)
     database.upgrade(url, args.revision)
     print("database at %s is at revision %s" % (url, args.revision))
@@ -283,6 +288,7 @@ def cmd_serve(args):
         print(report.to_text(), file=sys.stderr)
         print("refusing to start: the schema cannot be served", file=sys.stderr)
         return 1
+    open_data_dir(args.data_dir)
 
     class DepotServer(BaseApplication):
         def load_config(self):

@@ -3,7 +3,7 @@ import os
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.orm import sessionmaker
 
 MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "migrations")
@@ -21,7 +21,19 @@ def alembic_config(url):
 
 
 def upgrade(url, revision="head"):
+    _create_private(url)
     command.upgrade(alembic_config(url), revision)
+
+
+def _create_private(url):
+    """A new SQLite database file is created readable by its owner only (it holds password and token hashes);
+    SQLite gives its -wal and -shm files the same mode."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        try:
+            os.close(os.open(parsed.database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
 
 
 def connect(url):

@@ -21,11 +21,20 @@ from app.schema_store import SchemaStore
 DEFAULT_SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema.json")
 
 
+def private_dir(path):
+    """``path`` as an absolute path to a directory only its owner can enter (created, or tightened: it holds
+    password hashes, token hashes and the signing key)."""
+    path = os.path.abspath(path)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.stat(path).st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
 class Service:
     def __init__(self, data_dir, schema=None, schema_path=None, sync=True, announce=print, read_only=False):
-        self.data_dir = os.path.abspath(data_dir)
+        self.data_dir = private_dir(data_dir)
         self.read_only = read_only
-        os.makedirs(self.data_dir, exist_ok=True)
         self.announce = announce
         url = database.database_url(self.data_dir)
         database.upgrade(url)

@@ -1,5 +1,6 @@
 """A real server process: start-up, first-admin bootstrap, streamed upload and download over a socket."""
 import hashlib
+import json
 import socket
 import stat
 import subprocess
@@ -30,6 +31,28 @@ def test_first_start_creates_admin_with_private_password_file(server):
     assert len(password) >= 16
     login = requests.post(url + "/auth/login", json={"username": "admin", "password": password})
     assert login.status_code == 200 and login.json()["token"].count(".") == 2
+
+
+def test_the_data_dir_and_everything_in_it_are_private_to_their_owner(server):
+    url, data_dir = server
+    password = (data_dir / "admin.password").read_text().strip()
+    token = requests.post(url + "/auth/login", json={"username": "admin", "password": password}).json()["token"]
+    published = requests.put(url + "/v1/acme/private/1.0.0/x/blob", data=b"bytes",
+                             headers={"Authorization": "Bearer " + token})
+    assert published.status_code == 201
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    shared = [str(path) for path in data_dir.rglob("*") if path.stat().st_mode & 0o077]
+    assert shared == [] and (data_dir / "depot.db").exists()
+
+
+def test_health_shows_where_stores_live_to_admins_only(server):
+    url, data_dir = server
+    anonymous = requests.get(url + "/health").json()
+    assert anonymous["ok"] is True and str(data_dir) not in json.dumps(anonymous)
+    password = (data_dir / "admin.password").read_text().strip()
+    token = requests.post(url + "/auth/login", json={"username": "admin", "password": password}).json()["token"]
+    detailed = requests.get(url + "/health", headers={"Authorization": "Bearer " + token}).json()
+    assert detailed["stores"]["state"]["path"].startswith(str(data_dir))
 
 
 def test_streamed_upload_and_ranged_download_over_a_socket(server):
