@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -137,7 +138,8 @@ class ServerProcess:
             environment.pop(name, None)
         self.proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(self.port), "--data-dir",
                                       str(data_dir), "--threads", "4"], cwd=ROOT, env=environment,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)  # its own process group: kill() reaches every process
         self.lines = []
         listening = threading.Event()
 
@@ -159,6 +161,11 @@ class ServerProcess:
     @property
     def output(self):
         return "".join(self.lines)
+
+    def kill(self):
+        """SIGKILL every process of the server at once, as a crash or a power cut would stop it."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
 
     def stop(self):
         self.proc.terminate()
