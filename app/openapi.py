@@ -8,6 +8,8 @@ import html
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 _QUERY_TYPES = {"integer": "integer", "boolean": "boolean", "string": "string"}
+SERVER_ANSWERS = ("502", "503")  # the 5xx a route may give on purpose: an upstream failed, a request limit hit
+ENGINE_ERRORS = ["503 CPU_LIMIT_EXCEEDED", "503 IO_LIMIT_EXCEEDED"]  # any route, whatever its steps
 
 
 class Operation:
@@ -67,12 +69,20 @@ class Operation:
         self.body = {"required": True, "content": {"application/octet-stream": {
             "schema": {"type": "string", "contentMediaType": "application/octet-stream"}}}}
 
+    def errors(self, declared):
+        """Error answers written "<status> <CODE>", as ops and the engine declare them."""
+        for entry in declared:
+            status, _, code = entry.partition(" ")
+            if not status.startswith("5") or status in SERVER_ANSWERS:  # other 5xx are bugs, not answers
+                self.response(int(status), "error", code)
+
     def response(self, status, kind, code=None):
         key = str(status)
         if kind == "error":
             entry = self.responses.setdefault(key, {"description": "", "content": {
                 "application/json": {"schema": ERROR_REF}}})
-            entry["description"] = ", ".join(filter(None, [entry["description"], code]))
+            if code not in entry["description"].split(", "):
+                entry["description"] = ", ".join(filter(None, [entry["description"], code]))
         elif kind == "json":
             self.responses[key] = {"description": "JSON", "content": {"application/json": {"schema": {}}}}
         elif kind == "bytes":
@@ -85,15 +95,17 @@ class Operation:
     # --- the result ---
 
     def to_dict(self):
-        responses = dict(self.responses)
+        self.errors(ENGINE_ERRORS)
         if self.secured:
-            responses.setdefault("401", {"description": "UNAUTHENTICATED", "content": {
-                "application/json": {"schema": ERROR_REF}}})
-            responses.setdefault("403", {"description": "FORBIDDEN", "content": {
-                "application/json": {"schema": ERROR_REF}}})
-        if self.parameters or self.body:
-            responses.setdefault("400", {"description": "invalid request", "content": {
-                "application/json": {"schema": ERROR_REF}}})
+            self.errors(["401 UNAUTHENTICATED", "401 INVALID_TOKEN", "401 TOKEN_EXPIRED", "401 TOKEN_REVOKED",
+                         "403 FORBIDDEN"])
+        if self.route.params:
+            self.errors(["400 INVALID_PATH_PARAMETER"])
+        if self.body:
+            self.errors(["400 BODY_INCOMPLETE", "413 PAYLOAD_TOO_LARGE"])
+        if any(step.decl.mutates for step in self.route.pipeline.steps):
+            self.errors(["403 READ_ONLY"])
+        responses = {status: self.responses[status] for status in sorted(self.responses)}
         operation = {"operationId": self.route.id, "summary": self.route.description or self.route.id,
                      "tags": list(self.route.tags) or ["default"], "parameters": list(self.parameters.values()),
                      "responses": responses}
@@ -110,25 +122,37 @@ class Operation:
 def route_operation(route):
     operation = Operation(route)
     for step in route.pipeline.steps:
+        operation.errors(step.decl.errors)
         if step.decl.openapi is not None:
             step.decl.openapi(operation, step.args)
     return operation.to_dict()
 
 
+def _error_responses(*declared):
+    responses = {}
+    for entry in declared:
+        status, _, code = entry.partition(" ")
+        described = responses.setdefault(status, {"description": "", "content": {
+            "application/json": {"schema": ERROR_REF}}})
+        described["description"] = ", ".join(filter(None, [described["description"], code]))
+    return responses
+
+
+_JSON_OBJECT = {"application/json": {"schema": {"type": "object"}}}
 _OWN = {
     "/health": {"get": {"operationId": "health", "summary": "The state of each store", "tags": ["depot"],
-                        "responses": {"200": {"description": "every store is healthy"},
-                                      "503": {"description": "a store is not healthy"}}}},
+                        "responses": {"200": {"description": "every store is healthy", "content": _JSON_OBJECT},
+                                      "503": {"description": "a store is not healthy", "content": _JSON_OBJECT}}}},
     "/auth/login": {"post": {
         "operationId": "login", "summary": "Exchange a username and password for a token", "tags": ["depot"],
         "requestBody": {"required": True, "content": {"application/json": {"schema": {
             "type": "object", "required": ["username", "password"],
             "properties": {"username": {"type": "string"}, "password": {"type": "string"}}}}}},
-        "responses": {"200": {"description": "the token"},
-                      "401": {"description": "INVALID_CREDENTIALS", "content": {
-                          "application/json": {"schema": ERROR_REF}}},
-                      "429": {"description": "RATE_LIMITED", "content": {
-                          "application/json": {"schema": ERROR_REF}}}}}},
+        "responses": dict({"200": {"description": "the token", "content": {"application/json": {"schema": {
+            "type": "object", "required": ["token", "token_type", "expires_at"]}}}}},
+            **_error_responses("400 INVALID_JSON", "400 INVALID_CREDENTIALS_FORMAT", "400 BODY_INCOMPLETE",
+                               "401 INVALID_CREDENTIALS", "413 JSON_TOO_LARGE", "413 PAYLOAD_TOO_LARGE",
+                               "429 RATE_LIMITED"))}},
 }
 
 
