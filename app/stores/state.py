@@ -12,7 +12,7 @@ import json
 import os
 import threading
 
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
 from app.errors import DepotError, conflict
 from app.stores import sortkeys
@@ -98,13 +98,31 @@ class IndexDef:
         return None
 
 
+# RocksDB's memory, bounded whatever the load: memtables (written to disk when full) and one block cache that also
+# holds index and filter blocks, so neither grows with the number of files. Defaults would allow 128 MiB of
+# memtables alone.
+WRITE_BUFFER_BYTES = 16 * 1024 * 1024
+WRITE_BUFFERS = 2
+BLOCK_CACHE_BYTES = 16 * 1024 * 1024
+
+
+def _bounded_options():
+    table = BlockBasedOptions()
+    table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
+    table.set_cache_index_and_filter_blocks(True)
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+    options.set_max_write_buffer_number(WRITE_BUFFERS)
+    options.set_block_based_table_factory(table)
+    return options
+
+
 class StateStore:
     def __init__(self, path, sync=True):
         os.makedirs(path, exist_ok=True)
         self.path = path
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        self.db = Rdict(path, options=options)
+        self.db = Rdict(path, options=_bounded_options())
         self.write_options = WriteOptions()
         self.write_options.sync = sync
         self.commit_lock = threading.Lock()
