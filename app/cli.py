@@ -22,7 +22,16 @@ def build_parser():
                        "(default ./data)")
     serve.add_argument("--schema", default=DEFAULT_SCHEMA, help="schema to serve (default: the project's "
                        "schema.json)")
-    serve.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
+    serve.add_argument("--threads", type=int, default=16, help="threads running requests (default 16); slow "
+                       "clients take none: one I/O thread reads and writes every connection")
+    serve.add_argument("--max-connections", type=int, default=1000, help="open connections accepted at once "
+                       "(default 1000); beyond it new ones wait in the listen backlog")
+    serve.add_argument("--header-timeout", type=float, default=20.0, help="seconds a client has to send a "
+                       "request's line and headers, however it trickles them (default 20)")
+    serve.add_argument("--idle-timeout", type=float, default=60.0, help="seconds without progress after which a "
+                       "connection is closed: idle keep-alive, a stalled body, a reader taking nothing (default 60)")
+    serve.add_argument("--min-body-rate", type=int, default=1024, help="bytes/s a request body must average once "
+                       "the header timeout has passed, or the connection is closed (default 1024)")
     serve.add_argument("--read-only", action="store_true", help="serve as a read-only replica: route steps that "
                        "change the repository answer 403 READ_ONLY; replication (python -m app replicate) still "
                        "applies the primary's events")
@@ -277,9 +286,10 @@ def cmd_check(args):
 
 
 def cmd_serve(args):
-    """Check the schema in this process, then serve with gunicorn: one worker process (rocksdict allows one
-    writer process per database) with --threads threads. Request bodies stream to the app as they arrive."""
-    from gunicorn.app.base import BaseApplication
+    """Check the schema, open the data dir and serve it (app/server.py): one process, whose --threads threads
+    run requests while one I/O thread reads and writes every connection."""
+    from app import create_app
+    from app.server import ServerSettings, serve
 
     doc, report = _check_file(args.schema)
     if doc is None:
@@ -289,25 +299,16 @@ def cmd_serve(args):
         print("refusing to start: the schema cannot be served", file=sys.stderr)
         return 1
     open_data_dir(args.data_dir)
-
-    class DepotServer(BaseApplication):
-        def load_config(self):
-            self.cfg.set("bind", "%s:%d" % (args.host, args.port))
-            self.cfg.set("workers", 1)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("threads", args.threads)
-            self.cfg.set("timeout", 0)  # long uploads and downloads are not worker hangs
-            self.cfg.set("accesslog", "-")
-            self.cfg.set("control_socket_disable", True)
-
-        def load(self):
-            from app import create_app
-            return create_app(args.data_dir, schema=doc, read_only=args.read_only)
-
+    app = create_app(args.data_dir, schema=doc, read_only=args.read_only)
+    service = app.extensions["depot"]
+    settings = ServerSettings(host=args.host, port=args.port, threads=args.threads,
+                              connection_limit=args.max_connections, header_timeout=args.header_timeout,
+                              idle_timeout=args.idle_timeout, min_body_rate=args.min_body_rate,
+                              max_body_bytes=service.engine.limits.max_request_body_bytes)
     print("Depot serving %s on http://%s:%d (data dir %s%s)" % (args.schema, args.host, args.port, args.data_dir,
                                                                  ", read-only replica" if args.read_only else ""),
           flush=True)
-    DepotServer().run()
+    serve(app, settings, on_stop=service.close)
     return 0
 
 

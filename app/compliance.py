@@ -126,7 +126,9 @@ def _events(env):
 @check("storage", "blobs are content-addressed: the file at the digest's path holds exactly those bytes")
 def _content_addressing(env):
     data = b"content addressed probe"
-    digest = env.client.put("/_probe/blob", data=data, headers=env.auth).get_json()["digest"]
+    stored = env.client.put("/_probe/blob", data=data, headers=env.auth)
+    expect(stored.status_code == 201, "the probe publish answered %s %s" % (stored.status_code, stored.get_data()))
+    digest = stored.get_json()["digest"]
     expect(digest == "sha256:" + hashlib.sha256(data).hexdigest(), "digest %s is not the bytes' sha256" % digest)
     blob = env.blob_store().locate(digest)
     expect(blob is not None and open(blob.path, "rb").read() == data, "the stored file differs")

@@ -4,6 +4,7 @@ This layer knows nothing of individual ops: it turns a request into RequestData,
 pipeline, and writes the ResponseSpec (JSON, a blob streamed from disk with Range/ETag/HEAD, or a redirect).
 Every error, whatever raised it, leaves as the JSON envelope with an X-Request-Id.
 """
+import io
 import logging
 import os
 import re
@@ -92,24 +93,47 @@ def request_data(req, engine, params):
     return HttpRequestData(req, params, limit, req.environ[REQUEST_ID_KEY])
 
 
-def write_response(spec):
+def write_response(spec, on_close=None):
+    """The response a ResponseSpec describes; ``on_close`` runs once it has been sent (or abandoned)."""
     if spec.blob is not None:
-        return _blob_response(spec)
+        return _blob_response(spec, on_close)
     response = json_response(spec.json, spec.status, spec.headers)
+    if on_close is not None:
+        response.call_on_close(on_close)
     return response
 
 
-def _blob_response(spec):
+class ServedFile(io.FileIO):
+    """A blob file being sent, from where it is sought to up to ``end``: reads stop there, so any server's file
+    wrapper sends exactly the range. The server closes it when done, without closing the response itself, so
+    what must happen after sending (``on_close``) happens here."""
+
+    on_close = None
+    end = None
+
+    def read(self, size=-1):
+        remaining = max(self.end - self.tell(), 0) if self.end is not None else size
+        return super().read(remaining if size is None or size < 0 or size > remaining else size)
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            callback, self.on_close = self.on_close, None
+            if callback is not None:
+                callback()
+
+
+def _blob_response(spec, on_close):
+    """A blob streamed from its file: HEAD, ETag and If-None-Match (304), one Range (206, or 416) honoured. A
+    range is served by seeking the file, never by an iterator over it, so the server's own file sending (which
+    needs no worker thread, however slow the reader) serves ranges too."""
     blob = spec.blob
-    try:
-        handle = open(blob.path, "rb")
-    except FileNotFoundError:
-        raise DepotError("BLOB_NOT_FOUND", 404, "the blob's bytes are missing from the store")
     given = spec.headers or {}
     headers = {k: v for k, v in given.items() if k.lower() not in ("content-length", "etag")}
-    response = Response(wrap_file(request.environ, handle), status=spec.status, headers=headers,
-                        mimetype=headers.get("Content-Type", "application/octet-stream"), direct_passthrough=True)
-    size = blob.size if blob.size is not None else _file_size(handle)
+    response = Response(status=spec.status, headers=headers,
+                        mimetype=headers.get("Content-Type", "application/octet-stream"))
+    size = blob.size if blob.size is not None else _file_size(blob.path)
     response.content_length = size
     etag = given.get("ETag") or given.get("Etag")
     etag = etag.strip('"') if etag else blob.digest
@@ -118,15 +142,33 @@ def _blob_response(spec):
     if blob.digest:
         response.headers["X-Depot-Digest"] = blob.digest
     try:
-        return response.make_conditional(request.environ, accept_ranges=True, complete_length=size)
+        response.make_conditional(request.environ, accept_ranges=True, complete_length=size)
     except RequestedRangeNotSatisfiable:
-        response.close()
         return error_response(DepotError("RANGE_NOT_SATISFIABLE", 416, "the requested range is not satisfiable",
                                          headers={"Content-Range": "bytes */%d" % size}))
+    if request.method == "HEAD" or response.status_code in (304, 412):
+        response.response = []
+        if on_close is not None:
+            response.call_on_close(on_close)
+        return response
+    try:
+        handle = ServedFile(blob.path)
+    except FileNotFoundError:
+        raise DepotError("BLOB_NOT_FOUND", 404, "the blob's bytes are missing from the store")
+    handle.on_close = on_close
+    if response.status_code == 206:
+        handle.seek(response.content_range.start)
+        handle.end = response.content_range.stop
+    response.response = wrap_file(request.environ, handle)
+    response.direct_passthrough = True
+    return response
 
 
-def _file_size(handle):
-    return os.fstat(handle.fileno()).st_size
+def _file_size(path):
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        raise DepotError("BLOB_NOT_FOUND", 404, "the blob's bytes are missing from the store")
 
 
 class RouteRule(Rule):
@@ -167,7 +209,7 @@ class DepotFlask(Flask):
                                                   subdomain=self.url_map.default_subdomain or "")
 
 
-def _next_request_id(prefix="%s-" % secrets.token_hex(4), counter=itertools.count(1)):
+def next_request_id(prefix="%s-" % secrets.token_hex(4), counter=itertools.count(1)):
     """Unique per process (random prefix) and cheap: request ids need not be secret."""
     return "%s%x" % (prefix, next(counter))
 
@@ -180,11 +222,11 @@ def create_app(service):
     def assign_request_id():
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = request.environ[REQUEST_ID_KEY] = (incoming if _REQUEST_ID.match(incoming)
-                                                          else _next_request_id())
+                                                          else next_request_id())
 
     @app.after_request
     def stamp_request_id(response):
-        response.headers["X-Request-Id"] = g.get("request_id") or _next_request_id()
+        response.headers["X-Request-Id"] = g.get("request_id") or next_request_id()
         return response
 
     @app.errorhandler(DepotError)
@@ -240,14 +282,12 @@ def create_app(service):
                 _audit_route(service, rule.route, data, None, error.status)
             raise
         try:
-            response = write_response(ctx.response)
+            response = write_response(ctx.response, ctx.close if ctx.cleanups else None)
         except BaseException:
             ctx.close()
             raise
         if rule.route.method not in READ_METHODS:
             _audit_route(service, rule.route, data, ctx, response.status_code)
-        if ctx.cleanups:
-            response.call_on_close(ctx.close)
         return response
 
     app.view_functions[ROUTE_ENDPOINT] = run_route
