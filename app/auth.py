@@ -7,6 +7,7 @@ every one of them and allows CLOCK_SKEW_SECONDS of skew. Each request's token is
 user's state in SQL, through a small cache that this process invalidates whenever it changes that state
 (STATE_CACHE_SECONDS bounds how late another process's change is seen).
 """
+import base64
 import hashlib
 import os
 import secrets
@@ -31,6 +32,9 @@ API_TOKEN_PREFIX = "dpt_"
 STATE_CACHE_SECONDS = 5.0
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 DEFAULTS = {"token_ttl_seconds": 3600, "min_password_length": 12, "max_token_ttl_seconds": 365 * 86400}
+# marks a hash of the pre-hashed password; an unmarked hash is plain bcrypt, as written before pre-hashing
+PREHASHED = "bcrypt-sha256$"
+BCRYPT_MAX_BYTES = 72
 
 
 def bcrypt_rounds():
@@ -38,12 +42,22 @@ def bcrypt_rounds():
     return int(os.environ.get("DEPOT_BCRYPT_ROUNDS", "12"))
 
 
+def _prehash(password):
+    """bcrypt reads at most 72 bytes, so any passphrase is first digested to 44: base64 of its SHA-256 (base64,
+    because a raw digest may hold a NUL byte, where bcrypt would stop reading)."""
+    return base64.b64encode(hashlib.sha256(password.encode("utf-8")).digest())
+
+
 def hash_password(password):
-    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(bcrypt_rounds())).decode()
+    return PREHASHED + bcrypt.hashpw(_prehash(password), bcrypt.gensalt(bcrypt_rounds())).decode()
 
 
 def check_password(password, hashed):
-    return bcrypt.checkpw(password.encode("utf-8"), hashed.encode())
+    """Verifies both kinds of stored hash: pre-hashed (marked) and plain bcrypt from before pre-hashing."""
+    if hashed.startswith(PREHASHED):
+        return bcrypt.checkpw(_prehash(password), hashed[len(PREHASHED):].encode())
+    # a plain bcrypt hash only ever held the first 72 bytes (older bcrypt cut longer passwords silently)
+    return bcrypt.checkpw(password.encode("utf-8")[:BCRYPT_MAX_BYTES], hashed.encode())
 
 
 def holds(scopes, wanted):
