@@ -31,6 +31,8 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(128), unique=True)
+    # the username folded to lower case: unique, so 'Admin' cannot stand beside 'admin' (see app.auth.username_key)
+    username_key: Mapped[str] = mapped_column(String(160), unique=True, index=True)
     password_hash: Mapped[str] = mapped_column(String(128))
     scopes: Mapped[list] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | disabled

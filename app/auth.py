@@ -1,4 +1,4 @@
-"""Identities: passwords (bcrypt), login tokens (JWT, HS256 pinned), API tokens, principals, and the state
+"""Identities: usernames, passwords (bcrypt), login tokens (JWT, HS256 pinned), API tokens, principals, and the state
 checks that make a disabled user, a changed password or a revoked token fail at once.
 
 A principal is ``{"sub", "scopes": frozenset, "kind": "jwt" | "api_token" | "anonymous", "token_id"}``.
@@ -10,6 +10,7 @@ user's state in SQL, through a small cache that this process invalidates wheneve
 import base64
 import hashlib
 import os
+import re
 import secrets
 import threading
 import time
@@ -19,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 import bcrypt
 import jwt
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 
 from app.errors import DepotError, bad_request, not_found
 from models import ApiToken, RevokedJwt, User, as_utc, iso, utcnow
@@ -35,6 +37,8 @@ DEFAULTS = {"token_ttl_seconds": 3600, "min_password_length": 12, "max_token_ttl
 # marks a hash of the pre-hashed password; an unmarked hash is plain bcrypt, as written before pre-hashing
 PREHASHED = "bcrypt-sha256$"
 BCRYPT_MAX_BYTES = 72
+USERNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+USERNAME_RULE = "1 to 64 ASCII letters, digits, '.', '-' or '_', starting with a letter or digit"
 
 
 def bcrypt_rounds():
@@ -58,6 +62,17 @@ def check_password(password, hashed):
         return bcrypt.checkpw(_prehash(password), hashed[len(PREHASHED):].encode())
     # a plain bcrypt hash only ever held the first 72 bytes (older bcrypt cut longer passwords silently)
     return bcrypt.checkpw(password.encode("utf-8")[:BCRYPT_MAX_BYTES], hashed.encode())
+
+
+def username_key(username):
+    """The form in which usernames are unique and looked up: case-insensitive ('Admin' names 'admin')."""
+    return username.lower()
+
+
+def check_username(username):
+    """A new account's name: plain ASCII, so no two names can look alike or hide control characters."""
+    if not isinstance(username, str) or USERNAME_PATTERN.fullmatch(username) is None:
+        raise bad_request("INVALID_USERNAME", "a username is %s" % USERNAME_RULE, "username")
 
 
 def holds(scopes, wanted):
@@ -131,6 +146,11 @@ class _TtlCache:
         self.entries.pop(key, None)
 
 
+def _user_exists(username):
+    return DepotError("USER_EXISTS", 409, "user %r already exists (usernames are case-insensitive)" % username,
+                      "username")
+
+
 class Identity:
     def __init__(self, secret, sessions, settings=None):
         self.secret = secret
@@ -157,8 +177,9 @@ class Identity:
         return jwt.encode(claims, self.secret, algorithm=ALGORITHM), exp
 
     def login(self, username, password):
+        """A login token for ``username`` (case-insensitive; the token names the account's own spelling)."""
         with self.sessions() as session:
-            user = session.scalar(select(User).where(User.username == username))
+            user = self._find_user(session, username)
             hashed = user.password_hash if user is not None else self._dummy_hash
             valid = check_password(password, hashed) and user is not None and user.status == "active"
             if not valid:
@@ -251,15 +272,25 @@ class Identity:
         self._users.drop(username)
 
     def create_user(self, username, password, scopes, status="active"):
+        check_username(username)
         self.check_password_rules(password)
         with self.sessions() as session:
-            if session.scalar(select(User).where(User.username == username)) is not None:
-                raise DepotError("USER_EXISTS", 409, "user %r already exists" % username, "username")
-            user = User(username=username, password_hash=hash_password(password), scopes=sorted(set(scopes)),
-                        status=status, token_version=1)
-            session.add(user)
-            session.commit()
-            return user_view(user)
+            if self._find_user(session, username) is not None:
+                raise _user_exists(username)
+            user = self._add_user(session, username, password, scopes, status)
+            try:
+                session.commit()
+            except IntegrityError:  # created meanwhile by another request
+                raise _user_exists(username)
+        self._users.drop(username)
+        return user_view(user)
+
+    @staticmethod
+    def _add_user(session, username, password, scopes, status="active"):
+        user = User(username=username, username_key=username_key(username), password_hash=hash_password(password),
+                    scopes=sorted(set(scopes)), status=status, token_version=1)
+        session.add(user)
+        return user
 
     def update_user(self, username, scopes=None, status=None, password=None):
         if password is not None:
@@ -275,7 +306,7 @@ class Identity:
                 user.password_hash = hash_password(password)
                 user.token_version += 1
             session.commit()
-            self._users.drop(username)
+            self._users.drop(user.username)
             self._api.entries.clear()  # token scopes are bounded by their owner's
             return user_view(user)
 
@@ -289,8 +320,19 @@ class Identity:
             total = session.query(User).count()
             return [user_view(u) for u in users], total
 
-    def _user(self, session, username):
+    @staticmethod
+    def _find_user(session, username):
+        """The account ``username`` names: its exact spelling first (accounts made before usernames were
+        case-insensitive may differ only in case), else case-insensitively. None when there is none."""
+        if not isinstance(username, str):
+            return None
         user = session.scalar(select(User).where(User.username == username))
+        if user is None:
+            user = session.scalar(select(User).where(User.username_key == username_key(username)))
+        return user
+
+    def _user(self, session, username):
+        user = self._find_user(session, username)
         if user is None:
             raise not_found("no user %r" % username, "USER_NOT_FOUND")
         return user
@@ -307,8 +349,7 @@ class Identity:
             password = secrets.token_urlsafe(18)
             write_private(os.path.join(data_dir, "admin.password"), password)
         with self.sessions() as session:
-            session.add(User(username="admin", password_hash=hash_password(password),
-                             scopes=["admin", "read", "write"], token_version=1))
+            self._add_user(session, "admin", password, ["admin", "read", "write"])
             session.commit()
         if generated:
             announce("Created user 'admin' with password: %s (also in %s)"
@@ -338,14 +379,14 @@ class Identity:
                              expires_at=utcnow() + timedelta(seconds=expires_in) if expires_in else None)
             session.add(token)
             session.commit()
-            return token_view(token, owner), secret
+            return token_view(token, user.username), secret
 
     def list_tokens(self, owner):
         with self.sessions() as session:
             user = self._user(session, owner)
             tokens = session.scalars(select(ApiToken).where(ApiToken.user_id == user.id)
                                      .order_by(ApiToken.created_at)).all()
-            return [token_view(t, owner) for t in tokens]
+            return [token_view(t, user.username) for t in tokens]
 
     def revoke_token(self, owner, token_id):
         with self.sessions() as session:
@@ -357,7 +398,7 @@ class Identity:
                 token.revoked_at = utcnow()
                 session.commit()
             self._api.drop(token.secret_sha256)
-            return token_view(token, owner)
+            return token_view(token, user.username)
 
     def _verify_api_token(self, secret):
         digest = hashlib.sha256(secret.encode()).hexdigest()

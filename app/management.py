@@ -215,9 +215,10 @@ def _user_views(bp, service, guard):
     @admin_action("admin.users.create")
     def create_user():
         body = json_body(65536)
-        username, scopes, status = body.get("username"), body.get("scopes", ["read"]), body.get("status", "active")
-        _check_user_fields(username, scopes, status)
-        return json_response(identity.create_user(username, body.get("password"), scopes, status), 201), username
+        scopes, status = body.get("scopes", ["read"]), body.get("status", "active")
+        _check_user_fields(scopes, status)
+        view = identity.create_user(body.get("username"), body.get("password"), scopes, status)
+        return json_response(view, 201), view["username"]
 
     @bp.get("/admin/users/<username>")
     @admin_action("admin.users.get")
@@ -231,14 +232,12 @@ def _user_views(bp, service, guard):
         unknown = set(body) - {"scopes", "status", "password"}
         if unknown:
             raise bad_request("INVALID_REQUEST", "unknown field(s): %s" % ", ".join(sorted(unknown)))
-        _check_user_fields(username, body.get("scopes", []), body.get("status", "active"))
-        return json_response(identity.update_user(username, body.get("scopes"), body.get("status"),
-                                                  body.get("password"))), username
+        _check_user_fields(body.get("scopes", []), body.get("status", "active"))
+        view = identity.update_user(username, body.get("scopes"), body.get("status"), body.get("password"))
+        return json_response(view), view["username"]
 
-    def _check_user_fields(username, scopes, status):
+    def _check_user_fields(scopes, status):
         known = service.engine.compiled.definitions["scope"]
-        if not isinstance(username, str) or not 0 < len(username) <= 128:
-            raise bad_request("INVALID_REQUEST", "username is a string of 1 to 128 characters", "username")
         if not isinstance(scopes, list) or any(s not in known for s in scopes):
             raise bad_request("INVALID_REQUEST", "scopes is a list of: %s" % ", ".join(sorted(known)), "scopes")
         if status not in ("active", "disabled"):

@@ -1,14 +1,22 @@
-"""Access hardening: long passphrases.
+"""Access hardening: long passphrases and usernames (and how existing ones migrate).
 
-Real services over temporary data dirs through the Flask test client.
+Real services over temporary data dirs through the Flask test client, and migrations against real SQLite files (and
+PostgreSQL when tests/test_migrations.py finds one).
 """
-import bcrypt
-from sqlalchemy import select
+import contextlib
+import uuid
 
+import bcrypt
+import pytest
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.exc import IntegrityError
+
+from app import database
 from app.auth import PREHASHED
 from models import User
-from tests.test_identity import assert_unauthorized, bearer, create_user, login, login_token, me
+from tests.test_identity import assert_error, assert_unauthorized, bearer, create_user, login, login_token, me
 from tests.test_identity import admin, depot  # noqa: F401  (fixtures)
+from tests.test_migrations import POSTGRES_URL, postgres_driver
 
 
 # --- 6. long passphrases ------------------------------------------------------------------------------------
@@ -44,3 +52,113 @@ def test_a_plain_bcrypt_hash_from_before_prehashing_still_logs_in(depot, admin):
     assert me(depot, login_token(depot, "veteran", "veteran-password-1")).status_code == 200
     assert_unauthorized(login(depot, "veteran", "veteran-password-2"), "INVALID_CREDENTIALS")
     assert_unauthorized(login(depot, "veteran", PASSPHRASE), "INVALID_CREDENTIALS")  # long: no 500
+
+
+# --- 4. usernames -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("username", ["\u0430dmin", "admin ", "admin\u200b", "\u202enimda", "x\r\ny", "ev\u0000il",
+                                      "admin\n", "", "-admin", ".admin", "_admin", "a b", "a/b", "a@b", "a" * 65])
+def test_usernames_outside_the_pattern_are_refused(depot, admin, username):
+    response = depot.client.post("/admin/users", headers=admin,
+                                 json={"username": username, "password": "a-long-enough-password"})
+    assert assert_error(response, 400, "INVALID_USERNAME")["field"] == "username"
+    assert_unauthorized(login(depot, username, "a-long-enough-password"), "INVALID_CREDENTIALS")
+    assert depot.client.get("/admin/users", headers=admin).get_json()["total"] == 1
+
+
+@pytest.mark.parametrize("username", ["a", "Z9", "ci-bot", "first.last", "x_y", "0day", "a" * 64])
+def test_usernames_inside_the_pattern_are_accepted(depot, admin, username):
+    create_user(depot, admin, username, ["read"], "a-long-enough-password")
+    assert me(depot, login_token(depot, username, "a-long-enough-password")).get_json()["username"] == username
+
+
+def test_usernames_are_unique_and_log_in_case_insensitively(depot, admin):
+    assert_error(depot.client.post("/admin/users", headers=admin,
+                                   json={"username": "Admin", "password": "a-long-enough-password"}), 409,
+                 "USER_EXISTS")
+    create_user(depot, admin, "Carol", ["read"], "carol-password-12")
+    assert_error(depot.client.post("/admin/users", headers=admin,
+                                   json={"username": "carol", "password": "a-long-enough-password"}), 409,
+                 "USER_EXISTS")
+    token = login_token(depot, "CAROL", "carol-password-12")
+    assert me(depot, token).get_json()["username"] == "Carol"  # the account's own spelling
+    assert depot.client.get("/admin/users/carol", headers=admin).get_json()["username"] == "Carol"
+
+
+def test_the_database_refuses_a_second_name_that_differs_only_in_case(depot):
+    with depot.service.sessions() as session:
+        session.add(User(username="ADMIN", username_key="admin", password_hash="x", scopes=[], status="active",
+                         token_version=1))
+        with pytest.raises(IntegrityError):
+            session.commit()
+
+
+def legacy_rows(connection):
+    """Rows as revision 0001 allowed them: names differing only in case or breaking today's pattern, and an
+    API token that never expires."""
+    insert_user = text("INSERT INTO users (id, username, password_hash, scopes, status, token_version, created_at) "
+                       "VALUES (:id, :name, :hash, :scopes, 'active', 1, CURRENT_TIMESTAMP)")
+    for user_id, name, scopes in ((1, "admin", '["admin", "read", "write"]'), (2, "Admin", '["read"]'),
+                                  (3, "bob ", '["read"]')):
+        connection.execute(insert_user, {"id": user_id, "name": name, "scopes": scopes,
+                                         "hash": bcrypt.hashpw(("%s-password-1" % name).encode(),
+                                                               bcrypt.gensalt(4)).decode()})
+    connection.execute(text("INSERT INTO api_tokens (id, user_id, name, secret_sha256, scopes, created_at) "
+                            "VALUES ('t1', 3, 'ci', :sha, '[\"read\"]', CURRENT_TIMESTAMP)"), {"sha": "0" * 64})
+
+
+def migrate_legacy_database(url):
+    database.upgrade(url, "0001")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            legacy_rows(connection)
+        database.upgrade(url)
+        with engine.connect() as connection:
+            keys = connection.execute(text("SELECT id, username_key FROM users ORDER BY id")).all()
+            tokens = connection.execute(text("SELECT count(*) FROM api_tokens")).scalar_one()
+    finally:
+        engine.dispose()
+    assert [tuple(row) for row in keys] == [(1, "admin"), (2, "admin#2"), (3, "bob ")]
+    assert tokens == 1
+
+
+def test_existing_users_and_tokens_migrate_on_sqlite(tmp_path, make_depot, project_schema):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    migrate_legacy_database(database.database_url(str(data_dir)))
+    depot = make_depot(project_schema)  # over the migrated database
+    # each legacy account logs in under its exact name; another spelling finds the plain key's account
+    for typed, account in (("admin", "admin"), ("Admin", "Admin"), ("ADMIN", "admin"), ("bob ", "bob ")):
+        password = "%s-password-1" % account
+        assert me(depot, login_token(depot, typed, password)).get_json()["username"] == account
+
+
+@contextlib.contextmanager
+def fresh_postgres_database():
+    """The URL of a new, empty PostgreSQL database, dropped afterwards; skips without a driver or a server."""
+    driver = postgres_driver()
+    if driver is None:
+        pytest.skip("no PostgreSQL driver: neither psycopg nor psycopg2 is installed")
+    server_url = POSTGRES_URL.replace("postgresql", driver, 1)
+    server = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with server.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001 - any connection failure means there is no server to test
+        server.dispose()
+        pytest.skip("PostgreSQL is not reachable at %s: %s" % (POSTGRES_URL, exc))
+    name = "depot_access_%s" % uuid.uuid4().hex[:12]
+    with server.connect() as connection:
+        connection.execute(text('CREATE DATABASE "%s"' % name))
+    try:
+        yield server_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with server.connect() as connection:
+            connection.execute(text('DROP DATABASE IF EXISTS "%s"' % name))
+        server.dispose()
+
+
+def test_existing_users_and_tokens_migrate_on_postgresql():
+    with fresh_postgres_database() as url:
+        migrate_legacy_database(url)
