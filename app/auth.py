@@ -33,12 +33,16 @@ REQUIRED_CLAIMS = ["sub", "scopes", "ver", "iat", "exp", "iss", "aud", "jti"]
 API_TOKEN_PREFIX = "dpt_"
 STATE_CACHE_SECONDS = 5.0
 LAST_USED_RESOLUTION = timedelta(seconds=60)
-DEFAULTS = {"token_ttl_seconds": 3600, "min_password_length": 12, "max_token_ttl_seconds": 365 * 86400}
+DAY = 86400
+DEFAULTS = {"token_ttl_seconds": 3600, "min_password_length": 12, "api_token_default_ttl_seconds": 30 * DAY,
+            "api_token_max_ttl_seconds": 365 * DAY, "scopes": ("admin", "read", "write")}
+STATUSES = ("active", "disabled")
 # marks a hash of the pre-hashed password; an unmarked hash is plain bcrypt, as written before pre-hashing
 PREHASHED = "bcrypt-sha256$"
 BCRYPT_MAX_BYTES = 72
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 USERNAME_RULE = "1 to 64 ASCII letters, digits, '.', '-' or '_', starting with a letter or digit"
+DEFAULT_TTL = object()  # create_token's expires_in when the request names none
 
 
 def bcrypt_rounds():
@@ -155,7 +159,6 @@ class Identity:
     def __init__(self, secret, sessions, settings=None):
         self.secret = secret
         self.sessions = sessions
-        self.settings = dict(DEFAULTS)
         self.configure(settings or {})
         self._users = _TtlCache()  # username -> (status, token_version, scopes)
         self._revoked = _TtlCache()  # jti -> bool
@@ -165,7 +168,8 @@ class Identity:
         self._dummy_hash = hash_password(secrets.token_urlsafe(16))
 
     def configure(self, settings):
-        self.settings.update({k: v for k, v in settings.items() if k in DEFAULTS})
+        """The active schema's settings; what it leaves out is the default, not the previous schema's value."""
+        self.settings = dict(DEFAULTS, **{k: v for k, v in settings.items() if k in DEFAULTS})
 
     # --- login tokens ---------------------------------------------------------------------------------
 
@@ -260,6 +264,20 @@ class Identity:
         if not isinstance(password, str) or len(password) < minimum:
             raise bad_request("WEAK_PASSWORD", "passwords have at least %d characters" % minimum, field)
 
+    def check_scopes(self, scopes, code="INVALID_REQUEST"):
+        """``scopes`` is a list of names the active schema declares in auth.scopes (for every caller)."""
+        if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+            raise bad_request(code, "scopes is a list of scope names", "scopes")
+        unknown = sorted(set(scopes) - set(self.settings["scopes"]))
+        if unknown:
+            raise bad_request("UNKNOWN_SCOPE", "unknown scope(s) %s; the schema declares: %s"
+                              % (", ".join(unknown), ", ".join(sorted(self.settings["scopes"]))), "scopes")
+
+    @staticmethod
+    def check_status(status):
+        if status not in STATUSES:
+            raise bad_request("INVALID_REQUEST", "status is active or disabled", "status")
+
     def change_password(self, username, current, new):
         self.check_password_rules(new, "new_password")
         with self.sessions() as session:
@@ -274,6 +292,8 @@ class Identity:
     def create_user(self, username, password, scopes, status="active"):
         check_username(username)
         self.check_password_rules(password)
+        self.check_scopes(scopes)
+        self.check_status(status)
         with self.sessions() as session:
             if self._find_user(session, username) is not None:
                 raise _user_exists(username)
@@ -293,6 +313,11 @@ class Identity:
         return user
 
     def update_user(self, username, scopes=None, status=None, password=None):
+        """Change what is not None."""
+        if scopes is not None:
+            self.check_scopes(scopes)
+        if status is not None:
+            self.check_status(status)
         if password is not None:
             self.check_password_rules(password)
         with self.sessions() as session:
@@ -358,16 +383,13 @@ class Identity:
 
     # --- API tokens -----------------------------------------------------------------------------------
 
-    def create_token(self, owner, name, scopes, expires_in=None):
-        """Returns (token view, secret). The secret is shown once; only its SHA-256 is stored."""
-        if not isinstance(name, str) or not 0 < len(name) <= 128:
-            raise bad_request("INVALID_TOKEN_REQUEST", "name is a string of 1 to 128 characters", "name")
-        if not isinstance(scopes, list) or not scopes or not all(isinstance(s, str) for s in scopes):
-            raise bad_request("INVALID_TOKEN_REQUEST", "scopes is a non-empty list of scope names", "scopes")
-        if expires_in is not None and (not isinstance(expires_in, int) or isinstance(expires_in, bool) or
-                                       not 0 < expires_in <= self.settings["max_token_ttl_seconds"]):
-            raise bad_request("INVALID_TOKEN_REQUEST", "expires_in is a number of seconds from 1 to %d"
-                              % self.settings["max_token_ttl_seconds"], "expires_in")
+    def create_token(self, owner, name, scopes, expires_in=DEFAULT_TTL, caller_scopes=None):
+        """Returns (token view, secret). The secret is shown once; only its SHA-256 is stored. Its scopes are
+        declared ones held by the owner and, when given, by ``caller_scopes`` (the session asking)."""
+        self._check_token_request(name, scopes)
+        lifetime = self._token_lifetime(expires_in)
+        if caller_scopes is not None and not holds(caller_scopes, scopes):
+            raise DepotError("SCOPE_NOT_HELD", 403, "a token's scopes must be a subset of your own", "scopes")
         secret = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self.sessions() as session:
             user = self._user(session, owner)
@@ -376,10 +398,29 @@ class Identity:
                                  % ", ".join(sorted(user.scopes)), "scopes")
             token = ApiToken(id=uuid.uuid4().hex[:16], user_id=user.id, name=name, scopes=sorted(set(scopes)),
                              secret_sha256=hashlib.sha256(secret.encode()).hexdigest(),
-                             expires_at=utcnow() + timedelta(seconds=expires_in) if expires_in else None)
+                             expires_at=utcnow() + timedelta(seconds=lifetime))
             session.add(token)
             session.commit()
             return token_view(token, user.username), secret
+
+    def _check_token_request(self, name, scopes):
+        if not isinstance(name, str) or not 0 < len(name) <= 128:
+            raise bad_request("INVALID_TOKEN_REQUEST", "name is a string of 1 to 128 characters", "name")
+        if isinstance(scopes, list) and not scopes:
+            raise bad_request("INVALID_TOKEN_REQUEST", "scopes is a non-empty list of scope names", "scopes")
+        self.check_scopes(scopes, "INVALID_TOKEN_REQUEST")
+
+    def _token_lifetime(self, expires_in):
+        """Seconds until a new token expires: every token does, by auth.tokens.default_ttl_seconds when the
+        request names no expires_in, and never later than auth.tokens.max_ttl_seconds."""
+        if expires_in is DEFAULT_TTL:
+            return self.settings["api_token_default_ttl_seconds"]
+        maximum = self.settings["api_token_max_ttl_seconds"]
+        if not isinstance(expires_in, int) or isinstance(expires_in, bool) or not 0 < expires_in <= maximum:
+            raise bad_request("INVALID_TOKEN_REQUEST", "expires_in is a number of seconds from 1 to %d (omit it "
+                              "for the default, %d)" % (maximum, self.settings["api_token_default_ttl_seconds"]),
+                              "expires_in")
+        return expires_in
 
     def list_tokens(self, owner):
         with self.sessions() as session:
@@ -419,7 +460,7 @@ class Identity:
         if state["revoked"] or not state["active"]:
             raise _unauthorized("TOKEN_REVOKED", "the token has been revoked or its owner disabled")
         now = utcnow()
-        if state["expires_at"] is not None and state["expires_at"] <= now:
+        if state["expires_at"] <= now:
             raise _unauthorized("TOKEN_EXPIRED", "the token has expired")
         self._touch(state, now)
         return {"sub": state["owner"], "scopes": state["scopes"], "kind": "api_token", "token_id": state["id"]}

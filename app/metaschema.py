@@ -88,6 +88,10 @@ METASCHEMA = {
                 "rate_limit_per_username": {"type": "string"}, "rate_limit_per_address": {"type": "string"},
                 "min_password_length": {"type": "integer", "minimum": 8},
                 "token_ttl_seconds": {"type": "integer", "minimum": 60}},
+                "additionalProperties": False},
+            "tokens": {"type": "object", "properties": {
+                "default_ttl_seconds": {"type": "integer", "minimum": 60},
+                "max_ttl_seconds": {"type": "integer", "minimum": 60}},
                 "additionalProperties": False}}},
         "upstreams": {"type": "object", "additionalProperties": {
             "type": "object", "required": ["base_url"],

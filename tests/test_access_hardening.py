@@ -1,10 +1,13 @@
-"""Access hardening: long passphrases and usernames (and how existing ones migrate).
+"""Access hardening: long passphrases, usernames (and how existing ones migrate) and who may manage API tokens and for
+how long they live.
 
 Real services over temporary data dirs through the Flask test client, and migrations against real SQLite files (and
 PostgreSQL when tests/test_migrations.py finds one).
 """
 import contextlib
+import copy
 import uuid
+from datetime import datetime, timedelta
 
 import bcrypt
 import pytest
@@ -13,10 +16,39 @@ from sqlalchemy.exc import IntegrityError
 
 from app import database
 from app.auth import PREHASHED
+from app.compiler import compile_schema
 from models import User
-from tests.test_identity import assert_error, assert_unauthorized, bearer, create_user, login, login_token, me
-from tests.test_identity import admin, depot  # noqa: F401  (fixtures)
+from tests.conftest import ADMIN_PASSWORD
+from tests.test_identity import (ALICE_PASSWORD, assert_error, assert_unauthorized, bearer, create_api_token,
+                                 create_user, login, login_token, me)
+from tests.test_identity import admin, alice, depot  # noqa: F401  (fixtures)
 from tests.test_migrations import POSTGRES_URL, postgres_driver
+
+
+@pytest.fixture
+def alice_session(depot, alice):
+    """Headers carrying a login token of alice (a read+write user)."""
+    return bearer(login_token(depot, "alice", ALICE_PASSWORD))
+
+
+def with_auth_section(schema, section, **values):
+    schema = copy.deepcopy(schema)
+    schema["auth"].setdefault(section, {}).update(values)
+    return schema
+
+
+def parse_time(stamp):
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def audit_rows(depot, admin, **query):
+    response = depot.client.get("/admin/audit", headers=admin, query_string=dict(query, page_size=200))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()["items"]
+
+
+def works(depot, secret):
+    return depot.client.get("/auth/me", headers=bearer(secret)).status_code == 200
 
 
 # --- 6. long passphrases ------------------------------------------------------------------------------------
@@ -116,11 +148,11 @@ def migrate_legacy_database(url):
         database.upgrade(url)
         with engine.connect() as connection:
             keys = connection.execute(text("SELECT id, username_key FROM users ORDER BY id")).all()
-            tokens = connection.execute(text("SELECT count(*) FROM api_tokens")).scalar_one()
+            expiry = connection.execute(text("SELECT expires_at FROM api_tokens")).scalar_one()
     finally:
         engine.dispose()
     assert [tuple(row) for row in keys] == [(1, "admin"), (2, "admin#2"), (3, "bob ")]
-    assert tokens == 1
+    assert expiry is not None
 
 
 def test_existing_users_and_tokens_migrate_on_sqlite(tmp_path, make_depot, project_schema):
@@ -162,3 +194,87 @@ def fresh_postgres_database():
 def test_existing_users_and_tokens_migrate_on_postgresql():
     with fresh_postgres_database() as url:
         migrate_legacy_database(url)
+
+
+# --- 1. API tokens are managed from a login session, expire, and name declared scopes ----------------------
+
+def test_an_api_token_cannot_create_list_or_revoke_tokens(depot, admin, alice_session):
+    writer = create_api_token(depot, alice_session, name="ci-write", scopes=["read", "write"])
+    reader = create_api_token(depot, alice_session, name="short-read", scopes=["read"], expires_in=60)
+    as_reader = bearer(reader["token"])
+
+    minted = depot.client.post("/auth/tokens", headers=as_reader, json={"name": "forever", "scopes": ["read"]})
+    assert_error(minted, 403, "LOGIN_SESSION_REQUIRED")
+    assert_error(depot.client.get("/auth/tokens", headers=as_reader), 403, "LOGIN_SESSION_REQUIRED")
+    revoked = depot.client.delete("/auth/tokens/" + writer["id"], headers=as_reader)
+    assert_error(revoked, 403, "LOGIN_SESSION_REQUIRED")
+
+    assert works(depot, writer["token"])
+    listed = depot.client.get("/auth/tokens", headers=alice_session).get_json()["items"]
+    assert sorted(t["name"] for t in listed) == ["ci-write", "short-read"]
+    assert not any(t["revoked"] for t in listed)
+    denied = [r for r in audit_rows(depot, admin, actor="alice") if r["outcome"] == "denied"]
+    assert sorted(r["action"] for r in denied) == ["token.create", "token.list", "token.revoke"]
+
+
+def test_an_admins_api_token_cannot_manage_anyones_tokens(depot, admin, alice_session):
+    admin_token = bearer(create_api_token(depot, admin, scopes=["admin", "read", "write"])["token"])
+    assert depot.client.get("/admin/users", headers=admin_token).status_code == 200  # still an admin token
+    for method, path in (("POST", "/admin/users/alice/tokens"), ("GET", "/admin/users/alice/tokens"),
+                         ("DELETE", "/admin/users/alice/tokens/x"), ("POST", "/auth/tokens")):
+        response = depot.client.open(path, method=method, headers=admin_token, json={"name": "x", "scopes": ["read"]})
+        assert_error(response, 403, "LOGIN_SESSION_REQUIRED")
+    # from a login session the same admin can
+    assert create_api_token(depot, admin, path="/admin/users/alice/tokens")["owner"] == "alice"
+
+
+def test_a_token_without_expires_in_expires_after_the_default(depot, alice_session):
+    created = create_api_token(depot, alice_session)
+    lifetime = parse_time(created["expires_at"]) - parse_time(created["created_at"])
+    assert abs(lifetime - timedelta(days=30)) < timedelta(minutes=1)
+
+
+def test_token_lifetimes_come_from_the_schema(make_depot, project_schema):
+    depot = make_depot(with_auth_section(project_schema, "tokens", default_ttl_seconds=3600,
+                                         max_ttl_seconds=7200))
+    session = bearer(login_token(depot, "admin", ADMIN_PASSWORD))
+    default = create_api_token(depot, session)
+    lifetime = parse_time(default["expires_at"]) - parse_time(default["created_at"])
+    assert abs(lifetime - timedelta(hours=1)) < timedelta(minutes=1)
+    assert create_api_token(depot, session, expires_in=7200)["expires_at"]
+    too_long = depot.client.post("/auth/tokens", headers=session, json={"name": "x", "scopes": ["read"],
+                                                                     "expires_in": 7201})
+    assert assert_error(too_long, 400, "INVALID_TOKEN_REQUEST")["field"] == "expires_in"
+    never = depot.client.post("/auth/tokens", headers=session, json={"name": "x", "scopes": ["read"],
+                                                                  "expires_in": None})
+    assert assert_error(never, 400, "INVALID_TOKEN_REQUEST")["field"] == "expires_in"
+
+
+def test_only_a_maximum_caps_the_default_lifetime_too(project_schema):
+    schema = copy.deepcopy(project_schema)
+    schema["auth"]["tokens"] = {"max_ttl_seconds": 3600}
+    compiled, report = compile_schema(schema)
+    assert report.ok and compiled.auth_settings["api_token_default_ttl_seconds"] == 3600
+
+
+@pytest.mark.parametrize("tokens,place", [
+    ({"default_ttl_seconds": 7200, "max_ttl_seconds": 3600}, "auth.tokens.default_ttl_seconds"),
+    ({"default_ttl_seconds": "30d"}, "auth.tokens.default_ttl_seconds"),
+    ({"max_ttl_seconds": 10}, "auth.tokens.max_ttl_seconds"),
+    ({"max_ttl_seconds": True}, "auth.tokens.max_ttl_seconds"),
+    ({"never_expire": True}, "auth.tokens"),
+])
+def test_the_schema_checker_refuses_bad_token_lifetimes(project_schema, tokens, place):
+    schema = copy.deepcopy(project_schema)
+    schema["auth"]["tokens"] = tokens
+    compiled, report = compile_schema(schema)
+    assert compiled is None
+    assert place in [finding["place"] for finding in report.to_dict()["errors"]], report.to_text()
+
+
+@pytest.mark.parametrize("path", ["/auth/tokens", "/admin/users/admin/tokens"])
+def test_an_undeclared_scope_is_400_even_for_an_admin(depot, admin, path):
+    response = depot.client.post(path, headers=admin, json={"name": "x", "scopes": ["read", "root"]})
+    error = assert_error(response, 400, "UNKNOWN_SCOPE")
+    assert error["field"] == "scopes" and "root" in error["message"]
+    assert depot.client.get("/auth/tokens", headers=admin).get_json()["items"] == []

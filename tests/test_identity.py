@@ -381,9 +381,10 @@ def test_api_token_is_shown_once_and_works_as_bearer(depot, alice):
     items = listed.get_json()["items"]
     assert [item["id"] for item in items] == [created["id"]]
     assert "token" not in items[0] and "secret_sha256" not in items[0]
-    # listing with the API token itself shows no secret either
+    # an API token cannot list tokens (they are managed from a login session), and its refusal shows no secret
     listed = depot.client.get("/auth/tokens", headers=bearer(secret))
-    assert listed.status_code == 200 and b"dpt_" not in listed.get_data()
+    assert_error(listed, 403, "LOGIN_SESSION_REQUIRED")
+    assert b"dpt_" not in listed.get_data()
 
 
 def test_api_token_revoked_by_delete(depot, alice):
