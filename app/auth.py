@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 
 import bcrypt
 import jwt
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.errors import DepotError, bad_request, not_found
@@ -148,6 +148,9 @@ class _TtlCache:
 
     def drop(self, key):
         self.entries.pop(key, None)
+
+    def clear(self):
+        self.entries.clear()
 
 
 def _user_exists(username):
@@ -279,15 +282,33 @@ class Identity:
             raise bad_request("INVALID_REQUEST", "status is active or disabled", "status")
 
     def change_password(self, username, current, new):
+        """The caller's own password: ends their login tokens and revokes their API tokens."""
         self.check_password_rules(new, "new_password")
         with self.sessions() as session:
             user = session.scalar(select(User).where(User.username == username))
             if user is None or not check_password(current or "", user.password_hash):
                 raise _unauthorized("INVALID_CREDENTIALS", "the current password is wrong")
-            user.password_hash = hash_password(new)
-            user.token_version += 1
+            self._set_password(session, user, new)
             session.commit()
+        self._forget(username)
+
+    def _set_password(self, session, user, password):
+        """A new password ends every earlier credential: login tokens (token version) and API tokens (revoked),
+        since whoever knew the old password may have made them."""
+        user.password_hash = hash_password(password)
+        user.token_version += 1
+        self._revoke_api_tokens(session, user)
+
+    @staticmethod
+    def _revoke_api_tokens(session, user):
+        session.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+                        .values(revoked_at=utcnow()))
+
+    def _forget(self, username):
+        """Drop what this process cached about an account it just changed (and every API token's state, whose
+        scopes are bounded by their owner's)."""
         self._users.drop(username)
+        self._api.clear()
 
     def create_user(self, username, password, scopes, status="active"):
         check_username(username)
@@ -302,7 +323,7 @@ class Identity:
                 session.commit()
             except IntegrityError:  # created meanwhile by another request
                 raise _user_exists(username)
-        self._users.drop(username)
+        self._forget(username)
         return user_view(user)
 
     @staticmethod
@@ -322,18 +343,21 @@ class Identity:
             self.check_password_rules(password)
         with self.sessions() as session:
             user = self._user(session, username)
-            if scopes is not None:
-                user.scopes = sorted(set(scopes))
-            if status is not None and status != user.status:
-                user.status = status
-                user.token_version += 1
-            if password is not None:
-                user.password_hash = hash_password(password)
-                user.token_version += 1
+            self._apply_changes(session, user, scopes, status, password)
             session.commit()
-            self._users.drop(user.username)
-            self._api.entries.clear()  # token scopes are bounded by their owner's
-            return user_view(user)
+        self._forget(user.username)
+        return user_view(user)
+
+    def _apply_changes(self, session, user, scopes, status, password):
+        if scopes is not None:
+            user.scopes = sorted(set(scopes))
+        if status is not None and status != user.status:
+            user.status = status
+            user.token_version += 1
+            if status == "disabled":  # for good: re-enabling the account does not bring them back
+                self._revoke_api_tokens(session, user)
+        if password is not None:
+            self._set_password(session, user, password)
 
     def get_user(self, username):
         with self.sessions() as session:

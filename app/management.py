@@ -184,7 +184,8 @@ def _auth_views(bp, service, guard):
             audit.record(principal["sub"], "auth.change_password", principal["sub"], "failure", client())
             raise
         audit.record(principal["sub"], "auth.change_password", principal["sub"], "success", client())
-        return json_response({"ok": True, "message": "password changed; earlier tokens no longer work"})
+        return json_response({"ok": True, "message": "password changed; earlier login tokens no longer work and "
+                              "every API token is revoked"})
 
     @bp.post("/auth/logout")
     def logout():

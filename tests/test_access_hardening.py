@@ -1,5 +1,5 @@
-"""Access hardening: long passphrases, usernames (and how existing ones migrate) and who may manage API tokens and for
-how long they live.
+"""Access hardening: long passphrases, usernames (and how existing ones migrate), who may manage API tokens and for
+how long they live and what a password change or a disable ends.
 
 Real services over temporary data dirs through the Flask test client, and migrations against real SQLite files (and
 PostgreSQL when tests/test_migrations.py finds one).
@@ -23,6 +23,8 @@ from tests.test_identity import (ALICE_PASSWORD, assert_error, assert_unauthoriz
                                  create_user, login, login_token, me)
 from tests.test_identity import admin, alice, depot  # noqa: F401  (fixtures)
 from tests.test_migrations import POSTGRES_URL, postgres_driver
+
+LATEST_MISSING = "/v1/acme/missing/latest"
 
 
 @pytest.fixture
@@ -278,3 +280,41 @@ def test_an_undeclared_scope_is_400_even_for_an_admin(depot, admin, path):
     error = assert_error(response, 400, "UNKNOWN_SCOPE")
     assert error["field"] == "scopes" and "root" in error["message"]
     assert depot.client.get("/auth/tokens", headers=admin).get_json()["items"] == []
+
+
+# --- 2. a password change and a disable end API tokens ------------------------------------------------------
+
+def test_changing_ones_password_revokes_ones_api_tokens(depot, alice_session):
+    secret = create_api_token(depot, alice_session, scopes=["read", "write"])["token"]
+    response = depot.client.post("/auth/change-password", headers=alice_session,
+                                 json={"current_password": ALICE_PASSWORD, "new_password": "a-new-alice-password"})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert_unauthorized(me(depot, secret), "TOKEN_REVOKED")
+    fresh = bearer(login_token(depot, "alice", "a-new-alice-password"))
+    assert [t["revoked"] for t in depot.client.get("/auth/tokens", headers=fresh).get_json()["items"]] == [True]
+
+
+def test_an_admin_set_password_revokes_the_users_api_tokens(depot, admin, alice_session):
+    secret = create_api_token(depot, alice_session)["token"]
+    response = depot.client.patch("/admin/users/alice", headers=admin, json={"password": "set-by-the-admin-1"})
+    assert response.status_code == 200
+    assert_unauthorized(me(depot, secret), "TOKEN_REVOKED")
+    assert_unauthorized(depot.client.get(LATEST_MISSING, headers=bearer(secret)), "TOKEN_REVOKED")
+
+
+def test_disabling_revokes_api_tokens_for_good(depot, admin, alice_session):
+    secret = create_api_token(depot, alice_session)["token"]
+    for status in ("disabled", "active"):
+        assert depot.client.patch("/admin/users/alice", headers=admin, json={"status": status}).status_code == 200
+    assert_unauthorized(me(depot, secret), "TOKEN_REVOKED")
+    listed = depot.client.get("/admin/users/alice/tokens", headers=admin).get_json()["items"]
+    assert [t["revoked"] for t in listed] == [True]
+    assert me(depot, login_token(depot, "alice", ALICE_PASSWORD)).status_code == 200  # the account itself works
+
+
+def test_changing_scopes_or_re_enabling_an_active_user_leaves_tokens_alone(depot, admin, alice_session):
+    """The control: only a password change or a disable revokes."""
+    secret = create_api_token(depot, alice_session)["token"]
+    for body in ({"scopes": ["read"]}, {"status": "active"}):
+        assert depot.client.patch("/admin/users/alice", headers=admin, json=body).status_code == 200
+    assert works(depot, secret)
