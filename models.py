@@ -36,7 +36,8 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(128))
     scopes: Mapped[list] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(16), default="active")  # active | disabled
-    # bumped by a password change or a disable: tokens carrying an older value stop working at once
+    # bumped by a password change or a disable: tokens carrying an older value stop working at once. A new
+    # account starts at a random value, so a login token of a deleted namesake never matches it
     token_version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,5 +1,5 @@
-"""Identities: usernames, passwords (bcrypt), login tokens (JWT, HS256 pinned), API tokens, principals, and the state
-checks that make a disabled user, a changed password or a revoked token fail at once.
+"""Identities: usernames, passwords (bcrypt), login tokens (JWT, HS256 pinned), API tokens, principals, and the
+state checks that make a disabled or deleted user, a changed password or a revoked token fail at once.
 
 A principal is ``{"sub", "scopes": frozenset, "kind": "jwt" | "api_token" | "anonymous", "token_id"}``.
 Login tokens carry sub, scopes, ver (the user's token version), iat, exp, iss, aud and jti; verification requires
@@ -77,6 +77,15 @@ def check_username(username):
     """A new account's name: plain ASCII, so no two names can look alike or hide control characters."""
     if not isinstance(username, str) or USERNAME_PATTERN.fullmatch(username) is None:
         raise bad_request("INVALID_USERNAME", "a username is %s" % USERNAME_RULE, "username")
+
+
+def new_token_version():
+    """A new account's first token version: random, so a login token of a deleted namesake never matches."""
+    return secrets.randbelow(2 ** 30) + 1
+
+
+def is_active_admin(user):
+    return user.status == "active" and "admin" in user.scopes
 
 
 def holds(scopes, wanted):
@@ -158,6 +167,11 @@ def _user_exists(username):
                       "username")
 
 
+def _last_admin(username):
+    return DepotError("LAST_ADMIN", 409, "%r is the only active admin; make another admin first, so that someone "
+                      "can still manage the installation" % username)
+
+
 class Identity:
     def __init__(self, secret, sessions, settings=None):
         self.secret = secret
@@ -167,6 +181,8 @@ class Identity:
         self._revoked = _TtlCache()  # jti -> bool
         self._api = _TtlCache()  # secret sha256 -> token state
         self._last_used_lock = threading.Lock()
+        # held while an account changes, so two admins demoting each other at once cannot both succeed
+        self._accounts_lock = threading.Lock()
         # compared against when the user does not exist, so unknown users cost the same time as wrong passwords
         self._dummy_hash = hash_password(secrets.token_urlsafe(16))
 
@@ -176,7 +192,10 @@ class Identity:
 
     # --- login tokens ---------------------------------------------------------------------------------
 
-    def issue(self, username, scopes, version=1):
+    def issue(self, username, scopes, version=None):
+        """A login token; ``version`` defaults to the user's current token version."""
+        if version is None:
+            version = self._user_state(username)[1]
         now = datetime.now(timezone.utc)
         exp = now + timedelta(seconds=self.settings["token_ttl_seconds"])
         claims = {"sub": username, "scopes": sorted(scopes), "ver": version, "iat": now, "exp": exp, "iss": ISSUER,
@@ -292,6 +311,19 @@ class Identity:
             session.commit()
         self._forget(username)
 
+    def reset_password(self, username, password):
+        """An operator's reset (python -m app admin reset-password): a new password, every token of the account
+        ended, and the account active again. Returns whether it had been disabled."""
+        self.check_password_rules(password)
+        with self.sessions() as session:
+            user = self._user(session, username)
+            was_disabled = user.status != "active"
+            self._set_password(session, user, password)
+            user.status = "active"
+            session.commit()
+        self._forget(user.username)
+        return was_disabled
+
     def _set_password(self, session, user, password):
         """A new password ends every earlier credential: login tokens (token version) and API tokens (revoked),
         since whoever knew the old password may have made them."""
@@ -329,21 +361,24 @@ class Identity:
     @staticmethod
     def _add_user(session, username, password, scopes, status="active"):
         user = User(username=username, username_key=username_key(username), password_hash=hash_password(password),
-                    scopes=sorted(set(scopes)), status=status, token_version=1)
+                    scopes=sorted(set(scopes)), status=status, token_version=new_token_version())
         session.add(user)
         return user
 
     def update_user(self, username, scopes=None, status=None, password=None):
-        """Change what is not None."""
+        """Change what is not None. Refused (409 LAST_ADMIN) when it would leave no active admin."""
         if scopes is not None:
             self.check_scopes(scopes)
         if status is not None:
             self.check_status(status)
         if password is not None:
             self.check_password_rules(password)
-        with self.sessions() as session:
+        with self._accounts_lock, self.sessions() as session:
+            admins = self._active_admins(session)
             user = self._user(session, username)
             self._apply_changes(session, user, scopes, status, password)
+            if admins == [user] and not is_active_admin(user):
+                raise _last_admin(user.username)
             session.commit()
         self._forget(user.username)
         return user_view(user)
@@ -358,6 +393,28 @@ class Identity:
                 self._revoke_api_tokens(session, user)
         if password is not None:
             self._set_password(session, user, password)
+
+    def delete_user(self, username):
+        """Remove an account and its API tokens (its audit records stay). 409 LAST_ADMIN for the last active
+        admin."""
+        with self._accounts_lock, self.sessions() as session:
+            admins = self._active_admins(session)
+            user = self._user(session, username)
+            if admins == [user]:
+                raise _last_admin(user.username)
+            session.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
+            session.delete(user)
+            session.commit()
+        self._forget(user.username)
+        return user_view(user)
+
+    @staticmethod
+    def _active_admins(session):
+        """The active admins, read first and with their rows locked until commit where the database locks rows
+        (PostgreSQL), so that concurrent changes cannot each leave the other as the last admin."""
+        users = session.scalars(select(User).where(User.status == "active").order_by(User.id)
+                                .with_for_update()).all()
+        return [user for user in users if "admin" in user.scopes]
 
     def get_user(self, username):
         with self.sessions() as session:

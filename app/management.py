@@ -249,6 +249,12 @@ def _user_views(bp, service, guard):
         view = identity.update_user(username, body.get("scopes"), body.get("status"), body.get("password"))
         return json_response(view), view["username"]
 
+    @bp.delete("/admin/users/<username>")
+    @admin_action("admin.users.delete")
+    def delete_user(username):
+        view = identity.delete_user(username)
+        return json_response(dict(view, deleted=True)), view["username"]
+
     @bp.get("/admin/users/<username>/tokens")
     @admin_action("admin.tokens.list", login_session=True)
     def user_tokens(username):

@@ -1,11 +1,16 @@
 """Access hardening: long passphrases, usernames (and how existing ones migrate), who may manage API tokens and for
-how long they live and what a password change or a disable ends.
+how long they live, what a password change or a disable ends and the last admin, deleting users and the recovery
+commands.
 
-Real services over temporary data dirs through the Flask test client, and migrations against real SQLite files (and
-PostgreSQL when tests/test_migrations.py finds one).
+Real services over temporary data dirs through the Flask test client, the recovery commands as real child
+processes, and migrations against real SQLite files (and PostgreSQL when tests/test_migrations.py finds one).
 """
 import contextlib
 import copy
+import os
+import subprocess
+import sys
+import threading
 import uuid
 from datetime import datetime, timedelta
 
@@ -17,10 +22,10 @@ from sqlalchemy.exc import IntegrityError
 from app import database
 from app.auth import PREHASHED
 from app.compiler import compile_schema
-from models import User
-from tests.conftest import ADMIN_PASSWORD
-from tests.test_identity import (ALICE_PASSWORD, assert_error, assert_unauthorized, bearer, create_api_token,
-                                 create_user, login, login_token, me)
+from models import ApiToken, User
+from tests.conftest import ADMIN_PASSWORD, ROOT, join_all
+from tests.test_identity import (ALICE_PASSWORD, admin_headers, assert_error, assert_unauthorized, bearer,
+                                 create_api_token, create_user, login, login_token, me)
 from tests.test_identity import admin, alice, depot  # noqa: F401  (fixtures)
 from tests.test_migrations import POSTGRES_URL, postgres_driver
 
@@ -318,3 +323,166 @@ def test_changing_scopes_or_re_enabling_an_active_user_leaves_tokens_alone(depot
     for body in ({"scopes": ["read"]}, {"status": "active"}):
         assert depot.client.patch("/admin/users/alice", headers=admin, json=body).status_code == 200
     assert works(depot, secret)
+
+
+# --- 3. the last admin, deleting users ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("method,body", [("PATCH", {"status": "disabled"}), ("PATCH", {"scopes": ["read", "write"]}),
+                                         ("DELETE", None)])
+def test_the_last_active_admin_cannot_be_disabled_demoted_or_deleted(depot, admin, method, body):
+    # a disabled admin does not count
+    create_user(depot, admin, "dormant", ["admin"], "dormant-password-1")
+    assert depot.client.patch("/admin/users/dormant", headers=admin, json={"status": "disabled"}).status_code == 200
+    refused = depot.client.open("/admin/users/admin", method=method, headers=admin, json=body)
+    assert_error(refused, 409, "LAST_ADMIN")
+    view = depot.client.get("/admin/users/admin", headers=admin).get_json()
+    assert view["status"] == "active" and "admin" in view["scopes"]
+    assert me(depot, login_token(depot, "admin", ADMIN_PASSWORD)).status_code == 200
+
+    # with a second active admin the same change goes through, and the second is then the last
+    assert depot.client.patch("/admin/users/dormant", headers=admin, json={"status": "active"}).status_code == 200
+    dormant = bearer(login_token(depot, "dormant", "dormant-password-1"))
+    assert depot.client.open("/admin/users/admin", method=method, headers=dormant, json=body).status_code == 200
+    assert_error(depot.client.patch("/admin/users/dormant", headers=dormant, json={"status": "disabled"}),
+                 409, "LAST_ADMIN")
+
+
+def test_two_admins_demoting_each_other_at_once_leave_one_admin(depot, admin):
+    create_user(depot, admin, "second", ["admin", "read"], "second-password-1")
+    second = bearer(login_token(depot, "second", "second-password-1"))
+    barrier = threading.Barrier(2, timeout=60)
+    statuses, errors = {}, []
+
+    def demote(headers, target):
+        client = depot.app.test_client()
+        try:
+            barrier.wait()
+            statuses[target] = client.patch("/admin/users/" + target, headers=headers,
+                                            json={"scopes": ["read"]}).status_code
+        except BaseException as exc:  # reported after the join
+            errors.append(exc)
+
+    threads = [threading.Thread(target=demote, args=args, daemon=True)
+               for args in ((admin, "second"), (second, "admin"))]
+    for thread in threads:
+        thread.start()
+    join_all(threads, errors, "a demotion")
+    # one goes through; the other is refused as the last admin, or finds its caller no longer an admin
+    assert sorted(statuses.values())[0] == 200 and sorted(statuses.values())[1] in (401, 403, 409), statuses
+    with depot.service.sessions() as session:
+        admins = [u.username for u in session.scalars(select(User)) if "admin" in u.scopes]
+    assert len(admins) == 1, admins
+
+
+def test_deleting_a_user_ends_their_tokens_and_keeps_their_audit_records(depot, admin, alice_session):
+    secret = create_api_token(depot, alice_session)["token"]
+    login_jwt = alice_session["Authorization"].split(" ", 1)[1]
+    response = depot.client.delete("/admin/users/alice", headers=dict(admin, **{"X-Request-Id": "rm-alice"}))
+    assert response.status_code == 200 and response.get_json()["deleted"] is True
+    assert_error(depot.client.get("/admin/users/alice", headers=admin), 404, "USER_NOT_FOUND")
+    assert [r["action"] for r in audit_rows(depot, admin, actor="alice")] == ["token.create", "auth.login"]
+    deleted = audit_rows(depot, admin, action="admin.users.delete")
+    assert [(r["target"], r["outcome"], r["request_id"]) for r in deleted] == [("alice", "success", "rm-alice")]
+
+    assert_unauthorized(me(depot, secret))
+    assert_unauthorized(me(depot, login_jwt), "TOKEN_REVOKED")
+    assert_unauthorized(login(depot, "alice", ALICE_PASSWORD), "INVALID_CREDENTIALS")
+    with depot.service.sessions() as session:
+        assert session.scalars(select(ApiToken)).all() == []
+    assert_error(depot.client.delete("/admin/users/alice", headers=admin), 404, "USER_NOT_FOUND")
+
+    # a new account of the same name does not honour the old one's login token
+    create_user(depot, admin, "alice", ["read"], "the-new-alice-pw")
+    assert_unauthorized(me(depot, login_jwt), "TOKEN_REVOKED")
+
+
+def test_deleting_needs_the_admin_scope(depot, admin, alice_session):
+    assert_error(depot.client.delete("/admin/users/admin", headers=alice_session), 403, "FORBIDDEN")
+    assert depot.client.get("/admin/users/admin", headers=admin).status_code == 200
+
+
+# --- 3. recovery commands (server stopped) ------------------------------------------------------------------
+
+def admin_command(data_dir, *args, password=None, stdin=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("DEPOT_DATABASE_URL", "DEPOT_NEW_PASSWORD")}
+    env["DEPOT_BCRYPT_ROUNDS"] = "4"
+    if password is not None:
+        env["DEPOT_NEW_PASSWORD"] = password
+    # a new session has no controlling terminal, so getpass reads the prompt answers from stdin
+    return subprocess.run([sys.executable, "-m", "app", "admin", *args, "--data-dir", str(data_dir)], cwd=ROOT,
+                          env=env, input=stdin, capture_output=True, text=True, timeout=120, start_new_session=True)
+
+
+def test_reset_password_recovers_a_disabled_account_with_the_server_stopped(depot, admin, alice_session):
+    secret = create_api_token(depot, alice_session)["token"]
+    assert depot.client.patch("/admin/users/alice", headers=admin, json={"status": "disabled"}).status_code == 200
+    depot.close()
+
+    result = admin_command(depot.data_dir, "reset-password", "ALICE", password="recovered-password-1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "active again" in result.stdout and "recovered-password-1" not in result.stdout + result.stderr
+
+    depot.restart()
+    assert me(depot, login_token(depot, "alice", "recovered-password-1")).get_json()["status"] == "active"
+    assert_unauthorized(login(depot, "alice", ALICE_PASSWORD), "INVALID_CREDENTIALS")
+    assert_unauthorized(me(depot, secret), "TOKEN_REVOKED")
+    row = audit_rows(depot, admin_headers(depot), actor="cli")[0]
+    assert (row["action"], row["target"], row["outcome"]) == ("admin.users.reset_password", "ALICE", "success")
+    assert row["detail"] == {"re_enabled": True}
+
+
+def test_create_makes_an_admin_with_the_server_stopped(depot):
+    depot.close()
+    result = admin_command(depot.data_dir, "create", "rescue", "--scopes", "read,write,admin",
+                           password="rescue-password-12")
+    assert result.returncode == 0, result.stdout + result.stderr
+    depot.restart()
+    token = login_token(depot, "rescue", "rescue-password-12")
+    assert me(depot, token).get_json()["scopes"] == ["admin", "read", "write"]
+    rescue = bearer(token)
+    assert depot.client.get("/admin/users", headers=rescue).status_code == 200
+    row = audit_rows(depot, rescue, actor="cli")[0]
+    assert (row["action"], row["target"], row["outcome"]) == ("admin.users.create", "rescue", "success")
+
+
+@pytest.mark.parametrize("args,password,message", [
+    (("create", "Admin", "--scopes", "read"), "long-enough-password", "already exists"),
+    (("create", "bad name", "--scopes", "read"), "long-enough-password", "username"),
+    (("create", "carol", "--scopes", "read,root"), "long-enough-password", "root"),
+    (("create", "carol", "--scopes", "read"), "short", "at least 12"),
+    (("reset-password", "nobody"), "long-enough-password", "no user"),
+])
+def test_recovery_commands_refuse_bad_input_and_change_nothing(depot, args, password, message):
+    depot.close()
+    result = admin_command(depot.data_dir, *args, password=password)
+    assert result.returncode == 1 and message in result.stderr, result.stdout + result.stderr
+    depot.restart()
+    names = [u["username"] for u in depot.client.get("/admin/users", headers=admin_headers(depot))
+             .get_json()["items"]]
+    assert names == ["admin"]
+    assert audit_rows(depot, admin_headers(depot), actor="cli")[0]["outcome"] == "failure"
+
+
+def test_the_password_prompt_asks_twice(depot):
+    depot.close()
+    differing = admin_command(depot.data_dir, "reset-password", "admin", stdin="first-password-1\nother-password-2\n")
+    assert differing.returncode == 1 and "differ" in differing.stderr
+    same = admin_command(depot.data_dir, "reset-password", "admin", stdin="prompted-password\nprompted-password\n")
+    assert same.returncode == 0, same.stdout + same.stderr
+    depot.restart()
+    assert login(depot, "admin", "prompted-password").status_code == 200
+
+
+def test_a_password_is_never_an_argument_and_the_help_says_where_it_comes_from(tmp_path):
+    refused = admin_command(tmp_path, "create", "x", "--scopes", "read", "--password", "in-the-process-list")
+    assert refused.returncode == 2 and "unrecognized arguments" in refused.stderr
+    for command in ("reset-password", "create"):
+        shown = subprocess.run([sys.executable, "-m", "app", "admin", command, "--help"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0 and "DEPOT_NEW_PASSWORD" in shown.stdout
+
+
+def test_a_missing_data_dir_is_an_error(tmp_path):
+    result = admin_command(tmp_path / "nowhere", "reset-password", "admin", password="long-enough-password")
+    assert result.returncode == 1 and "no data dir" in result.stderr
+    assert not (tmp_path / "nowhere").exists()
