@@ -10,7 +10,7 @@ import json
 from flask import Blueprint, g, request
 
 from app import replication
-from app.auth import DEFAULT_TTL
+from app.auth import DEFAULT_TTL, username_key
 from app.context import ResponseSpec
 from app.definitions import MAX_PAGE_SIZE
 from app.errors import DepotError, bad_request, not_found, too_large
@@ -152,12 +152,7 @@ def _auth_views(bp, service, guard):
         username, password = body.get("username"), body.get("password")
         if not isinstance(username, str) or not isinstance(password, str):
             raise bad_request("INVALID_CREDENTIALS_FORMAT", "username and password are required strings")
-        for name, key in (("rate_limit_per_username", username), ("rate_limit_per_address", request.remote_addr)):
-            wait = service.limiters[name].hit(key)
-            if wait:
-                audit.record(username, "auth.login", username, "rate_limited", client())
-                raise DepotError("RATE_LIMITED", 429, "too many login attempts; retry in %d s" % wait,
-                                 headers={"Retry-After": str(wait)})
+        _limit_login(service, username)
         try:
             token, expires = identity.login(username, password)
         except DepotError:
@@ -210,6 +205,19 @@ def _auth_views(bp, service, guard):
         view = identity.revoke_token(principal["sub"], token_id)
         audit.record(principal["sub"], "token.revoke", "%s/%s" % (principal["sub"], token_id), "success", client())
         return json_response(view)
+
+
+def _limit_login(service, username):
+    """429 once a (username, client address) pair or a client address alone has tried too often. There is no
+    limit per username alone: anyone could then lock an account out from anywhere."""
+    address = request.remote_addr
+    pair = (username_key(username), address)
+    for name, key in (("rate_limit_per_username_and_address", pair), ("rate_limit_per_address", address)):
+        wait = service.limiters[name].hit(key)
+        if wait:
+            service.audit.record(username, "auth.login", username, "rate_limited", client(), {"limit": name})
+            raise DepotError("RATE_LIMITED", 429, "too many login attempts; retry in %d s" % wait,
+                             headers={"Retry-After": str(wait)})
 
 
 def _user_views(bp, service, guard):

@@ -1,6 +1,6 @@
 """Access hardening: long passphrases, usernames (and how existing ones migrate), who may manage API tokens and for
-how long they live, what a password change or a disable ends and the last admin, deleting users and the recovery
-commands.
+how long they live, what a password change or a disable ends, the last admin, deleting users and the recovery
+commands and login rate limits that cannot lock a victim out.
 
 Real services over temporary data dirs through the Flask test client, the recovery commands as real child
 processes, and migrations against real SQLite files (and PostgreSQL when tests/test_migrations.py finds one).
@@ -486,3 +486,48 @@ def test_a_missing_data_dir_is_an_error(tmp_path):
     result = admin_command(tmp_path / "nowhere", "reset-password", "admin", password="long-enough-password")
     assert result.returncode == 1 and "no data dir" in result.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+# --- 5. login rate limits -----------------------------------------------------------------------------------
+
+def at(address):
+    return {"environ_base": {"REMOTE_ADDR": address}}
+
+
+def test_wrong_passwords_from_one_address_do_not_lock_out_another(depot):
+    attacker, victim = at("203.0.113.7"), at("198.51.100.20")
+    for _ in range(5):
+        assert_unauthorized(login(depot, "admin", "not-the-password", **attacker), "INVALID_CREDENTIALS")
+    assert_error(login(depot, "admin", ADMIN_PASSWORD, **attacker), 429, "RATE_LIMITED")
+    assert_error(login(depot, "ADMIN", ADMIN_PASSWORD, **attacker), 429, "RATE_LIMITED")  # same account
+    assert login(depot, "admin", ADMIN_PASSWORD, **victim).status_code == 200
+
+
+def test_one_address_is_limited_across_usernames(make_depot, project_schema):
+    depot = make_depot(with_auth_section(project_schema, "login", rate_limit_per_address="3/m"))
+    for name in ("u1", "u2", "u3"):
+        assert_unauthorized(login(depot, name, "whatever-password", **at("203.0.113.9")))
+    assert_error(login(depot, "admin", ADMIN_PASSWORD, **at("203.0.113.9")), 429, "RATE_LIMITED")
+    assert login(depot, "admin", ADMIN_PASSWORD, **at("203.0.113.10")).status_code == 200
+
+
+def test_the_older_name_of_the_pair_limit_still_loads_and_counts_per_pair(make_depot, project_schema):
+    schema = copy.deepcopy(project_schema)
+    login_section = schema["auth"]["login"]
+    login_section["rate_limit_per_username"] = "2/m"
+    del login_section["rate_limit_per_username_and_address"]
+    compiled, report = compile_schema(schema)
+    assert compiled is not None
+    assert [w["place"] for w in report.to_dict()["warnings"]] == ["auth.login.rate_limit_per_username"]
+
+    depot = make_depot(schema)
+    for _ in range(2):
+        assert_unauthorized(login(depot, "admin", "not-the-password", **at("203.0.113.7")))
+    assert_error(login(depot, "admin", ADMIN_PASSWORD, **at("203.0.113.7")), 429, "RATE_LIMITED")
+    assert login(depot, "admin", ADMIN_PASSWORD, **at("198.51.100.20")).status_code == 200
+
+
+def test_both_names_of_the_pair_limit_together_are_an_error(project_schema):
+    compiled, report = compile_schema(with_auth_section(project_schema, "login", rate_limit_per_username="2/m"))
+    assert compiled is None
+    assert [e["place"] for e in report.to_dict()["errors"]] == ["auth.login.rate_limit_per_username"]
