@@ -282,8 +282,10 @@ class Identity:
     # --- users ----------------------------------------------------------------------------------------
 
     def check_password_rules(self, password, field="password"):
+        if not isinstance(password, str):
+            raise bad_request("INVALID_REQUEST", "%s is a string" % field, field)
         minimum = self.settings["min_password_length"]
-        if not isinstance(password, str) or len(password) < minimum:
+        if len(password) < minimum:
             raise bad_request("WEAK_PASSWORD", "passwords have at least %d characters" % minimum, field)
 
     def check_scopes(self, scopes, code="INVALID_REQUEST"):
@@ -302,10 +304,12 @@ class Identity:
 
     def change_password(self, username, current, new):
         """The caller's own password: ends their login tokens and revokes their API tokens."""
+        if not isinstance(current, str):
+            raise bad_request("INVALID_REQUEST", "current_password is a string", "current_password")
         self.check_password_rules(new, "new_password")
         with self.sessions() as session:
             user = session.scalar(select(User).where(User.username == username))
-            if user is None or not check_password(current or "", user.password_hash):
+            if user is None or not check_password(current, user.password_hash):
                 raise _unauthorized("INVALID_CREDENTIALS", "the current password is wrong")
             self._set_password(session, user, new)
             session.commit()
@@ -430,7 +434,7 @@ class Identity:
     def _find_user(session, username):
         """The account ``username`` names: its exact spelling first (accounts made before usernames were
         case-insensitive may differ only in case), else case-insensitively. None when there is none."""
-        if not isinstance(username, str):
+        if not isinstance(username, str) or "\x00" in username:  # PostgreSQL cannot even compare such a name
             return None
         user = session.scalar(select(User).where(User.username == username))
         if user is None:

@@ -83,6 +83,14 @@ def issue_api_token(service, owner, principal):
     return json_response(dict(view, token=secret), 201)
 
 
+def string_fields(body, *names, code="INVALID_REQUEST"):
+    """The named fields of a JSON body, each of which must be a string when present (400 naming it if not)."""
+    for name in names:
+        if name in body and not isinstance(body[name], str):
+            raise bad_request(code, "%s is a string" % name, name)
+    return [body.get(name) for name in names]
+
+
 class Guard:
     """Who may call Depot's own endpoints, and the audit trail of what admins did."""
 
@@ -148,10 +156,11 @@ def _auth_views(bp, service, guard):
 
     @bp.post("/auth/login")
     def login():
-        body = json_body(65536)
-        username, password = body.get("username"), body.get("password")
-        if not isinstance(username, str) or not isinstance(password, str):
-            raise bad_request("INVALID_CREDENTIALS_FORMAT", "username and password are required strings")
+        username, password = string_fields(json_body(65536), "username", "password",
+                                           code="INVALID_CREDENTIALS_FORMAT")
+        if username is None or password is None:
+            raise bad_request("INVALID_CREDENTIALS_FORMAT", "username and password are required strings",
+                              "username" if username is None else "password")
         _limit_login(service, username)
         try:
             token, expires = identity.login(username, password)
@@ -174,7 +183,8 @@ def _auth_views(bp, service, guard):
         principal = principal_or_401()
         body = json_body(65536)
         try:
-            identity.change_password(principal["sub"], body.get("current_password"), body.get("new_password"))
+            current, new = string_fields(body, "current_password", "new_password")
+            identity.change_password(principal["sub"], current, new)
         except DepotError:
             audit.record(principal["sub"], "auth.change_password", principal["sub"], "failure", client())
             raise
@@ -235,8 +245,8 @@ def _user_views(bp, service, guard):
     @admin_action("admin.users.create")
     def create_user():
         body = json_body(65536)
-        view = identity.create_user(body.get("username"), body.get("password"), body.get("scopes", ["read"]),
-                                    body.get("status", "active"))
+        username, password = string_fields(body, "username", "password")
+        view = identity.create_user(username, password, body.get("scopes", ["read"]), body.get("status", "active"))
         return json_response(view, 201), view["username"]
 
     @bp.get("/admin/users/<username>")

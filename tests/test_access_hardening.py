@@ -1,6 +1,6 @@
 """Access hardening: long passphrases, usernames (and how existing ones migrate), who may manage API tokens and for
 how long they live, what a password change or a disable ends, the last admin, deleting users and the recovery
-commands and login rate limits that cannot lock a victim out.
+commands, login rate limits that cannot lock a victim out and wrong-typed fields.
 
 Real services over temporary data dirs through the Flask test client, the recovery commands as real child
 processes, and migrations against real SQLite files (and PostgreSQL when tests/test_migrations.py finds one).
@@ -23,7 +23,7 @@ from app import database
 from app.auth import PREHASHED
 from app.compiler import compile_schema
 from models import ApiToken, User
-from tests.conftest import ADMIN_PASSWORD, ROOT, join_all
+from tests.conftest import ADMIN_PASSWORD, ROOT, Depot, join_all
 from tests.test_identity import (ALICE_PASSWORD, admin_headers, assert_error, assert_unauthorized, bearer,
                                  create_api_token, create_user, login, login_token, me)
 from tests.test_identity import admin, alice, depot  # noqa: F401  (fixtures)
@@ -531,3 +531,66 @@ def test_both_names_of_the_pair_limit_together_are_an_error(project_schema):
     compiled, report = compile_schema(with_auth_section(project_schema, "login", rate_limit_per_username="2/m"))
     assert compiled is None
     assert [e["place"] for e in report.to_dict()["errors"]] == ["auth.login.rate_limit_per_username"]
+
+
+# --- wrong-typed fields -------------------------------------------------------------------------------------
+
+WRONG_TYPES = [
+    ("POST", "/auth/login", {"username": 5, "password": "x"}, "username"),
+    ("POST", "/auth/login", {"username": "admin", "password": {"x": 1}}, "password"),
+    ("POST", "/auth/login", {"username": ["admin"], "password": "x"}, "username"),
+    ("POST", "/auth/change-password", {"current_password": 5, "new_password": "a-long-new-password"},
+     "current_password"),
+    ("POST", "/auth/change-password", {"current_password": ADMIN_PASSWORD, "new_password": ["x" * 20]},
+     "new_password"),
+    ("POST", "/auth/change-password", {"new_password": "a-long-new-password"}, "current_password"),
+    ("POST", "/admin/users", {"username": 5, "password": "a-long-enough-password"}, "username"),
+    ("POST", "/admin/users", {"username": {"a": 1}, "password": "a-long-enough-password"}, "username"),
+    ("POST", "/admin/users", {"username": "carol", "password": 123456789012345}, "password"),
+    ("POST", "/admin/users", {"username": "carol", "password": "a-long-enough-password", "scopes": "read"}, "scopes"),
+    ("POST", "/admin/users", {"username": "carol", "password": "a-long-enough-password", "scopes": [["read"]]},
+     "scopes"),
+    ("POST", "/admin/users", {"username": "carol", "password": "a-long-enough-password", "scopes": [{}]}, "scopes"),
+    ("POST", "/admin/users", {"username": "carol", "password": "a-long-enough-password", "status": {}}, "status"),
+    ("PATCH", "/admin/users/admin", {"scopes": {"admin": True}}, "scopes"),
+    ("PATCH", "/admin/users/admin", {"scopes": [1, 2]}, "scopes"),
+    ("PATCH", "/admin/users/admin", {"status": ["active"]}, "status"),
+    ("PATCH", "/admin/users/admin", {"password": 5}, "password"),
+    ("PATCH", "/admin/users/admin", {"scopes": None}, "scopes"),
+    ("POST", "/auth/tokens", {"name": 5, "scopes": ["read"]}, "name"),
+    ("POST", "/auth/tokens", {"name": "x", "scopes": [{"read": 1}]}, "scopes"),
+    ("POST", "/auth/tokens", {"name": "x", "scopes": "read"}, "scopes"),
+    ("POST", "/auth/tokens", {"name": "x", "scopes": ["read"], "expires_in": 1.5}, "expires_in"),
+    ("POST", "/auth/tokens", {"name": "x", "scopes": ["read"], "expires_in": True}, "expires_in"),
+    ("POST", "/auth/tokens", {"name": "x", "scopes": ["read"], "expires_in": {"days": 1}}, "expires_in"),
+    ("POST", "/admin/users/admin/tokens", {"name": ["x"], "scopes": ["read"]}, "name"),
+    ("POST", "/admin/users/admin/tokens", {"name": "x", "scopes": [None]}, "scopes"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,field", WRONG_TYPES,
+                         ids=["%s %s %s" % (m, p, f) for m, p, _, f in WRONG_TYPES])
+def test_a_wrong_typed_field_is_400_naming_it(depot, admin, method, path, body, field):
+    response = depot.client.open(path, method=method, headers=admin, json=body)
+    assert assert_error(response, 400)["field"] == field
+    view = depot.client.get("/admin/users/admin", headers=admin).get_json()
+    assert view["scopes"] == ["admin", "read", "write"] and view["status"] == "active"
+    assert login(depot, "admin", ADMIN_PASSWORD).status_code == 200
+
+
+def test_odd_login_names_are_refused_not_failed_on_postgresql(tmp_path, monkeypatch, project_schema):
+    """PostgreSQL refuses NUL characters and strings longer than their column, where SQLite takes anything: a
+    login naming such a user is still a 401 (and audited), not a 500."""
+    with fresh_postgres_database() as url:
+        monkeypatch.setenv("DEPOT_DATABASE_URL", url)
+        depot = Depot(str(tmp_path / "data"), project_schema)
+        try:
+            for name in ("ev\u0000il", "x" * 300):
+                assert_unauthorized(login(depot, name, "a-wrong-password"), "INVALID_CREDENTIALS")
+            create = depot.client.post("/admin/users", headers=admin_headers(depot),
+                                       json={"username": "ev\u0000il", "password": "a-long-enough-password"})
+            assert_error(create, 400, "INVALID_USERNAME")
+            actors = [r["actor"] for r in audit_rows(depot, admin_headers(depot), action="auth.login")]
+            assert "ev\ufffdil" in actors and "x" * 128 in actors
+        finally:
+            depot.close()
