@@ -15,9 +15,9 @@ class Audit:
         """``client``: {"ip", "user_agent", "request_id"} of the request, when there is one."""
         client = client or {}
         with self.sessions() as session:
-            session.add(AuditEvent(actor=actor or "anonymous", action=action, target=target or "",
+            session.add(AuditEvent(actor=_fit(actor or "anonymous", 128), action=action, target=_fit(target or "", 512),
                                    outcome=str(outcome), client_ip=client.get("ip"),
-                                   user_agent=(client.get("user_agent") or "")[:256] or None,
+                                   user_agent=_fit(client.get("user_agent") or "", 256) or None,
                                    request_id=client.get("request_id"), detail=detail))
             session.commit()
 
@@ -39,6 +39,12 @@ class Audit:
                                    .order_by(AuditEvent.id.desc()).offset(offset).limit(limit)).all()
             total = session.scalar(select(func.count()).select_from(AuditEvent).where(*conditions))
             return [_view(r) for r in rows], total
+
+
+def _fit(text, limit):
+    """``text`` as its column holds it on every database: PostgreSQL refuses NUL characters and strings longer
+    than the column, and an actor or target may be whatever a client sent (a login's username)."""
+    return text.replace("\x00", "\ufffd")[:limit]
 
 
 def _view(row):

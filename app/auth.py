@@ -1,5 +1,5 @@
-"""Identities: passwords (bcrypt), login tokens (JWT, HS256 pinned), API tokens, principals, and the state
-checks that make a disabled user, a changed password or a revoked token fail at once.
+"""Identities: usernames, passwords (bcrypt), login tokens (JWT, HS256 pinned), API tokens, principals, and the
+state checks that make a disabled or deleted user, a changed password or a revoked token fail at once.
 
 A principal is ``{"sub", "scopes": frozenset, "kind": "jwt" | "api_token" | "anonymous", "token_id"}``.
 Login tokens carry sub, scopes, ver (the user's token version), iat, exp, iss, aud and jti; verification requires
@@ -7,8 +7,10 @@ every one of them and allows CLOCK_SKEW_SECONDS of skew. Each request's token is
 user's state in SQL, through a small cache that this process invalidates whenever it changes that state
 (STATE_CACHE_SECONDS bounds how late another process's change is seen).
 """
+import base64
 import hashlib
 import os
+import re
 import secrets
 import threading
 import time
@@ -17,7 +19,8 @@ from datetime import datetime, timedelta, timezone
 
 import bcrypt
 import jwt
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 
 from app.errors import DepotError, bad_request, not_found
 from models import ApiToken, RevokedJwt, User, as_utc, iso, utcnow
@@ -30,7 +33,16 @@ REQUIRED_CLAIMS = ["sub", "scopes", "ver", "iat", "exp", "iss", "aud", "jti"]
 API_TOKEN_PREFIX = "dpt_"
 STATE_CACHE_SECONDS = 5.0
 LAST_USED_RESOLUTION = timedelta(seconds=60)
-DEFAULTS = {"token_ttl_seconds": 3600, "min_password_length": 12, "max_token_ttl_seconds": 365 * 86400}
+DAY = 86400
+DEFAULTS = {"token_ttl_seconds": 3600, "min_password_length": 12, "api_token_default_ttl_seconds": 30 * DAY,
+            "api_token_max_ttl_seconds": 365 * DAY, "scopes": ("admin", "read", "write")}
+STATUSES = ("active", "disabled")
+# marks a hash of the pre-hashed password; an unmarked hash is plain bcrypt, as written before pre-hashing
+PREHASHED = "bcrypt-sha256$"
+BCRYPT_MAX_BYTES = 72
+USERNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+USERNAME_RULE = "1 to 64 ASCII letters, digits, '.', '-' or '_', starting with a letter or digit"
+DEFAULT_TTL = object()  # create_token's expires_in when the request names none
 
 
 def bcrypt_rounds():
@@ -38,12 +50,42 @@ def bcrypt_rounds():
     return int(os.environ.get("DEPOT_BCRYPT_ROUNDS", "12"))
 
 
+def _prehash(password):
+    """bcrypt reads at most 72 bytes, so any passphrase is first digested to 44: base64 of its SHA-256 (base64,
+    because a raw digest may hold a NUL byte, where bcrypt would stop reading)."""
+    return base64.b64encode(hashlib.sha256(password.encode("utf-8")).digest())
+
+
 def hash_password(password):
-    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(bcrypt_rounds())).decode()
+    return PREHASHED + bcrypt.hashpw(_prehash(password), bcrypt.gensalt(bcrypt_rounds())).decode()
 
 
 def check_password(password, hashed):
-    return bcrypt.checkpw(password.encode("utf-8"), hashed.encode())
+    """Verifies both kinds of stored hash: pre-hashed (marked) and plain bcrypt from before pre-hashing."""
+    if hashed.startswith(PREHASHED):
+        return bcrypt.checkpw(_prehash(password), hashed[len(PREHASHED):].encode())
+    # a plain bcrypt hash only ever held the first 72 bytes (older bcrypt cut longer passwords silently)
+    return bcrypt.checkpw(password.encode("utf-8")[:BCRYPT_MAX_BYTES], hashed.encode())
+
+
+def username_key(username):
+    """The form in which usernames are unique and looked up: case-insensitive ('Admin' names 'admin')."""
+    return username.lower()
+
+
+def check_username(username):
+    """A new account's name: plain ASCII, so no two names can look alike or hide control characters."""
+    if not isinstance(username, str) or USERNAME_PATTERN.fullmatch(username) is None:
+        raise bad_request("INVALID_USERNAME", "a username is %s" % USERNAME_RULE, "username")
+
+
+def new_token_version():
+    """A new account's first token version: random, so a login token of a deleted namesake never matches."""
+    return secrets.randbelow(2 ** 30) + 1
+
+
+def is_active_admin(user):
+    return user.status == "active" and "admin" in user.scopes
 
 
 def holds(scopes, wanted):
@@ -116,26 +158,44 @@ class _TtlCache:
     def drop(self, key):
         self.entries.pop(key, None)
 
+    def clear(self):
+        self.entries.clear()
+
+
+def _user_exists(username):
+    return DepotError("USER_EXISTS", 409, "user %r already exists (usernames are case-insensitive)" % username,
+                      "username")
+
+
+def _last_admin(username):
+    return DepotError("LAST_ADMIN", 409, "%r is the only active admin; make another admin first, so that someone "
+                      "can still manage the installation" % username)
+
 
 class Identity:
     def __init__(self, secret, sessions, settings=None):
         self.secret = secret
         self.sessions = sessions
-        self.settings = dict(DEFAULTS)
         self.configure(settings or {})
         self._users = _TtlCache()  # username -> (status, token_version, scopes)
         self._revoked = _TtlCache()  # jti -> bool
         self._api = _TtlCache()  # secret sha256 -> token state
         self._last_used_lock = threading.Lock()
+        # held while an account changes, so two admins demoting each other at once cannot both succeed
+        self._accounts_lock = threading.Lock()
         # compared against when the user does not exist, so unknown users cost the same time as wrong passwords
         self._dummy_hash = hash_password(secrets.token_urlsafe(16))
 
     def configure(self, settings):
-        self.settings.update({k: v for k, v in settings.items() if k in DEFAULTS})
+        """The active schema's settings; what it leaves out is the default, not the previous schema's value."""
+        self.settings = dict(DEFAULTS, **{k: v for k, v in settings.items() if k in DEFAULTS})
 
     # --- login tokens ---------------------------------------------------------------------------------
 
-    def issue(self, username, scopes, version=1):
+    def issue(self, username, scopes, version=None):
+        """A login token; ``version`` defaults to the user's current token version."""
+        if version is None:
+            version = self._user_state(username)[1]
         now = datetime.now(timezone.utc)
         exp = now + timedelta(seconds=self.settings["token_ttl_seconds"])
         claims = {"sub": username, "scopes": sorted(scopes), "ver": version, "iat": now, "exp": exp, "iss": ISSUER,
@@ -143,8 +203,9 @@ class Identity:
         return jwt.encode(claims, self.secret, algorithm=ALGORITHM), exp
 
     def login(self, username, password):
+        """A login token for ``username`` (case-insensitive; the token names the account's own spelling)."""
         with self.sessions() as session:
-            user = session.scalar(select(User).where(User.username == username))
+            user = self._find_user(session, username)
             hashed = user.password_hash if user is not None else self._dummy_hash
             valid = check_password(password, hashed) and user is not None and user.status == "active"
             if not valid:
@@ -221,49 +282,143 @@ class Identity:
     # --- users ----------------------------------------------------------------------------------------
 
     def check_password_rules(self, password, field="password"):
+        if not isinstance(password, str):
+            raise bad_request("INVALID_REQUEST", "%s is a string" % field, field)
         minimum = self.settings["min_password_length"]
-        if not isinstance(password, str) or len(password) < minimum:
+        if len(password) < minimum:
             raise bad_request("WEAK_PASSWORD", "passwords have at least %d characters" % minimum, field)
 
+    def check_scopes(self, scopes, code="INVALID_REQUEST"):
+        """``scopes`` is a list of names the active schema declares in auth.scopes (for every caller)."""
+        if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+            raise bad_request(code, "scopes is a list of scope names", "scopes")
+        unknown = sorted(set(scopes) - set(self.settings["scopes"]))
+        if unknown:
+            raise bad_request("UNKNOWN_SCOPE", "unknown scope(s) %s; the schema declares: %s"
+                              % (", ".join(unknown), ", ".join(sorted(self.settings["scopes"]))), "scopes")
+
+    @staticmethod
+    def check_status(status):
+        if status not in STATUSES:
+            raise bad_request("INVALID_REQUEST", "status is active or disabled", "status")
+
     def change_password(self, username, current, new):
+        """The caller's own password: ends their login tokens and revokes their API tokens."""
+        if not isinstance(current, str):
+            raise bad_request("INVALID_REQUEST", "current_password is a string", "current_password")
         self.check_password_rules(new, "new_password")
         with self.sessions() as session:
             user = session.scalar(select(User).where(User.username == username))
-            if user is None or not check_password(current or "", user.password_hash):
+            if user is None or not check_password(current, user.password_hash):
                 raise _unauthorized("INVALID_CREDENTIALS", "the current password is wrong")
-            user.password_hash = hash_password(new)
-            user.token_version += 1
+            self._set_password(session, user, new)
             session.commit()
-        self._users.drop(username)
+        self._forget(username)
 
-    def create_user(self, username, password, scopes, status="active"):
+    def reset_password(self, username, password):
+        """An operator's reset (python -m app admin reset-password): a new password, every token of the account
+        ended, and the account active again. Returns whether it had been disabled."""
         self.check_password_rules(password)
         with self.sessions() as session:
-            if session.scalar(select(User).where(User.username == username)) is not None:
-                raise DepotError("USER_EXISTS", 409, "user %r already exists" % username, "username")
-            user = User(username=username, password_hash=hash_password(password), scopes=sorted(set(scopes)),
-                        status=status, token_version=1)
-            session.add(user)
+            user = self._user(session, username)
+            was_disabled = user.status != "active"
+            self._set_password(session, user, password)
+            user.status = "active"
             session.commit()
-            return user_view(user)
+        self._forget(user.username)
+        return was_disabled
+
+    def _set_password(self, session, user, password):
+        """A new password ends every earlier credential: login tokens (token version) and API tokens (revoked),
+        since whoever knew the old password may have made them."""
+        user.password_hash = hash_password(password)
+        user.token_version += 1
+        self._revoke_api_tokens(session, user)
+
+    @staticmethod
+    def _revoke_api_tokens(session, user):
+        session.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+                        .values(revoked_at=utcnow()))
+
+    def _forget(self, username):
+        """Drop what this process cached about an account it just changed (and every API token's state, whose
+        scopes are bounded by their owner's)."""
+        self._users.drop(username)
+        self._api.clear()
+
+    def create_user(self, username, password, scopes, status="active"):
+        check_username(username)
+        self.check_password_rules(password)
+        self.check_scopes(scopes)
+        self.check_status(status)
+        with self.sessions() as session:
+            if self._find_user(session, username) is not None:
+                raise _user_exists(username)
+            user = self._add_user(session, username, password, scopes, status)
+            try:
+                session.commit()
+            except IntegrityError:  # created meanwhile by another request
+                raise _user_exists(username)
+        self._forget(username)
+        return user_view(user)
+
+    @staticmethod
+    def _add_user(session, username, password, scopes, status="active"):
+        user = User(username=username, username_key=username_key(username), password_hash=hash_password(password),
+                    scopes=sorted(set(scopes)), status=status, token_version=new_token_version())
+        session.add(user)
+        return user
 
     def update_user(self, username, scopes=None, status=None, password=None):
+        """Change what is not None. Refused (409 LAST_ADMIN) when it would leave no active admin."""
+        if scopes is not None:
+            self.check_scopes(scopes)
+        if status is not None:
+            self.check_status(status)
         if password is not None:
             self.check_password_rules(password)
-        with self.sessions() as session:
+        with self._accounts_lock, self.sessions() as session:
+            admins = self._active_admins(session)
             user = self._user(session, username)
-            if scopes is not None:
-                user.scopes = sorted(set(scopes))
-            if status is not None and status != user.status:
-                user.status = status
-                user.token_version += 1
-            if password is not None:
-                user.password_hash = hash_password(password)
-                user.token_version += 1
+            self._apply_changes(session, user, scopes, status, password)
+            if admins == [user] and not is_active_admin(user):
+                raise _last_admin(user.username)
             session.commit()
-            self._users.drop(username)
-            self._api.entries.clear()  # token scopes are bounded by their owner's
-            return user_view(user)
+        self._forget(user.username)
+        return user_view(user)
+
+    def _apply_changes(self, session, user, scopes, status, password):
+        if scopes is not None:
+            user.scopes = sorted(set(scopes))
+        if status is not None and status != user.status:
+            user.status = status
+            user.token_version += 1
+            if status == "disabled":  # for good: re-enabling the account does not bring them back
+                self._revoke_api_tokens(session, user)
+        if password is not None:
+            self._set_password(session, user, password)
+
+    def delete_user(self, username):
+        """Remove an account and its API tokens (its audit records stay). 409 LAST_ADMIN for the last active
+        admin."""
+        with self._accounts_lock, self.sessions() as session:
+            admins = self._active_admins(session)
+            user = self._user(session, username)
+            if admins == [user]:
+                raise _last_admin(user.username)
+            session.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
+            session.delete(user)
+            session.commit()
+        self._forget(user.username)
+        return user_view(user)
+
+    @staticmethod
+    def _active_admins(session):
+        """The active admins, read first and with their rows locked until commit where the database locks rows
+        (PostgreSQL), so that concurrent changes cannot each leave the other as the last admin."""
+        users = session.scalars(select(User).where(User.status == "active").order_by(User.id)
+                                .with_for_update()).all()
+        return [user for user in users if "admin" in user.scopes]
 
     def get_user(self, username):
         with self.sessions() as session:
@@ -275,8 +430,19 @@ class Identity:
             total = session.query(User).count()
             return [user_view(u) for u in users], total
 
-    def _user(self, session, username):
+    @staticmethod
+    def _find_user(session, username):
+        """The account ``username`` names: its exact spelling first (accounts made before usernames were
+        case-insensitive may differ only in case), else case-insensitively. None when there is none."""
+        if not isinstance(username, str) or "\x00" in username:  # PostgreSQL cannot even compare such a name
+            return None
         user = session.scalar(select(User).where(User.username == username))
+        if user is None:
+            user = session.scalar(select(User).where(User.username_key == username_key(username)))
+        return user
+
+    def _user(self, session, username):
+        user = self._find_user(session, username)
         if user is None:
             raise not_found("no user %r" % username, "USER_NOT_FOUND")
         return user
@@ -293,8 +459,7 @@ class Identity:
             password = secrets.token_urlsafe(18)
             write_private(os.path.join(data_dir, "admin.password"), password)
         with self.sessions() as session:
-            session.add(User(username="admin", password_hash=hash_password(password),
-                             scopes=["admin", "read", "write"], token_version=1))
+            self._add_user(session, "admin", password, ["admin", "read", "write"])
             session.commit()
         if generated:
             announce("Created user 'admin' with password: %s (also in %s)"
@@ -303,16 +468,13 @@ class Identity:
 
     # --- API tokens -----------------------------------------------------------------------------------
 
-    def create_token(self, owner, name, scopes, expires_in=None):
-        """Returns (token view, secret). The secret is shown once; only its SHA-256 is stored."""
-        if not isinstance(name, str) or not 0 < len(name) <= 128:
-            raise bad_request("INVALID_TOKEN_REQUEST", "name is a string of 1 to 128 characters", "name")
-        if not isinstance(scopes, list) or not scopes or not all(isinstance(s, str) for s in scopes):
-            raise bad_request("INVALID_TOKEN_REQUEST", "scopes is a non-empty list of scope names", "scopes")
-        if expires_in is not None and (not isinstance(expires_in, int) or isinstance(expires_in, bool) or
-                                       not 0 < expires_in <= self.settings["max_token_ttl_seconds"]):
-            raise bad_request("INVALID_TOKEN_REQUEST", "expires_in is a number of seconds from 1 to %d"
-                              % self.settings["max_token_ttl_seconds"], "expires_in")
+    def create_token(self, owner, name, scopes, expires_in=DEFAULT_TTL, caller_scopes=None):
+        """Returns (token view, secret). The secret is shown once; only its SHA-256 is stored. Its scopes are
+        declared ones held by the owner and, when given, by ``caller_scopes`` (the session asking)."""
+        self._check_token_request(name, scopes)
+        lifetime = self._token_lifetime(expires_in)
+        if caller_scopes is not None and not holds(caller_scopes, scopes):
+            raise DepotError("SCOPE_NOT_HELD", 403, "a token's scopes must be a subset of your own", "scopes")
         secret = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self.sessions() as session:
             user = self._user(session, owner)
@@ -321,17 +483,36 @@ class Identity:
                                  % ", ".join(sorted(user.scopes)), "scopes")
             token = ApiToken(id=uuid.uuid4().hex[:16], user_id=user.id, name=name, scopes=sorted(set(scopes)),
                              secret_sha256=hashlib.sha256(secret.encode()).hexdigest(),
-                             expires_at=utcnow() + timedelta(seconds=expires_in) if expires_in else None)
+                             expires_at=utcnow() + timedelta(seconds=lifetime))
             session.add(token)
             session.commit()
-            return token_view(token, owner), secret
+            return token_view(token, user.username), secret
+
+    def _check_token_request(self, name, scopes):
+        if not isinstance(name, str) or not 0 < len(name) <= 128:
+            raise bad_request("INVALID_TOKEN_REQUEST", "name is a string of 1 to 128 characters", "name")
+        if isinstance(scopes, list) and not scopes:
+            raise bad_request("INVALID_TOKEN_REQUEST", "scopes is a non-empty list of scope names", "scopes")
+        self.check_scopes(scopes, "INVALID_TOKEN_REQUEST")
+
+    def _token_lifetime(self, expires_in):
+        """Seconds until a new token expires: every token does, by auth.tokens.default_ttl_seconds when the
+        request names no expires_in, and never later than auth.tokens.max_ttl_seconds."""
+        if expires_in is DEFAULT_TTL:
+            return self.settings["api_token_default_ttl_seconds"]
+        maximum = self.settings["api_token_max_ttl_seconds"]
+        if not isinstance(expires_in, int) or isinstance(expires_in, bool) or not 0 < expires_in <= maximum:
+            raise bad_request("INVALID_TOKEN_REQUEST", "expires_in is a number of seconds from 1 to %d (omit it "
+                              "for the default, %d)" % (maximum, self.settings["api_token_default_ttl_seconds"]),
+                              "expires_in")
+        return expires_in
 
     def list_tokens(self, owner):
         with self.sessions() as session:
             user = self._user(session, owner)
             tokens = session.scalars(select(ApiToken).where(ApiToken.user_id == user.id)
                                      .order_by(ApiToken.created_at)).all()
-            return [token_view(t, owner) for t in tokens]
+            return [token_view(t, user.username) for t in tokens]
 
     def revoke_token(self, owner, token_id):
         with self.sessions() as session:
@@ -343,7 +524,7 @@ class Identity:
                 token.revoked_at = utcnow()
                 session.commit()
             self._api.drop(token.secret_sha256)
-            return token_view(token, owner)
+            return token_view(token, user.username)
 
     def _verify_api_token(self, secret):
         digest = hashlib.sha256(secret.encode()).hexdigest()
@@ -364,7 +545,7 @@ class Identity:
         if state["revoked"] or not state["active"]:
             raise _unauthorized("TOKEN_REVOKED", "the token has been revoked or its owner disabled")
         now = utcnow()
-        if state["expires_at"] is not None and state["expires_at"] <= now:
+        if state["expires_at"] <= now:
             raise _unauthorized("TOKEN_EXPIRED", "the token has expired")
         self._touch(state, now)
         return {"sub": state["owner"], "scopes": state["scopes"], "kind": "api_token", "token_id": state["id"]}

@@ -89,6 +89,9 @@ def build_parser():
                                "the file)")
     docs.add_argument("--write", action="store_true", help="write OPERATIONS.md instead of printing it")
     docs.set_defaults(handler=cmd_docs)
+
+    from app import admin_cli
+    admin_cli.add_parser(commands)
     return parser
 
 

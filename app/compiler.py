@@ -20,7 +20,7 @@ from app import checks
 from app.conditions import ConditionError, compile_condition
 from app.definitions import (BlobStoreDef, Constraint, Document, Entity, EventLog, EventType, Limits, Upstream,
                              Validator, Versioning, compile_normalizer)
-from app.auth import require
+from app.auth import DEFAULTS as AUTH_DEFAULTS, require
 from app.codegen import FunctionBuilder
 from app.errors import DepotError, SchemaLoadError
 from app.expr import TemplateSyntaxError, parse_template
@@ -34,6 +34,8 @@ from app.stores.state import IndexDef, IndexKeyDef, kv_key
 _PATH_PARAM = re.compile(r"\{([^{}]*)\}")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_LOG = ("_depot", "eventlog/", 262144)
+PAIR_LIMIT = "rate_limit_per_username_and_address"
+OLD_PAIR_LIMIT = "rate_limit_per_username"
 RESERVED_PATHS = ("/auth", "/admin", "/health", "/openapi.json", "/docs")
 
 
@@ -407,18 +409,11 @@ class Compiler:
                         dedupe.get("key", "event_id") if dedupe.get("enabled", True) else None)
 
     def _auth(self):
-        """auth.login (password and token settings, login rate limits), auth.anonymous, auth.policies."""
+        """auth.login (password and login-token settings, login rate limits), auth.tokens (API token lifetimes),
+        auth.anonymous, auth.policies."""
         auth = self.doc.get("auth", {})
-        login = auth.get("login", {})
-        self.out.auth_settings = {k: login[k] for k in ("min_password_length", "token_ttl_seconds") if k in login}
-        self.out.login_limits = {}
-        for key, default in (("rate_limit_per_username", "5/m"), ("rate_limit_per_address", "20/m")):
-            rate = login.get(key, default)
-            try:
-                parse_rate(rate)
-            except ValueError as exc:
-                self.report.error(place("auth.login", key), str(exc))
-            self.out.login_limits[key] = rate
+        self.out.auth_settings = self._auth_settings(auth)
+        self.out.login_limits = self._login_limits(dict(auth.get("login", {})))
         anonymous = auth.get("anonymous", {})
         self.out.anonymous = None
         if anonymous.get("enabled"):
@@ -441,6 +436,40 @@ class Compiler:
                     self.report.error(place(where, "require.scopes", j), "unknown scope %r" % scope)
             self.policies.append((set(policy.get("when", {}).get("route.tags", [])), policy.get("effect", "allow"),
                                   frozenset(scopes)))
+
+    def _auth_settings(self, auth):
+        """What app.auth.Identity reads: password and login-token settings, the declared scope names, and API
+        token lifetimes (a default that may not exceed the maximum)."""
+        login, tokens = auth.get("login", {}), auth.get("tokens", {})
+        settings = {k: login[k] for k in ("min_password_length", "token_ttl_seconds") if k in login}
+        settings["scopes"] = tuple(self.definitions["scope"])
+        maximum = tokens.get("max_ttl_seconds", AUTH_DEFAULTS["api_token_max_ttl_seconds"])
+        default = tokens.get("default_ttl_seconds", min(AUTH_DEFAULTS["api_token_default_ttl_seconds"], maximum))
+        if default > maximum:
+            self.report.error(place("auth.tokens", "default_ttl_seconds"), "the default API token lifetime (%d s) "
+                              "is longer than max_ttl_seconds (%d s)" % (default, maximum))
+        settings.update(api_token_default_ttl_seconds=default, api_token_max_ttl_seconds=maximum)
+        return settings
+
+    def _login_limits(self, login):
+        """Login attempts allowed per (username, client address) pair and per client address. A schema written
+        before the pair limit existed names it rate_limit_per_username, which counts per pair now too."""
+        if OLD_PAIR_LIMIT in login:
+            if PAIR_LIMIT in login:
+                self.report.error(place("auth.login", OLD_PAIR_LIMIT), "%s is the older name of %s; give only %s"
+                                  % (OLD_PAIR_LIMIT, PAIR_LIMIT, PAIR_LIMIT))
+            else:
+                self.report.warning(place("auth.login", OLD_PAIR_LIMIT), "counts login attempts per (username, "
+                                    "client address) pair, not per username; rename it %s" % PAIR_LIMIT)
+                login[PAIR_LIMIT] = login[OLD_PAIR_LIMIT]
+        limits = {}
+        for key, default in ((PAIR_LIMIT, "5/m"), ("rate_limit_per_address", "20/m")):
+            limits[key] = login.get(key, default)
+            try:
+                parse_rate(limits[key])
+            except ValueError as exc:
+                self.report.error(place("auth.login", key), str(exc))
+        return limits
 
     def _route_policy(self, tags):
         """(scopes every request must hold, whether a deny policy applies) for a route with ``tags``."""

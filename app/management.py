@@ -10,7 +10,7 @@ import json
 from flask import Blueprint, current_app, g, request
 
 from app import replication
-from app.auth import holds
+from app.auth import DEFAULT_TTL, username_key
 from app.context import ResponseSpec
 from app.definitions import MAX_PAGE, MAX_PAGE_SIZE
 from app.errors import DepotError, bad_request, not_found
@@ -80,17 +80,24 @@ def paginated(items, total, page, size):
 def issue_api_token(service, owner, principal):
     """A new API token for ``owner``, asked for by ``principal`` (one's own tokens hold at most one's scopes)."""
     body = json_body(65536)
-    scopes = body.get("scopes")
-    if principal["sub"] == owner and isinstance(scopes, list) and not holds(principal["scopes"], scopes):
-        raise DepotError("SCOPE_NOT_HELD", 403, "a token's scopes must be a subset of your own", "scopes")
+    caller_scopes = principal["scopes"] if principal["sub"] == owner else None
     try:
-        view, secret = service.identity.create_token(owner, body.get("name"), scopes, body.get("expires_in"))
+        view, secret = service.identity.create_token(owner, body.get("name"), body.get("scopes"),
+                                                     body.get("expires_in", DEFAULT_TTL), caller_scopes)
     except DepotError as error:
         service.audit.record(principal["sub"], "token.create", owner, "failure", client(), {"code": error.code})
         raise
     service.audit.record(principal["sub"], "token.create", "%s/%s" % (owner, view["id"]), "success", client(),
-                         {"name": view["name"], "scopes": view["scopes"]})
+                         {"name": view["name"], "scopes": view["scopes"], "expires_at": view["expires_at"]})
     return json_response(dict(view, token=secret), 201)
+
+
+def string_fields(body, *names, code="INVALID_REQUEST"):
+    """The named fields of a JSON body, each of which must be a string when present (400 naming it if not)."""
+    for name in names:
+        if name in body and not isinstance(body[name], str):
+            raise bad_request(code, "%s is a string" % name, name)
+    return [body.get(name) for name in names]
 
 
 class Guard:
@@ -106,9 +113,19 @@ class Guard:
                              headers={"WWW-Authenticate": "Bearer"})
         return principal
 
-    def admin_action(self, action):
-        """An admin view: needs the admin scope (a refusal is audited as denied) and is audited with its
-        outcome. The view returns (response, target)."""
+    def login_session(self, principal, action):
+        """API tokens are managed only from a login session (the owner's, or an admin's): a token that could
+        make or revoke tokens would let a leaked, short-lived or read-only token outlive and outrank itself."""
+        if principal["kind"] != "jwt":
+            self.service.audit.record(principal["sub"], action, request.path, "denied", client(),
+                                      {"code": "LOGIN_SESSION_REQUIRED"})
+            raise DepotError("LOGIN_SESSION_REQUIRED", 403, "API tokens are managed from a login session "
+                             "(POST /auth/login), not with an API token")
+        return principal
+
+    def admin_action(self, action, login_session=False):
+        """An admin view: needs the admin scope (a refusal is audited as denied) and, with ``login_session``, a
+        login token; audited with its outcome. The view returns (response, target)."""
         audit = self.service.audit
 
         def wrap(view):
@@ -118,6 +135,8 @@ class Guard:
                 if "admin" not in principal["scopes"]:
                     audit.record(principal["sub"], action, request.path, "denied", client())
                     raise DepotError("FORBIDDEN", 403, "this needs the admin scope")
+                if login_session:
+                    self.login_session(principal, action)
                 g.principal = principal
                 try:
                     response, target = view(*args, **kwargs)
@@ -146,16 +165,12 @@ def _auth_views(bp, service, guard):
 
     @bp.post("/auth/login")
     def login():
-        body = json_body(65536)
-        username, password = body.get("username"), body.get("password")
-        if not isinstance(username, str) or not isinstance(password, str):
-            raise bad_request("INVALID_CREDENTIALS_FORMAT", "username and password are required strings")
-        for name, key in (("rate_limit_per_username", username), ("rate_limit_per_address", request.remote_addr)):
-            wait = service.limiters[name].hit(key)
-            if wait:
-                audit.record(username, "auth.login", username, "rate_limited", client())
-                raise DepotError("RATE_LIMITED", 429, "too many login attempts; retry in %d s" % wait,
-                                 headers={"Retry-After": str(wait)})
+        username, password = string_fields(json_body(65536), "username", "password",
+                                           code="INVALID_CREDENTIALS_FORMAT")
+        if username is None or password is None:
+            raise bad_request("INVALID_CREDENTIALS_FORMAT", "username and password are required strings",
+                              "username" if username is None else "password")
+        _limit_login(service, username)
         try:
             token, expires = identity.login(username, password)
         except DepotError:
@@ -177,12 +192,14 @@ def _auth_views(bp, service, guard):
         principal = principal_or_401()
         body = json_body(65536)
         try:
-            identity.change_password(principal["sub"], body.get("current_password"), body.get("new_password"))
+            current, new = string_fields(body, "current_password", "new_password")
+            identity.change_password(principal["sub"], current, new)
         except DepotError:
             audit.record(principal["sub"], "auth.change_password", principal["sub"], "failure", client())
             raise
         audit.record(principal["sub"], "auth.change_password", principal["sub"], "success", client())
-        return json_response({"ok": True, "message": "password changed; earlier tokens no longer work"})
+        return json_response({"ok": True, "message": "password changed; earlier login tokens no longer work and "
+                              "every API token is revoked"})
 
     @bp.post("/auth/logout")
     def logout():
@@ -193,20 +210,33 @@ def _auth_views(bp, service, guard):
 
     @bp.post("/auth/tokens")
     def create_token():
-        principal = principal_or_401()
+        principal = guard.login_session(principal_or_401(), "token.create")
         return issue_api_token(service, principal["sub"], principal)
 
     @bp.get("/auth/tokens")
     def list_tokens():
-        principal = principal_or_401()
+        principal = guard.login_session(principal_or_401(), "token.list")
         return json_response({"items": identity.list_tokens(principal["sub"])})
 
     @bp.delete("/auth/tokens/<token_id>")
     def revoke_token(token_id):
-        principal = principal_or_401()
+        principal = guard.login_session(principal_or_401(), "token.revoke")
         view = identity.revoke_token(principal["sub"], token_id)
         audit.record(principal["sub"], "token.revoke", "%s/%s" % (principal["sub"], token_id), "success", client())
         return json_response(view)
+
+
+def _limit_login(service, username):
+    """429 once a (username, client address) pair or a client address alone has tried too often. There is no
+    limit per username alone: anyone could then lock an account out from anywhere."""
+    address = request.remote_addr
+    pair = (username_key(username), address)
+    for name, key in (("rate_limit_per_username_and_address", pair), ("rate_limit_per_address", address)):
+        wait = service.limiters[name].hit(key)
+        if wait:
+            service.audit.record(username, "auth.login", username, "rate_limited", client(), {"limit": name})
+            raise DepotError("RATE_LIMITED", 429, "too many login attempts; retry in %d s" % wait,
+                             headers={"Retry-After": str(wait)})
 
 
 def _user_views(bp, service, guard):
@@ -224,9 +254,9 @@ def _user_views(bp, service, guard):
     @admin_action("admin.users.create")
     def create_user():
         body = json_body(65536)
-        username, scopes, status = body.get("username"), body.get("scopes", ["read"]), body.get("status", "active")
-        _check_user_fields(username, scopes, status)
-        return json_response(identity.create_user(username, body.get("password"), scopes, status), 201), username
+        username, password = string_fields(body, "username", "password")
+        view = identity.create_user(username, password, body.get("scopes", ["read"]), body.get("status", "active"))
+        return json_response(view, 201), view["username"]
 
     @bp.get("/admin/users/<username>")
     @admin_action("admin.users.get")
@@ -240,31 +270,30 @@ def _user_views(bp, service, guard):
         unknown = set(body) - {"scopes", "status", "password"}
         if unknown:
             raise bad_request("INVALID_REQUEST", "unknown field(s): %s" % ", ".join(sorted(unknown)))
-        _check_user_fields(username, body.get("scopes", []), body.get("status", "active"))
-        return json_response(identity.update_user(username, body.get("scopes"), body.get("status"),
-                                                  body.get("password"))), username
+        for name in body:
+            if body[name] is None:
+                raise bad_request("INVALID_REQUEST", "%s cannot be null; leave it out to keep it" % name, name)
+        view = identity.update_user(username, body.get("scopes"), body.get("status"), body.get("password"))
+        return json_response(view), view["username"]
 
-    def _check_user_fields(username, scopes, status):
-        known = service.engine.compiled.definitions["scope"]
-        if not isinstance(username, str) or not 0 < len(username) <= 128:
-            raise bad_request("INVALID_REQUEST", "username is a string of 1 to 128 characters", "username")
-        if not isinstance(scopes, list) or any(s not in known for s in scopes):
-            raise bad_request("INVALID_REQUEST", "scopes is a list of: %s" % ", ".join(sorted(known)), "scopes")
-        if status not in ("active", "disabled"):
-            raise bad_request("INVALID_REQUEST", "status is active or disabled", "status")
+    @bp.delete("/admin/users/<username>")
+    @admin_action("admin.users.delete")
+    def delete_user(username):
+        view = identity.delete_user(username)
+        return json_response(dict(view, deleted=True)), view["username"]
 
     @bp.get("/admin/users/<username>/tokens")
-    @admin_action("admin.tokens.list")
+    @admin_action("admin.tokens.list", login_session=True)
     def user_tokens(username):
         return json_response({"items": identity.list_tokens(username)}), username
 
     @bp.post("/admin/users/<username>/tokens")
-    @admin_action("admin.tokens.create")
+    @admin_action("admin.tokens.create", login_session=True)
     def create_user_token(username):
         return issue_api_token(service, username, g.principal), username
 
     @bp.delete("/admin/users/<username>/tokens/<token_id>")
-    @admin_action("admin.tokens.revoke")
+    @admin_action("admin.tokens.revoke", login_session=True)
     def revoke_user_token(username, token_id):
         return json_response(identity.revoke_token(username, token_id)), "%s/%s" % (username, token_id)
 

@@ -85,9 +85,15 @@ METASCHEMA = {
                 "enabled": {"type": "boolean"}, "scopes": {"type": "array", "items": {"type": "string"}}},
                 "additionalProperties": False},
             "login": {"type": "object", "properties": {
-                "rate_limit_per_username": {"type": "string"}, "rate_limit_per_address": {"type": "string"},
+                "rate_limit_per_username_and_address": {"type": "string"},
+                "rate_limit_per_username": {"type": "string"},  # the older name of the one above
+                "rate_limit_per_address": {"type": "string"},
                 "min_password_length": {"type": "integer", "minimum": 8},
                 "token_ttl_seconds": {"type": "integer", "minimum": 60}},
+                "additionalProperties": False},
+            "tokens": {"type": "object", "properties": {
+                "default_ttl_seconds": {"type": "integer", "minimum": 60},
+                "max_ttl_seconds": {"type": "integer", "minimum": 60}},
                 "additionalProperties": False}}},
         "upstreams": {"type": "object", "additionalProperties": {
             "type": "object", "required": ["base_url"],

@@ -381,9 +381,10 @@ def test_api_token_is_shown_once_and_works_as_bearer(depot, alice):
     items = listed.get_json()["items"]
     assert [item["id"] for item in items] == [created["id"]]
     assert "token" not in items[0] and "secret_sha256" not in items[0]
-    # listing with the API token itself shows no secret either
+    # an API token cannot list tokens (they are managed from a login session), and its refusal shows no secret
     listed = depot.client.get("/auth/tokens", headers=bearer(secret))
-    assert listed.status_code == 200 and b"dpt_" not in listed.get_data()
+    assert_error(listed, 403, "LOGIN_SESSION_REQUIRED")
+    assert b"dpt_" not in listed.get_data()
 
 
 def test_api_token_revoked_by_delete(depot, alice):
@@ -564,7 +565,7 @@ def test_login_rate_limit_per_address(make_depot, project_schema):
 
 
 def test_login_limits_come_from_the_schema(make_depot, project_schema):
-    depot = make_depot(with_auth(project_schema, rate_limit_per_username="2/m"))
+    depot = make_depot(with_auth(project_schema, rate_limit_per_username_and_address="2/m"))
     create_user(depot, admin_headers(depot), "alice", ["read"], ALICE_PASSWORD)
     assert login(depot, "alice", ALICE_PASSWORD).status_code == 200
     assert login(depot, "alice", ALICE_PASSWORD).status_code == 200
@@ -573,7 +574,7 @@ def test_login_limits_come_from_the_schema(make_depot, project_schema):
 
 def test_login_limit_changes_with_the_active_schema(depot, admin, alice, project_schema):
     response = depot.client.post("/admin/schema", headers=admin,
-                                 json=with_auth(project_schema, rate_limit_per_username="3/m"))
+                                 json=with_auth(project_schema, rate_limit_per_username_and_address="3/m"))
     assert response.status_code == 201, response.get_data(as_text=True)
     for _ in range(3):
         assert login(depot, "alice", ALICE_PASSWORD).status_code == 200
