@@ -16,7 +16,7 @@ from app.auth import USERNAME_RULE, Identity
 from app.compiler import compile_schema, load_schema_file
 from app.errors import DepotError
 from app.schema_store import SchemaStore
-from app.service import DEFAULT_SCHEMA
+from app.service import DEFAULT_SCHEMA, open_data_dir
 
 PASSWORD_VARIABLE = "DEPOT_NEW_PASSWORD"
 PASSWORD_SOURCE = "The password is asked for twice at the terminal, or read from %s." % PASSWORD_VARIABLE
@@ -101,7 +101,7 @@ def open_database(data_dir):
     """The data dir's SQL database, migrated to head: (session factory, engine)."""
     if not os.environ.get("DEPOT_DATABASE_URL") and not os.path.isdir(data_dir):
         raise CliError("no data dir at %s (pass --data-dir)" % data_dir)
-    url = database.database_url(data_dir)
+    url = database.database_url(open_data_dir(data_dir))
     database.upgrade(url)
     engine, sessions = database.connect(url)
     return sessions, engine

@@ -161,12 +161,8 @@ def _add_remote(args, kind, body):
 
 
 def open_data_dir(path):
-    """The data dir, private to its owner, and every file this process creates in it private too."""
-    import os
-
-    from app.service import private_dir
-    os.umask(0o077)
-    return private_dir(path)
+    from app.service import open_data_dir as open_private
+    return open_private(path)
 
 
 def _schema_store(data_dir):

@@ -31,6 +31,13 @@ def private_dir(path):
     return path
 
 
+def open_data_dir(path):
+    """For a command working on a data dir: the dir, private to its owner, and every file this process creates
+    private too (the umask is the process's: only commands call this, never the library)."""
+    os.umask(0o077)
+    return private_dir(path)
+
+
 class Service:
     def __init__(self, data_dir, schema=None, schema_path=None, sync=True, announce=print, read_only=False):
         self.data_dir = private_dir(data_dir)

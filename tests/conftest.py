@@ -126,10 +126,10 @@ def free_port():
 
 
 class ServerProcess:
-    """`python -m app serve` in a child process on a free port. Ready once gunicorn says it listens and a
-    first /health request (which waits in the listen backlog until the app is loaded) answers."""
+    """`python -m app serve` in a child process on a free port (``args``: more of its options). Ready once it
+    says it listens and a first /health request answers."""
 
-    def __init__(self, data_dir, env=None, drop_env=(), port=None):
+    def __init__(self, data_dir, env=None, drop_env=(), port=None, args=()):
         import requests
         self.port = port or free_port()
         self.url = "http://127.0.0.1:%d" % self.port
@@ -137,7 +137,7 @@ class ServerProcess:
         for name in ("DEPOT_SECRET_KEY", "DEPOT_DATABASE_URL") + tuple(drop_env):
             environment.pop(name, None)
         self.proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(self.port), "--data-dir",
-                                      str(data_dir), "--threads", "4"], cwd=ROOT, env=environment,
+                                      str(data_dir), "--threads", "4", *args], cwd=ROOT, env=environment,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)  # its own process group: kill() reaches every process
         self.lines = []
