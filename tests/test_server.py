@@ -53,6 +53,8 @@ def test_health_shows_where_stores_live_to_admins_only(server):
     token = requests.post(url + "/auth/login", json={"username": "admin", "password": password}).json()["token"]
     detailed = requests.get(url + "/health", headers={"Authorization": "Bearer " + token}).json()
     assert detailed["stores"]["state"]["path"].startswith(str(data_dir))
+    memory = detailed["stores"]["state"]["memory"]
+    assert 0 <= memory["memtables_bytes"] + memory["block_cache_bytes"] <= memory["bound_bytes"]
 
 
 def test_streamed_upload_and_ranged_download_over_a_socket(server):

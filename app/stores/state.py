@@ -189,7 +189,14 @@ class StateStore:
             report.update(ok=False, error=str(exc) if detail else "the state database cannot be read")
         if detail:
             report["path"] = self.path
+            report["memory"] = self.memory()
         return report
+
+    def memory(self):
+        """RocksDB's memory now, and its bound: memtables and the block cache (see _bounded_options)."""
+        return {"memtables_bytes": self.db.property_int_value("rocksdb.cur-size-all-mem-tables"),
+                "block_cache_bytes": self.db.property_int_value("rocksdb.block-cache-usage"),
+                "bound_bytes": WRITE_BUFFER_BYTES * WRITE_BUFFERS + BLOCK_CACHE_BYTES}
 
 
 class _Overlay:

@@ -1,0 +1,67 @@
+"""A real Depot server for the benchmarks: `python -m app serve` on a temporary data dir, as it ships."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "bench-admin-password"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class BenchServer:
+    """Started on entering, stopped (and its data dir removed) on leaving. ``args``: more `serve` options."""
+
+    def __init__(self, args=()):
+        self.args = list(args)
+        self.data_dir = self.proc = None
+
+    def __enter__(self):
+        self.data_dir = tempfile.mkdtemp(prefix="depot-bench-")
+        port = free_port()
+        env = dict(os.environ, DEPOT_ADMIN_PASSWORD=PASSWORD, DEPOT_BCRYPT_ROUNDS="4")
+        env.pop("DEPOT_DATABASE_URL", None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port), "--data-dir",
+                                      self.data_dir, *self.args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        self.url = "http://127.0.0.1:%d" % port
+        deadline = time.monotonic() + 60
+        while True:  # polling a child process's readiness: the one wait here, outside anything measured
+            try:
+                if requests.get(self.url + "/health", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("the server did not start")
+                time.sleep(0.2)
+        token = requests.post(self.url + "/auth/login", json={"username": "admin", "password": PASSWORD},
+                              timeout=30).json()["token"]
+        self.auth = {"Authorization": "Bearer " + token}
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def memory_kib(self):
+        """(resident, peak resident) memory of the server process, in KiB."""
+        with open("/proc/%d/status" % self.proc.pid) as handle:
+            status = dict(line.split(":", 1) for line in handle if ":" in line)
+        return int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
+
+
+def percentile(samples, fraction):
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
