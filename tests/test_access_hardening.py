@@ -5,13 +5,11 @@ commands, login rate limits that cannot lock a victim out and wrong-typed fields
 Real services over temporary data dirs through the Flask test client, the recovery commands as real child
 processes, and migrations against real SQLite files (and PostgreSQL when tests/test_migrations.py finds one).
 """
-import contextlib
 import copy
 import os
 import subprocess
 import sys
 import threading
-import uuid
 from datetime import datetime, timedelta
 
 import bcrypt
@@ -27,7 +25,7 @@ from tests.conftest import ADMIN_PASSWORD, ROOT, Depot, join_all
 from tests.test_identity import (ALICE_PASSWORD, admin_headers, assert_error, assert_unauthorized, bearer,
                                  create_api_token, create_user, login, login_token, me)
 from tests.test_identity import admin, alice, depot  # noqa: F401  (fixtures)
-from tests.test_migrations import POSTGRES_URL, postgres_driver
+from tests.test_migrations import fresh_postgres_database
 
 LATEST_MISSING = "/v1/acme/missing/latest"
 
@@ -171,31 +169,6 @@ def test_existing_users_and_tokens_migrate_on_sqlite(tmp_path, make_depot, proje
     for typed, account in (("admin", "admin"), ("Admin", "Admin"), ("ADMIN", "admin"), ("bob ", "bob ")):
         password = "%s-password-1" % account
         assert me(depot, login_token(depot, typed, password)).get_json()["username"] == account
-
-
-@contextlib.contextmanager
-def fresh_postgres_database():
-    """The URL of a new, empty PostgreSQL database, dropped afterwards; skips without a driver or a server."""
-    driver = postgres_driver()
-    if driver is None:
-        pytest.skip("no PostgreSQL driver: neither psycopg nor psycopg2 is installed")
-    server_url = POSTGRES_URL.replace("postgresql", driver, 1)
-    server = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        with server.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - any connection failure means there is no server to test
-        server.dispose()
-        pytest.skip("PostgreSQL is not reachable at %s: %s" % (POSTGRES_URL, exc))
-    name = "depot_access_%s" % uuid.uuid4().hex[:12]
-    with server.connect() as connection:
-        connection.execute(text('CREATE DATABASE "%s"' % name))
-    try:
-        yield server_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with server.connect() as connection:
-            connection.execute(text('DROP DATABASE IF EXISTS "%s"' % name))
-        server.dispose()
 
 
 def test_existing_users_and_tokens_migrate_on_postgresql():

@@ -3,6 +3,7 @@
 SQLite always; PostgreSQL too when a driver is installed and postgresql://postgres@127.0.0.1:5432/test answers
 (each run in a fresh database, dropped afterwards).
 """
+import contextlib
 import os
 import subprocess
 import sys
@@ -130,24 +131,33 @@ def postgres_driver():
         return None
 
 
-def test_postgresql_migrates_without_drift():
+@contextlib.contextmanager
+def fresh_postgres_database():
+    """The URL of a new, empty PostgreSQL database, dropped afterwards; skips without a driver or a server."""
     driver = postgres_driver()
     if driver is None:
         pytest.skip("no PostgreSQL driver: neither psycopg nor psycopg2 is installed")
     server_url = POSTGRES_URL.replace("postgresql", driver, 1)
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    server = create_engine(server_url, isolation_level="AUTOCOMMIT")
     try:
-        with admin.connect() as connection:
+        with server.connect() as connection:
             connection.execute(text("SELECT 1"))
     except Exception as exc:  # noqa: BLE001 - any connection failure means there is no server to test
-        admin.dispose()
+        server.dispose()
         pytest.skip("PostgreSQL is not reachable at %s: %s" % (POSTGRES_URL, exc))
-
-    name = "depot_migrations_%s" % uuid.uuid4().hex[:12]
-    url = server_url.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as connection:
+    name = "depot_test_%s" % uuid.uuid4().hex[:12]
+    with server.connect() as connection:
         connection.execute(text('CREATE DATABASE "%s"' % name))
     try:
+        yield server_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with server.connect() as connection:
+            connection.execute(text('DROP DATABASE IF EXISTS "%s"' % name))
+        server.dispose()
+
+
+def test_postgresql_migrates_without_drift():
+    with fresh_postgres_database() as url:
         engine = create_engine(url)
         try:
             assert current_revision(engine) is None
@@ -155,7 +165,3 @@ def test_postgresql_migrates_without_drift():
             engine.dispose()
         database.upgrade(url)
         assert_at_head_without_drift(url)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text('DROP DATABASE IF EXISTS "%s"' % name))
-        admin.dispose()
