@@ -109,8 +109,10 @@ class Engine:
         if ctx.response is None:
             ctx.close()
             raise DepotError("NO_RESPONSE", 500, "the pipeline finished without responding")
-        ctx.abort_txn()  # a response from inside an open transaction discards it
-        ctx.release_blobs()  # no step is left to reference them
+        if ctx.txn is not None:  # a response from inside an open transaction discards it
+            ctx.abort_txn()
+        if ctx.held_blobs:  # no step is left to reference them
+            ctx.release_blobs()
         return ctx
 
     def commit(self, ctx, txn):

@@ -97,7 +97,10 @@ def write_response(spec, on_close=None):
     """The response a ResponseSpec describes; ``on_close`` runs once it has been sent (or abandoned)."""
     if spec.blob is not None:
         return _blob_response(spec, on_close)
-    response = json_response(spec.json, spec.status, spec.headers)
+    return _closing(json_response(spec.json, spec.status, spec.headers), on_close)
+
+
+def _closing(response, on_close):
     if on_close is not None:
         response.call_on_close(on_close)
     return response
@@ -144,13 +147,12 @@ def _blob_response(spec, on_close):
     try:
         response.make_conditional(request.environ, accept_ranges=True, complete_length=size)
     except RequestedRangeNotSatisfiable:
-        return error_response(DepotError("RANGE_NOT_SATISFIABLE", 416, "the requested range is not satisfiable",
-                                         headers={"Content-Range": "bytes */%d" % size}))
+        return _closing(error_response(DepotError("RANGE_NOT_SATISFIABLE", 416, "the requested range is not "
+                                                  "satisfiable", headers={"Content-Range": "bytes */%d" % size})),
+                        on_close)
     if request.method == "HEAD" or response.status_code in (304, 412):
         response.response = []
-        if on_close is not None:
-            response.call_on_close(on_close)
-        return response
+        return _closing(response, on_close)
     try:
         handle = ServedFile(blob.path)
     except FileNotFoundError:

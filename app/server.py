@@ -16,6 +16,7 @@ thread:
 These hooks use waitress's channel and server internals: waitress is pinned, and tests/test_slow_clients.py
 fails if an upgrade breaks them.
 """
+import ctypes
 import json
 import logging
 import signal
@@ -198,9 +199,24 @@ class GuardedServer(TcpWSGIServer):
                 channel.handle_close()  # also wakes the request's thread, blocked on the full output buffer
 
 
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def limit_malloc_arenas():
+    """glibc gives threads their own allocation arenas (up to 8 per core), each keeping freed memory for itself;
+    with 16 request threads that alone grew a long soak's memory by about 15 MiB (bench/bench_soak.py). Two
+    arenas are plenty when the GIL lets one thread run Python at a time. Elsewhere than glibc: nothing to do."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+    except (OSError, AttributeError):
+        pass
+
+
 def serve(app, settings, on_stop=None):
     """Serve ``app`` until SIGTERM or SIGINT, then stop accepting, let running requests finish (a few seconds)
     and call ``on_stop``."""
+    limit_malloc_arenas()  # before the request threads exist
     server = GuardedServer(app, settings)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print("Listening at http://%s:%s (%d threads, up to %d connections)"
