@@ -11,10 +11,10 @@ from flask import Blueprint, current_app, g, request
 
 from app import replication
 from app.auth import DEFAULT_TTL, username_key
+from app.body import RequestBody, parse_json, read_all
 from app.context import ResponseSpec
 from app.definitions import MAX_PAGE, MAX_PAGE_SIZE
 from app.errors import DepotError, bad_request, not_found
-from app.body import RequestBody, parse_json, read_all
 from app.http import json_response, write_response
 from app.schema_store import version_view
 

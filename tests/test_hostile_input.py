@@ -1,6 +1,10 @@
 """Hostile input answered in-process: every such request gets a JSON 4xx naming what is wrong, and nothing is
 stored. (The socket-level corpus, for what a server sees before the app does, is in test_hostile_wire.py.)"""
+import io
+
 import pytest
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Request
 
 from tests.test_replication import admin
 
@@ -70,3 +74,18 @@ def test_integers_too_large_for_the_databases_are_4xx(make_depot, project_schema
     depot = make_depot(project_schema)
     response = depot.client.get(path, headers=admin(depot))
     assert 400 <= response.status_code < 500 and response.is_json, response.get_data()[:200]
+
+
+class ShortStream(io.BytesIO):
+    """A server's body stream that simply ends early, without an error, as gunicorn's did."""
+
+
+def test_a_body_ending_before_its_content_length_is_refused_under_any_server(make_depot, project_schema):
+    depot = make_depot(project_schema)
+    environ = EnvironBuilder(path="/v1/acme/short/1.0.0/x/blob", method="PUT", headers=depot.headers(),
+                             input_stream=ShortStream(b"a" * 1000)).get_environ()
+    environ["CONTENT_LENGTH"] = str(10 * 1024 * 1024)
+    environ["wsgi.input_terminated"] = True  # werkzeug hands the stream over as it is, short reads and all
+    response = depot.client.open(Request(environ))
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == "BODY_INCOMPLETE"
+    assert stored(depot) == ([], [])
