@@ -28,13 +28,29 @@ MAX_OFFSET = MAX_PAGE * MAX_PAGE_SIZE
 
 # --- auth -------------------------------------------------------------------------------------------------
 
-@op("auth.require_scopes", "Require an authenticated principal holding every listed scope ('admin' implies all).",
-    args={"scopes": Scopes("scopes the principal must hold")},
+def _default_permission(a, scope):
+    """Without `permission`, the namespace permission that matches the scopes asked for."""
+    if a.permission is None:
+        a.permission = "admin" if "admin" in a.scopes else "write" if "write" in a.scopes else "read"
+
+
+@op("auth.require_scopes", "Require an authenticated principal holding every listed scope ('admin' implies all). "
+    "With `namespace`, once the installation has namespace grants, the principal's permission on that namespace "
+    "is checked instead (see Namespace permissions); without grants the scopes decide.",
+    args={"scopes": Scopes("scopes the principal must hold"),
+          "namespace": Template("the namespace the route acts on (e.g. {namespace}, once bound)", required=False,
+                                shape="string"),
+          "permission": Const("string", "the permission needed on it (default: admin if the scopes ask admin, "
+                              "write if they ask write, else read)", required=False,
+                              choices=["read", "write", "delete", "admin"])},
     errors=["401 UNAUTHENTICATED", "403 FORBIDDEN"],
-    example={"scopes": ["write"]},
+    example={"scopes": ["write"]}, prepare=_default_permission,
     openapi=lambda o, a: o.require(a.scopes))
 def auth_require_scopes(ctx, a):
-    require(ctx.principal, a.scopes)
+    if a.namespace is not None and ctx.engine.access.active:
+        ctx.engine.access.require(ctx.principal, a.namespace.render(ctx), a.permission)
+    else:
+        require(ctx.principal, a.scopes)
 
 
 # --- parse ------------------------------------------------------------------------------------------------
@@ -397,6 +413,9 @@ def _constant_int(node, name, low, high):
           "page": Template("page number from 1", required=False),
           "page_size": Template("rows a page (at most %d)" % MAX_PAGE_SIZE, required=False),
           "where": Const("object", "a condition each row must meet", required=False),
+          "namespace_field": Const("string", "the row field naming its namespace: once namespace grants exist, "
+                                   "rows of namespaces the caller may not read are left out (and not counted)",
+                                   required=False),
           "out": Output("variable receiving the list of rows"),
           "total_out": Output("variable receiving the number of matching rows", required=False)},
     example={"index": "artifact_versions", "key": {"namespace": "{namespace}", "name": "{name}"},
@@ -412,12 +431,13 @@ def index_query(ctx, a):
             raise DepotError("INDEX_KEY_UNKNOWN", 500, "index %s has no key over %s" % (a.index.name, sorted(key)))
         prefix = index_key.prefix(key, [f for f in index_key.fields if f in key])
     offset, limit = a.window or _window(ctx, a)
-    if a.filter is None and a.total_out is None:
+    keep = _row_filter(ctx, a)
+    if keep is None and a.total_out is None:
         scan = ctx.engine.state.scan(prefix, limit + offset)
         rows = ctx.vars[a.out] = [json.loads(raw)[1] for _, raw in (islice(scan, offset, None) if offset else scan)]
         ctx.count_io(1 + len(rows))
         return
-    rows, total = _filtered_window(ctx, a, prefix, offset, limit)
+    rows, total = _filtered_window(ctx, a, prefix, offset, limit, keep)
     ctx.count_io(1 + len(rows))
     ctx.vars[a.out] = rows
     if a.total_out:
@@ -438,17 +458,34 @@ def _window(ctx, a):
     return offset, limit
 
 
-def _filtered_window(ctx, a, prefix, offset, limit):
-    """The rows in [offset, offset + limit) of those matching the filter, and how many match in all."""
+def _row_filter(ctx, a):
+    """The test a row must pass: the query's `where`, and with `namespace_field` while grants exist, that the
+    caller may read the row's namespace. None: every row passes."""
+    where = a.filter
+    readable = None
+    if a.namespace_field is not None and ctx.engine.access.active:
+        access, principal, field = ctx.engine.access, ctx.principal, a.namespace_field
+        readable = lambda row: access.may_read(principal, row.get(field))  # noqa: E731
+    if where is None:
+        return readable
+    variables = ctx.vars
+    if readable is None:
+        return lambda row: where(RowContext(row, variables))
+    return lambda row: readable(row) and where(RowContext(row, variables))
+
+
+def _filtered_window(ctx, a, prefix, offset, limit, keep):
+    """The rows in [offset, offset + limit) of those ``keep`` accepts (all: None), and how many it accepts."""
     rows, matched = [], 0
     for _, raw in ctx.engine.state.scan(prefix):
-        if a.filter is not None:
+        row = None
+        if keep is not None:
             row = json.loads(raw)[1]
-            if not a.filter(RowContext(row, ctx.vars)):
+            if not keep(row):
                 continue
         matched += 1
         if offset < matched <= offset + limit:
-            rows.append(row if a.filter is not None else json.loads(raw)[1])
+            rows.append(row if row is not None else json.loads(raw)[1])
         elif matched > offset + limit and a.total_out is None:
             break
     return rows, matched

@@ -1,4 +1,4 @@
-"""python -m app admin: account recovery on a data dir, when nobody can log in to use the admin API.
+"""python -m app admin: account recovery and namespace permissions on a data dir, without a login.
 
 The commands work on the SQL database alone (the server may be stopped; they never need a login). The
 password is asked for twice at the terminal, or taken from DEPOT_NEW_PASSWORD, never from an argument: an
@@ -11,6 +11,7 @@ import os
 import sys
 
 from app import database
+from app.access import Access
 from app.audit import Audit
 from app.auth import USERNAME_RULE, Identity
 from app.compiler import compile_schema, load_schema_file
@@ -29,10 +30,11 @@ class CliError(Exception):
 
 def add_parser(commands):
     """Register `admin reset-password` and `admin create` under the top-level ``commands``."""
-    admin = commands.add_parser("admin", help="account recovery on a data dir: reset a password, create a user",
-                                description="Account recovery that needs no login: works on the data dir's SQL "
-                                "database (the server may be stopped). %s It is never an argument. Audited as "
-                                "actor 'cli'." % PASSWORD_SOURCE)
+    admin = commands.add_parser("admin", help="on a data dir, without a login: reset a password, create a user, "
+                                "manage namespace grants and groups",
+                                description="Account recovery and namespace permissions that need no login: "
+                                "works on the data dir's SQL database (the server may be stopped). %s It is never "
+                                "an argument. Audited as actor 'cli'." % PASSWORD_SOURCE)
     admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ADMIN_COMMAND")
     reset = admin_commands.add_parser(
         "reset-password", help="set a user's password; ends every token of theirs and re-enables the account",
@@ -48,9 +50,95 @@ def add_parser(commands):
     create.add_argument("--scopes", required=True, help="comma-separated scopes the schema declares, e.g. "
                         "read,write,admin")
     create.set_defaults(handler=cmd_create)
-    for parser in (reset, create):
+    parsers = [reset, create] + _access_parsers(admin_commands)
+    for parser in parsers:
         parser.add_argument("--data-dir", default="./data", help="the data dir (default ./data); "
                             "DEPOT_DATABASE_URL, when set, names the database instead")
+
+
+def _access_parsers(admin_commands):
+    """`admin grant|revoke|grants|group-add|group-remove`: namespace permissions (a running server sees a
+    change within a few seconds)."""
+    grant = admin_commands.add_parser(
+        "grant", help="grant a permission on namespaces to a user, a group or anonymous callers",
+        description="Give SUBJECT (user:NAME, group:NAME or anonymous) PERMISSION (read < write < delete < "
+        "admin) on the namespaces PATTERN matches ('acme', 'acme-*', '*'). A grant to the same subject and "
+        "pattern is replaced. Once any grant exists, routes that name a namespace need one.")
+    grant.add_argument("subject", metavar="SUBJECT")
+    grant.add_argument("pattern", metavar="PATTERN")
+    grant.add_argument("permission", metavar="PERMISSION", choices=["read", "write", "delete", "admin"])
+    grant.set_defaults(handler=cmd_grant)
+    revoke = admin_commands.add_parser("revoke", help="remove a grant by its id (see `admin grants`)")
+    revoke.add_argument("grant_id", metavar="ID", type=int)
+    revoke.set_defaults(handler=cmd_revoke)
+    grants = admin_commands.add_parser("grants", help="list the namespace grants: id, subject, pattern, "
+                                       "permission")
+    grants.set_defaults(handler=cmd_grants)
+    group_add = admin_commands.add_parser("group-add", help="add a user to a group (created if new)")
+    group_remove = admin_commands.add_parser("group-remove", help="take a user out of a group")
+    for parser in (group_add, group_remove):
+        parser.add_argument("group", metavar="GROUP")
+        parser.add_argument("username", metavar="USERNAME")
+    group_add.set_defaults(handler=cmd_group_add)
+    group_remove.set_defaults(handler=cmd_group_remove)
+    return [grant, revoke, grants, group_add, group_remove]
+
+
+def cmd_grant(args):
+    def change(identity):
+        view, _ = Access(identity.sessions).grant(args.subject, args.pattern, args.permission, ACTOR)
+        return view, "grant %d: %s has %s on %s" % (view["id"], view["subject"], view["permission"],
+                                                    view["namespace"])
+    return run(args, "admin.grants.create", change, "%s on %s (%s)" % (args.subject, args.pattern,
+                                                                       args.permission))
+
+
+def cmd_revoke(args):
+    def change(identity):
+        view = Access(identity.sessions).revoke(args.grant_id)
+        return view, "grant %d removed (%s had %s on %s)" % (view["id"], view["subject"], view["permission"],
+                                                             view["namespace"])
+    return run(args, "admin.grants.delete", change, "grant %d" % args.grant_id)
+
+
+def cmd_grants(args):
+    try:
+        sessions, engine = open_database(args.data_dir)
+    except CliError as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+    try:
+        offset = 0
+        while True:
+            items, total = Access(sessions).list_grants(offset, 200)
+            for item in items:
+                print("%d\t%s\t%s\t%s" % (item["id"], item["subject"], item["namespace"], item["permission"]))
+            offset += len(items)
+            if not items or offset >= total:
+                return 0
+    finally:
+        engine.dispose()
+
+
+def cmd_group_add(args):
+    def change(identity):
+        access = Access(identity.sessions)
+        try:
+            access.get_group(args.group)
+        except DepotError:
+            access.create_group(args.group)
+        view, _ = access.set_member(args.group, args.username, True)
+        return view, "group %s: %s" % (view["name"], ", ".join(view["members"]))
+    return run(args, "admin.groups.add_member", change, "group:%s member %s" % (args.group, args.username))
+
+
+def cmd_group_remove(args):
+    def change(identity):
+        view, changed = Access(identity.sessions).set_member(args.group, args.username, False)
+        if not changed:
+            raise CliError("%s is not a member of group %s" % (args.username, args.group))
+        return view, "group %s: %s" % (view["name"], ", ".join(view["members"]) or "no members")
+    return run(args, "admin.groups.remove_member", change, "group:%s member %s" % (args.group, args.username))
 
 
 def cmd_reset_password(args):
@@ -70,29 +158,30 @@ def cmd_create(args):
     return run(args, "admin.users.create", create)
 
 
-def run(args, action, change):
-    """Open the data dir's database, make ``change`` (identity -> (audit detail, message)) and audit it."""
+def run(args, action, change, target=None):
+    """Open the data dir's database, make ``change`` (identity -> (audit detail, message)) and audit it as done
+    to ``target`` (default: the username)."""
     try:
         sessions, engine = open_database(args.data_dir)
     except CliError as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1
     try:
-        return change_and_audit(sessions, args.username, action, change)
+        return change_and_audit(sessions, target or args.username, action, change)
     finally:
         engine.dispose()
 
 
-def change_and_audit(sessions, username, action, change):
+def change_and_audit(sessions, target, action, change):
     audit = Audit(sessions)
     try:
         detail, message = change(Identity(None, sessions, auth_settings(sessions)))
     except (CliError, DepotError) as exc:
         code = exc.code if isinstance(exc, DepotError) else "CLI_ERROR"
-        audit.record(ACTOR, action, username, "failure", detail={"code": code})
+        audit.record(ACTOR, action, target, "failure", detail={"code": code})
         print("error: %s" % exc, file=sys.stderr)
         return 1
-    audit.record(ACTOR, action, username, "success", detail=detail)
+    audit.record(ACTOR, action, target, "success", detail=detail)
     print(message)
     return 0
 

@@ -398,15 +398,18 @@ class Identity:
         if password is not None:
             self._set_password(session, user, password)
 
-    def delete_user(self, username):
+    def delete_user(self, username, forget=None):
         """Remove an account and its API tokens (its audit records stay). 409 LAST_ADMIN for the last active
-        admin."""
+        admin. ``forget(session, user_id)``: removes, in the same transaction, what else belongs to the account
+        (its namespace grants and group memberships)."""
         with self._accounts_lock, self.sessions() as session:
             admins = self._active_admins(session)
             user = self._user(session, username)
             if admins == [user]:
                 raise _last_admin(user.username)
             session.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
+            if forget is not None:
+                forget(session, user.id)
             session.delete(user)
             session.commit()
         self._forget(user.username)

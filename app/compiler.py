@@ -10,16 +10,17 @@ import json
 import re
 import threading
 import time
-from collections import deque
+from collections import deque, namedtuple
 from types import SimpleNamespace
 
 import jsonschema
 
 import operations  # noqa: F401  (registers the vocabulary)
+from app.access import RANK
 from app import checks
 from app.conditions import ConditionError, compile_condition
 from app.definitions import (BlobStoreDef, Constraint, Document, Entity, EventLog, EventType, Limits, Upstream,
-                             Validator, Versioning, compile_normalizer)
+                             Validator, Versioning, chain, compile_normalizer)
 from app.auth import DEFAULTS as AUTH_DEFAULTS, require
 from app.codegen import FunctionBuilder
 from app.errors import DepotError, SchemaLoadError
@@ -37,6 +38,7 @@ DEFAULT_LOG = ("_depot", "eventlog/", 262144)
 PAIR_LIMIT = "rate_limit_per_username_and_address"
 OLD_PAIR_LIMIT = "rate_limit_per_username"
 RESERVED_PATHS = ("/auth", "/admin", "/health", "/openapi.json", "/docs")
+Policy = namedtuple("Policy", "tags effect scopes namespace permission")
 
 
 class Step:
@@ -59,30 +61,65 @@ class Pipeline:
         self.place = place_
         self._set_plan(steps)
 
-    def _set_plan(self, steps, policy_scopes=frozenset(), denied=False):
+    def _set_plan(self, steps, policy_scopes=frozenset(), denied=False, namespace_guard=None):
         """``plan``: what the runner needs per step, flattened once: (op function, bound args, condition, io,
         ends, mutates). ``run(ctx, cpu_budget_ns)``: the policies, then the plan, as one generated function
         (see generate_runner)."""
-        self.plan = tuple((s.fn, s.args, s.when, s.io, s.op.startswith("respond."), s.decl.mutates) for s in steps)
-        self.run = generate_runner(self.plan, policy_scopes, denied)
+        self.plan = _plan(steps)
+        granted = None
+        if namespace_guard is not None:  # once grants exist, the namespace permission replaces the scope checks
+            granted = generate_runner(_plan([s for s in steps if not _scope_check(s)]), frozenset(), denied,
+                                      namespace_guard=namespace_guard)
+        self.run = generate_runner(self.plan, policy_scopes, denied, granted=granted)
 
-    def guard(self, policy_scopes, denied):
-        """The route's auth.policies (scopes every request needs; ``denied``: admin only) are checked first.
-        An unconditional auth.require_scopes asking nothing beyond them cannot fail: it is left out of the plan
-        (it stays in ``steps``)."""
-        if policy_scopes or denied:
-            self._set_plan([s for s in self.steps if not (
-                s.op == "auth.require_scopes" and s.when is None and s.args.scopes <= policy_scopes)],
-                policy_scopes, denied)
+    def guard(self, policy_scopes, denied, namespace_guard=None):
+        """The route's auth.policies (scopes every request needs; ``denied``: admin only; ``namespace_guard``:
+        the namespace permission a request needs once grants exist) are checked first. An unconditional
+        auth.require_scopes asking nothing beyond them cannot fail: it is left out of the plan (it stays in
+        ``steps``)."""
+        if policy_scopes or denied or namespace_guard is not None:
+            self._set_plan([s for s in self.steps if not (_scope_check(s) and s.args.scopes <= policy_scopes)],
+                           policy_scopes, denied, namespace_guard)
 
 
-def generate_runner(plan, policy_scopes=frozenset(), denied=False):
+def _plan(steps):
+    return tuple((s.fn, s.args, s.when, s.io, s.op.startswith("respond."), s.decl.mutates) for s in steps)
+
+
+def _scope_check(step):
+    """An unconditional auth.require_scopes that names no namespace: a check of the global scopes only."""
+    return step.op == "auth.require_scopes" and step.when is None and step.args.namespace is None
+
+
+class NamespaceGuard:
+    """The namespace permission a route's policies ask for: the namespace is the path parameter ``param``,
+    normalized as the route's entity normalizes it, so the permission checked is the one of the namespace the
+    route goes on to use."""
+
+    def __init__(self, param, normalize, permission):
+        self.param = param
+        self.normalize = normalize
+        self.permission = permission
+
+    def __call__(self, ctx):
+        namespace = ctx.request.path_params.get(self.param)
+        if isinstance(namespace, str):
+            namespace = self.normalize(namespace)
+        ctx.engine.access.require(ctx.principal, namespace, self.permission)
+
+
+def generate_runner(plan, policy_scopes=frozenset(), denied=False, granted=None, namespace_guard=None):
     """The plan as straight-line code, after the route's policies (a principal holding ``policy_scopes``, or
-    admin; only admin when ``denied``): each step a direct call of its op function with its bound arguments,
-    under its `when` if it has one, returning after a respond step; before each step that does I/O, the CPU
-    budget check; before each step that changes the repository, the read-only replica check (replayed events,
-    which carry ctx.event, are how a replica changes). Any error aborts the open transaction and propagates."""
+    admin; only admin when ``denied``; the namespace permission of ``namespace_guard``): each step a direct
+    call of its op function with its bound arguments, under its `when` if it has one, returning after a
+    respond step; before each step that does I/O, the CPU budget check; before each step that changes the
+    repository, the read-only replica check (replayed events, which carry ctx.event, are how a replica
+    changes). Any error aborts the open transaction and propagates. ``granted``: the runner to use instead
+    while namespace grants exist."""
     builder = FunctionBuilder("run_pipeline", "ctx, budget")
+    if granted is not None:
+        builder.line("if ctx.engine.access.active:")
+        builder.line("return %s(ctx, budget)" % builder.bind(granted, "granted"), 1)
     wall, cpu = builder.bind(time.perf_counter_ns, "wall"), builder.bind(time.thread_time_ns, "cpu")
     over_budget = builder.bind(_over_budget, "over_budget")
     read_only = builder.bind(_read_only, "read_only")
@@ -96,6 +133,8 @@ def generate_runner(plan, policy_scopes=frozenset(), denied=False):
         builder.line("if principal is None or not ('admin' in principal['scopes']%s):" % held)
         builder.line("%s(principal, %s, %s)" % (builder.bind(enforce_policies, "enforce"), policy,
                                                 builder.bind(bool(denied), "denied")), 1)
+    if namespace_guard is not None:
+        builder.line("%s(ctx)" % builder.bind(namespace_guard, "namespace_guard"))
     for fn, args, when, io, ends, mutates in plan:
         if io:  # CPU time never exceeds wall time over the same interval, so the cheap wall clock decides
             # whether the thread CPU clock (a system call) needs reading at all
@@ -423,19 +462,26 @@ class Compiler:
                     self.report.error(place("auth.anonymous.scopes", i), "unknown scope %r" % scope)
             self.out.anonymous = {"sub": "anonymous", "scopes": frozenset(scopes), "kind": "anonymous",
                                   "token_id": None}
-        self.policies = []
-        for i, policy in enumerate(auth.get("policies", [])):
-            where = place("auth.policies", i)
-            unknown = set(policy.get("when", {})) - {"route.tags"}
-            if unknown:
-                self.report.error(where + ".when", "unknown policy condition(s) %s; expected route.tags"
-                                  % ", ".join(sorted(unknown)))
-            scopes = policy.get("require", {}).get("scopes", [])
-            for j, scope in enumerate(scopes):
-                if scope not in self.definitions["scope"]:
-                    self.report.error(place(where, "require.scopes", j), "unknown scope %r" % scope)
-            self.policies.append((set(policy.get("when", {}).get("route.tags", [])), policy.get("effect", "allow"),
-                                  frozenset(scopes)))
+        self.policies = [self._policy(policy, place("auth.policies", i))
+                         for i, policy in enumerate(auth.get("policies", []))]
+
+    def _policy(self, policy, where):
+        unknown = set(policy.get("when", {})) - {"route.tags"}
+        if unknown:
+            self.report.error(where + ".when", "unknown policy condition(s) %s; expected route.tags"
+                              % ", ".join(sorted(unknown)))
+        require_ = policy.get("require", {})
+        scopes = require_.get("scopes", [])
+        for j, scope in enumerate(scopes):
+            if scope not in self.definitions["scope"]:
+                self.report.error(place(where, "require.scopes", j), "unknown scope %r" % scope)
+        namespace = require_.get("namespace")
+        permission = require_.get("permission", "read")
+        if "permission" in require_ and namespace is None:
+            self.report.error(place(where, "require.permission"), "a permission is checked on a namespace: "
+                              "name the path parameter holding it in require.namespace")
+        return Policy(frozenset(policy.get("when", {}).get("route.tags", [])), policy.get("effect", "allow"),
+                      frozenset(scopes), namespace, permission)
 
     def _auth_settings(self, auth):
         """What app.auth.Identity reads: password and login-token settings, the declared scope names, and API
@@ -471,16 +517,38 @@ class Compiler:
                 self.report.error(place("auth.login", key), str(exc))
         return limits
 
-    def _route_policy(self, tags):
-        """(scopes every request must hold, whether a deny policy applies) for a route with ``tags``."""
-        required, denied = set(), False
-        for when_tags, effect, scopes in self.policies:
-            if when_tags & set(tags):
-                if effect == "deny":
-                    denied = True
-                else:
-                    required |= scopes
-        return frozenset(required), denied
+    def _route_policy(self, route, where):
+        """(scopes every request must hold, whether a deny policy applies, the namespace guard or None) for
+        ``route``, from the policies its tags select."""
+        required, denied, namespace = set(), False, None
+        for policy in self.policies:
+            if not policy.tags & set(route.tags):
+                continue
+            if policy.effect == "deny":
+                denied = True
+                continue
+            required |= policy.scopes
+            if policy.namespace in route.params and (
+                    namespace is None or RANK[policy.permission] > RANK[namespace[1]]):
+                namespace = (policy.namespace, policy.permission)
+        guard = None
+        if namespace is not None:
+            guard = NamespaceGuard(namespace[0], self._param_normalizer(route, namespace[0]), namespace[1])
+        elif set(route.params) & {p.namespace for p in self.policies}:
+            self.report.warning(where + ".tags", "the route has a {%s} path parameter but no policy checks a "
+                                "namespace permission on it: once grants exist, any caller holding the route's "
+                                "scopes reaches every namespace" % sorted(set(route.params) & {
+                                    p.namespace for p in self.policies})[0])
+        return frozenset(required), denied, guard
+
+    def _param_normalizer(self, route, param):
+        """The normalize rules the route's entity (its parse.path step's) applies to ``param``."""
+        for step in route.pipeline.steps:
+            if step.op == "parse.path" and step.args.entity is not None:
+                for field, rules in step.args.entity.normalizers:
+                    if field == param:
+                        return chain(rules)
+        return str
 
     def _caching(self):
         caching = self.doc.get("caching", {})
@@ -511,8 +579,8 @@ class Compiler:
             pipeline = self._pipeline(spec["id"], spec["pipeline"], where + ".pipeline",
                                       Scope(self, params=params))
             route = Route(spec, pipeline, where, params)
-            route.policy_scopes, route.denied = self._route_policy(route.tags)
-            route.pipeline.guard(route.policy_scopes, route.denied)
+            route.policy_scopes, route.denied, route.namespace_guard = self._route_policy(route, where)
+            route.pipeline.guard(route.policy_scopes, route.denied, route.namespace_guard)
             if "proxy" in route.tags and not self.out.features.get("proxy_enabled", True):
                 route.disabled = ("PROXY_DISABLED", "proxying is disabled (features.proxy_enabled is false)")
             self.out.routes.append(route)

@@ -8,6 +8,7 @@ import time
 
 import requests
 
+from app.access import SCOPES_ONLY
 from app.context import ExecutionContext, RequestData
 from app.errors import DepotError
 from app.stores.blobs import DIGEST_PREFIX, BlobRef, FileBlobStore, declared_digest, split_digest
@@ -66,8 +67,9 @@ def resolve_blob_root(data_dir, root):
 
 
 class Engine:
-    def __init__(self, compiled, stores, read_only=False):
+    def __init__(self, compiled, stores, read_only=False, access=None):
         self.compiled = compiled
+        self.access = access if access is not None else SCOPES_ONLY  # namespace grants (app.access)
         self.stores = stores
         self.read_only = read_only  # a replica: route steps that change the repository are refused
         self.state = stores.state

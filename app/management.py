@@ -154,7 +154,8 @@ class Guard:
 def create_blueprint(service):
     bp = Blueprint("depot_management", __name__)
     guard = Guard(service)
-    for register in (_auth_views, _user_views, _schema_views, _maintenance_views, _replication_views):
+    for register in (_auth_views, _user_views, _access_views, _schema_views, _maintenance_views,
+                     _replication_views):
         register(bp, service, guard)
     return bp
 
@@ -279,7 +280,7 @@ def _user_views(bp, service, guard):
     @bp.delete("/admin/users/<username>")
     @admin_action("admin.users.delete")
     def delete_user(username):
-        view = identity.delete_user(username)
+        view = identity.delete_user(username, service.access.forget_user)
         return json_response(dict(view, deleted=True)), view["username"]
 
     @bp.get("/admin/users/<username>/tokens")
@@ -296,6 +297,79 @@ def _user_views(bp, service, guard):
     @admin_action("admin.tokens.revoke", login_session=True)
     def revoke_user_token(username, token_id):
         return json_response(identity.revoke_token(username, token_id)), "%s/%s" % (username, token_id)
+
+
+def _access_views(bp, service, guard):
+    """/admin/grants and /admin/groups: namespace permissions (app/access.py)."""
+    access, admin_action = service.access, guard.admin_action
+
+    @bp.get("/admin/grants")
+    @admin_action("admin.grants.list")
+    def list_grants():
+        page, size, offset = page_args()
+        items, total = access.list_grants(offset, size, request.args.get("subject"))
+        return json_response(paginated(items, total, page, size)), None
+
+    @bp.post("/admin/grants")
+    @admin_action("admin.grants.create")
+    def create_grant():
+        body = json_body(65536, allowed=("subject", "namespace", "permission"))
+        subject, pattern, permission = string_fields(body, "subject", "namespace", "permission")
+        for name, value in (("subject", subject), ("namespace", pattern), ("permission", permission)):
+            if value is None:
+                raise bad_request("INVALID_REQUEST", "%s is required" % name, name)
+        view, created = access.grant(subject, pattern, permission, g.principal["sub"])
+        return json_response(view, 201 if created else 200), _grant_target(view)
+
+    @bp.delete("/admin/grants/<int:grant_id>")
+    @admin_action("admin.grants.delete")
+    def delete_grant(grant_id):
+        view = access.revoke(grant_id)
+        return json_response(dict(view, deleted=True)), _grant_target(view)
+
+    @bp.get("/admin/groups")
+    @admin_action("admin.groups.list")
+    def list_groups():
+        page, size, offset = page_args()
+        items, total = access.list_groups(offset, size)
+        return json_response(paginated(items, total, page, size)), None
+
+    @bp.post("/admin/groups")
+    @admin_action("admin.groups.create")
+    def create_group():
+        name, = string_fields(json_body(65536, allowed=("name",)), "name")
+        view = access.create_group(name)
+        return json_response(view, 201), "group:%s" % view["name"]
+
+    @bp.get("/admin/groups/<name>")
+    @admin_action("admin.groups.get")
+    def get_group(name):
+        return json_response(access.get_group(name)), None
+
+    @bp.delete("/admin/groups/<name>")
+    @admin_action("admin.groups.delete")
+    def delete_group(name):
+        view = access.delete_group(name)
+        return json_response(dict(view, deleted=True)), "group:%s" % name
+
+    @bp.put("/admin/groups/<name>/members/<username>")
+    @admin_action("admin.groups.add_member")
+    def add_member(name, username):
+        view, _ = access.set_member(name, username, True)
+        return json_response(view), "group:%s member %s" % (name, username)
+
+    @bp.delete("/admin/groups/<name>/members/<username>")
+    @admin_action("admin.groups.remove_member")
+    def remove_member(name, username):
+        view, changed = access.set_member(name, username, False)
+        if not changed:
+            raise DepotError("MEMBER_NOT_FOUND", 404, "%s is not a member of group %s" % (username, name),
+                             "username")
+        return json_response(view), "group:%s member %s" % (name, username)
+
+
+def _grant_target(view):
+    return "%s on %s (%s)" % (view["subject"], view["namespace"], view["permission"])
 
 
 def _schema_views(bp, service, guard):

@@ -80,7 +80,10 @@ METASCHEMA = {
                 "properties": {"name": {"type": "string"}, "effect": {"enum": ["allow", "deny"]},
                                "when": {"type": "object"},
                                "require": {"type": "object", "properties": {
-                                   "scopes": {"type": "array", "items": {"type": "string"}}}}}}},
+                                   "scopes": {"type": "array", "items": {"type": "string"}},
+                                   "namespace": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                                   "permission": {"enum": ["read", "write", "delete", "admin"]}},
+                                   "additionalProperties": False}}}},
             "anonymous": {"type": "object", "properties": {
                 "enabled": {"type": "boolean"}, "scopes": {"type": "array", "items": {"type": "string"}}},
                 "additionalProperties": False},

@@ -11,6 +11,7 @@ import threading
 
 from app import database
 from app.audit import Audit
+from app.access import Access
 from app.auth import Identity, load_or_create_secret
 from app.compiler import compile_or_raise, compile_schema, load_schema_file
 from app.engine import Engine, Stores
@@ -48,6 +49,7 @@ class Service:
         self.db, self.sessions = database.connect(url)
         self.identity = Identity(load_or_create_secret(self.data_dir), self.sessions)
         self.audit = Audit(self.sessions)
+        self.access = Access(self.sessions)
         self.schemas = SchemaStore(self.sessions)
         self.stores = Stores(self.data_dir, sync=sync)
         self._swap_lock = threading.Lock()
@@ -69,7 +71,7 @@ class Service:
     def _activate(self, compiled):
         self.identity.configure(compiled.auth_settings)
         self.limiters = {name: self._limiter(name, rate) for name, rate in compiled.login_limits.items()}
-        self.engine = Engine(compiled, self.stores, self.read_only)
+        self.engine = Engine(compiled, self.stores, self.read_only, self.access)
 
     def _limiter(self, name, rate):
         current = self.limiters.get(name)
