@@ -534,7 +534,8 @@ class Compiler:
         guard = None
         if namespace is not None:
             guard = NamespaceGuard(namespace[0], self._param_normalizer(route, namespace[0]), namespace[1])
-        elif set(route.params) & {p.namespace for p in self.policies}:
+        elif set(route.params) & {p.namespace for p in self.policies} and (required or any(
+                _scope_check(step) for step in route.pipeline.steps)):  # access-controlled, but not by namespace
             self.report.warning(where + ".tags", "the route has a {%s} path parameter but no policy checks a "
                                 "namespace permission on it: once grants exist, any caller holding the route's "
                                 "scopes reaches every namespace" % sorted(set(route.params) & {

@@ -20,7 +20,8 @@ from app import database
 from models import Base
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL_TABLES = {"users", "api_tokens", "revoked_jwts", "schema_versions", "audit_events"}
+MODEL_TABLES = {"users", "api_tokens", "revoked_jwts", "schema_versions", "audit_events", "groups", "group_members",
+                "namespace_grants"}
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
