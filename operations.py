@@ -465,7 +465,9 @@ def _row_filter(ctx, a):
     readable = None
     if a.namespace_field is not None and ctx.engine.access.active:
         access, principal, field = ctx.engine.access, ctx.principal, a.namespace_field
-        readable = lambda row: access.may_read(principal, row.get(field))  # noqa: E731
+        def readable(row):  # a row without a namespace is not namespaced
+            namespace = row.get(field)
+            return not isinstance(namespace, str) or access.may_read(principal, namespace)
     if where is None:
         return readable
     variables = ctx.vars

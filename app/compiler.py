@@ -160,6 +160,47 @@ def generate_runner(plan, policy_scopes=frozenset(), denied=False, granted=None,
     return builder.build()
 
 
+def _segments(path):
+    """A path's segments: a parameter segment ('{name}') as (name,), a literal as itself."""
+    return [(m.group(1),) if m else part for part, m in
+            ((part, re.fullmatch(r"\{([^{}]*)\}", part)) for part in path.strip("/").split("/"))]
+
+
+def _shadowing(first, second):
+    """(winner, loser, [(position, loser's parameter, winner's literal)]) when one URL can match both routes,
+    else None."""
+    if first.method != second.method:
+        return None
+    a, b = _segments(first.path), _segments(second.path)
+    if len(a) != len(b):
+        return None
+    differing = []
+    for position, (x, y) in enumerate(zip(a, b)):
+        literal_x, literal_y = isinstance(x, str), isinstance(y, str)
+        if literal_x and literal_y:
+            if x != y and not ("{" in x or "{" in y):
+                return None  # two different literals: no URL matches both
+            continue
+        if literal_x != literal_y:
+            differing.append((position, literal_x))
+    if not differing:
+        return None  # the same shape: reported as a duplicate
+    first_wins = differing[0][1]
+    winner, loser = (first, second) if first_wins else (second, first)
+    winner_segments, loser_segments = (a, b) if first_wins else (b, a)
+    lost = [(p, loser_segments[p][0], winner_segments[p]) for p, literal_first in differing
+            if literal_first == first_wins]
+    return winner, loser, lost
+
+
+def _path_entity(route):
+    """The entity the route's parse.path binds its parameters as, or None."""
+    for step in route.pipeline.steps:
+        if step.op == "parse.path":
+            return step.args.entity
+    return None
+
+
 def enforce_policies(principal, policy_scopes, denied):
     """Raise the route policies' refusal for ``principal``: 401 without credentials, else 403."""
     if denied and (principal is None or "admin" not in principal["scopes"]):
@@ -294,6 +335,7 @@ class Compiler:
         for name in out.allowed_ops - set(REGISTRY):
             self.report.error("ops.allowed", "op %r is not in Depot's vocabulary" % name)
         self._routes()
+        self._check_shadowing()
         self._apply_pipelines()
         out.runtime = checks.run_all(self)
         return out
@@ -585,6 +627,33 @@ class Compiler:
             if "proxy" in route.tags and not self.out.features.get("proxy_enabled", True):
                 route.disabled = ("PROXY_DISABLED", "proxying is disabled (features.proxy_enabled is false)")
             self.out.routes.append(route)
+
+    def _check_shadowing(self):
+        """Two routes of one method whose paths can match the same URL: the router takes, at the first segment
+        where one has a literal and the other a parameter, the literal (Werkzeug's rule). The other route then
+        never sees that parameter taking that literal (a namespace called 'search' beside GET /v1/search).
+        That is an error unless the parameter's entity field refuses the literal anyway (a constraint,
+        `reserved` for instance, or the versioning scheme): then no valid request is lost."""
+        routes = [r for r in self.out.routes]
+        for i, first in enumerate(routes):
+            for second in routes[i + 1:]:
+                shadowing = _shadowing(first, second)
+                if shadowing is not None:
+                    self._report_shadowing(*shadowing)
+
+    def _report_shadowing(self, winner, loser, lost):
+        """``lost``: [(position, parameter, literal)] the loser's parameters would have to take."""
+        entity = _path_entity(loser)
+        if entity is not None and any(param in entity.fields and not entity.accepts(param, literal)
+                                      for _, param, literal in lost):
+            return
+        values = " and ".join("%s is %r" % (param, literal) for _, param, literal in lost)
+        _, param, literal = lost[0]
+        self.report.error(loser.place + ".path", "%s %s is hidden by %s %s (%s) when %s: reserve %r for %s in "
+                          "the entity's constraints (%s) or change one of the paths"
+                          % (loser.method, loser.path, winner.method, winner.path, winner.place, values, literal,
+                             "%s.%s" % (entity.name, param) if entity else param,
+                             json.dumps({"field": param, "reserved": [literal]})))
 
     def _apply_pipelines(self):
         replication = self.doc.get("replication", {})

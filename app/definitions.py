@@ -135,8 +135,10 @@ class Versioning:
 
 
 class Constraint:
-    def __init__(self, field, regex=None, when_present=False, min_length=None, max_length=None, enum=None):
+    def __init__(self, field, regex=None, when_present=False, min_length=None, max_length=None, enum=None,
+                 reserved=None):
         self.field = field
+        self.reserved = frozenset(reserved or ())  # values a route's literal path segment takes (see checker)
         self.regex = re.compile(regex) if regex is not None else None
         self.pattern = regex
         self.when_present = when_present
@@ -153,6 +155,9 @@ class Constraint:
                              % (self.field, self.min_length, self.max_length), self.field)
         if self.enum is not None and value not in self.enum:
             raise DepotError("INVALID_FIELD", 400, "%s must be one of %s" % (self.field, self.enum), self.field)
+        if value in self.reserved:
+            raise DepotError("INVALID_FIELD", 400, "%s %r is reserved: a route's path uses it" % (self.field, value),
+                             self.field)
 
 
 class Entity:
@@ -163,6 +168,18 @@ class Entity:
         self.constraints = constraints
         self.primary_key = primary_key
         self.versioning = versioning
+
+    def accepts(self, field, value):
+        """Whether ``value``, as a path segment bound to ``field``, passes the field's normalize rules, constraints
+        and (for the version) the versioning scheme."""
+        for name, rules in self.normalizers:
+            if name == field:
+                value = chain(rules)(value)
+        try:
+            self.checker(lambda name: name == field)({field: value})
+        except DepotError:
+            return False
+        return True
 
     def checker(self, may_bind):
         """A validator over the fields ``may_bind`` admits: a route checks only what it can have bound."""

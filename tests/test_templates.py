@@ -1,5 +1,6 @@
 """Templates (templates/*.json) applied with `python -m app add` / `routes add`: to a schema file, to a data dir's
 active schema and to a running server through its admin API. Real files, real processes, the Flask test client."""
+import copy
 import json
 import re
 import shutil
@@ -74,8 +75,8 @@ def _landed_upstream(before, after):
 
 
 LANDED = {
-    "route": lambda b, a: _landed_route(b, a, "package_info", "/v1/info/{namespace}/{name}"),
-    "pipeline": lambda b, a: _landed_route(b, a, "packages_matching", "/v1/matching"),
+    "route": lambda b, a: _landed_route(b, a, "package_info", "/v1/{namespace}/{name}/info"),
+    "pipeline": lambda b, a: _landed_route(b, a, "packages_matching", "/v1/-/matching"),
     "entity": _landed_entity,
     "blob_store": _landed_blob_store,
     "auth_scope": _landed_auth_scope,
@@ -151,19 +152,19 @@ def test_route_template_result_answers(schema_file, make_depot):
     assert cli("routes", "add", template("route"), "--schema-file", schema_file).returncode == 0
     depot = make_depot(load_json(schema_file))
     read = depot.headers(("read",))
-    missing = depot.client.get("/v1/info/acme/hello-world", headers=read)
+    missing = depot.client.get("/v1/acme/hello-world/info", headers=read)
     assert missing.status_code == 404
     assert missing.get_json()["error"]["code"] == "NOT_FOUND"
     assert "acme/hello-world" in missing.get_json()["error"]["message"]
 
     assert depot.publish("acme", "hello-world", "1.0.0", "linux-amd64", b"hello").status_code == 201
-    found = depot.client.get("/v1/info/acme/hello-world", headers=read)
+    found = depot.client.get("/v1/acme/hello-world/info", headers=read)
     assert found.status_code == 200, found.get_data(as_text=True)
     assert found.get_json()["namespace"] == "acme" and found.get_json()["name"] == "hello-world"
     # the route's own normalize/validate steps run: names are normalized before the lookup
-    assert depot.client.get("/v1/info/ACME/hello-world", headers=read).status_code == 200
+    assert depot.client.get("/v1/ACME/hello-world/info", headers=read).status_code == 200
     # the public tag's read scope is enforced
-    assert depot.client.get("/v1/info/acme/hello-world").status_code == 401
+    assert depot.client.get("/v1/acme/hello-world/info").status_code == 401
 
 
 def test_pipeline_template_result_answers(schema_file, make_depot):
@@ -172,15 +173,15 @@ def test_pipeline_template_result_answers(schema_file, make_depot):
     for name in ("hello-world", "goodbye-world", "other"):
         assert depot.publish("acme", name, "1.0.0", "linux-amd64", b"x" + name.encode()).status_code == 201
     read = depot.headers(("read",))
-    answer = depot.client.get("/v1/matching?q=world", headers=read)
+    answer = depot.client.get("/v1/-/matching?q=world", headers=read)
     assert answer.status_code == 200, answer.get_data(as_text=True)
     body = answer.get_json()
     assert body["total"] == 2 and body["page"] == 1 and body["page_size"] == 50
     assert sorted(item["name"] for item in body["items"]) == ["goodbye-world", "hello-world"]
-    paged = depot.client.get("/v1/matching?q=world&page_size=1&page=2", headers=read).get_json()
+    paged = depot.client.get("/v1/-/matching?q=world&page_size=1&page=2", headers=read).get_json()
     assert paged["total"] == 2 and len(paged["items"]) == 1 and paged["page"] == 2
-    assert depot.client.get("/v1/matching?q=nothing-like-it", headers=read).get_json()["total"] == 0
-    assert depot.client.get("/v1/matching", headers=read).status_code == 400  # q is required
+    assert depot.client.get("/v1/-/matching?q=nothing-like-it", headers=read).get_json()["total"] == 0
+    assert depot.client.get("/v1/-/matching", headers=read).status_code == 400  # q is required
 
 
 # --- a data dir's active schema ----------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def test_routes_add_to_a_data_dir_makes_a_new_active_version(tmp_path, project_s
     assert "package_info" not in route_ids(json.loads(depot.service.schemas.get(1).document))
 
     assert depot.publish("acme", "hello-world", "1.0.0", "linux-amd64", b"hello").status_code == 201
-    found = depot.client.get("/v1/info/acme/hello-world", headers=depot.headers(("read",)))
+    found = depot.client.get("/v1/acme/hello-world/info", headers=depot.headers(("read",)))
     assert found.status_code == 200 and found.get_json()["name"] == "hello-world"
 
 
@@ -228,19 +229,19 @@ def test_routes_add_to_a_running_server_serves_the_route_at_once(server):
     assert requests.put(url + "/v1/acme/hello-world/1.0.0/linux-amd64/blob", data=b"hello", headers=auth,
                         timeout=30).status_code == 201
     before_version = requests.get(url + "/admin/schema", headers=auth, timeout=30).json()["version"]
-    assert requests.get(url + "/v1/info2/acme/hello-world", headers=auth, timeout=30).status_code == 404
+    assert requests.get(url + "/v1/acme/hello-world/info2", headers=auth, timeout=30).status_code == 404
 
-    result = cli("routes", "add", template("route"), "--set", "route_id=info2", "--set", "path_prefix=/v1/info2",
+    result = cli("routes", "add", template("route"), "--set", "route_id=info2", "--set", "path=/v1/{namespace}/{name}/info2",
                  "--url", url, "--token", token)
     assert result.returncode == 0, result.stderr
     assert "added route info2: schema version %d is active and served" % (before_version + 1) in result.stdout
 
-    answer = requests.get(url + "/v1/info2/acme/hello-world", headers=auth, timeout=30)  # same process, no restart
+    answer = requests.get(url + "/v1/acme/hello-world/info2", headers=auth, timeout=30)  # same process, no restart
     assert answer.status_code == 200, answer.text
     assert answer.json()["namespace"] == "acme" and answer.json()["name"] == "hello-world"
     schema = requests.get(url + "/admin/schema", headers=auth, timeout=30).json()
     assert schema["version"] == before_version + 1
-    assert route(schema["schema"], "info2")["path"] == "/v1/info2/{namespace}/{name}"
+    assert route(schema["schema"], "info2")["path"] == "/v1/{namespace}/{name}/info2"
 
 
 def test_a_broken_result_is_refused_by_the_running_server_with_its_findings(server):
@@ -248,7 +249,7 @@ def test_a_broken_result_is_refused_by_the_running_server_with_its_findings(serv
     auth = {"Authorization": "Bearer " + token}
     before = requests.get(url + "/admin/schema", headers=auth, timeout=30).json()
 
-    result = cli("routes", "add", template("route"), "--set", "route_id=sneaky", "--set", "path_prefix=/admin",
+    result = cli("routes", "add", template("route"), "--set", "route_id=sneaky", "--set", "path=/admin/{namespace}/{name}",
                  "--url", url, "--token", token)
     assert result.returncode == 1
     assert "not added (422)" in result.stderr and "SCHEMA_INVALID" in result.stderr
@@ -274,3 +275,58 @@ def test_auth_scope_template_twice_is_refused(tmp_path):
     doc, _ = tpl.apply({"auth": {"scopes": []}}, "auth_scope", body)
     with pytest.raises(tpl.TemplateError, match="already exists"):
         tpl.apply(doc, "auth_scope", body)
+
+
+# --- routes that overlap ------------------------------------------------------------------------------------
+
+def _route_errors(schema):
+    from app.compiler import compile_schema
+    compiled, report = compile_schema(schema, "test")
+    return compiled, [e for e in report.to_dict()["errors"]]
+
+
+def test_a_route_hiding_another_routes_urls_is_refused(project_schema):
+    """The old default path of the route template, /v1/info/{namespace}/{name}, would answer
+    /v1/info/<name>/latest in place of the latest of package <name> in namespace 'info'."""
+    schema = copy.deepcopy(project_schema)
+    schema["api"]["routes"].append({"id": "package_info", "method": "GET", "path": "/v1/info/{namespace}/{name}",
+                                    "tags": ["public"], "pipeline": [
+                                        {"op": "parse.path", "args": {"entity": "artifact"}},
+                                        {"op": "respond.json", "args": {"body": {"name": "{name}"}}}]})
+    compiled, errors = _route_errors(schema)
+    assert compiled is None
+    hidden = {e["place"] for e in errors if "is hidden by GET /v1/info/{namespace}/{name}" in e["message"]}
+    index = {r["id"]: i for i, r in enumerate(schema["api"]["routes"])}
+    assert {"api.routes[%d].path" % index[i] for i in ("resolve_latest", "list_versions", "list_tags")} <= hidden
+    assert all("namespace is 'info'" in e["message"] for e in errors if "is hidden" in e["message"])
+
+
+def test_a_literal_segment_beside_a_parameter_needs_the_name_reserved(project_schema):
+    """GET /v1/search matches before GET /v1/{namespace}: the schema reserves 'search' as a namespace."""
+    schema = copy.deepcopy(project_schema)
+    namespace = next(c for c in schema["entities"]["artifact"]["constraints"] if c["field"] == "namespace")
+    assert namespace["reserved"] == ["search"]
+    del namespace["reserved"]
+    compiled, errors = _route_errors(schema)
+    assert compiled is None
+    [error] = [e for e in errors if "hidden" in e["message"]]
+    assert "GET /v1/{namespace} is hidden by GET /v1/search" in error["message"]
+    assert '{"field": "namespace", "reserved": ["search"]}' in error["message"]
+
+
+def test_a_reserved_namespace_cannot_be_published_to(make_depot, project_schema):
+    depot = make_depot(project_schema)
+    response = depot.publish("search", "tool", "1.0.0", "linux", b"x")
+    assert response.status_code == 400 and response.get_json()["error"]["field"] == "namespace"
+    assert "reserved" in response.get_json()["error"]["message"]
+    assert depot.publish("SEARCH", "tool", "1.0.0", "linux", b"x").status_code == 400
+
+
+def test_overlaps_the_entity_already_refuses_are_accepted(project_schema):
+    """GET .../tags/{tag} beside GET .../{version}/{variant}: 'tags' is no semantic version, so no valid
+    request is lost; with a versioning scheme that accepts it, the checker says so."""
+    assert _route_errors(project_schema)[0] is not None
+    schema = copy.deepcopy(project_schema)
+    schema["entities"]["versioning"].update(scheme="opaque", ordering="lexical")
+    compiled, errors = _route_errors(schema)
+    assert any("when version is 'tags'" in e["message"] for e in errors), errors
