@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 
 import bcrypt
 import jwt
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.errors import DepotError, bad_request, not_found
@@ -507,12 +507,15 @@ class Identity:
                               "expires_in")
         return expires_in
 
-    def list_tokens(self, owner):
+    def list_tokens(self, owner, offset, limit):
+        """A page of ``owner``'s tokens, oldest first: (views, total)."""
         with self.sessions() as session:
             user = self._user(session, owner)
-            tokens = session.scalars(select(ApiToken).where(ApiToken.user_id == user.id)
-                                     .order_by(ApiToken.created_at)).all()
-            return [token_view(t, user.username) for t in tokens]
+            mine = ApiToken.user_id == user.id
+            tokens = session.scalars(select(ApiToken).where(mine).order_by(ApiToken.created_at, ApiToken.id)
+                                     .offset(offset).limit(limit)).all()
+            total = session.scalar(select(func.count()).select_from(ApiToken).where(mine))
+            return [token_view(t, user.username) for t in tokens], total
 
     def revoke_token(self, owner, token_id):
         with self.sessions() as session:

@@ -13,7 +13,7 @@ from app import replication
 from app.auth import DEFAULT_TTL, username_key
 from app.body import RequestBody, parse_json, read_all
 from app.context import ResponseSpec
-from app.definitions import MAX_PAGE, MAX_PAGE_SIZE
+from app.definitions import PAGE_QUERY, query_value
 from app.errors import DepotError, bad_request, not_found
 from app.http import json_response, write_response
 from app.schema_store import version_view
@@ -48,14 +48,9 @@ def json_body(limit=MAX_BODY, allowed=None, empty=None):
 
 
 def page_args():
-    """?page= (from 1) and ?page_size= (1 to 200, default 50): the API's one pagination form."""
-    try:
-        page = int(request.args.get("page", 1))
-        size = int(request.args.get("page_size", 50))
-    except ValueError:
-        raise bad_request("INVALID_QUERY", "page and page_size are integers")
-    if not 1 <= page <= MAX_PAGE or not 1 <= size <= MAX_PAGE_SIZE:
-        raise bad_request("INVALID_QUERY", "page is 1 to %d; page_size is 1 to %d" % (MAX_PAGE, MAX_PAGE_SIZE))
+    """?page= (from 1) and ?page_size= (1 to 200, default 50), read as the schema's list routes read them: 400
+    INVALID_QUERY naming the parameter. Returns (page, page_size, offset)."""
+    page, size = (query_value(request.args.get(name), name, spec) for name, spec in PAGE_QUERY.items())
     return page, size, (page - 1) * size
 
 
@@ -75,6 +70,13 @@ def int_arg(name, default, minimum):
 
 def paginated(items, total, page, size):
     return {"items": items, "total": total, "page": page, "page_size": size}
+
+
+def token_page(identity, owner):
+    """A page of ``owner``'s API tokens, in the envelope every list answers."""
+    page, size, offset = page_args()
+    tokens, total = identity.list_tokens(owner, offset, size)
+    return paginated(tokens, total, page, size)
 
 
 def issue_api_token(service, owner, principal):
@@ -216,7 +218,7 @@ def _auth_views(bp, service, guard):
     @bp.get("/auth/tokens")
     def list_tokens():
         principal = guard.login_session(principal_or_401(), "token.list")
-        return json_response({"items": identity.list_tokens(principal["sub"])})
+        return json_response(token_page(identity, principal["sub"]))
 
     @bp.delete("/auth/tokens/<token_id>")
     def revoke_token(token_id):
@@ -285,7 +287,7 @@ def _user_views(bp, service, guard):
     @bp.get("/admin/users/<username>/tokens")
     @admin_action("admin.tokens.list", login_session=True)
     def user_tokens(username):
-        return json_response({"items": identity.list_tokens(username)}), username
+        return json_response(token_page(identity, username)), username
 
     @bp.post("/admin/users/<username>/tokens")
     @admin_action("admin.tokens.create", login_session=True)
@@ -320,9 +322,11 @@ def _schema_views(bp, service, guard):
         return json_response(version_view(service.schemas.get(version), with_document=True)), None
 
     def _apply(doc, comment):
-        row, report = service.apply_schema(doc, g.principal["sub"], comment)
-        body = dict(version_view(row), warnings=report.to_dict()["warnings"])
-        return json_response(body, 201), "schema version %d" % row.version
+        """201 and the new version; the schema already served is no new version: 200 and "unchanged": true."""
+        row, report, created = service.apply_schema(doc, g.principal["sub"], comment)
+        body = dict(version_view(row), unchanged=not created, warnings=report.to_dict()["warnings"])
+        target = "schema version %d%s" % (row.version, "" if created else " (unchanged)")
+        return json_response(body, 201 if created else 200), target
 
     @bp.post("/admin/schema")
     @admin_action("admin.schema.update")

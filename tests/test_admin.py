@@ -630,7 +630,7 @@ def test_the_audit_log_records_logins_tokens_publishes_tags_and_admin_actions(de
     assert_row_shape(row)
 
     # a tag change
-    tagged = depot.client.put("/v1/acme/pkg/tags/stable", json={"target_version": "1.0.0", "target_variant": "linux"},
+    tagged = depot.client.put("/v1/acme/pkg/tags/stable", json={"version": "1.0.0", "variant": "linux"},
                               headers=bearer(secret, **{"X-Request-Id": "tag-it"}))
     assert tagged.status_code == 200, tagged.get_data()
     row = the_row(depot, action="route.set_tag", request_id="tag-it")
