@@ -131,6 +131,11 @@ def user_view(user):
             "created_at": iso(user.created_at), "last_login_at": iso(user.last_login_at)}
 
 
+def account_state(view):
+    """The part of a user's view an admin changes, as the audit log records it before and after a change."""
+    return {"scopes": view["scopes"], "status": view["status"]}
+
+
 def token_view(token, owner):
     return {"id": token.id, "name": token.name, "owner": owner, "scopes": sorted(token.scopes),
             "created_at": iso(token.created_at), "expires_at": iso(token.expires_at),
@@ -370,7 +375,9 @@ class Identity:
         return user
 
     def update_user(self, username, scopes=None, status=None, password=None):
-        """Change what is not None. Refused (409 LAST_ADMIN) when it would leave no active admin."""
+        """Change what is not None. Refused (409 LAST_ADMIN) when it would leave no active admin. Returns the
+        account's view after the change and what changed: {"before", "after"} of its scopes and status, and
+        whether the password changed (never a hash)."""
         if scopes is not None:
             self.check_scopes(scopes)
         if status is not None:
@@ -380,12 +387,14 @@ class Identity:
         with self._accounts_lock, self.sessions() as session:
             admins = self._active_admins(session)
             user = self._user(session, username)
+            before = account_state(user_view(user))
             self._apply_changes(session, user, scopes, status, password)
             if admins == [user] and not is_active_admin(user):
                 raise _last_admin(user.username)
             session.commit()
         self._forget(user.username)
-        return user_view(user)
+        after = user_view(user)
+        return after, {"before": before, "after": account_state(after), "password_changed": password is not None}
 
     def _apply_changes(self, session, user, scopes, status, password):
         if scopes is not None:

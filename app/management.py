@@ -10,7 +10,8 @@ import json
 from flask import Blueprint, current_app, g, request
 
 from app import replication
-from app.auth import DEFAULT_TTL, username_key
+from app.audit import api_token_id
+from app.auth import DEFAULT_TTL, account_state, username_key
 from app.body import RequestBody, parse_json, read_all
 from app.context import ResponseSpec
 from app.definitions import PAGE_QUERY, query_value
@@ -23,8 +24,9 @@ MAX_GRACE_SECONDS = 100 * 365 * 86400
 
 
 def client():
+    """Where the request came from and, when an API token made it, which one: every audit record carries them."""
     return {"ip": request.remote_addr, "user_agent": request.headers.get("User-Agent"),
-            "request_id": g.get("request_id")}
+            "request_id": g.get("request_id"), "token_id": api_token_id(g.get("principal"))}
 
 
 def request_body(limit):
@@ -113,6 +115,7 @@ class Guard:
         if principal is None or principal["kind"] == "anonymous":
             raise DepotError("UNAUTHENTICATED", 401, "a valid bearer token is required",
                              headers={"WWW-Authenticate": "Bearer"})
+        g.principal = principal  # what the audit records name (client())
         return principal
 
     def login_session(self, principal, action):
@@ -127,7 +130,8 @@ class Guard:
 
     def admin_action(self, action, login_session=False):
         """An admin view: needs the admin scope (a refusal is audited as denied) and, with ``login_session``, a
-        login token; audited with its outcome. The view returns (response, target)."""
+        login token; audited with its outcome. The view returns (response, target) or (response, target, detail):
+        what changed, for the audit record."""
         audit = self.service.audit
 
         def wrap(view):
@@ -139,15 +143,14 @@ class Guard:
                     raise DepotError("FORBIDDEN", 403, "this needs the admin scope")
                 if login_session:
                     self.login_session(principal, action)
-                g.principal = principal
                 try:
-                    response, target = view(*args, **kwargs)
+                    response, target, *detail = view(*args, **kwargs)
                 except DepotError as error:
                     audit.record(principal["sub"], action, request.path, "failure", client(),
                                  {"code": error.code, "status": error.status})
                     raise
                 if request.method not in ("GET", "HEAD"):
-                    audit.record(principal["sub"], action, target, "success", client())
+                    audit.record(principal["sub"], action, target, "success", client(), *detail)
                 return response
             return run
         return wrap
@@ -258,7 +261,7 @@ def _user_views(bp, service, guard):
         body = json_body(65536)
         username, password = string_fields(body, "username", "password")
         view = identity.create_user(username, password, body.get("scopes", ["read"]), body.get("status", "active"))
-        return json_response(view, 201), view["username"]
+        return json_response(view, 201), view["username"], {"after": account_state(view)}
 
     @bp.get("/admin/users/<username>")
     @admin_action("admin.users.get")
@@ -275,14 +278,14 @@ def _user_views(bp, service, guard):
         for name in body:
             if body[name] is None:
                 raise bad_request("INVALID_REQUEST", "%s cannot be null; leave it out to keep it" % name, name)
-        view = identity.update_user(username, body.get("scopes"), body.get("status"), body.get("password"))
-        return json_response(view), view["username"]
+        view, changes = identity.update_user(username, body.get("scopes"), body.get("status"), body.get("password"))
+        return json_response(view), view["username"], changes
 
     @bp.delete("/admin/users/<username>")
     @admin_action("admin.users.delete")
     def delete_user(username):
         view = identity.delete_user(username)
-        return json_response(dict(view, deleted=True)), view["username"]
+        return json_response(dict(view, deleted=True)), view["username"], {"before": account_state(view)}
 
     @bp.get("/admin/users/<username>/tokens")
     @admin_action("admin.tokens.list", login_session=True)
@@ -381,7 +384,7 @@ def _maintenance_views(bp, service, guard):
         if not isinstance(dry_run, bool):
             raise bad_request("INVALID_REQUEST", "dry_run is true or false", "dry_run")
         result = gc.collect(service.engine, dry_run=dry_run, grace_seconds=grace)
-        return json_response(result), "%d blob(s)" % len(result["removed"])
+        return json_response(result), gc.audit_target(result), gc.audit_detail(result)
 
     @bp.get("/admin/audit")
     @admin_action("admin.audit")

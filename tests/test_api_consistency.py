@@ -136,3 +136,34 @@ def test_every_list_answers_one_envelope_and_validates_its_paging(depot, path):
         assert refused.status_code == 400, (params, refused.get_data())
         error = refused.get_json()["error"]
         assert (error["code"], error["field"]) == ("INVALID_QUERY", field), (params, error)
+
+
+# --- one vocabulary -------------------------------------------------------------------------------------------
+
+ARTIFACT = ["namespace", "name", "version", "variant", "blob_digest", "blob_size"]
+
+
+def test_artifact_fields_have_one_name_in_every_view(depot):
+    published = depot.publish("acme", "vocab", "1.0.0", "x", b"vocabulary", headers={"X-Depot-Description": "d"})
+    assert published.status_code == 201
+    assert list(published.get_json()) == ["ok", "blob_digest", "blob_size"]
+    tagged = depot.client.put("/v1/acme/vocab/tags/stable", json={"version": "1.0.0", "variant": "x"},
+                              headers=depot.headers())
+    assert tagged.status_code == 200, tagged.get_data()
+    read = depot.headers()
+    views = {"metadata": depot.client.get("/v1/acme/vocab/1.0.0/x", headers=read).get_json(),
+             "version row": depot.client.get("/v1/acme/vocab/versions", headers=read).get_json()["items"][0],
+             "latest": depot.client.get("/v1/acme/vocab/latest", headers=read).get_json()}
+    expected = {"namespace": "acme", "name": "vocab", "version": "1.0.0", "variant": "x",
+                "blob_digest": published.get_json()["blob_digest"], "blob_size": len(b"vocabulary")}
+    for what, view in views.items():
+        assert {key: view.get(key) for key in ARTIFACT} == expected, what
+        assert list(view)[:len(ARTIFACT)] == ARTIFACT, what
+    assert list(views["metadata"]) == list(views["version row"])  # the same fields, in the same order
+    tag_views = [depot.client.get("/v1/acme/vocab/tags/stable", headers=read).get_json(),
+                 depot.client.get("/v1/acme/vocab/tags", headers=read).get_json()["items"][0]]
+    for view in tag_views:
+        assert list(view) == ["namespace", "name", "tag", "version", "variant", "blob_digest", "updated_at",
+                              "updated_by"]
+        assert {key: view[key] for key in ("version", "variant", "blob_digest")} == {
+            key: expected[key] for key in ("version", "variant", "blob_digest")}
