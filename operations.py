@@ -15,7 +15,7 @@ from app.body import parse_json as parse_json_body, read_all
 from app.conditions import ConditionError, compile_condition
 from app.rows import RowContext
 from app.context import ResponseSpec
-from app.definitions import MAX_PAGE, MAX_PAGE_SIZE, chain
+from app.definitions import MAX_PAGE, MAX_PAGE_SIZE, chain, query_value
 from app.errors import DepotError, bad_request, too_large
 from app import expr
 from app.opspec import BindError, Const, JsonSchema, Output, RefTo, Scopes, Source, Template, op
@@ -63,9 +63,6 @@ def parse_path(ctx, a):
     ctx.fields.update(ctx.request.path_params)
 
 
-_QUERY_TYPES = {"string": str, "integer": int, "boolean": lambda v: v.lower() in ("1", "true", "yes")}
-
-
 @op("parse.query", "Bind query parameters into the field namespace, typed and bounded when declared.",
     args={"fields": Const("object", "name -> {type: string|integer|boolean, default, minimum, maximum, required}",
                           required=False, default={}),
@@ -78,27 +75,12 @@ def parse_query(ctx, a):
     query = ctx.request.query
     if a.fields:
         for name, spec in a.fields.items():
-            ctx.fields.setdefault(name, _query_value(query.get(name), name, spec))
+            ctx.fields.setdefault(name, query_value(query.get(name), name, spec))
     else:
         for name, value in query.items():
             ctx.fields.setdefault(name, value)
     if a.out:
         ctx.vars[a.out] = dict(query)
-
-
-def _query_value(raw, name, spec):
-    if raw is None:
-        if spec.get("required"):
-            raise bad_request("INVALID_QUERY", "query parameter %r is required" % name, name)
-        return spec.get("default")
-    try:
-        value = _QUERY_TYPES[spec.get("type", "string")](raw)
-    except ValueError:
-        raise bad_request("INVALID_QUERY", "query parameter %r must be %s" % (name, spec.get("type")), name)
-    if "minimum" in spec and value < spec["minimum"] or "maximum" in spec and value > spec["maximum"]:
-        raise bad_request("INVALID_QUERY", "query parameter %r is out of range [%s, %s]"
-                          % (name, spec.get("minimum"), spec.get("maximum")), name)
-    return value
 
 
 @op("parse.headers", "Bind request headers: `fields` maps field names to header names (absent headers bind "
@@ -180,7 +162,7 @@ def validate_entity(ctx, a):
 @op("validate.json_schema", "Validate a value against a JSON Schema; the first error names the field.",
     args={"schema": JsonSchema("the schema to satisfy"), "value": Template("the value to validate, usually $body")},
     errors=["400 SCHEMA_VALIDATION"],
-    example={"schema": {"type": "object", "required": ["target_version"]}, "value": "$body"},
+    example={"schema": {"type": "object", "required": ["version"]}, "value": "$body"},
     binds=lambda scope, raw: scope.bind_body_schema(raw.get("value"), raw.get("schema")),
     openapi=lambda o, a: o.body_schema(a.value, a.schema))
 def validate_json_schema(ctx, a):

@@ -12,8 +12,11 @@ class Audit:
         self.sessions = sessions
 
     def record(self, actor, action, target, outcome, client=None, detail=None):
-        """``client``: {"ip", "user_agent", "request_id"} of the request, when there is one."""
+        """``client``: {"ip", "user_agent", "request_id", "token_id"} of the request, when there is one; the id of
+        the API token that acted (None for a login session) goes into ``detail`` as token_id."""
         client = client or {}
+        if client.get("token_id"):
+            detail = dict(detail or {}, token_id=client["token_id"])
         with self.sessions() as session:
             session.add(AuditEvent(actor=_fit(actor or "anonymous", 128), action=action, target=_fit(target or "", 512),
                                    outcome=str(outcome), client_ip=client.get("ip"),
@@ -39,6 +42,11 @@ class Audit:
                                    .order_by(AuditEvent.id.desc()).offset(offset).limit(limit)).all()
             total = session.scalar(select(func.count()).select_from(AuditEvent).where(*conditions))
             return [_view(r) for r in rows], total
+
+
+def api_token_id(principal):
+    """The id of the API token a principal authenticated with; None for a login session, or nobody."""
+    return principal["token_id"] if principal is not None and principal["kind"] == "api_token" else None
 
 
 def _fit(text, limit):

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 
 import bcrypt
 import jwt
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.errors import DepotError, bad_request, not_found
@@ -129,6 +129,11 @@ def _unauthorized(code, message):
 def user_view(user):
     return {"username": user.username, "scopes": sorted(user.scopes), "status": user.status,
             "created_at": iso(user.created_at), "last_login_at": iso(user.last_login_at)}
+
+
+def account_state(view):
+    """The part of a user's view an admin changes, as the audit log records it before and after a change."""
+    return {"scopes": view["scopes"], "status": view["status"]}
 
 
 def token_view(token, owner):
@@ -370,7 +375,9 @@ class Identity:
         return user
 
     def update_user(self, username, scopes=None, status=None, password=None):
-        """Change what is not None. Refused (409 LAST_ADMIN) when it would leave no active admin."""
+        """Change what is not None. Refused (409 LAST_ADMIN) when it would leave no active admin. Returns the
+        account's view after the change and what changed: {"before", "after"} of its scopes and status, and
+        whether the password changed (never a hash)."""
         if scopes is not None:
             self.check_scopes(scopes)
         if status is not None:
@@ -380,12 +387,14 @@ class Identity:
         with self._accounts_lock, self.sessions() as session:
             admins = self._active_admins(session)
             user = self._user(session, username)
+            before = account_state(user_view(user))
             self._apply_changes(session, user, scopes, status, password)
             if admins == [user] and not is_active_admin(user):
                 raise _last_admin(user.username)
             session.commit()
         self._forget(user.username)
-        return user_view(user)
+        after = user_view(user)
+        return after, {"before": before, "after": account_state(after), "password_changed": password is not None}
 
     def _apply_changes(self, session, user, scopes, status, password):
         if scopes is not None:
@@ -510,12 +519,15 @@ class Identity:
                               "expires_in")
         return expires_in
 
-    def list_tokens(self, owner):
+    def list_tokens(self, owner, offset, limit):
+        """A page of ``owner``'s tokens, oldest first: (views, total)."""
         with self.sessions() as session:
             user = self._user(session, owner)
-            tokens = session.scalars(select(ApiToken).where(ApiToken.user_id == user.id)
-                                     .order_by(ApiToken.created_at)).all()
-            return [token_view(t, user.username) for t in tokens]
+            mine = ApiToken.user_id == user.id
+            tokens = session.scalars(select(ApiToken).where(mine).order_by(ApiToken.created_at, ApiToken.id)
+                                     .offset(offset).limit(limit)).all()
+            total = session.scalar(select(func.count()).select_from(ApiToken).where(mine))
+            return [token_view(t, user.username) for t in tokens], total
 
     def revoke_token(self, owner, token_id):
         with self.sessions() as session:

@@ -269,9 +269,15 @@ class CompiledSchema:
     def __init__(self, doc, report):
         self.doc = doc
         self.report = report
-        self.sha256 = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+        self.sha256 = schema_digest(doc)
         self.routes = []
         self.apply_pipelines = {}
+
+
+def schema_digest(doc):
+    """A schema's identity, the one /health, /openapi.json and /admin/schema show: SHA-256 over its canonical
+    JSON (keys sorted, no spaces), so neither key order nor spacing makes two equal schemas differ."""
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def load_schema_file(path):

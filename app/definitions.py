@@ -10,7 +10,7 @@ import jsonschema
 
 from app.body import MAX_JSON_DEPTH
 from app.codegen import FunctionBuilder
-from app.errors import DepotError
+from app.errors import DepotError, bad_request
 from app.stores import sortkeys
 
 
@@ -248,6 +248,27 @@ class BlobStoreDef:
 
 MAX_PAGE_SIZE = 200  # one bound for every paginated list, schema routes and Depot's own alike
 MAX_PAGE = 10_000_000  # ... and for page numbers: offsets stay far inside the SQL databases' 64-bit integers
+# Depot's own lists read ?page= and ?page_size= by these specs, as the schema's list routes declare them
+PAGE_QUERY = {"page": {"type": "integer", "default": 1, "minimum": 1, "maximum": MAX_PAGE},
+              "page_size": {"type": "integer", "default": 50, "minimum": 1, "maximum": MAX_PAGE_SIZE}}
+_QUERY_TYPES = {"string": str, "integer": int, "boolean": lambda v: v.lower() in ("1", "true", "yes")}
+
+
+def query_value(raw, name, spec):
+    """A query parameter typed and bounded by ``spec`` ({type, default, minimum, maximum, required}); 400
+    INVALID_QUERY naming it otherwise. Schema routes (parse.query) and Depot's own lists read them alike."""
+    if raw is None:
+        if spec.get("required"):
+            raise bad_request("INVALID_QUERY", "query parameter %r is required" % name, name)
+        return spec.get("default")
+    try:
+        value = _QUERY_TYPES[spec.get("type", "string")](raw)
+    except ValueError:
+        raise bad_request("INVALID_QUERY", "query parameter %r must be %s" % (name, spec.get("type")), name)
+    if "minimum" in spec and value < spec["minimum"] or "maximum" in spec and value > spec["maximum"]:
+        raise bad_request("INVALID_QUERY", "query parameter %r is out of range [%s, %s]"
+                          % (name, spec.get("minimum"), spec.get("maximum")), name)
+    return value
 
 
 class Limits:

@@ -61,3 +61,15 @@ def summary(sweeps, marked, dry_run, grace_seconds):
                         "removed": len(removed), "within_grace": total("recent"), "in_use": total("in_use")},
             "temp_files": {"removed": total("temp_removed"), "removed_bytes": total("temp_removed_bytes"),
                            "kept": total("temp_kept")}}
+
+
+def audit_target(result):
+    """How the audit log names what a collection did (or, dry, would have done)."""
+    return "%s%d blob(s)" % ("dry run: " if result["dry_run"] else "", len(result["removed"]))
+
+
+def audit_detail(result):
+    """What the audit log keeps of a collection's report: whether it was a dry run and what it removed."""
+    return {"dry_run": result["dry_run"], "grace_seconds": result["grace_seconds"],
+            "removed": len(result["removed"]), "removed_bytes": result["removed_bytes"],
+            "temp_files_removed": result["temp_files"]["removed"]}

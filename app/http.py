@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from werkzeug.routing import Map, Rule
 from werkzeug.wsgi import wrap_file
 
+from app.audit import api_token_id
 from app.body import RequestBody
 from app.context import RequestData
 from app.errors import DepotError, too_large
@@ -317,4 +318,4 @@ def _audit_route(service, route, data, ctx, status):
     outcome = "success" if status < 400 else "failure"
     service.audit.record(actor, "route." + route.id, data.path, outcome,
                          {"ip": data.remote_addr, "user_agent": data.headers.get("User-Agent"),
-                          "request_id": data.request_id}, {"status": status})
+                          "request_id": data.request_id, "token_id": api_token_id(principal)}, {"status": status})

@@ -10,10 +10,11 @@ import json
 from flask import Blueprint, current_app, g, request
 
 from app import replication
-from app.auth import DEFAULT_TTL, username_key
+from app.audit import api_token_id
+from app.auth import DEFAULT_TTL, account_state, username_key
 from app.body import RequestBody, parse_json, read_all
 from app.context import ResponseSpec
-from app.definitions import MAX_PAGE, MAX_PAGE_SIZE
+from app.definitions import PAGE_QUERY, query_value
 from app.errors import DepotError, bad_request, not_found
 from app.http import json_response, write_response
 from app.schema_store import version_view
@@ -23,8 +24,9 @@ MAX_GRACE_SECONDS = 100 * 365 * 86400
 
 
 def client():
+    """Where the request came from and, when an API token made it, which one: every audit record carries them."""
     return {"ip": request.remote_addr, "user_agent": request.headers.get("User-Agent"),
-            "request_id": g.get("request_id")}
+            "request_id": g.get("request_id"), "token_id": api_token_id(g.get("principal"))}
 
 
 def request_body(limit):
@@ -48,14 +50,9 @@ def json_body(limit=MAX_BODY, allowed=None, empty=None):
 
 
 def page_args():
-    """?page= (from 1) and ?page_size= (1 to 200, default 50): the API's one pagination form."""
-    try:
-        page = int(request.args.get("page", 1))
-        size = int(request.args.get("page_size", 50))
-    except ValueError:
-        raise bad_request("INVALID_QUERY", "page and page_size are integers")
-    if not 1 <= page <= MAX_PAGE or not 1 <= size <= MAX_PAGE_SIZE:
-        raise bad_request("INVALID_QUERY", "page is 1 to %d; page_size is 1 to %d" % (MAX_PAGE, MAX_PAGE_SIZE))
+    """?page= (from 1) and ?page_size= (1 to 200, default 50), read as the schema's list routes read them: 400
+    INVALID_QUERY naming the parameter. Returns (page, page_size, offset)."""
+    page, size = (query_value(request.args.get(name), name, spec) for name, spec in PAGE_QUERY.items())
     return page, size, (page - 1) * size
 
 
@@ -75,6 +72,13 @@ def int_arg(name, default, minimum):
 
 def paginated(items, total, page, size):
     return {"items": items, "total": total, "page": page, "page_size": size}
+
+
+def token_page(identity, owner):
+    """A page of ``owner``'s API tokens, in the envelope every list answers."""
+    page, size, offset = page_args()
+    tokens, total = identity.list_tokens(owner, offset, size)
+    return paginated(tokens, total, page, size)
 
 
 def issue_api_token(service, owner, principal):
@@ -111,6 +115,7 @@ class Guard:
         if principal is None or principal["kind"] == "anonymous":
             raise DepotError("UNAUTHENTICATED", 401, "a valid bearer token is required",
                              headers={"WWW-Authenticate": "Bearer"})
+        g.principal = principal  # what the audit records name (client())
         return principal
 
     def login_session(self, principal, action):
@@ -125,7 +130,8 @@ class Guard:
 
     def admin_action(self, action, login_session=False):
         """An admin view: needs the admin scope (a refusal is audited as denied) and, with ``login_session``, a
-        login token; audited with its outcome. The view returns (response, target)."""
+        login token; audited with its outcome. The view returns (response, target) or (response, target, detail):
+        what changed, for the audit record."""
         audit = self.service.audit
 
         def wrap(view):
@@ -137,15 +143,14 @@ class Guard:
                     raise DepotError("FORBIDDEN", 403, "this needs the admin scope")
                 if login_session:
                     self.login_session(principal, action)
-                g.principal = principal
                 try:
-                    response, target = view(*args, **kwargs)
+                    response, target, *detail = view(*args, **kwargs)
                 except DepotError as error:
                     audit.record(principal["sub"], action, request.path, "failure", client(),
                                  {"code": error.code, "status": error.status})
                     raise
                 if request.method not in ("GET", "HEAD"):
-                    audit.record(principal["sub"], action, target, "success", client())
+                    audit.record(principal["sub"], action, target, "success", client(), *detail)
                 return response
             return run
         return wrap
@@ -217,7 +222,7 @@ def _auth_views(bp, service, guard):
     @bp.get("/auth/tokens")
     def list_tokens():
         principal = guard.login_session(principal_or_401(), "token.list")
-        return json_response({"items": identity.list_tokens(principal["sub"])})
+        return json_response(token_page(identity, principal["sub"]))
 
     @bp.delete("/auth/tokens/<token_id>")
     def revoke_token(token_id):
@@ -257,7 +262,7 @@ def _user_views(bp, service, guard):
         body = json_body(65536)
         username, password = string_fields(body, "username", "password")
         view = identity.create_user(username, password, body.get("scopes", ["read"]), body.get("status", "active"))
-        return json_response(view, 201), view["username"]
+        return json_response(view, 201), view["username"], {"after": account_state(view)}
 
     @bp.get("/admin/users/<username>")
     @admin_action("admin.users.get")
@@ -274,19 +279,19 @@ def _user_views(bp, service, guard):
         for name in body:
             if body[name] is None:
                 raise bad_request("INVALID_REQUEST", "%s cannot be null; leave it out to keep it" % name, name)
-        view = identity.update_user(username, body.get("scopes"), body.get("status"), body.get("password"))
-        return json_response(view), view["username"]
+        view, changes = identity.update_user(username, body.get("scopes"), body.get("status"), body.get("password"))
+        return json_response(view), view["username"], changes
 
     @bp.delete("/admin/users/<username>")
     @admin_action("admin.users.delete")
     def delete_user(username):
         view = identity.delete_user(username, service.access.forget_user)
-        return json_response(dict(view, deleted=True)), view["username"]
+        return json_response(dict(view, deleted=True)), view["username"], {"before": account_state(view)}
 
     @bp.get("/admin/users/<username>/tokens")
     @admin_action("admin.tokens.list", login_session=True)
     def user_tokens(username):
-        return json_response({"items": identity.list_tokens(username)}), username
+        return json_response(token_page(identity, username)), username
 
     @bp.post("/admin/users/<username>/tokens")
     @admin_action("admin.tokens.create", login_session=True)
@@ -394,9 +399,11 @@ def _schema_views(bp, service, guard):
         return json_response(version_view(service.schemas.get(version), with_document=True)), None
 
     def _apply(doc, comment):
-        row, report = service.apply_schema(doc, g.principal["sub"], comment)
-        body = dict(version_view(row), warnings=report.to_dict()["warnings"])
-        return json_response(body, 201), "schema version %d" % row.version
+        """201 and the new version; the schema already served is no new version: 200 and "unchanged": true."""
+        row, report, created = service.apply_schema(doc, g.principal["sub"], comment)
+        body = dict(version_view(row), unchanged=not created, warnings=report.to_dict()["warnings"])
+        target = "schema version %d%s" % (row.version, "" if created else " (unchanged)")
+        return json_response(body, 201 if created else 200), target
 
     @bp.post("/admin/schema")
     @admin_action("admin.schema.update")
@@ -451,7 +458,7 @@ def _maintenance_views(bp, service, guard):
         if not isinstance(dry_run, bool):
             raise bad_request("INVALID_REQUEST", "dry_run is true or false", "dry_run")
         result = gc.collect(service.engine, dry_run=dry_run, grace_seconds=grace)
-        return json_response(result), "%d blob(s)" % len(result["removed"])
+        return json_response(result), gc.audit_target(result), gc.audit_detail(result)
 
     @bp.get("/admin/audit")
     @admin_action("admin.audit")

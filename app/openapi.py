@@ -164,7 +164,7 @@ def document(compiled):
     return {
         "openapi": "3.1.0",
         "info": {"title": compiled.doc.get("type_id", "Depot"), "version": compiled.sha256[:12],
-                 "description": compiled.doc.get("description", "")},
+                 "description": compiled.doc.get("description", ""), "x-schema-sha256": compiled.sha256},
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",

@@ -1,15 +1,16 @@
-"""Schema versions in SQL: the full document, its sha256, who stored it and when, which one is active."""
-import hashlib
+"""Schema versions in SQL: the full document, its sha256, who stored it and when, which one is active.
+
+A document is stored as written, keys in their order: a route's response objects answer in the order the schema
+gives them, and that order must survive a restart or a swap. Its sha256 is app.compiler.schema_digest (over the
+canonical form), the digest /health and /openapi.json show too.
+"""
 import json
 
 from sqlalchemy import func, select, update
 
+from app.compiler import schema_digest
 from app.errors import not_found
 from models import SchemaVersion, iso
-
-
-def canonical(doc):
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
 class SchemaStore:
@@ -22,11 +23,11 @@ class SchemaStore:
 
     def add(self, doc, by, comment=""):
         """Store ``doc`` as a new version and make it the active one, in one transaction."""
-        text = canonical(doc)
+        text = json.dumps(doc, separators=(",", ":"))
         with self.sessions() as session:
             number = (session.scalar(select(func.max(SchemaVersion.version))) or 0) + 1
             session.execute(update(SchemaVersion).where(SchemaVersion.active.is_(True)).values(active=False))
-            row = SchemaVersion(version=number, document=text, sha256=hashlib.sha256(text.encode()).hexdigest(),
+            row = SchemaVersion(version=number, document=text, sha256=schema_digest(doc),
                                 created_by=by, comment=comment[:256], active=True)
             session.add(row)
             session.commit()

@@ -13,7 +13,7 @@ from app import database
 from app.audit import Audit
 from app.access import Access
 from app.auth import Identity, load_or_create_secret
-from app.compiler import compile_or_raise, compile_schema, load_schema_file
+from app.compiler import compile_or_raise, compile_schema, load_schema_file, schema_digest
 from app.engine import Engine, Stores
 from app.errors import DepotError
 from app.ratelimit import RateLimiter
@@ -40,7 +40,8 @@ def open_data_dir(path):
 
 
 class Service:
-    def __init__(self, data_dir, schema=None, schema_path=None, sync=True, announce=print, read_only=False):
+    def __init__(self, data_dir, schema=None, schema_path=None, sync=True, announce=print, read_only=False,
+                 load_schema=False):
         self.data_dir = private_dir(data_dir)
         self.read_only = read_only
         self.announce = announce
@@ -54,19 +55,31 @@ class Service:
         self.stores = Stores(self.data_dir, sync=sync)
         self._swap_lock = threading.Lock()
         self.limiters = {}
-        self._activate(self._initial_schema(schema, schema_path))
+        self._activate(self._initial_schema(schema, schema_path, load_schema))
         self.identity.ensure_admin(self.data_dir, announce)
 
-    def _initial_schema(self, schema, schema_path):
+    def _initial_schema(self, schema, schema_path, load):
+        """The schema to serve: the database's active version. On first start, or with ``load`` when it differs
+        from the active one, ``schema`` (or the file at ``schema_path``, default schema.json) is stored as a new
+        version and served instead."""
         active = self.schemas.active()
-        if active is not None:
-            return compile_or_raise(json.loads(active.document), "schema version %d" % active.version)
+        if active is not None and not load:
+            return self._compile_row(active)
+        source = schema_path or (DEFAULT_SCHEMA if schema is None else "the given schema")
         if schema is None:
-            schema_path = schema_path or DEFAULT_SCHEMA
-            schema = load_schema_file(schema_path)
-        compiled = compile_or_raise(schema, schema_path or "schema")
-        self.schemas.add(schema, "bootstrap", "loaded from %s" % (schema_path or "the given schema"))
+            schema = load_schema_file(source)
+        if active is not None and active.sha256 == schema_digest(schema):
+            return self._compile_row(active)
+        compiled = compile_or_raise(schema, source)
+        row = self.schemas.add(schema, "bootstrap" if active is None else "cli", "loaded from %s" % source)
+        if active is not None:
+            self.audit.record("cli", "admin.schema.load", "schema version %d" % row.version, "success",
+                              detail={"file": source, "replaced_version": active.version})
         return compiled
+
+    @staticmethod
+    def _compile_row(row):
+        return compile_or_raise(json.loads(row.document), "schema version %d" % row.version)
 
     def _activate(self, compiled):
         self.identity.configure(compiled.auth_settings)
@@ -79,14 +92,17 @@ class Service:
 
     def apply_schema(self, doc, by, comment=""):
         """Check ``doc`` exactly as `python -m app check` does; on success store it as the new active version
-        and swap it in. On failure raise 422 SCHEMA_INVALID with the findings; nothing changes."""
+        and swap it in. On failure raise 422 SCHEMA_INVALID with the findings; nothing changes. The same schema
+        as the one served (by digest) is no new version: returns (active row, its report, False)."""
         with self._swap_lock:
+            if schema_digest(doc) == self.engine.compiled.sha256:
+                return self.schemas.active(), self.engine.compiled.report, False
             compiled, report = compile_schema(doc, "uploaded schema")
             if compiled is None:
                 raise DepotError("SCHEMA_INVALID", 422, report.summary(), details=report.to_dict()["errors"])
             row = self.schemas.add(doc, by, comment)
             self._activate(compiled)
-            return row, report
+            return row, report, True
 
     def active_document(self):
         return json.loads(self.schemas.active().document)

@@ -56,7 +56,7 @@ def client(server, number, stop, served):
             session.put(package + "/%s/x/blob" % version, data=os.urandom(1024), timeout=60)
         elif kind < 0.90:
             session.put(package + "/tags/t%d-%d" % (number, next(versions)),
-                        json={"target_version": "1.0.0", "target_variant": "x"}, timeout=60)
+                        json={"version": "1.0.0", "variant": "x"}, timeout=60)
         elif kind < 0.95:
             session.get(package + "/versions", params={"page_size": 50}, timeout=60)
         else:

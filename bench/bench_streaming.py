@@ -43,7 +43,7 @@ def main():
                                 headers=server.auth, timeout=3600)
         upload = time.perf_counter() - started
         assert response.status_code == 201, response.text
-        assert response.json()["digest"] == "sha256:" + sent.hexdigest()
+        assert response.json()["blob_digest"] == "sha256:" + sent.hexdigest()
         after_upload = server.memory_kib()[1]
 
         received = hashlib.sha256()

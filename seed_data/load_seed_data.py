@@ -162,7 +162,7 @@ def read_existing(session, url, what):
 def existing_digest(session, url, artifact):
     """The stored digest of these coordinates, or None when nothing is stored there."""
     meta = read_existing(session, url + artifact_path(artifact), "metadata")
-    return None if meta is None else meta.get("digest")
+    return None if meta is None else meta.get("blob_digest")
 
 
 def check_existing(session, url, artifact, digest):
@@ -204,7 +204,7 @@ def recheck_after_conflict(session, url, artifact, digest, response):
 # --- tags --------------------------------------------------------------------------------------------------
 
 def tag_label(tag):
-    return "tag %(namespace)s/%(name)s:%(tag)s -> %(target_version)s (%(target_variant)s)" % tag
+    return "tag %(namespace)s/%(name)s:%(tag)s -> %(version)s (%(variant)s)" % tag
 
 
 def tag_path(tag):
@@ -216,8 +216,8 @@ def check_existing_tag(session, url, tag):
     current = read_existing(session, url + tag_path(tag), "tag")
     if current is None:
         return None
-    target = (current.get("target_version"), current.get("target_variant"))
-    if target != (tag["target_version"], tag["target_variant"]):
+    target = (current.get("version"), current.get("variant"))
+    if target != (tag["version"], tag["variant"]):
         raise StepFailed("conflict: tag already points at %s (%s) and tags are immutable" % target)
     return PRESENT
 
@@ -226,7 +226,7 @@ def set_tag(session, url, tag):
     present = check_existing_tag(session, url, tag)
     if present:
         return present
-    body = {"target_version": tag["target_version"], "target_variant": tag["target_variant"]}
+    body = {"version": tag["version"], "variant": tag["variant"]}
     response = request(session, "PUT", url + tag_path(tag), json=body)
     if response.status_code in (200, 201):
         return PUBLISHED

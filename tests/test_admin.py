@@ -630,7 +630,7 @@ def test_the_audit_log_records_logins_tokens_publishes_tags_and_admin_actions(de
     assert_row_shape(row)
 
     # a tag change
-    tagged = depot.client.put("/v1/acme/pkg/tags/stable", json={"target_version": "1.0.0", "target_variant": "linux"},
+    tagged = depot.client.put("/v1/acme/pkg/tags/stable", json={"version": "1.0.0", "variant": "linux"},
                               headers=bearer(secret, **{"X-Request-Id": "tag-it"}))
     assert tagged.status_code == 200, tagged.get_data()
     row = the_row(depot, action="route.set_tag", request_id="tag-it")
@@ -708,3 +708,67 @@ def test_audit_query_order_filters_and_pages(depot):
         assert bad.status_code == 400 and error_of(bad)["code"] == "INVALID_QUERY", query
     bad_since = depot.client.get("/admin/audit?since=yesterday", headers=h)
     assert bad_since.status_code == 400 and error_of(bad_since)["code"] == "INVALID_QUERY"
+
+
+# --- what the audit log says changed ---------------------------------------------------------------------------
+
+def test_a_user_update_is_audited_with_before_and_after_and_never_a_password(depot):
+    h = admin(depot)
+    assert depot.client.post("/admin/users", headers=h, json={"username": "fay", "password": "fay-password-123",
+                                                              "scopes": ["read"]}).status_code == 201
+    changed = depot.client.patch("/admin/users/fay", headers=dict(h, **{"X-Request-Id": "fay-up"}),
+                                 json={"scopes": ["read", "write"], "status": "disabled",
+                                       "password": "fay-new-password-1"})
+    assert changed.status_code == 200, changed.get_data()
+    row = the_row(depot, action="admin.users.update", request_id="fay-up")
+    assert row["detail"] == {"before": {"scopes": ["read"], "status": "active"},
+                             "after": {"scopes": ["read", "write"], "status": "disabled"},
+                             "password_changed": True}
+    scopes_only = depot.client.patch("/admin/users/fay", headers=dict(h, **{"X-Request-Id": "fay-scopes"}),
+                                     json={"scopes": ["read"]})
+    assert scopes_only.status_code == 200
+    row = the_row(depot, action="admin.users.update", request_id="fay-scopes")
+    assert row["detail"]["before"]["scopes"] == ["read", "write"] and row["detail"]["after"]["scopes"] == ["read"]
+    assert row["detail"]["password_changed"] is False
+    created = the_row(depot, action="admin.users.create", target="fay")
+    assert created["detail"] == {"after": {"scopes": ["read"], "status": "active"}}
+    assert depot.client.delete("/admin/users/fay", headers=h).status_code == 200
+    deleted = the_row(depot, action="admin.users.delete", target="fay")
+    assert deleted["detail"] == {"before": {"scopes": ["read"], "status": "disabled"}}
+    text = json.dumps(all_audit(depot))
+    assert "password-1" not in text and "bcrypt" not in text and "$2b$" not in text
+
+
+def test_gc_is_audited_with_whether_it_was_a_dry_run(depot):
+    h = admin(depot)
+    for dry_run, request_id in ((True, "gc-dry"), (False, "gc-real")):
+        collected = depot.client.post("/admin/gc", json={"dry_run": dry_run},
+                                      headers=dict(h, **{"X-Request-Id": request_id}))
+        assert collected.status_code == 200, collected.get_data()
+        row = the_row(depot, action="admin.gc", request_id=request_id)
+        assert row["detail"]["dry_run"] is dry_run and row["detail"]["removed"] == 0
+        assert row["target"].startswith("dry run: ") is dry_run
+
+
+def test_every_action_taken_with_an_api_token_names_the_token(depot):
+    session = bearer(login(depot, "admin", ADMIN_PASSWORD).get_json()["token"])
+    made = depot.client.post("/auth/tokens", headers=session,
+                             json={"name": "robot", "scopes": ["admin", "read", "write"]})
+    assert made.status_code == 201
+    token_id, robot = made.get_json()["id"], bearer(made.get_json()["token"])
+    actions = [("admin.users.create", depot.client.post("/admin/users", headers=robot, json={
+                   "username": "gus", "password": "gus-password-123"})),
+               ("admin.users.update", depot.client.patch("/admin/users/gus", headers=robot,
+                                                         json={"status": "disabled"})),
+               ("admin.gc", depot.client.post("/admin/gc", headers=robot, json={"dry_run": True})),
+               ("route.publish_artifact_blob", depot.client.put("/v1/acme/robot/1.0.0/x/blob", data=b"r",
+                                                                headers=robot)),
+               ("admin.tokens.list", depot.client.get("/admin/users/gus/tokens", headers=robot)),  # denied
+               ("token.create", depot.client.post("/auth/tokens", headers=robot,
+                                                  json={"name": "child", "scopes": ["read"]}))]  # denied
+    for action, response in actions:
+        row = the_row(depot, action=action, request_id=response.headers["X-Request-Id"])
+        assert row["detail"]["token_id"] == token_id, (action, row)
+    by_session = depot.client.post("/admin/gc", headers=session, json={"dry_run": True})
+    row = the_row(depot, action="admin.gc", request_id=by_session.headers["X-Request-Id"])
+    assert "token_id" not in row["detail"]

@@ -55,7 +55,7 @@ def write_until_killed(url, auth, ledger, trial, writer, rng):
                 tag = "%s/tags/t%d-%d" % (package, trial, n)
                 target = (rng.choice(mine), "x")
                 ledger.record(ledger.tag_attempts, tag, target)
-                body = {"target_version": target[0], "target_variant": target[1]}
+                body = {"version": target[0], "variant": target[1]}
                 if session.put(url + tag, json=body, timeout=60).status_code == 200:
                     ledger.record(ledger.tags, tag, target)
     except requests.RequestException:
@@ -77,7 +77,7 @@ def verify(url, auth, ledger, paths=None):
         assert meta.status_code == 200, (path, meta.text)
         data = ledger.attempted[path]
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        assert meta.json()["digest"] == digest and meta.json()["size"] == len(data), path
+        assert meta.json()["blob_digest"] == digest and meta.json()["blob_size"] == len(data), path
         assert hashlib.sha256(read.get(url + path + "/blob", timeout=60).content).hexdigest() == digest[7:], path
         present.add(path)
     for writer in range(WRITERS):
@@ -92,7 +92,7 @@ def verify(url, auth, ledger, paths=None):
         if tag in ledger.tags:
             assert answer.status_code == 200, tag
         if answer.status_code == 200:
-            assert (answer.json()["target_version"], answer.json()["target_variant"]) == target, tag
+            assert (answer.json()["version"], answer.json()["variant"]) == target, tag
         else:
             assert answer.status_code == 404, tag
 

@@ -172,4 +172,4 @@ def test_bodies_that_end_early_are_refused_and_store_nothing(server, case):
     assert whole.status_code in (201, 409)  # the coordinates were never taken by the short body
     if whole.status_code == 409:
         meta = requests.get(server.url + PUT[:-len("/blob")], headers={"Authorization": "Bearer " + server.token})
-        assert meta.json()["size"] == MIB
+        assert meta.json()["blob_size"] == MIB

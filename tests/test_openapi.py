@@ -28,7 +28,7 @@ def test_request_bodies_responses_and_security(make_depot, project_schema):
     spec = make_depot(project_schema).client.get("/openapi.json").get_json()
     tag = spec["paths"]["/v1/{namespace}/{name}/tags/{tag}"]["put"]
     body = tag["requestBody"]["content"]["application/json"]["schema"]
-    assert body["required"] == ["target_version", "target_variant"]
+    assert body["required"] == ["version", "variant"]
     assert {"200", "404", "409", "401", "403"} <= set(tag["responses"])
     assert tag["security"] == [{"bearer": []}] and tag["x-required-scopes"] == ["write"]
     publish = spec["paths"]["/v1/{namespace}/{name}/{version}/{variant}/blob"]["put"]

@@ -114,7 +114,7 @@ def test_validate_json_schema_by_storage_schema_name(make_depot, project_schema)
     client = make_depot(schema).client
     error = client.post("/check", json={"namespace": "a"}).get_json()["error"]
     assert error["code"] == "SCHEMA_VALIDATION" and error["field"] == "name"
-    doc = {"namespace": "a", "name": "b", "tag": "t", "target_key": "k", "updated_at": "now"}
+    doc = {"namespace": "a", "name": "b", "tag": "t", "version": "1.0.0", "variant": "x", "updated_at": "now"}
     assert client.post("/check", json=doc).get_json() == {"valid": True}
 
 
@@ -134,8 +134,8 @@ def _doc_routes(schema):
         route("put_note", "PUT", "/notes/{namespace}/{name}", WRITE, *PATH, step("parse.json", out="body"),
               step("txn.begin"),
               step("kv.put", doc="tag_map", key="tag/{namespace}/{name}/note",
-                   value={"namespace": "{namespace}", "name": "{name}", "tag": "note", "target_key": "$body.target",
-                          "updated_at": "now"}),
+                   value={"namespace": "{namespace}", "name": "{name}", "tag": "note", "version": "$body.target",
+                          "variant": "x", "updated_at": "now"}),
               step("txn.abort", when={"equals": ["$body.abort", True]}),
               step("respond.json", when={"equals": ["$body.abort", True]}, status=200, body={"aborted": True}),
               step("txn.commit"),
@@ -154,9 +154,9 @@ def test_kv_put_get_delete_and_txn_abort(make_depot, project_schema):
     client, h = depot.client, depot.headers()
     assert client.get("/notes/a/b", headers=h).status_code == 404
     assert client.put("/notes/a/b", json={"target": "t1"}, headers=h).status_code == 201
-    assert client.get("/notes/a/b", headers=h).get_json()["target_key"] == "t1"
+    assert client.get("/notes/a/b", headers=h).get_json()["version"] == "t1"
     assert client.put("/notes/a/b", json={"target": "t2", "abort": True}, headers=h).get_json() == {"aborted": True}
-    assert client.get("/notes/a/b", headers=h).get_json()["target_key"] == "t1"
+    assert client.get("/notes/a/b", headers=h).get_json()["version"] == "t1"
     assert client.delete("/notes/a/b", headers=h).status_code == 204
     assert client.get("/notes/a/b", headers=h).status_code == 404
 
@@ -165,7 +165,7 @@ def test_kv_put_validates_against_the_document_schema(make_depot, project_schema
     depot = make_depot(_doc_routes(project_schema))
     response = depot.client.put("/notes/a/b", json={"target": 42}, headers=depot.headers())
     error = response.get_json()["error"]
-    assert response.status_code == 400 and error["code"] == "DOCUMENT_INVALID" and error["field"] == "target_key"
+    assert response.status_code == 400 and error["code"] == "DOCUMENT_INVALID" and error["field"] == "version"
     assert depot.client.get("/notes/a/b", headers=depot.headers()).status_code == 404
 
 
@@ -402,14 +402,16 @@ def test_replayed_events_apply_through_apply_pipelines(make_depot, project_schem
     source = make_depot(project_schema, "source")
     assert source.publish("a", "b", "1.0.0", "x", b"r").status_code == 201
     tagged = source.client.put("/v1/a/b/tags/stable", headers=source.headers(),
-                               json={"target_version": "1.0.0", "target_variant": "x"})
+                               json={"version": "1.0.0", "variant": "x"})
     assert tagged.status_code == 200
     replica = make_depot(project_schema, "replica")
     for _, raw in source.service.engine.state.scan(b"kmeta\x00eventlog/"):
         replica.service.engine.apply_event(json.loads(raw))
     state = replica.service.engine.state
     assert json.loads(state.get(kv_key("meta", "artifact/a/b/1.0.0/x")))["blob_size"] == 1
-    assert json.loads(state.get(kv_key("meta", "tag/a/b/stable")))["target_key"] == "artifact/a/b/1.0.0/x"
+    tag = json.loads(state.get(kv_key("meta", "tag/a/b/stable")))
+    digest = "sha256:" + hashlib.sha256(b"r").hexdigest()
+    assert (tag["version"], tag["variant"], tag["blob_digest"]) == ("1.0.0", "x", digest)
 
 
 # --- respond / time / string --------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def test_publish_with_description_and_labels_and_metadata(depot, read):
         "X-Depot-Label-build.id": "b-42",
     })
     assert published.status_code == 201, published.data
-    assert published.get_json() == {"ok": True, "digest": sha(data), "size": len(data)}
+    assert published.get_json() == {"ok": True, "blob_digest": sha(data), "blob_size": len(data)}
 
     meta = depot.client.get("/v1/acme/hello-world/1.2.0/linux-amd64", headers=read)
     assert meta.status_code == 200
@@ -68,16 +68,16 @@ def test_publish_with_description_and_labels_and_metadata(depot, read):
     assert body["name"] == "hello-world"
     assert body["version"] == "1.2.0"
     assert body["variant"] == "linux-amd64"
-    assert body["digest"] == sha(data)
-    assert body["size"] == len(data)
+    assert body["blob_digest"] == sha(data)
+    assert body["blob_size"] == len(data)
     assert body["created_by"] == "tester"
     assert isinstance(body["created_at"], str) and body["created_at"].endswith("Z")
     assert body["description"] == "The hello world tool"
     assert body["labels"] == {"os": "Linux", "arch": "amd64", "build.id": "b-42"}
     # metadata only: no bytes of the artifact in the answer
     assert data[:20] not in meta.data
-    assert set(body) == {"namespace", "name", "version", "variant", "digest", "size", "created_at", "created_by",
-                         "description", "labels"}
+    assert list(body) == ["namespace", "name", "version", "variant", "blob_digest", "blob_size", "created_at",
+                          "created_by", "description", "labels"]
 
     # the path is normalized the same way on reads
     again = depot.client.get("/v1/ACME/hello_world/1.2.0/LINUX-amd64", headers=read)
@@ -181,7 +181,7 @@ def test_versions_semver_order_latest_excludes_prerelease(depot, read):
     latest = depot.client.get("/v1/acme/tool/latest", headers=read)
     assert latest.status_code == 200
     assert latest.get_json() == {"namespace": "acme", "name": "tool", "version": "1.10.0",
-                                 "variant": "linux-amd64", "blob_digest": sha(b"1.10.0")}
+                                 "variant": "linux-amd64", "blob_digest": sha(b"1.10.0"), "blob_size": 6}
 
     body = listing(depot.client.get("/v1/acme/tool/versions", headers=read))
     assert body["total"] == 5 and body["page"] == 1 and body["page_size"] == 50
@@ -321,7 +321,7 @@ def test_bad_paging_is_400_on_every_list_route(depot, read, path, query):
 def test_envelope_on_every_list_route(depot, read, path):
     assert depot.publish("acme", "pkg", "1.0.0", "x", b"one").status_code == 201
     assert depot.client.put("/v1/acme/pkg/tags/stable", headers=depot.headers(),
-                            json={"target_version": "1.0.0", "target_variant": "x"}).status_code == 200
+                            json={"version": "1.0.0", "variant": "x"}).status_code == 200
     body = listing(depot.client.get(path, headers=read))
     assert body["page"] == 1 and body["page_size"] == 50 and body["total"] == 1 and len(body["items"]) == 1
     sep = "&" if "?" in path else "?"
@@ -335,7 +335,7 @@ def test_envelope_on_every_list_route(depot, read, path):
 
 def set_tag(depot, tag, version, variant, ns="acme", name="pkg", scopes=("read", "write")):
     return depot.client.put("/v1/%s/%s/tags/%s" % (ns, name, tag), headers=depot.headers(scopes),
-                            json={"target_version": version, "target_variant": variant})
+                            json={"version": version, "variant": variant})
 
 
 def test_tags_set_list_get_download_delete(depot, read):
@@ -351,16 +351,16 @@ def test_tags_set_list_get_download_delete(depot, read):
     assert tags["total"] == 3
     assert [row["tag"] for row in tags["items"]] == ["beta", "edge", "stable"]
     by_tag = {row["tag"]: row for row in tags["items"]}
-    assert by_tag["stable"]["target_version"] == "1.0.0" and by_tag["stable"]["target_variant"] == "x"
-    assert by_tag["stable"]["target_key"] == "artifact/acme/pkg/1.0.0/x"
-    assert by_tag["edge"]["target_version"] == "2.0.0"
+    assert by_tag["stable"]["version"] == "1.0.0" and by_tag["stable"]["variant"] == "x"
+    assert by_tag["stable"]["blob_digest"] == sha(one)
+    assert by_tag["edge"]["version"] == "2.0.0"
 
     got = depot.client.get("/v1/acme/pkg/tags/stable", headers=read)
     assert got.status_code == 200
     doc = got.get_json()
     assert doc["tag"] == "stable" and doc["namespace"] == "acme" and doc["name"] == "pkg"
-    assert doc["target_version"] == "1.0.0" and doc["target_variant"] == "x"
-    assert doc["target_key"] == "artifact/acme/pkg/1.0.0/x"
+    assert doc["version"] == "1.0.0" and doc["variant"] == "x" and doc["blob_digest"] == sha(one)
+    assert doc == by_tag["stable"]
     assert doc["updated_by"] == "tester" and doc["updated_at"].endswith("Z")
     # tag names are normalized like the entity says
     assert depot.client.get("/v1/acme/pkg/tags/STABLE", headers=read).get_json() == doc
@@ -416,8 +416,8 @@ def test_tags_are_immutable(depot, read):
     assert same.status_code == 200 and same.get_json() == {"ok": True, "unchanged": True}
 
     now = depot.client.get("/v1/acme/pkg/tags/stable", headers=read).get_json()
-    assert now["target_version"] == "1.0.0" and now["target_variant"] == "x"
-    assert now["target_key"] == first["target_key"]
+    assert now["version"] == "1.0.0" and now["variant"] == "x"
+    assert now == first
     download = depot.client.get("/v1/acme/pkg/tags/stable/blob", headers=read)
     assert depot.client.get(download.headers["Location"], headers=read).data == b"one"
     assert listing(depot.client.get("/v1/acme/pkg/tags", headers=read))["total"] == 1
@@ -443,8 +443,8 @@ def test_tagging_missing_or_deleted_version_is_404(depot, read):
 
 def test_tag_body_is_validated(depot):
     assert depot.publish("acme", "pkg", "1.0.0", "x", b"one").status_code == 201
-    for body in ({"target_version": "1.0.0"}, {"target_version": "1.0.0", "target_variant": "x", "extra": 1},
-                 {"target_version": "../1.0.0", "target_variant": "x"}):
+    for body in ({"version": "1.0.0"}, {"version": "1.0.0", "variant": "x", "extra": 1},
+                 {"version": "../1.0.0", "variant": "x"}):
         response = depot.client.put("/v1/acme/pkg/tags/stable", headers=depot.headers(), json=body)
         assert response.status_code == 400, body
         assert code(response) == "SCHEMA_VALIDATION"
@@ -649,7 +649,7 @@ def test_second_publish_is_409_and_leaves_no_orphan_blob(depot, read):
 
     fetched = depot.client.get("/v1/acme/pkg/1.0.0/x/blob", headers=read)
     assert fetched.data == first
-    assert depot.client.get("/v1/acme/pkg/1.0.0/x", headers=read).get_json()["digest"] == sha(first)
+    assert depot.client.get("/v1/acme/pkg/1.0.0/x", headers=read).get_json()["blob_digest"] == sha(first)
     published = [e for e in events(depot) if e["type"] == "artifact.published"]
     assert len(published) == 1 and published[0]["payload"]["blob_digest"] == sha(first)
 
@@ -704,7 +704,7 @@ def test_proxy_disabled_is_404_even_for_existing_artifact(make_depot, project_sc
 def test_setting_a_tag_to_its_current_target_changes_nothing(make_depot, project_schema):
     depot = make_depot(project_schema)
     assert depot.publish("acme", "same", "1.0.0", "x", b"one").status_code == 201
-    body = {"target_version": "1.0.0", "target_variant": "x"}
+    body = {"version": "1.0.0", "variant": "x"}
     first = depot.client.put("/v1/acme/same/tags/stable", json=body, headers=depot.headers())
     assert first.status_code == 200 and first.get_json() == {"ok": True}
     state = depot.service.engine.state

@@ -30,8 +30,8 @@ def scenario(write, admin_delete):
     assert write("PUT", "/v1/acme/tool/1.1.0/linux/blob", data=b"two") == 201
     assert write("PUT", "/v1/acme/tool/1.2.0/linux/blob", data=b"three") == 201
     assert write("PUT", "/v1/other/lib/2.0.0-rc.1/linux/blob", data=b"one") == 201  # the same bytes again
-    assert write("PUT", "/v1/acme/tool/tags/stable", json={"target_version": "1.0.0", "target_variant": "linux"}) == 200
-    assert write("PUT", "/v1/acme/tool/tags/old", json={"target_version": "1.1.0", "target_variant": "linux"}) == 200
+    assert write("PUT", "/v1/acme/tool/tags/stable", json={"version": "1.0.0", "variant": "linux"}) == 200
+    assert write("PUT", "/v1/acme/tool/tags/old", json={"version": "1.1.0", "variant": "linux"}) == 200
     assert write("DELETE", "/v1/acme/tool/tags/old") == 200
     assert admin_delete("/v1/acme/tool/1.2.0/linux") == 200
 
@@ -314,7 +314,7 @@ def test_a_read_only_replica_refuses_changes_but_applies_replication(pair, tmp_p
         files = replica.blob_files()
         refused = [replica.publish("acme", "tool", "3.0.0", "linux", b"new"),
                    replica.client.put("/v1/acme/tool/tags/next", headers=replica.headers(),
-                                      json={"target_version": "1.0.0", "target_variant": "linux"}),
+                                      json={"version": "1.0.0", "variant": "linux"}),
                    replica.client.delete("/v1/acme/tool/1.0.0/linux", headers=admin(replica)),
                    replica.client.delete("/v1/acme/tool/tags/stable", headers=replica.headers())]
         for response in refused:

@@ -56,8 +56,8 @@ def test_every_artifact_has_its_digest_description_and_labels(server, first_run,
     for artifact in SEED["artifacts"]:
         path = "/v1/%(namespace)s/%(name)s/%(version)s/%(variant)s" % artifact
         meta = requests.get(server + path, headers=auth).json()
-        assert meta["digest"] == _digest(artifact["content"]), path
-        assert meta["size"] == len(artifact["content"].encode("utf-8"))
+        assert meta["blob_digest"] == _digest(artifact["content"]), path
+        assert meta["blob_size"] == len(artifact["content"].encode("utf-8"))
         assert meta["description"] == artifact["description"]
         assert meta["labels"] == artifact["labels"]
         blob = requests.get(server + path + "/blob", headers=auth)
@@ -71,11 +71,10 @@ def test_latest_and_tags_resolve(server, first_run, auth):
     for tag in SEED["tags"]:
         path = "/v1/%(namespace)s/%(name)s/tags/%(tag)s" % tag
         doc = requests.get(server + path, headers=auth).json()
-        assert (doc["target_version"], doc["target_variant"]) == (tag["target_version"], tag["target_variant"])
+        assert (doc["version"], doc["variant"]) == (tag["version"], tag["variant"])
         download = requests.get(server + path + "/blob", headers=auth)  # 307 to the blob, followed
         assert download.status_code == 200
-        assert download.text == contents[(tag["namespace"], tag["name"], tag["target_version"],
-                                          tag["target_variant"])]
+        assert download.text == contents[(tag["namespace"], tag["name"], tag["version"], tag["variant"])]
     names = {t["tag"] for t in requests.get(server + "/v1/acme/hello-world/tags", headers=auth).json()["items"]}
     assert names == {"latest", "stable"}
 
@@ -102,7 +101,7 @@ def test_conflicting_content_fails_and_is_named(server, first_run, auth, tmp_pat
     assert "conflict" in result.stdout and _digest(original) in result.stdout
     assert "summary: 0 published, 0 already present, 1 failed" in result.stdout
     meta = requests.get(server + "/v1/acme/hello-world/2.0.0/linux-amd64", headers=auth).json()
-    assert meta["digest"] == _digest(original)
+    assert meta["blob_digest"] == _digest(original)
 
 
 def test_wrong_password_is_refused_clearly(server, first_run):

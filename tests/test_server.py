@@ -72,7 +72,7 @@ def test_streamed_upload_and_ranged_download_over_a_socket(server):
     response = requests.put(url + "/v1/acme/big/1.0.0/raw/blob", data=body(), headers=auth)
     assert response.status_code == 201, response.text
     digest = "sha256:" + hasher.hexdigest()
-    assert response.json() == {"ok": True, "digest": digest, "size": 32 * CHUNK}
+    assert response.json() == {"ok": True, "blob_digest": digest, "blob_size": 32 * CHUNK}
     ranged = requests.get(url + "/v1/acme/big/1.0.0/raw/blob", headers=dict(auth, Range="bytes=%d-%d"
                                                                                % (CHUNK - 1, CHUNK)))
     assert ranged.status_code == 206 and ranged.content == b"\x00\x01"

@@ -1,0 +1,169 @@
+"""One consistent API: one schema digest everywhere, key order kept across schema swaps, an identical schema
+upload is no new version, one list envelope with validated paging, one vocabulary for artifact fields, and CLI
+commands that refuse what is not a Depot data dir.
+
+Real stores in temporary dirs, the Flask test client, and `python -m app` in child processes.
+"""
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, ServerProcess
+
+
+def admin(depot, sub="boss"):
+    return {"Authorization": "Bearer " + depot.token(["admin", "read", "write"], sub)}
+
+
+def hello_route(route_id="hello"):
+    return {"id": route_id, "method": "GET", "path": "/v1/{namespace}/{name}/%s" % route_id, "tags": [],
+            "pipeline": [{"op": "parse.path", "args": {"entity": "artifact"}},
+                         {"op": "respond.json", "args": {"body": {"hello": "{name}"}}}]}
+
+
+def active(depot):
+    response = depot.client.get("/admin/schema", headers=admin(depot))
+    assert response.status_code == 200, response.get_data()
+    return response.get_json()
+
+
+@pytest.fixture
+def depot(make_depot, project_schema):
+    return make_depot(project_schema)
+
+
+# --- the schema digest, key order, identical uploads ----------------------------------------------------------
+
+def digests(depot):
+    """The schema digest as /health, /openapi.json and /admin/schema show it."""
+    health = depot.client.get("/health").get_json()["schema_sha256"]
+    openapi = depot.client.get("/openapi.json").get_json()["info"]["x-schema-sha256"]
+    return health, openapi, active(depot)["sha256"]
+
+
+def test_one_schema_digest_in_health_openapi_and_admin_schema(depot, project_schema):
+    first = digests(depot)
+    assert len(set(first)) == 1 and len(first[0]) == 64
+    changed = copy.deepcopy(project_schema)
+    changed["api"]["routes"].append(hello_route())
+    assert depot.client.post("/admin/schema", json=changed, headers=admin(depot)).status_code == 201
+    second = digests(depot)
+    assert len(set(second)) == 1 and second[0] != first[0]
+    depot.restart()
+    assert digests(depot) == second
+
+
+def test_an_identical_schema_upload_is_not_a_new_version(depot, project_schema):
+    before = active(depot)
+    reordered = dict(reversed(list(copy.deepcopy(project_schema).items())))  # the same schema, keys reordered
+    for doc in (project_schema, reordered):
+        response = depot.client.post("/admin/schema", json=doc, headers=admin(depot))
+        assert response.status_code == 200, response.get_data()
+        body = response.get_json()
+        assert body["unchanged"] is True and body["version"] == before["version"]
+        assert body["sha256"] == before["sha256"]
+    rollback = depot.client.post("/admin/schema/rollback", json={"version": before["version"]},
+                                 headers=admin(depot))
+    assert rollback.status_code == 200 and rollback.get_json()["unchanged"] is True
+    listed = depot.client.get("/admin/schema/versions", headers=admin(depot)).get_json()
+    assert listed["total"] == 1
+    changed = copy.deepcopy(project_schema)
+    changed["api"]["routes"].append(hello_route())
+    created = depot.client.post("/admin/schema", json=changed, headers=admin(depot))
+    assert created.status_code == 201 and created.get_json()["unchanged"] is False
+    assert created.get_json()["version"] == before["version"] + 1
+
+
+def latest_keys(depot):
+    response = depot.client.get("/v1/acme/order/latest", headers=depot.headers())
+    assert response.status_code == 200, response.get_data()
+    return list(response.get_json())
+
+
+def test_response_keys_keep_the_schemas_order_across_a_swap_a_restart_and_a_rollback(depot):
+    assert depot.publish("acme", "order", "1.0.0", "x", b"bytes").status_code == 201
+    before = latest_keys(depot)
+    assert before == ["namespace", "name", "version", "variant", "blob_digest", "blob_size"]
+    first = active(depot)
+    doc = first["schema"]  # as the admin API hands it out: edited and posted back, as `routes add --url` does
+    assert list(doc) == list(json.load(open(os.path.join(ROOT, "schema.json"))))
+    doc["api"]["routes"].append(hello_route())
+    # as a client sends it (the test client's json= would sort the keys)
+    posted = depot.client.post("/admin/schema", data=json.dumps(doc), content_type="application/json",
+                               headers=admin(depot))
+    assert posted.status_code == 201
+    assert latest_keys(depot) == before
+    depot.restart()
+    assert latest_keys(depot) == before
+    rollback = depot.client.post("/admin/schema/rollback", json={"version": first["version"]},
+                                 headers=admin(depot))
+    assert rollback.status_code == 201
+    assert latest_keys(depot) == before
+
+
+# --- one list envelope ----------------------------------------------------------------------------------------
+
+LISTS = ["/auth/tokens", "/admin/users", "/admin/users/boss/tokens", "/admin/audit", "/admin/schema/versions",
+         "/v1", "/v1/acme", "/v1/search", "/v1/acme/listed/versions", "/v1/acme/listed/tags"]
+BAD_PAGES = [({"page": "0"}, "page"), ({"page": "x"}, "page"), ({"page_size": "0"}, "page_size"),
+             ({"page_size": "201"}, "page_size"), ({"page_size": "1.5"}, "page_size")]
+
+
+@pytest.mark.parametrize("path", LISTS)
+def test_every_list_answers_one_envelope_and_validates_its_paging(depot, path):
+    assert depot.publish("acme", "listed", "1.0.0", "x", b"listed").status_code == 201
+    headers = admin(depot)
+    assert depot.client.put("/v1/acme/listed/tags/stable", headers=headers,
+                            json={"version": "1.0.0", "variant": "x"}).status_code == 200
+    search = {"q": "list"} if path == "/v1/search" else {}
+    for name in ("one", "two", "three"):  # at least three of everything the lists show
+        assert depot.client.post("/auth/tokens", headers=headers,
+                                 json={"name": name, "scopes": ["read"]}).status_code == 201
+    full = depot.client.get(path, headers=headers, query_string=search)
+    assert full.status_code == 200, full.get_data()
+    body = full.get_json()
+    assert list(body) == ["items", "total", "page", "page_size"], body
+    assert (body["page"], body["page_size"]) == (1, 50) and body["total"] == len(body["items"]) >= 1
+    second = depot.client.get(path, headers=headers, query_string=dict(search, page=2, page_size=1)).get_json()
+    assert (second["page"], second["page_size"], second["total"]) == (2, 1, body["total"])
+    assert second["items"] == body["items"][1:2]
+    for params, field in BAD_PAGES:
+        refused = depot.client.get(path, headers=headers, query_string=dict(search, **params))
+        assert refused.status_code == 400, (params, refused.get_data())
+        error = refused.get_json()["error"]
+        assert (error["code"], error["field"]) == ("INVALID_QUERY", field), (params, error)
+
+
+# --- one vocabulary -------------------------------------------------------------------------------------------
+
+ARTIFACT = ["namespace", "name", "version", "variant", "blob_digest", "blob_size"]
+
+
+def test_artifact_fields_have_one_name_in_every_view(depot):
+    published = depot.publish("acme", "vocab", "1.0.0", "x", b"vocabulary", headers={"X-Depot-Description": "d"})
+    assert published.status_code == 201
+    assert list(published.get_json()) == ["ok", "blob_digest", "blob_size"]
+    tagged = depot.client.put("/v1/acme/vocab/tags/stable", json={"version": "1.0.0", "variant": "x"},
+                              headers=depot.headers())
+    assert tagged.status_code == 200, tagged.get_data()
+    read = depot.headers()
+    views = {"metadata": depot.client.get("/v1/acme/vocab/1.0.0/x", headers=read).get_json(),
+             "version row": depot.client.get("/v1/acme/vocab/versions", headers=read).get_json()["items"][0],
+             "latest": depot.client.get("/v1/acme/vocab/latest", headers=read).get_json()}
+    expected = {"namespace": "acme", "name": "vocab", "version": "1.0.0", "variant": "x",
+                "blob_digest": published.get_json()["blob_digest"], "blob_size": len(b"vocabulary")}
+    for what, view in views.items():
+        assert {key: view.get(key) for key in ARTIFACT} == expected, what
+        assert list(view)[:len(ARTIFACT)] == ARTIFACT, what
+    assert list(views["metadata"]) == list(views["version row"])  # the same fields, in the same order
+    tag_views = [depot.client.get("/v1/acme/vocab/tags/stable", headers=read).get_json(),
+                 depot.client.get("/v1/acme/vocab/tags", headers=read).get_json()["items"][0]]
+    for view in tag_views:
+        assert list(view) == ["namespace", "name", "tag", "version", "variant", "blob_digest", "updated_at",
+                              "updated_by"]
+        assert {key: view[key] for key in ("version", "variant", "blob_digest")} == {
+            key: expected[key] for key in ("version", "variant", "blob_digest")}
