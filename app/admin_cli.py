@@ -102,12 +102,7 @@ def cmd_revoke(args):
 
 
 def cmd_grants(args):
-    try:
-        sessions, engine = open_database(args.data_dir)
-    except CliError as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
-    try:
+    def show(sessions):
         offset = 0
         while True:
             items, total = Access(sessions).list_grants(offset, 200)
@@ -116,8 +111,7 @@ def cmd_grants(args):
             offset += len(items)
             if not items or offset >= total:
                 return 0
-    finally:
-        engine.dispose()
+    return with_database(args, show)
 
 
 def cmd_group_add(args):
@@ -161,13 +155,18 @@ def cmd_create(args):
 def run(args, action, change, target=None):
     """Open the data dir's database, make ``change`` (identity -> (audit detail, message)) and audit it as done
     to ``target`` (default: the username)."""
+    return with_database(args, lambda sessions: change_and_audit(sessions, target or args.username, action, change))
+
+
+def with_database(args, work):
+    """``work(sessions)`` on the data dir's database; its exit status (1 when the database cannot be opened)."""
     try:
         sessions, engine = open_database(args.data_dir)
     except CliError as exc:
         print("error: %s" % exc, file=sys.stderr)
         return 1
     try:
-        return change_and_audit(sessions, target or args.username, action, change)
+        return work(sessions)
     finally:
         engine.dispose()
 

@@ -74,6 +74,14 @@ def paginated(items, total, page, size):
     return {"items": items, "total": total, "page": page, "page_size": size}
 
 
+def page_of(lister, *args):
+    """The list envelope of the page ?page= and ?page_size= ask for: ``lister(offset, limit, *args)`` gives
+    (items, total)."""
+    page, size, offset = page_args()
+    items, total = lister(offset, size, *args)
+    return json_response(paginated(items, total, page, size))
+
+
 def token_page(identity, owner):
     """A page of ``owner``'s API tokens, in the envelope every list answers."""
     page, size, offset = page_args()
@@ -252,9 +260,7 @@ def _user_views(bp, service, guard):
     @bp.get("/admin/users")
     @admin_action("admin.users.list")
     def list_users():
-        page, size, offset = page_args()
-        users, total = identity.list_users(offset, size)
-        return json_response(paginated(users, total, page, size)), None
+        return page_of(identity.list_users), None
 
     @bp.post("/admin/users")
     @admin_action("admin.users.create")
@@ -311,9 +317,7 @@ def _access_views(bp, service, guard):
     @bp.get("/admin/grants")
     @admin_action("admin.grants.list")
     def list_grants():
-        page, size, offset = page_args()
-        items, total = access.list_grants(offset, size, request.args.get("subject"))
-        return json_response(paginated(items, total, page, size)), None
+        return page_of(access.list_grants, request.args.get("subject")), None
 
     @bp.post("/admin/grants")
     @admin_action("admin.grants.create")
@@ -335,9 +339,7 @@ def _access_views(bp, service, guard):
     @bp.get("/admin/groups")
     @admin_action("admin.groups.list")
     def list_groups():
-        page, size, offset = page_args()
-        items, total = access.list_groups(offset, size)
-        return json_response(paginated(items, total, page, size)), None
+        return page_of(access.list_groups), None
 
     @bp.post("/admin/groups")
     @admin_action("admin.groups.create")

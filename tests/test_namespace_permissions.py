@@ -13,14 +13,9 @@ import pytest
 from app.compiler import compile_schema
 from tests.conftest import ADMIN_PASSWORD, ROOT
 from tests.test_identity import ALICE_PASSWORD, admin_headers, assert_error, bearer, create_user, login_token
-from tests.test_identity import depot  # noqa: F401  (fixture)
+from tests.test_identity import admin, depot  # noqa: F401  (fixtures)
 
 BOB_PASSWORD = "bob-password-123456"
-
-
-@pytest.fixture
-def admin(depot):
-    return admin_headers(depot)
 
 
 @pytest.fixture
