@@ -1,22 +1,22 @@
 """python -m app admin: account recovery on a data dir, when nobody can log in to use the admin API.
 
-The commands work on the SQL database alone (the server may be stopped; they never need a login). The
-password is asked for twice at the terminal, or taken from DEPOT_NEW_PASSWORD, never from an argument: an
-argument would stay in the shell history and be visible to other users in the process list. Each command is
-audited with the actor "cli".
+The commands work on an existing data dir's SQL database alone (its server may be running or stopped; they never
+need a login). The password is asked for twice at the terminal, or taken from DEPOT_NEW_PASSWORD, never from an
+argument: an argument would stay in the shell history and be visible to other users in the process list. Each
+command is audited with the actor "cli".
 """
 import getpass
 import json
 import os
 import sys
 
-from app import database
+from app import database, datadir
 from app.audit import Audit
 from app.auth import USERNAME_RULE, Identity
 from app.compiler import compile_schema, load_schema_file
 from app.errors import DepotError
 from app.schema_store import SchemaStore
-from app.service import DEFAULT_SCHEMA, open_data_dir
+from app.service import DEFAULT_SCHEMA
 
 PASSWORD_VARIABLE = "DEPOT_NEW_PASSWORD"
 PASSWORD_SOURCE = "The password is asked for twice at the terminal, or read from %s." % PASSWORD_VARIABLE
@@ -30,9 +30,10 @@ class CliError(Exception):
 def add_parser(commands):
     """Register `admin reset-password` and `admin create` under the top-level ``commands``."""
     admin = commands.add_parser("admin", help="account recovery on a data dir: reset a password, create a user",
-                                description="Account recovery that needs no login: works on the data dir's SQL "
-                                "database (the server may be stopped). %s It is never an argument. Audited as "
-                                "actor 'cli'." % PASSWORD_SOURCE)
+                                description="Account recovery that needs no login: works on an existing data "
+                                "dir's SQL database, whether its server runs or not (a running one sees the change "
+                                "within seconds). %s It is never an argument. Audited as actor 'cli'."
+                                % PASSWORD_SOURCE)
     admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ADMIN_COMMAND")
     reset = admin_commands.add_parser(
         "reset-password", help="set a user's password; ends every token of theirs and re-enables the account",
@@ -49,7 +50,7 @@ def add_parser(commands):
                         "read,write,admin")
     create.set_defaults(handler=cmd_create)
     for parser in (reset, create):
-        parser.add_argument("--data-dir", default="./data", help="the data dir (default ./data); "
+        parser.add_argument("--data-dir", default="./data", help="an existing data dir (default ./data); "
                             "DEPOT_DATABASE_URL, when set, names the database instead")
 
 
@@ -98,10 +99,10 @@ def change_and_audit(sessions, username, action, change):
 
 
 def open_database(data_dir):
-    """The data dir's SQL database, migrated to head: (session factory, engine)."""
-    if not os.environ.get("DEPOT_DATABASE_URL") and not os.path.isdir(data_dir):
-        raise CliError("no data dir at %s (pass --data-dir)" % data_dir)
-    url = database.database_url(open_data_dir(data_dir))
+    """The data dir's SQL database (or DEPOT_DATABASE_URL's, when set: the data dir then plays no part), migrated
+    to head: (session factory, engine). A running server may hold the data dir: these commands need only SQL, and
+    the server sees an account's change within app.auth.STATE_CACHE_SECONDS."""
+    url = os.environ.get("DEPOT_DATABASE_URL") or database.database_url(datadir.require(data_dir))
     database.upgrade(url)
     engine, sessions = database.connect(url)
     return sessions, engine
