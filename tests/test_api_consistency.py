@@ -13,6 +13,7 @@ import sys
 import pytest
 import requests
 
+from app.testing import LocalDepot
 from tests.conftest import ROOT, ServerProcess
 
 
@@ -110,8 +111,9 @@ def test_response_keys_keep_the_schemas_order_across_a_swap_a_restart_and_a_roll
 
 LISTS = ["/auth/tokens", "/admin/users", "/admin/users/boss/tokens", "/admin/audit", "/admin/schema/versions",
          "/v1", "/v1/acme", "/v1/search", "/v1/acme/listed/versions", "/v1/acme/listed/tags"]
-BAD_PAGES = [({"page": "0"}, "page"), ({"page": "x"}, "page"), ({"page_size": "0"}, "page_size"),
-             ({"page_size": "201"}, "page_size"), ({"page_size": "1.5"}, "page_size")]
+BAD_PAGES = [({"page": "0"}, "page"), ({"page": "x"}, "page"), ({"page": "10000001"}, "page"),
+             ({"page_size": "0"}, "page_size"), ({"page_size": "201"}, "page_size"),
+             ({"page_size": "1.5"}, "page_size")]
 
 
 @pytest.mark.parametrize("path", LISTS)
@@ -137,6 +139,7 @@ def test_every_list_answers_one_envelope_and_validates_its_paging(depot, path):
         assert refused.status_code == 400, (params, refused.get_data())
         error = refused.get_json()["error"]
         assert (error["code"], error["field"]) == ("INVALID_QUERY", field), (params, error)
+        assert error["message"].startswith("query parameter %r " % field), error
 
 
 # --- one vocabulary -------------------------------------------------------------------------------------------
@@ -235,6 +238,12 @@ def test_commands_say_when_a_running_server_holds_the_data_dir(tmp_path):
     added = depot_cli("routes", "add", ROUTE_TEMPLATE, "--data-dir", data_dir)
     assert added.returncode == 0 and "schema version 2 is active" in added.stdout, added.stderr
     assert depot_cli("db", "upgrade", "--data-dir", data_dir).returncode == 0
+    depot = LocalDepot(str(data_dir))
+    try:
+        rows, _ = depot.service.audit.query(actor="cli", action="admin.gc")
+        assert [row["detail"]["dry_run"] for row in rows] == [True]
+    finally:
+        depot.close()
 
 
 # --- serve --schema on a data dir that has an active schema -------------------------------------------------------
