@@ -1,23 +1,23 @@
 """python -m app admin: account recovery and namespace permissions on a data dir, without a login.
 
-The commands work on the SQL database alone (the server may be stopped; they never need a login). The
-password is asked for twice at the terminal, or taken from DEPOT_NEW_PASSWORD, never from an argument: an
-argument would stay in the shell history and be visible to other users in the process list. Each command is
-audited with the actor "cli".
+The commands work on an existing data dir's SQL database alone (its server may be running or stopped; they never
+need a login). The password is asked for twice at the terminal, or taken from DEPOT_NEW_PASSWORD, never from an
+argument: an argument would stay in the shell history and be visible to other users in the process list. Each
+command is audited with the actor "cli".
 """
 import getpass
 import json
 import os
 import sys
 
-from app import database
+from app import database, datadir
 from app.access import Access
 from app.audit import Audit
 from app.auth import USERNAME_RULE, Identity
 from app.compiler import compile_schema, load_schema_file
 from app.errors import DepotError
 from app.schema_store import SchemaStore
-from app.service import DEFAULT_SCHEMA, open_data_dir
+from app.service import DEFAULT_SCHEMA
 
 PASSWORD_VARIABLE = "DEPOT_NEW_PASSWORD"
 PASSWORD_SOURCE = "The password is asked for twice at the terminal, or read from %s." % PASSWORD_VARIABLE
@@ -33,8 +33,9 @@ def add_parser(commands):
     admin = commands.add_parser("admin", help="on a data dir, without a login: reset a password, create a user, "
                                 "manage namespace grants and groups",
                                 description="Account recovery and namespace permissions that need no login: "
-                                "works on the data dir's SQL database (the server may be stopped). %s It is never "
-                                "an argument. Audited as actor 'cli'." % PASSWORD_SOURCE)
+                                "works on an existing data dir's SQL database, whether its server runs or not (a "
+                                "running one sees the change within seconds). %s It is never an argument. Audited "
+                                "as actor 'cli'." % PASSWORD_SOURCE)
     admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ADMIN_COMMAND")
     reset = admin_commands.add_parser(
         "reset-password", help="set a user's password; ends every token of theirs and re-enables the account",
@@ -52,7 +53,7 @@ def add_parser(commands):
     create.set_defaults(handler=cmd_create)
     parsers = [reset, create] + _access_parsers(admin_commands)
     for parser in parsers:
-        parser.add_argument("--data-dir", default="./data", help="the data dir (default ./data); "
+        parser.add_argument("--data-dir", default="./data", help="an existing data dir (default ./data); "
                             "DEPOT_DATABASE_URL, when set, names the database instead")
 
 
@@ -186,10 +187,10 @@ def change_and_audit(sessions, target, action, change):
 
 
 def open_database(data_dir):
-    """The data dir's SQL database, migrated to head: (session factory, engine)."""
-    if not os.environ.get("DEPOT_DATABASE_URL") and not os.path.isdir(data_dir):
-        raise CliError("no data dir at %s (pass --data-dir)" % data_dir)
-    url = database.database_url(open_data_dir(data_dir))
+    """The data dir's SQL database (or DEPOT_DATABASE_URL's, when set: the data dir then plays no part), migrated
+    to head: (session factory, engine). A running server may hold the data dir: these commands need only SQL, and
+    the server sees an account's change within app.auth.STATE_CACHE_SECONDS."""
+    url = os.environ.get("DEPOT_DATABASE_URL") or database.database_url(datadir.require(data_dir))
     database.upgrade(url)
     engine, sessions = database.connect(url)
     return sessions, engine

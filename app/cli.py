@@ -3,6 +3,7 @@ import argparse
 import json
 import sys
 
+from app import datadir
 from app.compiler import compile_schema, load_schema_file
 from app.service import DEFAULT_SCHEMA
 
@@ -20,8 +21,11 @@ def build_parser():
     serve.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     serve.add_argument("--data-dir", default="./data", help="blobs, KV/index database, SQL database, keys "
                        "(default ./data)")
-    serve.add_argument("--schema", default=DEFAULT_SCHEMA, help="schema to serve (default: the project's "
-                       "schema.json)")
+    serve.add_argument("--schema", metavar="FILE", help="the schema a new data dir starts with (default: the "
+                       "project's schema.json); a data dir that has an active schema serves that one, and says so "
+                       "when FILE differs from it")
+    serve.add_argument("--load-schema", action="store_true", help="load --schema FILE (default schema.json) as a "
+                       "new schema version when it differs from the active one, and serve it")
     serve.add_argument("--threads", type=int, default=16, help="threads running requests (default 16); slow "
                        "clients take none: one I/O thread reads and writes every connection")
     serve.add_argument("--max-connections", type=int, default=1000, help="open connections accepted at once "
@@ -48,7 +52,7 @@ def build_parser():
 
     gc = commands.add_parser("gc", help="remove blobs no live document references (the schema's gc section); "
                              "the server must be stopped (a running one: POST /admin/gc)")
-    gc.add_argument("--data-dir", default="./data", help="data dir (default ./data)")
+    gc.add_argument("--data-dir", default="./data", help="an existing data dir (default ./data)")
     gc.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
     gc.add_argument("--grace-seconds", type=int, help="override gc.sweep.sweep_unreferenced_after_seconds")
     gc.set_defaults(handler=cmd_gc)
@@ -69,8 +73,10 @@ def build_parser():
 
     db = commands.add_parser("db", help="database migrations (Alembic)")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
-    upgrade = db_commands.add_parser("upgrade", help="apply migrations up to head (serve does this at start)")
-    upgrade.add_argument("--data-dir", default="./data", help="data dir holding the default SQLite database")
+    upgrade = db_commands.add_parser("upgrade", help="apply migrations up to head (serve does this at start); "
+                                     "the server must be stopped")
+    upgrade.add_argument("--data-dir", default="./data", help="the data dir holding the default SQLite database "
+                         "(default ./data); DEPOT_DATABASE_URL, when set, names the database instead")
     upgrade.add_argument("--revision", default="head", help="target revision (default head)")
     upgrade.set_defaults(handler=cmd_db_upgrade)
 
@@ -78,7 +84,7 @@ def build_parser():
                               description="Add a template's route, pipeline, entity, blob store, scope or upstream "
                               "to the schema. The result is checked exactly as `check` does; nothing changes if it "
                               "fails. Target: a running server (--url, --token), a schema file (--schema-file), or "
-                              "the data dir's active schema (default; a running server serves it after a restart).")
+                              "a stopped server's data dir (default; refused while a server runs on it: use --url).")
     _add_template_args(add)
     routes = commands.add_parser("routes", help="routes: add one from a template")
     routes_commands = routes.add_subparsers(dest="routes_command", required=True, metavar="ROUTES_COMMAND")
@@ -101,7 +107,8 @@ def _add_template_args(parser, kinds=None):
     parser.add_argument("--url", help="a running server's base URL (with --token: applied through its admin API)")
     parser.add_argument("--token", help="an admin token for --url")
     parser.add_argument("--schema-file", help="edit this schema file instead")
-    parser.add_argument("--data-dir", default="./data", help="data dir whose active schema to change (default)")
+    parser.add_argument("--data-dir", default="./data", help="data dir whose active schema to change, with its "
+                        "server stopped (the default target, ./data)")
     parser.set_defaults(handler=cmd_add, kinds=kinds)
 
 
@@ -116,23 +123,32 @@ def cmd_add(args):
         body = templates.instantiate(template, templates.parse_assignments(args.set))
         if args.url:
             return _add_remote(args, kind, body)
-        doc = load_schema_file(args.schema_file) if args.schema_file else _active_schema(args.data_dir)
-        new_doc, added = templates.apply(doc, kind, body)
+        if args.schema_file:
+            return _add_checked(args, load_schema_file(args.schema_file), kind, body)
+        with datadir.exclusive(args.data_dir, "use --url and --token to change its schema") as data_dir:
+            return _add_checked(args, _active_schema(data_dir), kind, body, data_dir)
     except (OSError, ValueError) as exc:
         print("cannot add %s: %s" % (args.template, exc), file=sys.stderr)
         return 1
+
+
+def _add_checked(args, doc, kind, body, data_dir=None):
+    """Add ``body`` to ``doc`` and store the result (in the schema file, or as the data dir's new active version)
+    if it can be served."""
+    from app import templates
+    new_doc, added = templates.apply(doc, kind, body)
     _, report = compile_schema(new_doc, args.schema_file or "the schema with %s" % added)
     if not report.ok:
         print(report.to_text(), file=sys.stderr)
         print("not added: the schema with %s cannot be served" % added, file=sys.stderr)
         return 1
-    if args.schema_file:
+    if data_dir is None:
         _write_json(args.schema_file, new_doc)
         print("added %s to %s" % (added, args.schema_file))
     else:
-        row = _schema_store(args.data_dir).add(new_doc, "cli", "added %s" % added)
-        print("added %s: schema version %d is active in %s (a running server serves it after a restart; "
-              "use --url to change a running server)" % (added, row.version, args.data_dir))
+        row = _schema_store(data_dir).add(new_doc, "cli", "added %s" % added)
+        print("added %s: schema version %d is active in %s (served from the server's next start)"
+              % (added, row.version, args.data_dir))
     return 0
 
 
@@ -153,22 +169,18 @@ def _add_remote(args, kind, body):
     except requests.RequestException as exc:
         print("cannot reach %s: %s" % (base, exc), file=sys.stderr)
         return 1
-    if answer.status_code != 201:
+    if answer.status_code not in (200, 201):
         print("not added (%s): %s" % (answer.status_code, json.dumps(answer.json(), indent=2)), file=sys.stderr)
         return 1
-    print("added %s: schema version %d is active and served" % (added, answer.json()["version"]))
+    print("added %s: schema version %d is active and served%s" % (added, answer.json()["version"],
+                                                                   " (unchanged)" if answer.json()["unchanged"]
+                                                                   else ""))
     return 0
-
-
-def open_data_dir(path):
-    from app.service import open_data_dir as open_private
-    return open_private(path)
 
 
 def _schema_store(data_dir):
     from app import database
     from app.schema_store import SchemaStore
-    open_data_dir(data_dir)
     url = database.database_url(data_dir)
     database.upgrade(url)
     return SchemaStore(database.connect(url)[1])
@@ -215,9 +227,15 @@ def cmd_validate(args):
 def cmd_gc(args):
     from app import gc
     from app.service import Service
-    service = Service(open_data_dir(args.data_dir), announce=lambda *_: None)
+    from app.stores.state import StoreLocked
+    data_dir = datadir.require(args.data_dir)
+    try:
+        service = Service(data_dir, announce=lambda *_: None)
+    except StoreLocked:
+        raise datadir.in_use(args.data_dir, "use POST /admin/gc") from None
     try:
         result = gc.collect(service.engine, dry_run=args.dry_run, grace_seconds=args.grace_seconds)
+        service.audit.record("cli", "admin.gc", gc.audit_target(result), "success", detail=gc.audit_detail(result))
     finally:
         service.close()
     print(json.dumps(result, indent=2))
@@ -249,11 +267,19 @@ def cmd_replicate(args):
 
 
 def cmd_db_upgrade(args):
+    import os
+
     from app import database
-    open_data_dir(args.data_dir)
-    url = database.database_url(args.data_dir)
-    database.upgrade(url, args.revision)
-    print("database at %s is at revision %s" % (url, args.revision))
+    if os.environ.get("DEPOT_DATABASE_URL"):  # the database is elsewhere: the data dir plays no part
+        return _upgrade(database.database_url(args.data_dir), args.revision)
+    with datadir.exclusive(args.data_dir, "stop it first (serve applies the migrations at start)") as data_dir:
+        return _upgrade(database.database_url(data_dir), args.revision)
+
+
+def _upgrade(url, revision):
+    from app import database
+    database.upgrade(url, revision)
+    print("database at %s is at revision %s" % (url, revision))
     return 0
 
 
@@ -289,28 +315,52 @@ def cmd_serve(args):
     run requests while one I/O thread reads and writes every connection."""
     from app import create_app
     from app.server import ServerSettings, serve
+    from app.service import open_data_dir
+    from app.stores.state import StoreLocked
 
-    doc, report = _check_file(args.schema)
+    path = args.schema or DEFAULT_SCHEMA
+    doc, report = _check_file(path)
     if doc is None:
         return 1
     if not report.ok:
         print(report.to_text(), file=sys.stderr)
         print("refusing to start: the schema cannot be served", file=sys.stderr)
         return 1
-    open_data_dir(args.data_dir)
-    app = create_app(args.data_dir, schema=doc, read_only=args.read_only)
+    try:
+        app = create_app(open_data_dir(args.data_dir), schema=doc, schema_path=path, read_only=args.read_only,
+                         load_schema=args.load_schema)
+    except StoreLocked:
+        raise datadir.in_use(args.data_dir, "stop it first, or give this one another --data-dir") from None
     service = app.extensions["depot"]
     settings = ServerSettings(host=args.host, port=args.port, threads=args.threads,
                               connection_limit=args.max_connections, header_timeout=args.header_timeout,
                               idle_timeout=args.idle_timeout, min_body_rate=args.min_body_rate,
                               max_body_bytes=service.engine.limits.max_request_body_bytes)
-    print("Depot serving %s on http://%s:%d (data dir %s%s)" % (args.schema, args.host, args.port, args.data_dir,
-                                                                 ", read-only replica" if args.read_only else ""),
-          flush=True)
+    print("Depot serving %s on http://%s:%d (data dir %s%s)" % (
+        _served_schema(service, doc, path, args.schema is not None), args.host, args.port, args.data_dir,
+        ", read-only replica" if args.read_only else ""), flush=True)
     serve(app, settings, on_stop=service.close)
     return 0
 
 
+def _served_schema(service, doc, path, named):
+    """How the start-up line names the schema served: its version and digest, and the file only when the file
+    is what is served. A named file that differs from the data dir's active schema gets a note on stderr."""
+    from app.compiler import schema_digest
+    served = service.schemas.active()
+    same = schema_digest(doc) == served.sha256
+    if named and not same:
+        print("note: %s differs from the data dir's active schema (version %d), which is served; to serve %s, "
+              "restart with --load-schema (it becomes a new version) or POST it to /admin/schema"
+              % (path, served.version, path), file=sys.stderr, flush=True)
+    return "schema version %d (sha256 %s, %s)" % (served.version, served.sha256[:12],
+                                                  "from %s" % path if same else "the data dir's active schema")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except datadir.DataDirError as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return datadir.EXIT_CODE

@@ -45,6 +45,8 @@ class Service:
         self.data_dir = private_dir(data_dir)
         self.read_only = read_only
         self.announce = announce
+        # first: the state store's lock is the data dir's lease (StoreLocked while another process holds it)
+        self.stores = Stores(self.data_dir, sync=sync)
         url = database.database_url(self.data_dir)
         database.upgrade(url)
         self.db, self.sessions = database.connect(url)
@@ -52,7 +54,6 @@ class Service:
         self.audit = Audit(self.sessions)
         self.access = Access(self.sessions)
         self.schemas = SchemaStore(self.sessions)
-        self.stores = Stores(self.data_dir, sync=sync)
         self._swap_lock = threading.Lock()
         self.limiters = {}
         self._activate(self._initial_schema(schema, schema_path, load_schema))

@@ -457,7 +457,7 @@ def test_a_password_is_never_an_argument_and_the_help_says_where_it_comes_from(t
 
 def test_a_missing_data_dir_is_an_error(tmp_path):
     result = admin_command(tmp_path / "nowhere", "reset-password", "admin", password="long-enough-password")
-    assert result.returncode == 1 and "no data dir" in result.stderr
+    assert result.returncode == 2 and "is not a Depot data dir" in result.stderr
     assert not (tmp_path / "nowhere").exists()
 
 

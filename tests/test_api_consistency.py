@@ -11,7 +11,9 @@ import subprocess
 import sys
 
 import pytest
+import requests
 
+from app.testing import LocalDepot
 from tests.conftest import ROOT, ServerProcess
 
 
@@ -109,8 +111,9 @@ def test_response_keys_keep_the_schemas_order_across_a_swap_a_restart_and_a_roll
 
 LISTS = ["/auth/tokens", "/admin/users", "/admin/users/boss/tokens", "/admin/audit", "/admin/schema/versions",
          "/v1", "/v1/acme", "/v1/search", "/v1/acme/listed/versions", "/v1/acme/listed/tags"]
-BAD_PAGES = [({"page": "0"}, "page"), ({"page": "x"}, "page"), ({"page_size": "0"}, "page_size"),
-             ({"page_size": "201"}, "page_size"), ({"page_size": "1.5"}, "page_size")]
+BAD_PAGES = [({"page": "0"}, "page"), ({"page": "x"}, "page"), ({"page": "10000001"}, "page"),
+             ({"page_size": "0"}, "page_size"), ({"page_size": "201"}, "page_size"),
+             ({"page_size": "1.5"}, "page_size")]
 
 
 @pytest.mark.parametrize("path", LISTS)
@@ -136,6 +139,7 @@ def test_every_list_answers_one_envelope_and_validates_its_paging(depot, path):
         assert refused.status_code == 400, (params, refused.get_data())
         error = refused.get_json()["error"]
         assert (error["code"], error["field"]) == ("INVALID_QUERY", field), (params, error)
+        assert error["message"].startswith("query parameter %r " % field), error
 
 
 # --- one vocabulary -------------------------------------------------------------------------------------------
@@ -167,3 +171,117 @@ def test_artifact_fields_have_one_name_in_every_view(depot):
                               "updated_by"]
         assert {key: view[key] for key in ("version", "variant", "blob_digest")} == {
             key: expected[key] for key in ("version", "variant", "blob_digest")}
+
+
+# --- commands on a data dir ---------------------------------------------------------------------------------------
+
+ROUTE_TEMPLATE = str(ROOT / "templates" / "route_template.json")
+DATA_DIR_COMMANDS = [("gc",), ("gc", "--dry-run"), ("routes", "add", ROUTE_TEMPLATE), ("add", ROUTE_TEMPLATE),
+                     ("db", "upgrade"), ("admin", "create", "someone", "--scopes", "read"),
+                     ("admin", "reset-password", "admin")]
+
+
+def depot_cli(*args, cwd=ROOT):
+    """`python -m app ARGS` in ``cwd``; a new password comes from the environment."""
+    env = {k: v for k, v in os.environ.items() if k != "DEPOT_DATABASE_URL"}
+    env.update(PYTHONPATH=str(ROOT), DEPOT_BCRYPT_ROUNDS="4", DEPOT_NEW_PASSWORD="a-new-password-123")
+    return subprocess.run([sys.executable, "-m", "app", *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def assert_one_line_refusal(result, *phrases):
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command", DATA_DIR_COMMANDS, ids=" ".join)
+def test_commands_refuse_what_is_not_a_data_dir_and_create_nothing(tmp_path, command):
+    missing, empty, other = tmp_path / "missing", tmp_path / "empty", tmp_path / "other"
+    empty.mkdir()
+    other.mkdir()
+    (other / "notes.txt").write_text("not a data dir")
+    for target in (missing, empty, other):
+        result = depot_cli(*command, "--data-dir", target)
+        assert_one_line_refusal(result, "%s is not a Depot data dir" % target)
+    assert not missing.exists() and list(empty.iterdir()) == [] and list(other.iterdir()) == [other / "notes.txt"]
+    default = depot_cli(*command, cwd=tmp_path)  # the default data dir, ./data, is not made either
+    assert_one_line_refusal(default, "./data is not a Depot data dir")
+    assert not (tmp_path / "data").exists()
+
+
+def test_commands_say_when_a_running_server_holds_the_data_dir(tmp_path):
+    data_dir = tmp_path / "data"
+    server = ServerProcess(data_dir)
+    try:
+        assert_one_line_refusal(depot_cli("gc", "--data-dir", data_dir),
+                                "data dir %s is in use by a running server: use POST /admin/gc" % data_dir)
+        for command in (("routes", "add", ROUTE_TEMPLATE), ("add", ROUTE_TEMPLATE)):
+            assert_one_line_refusal(depot_cli(*command, "--data-dir", data_dir), "in use by a running server",
+                                    "--url")
+        assert_one_line_refusal(depot_cli("db", "upgrade", "--data-dir", data_dir), "in use by a running server")
+        second = depot_cli("serve", "--data-dir", data_dir, "--port", "0")
+        assert_one_line_refusal(second, "in use by a running server")
+        # account recovery needs only SQL: it works beside the server, which sees the new account
+        created = depot_cli("admin", "create", "rescue", "--scopes", "read,admin", "--data-dir", data_dir)
+        assert created.returncode == 0, created.stderr
+        login = requests.post(server.url + "/auth/login", json={"username": "rescue",
+                                                               "password": "a-new-password-123"}, timeout=30)
+        assert login.status_code == 200, login.text
+        served = requests.get(server.url + "/admin/schema", timeout=30,
+                              headers={"Authorization": "Bearer " + login.json()["token"]}).json()
+        assert served["version"] == 1  # the refused `routes add` stored nothing the server does not serve
+    finally:
+        server.stop()
+    assert depot_cli("gc", "--dry-run", "--data-dir", data_dir).returncode == 0
+    added = depot_cli("routes", "add", ROUTE_TEMPLATE, "--data-dir", data_dir)
+    assert added.returncode == 0 and "schema version 2 is active" in added.stdout, added.stderr
+    assert depot_cli("db", "upgrade", "--data-dir", data_dir).returncode == 0
+    depot = LocalDepot(str(data_dir))
+    try:
+        rows, _ = depot.service.audit.query(actor="cli", action="admin.gc")
+        assert [row["detail"]["dry_run"] for row in rows] == [True]
+    finally:
+        depot.close()
+
+
+# --- serve --schema on a data dir that has an active schema -------------------------------------------------------
+
+def start_line(server):
+    return next(line for line in server.lines if line.startswith("Depot serving"))
+
+
+def test_serve_names_the_version_it_serves_and_loads_a_file_only_when_asked(tmp_path, project_schema):
+    from app.compiler import schema_digest
+    data_dir, schema_file = tmp_path / "data", tmp_path / "with-hello.json"
+    changed = copy.deepcopy(project_schema)
+    changed["api"]["routes"].append(hello_route())
+    schema_file.write_text(json.dumps(changed, indent=2))
+    ServerProcess(data_dir).stop()  # the data dir starts with the project's schema: version 1
+
+    def serve(*args):
+        server = ServerProcess(data_dir, args=args)
+        try:
+            hello = requests.get(server.url + "/v1/acme/x/hello", timeout=30).status_code
+        finally:
+            server.stop()
+        return server, hello
+
+    ignored, hello = serve("--schema", schema_file)
+    assert hello == 404
+    assert "schema version 1 (sha256 %s, the data dir's active schema)" % schema_digest(project_schema)[:12] \
+        in start_line(ignored) and str(schema_file) not in start_line(ignored)
+    assert "%s differs from the data dir's active schema (version 1), which is served" % schema_file \
+        in ignored.output and "--load-schema" in ignored.output
+
+    loaded, hello = serve("--schema", schema_file, "--load-schema")
+    assert hello == 200
+    assert "schema version 2 (sha256 %s, from %s)" % (schema_digest(changed)[:12], schema_file) \
+        in start_line(loaded)
+    for args in (("--schema", schema_file), ("--schema", schema_file, "--load-schema")):
+        again, hello = serve(*args)  # the same file again: no note, no new version
+        assert hello == 200 and "schema version 2 (" in start_line(again) and "differs" not in again.output
+    plain, hello = serve()
+    assert hello == 200 and "schema version 2 (sha256 %s, the data dir's active schema)" % (
+        schema_digest(changed)[:12]) in start_line(plain) and "differs" not in plain.output

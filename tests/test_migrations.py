@@ -107,14 +107,15 @@ def test_service_start_migrates_its_database(make_depot, project_schema):
     assert_at_head_without_drift(url)
 
 
-def test_cli_db_upgrade(tmp_path):
-    data_dir = tmp_path / "cli-data"
+def test_cli_db_upgrade(make_depot, project_schema):
+    depot = make_depot(project_schema)
+    depot.close()  # the server stopped: the command refuses a data dir a running server holds
+    data_dir = depot.data_dir
     env = {k: v for k, v in os.environ.items() if k != "DEPOT_DATABASE_URL"}
     result = subprocess.run([sys.executable, "-m", "app", "db", "upgrade", "--data-dir", str(data_dir)],
                             cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (data_dir / "depot.db").exists()
-    assert_at_head_without_drift(sqlite_url(data_dir / "depot.db"))
+    assert_at_head_without_drift(sqlite_url(os.path.join(data_dir, "depot.db")))
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------------------

@@ -118,11 +118,24 @@ def _bounded_options():
     return options
 
 
+class StoreLocked(Exception):
+    """Another process (a running server) holds the state store: RocksDB allows one at a time."""
+
+
+def _open(path):
+    try:
+        return Rdict(path, options=_bounded_options())
+    except Exception as exc:  # rocksdict raises plain Exceptions; only a held lock is a StoreLocked
+        if any(sign in str(exc) for sign in ("While lock file", "lock hold by")):
+            raise StoreLocked(path) from exc
+        raise
+
+
 class StateStore:
     def __init__(self, path, sync=True):
         os.makedirs(path, exist_ok=True)
         self.path = path
-        self.db = Rdict(path, options=_bounded_options())
+        self.db = _open(path)
         self.write_options = WriteOptions()
         self.write_options.sync = sync
         self.commit_lock = threading.Lock()
