@@ -1,6 +1,7 @@
 """python -m app: serve, check, validate, add, routes add, gc, replicate, db, docs."""
 import argparse
 import json
+import os
 import sys
 
 from app.compiler import compile_schema, load_schema_file
@@ -15,7 +16,9 @@ def build_parser():
     serve = commands.add_parser("serve", help="serve the repository over HTTP",
                                 description="Serve the repository. Environment: DEPOT_ADMIN_PASSWORD (first start), "
                                 "DEPOT_SECRET_KEY (JWT key; else generated into the data dir), DEPOT_DATABASE_URL "
-                                "(default: SQLite in the data dir).")
+                                "(default: SQLite in the data dir), DEPOT_CPU_BUDGET=off (requests are charged no CPU "
+                                "time: ops.limits.max_cpu_ms_per_request is not enforced; for test suites on "
+                                "loaded machines).")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     serve.add_argument("--data-dir", default="./data", help="blobs, KV/index database, SQL database, keys "
@@ -284,6 +287,12 @@ def cmd_check(args):
     return 0 if report.ok else 1
 
 
+def _cpu_clock():
+    """DEPOT_CPU_BUDGET=off stops the CPU budget's clock (a test suite's servers must not depend on machine load)."""
+    from app.budget import stopped_clock
+    return stopped_clock if os.environ.get("DEPOT_CPU_BUDGET", "").lower() == "off" else None
+
+
 def cmd_serve(args):
     """Check the schema, open the data dir and serve it (app/server.py): one process, whose --threads threads
     run requests while one I/O thread reads and writes every connection."""
@@ -298,7 +307,7 @@ def cmd_serve(args):
         print("refusing to start: the schema cannot be served", file=sys.stderr)
         return 1
     open_data_dir(args.data_dir)
-    app = create_app(args.data_dir, schema=doc, read_only=args.read_only)
+    app = create_app(args.data_dir, schema=doc, read_only=args.read_only, cpu_clock=_cpu_clock())
     service = app.extensions["depot"]
     settings = ServerSettings(host=args.host, port=args.port, threads=args.threads,
                               connection_limit=args.max_connections, header_timeout=args.header_timeout,

@@ -1,5 +1,4 @@
 """ExecutionContext: the state of one pipeline run. Knows nothing of HTTP; the request is a small adapter."""
-import time
 from contextlib import contextmanager
 
 from app.errors import DepotError
@@ -78,12 +77,13 @@ class ExecutionContext:
     @contextmanager
     def streaming(self):
         """Time spent moving a body's bytes is not charged to max_cpu_ms_per_request."""
-        start, start_wall = time.thread_time_ns(), time.perf_counter_ns()
+        clock = self.engine.clock
+        start, start_wall = clock.cpu(), clock.wall()
         try:
             yield
         finally:
-            self.exempt_ns += time.thread_time_ns() - start
-            self.exempt_wall_ns += time.perf_counter_ns() - start_wall
+            self.exempt_ns += clock.cpu() - start
+            self.exempt_wall_ns += clock.wall() - start_wall
 
     @contextmanager
     def writing(self):

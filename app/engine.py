@@ -8,6 +8,7 @@ import time
 
 import requests
 
+from app.budget import budget_clock
 from app.context import ExecutionContext, RequestData
 from app.errors import DepotError
 from app.stores.blobs import DIGEST_PREFIX, BlobRef, FileBlobStore, declared_digest, split_digest
@@ -66,8 +67,11 @@ def resolve_blob_root(data_dir, root):
 
 
 class Engine:
-    def __init__(self, compiled, stores, read_only=False):
+    def __init__(self, compiled, stores, read_only=False, cpu_clock=None):
+        """``cpu_clock``: a callable returning nanoseconds that the CPU budget charges requests by instead of
+        their thread's CPU time (see app.budget)."""
         self.compiled = compiled
+        self.clock = budget_clock(cpu_clock)
         self.stores = stores
         self.read_only = read_only  # a replica: route steps that change the repository are refused
         self.state = stores.state
@@ -102,7 +106,7 @@ class Engine:
             raise DepotError(route.disabled[0], 404, route.disabled[1])
         ctx = ExecutionContext(self, request, authenticate=authenticate)
         try:
-            route.pipeline.run(ctx, self.limits.max_cpu_ns)
+            route.pipeline.run(ctx, self.limits.max_cpu_ns, self.clock)
         except BaseException:
             ctx.close()
             raise
@@ -138,7 +142,7 @@ class Engine:
         ctx.fields.update(record.get("payload") or {})
         ctx.replay_writes = list(bookkeeping)
         try:
-            pipeline.run(ctx, self.limits.max_cpu_ns)
+            pipeline.run(ctx, self.limits.max_cpu_ns, self.clock)
             if ctx.replay_writes:
                 self.state.write(ctx.replay_writes)
         finally:

@@ -1,6 +1,7 @@
 """Every op of the vocabulary, run through real routes over HTTP against real stores."""
 import copy
 import hashlib
+import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -9,6 +10,7 @@ import pytest
 
 from app.opspec import REGISTRY
 from app.stores.state import kv_key
+from app.testing import ManualClock
 
 
 def with_routes(schema, *routes, **changes):
@@ -464,18 +466,56 @@ def test_io_limit_is_enforced(make_depot, reference_schema):
     assert response.status_code == 503 and response.get_json()["error"]["code"] == "IO_LIMIT_EXCEEDED"
 
 
-def test_cpu_limit_is_enforced(make_depot, reference_schema):
-    reference_schema["ops"]["limits"]["max_cpu_ms_per_request"] = 0
-    depot = make_depot(reference_schema)
-    response = depot.client.get("/v1/a/b/latest", headers=depot.headers())
+class ChargingBody(io.BytesIO):
+    """A request body whose every read spends ``ns`` by the CPU budget's clock (a ManualClock)."""
+
+    def __init__(self, data, clock, ns):
+        super().__init__(data)
+        self.clock, self.ns = clock, ns
+
+    def read(self, size=-1):
+        self.clock.advance(self.ns)
+        return super().read(size)
+
+    def readinto(self, buffer):
+        self.clock.advance(self.ns)
+        return super().readinto(buffer)
+
+
+def charged_put(depot, path, data, clock, ns):
+    return depot.client.put(path, input_stream=ChargingBody(data, clock, ns), headers=depot.headers(
+        **{"Content-Length": str(len(data)), "Content-Type": "application/json"}))
+
+
+def budget_routes(schema):
+    return with_routes(schema, route(
+        "charged_json", "PUT", "/charged", WRITE, step("parse.json", out="body"),
+        step("kv.get", doc="tag_map", key="tag/a/b/c", out="found"), step("respond.json", body={"ok": True})),
+        ops__limits__max_cpu_ms_per_request=20)
+
+
+def test_cpu_limit_is_enforced(make_depot, project_schema):
+    clock = ManualClock()
+    depot = make_depot(budget_routes(project_schema), cpu_clock=clock)
+    assert charged_put(depot, "/charged", b'{"a": 1}', clock, 1_000_000).get_json() == {"ok": True}
+    response = charged_put(depot, "/charged", b'{"a": 1}', clock, 25_000_000)  # parsing JSON is charged
     assert response.status_code == 503 and response.get_json()["error"]["code"] == "CPU_LIMIT_EXCEEDED"
 
 
-def test_streaming_is_not_charged_to_the_cpu_limit(make_depot, reference_schema):
-    reference_schema["ops"]["limits"]["max_cpu_ms_per_request"] = 20
-    depot = make_depot(reference_schema)
-    data = b"\x5a" * (48 * 1024 * 1024)  # hashing and copying this takes far longer than 20 ms of CPU
-    assert depot.publish("a", "b", "1.0.0", "x", data).status_code == 201
+def test_streaming_is_not_charged_to_the_cpu_limit(make_depot, project_schema):
+    clock = ManualClock()
+    depot = make_depot(budget_routes(project_schema), cpu_clock=clock)
+    data = b"\x5a" * (3 * 1024 * 1024)  # every read 25 ms by the clock, against a 20 ms budget
+    response = charged_put(depot, "/v1/a/b/1.0.0/x/blob", data, clock, 25_000_000)
+    assert response.status_code == 201, response.data
+
+
+def test_the_test_depots_cpu_clock_stands_still(make_depot, project_schema):
+    """No test depends on machine speed: a depot's budget is never spent unless its test spends it."""
+    schema = with_routes(project_schema, ops__limits__max_cpu_ms_per_request=0)
+    depot = make_depot(schema)
+    assert depot.publish("a", "b", "1.0.0", "x", b"\x01" * 4096).status_code == 201
+    assert depot.client.get("/v1/a/b/latest", headers=depot.headers()).status_code == 200
 
 
 def test_scope_steps_a_policy_already_enforces_leave_the_plan_but_others_stay(make_depot, project_schema):
