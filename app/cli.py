@@ -1,4 +1,4 @@
-"""python -m app: serve, check, validate, add, routes add, gc, replicate, db, docs."""
+"""python -m app: serve, check, validate, add, routes add, gc, reindex, replicate, db, docs."""
 import argparse
 import json
 import os
@@ -55,6 +55,12 @@ def build_parser():
     gc.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
     gc.add_argument("--grace-seconds", type=int, help="override gc.sweep.sweep_unreferenced_after_seconds")
     gc.set_defaults(handler=cmd_gc)
+
+    reindex = commands.add_parser("reindex", help="rewrite every index's entries under the active schema's index "
+                                  "keys, as a change of an index's fields, sort or where needs; the server must be "
+                                  "stopped")
+    reindex.add_argument("--data-dir", default="./data", help="data dir (default ./data)")
+    reindex.set_defaults(handler=cmd_reindex)
 
     replicate = commands.add_parser(
         "replicate", help="copy what a primary has published to a replica (both running), blobs before events",
@@ -224,6 +230,18 @@ def cmd_gc(args):
     finally:
         service.close()
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_reindex(args):
+    from app.service import Service
+    service = Service(open_data_dir(args.data_dir), announce=lambda *_: None)
+    try:
+        counts = {name: service.stores.state.reindex(index)
+                  for name, index in service.engine.compiled.definitions["index"].items()}
+    finally:
+        service.close()
+    print(json.dumps({"rows_rewritten": counts}, indent=2))
     return 0
 
 
