@@ -581,20 +581,43 @@ def respond_json(ctx, a):
     ctx.response = ResponseSpec(a.status, headers, json=a.body.render(ctx))
 
 
-@op("respond.bytes", "End the pipeline streaming a blob from disk (HEAD, Range, ETag and If-None-Match "
-    "are honoured).",
+@op("respond.bytes", "End the pipeline streaming a blob from disk as an attachment (Content-Disposition, "
+    "Last-Modified). HEAD, Range, ETag, If-None-Match, If-Modified-Since and If-Range are honoured; a Range "
+    "header asking for several ranges is answered with the whole body (200) when any of them is satisfiable, "
+    "416 when none is.",
     args={"status": Const("integer", "HTTP status", required=False, default=200, **_STATUS),
           "body": Template("a blob handle ($blob)"), "headers": Template("extra headers", required=False,
-                                                                         shape="object")},
-    errors=["404 BLOB_NOT_FOUND", "416 RANGE_NOT_SATISFIABLE"],
-    example={"status": 200, "body": "$blob", "headers": {"Content-Type": "application/octet-stream"}},
+                                                                         shape="object"),
+          "filename": Template("the download's file name, e.g. {name}-{version}-{variant} (Content-Disposition: "
+                               "attachment; a name that is not plain ASCII is also sent RFC 5987-encoded); "
+                               "default: sha256-<hex> of the blob", required=False, shape="string"),
+          "last_modified": Template("when the bytes were published, an ISO 8601 timestamp such as "
+                                    "$meta.created_at (Last-Modified, If-Modified-Since); default: the blob "
+                                    "file's modification time", required=False)},
+    errors=["404 BLOB_NOT_FOUND", "416 RANGE_NOT_SATISFIABLE", "500 INVALID_TIMESTAMP"],
+    example={"status": 200, "body": "$blob", "headers": {"Content-Type": "application/octet-stream"},
+             "filename": "{name}-{version}-{variant}", "last_modified": "$meta.created_at"},
     openapi=lambda o, a: o.response(a.status, "bytes"))
 def respond_bytes(ctx, a):
     body = a.body.render(ctx)
     if not isinstance(body, BlobRef):
         raise DepotError("INVALID_BODY", 500, "respond.bytes needs a blob handle as its body")
     headers = a.headers.render(ctx) if a.headers is not None else None
-    ctx.response = ResponseSpec(a.status, headers, blob=body)
+    filename = a.filename.render(ctx) if a.filename is not None else None
+    modified = _timestamp(a.last_modified.render(ctx)) if a.last_modified is not None else None
+    ctx.response = ResponseSpec(a.status, headers, blob=body, filename=filename or None, last_modified=modified)
+
+
+def _timestamp(value):
+    """An ISO 8601 timestamp as an aware datetime (UTC when it names no zone); None stays None."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise DepotError("INVALID_TIMESTAMP", 500, "respond.bytes last_modified must be an ISO 8601 timestamp, "
+                         "not %r" % (value,)) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 @op("respond.redirect", "End the pipeline with a redirect.",

@@ -7,14 +7,17 @@ from app.errors import DepotError
 class ResponseSpec:
     """What a respond.* op decided; the HTTP layer turns it into bytes on the wire."""
 
-    __slots__ = ("status", "headers", "json", "blob", "location")
+    __slots__ = ("status", "headers", "json", "blob", "location", "filename", "last_modified")
 
-    def __init__(self, status, headers=None, json=None, blob=None, location=None):
+    def __init__(self, status, headers=None, json=None, blob=None, location=None, filename=None,
+                 last_modified=None):
         self.status = status
         self.headers = headers
         self.json = json
         self.blob = blob
         self.location = location
+        self.filename = filename  # a blob's download name (None: the HTTP layer's default)
+        self.last_modified = last_modified  # an aware datetime (None: the blob file's modification time)
 
 
 class RequestData:

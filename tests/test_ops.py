@@ -228,6 +228,24 @@ def test_blob_get_missing_blob_is_404(ref_depot):
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "BLOB_NOT_FOUND"
 
 
+def test_respond_bytes_names_and_dates_the_download_as_its_arguments_say(make_depot, project_schema):
+    schema = with_routes(project_schema, route(
+        "named", "GET", "/named/{namespace}/{name}/{version}/{variant}", READ, *PATH,
+        step("parse.query", fields={"at": {"type": "string"}}),
+        step("kv.get", doc="artifact_meta", key="artifact/{namespace}/{name}/{version}/{variant}", out="meta"),
+        step("blob.get", store="primary", digest="$meta.blob_digest", out="blob"),
+        step("respond.bytes", body="$blob", filename="r\u00e9sum\u00e9 of {name}.txt", last_modified="{at}")))
+    depot = make_depot(schema)
+    assert depot.publish("a", "b", "1.0.0", "x", b"named bytes").status_code == 201
+    response = depot.client.get("/named/a/b/1.0.0/x?at=2020-01-02T03:04:05Z", headers=depot.headers())
+    assert response.status_code == 200 and response.data == b"named bytes"
+    assert response.headers["Content-Disposition"] == (
+        "attachment; filename=\"r_sum_ of b.txt\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20of%20b.txt")
+    assert response.headers["Last-Modified"] == "Thu, 02 Jan 2020 03:04:05 GMT"
+    bad = depot.client.get("/named/a/b/1.0.0/x?at=yesterday", headers=depot.headers())
+    assert bad.status_code == 500 and bad.get_json()["error"]["code"] == "INVALID_TIMESTAMP"
+
+
 # --- index --------------------------------------------------------------------------------------------------
 
 def test_index_upsert_query_delete(make_depot, project_schema):

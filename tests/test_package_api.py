@@ -5,6 +5,7 @@ import copy
 import hashlib
 import json
 import os
+from datetime import datetime
 
 import pytest
 
@@ -167,6 +168,19 @@ def test_head_of_blob_gives_length_and_digest_without_body(depot, read):
 
     missing = depot.client.head("/v1/acme/pkg/9.9.9/x/blob", headers=read)
     assert missing.status_code == 404 and missing.data == b""
+
+
+def test_a_download_is_named_by_its_coordinates_and_dated_by_its_publication(depot, read):
+    assert depot.publish("acme", "pkg", "1.2.0", "linux-amd64", b"tool bytes").status_code == 201
+    created = datetime.fromisoformat(depot.client.get("/v1/acme/pkg/1.2.0/linux-amd64",
+                                                      headers=read).get_json()["created_at"])
+    for _ in range(2):  # the second answer comes from the response cache
+        get = depot.client.get("/v1/acme/pkg/1.2.0/linux-amd64/blob", headers=read)
+        assert get.headers["Content-Disposition"] == 'attachment; filename="pkg-1.2.0-linux-amd64"'
+        assert get.last_modified == created.replace(microsecond=0)
+        unchanged = depot.client.get("/v1/acme/pkg/1.2.0/linux-amd64/blob",
+                                     headers=dict(read, **{"If-Modified-Since": get.headers["Last-Modified"]}))
+        assert unchanged.status_code == 304 and unchanged.data == b""
 
 
 # --------------------------------------------------------------------------------------------------------------
