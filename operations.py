@@ -285,13 +285,15 @@ def blob_get(ctx, a):
     ctx.vars[a.out] = blob
 
 
-@op("blob.put", "Stream bytes into the content-addressed store, hashing while writing; inside a transaction "
+@op("blob.put", "Stream bytes into the content-addressed store, hashing while writing (sha-256, and from "
+    "request.body also each further algorithm the client's Content-Digest declares: sha-512); inside a transaction "
     "the blob is moved into place only at commit.",
     args={"store": RefTo("blob_store", "the blob store"),
           "from": Source("request.body, or a body handle such as $up_resp.body"),
           "out": Output("variable receiving 'sha256:<hex>'"),
           "out_size": Output("variable receiving the size in bytes", required=False)},
-    errors=["413 BLOB_TOO_LARGE", "413 PAYLOAD_TOO_LARGE", "400 BLOB_TOO_SMALL"],
+    errors=["413 BLOB_TOO_LARGE", "413 PAYLOAD_TOO_LARGE", "400 BLOB_TOO_SMALL", "400 INVALID_DIGEST",
+            "400 UNSUPPORTED_DIGEST_ALGORITHM"],
     example={"store": "primary", "from": "request.body", "out": "digest", "out_size": "blob_size"}, io=True,
     mutates=True,
     openapi=lambda o, a: o.binary_body() if getattr(a, "from") == Source.REQUEST_BODY else None)
@@ -300,8 +302,10 @@ def blob_put(ctx, a):
     source = getattr(a, "from")
     ctx.count_io()
     with ctx.streaming():
-        if source == Source.REQUEST_BODY:
-            staged = store.stage(ctx.request.stream)
+        if source == Source.REQUEST_BODY:  # the client's declared digests, checked before a byte is read, name
+            # the algorithms hashed while streaming besides sha-256
+            also = {declared.algorithm for declared in ctx.request.declared_digests}
+            staged = store.stage(ctx.request.stream, also)
         else:
             staged = _stage_from_value(store, source.render(ctx))
     ctx.hold_blob(store, staged.digest)
@@ -322,21 +326,44 @@ def _stage_from_value(store, value):
         return store.stage(stream)
 
 
-@op("blob.verify_digest", "Check a put blob's digest against the one the client declared (Content-Digest "
-    "header or ?digest=) or an explicit expected digest; a mismatch rejects the request and nothing is recorded.",
+@op("blob.verify_digest", "Check a put blob's digest against every digest the client declared: each "
+    "Content-Digest member Depot computes (sha-256, sha-512; others are ignored beside one it computes) and "
+    "?digest=sha256:<hex>, all of them; or against an explicit expected digest. A mismatch names the source that "
+    "disagreed, rejects the request, and nothing is recorded.",
     args={"digest": Template("the digest blob.put produced ($digest)", shape="string"),
           "algo": Const("string", "digest algorithm", choices=["sha256"], required=False, default="sha256"),
-          "expected": Template("expected digest; defaults to the client's declaration", required=False)},
-    errors=["400 DIGEST_MISMATCH", "400 INVALID_DIGEST"],
+          "expected": Template("expected digest; defaults to the client's declarations", required=False)},
+    errors=["400 DIGEST_MISMATCH", "400 INVALID_DIGEST", "400 UNSUPPORTED_DIGEST_ALGORITHM"],
     example={"digest": "$digest", "algo": "sha256"})
 def blob_verify_digest(ctx, a):
     actual = "sha256:" + split_digest(a.digest.render(ctx))
-    expected = a.expected.render(ctx) if a.expected is not None else ctx.request.declared_digest
-    if expected is not None and "sha256:" + split_digest(expected) != actual:
-        raise digest_mismatch(expected, actual)
     staged = ctx.unverified_blobs.pop(actual, None)
+    if a.expected is not None:
+        expected = a.expected.render(ctx)
+        if expected is not None and "sha256:" + split_digest(expected) != actual:
+            raise digest_mismatch(expected, actual)
+    else:
+        _check_declared(ctx.request.declared_digests, staged.digests if staged is not None else {}, actual)
     if staged is not None:
         staged.verified = True
+
+
+def _check_declared(declared, computed, actual):
+    """Each declared digest against what was computed while the blob streamed in (sha-256 is ``actual``)."""
+    computed = dict(computed, **{"sha-256": actual[len("sha256:"):]})
+    wrong = []
+    for claim in declared:
+        value = computed.get(claim.algorithm)
+        if value is None:
+            raise DepotError("DIGEST_NOT_COMPUTED", 500, "%s cannot be checked: only blob.put of request.body "
+                             "computes %s" % (claim.describe(), claim.algorithm))
+        if value != claim.hexdigest:
+            wrong.append(claim)
+    if wrong:
+        raise DepotError("DIGEST_MISMATCH", 400, "; ".join(
+            "%s does not match the uploaded bytes (%s %s)" % (claim.describe(), claim.algorithm,
+                                                              computed[claim.algorithm]) for claim in wrong),
+                         wrong[0].source)
 
 
 # --- index ------------------------------------------------------------------------------------------------

@@ -23,20 +23,22 @@ class ResponseSpec:
 class RequestData:
     """Everything an op may read of a request. The HTTP layer fills it; tests and replay can build one directly.
 
-    ``stream`` has read(n); ``declared_digest`` is the digest the client said the body has (or None).
+    ``stream`` has read(n); ``declared_digests`` are the digests the client said the body has (DeclaredDigest
+    tuples, app.stores.blobs); ``dropped_headers`` the names of request headers the server could not pass on.
     """
 
     def __init__(self, method="GET", path_params=None, query=None, headers=None, stream=None,
-                 content_length=None, declared_digest=None, remote_addr=None, request_id=None):
+                 content_length=None, declared_digests=(), remote_addr=None, request_id=None, dropped_headers=()):
         self.method = method
         self.path_params = path_params if path_params is not None else {}
         self.query = query if query is not None else {}
         self.headers = headers if headers is not None else {}
         self.stream = stream
         self.content_length = content_length
-        self.declared_digest = declared_digest
+        self.declared_digests = declared_digests
         self.remote_addr = remote_addr
         self.request_id = request_id
+        self.dropped_headers = dropped_headers
 
 
 _UNKNOWN = object()

@@ -11,7 +11,7 @@ import requests
 from app.budget import budget_clock
 from app.context import ExecutionContext, RequestData
 from app.errors import DepotError
-from app.stores.blobs import DIGEST_PREFIX, BlobRef, FileBlobStore, declared_digest, split_digest
+from app.stores.blobs import DIGEST_PREFIX, BlobRef, FileBlobStore, declared_digests, split_digest
 from app.stores.cache import CacheStore
 from app.stores.guard import BlobGuard
 from app.stores.state import StateStore
@@ -207,9 +207,10 @@ def upstream_digest(headers):
             except DepotError:
                 return None
     try:
-        return declared_digest(headers, {})
+        declared = [d for d in declared_digests(headers, {}) if d.algorithm == "sha-256"]
     except DepotError:
         return None
+    return DIGEST_PREFIX + declared[0].hexdigest if declared else None
 
 
 def _remove(path):

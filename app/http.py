@@ -22,7 +22,7 @@ from werkzeug.wsgi import wrap_file
 from app.body import RequestBody
 from app.context import RequestData
 from app.errors import DepotError, too_large
-from app.stores.blobs import declared_digest
+from app.stores.blobs import declared_digests
 from app.stores.state import dumps
 
 log = logging.getLogger("depot")
@@ -83,8 +83,8 @@ class HttpRequestData(RequestData):
         return RequestBody(self._req.stream, self._limit, self._req.content_length)
 
     @_lazy
-    def declared_digest(self):
-        return declared_digest(self._req.headers, self._req.args)
+    def declared_digests(self):
+        return declared_digests(self._req.headers, self._req.args)
 
 
 def request_data(req, engine, params):
