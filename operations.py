@@ -87,14 +87,19 @@ def _query_value(raw, name, spec):
 
 @op("parse.headers", "Bind request headers: `fields` maps field names to header names (absent headers bind "
     "nothing); `prefixes` maps variable names to a header prefix and collects every header with it into an object "
-    "keyed by the rest of the name, lower-cased (X-Depot-Label-Os: linux -> {\"os\": \"linux\"}).",
+    "keyed by the rest of the name, lower-cased (X-Depot-Label-Os: linux -> {\"os\": \"linux\"}). A header the "
+    "server could not pass on (a name with an underscore, which WSGI cannot tell from a hyphen) that this step "
+    "would have read is refused, never silently missing.",
     args={"fields": Const("object", "field name -> header name", required=False, default={}),
           "prefixes": Const("object", "variable name -> header name prefix", required=False, default={})},
+    errors=["400 INVALID_HEADER"],
     example={"fields": {"description": "X-Depot-Description"}, "prefixes": {"labels": "X-Depot-Label-"}},
     binds=lambda scope, raw: (scope.bind_fields(raw.get("fields", {})),
                               [scope.binds_var(name) for name in raw.get("prefixes", {})]),
     openapi=lambda o, a: o.header_params(a.fields, a.prefixes))
 def parse_headers(ctx, a):
+    if ctx.request.dropped_headers:
+        _refuse_dropped(ctx.request.dropped_headers, a)
     headers = ctx.request.headers
     for field, header in a.fields.items():
         value = headers.get(header)
@@ -104,6 +109,18 @@ def parse_headers(ctx, a):
         start = len(prefix)
         ctx.vars[name] = {key[start:].lower(): _utf8(value) for key, value in headers.items()
                           if key.lower().startswith(prefix.lower()) and len(key) > start}
+
+
+def _refuse_dropped(dropped, a):
+    """400 INVALID_HEADER for the first dropped header a `fields` name or a `prefixes` prefix would have read."""
+    names = {header.lower() for header in a.fields.values()}
+    prefixes = [prefix.lower() for prefix in a.prefixes.values()]
+    for name in dropped:
+        lower = name.lower()
+        if lower in names or any(lower.startswith(prefix) and len(lower) > len(prefix) for prefix in prefixes):
+            raise bad_request("INVALID_HEADER", "header %s cannot be received: the server drops header names with "
+                              "an underscore (WSGI cannot tell them from a hyphen); name it without one" % name,
+                              name)
 
 
 def _utf8(value):

@@ -22,6 +22,7 @@ from werkzeug.wsgi import wrap_file
 from app.body import RequestBody
 from app.context import RequestData
 from app.errors import DepotError, too_large
+from app.server import DROPPED_HEADERS_KEY
 from app.stores.blobs import declared_digests
 from app.stores.state import dumps
 
@@ -81,6 +82,10 @@ class HttpRequestData(RequestData):
     @_lazy
     def stream(self):
         return RequestBody(self._req.stream, self._limit, self._req.content_length)
+
+    @_lazy
+    def dropped_headers(self):
+        return self._req.environ.get(DROPPED_HEADERS_KEY, ())
 
     @_lazy
     def declared_digests(self):

@@ -97,6 +97,24 @@ def test_parse_query_typed_and_bounded(make_depot, project_schema):
         assert error["code"] == "INVALID_QUERY" and error["field"] == field
 
 
+def test_parse_headers_refuses_a_dropped_header_it_would_have_read(make_depot, project_schema):
+    schema = with_routes(project_schema, route(
+        "headers", "GET", "/headers", step("parse.headers", fields={"note": "X-Note_Field"},
+                                           prefixes={"labels": "X-Depot-Label-"}),
+        step("respond.json", body={"labels": "$labels"})))
+    client = make_depot(schema).client
+
+    def get(*dropped):
+        return client.get("/headers", headers={"X-Depot-Label-Os": "linux"},
+                          environ_overrides={"depot.dropped_headers": dropped})
+    assert get().get_json() == {"labels": {"os": "linux"}}
+    assert get("X_Unrelated", "X-Depot-Label_").get_json() == {"labels": {"os": "linux"}}  # nothing it reads
+    for dropped in ("x-depot-label-build_id", "X-NOTE_FIELD"):
+        response = get("X_Unrelated", dropped)
+        error = response.get_json()["error"]
+        assert response.status_code == 400 and error["code"] == "INVALID_HEADER" and error["field"] == dropped
+
+
 def test_parse_json_and_validate_json_schema(ref_depot):
     url = "/v1/acme/pkg/tags/stable"
     h = ref_depot.headers()
