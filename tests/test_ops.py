@@ -554,6 +554,15 @@ def test_the_test_depots_cpu_clock_stands_still(make_depot, project_schema):
     assert depot.client.get("/v1/a/b/latest", headers=depot.headers()).status_code == 200
 
 
+def test_depot_cpu_budget_off_stops_the_served_clock(monkeypatch):
+    from app.budget import stopped_clock
+    from app.cli import _cpu_clock
+    monkeypatch.setenv("DEPOT_CPU_BUDGET", "off")
+    assert _cpu_clock() is stopped_clock and stopped_clock() == stopped_clock()
+    monkeypatch.delenv("DEPOT_CPU_BUDGET")
+    assert _cpu_clock() is None  # the thread's CPU clock
+
+
 def test_scope_steps_a_policy_already_enforces_leave_the_plan_but_others_stay(make_depot, project_schema):
     schema = with_routes(project_schema,
                          route("needs_write", "GET", "/needs-write", step("auth.require_scopes", scopes=["write"]),
