@@ -85,14 +85,19 @@ def parse_query(ctx, a):
 
 @op("parse.headers", "Bind request headers: `fields` maps field names to header names (absent headers bind "
     "nothing); `prefixes` maps variable names to a header prefix and collects every header with it into an object "
-    "keyed by the rest of the name, lower-cased (X-Depot-Label-Os: linux -> {\"os\": \"linux\"}).",
+    "keyed by the rest of the name, lower-cased (X-Depot-Label-Os: linux -> {\"os\": \"linux\"}). A header the "
+    "server could not pass on (a name with an underscore, which WSGI cannot tell from a hyphen) that this step "
+    "would have read is refused, never silently missing.",
     args={"fields": Const("object", "field name -> header name", required=False, default={}),
           "prefixes": Const("object", "variable name -> header name prefix", required=False, default={})},
+    errors=["400 INVALID_HEADER"],
     example={"fields": {"description": "X-Depot-Description"}, "prefixes": {"labels": "X-Depot-Label-"}},
     binds=lambda scope, raw: (scope.bind_fields(raw.get("fields", {})),
                               [scope.binds_var(name) for name in raw.get("prefixes", {})]),
     openapi=lambda o, a: o.header_params(a.fields, a.prefixes))
 def parse_headers(ctx, a):
+    if ctx.request.dropped_headers:
+        _refuse_dropped(ctx.request.dropped_headers, a)
     headers = ctx.request.headers
     for field, header in a.fields.items():
         value = headers.get(header)
@@ -102,6 +107,18 @@ def parse_headers(ctx, a):
         start = len(prefix)
         ctx.vars[name] = {key[start:].lower(): _utf8(value) for key, value in headers.items()
                           if key.lower().startswith(prefix.lower()) and len(key) > start}
+
+
+def _refuse_dropped(dropped, a):
+    """400 INVALID_HEADER for the first dropped header a `fields` name or a `prefixes` prefix would have read."""
+    names = {header.lower() for header in a.fields.values()}
+    prefixes = [prefix.lower() for prefix in a.prefixes.values()]
+    for name in dropped:
+        lower = name.lower()
+        if lower in names or any(lower.startswith(prefix) and len(lower) > len(prefix) for prefix in prefixes):
+            raise bad_request("INVALID_HEADER", "header %s cannot be received: the server drops header names with "
+                              "an underscore (WSGI cannot tell them from a hyphen); name it without one" % name,
+                              name)
 
 
 def _utf8(value):
@@ -283,13 +300,15 @@ def blob_get(ctx, a):
     ctx.vars[a.out] = blob
 
 
-@op("blob.put", "Stream bytes into the content-addressed store, hashing while writing; inside a transaction "
+@op("blob.put", "Stream bytes into the content-addressed store, hashing while writing (sha-256, and from "
+    "request.body also each further algorithm the client's Content-Digest declares: sha-512); inside a transaction "
     "the blob is moved into place only at commit.",
     args={"store": RefTo("blob_store", "the blob store"),
           "from": Source("request.body, or a body handle such as $up_resp.body"),
           "out": Output("variable receiving 'sha256:<hex>'"),
           "out_size": Output("variable receiving the size in bytes", required=False)},
-    errors=["413 BLOB_TOO_LARGE", "413 PAYLOAD_TOO_LARGE", "400 BLOB_TOO_SMALL"],
+    errors=["413 BLOB_TOO_LARGE", "413 PAYLOAD_TOO_LARGE", "400 BLOB_TOO_SMALL", "400 INVALID_DIGEST",
+            "400 UNSUPPORTED_DIGEST_ALGORITHM"],
     example={"store": "primary", "from": "request.body", "out": "digest", "out_size": "blob_size"}, io=True,
     mutates=True,
     openapi=lambda o, a: o.binary_body() if getattr(a, "from") == Source.REQUEST_BODY else None)
@@ -298,8 +317,10 @@ def blob_put(ctx, a):
     source = getattr(a, "from")
     ctx.count_io()
     with ctx.streaming():
-        if source == Source.REQUEST_BODY:
-            staged = store.stage(ctx.request.stream)
+        if source == Source.REQUEST_BODY:  # the client's declared digests, checked before a byte is read, name
+            # the algorithms hashed while streaming besides sha-256
+            also = {declared.algorithm for declared in ctx.request.declared_digests}
+            staged = store.stage(ctx.request.stream, also)
         else:
             staged = _stage_from_value(store, source.render(ctx))
     ctx.hold_blob(store, staged.digest)
@@ -320,21 +341,44 @@ def _stage_from_value(store, value):
         return store.stage(stream)
 
 
-@op("blob.verify_digest", "Check a put blob's digest against the one the client declared (Content-Digest "
-    "header or ?digest=) or an explicit expected digest; a mismatch rejects the request and nothing is recorded.",
+@op("blob.verify_digest", "Check a put blob's digest against every digest the client declared: each "
+    "Content-Digest member Depot computes (sha-256, sha-512; others are ignored beside one it computes) and "
+    "?digest=sha256:<hex>, all of them; or against an explicit expected digest. A mismatch names the source that "
+    "disagreed, rejects the request, and nothing is recorded.",
     args={"digest": Template("the digest blob.put produced ($digest)", shape="string"),
           "algo": Const("string", "digest algorithm", choices=["sha256"], required=False, default="sha256"),
-          "expected": Template("expected digest; defaults to the client's declaration", required=False)},
-    errors=["400 DIGEST_MISMATCH", "400 INVALID_DIGEST"],
+          "expected": Template("expected digest; defaults to the client's declarations", required=False)},
+    errors=["400 DIGEST_MISMATCH", "400 INVALID_DIGEST", "400 UNSUPPORTED_DIGEST_ALGORITHM"],
     example={"digest": "$digest", "algo": "sha256"})
 def blob_verify_digest(ctx, a):
     actual = "sha256:" + split_digest(a.digest.render(ctx))
-    expected = a.expected.render(ctx) if a.expected is not None else ctx.request.declared_digest
-    if expected is not None and "sha256:" + split_digest(expected) != actual:
-        raise digest_mismatch(expected, actual)
     staged = ctx.unverified_blobs.pop(actual, None)
+    if a.expected is not None:
+        expected = a.expected.render(ctx)
+        if expected is not None and "sha256:" + split_digest(expected) != actual:
+            raise digest_mismatch(expected, actual)
+    else:
+        _check_declared(ctx.request.declared_digests, staged.digests if staged is not None else {}, actual)
     if staged is not None:
         staged.verified = True
+
+
+def _check_declared(declared, computed, actual):
+    """Each declared digest against what was computed while the blob streamed in (sha-256 is ``actual``)."""
+    computed = dict(computed, **{"sha-256": actual[len("sha256:"):]})
+    wrong = []
+    for claim in declared:
+        value = computed.get(claim.algorithm)
+        if value is None:
+            raise DepotError("DIGEST_NOT_COMPUTED", 500, "%s cannot be checked: only blob.put of request.body "
+                             "computes %s" % (claim.describe(), claim.algorithm))
+        if value != claim.hexdigest:
+            wrong.append(claim)
+    if wrong:
+        raise DepotError("DIGEST_MISMATCH", 400, "; ".join(
+            "%s does not match the uploaded bytes (%s %s)" % (claim.describe(), claim.algorithm,
+                                                              computed[claim.algorithm]) for claim in wrong),
+                         wrong[0].source)
 
 
 # --- index ------------------------------------------------------------------------------------------------
@@ -602,20 +646,43 @@ def respond_json(ctx, a):
     ctx.response = ResponseSpec(a.status, headers, json=a.body.render(ctx))
 
 
-@op("respond.bytes", "End the pipeline streaming a blob from disk (HEAD, Range, ETag and If-None-Match "
-    "are honoured).",
+@op("respond.bytes", "End the pipeline streaming a blob from disk as an attachment (Content-Disposition, "
+    "Last-Modified). HEAD, Range, ETag, If-None-Match, If-Modified-Since and If-Range are honoured; a Range "
+    "header asking for several ranges is answered with the whole body (200) when any of them is satisfiable, "
+    "416 when none is.",
     args={"status": Const("integer", "HTTP status", required=False, default=200, **_STATUS),
           "body": Template("a blob handle ($blob)"), "headers": Template("extra headers", required=False,
-                                                                         shape="object")},
-    errors=["404 BLOB_NOT_FOUND", "416 RANGE_NOT_SATISFIABLE"],
-    example={"status": 200, "body": "$blob", "headers": {"Content-Type": "application/octet-stream"}},
+                                                                         shape="object"),
+          "filename": Template("the download's file name, e.g. {name}-{version}-{variant} (Content-Disposition: "
+                               "attachment; a name that is not plain ASCII is also sent RFC 5987-encoded); "
+                               "default: sha256-<hex> of the blob", required=False, shape="string"),
+          "last_modified": Template("when the bytes were published, an ISO 8601 timestamp such as "
+                                    "$meta.created_at (Last-Modified, If-Modified-Since); default: the blob "
+                                    "file's modification time", required=False)},
+    errors=["404 BLOB_NOT_FOUND", "416 RANGE_NOT_SATISFIABLE", "500 INVALID_TIMESTAMP"],
+    example={"status": 200, "body": "$blob", "headers": {"Content-Type": "application/octet-stream"},
+             "filename": "{name}-{version}-{variant}", "last_modified": "$meta.created_at"},
     openapi=lambda o, a: o.response(a.status, "bytes"))
 def respond_bytes(ctx, a):
     body = a.body.render(ctx)
     if not isinstance(body, BlobRef):
         raise DepotError("INVALID_BODY", 500, "respond.bytes needs a blob handle as its body")
     headers = a.headers.render(ctx) if a.headers is not None else None
-    ctx.response = ResponseSpec(a.status, headers, blob=body)
+    filename = a.filename.render(ctx) if a.filename is not None else None
+    modified = _timestamp(a.last_modified.render(ctx)) if a.last_modified is not None else None
+    ctx.response = ResponseSpec(a.status, headers, blob=body, filename=filename or None, last_modified=modified)
+
+
+def _timestamp(value):
+    """An ISO 8601 timestamp as an aware datetime (UTC when it names no zone); None stays None."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise DepotError("INVALID_TIMESTAMP", 500, "respond.bytes last_modified must be an ISO 8601 timestamp, "
+                         "not %r" % (value,)) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 @op("respond.redirect", "End the pipeline with a redirect.",

@@ -2,12 +2,13 @@
 
 
 def create_app(data_dir, schema=None, schema_path=None, sync=True, announce=print, read_only=False,
-               load_schema=False):
+               load_schema=False, cpu_clock=None):
     """Build the WSGI app for ``data_dir``, serving its active schema; a new data dir starts with ``schema`` (a
     dict) or the schema file at ``schema_path`` (default: the project's schema.json), and ``load_schema`` makes
     that schema the active one when it differs. ``read_only``: a replica, refusing route steps that change the
-    repository (replication still applies). Raises SchemaLoadError when the schema cannot be served."""
+    repository (replication still applies); ``cpu_clock``: what the per-request CPU budget reads instead of the
+    thread's CPU time (app.budget). Raises SchemaLoadError when the schema cannot be served."""
     from app.http import create_app as build
     from app.service import Service
     return build(Service(data_dir, schema=schema, schema_path=schema_path, sync=sync, announce=announce,
-                         read_only=read_only, load_schema=load_schema))
+                         read_only=read_only, load_schema=load_schema, cpu_clock=cpu_clock))

@@ -1,6 +1,7 @@
-"""python -m app: serve, check, validate, add, routes add, gc, replicate, db, docs."""
+"""python -m app: serve, check, validate, add, routes add, gc, reindex, replicate, db, docs."""
 import argparse
 import json
+import os
 import sys
 
 from app import datadir
@@ -16,7 +17,9 @@ def build_parser():
     serve = commands.add_parser("serve", help="serve the repository over HTTP",
                                 description="Serve the repository. Environment: DEPOT_ADMIN_PASSWORD (first start), "
                                 "DEPOT_SECRET_KEY (JWT key; else generated into the data dir), DEPOT_DATABASE_URL "
-                                "(default: SQLite in the data dir).")
+                                "(default: SQLite in the data dir), DEPOT_CPU_BUDGET=off (requests are charged no CPU "
+                                "time: ops.limits.max_cpu_ms_per_request is not enforced; for test suites on "
+                                "loaded machines).")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     serve.add_argument("--data-dir", default="./data", help="blobs, KV/index database, SQL database, keys "
@@ -56,6 +59,12 @@ def build_parser():
     gc.add_argument("--dry-run", action="store_true", help="report what would be removed, remove nothing")
     gc.add_argument("--grace-seconds", type=int, help="override gc.sweep.sweep_unreferenced_after_seconds")
     gc.set_defaults(handler=cmd_gc)
+
+    reindex = commands.add_parser("reindex", help="rewrite every index's entries under the active schema's index "
+                                  "keys, as a change of an index's fields, sort or where needs; the server must be "
+                                  "stopped")
+    reindex.add_argument("--data-dir", default="./data", help="data dir (default ./data)")
+    reindex.set_defaults(handler=cmd_reindex)
 
     replicate = commands.add_parser(
         "replicate", help="copy what a primary has published to a replica (both running), blobs before events",
@@ -242,6 +251,18 @@ def cmd_gc(args):
     return 0
 
 
+def cmd_reindex(args):
+    from app.service import Service
+    service = Service(open_data_dir(args.data_dir), announce=lambda *_: None)
+    try:
+        counts = {name: service.stores.state.reindex(index)
+                  for name, index in service.engine.compiled.definitions["index"].items()}
+    finally:
+        service.close()
+    print(json.dumps({"rows_rewritten": counts}, indent=2))
+    return 0
+
+
 def cmd_replicate(args):
     import os
 
@@ -310,6 +331,12 @@ def cmd_check(args):
     return 0 if report.ok else 1
 
 
+def _cpu_clock():
+    """DEPOT_CPU_BUDGET=off stops the CPU budget's clock (a test suite's servers must not depend on machine load)."""
+    from app.budget import stopped_clock
+    return stopped_clock if os.environ.get("DEPOT_CPU_BUDGET", "").lower() == "off" else None
+
+
 def cmd_serve(args):
     """Check the schema, open the data dir and serve it (app/server.py): one process, whose --threads threads
     run requests while one I/O thread reads and writes every connection."""
@@ -328,7 +355,7 @@ def cmd_serve(args):
         return 1
     try:
         app = create_app(open_data_dir(args.data_dir), schema=doc, schema_path=path, read_only=args.read_only,
-                         load_schema=args.load_schema)
+                         load_schema=args.load_schema, cpu_clock=_cpu_clock())
     except StoreLocked:
         raise datadir.in_use(args.data_dir, "stop it first, or give this one another --data-dir") from None
     service = app.extensions["depot"]

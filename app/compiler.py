@@ -4,12 +4,9 @@ load (JSON) -> shape check (metaschema) -> definitions -> routes and pipelines (
 templates parsed, references resolved, bindings analysed) -> schema-level checks (app.checks).
 Every problem is recorded in the Report with its place; the schema is servable only if no error was found.
 """
-import gc
 import hashlib
 import json
 import re
-import threading
-import time
 from collections import deque, namedtuple
 from types import SimpleNamespace
 
@@ -22,6 +19,7 @@ from app.conditions import ConditionError, compile_condition
 from app.definitions import (BlobStoreDef, Constraint, Document, Entity, EventLog, EventType, Limits, Upstream,
                              Validator, Versioning, chain, compile_normalizer)
 from app.auth import DEFAULTS as AUTH_DEFAULTS, require
+from app.budget import over_budget
 from app.codegen import FunctionBuilder
 from app.errors import DepotError, SchemaLoadError
 from app.expr import TemplateSyntaxError, parse_template
@@ -63,7 +61,7 @@ class Pipeline:
 
     def _set_plan(self, steps, policy_scopes=frozenset(), denied=False, namespace_guard=None):
         """``plan``: what the runner needs per step, flattened once: (op function, bound args, condition, io,
-        ends, mutates). ``run(ctx, cpu_budget_ns)``: the policies, then the plan, as one generated function
+        ends, mutates). ``run(ctx, cpu_budget_ns, clock)``: the policies, then the plan, as one generated function
         (see generate_runner)."""
         self.plan = _plan(steps)
         granted = None
@@ -112,18 +110,18 @@ def generate_runner(plan, policy_scopes=frozenset(), denied=False, granted=None,
     """The plan as straight-line code, after the route's policies (a principal holding ``policy_scopes``, or
     admin; only admin when ``denied``; the namespace permission of ``namespace_guard``): each step a direct
     call of its op function with its bound arguments, under its `when` if it has one, returning after a
-    respond step; before each step that does I/O, the CPU budget check; before each step that changes the
-    repository, the read-only replica check (replayed events, which carry ctx.event, are how a replica
-    changes). Any error aborts the open transaction and propagates. ``granted``: the runner to use instead
-    while namespace grants exist."""
-    builder = FunctionBuilder("run_pipeline", "ctx, budget")
+    respond step; before each step that does I/O, the CPU budget check, on the clocks ``clock`` (an
+    app.budget.BudgetClock) reads; before each step that changes the repository, the read-only replica check
+    (replayed events, which carry ctx.event, are how a replica changes). Any error aborts the open transaction
+    and propagates. ``granted``: the runner to use instead while namespace grants exist."""
+    builder = FunctionBuilder("run_pipeline", "ctx, budget, clock")
     if granted is not None:
         builder.line("if ctx.engine.access.active:")
-        builder.line("return %s(ctx, budget)" % builder.bind(granted, "granted"), 1)
-    wall, cpu = builder.bind(time.perf_counter_ns, "wall"), builder.bind(time.thread_time_ns, "cpu")
-    over_budget = builder.bind(_over_budget, "over_budget")
+        builder.line("return %s(ctx, budget, clock)" % builder.bind(granted, "granted"), 1)
+    over = builder.bind(over_budget, "over_budget")
     read_only = builder.bind(_read_only, "read_only")
-    builder.line("started_cpu, started_wall = %s(), %s()" % (cpu, wall))
+    builder.line("cpu, wall = clock.cpu, clock.wall")
+    builder.line("started_cpu, started_wall = cpu(), wall()")
     builder.line("try:")
     builder.depth += 1
     if policy_scopes or denied:  # the common case inline; enforce_policies works out the refusal
@@ -137,10 +135,10 @@ def generate_runner(plan, policy_scopes=frozenset(), denied=False, granted=None,
         builder.line("%s(ctx)" % builder.bind(namespace_guard, "namespace_guard"))
     for fn, args, when, io, ends, mutates in plan:
         if io:  # CPU time never exceeds wall time over the same interval, so the cheap wall clock decides
-            # whether the thread CPU clock (a system call) needs reading at all
-            builder.line("if %s() - started_wall - ctx.exempt_wall_ns > budget and %s() - started_cpu - "
-                         "ctx.exempt_ns > budget:" % (wall, cpu))
-            builder.line("%s(ctx, started_cpu, budget)" % over_budget, 1)
+            # whether the CPU clock (for the thread's, a system call) needs reading at all
+            builder.line("if wall() - started_wall - ctx.exempt_wall_ns > budget and cpu() - started_cpu - "
+                         "ctx.exempt_ns > budget:")
+            builder.line("%s(ctx, clock, started_cpu, budget)" % over, 1)
         deeper = 0
         if when is not None:
             builder.line("if %s(ctx):" % builder.bind(when, "when"))
@@ -210,42 +208,6 @@ def enforce_policies(principal, policy_scopes, denied):
 
 def _read_only():
     raise DepotError("READ_ONLY", 403, "this server is a read-only replica: send changes to its primary")
-
-
-class CollectorPauses:
-    """The CPU time the garbage collector's older-generation passes took in each thread: a collection that
-    happens to run during a request (its cost grows with the whole process's heap) is not that request's work."""
-
-    def __init__(self):
-        self.local = threading.local()
-        gc.callbacks.append(self._observe)
-
-    def _observe(self, phase, info):
-        if info["generation"] == 0:  # young passes take microseconds
-            return
-        local = self.local
-        if phase == "start":
-            local.began = time.thread_time_ns()
-        elif getattr(local, "began", None) is not None:
-            if not hasattr(local, "pauses"):
-                local.pauses = deque(maxlen=64)
-            local.pauses.append((local.began, time.thread_time_ns() - local.began))
-            local.began = None
-
-    def since(self, started_cpu):
-        """Nanoseconds of collection in this thread since ``started_cpu`` (a time.thread_time_ns())."""
-        return sum(ns for began, ns in getattr(self.local, "pauses", ()) if began >= started_cpu)
-
-
-COLLECTOR_PAUSES = CollectorPauses()
-
-
-def _over_budget(ctx, started_cpu, budget):
-    """The generated check found the budget spent; it is, unless garbage collection took the difference."""
-    spent = time.thread_time_ns() - started_cpu - ctx.exempt_ns - COLLECTOR_PAUSES.since(started_cpu)
-    if spent > budget:
-        raise DepotError("CPU_LIMIT_EXCEEDED", 503, "request exceeded max_cpu_ms_per_request (%d ms)"
-                         % (budget // 1_000_000))
 
 
 class Route:

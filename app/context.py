@@ -1,5 +1,4 @@
 """ExecutionContext: the state of one pipeline run. Knows nothing of HTTP; the request is a small adapter."""
-import time
 from contextlib import contextmanager
 
 from app.errors import DepotError
@@ -8,33 +7,38 @@ from app.errors import DepotError
 class ResponseSpec:
     """What a respond.* op decided; the HTTP layer turns it into bytes on the wire."""
 
-    __slots__ = ("status", "headers", "json", "blob", "location")
+    __slots__ = ("status", "headers", "json", "blob", "location", "filename", "last_modified")
 
-    def __init__(self, status, headers=None, json=None, blob=None, location=None):
+    def __init__(self, status, headers=None, json=None, blob=None, location=None, filename=None,
+                 last_modified=None):
         self.status = status
         self.headers = headers
         self.json = json
         self.blob = blob
         self.location = location
+        self.filename = filename  # a blob's download name (None: the HTTP layer's default)
+        self.last_modified = last_modified  # an aware datetime (None: the blob file's modification time)
 
 
 class RequestData:
     """Everything an op may read of a request. The HTTP layer fills it; tests and replay can build one directly.
 
-    ``stream`` has read(n); ``declared_digest`` is the digest the client said the body has (or None).
+    ``stream`` has read(n); ``declared_digests`` are the digests the client said the body has (DeclaredDigest
+    tuples, app.stores.blobs); ``dropped_headers`` the names of request headers the server could not pass on.
     """
 
     def __init__(self, method="GET", path_params=None, query=None, headers=None, stream=None,
-                 content_length=None, declared_digest=None, remote_addr=None, request_id=None):
+                 content_length=None, declared_digests=(), remote_addr=None, request_id=None, dropped_headers=()):
         self.method = method
         self.path_params = path_params if path_params is not None else {}
         self.query = query if query is not None else {}
         self.headers = headers if headers is not None else {}
         self.stream = stream
         self.content_length = content_length
-        self.declared_digest = declared_digest
+        self.declared_digests = declared_digests
         self.remote_addr = remote_addr
         self.request_id = request_id
+        self.dropped_headers = dropped_headers
 
 
 _UNKNOWN = object()
@@ -78,12 +82,13 @@ class ExecutionContext:
     @contextmanager
     def streaming(self):
         """Time spent moving a body's bytes is not charged to max_cpu_ms_per_request."""
-        start, start_wall = time.thread_time_ns(), time.perf_counter_ns()
+        clock = self.engine.clock
+        start, start_wall = clock.cpu(), clock.wall()
         try:
             yield
         finally:
-            self.exempt_ns += time.thread_time_ns() - start
-            self.exempt_wall_ns += time.perf_counter_ns() - start_wall
+            self.exempt_ns += clock.cpu() - start
+            self.exempt_wall_ns += clock.wall() - start_wall
 
     @contextmanager
     def writing(self):

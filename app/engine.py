@@ -9,9 +9,10 @@ import time
 import requests
 
 from app.access import SCOPES_ONLY
+from app.budget import budget_clock
 from app.context import ExecutionContext, RequestData
 from app.errors import DepotError
-from app.stores.blobs import DIGEST_PREFIX, BlobRef, FileBlobStore, declared_digest, split_digest
+from app.stores.blobs import DIGEST_PREFIX, BlobRef, FileBlobStore, declared_digests, split_digest
 from app.stores.cache import CacheStore
 from app.stores.guard import BlobGuard
 from app.stores.state import StateStore
@@ -67,9 +68,13 @@ def resolve_blob_root(data_dir, root):
 
 
 class Engine:
-    def __init__(self, compiled, stores, read_only=False, access=None):
+    def __init__(self, compiled, stores, read_only=False, access=None, cpu_clock=None):
+        """``access``: the namespace grants (app.access; default: none, the scopes decide); ``cpu_clock``: a
+        callable returning nanoseconds that the CPU budget charges requests by instead of their thread's CPU
+        time (see app.budget)."""
         self.compiled = compiled
-        self.access = access if access is not None else SCOPES_ONLY  # namespace grants (app.access)
+        self.access = access if access is not None else SCOPES_ONLY
+        self.clock = budget_clock(cpu_clock)
         self.stores = stores
         self.read_only = read_only  # a replica: route steps that change the repository are refused
         self.state = stores.state
@@ -104,7 +109,7 @@ class Engine:
             raise DepotError(route.disabled[0], 404, route.disabled[1])
         ctx = ExecutionContext(self, request, authenticate=authenticate)
         try:
-            route.pipeline.run(ctx, self.limits.max_cpu_ns)
+            route.pipeline.run(ctx, self.limits.max_cpu_ns, self.clock)
         except BaseException:
             ctx.close()
             raise
@@ -140,7 +145,7 @@ class Engine:
         ctx.fields.update(record.get("payload") or {})
         ctx.replay_writes = list(bookkeeping)
         try:
-            pipeline.run(ctx, self.limits.max_cpu_ns)
+            pipeline.run(ctx, self.limits.max_cpu_ns, self.clock)
             if ctx.replay_writes:
                 self.state.write(ctx.replay_writes)
         finally:
@@ -205,9 +210,10 @@ def upstream_digest(headers):
             except DepotError:
                 return None
     try:
-        return declared_digest(headers, {})
+        declared = [d for d in declared_digests(headers, {}) if d.algorithm == "sha-256"]
     except DepotError:
         return None
+    return DIGEST_PREFIX + declared[0].hexdigest if declared else None
 
 
 def _remove(path):

@@ -11,6 +11,8 @@ import re
 import itertools
 import secrets
 import threading
+from datetime import datetime, timezone
+from urllib.parse import quote
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestedRangeNotSatisfiable
@@ -21,7 +23,8 @@ from app.audit import api_token_id
 from app.body import RequestBody
 from app.context import RequestData
 from app.errors import DepotError, too_large
-from app.stores.blobs import declared_digest
+from app.server import DROPPED_HEADERS_KEY
+from app.stores.blobs import declared_digests
 from app.stores.state import dumps
 
 log = logging.getLogger("depot")
@@ -82,8 +85,12 @@ class HttpRequestData(RequestData):
         return RequestBody(self._req.stream, self._limit, self._req.content_length)
 
     @_lazy
-    def declared_digest(self):
-        return declared_digest(self._req.headers, self._req.args)
+    def dropped_headers(self):
+        return self._req.environ.get(DROPPED_HEADERS_KEY, ())
+
+    @_lazy
+    def declared_digests(self):
+        return declared_digests(self._req.headers, self._req.args)
 
 
 def request_data(req, engine, params):
@@ -129,15 +136,17 @@ class ServedFile(io.FileIO):
 
 
 def _blob_response(spec, on_close):
-    """A blob streamed from its file: HEAD, ETag and If-None-Match (304), one Range (206, or 416) honoured. A
-    range is served by seeking the file, never by an iterator over it, so the server's own file sending (which
-    needs no worker thread, however slow the reader) serves ranges too."""
+    """A blob streamed from its file as an attachment: HEAD, ETag and If-None-Match, Last-Modified and
+    If-Modified-Since (304), one Range (206, or 416) honoured. A range is served by seeking the file, never by an
+    iterator over it, so the server's own file sending (which needs no worker thread, however slow the reader)
+    serves ranges too."""
     blob = spec.blob
     given = spec.headers or {}
     headers = {k: v for k, v in given.items() if k.lower() not in ("content-length", "etag")}
     response = Response(status=spec.status, headers=headers,
                         mimetype=headers.get("Content-Type", "application/octet-stream"))
-    size = blob.size if blob.size is not None else _file_size(blob.path)
+    status = _stat(blob.path)
+    size = blob.size if blob.size is not None else status.st_size
     response.content_length = size
     etag = given.get("ETag") or given.get("Etag")
     etag = etag.strip('"') if etag else blob.digest
@@ -145,8 +154,13 @@ def _blob_response(spec, on_close):
         response.set_etag(etag)
     if blob.digest:
         response.headers["X-Depot-Digest"] = blob.digest
+    response.last_modified = spec.last_modified or datetime.fromtimestamp(status.st_mtime, timezone.utc)
+    filename = spec.filename or (blob.digest or "").replace(":", "-")
+    if filename and "content-disposition" not in (k.lower() for k in headers):
+        response.headers["Content-Disposition"] = attachment(filename)
     try:
-        response.make_conditional(request.environ, accept_ranges=True, complete_length=size)
+        response.make_conditional(_ranged_environ(request.environ, size), accept_ranges=True,
+                                  complete_length=size)
     except RequestedRangeNotSatisfiable:
         return _closing(error_response(DepotError("RANGE_NOT_SATISFIABLE", 416, "the requested range is not "
                                                   "satisfiable", headers={"Content-Range": "bytes */%d" % size})),
@@ -167,11 +181,69 @@ def _blob_response(spec, on_close):
     return response
 
 
-def _file_size(path):
+def _stat(path):
     try:
-        return os.stat(path).st_size
+        return os.stat(path)
     except FileNotFoundError:
         raise DepotError("BLOB_NOT_FOUND", 404, "the blob's bytes are missing from the store")
+
+
+def attachment(filename):
+    """Content-Disposition for a download named ``filename`` (RFC 6266). Control characters and path separators
+    never belong in a file name: they become "_". The name is sent quoted, with anything but printable ASCII (and
+    quotes) replaced too; when that changed it, the name follows in RFC 5987's UTF-8 encoding, which clients
+    prefer."""
+    name = _NOT_IN_NAMES.sub("_", filename)
+    fallback = _UNQUOTABLE.sub("_", name)
+    value = 'attachment; filename="%s"' % fallback
+    if fallback != name:
+        value += "; filename*=UTF-8''%s" % quote(name, safe=_ATTR_CHARS)
+    return value
+
+
+_NOT_IN_NAMES = re.compile(r"[\x00-\x1f\x7f/\\]")
+_UNQUOTABLE = re.compile(r'[^\x20-\x7e]|"')
+_ATTR_CHARS = "!#$&+-.^_`|~"  # RFC 5987 attr-char besides letters and digits
+_BYTE_RANGE = re.compile(r"^(\d*)-(\d*)$")
+
+
+def _ranged_environ(environ, size):
+    """The environ werkzeug answers the request by, its Range header read as Depot reads it (see _range_to_serve)."""
+    header = environ.get("HTTP_RANGE")
+    if header is None:
+        return environ
+    wanted = _range_to_serve(header, size)
+    if wanted == header:
+        return environ
+    environ = dict(environ)
+    if wanted is None:
+        del environ["HTTP_RANGE"]
+    else:
+        environ["HTTP_RANGE"] = wanted
+    return environ
+
+
+def _range_to_serve(header, size):
+    """The Range header werkzeug is to see: None to send the whole body (a unit other than bytes, or several
+    ranges of which one at least is satisfiable: 200 rather than multipart/byteranges), one past the end when no
+    range is satisfiable (416; `bytes=-0` asks for nothing), else the header as it came (werkzeug serves one
+    range, and refuses a malformed header with 416)."""
+    unit, equals, specs = header.partition("=")
+    if equals and unit.strip().lower() != "bytes":
+        return None
+    parts = [part.strip() for part in specs.split(",") if part.strip()]
+    satisfiable = 0
+    for part in parts:
+        match = _BYTE_RANGE.match(part)
+        if match is None or match.group(1) == match.group(2) == "":
+            return header
+        first, last = match.groups()
+        if first and last and int(last) < int(first):
+            return header
+        satisfiable += int(first) < size if first else int(last) > 0
+    if not satisfiable:
+        return "bytes=%d-" % size
+    return header if len(parts) == 1 else None
 
 
 class RouteRule(Rule):

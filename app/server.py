@@ -11,7 +11,9 @@ thread:
 - a minimum average body rate (``min_body_rate`` bytes/s, once ``header_timeout`` has passed), so a body sent a
   byte at a time is cut;
 - closing a connection whose response has not moved for ``idle_timeout`` while its request is still running
-  (waitress's own ``channel_timeout``, the same value, covers idle and stalled connections otherwise).
+  (waitress's own ``channel_timeout``, the same value, covers idle and stalled connections otherwise);
+- the names of the headers waitress drops (an underscore in the name) in the WSGI environ, so the app can refuse
+  a request whose header it would have read rather than act as if it was never sent.
 
 These hooks use waitress's channel and server internals: waitress is pinned, and tests/test_slow_clients.py
 fails if an upgrade breaks them.
@@ -28,7 +30,7 @@ from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
-from waitress.task import ErrorTask, ThreadedTaskDispatcher
+from waitress.task import ErrorTask, ThreadedTaskDispatcher, WSGITask
 from waitress.utilities import (BadRequest, RequestEntityTooLarge, RequestHeaderFieldsTooLarge,
                                 ServerNotImplemented)
 
@@ -38,6 +40,7 @@ MAX_REQUEST_LINE = 8190  # bytes, as common servers allow
 MAX_HEADER_LINE = 8190
 MAX_HEADERS = 100
 MAX_HEAD_BYTES = 64 * 1024
+DROPPED_HEADERS_KEY = "depot.dropped_headers"  # WSGI environ: names of request headers waitress left out
 
 
 class UriTooLong(BadRequest):
@@ -73,13 +76,37 @@ def framing_problem(head):
     return None
 
 
+def dropped_headers(head):
+    """The names of the request's headers waitress leaves out of the WSGI environ: those with an underscore,
+    which WSGI's HTTP_<NAME> keys could not tell from a hyphen (a smuggling shape behind some proxies)."""
+    headers = head[head.find(b"\r\n"):]
+    if b"_" not in headers:
+        return ()
+    names = (line.partition(b":")[0].strip() for line in headers.split(b"\r\n"))
+    return tuple(name.decode("latin-1") for name in names if b"_" in name)
+
+
 class GuardedParser(HTTPRequestParser):
+    dropped_headers = ()
+
     def parse_header(self, header_plus):
         problem = framing_problem(header_plus)
         if problem is None:
+            self.dropped_headers = dropped_headers(header_plus)
             return super().parse_header(header_plus)
         super().parse_header(b"GET / HTTP/1.0\r\n")  # the fields an error answer needs
         self.error = problem
+
+
+class DepotTask(WSGITask):
+    """A request run by the app: its environ names the headers waitress dropped (DROPPED_HEADERS_KEY), so an op
+    that would have read one can refuse the request rather than act as if it had not been sent."""
+
+    def get_environment(self):
+        environ = super().get_environment()
+        if self.request.dropped_headers:
+            environ[DROPPED_HEADERS_KEY] = self.request.dropped_headers
+        return environ
 
 
 @dataclass(frozen=True)
@@ -125,6 +152,7 @@ class GuardedChannel(HTTPChannel):
     """A connection that notes when the request it is receiving began and how many bytes it has brought, and
     answers 400 BODY_INCOMPLETE when the client stops sending (a half-close) before its body is complete."""
 
+    task_class = DepotTask
     error_task_class = JsonErrorTask
     parser_class = GuardedParser
     request_began = 0.0

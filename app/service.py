@@ -41,9 +41,11 @@ def open_data_dir(path):
 
 class Service:
     def __init__(self, data_dir, schema=None, schema_path=None, sync=True, announce=print, read_only=False,
-                 load_schema=False):
+                 load_schema=False, cpu_clock=None):
+        """``cpu_clock``: what the per-request CPU budget reads instead of the thread's CPU time (app.budget)."""
         self.data_dir = private_dir(data_dir)
         self.read_only = read_only
+        self.cpu_clock = cpu_clock
         self.announce = announce
         # first: the state store's lock is the data dir's lease (StoreLocked while another process holds it)
         self.stores = Stores(self.data_dir, sync=sync)
@@ -85,7 +87,7 @@ class Service:
     def _activate(self, compiled):
         self.identity.configure(compiled.auth_settings)
         self.limiters = {name: self._limiter(name, rate) for name, rate in compiled.login_limits.items()}
-        self.engine = Engine(compiled, self.stores, self.read_only, self.access)
+        self.engine = Engine(compiled, self.stores, self.read_only, self.access, self.cpu_clock)
 
     def _limiter(self, name, rate):
         current = self.limiters.get(name)

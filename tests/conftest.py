@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import operations  # noqa: F401  (the op vocabulary registers itself when imported)
-from app.testing import LocalDepot
+from app.testing import LocalDepot, ManualClock
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -55,7 +55,12 @@ def _admin_password(monkeypatch):
 
 
 class Depot(LocalDepot):
-    """A running Depot over a temporary data dir (app.testing.LocalDepot) with the tests' request helpers."""
+    """A running Depot over a temporary data dir (app.testing.LocalDepot) with the tests' request helpers. The CPU
+    budget's clock stands still unless the test gives one it advances: no test depends on the machine's speed."""
+
+    def __init__(self, data_dir, schema=None, cpu_clock=None, **options):
+        super().__init__(data_dir, schema, cpu_clock=cpu_clock if cpu_clock is not None else ManualClock(),
+                         **options)
 
     def headers(self, scopes=("read", "write"), **extra):
         return dict({"Authorization": "Bearer " + self.token(scopes)}, **extra)
@@ -127,13 +132,15 @@ def free_port():
 
 class ServerProcess:
     """`python -m app serve` in a child process on a free port (``args``: more of its options). Ready once it
-    says it listens and a first /health request answers."""
+    says it listens and a first /health request answers. Its requests are charged no CPU time
+    (DEPOT_CPU_BUDGET=off), so no test depends on the machine's speed."""
 
     def __init__(self, data_dir, env=None, drop_env=(), port=None, args=()):
         import requests
         self.port = port or free_port()
         self.url = "http://127.0.0.1:%d" % self.port
-        environment = dict(os.environ, DEPOT_BCRYPT_ROUNDS="4", **(env or {}))
+        environment = dict(os.environ, DEPOT_BCRYPT_ROUNDS="4", DEPOT_CPU_BUDGET="off")
+        environment.update(env or {})
         for name in ("DEPOT_SECRET_KEY", "DEPOT_DATABASE_URL") + tuple(drop_env):
             environment.pop(name, None)
         self.proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(self.port), "--data-dir",
@@ -175,11 +182,12 @@ class ServerProcess:
 
 @pytest.fixture
 def make_depot(tmp_path):
-    """make_depot(schema, name="data") -> Depot; every one is closed at teardown."""
+    """make_depot(schema, name="data", cpu_clock=None) -> Depot (a still CPU clock unless one is given); every
+    one is closed at teardown."""
     made = []
 
-    def make(schema, name="data"):
-        depot = Depot(str(tmp_path / name), schema)
+    def make(schema, name="data", cpu_clock=None):
+        depot = Depot(str(tmp_path / name), schema, cpu_clock=cpu_clock)
         made.append(depot)
         return depot
     yield make

@@ -4,19 +4,21 @@ References, dict/list templates, normalizer chains and pipelines are compiled to
 test here renders the same template both ways over the same namespaces and asserts the same value or the same
 error, including the shapes the generated code leaves to the interpreted path (tuples, blob handles, dict
 subclasses, strings under an index, nulls, optionals)."""
-import time
 from collections import OrderedDict
 
 import pytest
 
+from app.budget import BudgetClock, CollectorPauses, budget_clock
 from app.codegen import FunctionBuilder, literal
 from app.compiler import generate_runner
 from app.definitions import chain, compile_normalizer
 from app.errors import DepotError
 from app.expr import DictNode, compile_value, parse_template
 from app.stores.blobs import BlobRef
+from app.testing import ManualClock
 from tests.conftest import Namespaces
 
+STILL = budget_clock(ManualClock())  # the runner's clock in tests that are not about the CPU budget
 BLOB = BlobRef("artifacts", "sha256:" + "ab" * 32, 12, "/nowhere")
 
 # values a reference may meet on its way down: the generated code reads dicts and lists itself and hands
@@ -185,7 +187,7 @@ def test_runner_calls_steps_in_order_skips_false_whens_and_stops_at_a_respond():
             (step("respond"), None, None, False, True, False),
             (step("never"), None, None, False, False, False))
     ctx = RunnerContext()
-    generate_runner(plan)(ctx, 10 ** 12)
+    generate_runner(plan)(ctx, 10 ** 12, STILL)
     assert ctx.trace == [("a", {"n": 1}), ("b", {"n": 2}), ("respond", None)] and ctx.aborted == 0
 
 
@@ -194,44 +196,61 @@ def test_runner_aborts_the_transaction_and_reraises_on_error():
     with pytest.raises(DepotError) as info:
         generate_runner(((step("a"), None, None, False, False, False),
                          (step("b", fail=True), None, None, False, False, False),
-                         (step("c"), None, None, False, True, False)))(ctx, 10 ** 12)
+                         (step("c"), None, None, False, True, False)))(ctx, 10 ** 12, STILL)
     assert info.value.code == "BOOM" and [t[0] for t in ctx.trace] == ["a", "b"] and ctx.aborted == 1
 
 
 def test_runner_checks_the_cpu_budget_before_io_steps_only():
+    clock = ManualClock()
 
-    def burn(ctx, args):  # spend CPU time, measured by the thread clock, not a sleep
-        total = 0
-        for i in range(200_000):
-            total += i
+    def burn(ctx, args):  # spends 2 ms by the budget's clock
+        clock.advance(2_000_000)
         ctx.trace.append("burn")
     plan = ((burn, None, None, False, False, False), (step("cpu-only"), None, None, False, False, False),
             (step("io"), None, None, True, True, False))
     ctx = RunnerContext()
     with pytest.raises(DepotError) as info:
-        generate_runner(plan)(ctx, 1)  # a 1 ns budget: exceeded by the time the io step comes
+        generate_runner(plan)(ctx, 1_000_000, budget_clock(clock))  # 1 ms: exceeded by the time the io step comes
     assert info.value.code == "CPU_LIMIT_EXCEEDED" and ctx.trace == ["burn", ("cpu-only", None)]
     assert ctx.aborted == 1
+    ctx = RunnerContext()
+    generate_runner(plan)(ctx, 2_000_000, budget_clock(clock))  # exactly the budget is within it
+    assert ctx.trace == ["burn", ("cpu-only", None), ("io", None)]
 
 
 def test_a_garbage_collection_during_a_request_is_not_charged_to_its_cpu_budget():
     import gc
-    heap = [(i, str(i)) for i in range(1_000_000)]  # a heap whose full collection takes far more than 5 ms
-    collected = []
+    clock, collecting = ManualClock(), []
+
+    def advance_while_collecting(phase, info):  # runs after the pauses' own "start" reading: the pass takes 10 ms
+        if collecting and phase == "start" and info["generation"] > 0:
+            clock.advance(10_000_000)
 
     def collect(ctx, args):
-        started = time.thread_time_ns()
-        gc.collect()
-        collected.append(time.thread_time_ns() - started)
+        collecting.append(True)
+        try:
+            gc.collect()
+        finally:
+            collecting.clear()
     plan = ((collect, None, None, False, False, False), (step("io"), None, None, True, True, False))
-    ctx = RunnerContext()
-    generate_runner(plan)(ctx, 5_000_000)
-    assert collected[0] > 5_000_000 and ctx.trace == [("io", None)] and len(heap) == 1_000_000
+    pauses = CollectorPauses(clock)
+    gc.callbacks.append(advance_while_collecting)
+    try:
+        ctx = RunnerContext()
+        generate_runner(plan)(ctx, 5_000_000, BudgetClock(clock, clock, pauses))
+        assert ctx.trace == [("io", None)]
+        ctx = RunnerContext()  # the same 10 ms, not spent collecting, are charged
+        with pytest.raises(DepotError) as info:
+            generate_runner(plan)(ctx, 5_000_000, budget_clock(clock))
+        assert info.value.code == "CPU_LIMIT_EXCEEDED"
+    finally:
+        gc.callbacks.remove(advance_while_collecting)
+        pauses.close()
 
 
 def test_an_empty_plan_runs():
     ctx = RunnerContext()
-    generate_runner(())(ctx, 1)
+    generate_runner(())(ctx, 1, STILL)
     assert ctx.trace == [] and ctx.aborted == 0
 
 
@@ -245,9 +264,9 @@ def test_runner_refuses_steps_that_change_the_repository_on_a_read_only_replica(
         ctx = RunnerContext()
         ctx.engine, ctx.event = SimpleNamespace(read_only=read_only), event
         if trace[-1] == "respond":
-            run(ctx, 10 ** 12)
+            run(ctx, 10 ** 12, STILL)
         else:
             with pytest.raises(DepotError) as info:
-                run(ctx, 10 ** 12)
+                run(ctx, 10 ** 12, STILL)
             assert info.value.code == "READ_ONLY" and info.value.status == 403 and ctx.aborted == 1
         assert [label for label, _ in ctx.trace] == trace

@@ -173,3 +173,24 @@ def test_bodies_that_end_early_are_refused_and_store_nothing(server, case):
     if whole.status_code == 409:
         meta = requests.get(server.url + PUT[:-len("/blob")], headers={"Authorization": "Bearer " + server.token})
         assert meta.json()["blob_size"] == MIB
+
+
+@pytest.mark.attack
+def test_a_label_header_with_an_underscore_is_refused_not_dropped(server):
+    """waitress leaves a header whose name has an underscore out of the WSGI environ; a label the client sent
+    must not silently disappear: the publish is refused, naming the header, and nothing is stored."""
+    before = stored(server)
+    target = "/v1/acme/labelled/1.0.0/x/blob"
+    status, headers, body = exchange(server, request("PUT", target, [
+        "Content-Length: 1", "X-Depot-Label-os: linux", "X-Depot-Label-build_id: 7"], b"x", server=server))
+    assert_refused_in_json(status, headers, body, "underscore label")
+    error = json.loads(body)["error"]
+    assert status == 400 and error["code"] == "INVALID_HEADER" and error["field"] == "X-Depot-Label-build_id"
+    assert stored(server) == before
+    # an underscore header no step reads is dropped as before, and harmless
+    status, _, body = exchange(server, request("PUT", target, [
+        "Content-Length: 1", "X-Depot-Label-build-id: 7", "X_Trace_Id: abc"], b"x", server=server))
+    assert status == 201, body
+    meta = requests.get(server.url + target[:-len("/blob")], headers={"Authorization": "Bearer " + server.token},
+                        timeout=30).json()
+    assert meta["labels"] == {"build-id": "7"}

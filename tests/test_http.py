@@ -13,9 +13,11 @@ from datetime import datetime, timedelta, timezone
 
 import jwt
 import pytest
+from werkzeug.http import http_date, parse_date
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
+from app.http import attachment
 from app.stores.blobs import FileBlobStore
 
 BLOB = "/v1/acme/hello/1.0.0/linux-amd64/blob"
@@ -133,6 +135,59 @@ def test_if_none_match_with_the_etag_gives_304(published):
     other = published.client.get(BLOB, headers=published.headers(["read"], **{"If-None-Match": '"sha256:%s"'
                                                                               % ("0" * 64)}))
     assert other.status_code == 200 and other.get_data() == DATA
+
+
+def test_a_download_is_an_attachment_named_by_its_digest_and_dated_by_its_file_by_default(published):
+    response = published.client.get(BLOB, headers=published.headers(["read"]))
+    assert response.headers["Content-Disposition"] == 'attachment; filename="sha256-%s"' % DIGEST[7:]
+    path = FileBlobStore("primary", os.path.join(published.data_dir, "data", "blobs"),
+                         "sha256/{digest:0:2}/{digest:2:2}/{digest}").path_for(DIGEST[7:])
+    modified = datetime.fromtimestamp(int(os.stat(path).st_mtime), timezone.utc)
+    assert response.last_modified == modified
+
+
+def test_if_modified_since_gives_304_unless_the_bytes_are_newer(published):
+    read = published.headers(["read"])
+    last_modified = published.client.get(BLOB, headers=read).headers["Last-Modified"]
+    for since in (last_modified, http_date(datetime.now(timezone.utc) + timedelta(days=1))):
+        response = published.client.get(BLOB, headers=dict(read, **{"If-Modified-Since": since}))
+        assert response.status_code == 304 and response.get_data() == b"", since
+    earlier = http_date(parse_date(last_modified) - timedelta(seconds=1))
+    response = published.client.get(BLOB, headers=dict(read, **{"If-Modified-Since": earlier}))
+    assert response.status_code == 200 and response.get_data() == DATA
+    # If-None-Match decides when both are sent (RFC 9110 13.2.2)
+    response = published.client.get(BLOB, headers=dict(read, **{"If-Modified-Since": last_modified,
+                                                                "If-None-Match": '"sha256:%s"' % ("0" * 64)}))
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("ranges", ["bytes=0-1,5-9", "bytes=0-1, %d-" % (len(DATA) + 5),
+                                    "bytes=%d-,-3" % (len(DATA) + 5), "bytes=-0,0-0"])
+def test_several_ranges_with_one_satisfiable_give_the_whole_body(published, ranges):
+    response = published.client.get(BLOB, headers=published.headers(["read"], Range=ranges))
+    assert response.status_code == 200 and response.get_data() == DATA
+    assert "Content-Range" not in response.headers
+
+
+@pytest.mark.parametrize("ranges", ["bytes=-0", "bytes=-0,-0", "bytes=%d-,%d-" % (len(DATA), len(DATA) + 9)])
+def test_ranges_none_of_which_is_satisfiable_are_416(published, ranges):
+    response = published.client.get(BLOB, headers=published.headers(["read"], Range=ranges))
+    assert_error(response, 416, "RANGE_NOT_SATISFIABLE")
+    assert response.headers["Content-Range"] == "bytes */%d" % len(DATA)
+
+
+def test_a_range_in_a_unit_other_than_bytes_is_ignored(published):
+    response = published.client.get(BLOB, headers=published.headers(["read"], Range="items=0-4"))
+    assert response.status_code == 200 and response.get_data() == DATA
+
+
+@pytest.mark.parametrize("name,header", [
+    ("plain-1.0.0.tgz", 'attachment; filename="plain-1.0.0.tgz"'),
+    ('na\u00efve "q".bin', 'attachment; filename="na_ve _q_.bin"; filename*=UTF-8\'\'na%C3%AFve%20%22q%22.bin'),
+    ("../etc/pass\r\nwd", 'attachment; filename=".._etc_pass__wd"'),
+    ("\u6587\u4ef6", 'attachment; filename="__"; filename*=UTF-8\'\'%E6%96%87%E4%BB%B6')])
+def test_content_disposition_quotes_ascii_and_encodes_the_rest(name, header):
+    assert attachment(name) == header
 
 
 def test_fetch_of_a_missing_artifact_is_404_envelope(ref_depot):

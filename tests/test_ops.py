@@ -1,6 +1,7 @@
 """Every op of the vocabulary, run through real routes over HTTP against real stores."""
 import copy
 import hashlib
+import io
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -9,6 +10,7 @@ import pytest
 
 from app.opspec import REGISTRY
 from app.stores.state import kv_key
+from app.testing import ManualClock
 
 
 def with_routes(schema, *routes, **changes):
@@ -93,6 +95,24 @@ def test_parse_query_typed_and_bounded(make_depot, project_schema):
     for query, field in (("page=3", "q"), ("q=x&page=0", "page"), ("q=x&page=two", "page")):
         error = client.get("/echo?" + query).get_json()["error"]
         assert error["code"] == "INVALID_QUERY" and error["field"] == field
+
+
+def test_parse_headers_refuses_a_dropped_header_it_would_have_read(make_depot, project_schema):
+    schema = with_routes(project_schema, route(
+        "headers", "GET", "/headers", step("parse.headers", fields={"note": "X-Note_Field"},
+                                           prefixes={"labels": "X-Depot-Label-"}),
+        step("respond.json", body={"labels": "$labels"})))
+    client = make_depot(schema).client
+
+    def get(*dropped):
+        return client.get("/headers", headers={"X-Depot-Label-Os": "linux"},
+                          environ_overrides={"depot.dropped_headers": dropped})
+    assert get().get_json() == {"labels": {"os": "linux"}}
+    assert get("X_Unrelated", "X-Depot-Label_").get_json() == {"labels": {"os": "linux"}}  # nothing it reads
+    for dropped in ("x-depot-label-build_id", "X-NOTE_FIELD"):
+        response = get("X_Unrelated", dropped)
+        error = response.get_json()["error"]
+        assert response.status_code == 400 and error["code"] == "INVALID_HEADER" and error["field"] == dropped
 
 
 def test_parse_json_and_validate_json_schema(ref_depot):
@@ -224,6 +244,24 @@ def test_blob_get_missing_blob_is_404(ref_depot):
     ref_depot.service.engine.cache.invalidate("response", "blob_resp/a/b/1.0.0/x")
     response = ref_depot.client.get("/v1/a/b/1.0.0/x/blob", headers=ref_depot.headers())
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "BLOB_NOT_FOUND"
+
+
+def test_respond_bytes_names_and_dates_the_download_as_its_arguments_say(make_depot, project_schema):
+    schema = with_routes(project_schema, route(
+        "named", "GET", "/named/{namespace}/{name}/{version}/{variant}", READ, *PATH,
+        step("parse.query", fields={"at": {"type": "string"}}),
+        step("kv.get", doc="artifact_meta", key="artifact/{namespace}/{name}/{version}/{variant}", out="meta"),
+        step("blob.get", store="primary", digest="$meta.blob_digest", out="blob"),
+        step("respond.bytes", body="$blob", filename="r\u00e9sum\u00e9 of {name}.txt", last_modified="{at}")))
+    depot = make_depot(schema)
+    assert depot.publish("a", "b", "1.0.0", "x", b"named bytes").status_code == 201
+    response = depot.client.get("/named/a/b/1.0.0/x?at=2020-01-02T03:04:05Z", headers=depot.headers())
+    assert response.status_code == 200 and response.data == b"named bytes"
+    assert response.headers["Content-Disposition"] == (
+        "attachment; filename=\"r_sum_ of b.txt\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20of%20b.txt")
+    assert response.headers["Last-Modified"] == "Thu, 02 Jan 2020 03:04:05 GMT"
+    bad = depot.client.get("/named/a/b/1.0.0/x?at=yesterday", headers=depot.headers())
+    assert bad.status_code == 500 and bad.get_json()["error"]["code"] == "INVALID_TIMESTAMP"
 
 
 # --- index --------------------------------------------------------------------------------------------------
@@ -466,18 +504,65 @@ def test_io_limit_is_enforced(make_depot, reference_schema):
     assert response.status_code == 503 and response.get_json()["error"]["code"] == "IO_LIMIT_EXCEEDED"
 
 
-def test_cpu_limit_is_enforced(make_depot, reference_schema):
-    reference_schema["ops"]["limits"]["max_cpu_ms_per_request"] = 0
-    depot = make_depot(reference_schema)
-    response = depot.client.get("/v1/a/b/latest", headers=depot.headers())
+class ChargingBody(io.BytesIO):
+    """A request body whose every read spends ``ns`` by the CPU budget's clock (a ManualClock)."""
+
+    def __init__(self, data, clock, ns):
+        super().__init__(data)
+        self.clock, self.ns = clock, ns
+
+    def read(self, size=-1):
+        self.clock.advance(self.ns)
+        return super().read(size)
+
+    def readinto(self, buffer):
+        self.clock.advance(self.ns)
+        return super().readinto(buffer)
+
+
+def charged_put(depot, path, data, clock, ns):
+    return depot.client.put(path, input_stream=ChargingBody(data, clock, ns), headers=depot.headers(
+        **{"Content-Length": str(len(data)), "Content-Type": "application/json"}))
+
+
+def budget_routes(schema):
+    return with_routes(schema, route(
+        "charged_json", "PUT", "/charged", WRITE, step("parse.json", out="body"),
+        step("kv.get", doc="tag_map", key="tag/a/b/c", out="found"), step("respond.json", body={"ok": True})),
+        ops__limits__max_cpu_ms_per_request=20)
+
+
+def test_cpu_limit_is_enforced(make_depot, project_schema):
+    clock = ManualClock()
+    depot = make_depot(budget_routes(project_schema), cpu_clock=clock)
+    assert charged_put(depot, "/charged", b'{"a": 1}', clock, 1_000_000).get_json() == {"ok": True}
+    response = charged_put(depot, "/charged", b'{"a": 1}', clock, 25_000_000)  # parsing JSON is charged
     assert response.status_code == 503 and response.get_json()["error"]["code"] == "CPU_LIMIT_EXCEEDED"
 
 
-def test_streaming_is_not_charged_to_the_cpu_limit(make_depot, reference_schema):
-    reference_schema["ops"]["limits"]["max_cpu_ms_per_request"] = 20
-    depot = make_depot(reference_schema)
-    data = b"\x5a" * (48 * 1024 * 1024)  # hashing and copying this takes far longer than 20 ms of CPU
-    assert depot.publish("a", "b", "1.0.0", "x", data).status_code == 201
+def test_streaming_is_not_charged_to_the_cpu_limit(make_depot, project_schema):
+    clock = ManualClock()
+    depot = make_depot(budget_routes(project_schema), cpu_clock=clock)
+    data = b"\x5a" * (3 * 1024 * 1024)  # every read 25 ms by the clock, against a 20 ms budget
+    response = charged_put(depot, "/v1/a/b/1.0.0/x/blob", data, clock, 25_000_000)
+    assert response.status_code == 201, response.data
+
+
+def test_the_test_depots_cpu_clock_stands_still(make_depot, project_schema):
+    """No test depends on machine speed: a depot's budget is never spent unless its test spends it."""
+    schema = with_routes(project_schema, ops__limits__max_cpu_ms_per_request=0)
+    depot = make_depot(schema)
+    assert depot.publish("a", "b", "1.0.0", "x", b"\x01" * 4096).status_code == 201
+    assert depot.client.get("/v1/a/b/latest", headers=depot.headers()).status_code == 200
+
+
+def test_depot_cpu_budget_off_stops_the_served_clock(monkeypatch):
+    from app.budget import stopped_clock
+    from app.cli import _cpu_clock
+    monkeypatch.setenv("DEPOT_CPU_BUDGET", "off")
+    assert _cpu_clock() is stopped_clock and stopped_clock() == stopped_clock()
+    monkeypatch.delenv("DEPOT_CPU_BUDGET")
+    assert _cpu_clock() is None  # the thread's CPU clock
 
 
 def test_scope_steps_a_policy_already_enforces_leave_the_plan_but_others_stay(make_depot, project_schema):

@@ -5,6 +5,7 @@ import copy
 import hashlib
 import json
 import os
+from datetime import datetime
 
 import pytest
 
@@ -167,6 +168,19 @@ def test_head_of_blob_gives_length_and_digest_without_body(depot, read):
 
     missing = depot.client.head("/v1/acme/pkg/9.9.9/x/blob", headers=read)
     assert missing.status_code == 404 and missing.data == b""
+
+
+def test_a_download_is_named_by_its_coordinates_and_dated_by_its_publication(depot, read):
+    assert depot.publish("acme", "pkg", "1.2.0", "linux-amd64", b"tool bytes").status_code == 201
+    created = datetime.fromisoformat(depot.client.get("/v1/acme/pkg/1.2.0/linux-amd64",
+                                                      headers=read).get_json()["created_at"])
+    for _ in range(2):  # the second answer comes from the response cache
+        get = depot.client.get("/v1/acme/pkg/1.2.0/linux-amd64/blob", headers=read)
+        assert get.headers["Content-Disposition"] == 'attachment; filename="pkg-1.2.0-linux-amd64"'
+        assert get.last_modified == created.replace(microsecond=0)
+        unchanged = depot.client.get("/v1/acme/pkg/1.2.0/linux-amd64/blob",
+                                     headers=dict(read, **{"If-Modified-Since": get.headers["Last-Modified"]}))
+        assert unchanged.status_code == 304 and unchanged.data == b""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -623,6 +637,54 @@ def test_deleting_one_variant_keeps_the_others(depot, read):
     versions = listing(depot.client.get("/v1/acme/pkg/versions", headers=read))
     assert [(r["version"], r["variant"]) for r in versions["items"]] == [("1.0.0", "darwin-arm64")]
     assert depot.client.get("/v1/acme/pkg/1.0.0/darwin-arm64/blob", headers=read).data == b"darwin-arm64"
+
+
+def test_latest_stays_on_a_release_while_one_of_its_variants_is_live(depot, read):
+    for version, variant in (("1.0.0", "linux"), ("2.0.0", "linux"), ("2.0.0", "darwin")):
+        assert depot.publish("acme", "pkg", version, variant, variant.encode()).status_code == 201
+    admin = depot.headers(["admin"])
+
+    def latest():
+        response = depot.client.get("/v1/acme/pkg/latest", headers=read)
+        return response.status_code, response.get_json()
+    assert latest()[1]["variant"] == "darwin"  # the variant that sorts first
+    assert depot.client.delete("/v1/acme/pkg/2.0.0/darwin", headers=admin).status_code == 200
+    assert latest()[0] == 200 and (latest()[1]["version"], latest()[1]["variant"]) == ("2.0.0", "linux")
+    depot.restart()
+    assert (latest()[1]["version"], latest()[1]["variant"]) == ("2.0.0", "linux")
+    # every variant of it deleted: withdrawn, never back to 1.0.0 (latest is monotonic)
+    assert depot.client.delete("/v1/acme/pkg/2.0.0/linux", headers=depot.headers(["admin"])).status_code == 200
+    status, body = latest()
+    assert status == 404 and body["error"]["code"] == "LATEST_WITHDRAWN"
+
+
+def test_reindex_moves_existing_rows_under_a_changed_sort(tmp_path, project_schema):
+    """A data dir whose latest_release rows were written under the old sort (version only) is rewritten under
+    the new one by `python -m app reindex`, and latest then finds the live variant."""
+    from tests.conftest import Depot
+    old = copy.deepcopy(project_schema)
+    key = next(k for k in old["indexes"]["artifact_versions"]["keys"] if k["name"] == "latest_release")
+    key["sort"] = ["version:desc"]
+    data_dir = str(tmp_path / "data")
+    depot = Depot(data_dir, old)
+    for variant in ("darwin", "linux"):
+        assert depot.publish("acme", "pkg", "2.0.0", variant, variant.encode()).status_code == 201
+    assert depot.client.delete("/v1/acme/pkg/2.0.0/darwin", headers=depot.headers(["admin"])).status_code == 200
+    read = depot.headers(["read"])
+    assert depot.client.get("/v1/acme/pkg/latest", headers=read).status_code == 404  # the old sort's answer
+    assert depot.client.post("/admin/schema", json=project_schema,
+                             headers=depot.headers(["admin"])).status_code == 201
+    depot.close()
+    from app.cli import main
+    assert main(["reindex", "--data-dir", data_dir]) == 0
+    depot = Depot(data_dir, project_schema)
+    try:
+        latest = depot.client.get("/v1/acme/pkg/latest", headers=depot.headers(["read"]))
+        assert latest.status_code == 200 and latest.get_json()["variant"] == "linux"
+        versions = listing(depot.client.get("/v1/acme/pkg/versions", headers=depot.headers(["read"])))
+        assert [(r["version"], r["variant"]) for r in versions["items"]] == [("2.0.0", "linux")]
+    finally:
+        depot.close()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -70,9 +70,9 @@ class LazyBody:
         pass
 
 
-def lazy_digest(total, seed=b"depot"):
-    """sha256 of what LazyBody(total, seed) produces, computed independently of any request."""
-    body, hasher = LazyBody(total, seed), hashlib.sha256()
+def lazy_digest(total, seed=b"depot", algorithm="sha256"):
+    """The digest (hex) of what LazyBody(total, seed) produces, computed independently of any request."""
+    body, hasher = LazyBody(total, seed), hashlib.new(algorithm)
     while True:
         chunk = body.read(MiB)
         if not chunk:
@@ -116,8 +116,8 @@ def traced_peak(fn):
     return result, peak
 
 
-def content_digest(hexdigest):
-    return "sha-256=:%s:" % base64.b64encode(bytes.fromhex(hexdigest)).decode()
+def content_digest(hexdigest, algorithm="sha-256"):
+    return "%s=:%s:" % (algorithm, base64.b64encode(bytes.fromhex(hexdigest)).decode())
 
 
 def small_blob_schema(reference_schema, max_blob_bytes):
@@ -199,7 +199,7 @@ def test_a_wrong_declared_digest_is_400_and_nothing_is_stored(ref_depot, how):
     assert retry.status_code == 201
 
 
-def test_content_digest_takes_precedence_and_both_must_be_well_formed(ref_depot):
+def test_content_digest_and_query_digest_must_both_be_well_formed(ref_depot):
     data = b"well formed digests only"
     right = hashlib.sha256(data).hexdigest()
     bad_header = ref_depot.publish("acme", "big", "1.0.0", "x", data, headers={"Content-Digest": "sha-256=:abc:"})
@@ -209,6 +209,69 @@ def test_content_digest_takes_precedence_and_both_must_be_well_formed(ref_depot)
     nothing_stored(ref_depot)
     ok = ref_depot.publish("acme", "big", "1.0.0", "x", data, headers={"Content-Digest": content_digest(right)})
     assert ok.status_code == 201
+
+
+def test_a_sha_512_content_digest_is_checked_while_streaming_in_bounded_memory(ref_depot):
+    size = 24 * MiB + 5
+    sha256, sha512 = lazy_digest(size), lazy_digest(size, algorithm="sha512")
+    header = "%s, %s" % (content_digest(sha256), content_digest(sha512, "sha-512"))
+    body = LazyBody(size)
+    response, peak = traced_peak(lambda: put_stream(ref_depot, "/v1/acme/big/1.0.0/x/blob", body,
+                                                    headers={"Content-Digest": header}))
+    assert response.status_code == 201, response.data
+    assert peak < MEMORY_BOUND and body.largest_read <= MiB  # hashed chunk by chunk, never buffered whole
+    only_512 = put_stream(ref_depot, "/v1/acme/big/1.0.1/x/blob", LazyBody(size),
+                          headers={"Content-Digest": content_digest(sha512, "sha-512")})
+    assert only_512.status_code == 201, only_512.data
+
+
+def test_each_algorithm_of_a_content_digest_is_checked(ref_depot):
+    data = b"two algorithms"
+    sha256, sha512 = hashlib.sha256(data).hexdigest(), hashlib.sha512(data).hexdigest()
+    wrong512 = hashlib.sha512(b"other bytes").hexdigest()
+    header = "%s, %s" % (content_digest(sha256), content_digest(wrong512, "sha-512"))
+    response = ref_depot.publish("acme", "big", "1.0.0", "x", data, headers={"Content-Digest": header})
+    assert response.status_code == 400, response.data
+    error = response.get_json()["error"]
+    assert error["code"] == "DIGEST_MISMATCH" and error["field"] == "Content-Digest"
+    assert "Content-Digest sha-512 %s" % wrong512 in error["message"] and sha512 in error["message"]
+    nothing_stored(ref_depot)
+    header = "sha-512=:%s:, sha-256=:%s:;note=x, md5=:AAAA:" % (
+        base64.b64encode(bytes.fromhex(sha512)).decode(), base64.b64encode(bytes.fromhex(sha256)).decode())
+    assert ref_depot.publish("acme", "big", "1.0.0", "x", data, headers={"Content-Digest": header}).status_code == 201
+
+
+@pytest.mark.parametrize("wrong", ["query", "header", "both"])
+def test_query_and_header_digests_are_both_checked_and_the_disagreeing_one_is_named(ref_depot, wrong):
+    data = b"declared twice"
+    right, other = hashlib.sha256(data).hexdigest(), hashlib.sha256(b"not these").hexdigest()
+    header = content_digest(other if wrong in ("header", "both") else right)
+    query = {"digest": "sha256:" + (other if wrong in ("query", "both") else right)}
+    response = ref_depot.publish("acme", "big", "1.0.0", "x", data, headers={"Content-Digest": header},
+                                 query_string=query)
+    assert response.status_code == 400, response.data
+    error = response.get_json()["error"]
+    assert error["code"] == "DIGEST_MISMATCH"
+    assert error["field"] == ("digest" if wrong == "query" else "Content-Digest")
+    assert ("?digest=sha256:%s" % other in error["message"]) == (wrong in ("query", "both"))
+    assert ("Content-Digest sha-256 %s" % other in error["message"]) == (wrong in ("header", "both"))
+    nothing_stored(ref_depot)
+    agreed = ref_depot.publish("acme", "big", "1.0.0", "x", data, headers={"Content-Digest": content_digest(right)},
+                               query_string={"digest": "sha256:" + right})
+    assert agreed.status_code == 201, agreed.data
+
+
+@pytest.mark.parametrize("header,named", [("md5=:XrY7u+Ae7tCTyyK7j1rNww==:", "md5"),
+                                          ("md5=:XrY7u+Ae7tCTyyK7j1rNww==:, sha=:AAAA:", "md5, sha")])
+def test_a_content_digest_of_unknown_algorithms_only_is_400_before_the_body_is_read(ref_depot, header, named):
+    body = LazyBody(2 * MiB)
+    response = put_stream(ref_depot, "/v1/acme/big/1.0.0/x/blob", body, headers={"Content-Digest": header})
+    assert response.status_code == 400, response.data
+    error = response.get_json()["error"]
+    assert error["code"] == "UNSUPPORTED_DIGEST_ALGORITHM" and error["field"] == "Content-Digest"
+    assert "(%s)" % named in error["message"]
+    assert body.largest_read == 0  # refused before a byte of the body was read
+    nothing_stored(ref_depot)
 
 
 @pytest.mark.parametrize("chunked", [False, True])

@@ -19,7 +19,9 @@ from app.stores.guard import BlobGuard
 
 CHUNK = 1024 * 1024
 DIGEST_PREFIX = "sha256:"
-_CONTENT_DIGEST = re.compile(r"sha-256=:([A-Za-z0-9+/=]+):")
+# the Content-Digest algorithms (RFC 9530 names) Depot computes: their hashlib names and digest sizes
+DIGEST_ALGORITHMS = {"sha-256": ("sha256", 32), "sha-512": ("sha512", 64)}
+_DIGEST_MEMBER = re.compile(r"^([a-z][a-z0-9_.*-]*)=:([A-Za-z0-9+/=]*):(?:;.*)?$")
 
 
 def split_digest(digest):
@@ -46,12 +48,13 @@ class BlobRef:
 
 
 class StagedBlob(BlobRef):
-    __slots__ = ("final_path", "verified")
+    __slots__ = ("final_path", "verified", "digests")
 
-    def __init__(self, store, digest, size, path, final_path):
+    def __init__(self, store, digest, size, path, final_path, digests=None):
         super().__init__(store, digest, size, path)
         self.final_path = final_path
         self.verified = False
+        self.digests = digests or {}  # RFC 9530 algorithm name -> hex, as computed while staging
 
 
 class _FieldView:
@@ -85,10 +88,12 @@ class FileBlobStore:
         relative = self.path_template.render(_FieldView({"digest": hexdigest, "algo": "sha256"}))
         return os.path.join(self.root, relative)
 
-    def stage(self, stream):
-        """Stream ``stream`` (anything with read(n)) into a temporary file while hashing it. The file is live
-        (garbage collection leaves it alone) until it is promoted or discarded."""
+    def stage(self, stream, also=()):
+        """Stream ``stream`` (anything with read(n)) into a temporary file while hashing it with sha-256, and
+        with the further DIGEST_ALGORITHMS named in ``also``. The file is live (garbage collection leaves it
+        alone) until it is promoted or discarded."""
         hasher = hashlib.sha256()
+        others = {name: hashlib.new(DIGEST_ALGORITHMS[name][0]) for name in also if name != "sha-256"}
         size = 0
         tmp_path = os.path.join(self.tmp_dir, "upload-" + uuid.uuid4().hex)
         self.guard.temp_started(tmp_path)  # before the file exists: no collection can see it unclaimed
@@ -102,6 +107,8 @@ class FileBlobStore:
                     if self.max_bytes is not None and size > self.max_bytes:
                         raise too_large("blob exceeds max_blob_bytes (%d)" % self.max_bytes, "BLOB_TOO_LARGE")
                     hasher.update(chunk)
+                    for other in others.values():
+                        other.update(chunk)
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
@@ -112,7 +119,8 @@ class FileBlobStore:
             self.guard.temp_ended(tmp_path)
             raise
         hexdigest = hasher.hexdigest()
-        return StagedBlob(self.name, DIGEST_PREFIX + hexdigest, size, tmp_path, self.path_for(hexdigest))
+        digests = dict({name: other.hexdigest() for name, other in others.items()}, **{"sha-256": hexdigest})
+        return StagedBlob(self.name, DIGEST_PREFIX + hexdigest, size, tmp_path, self.path_for(hexdigest), digests)
 
     def promote(self, staged):
         """Move a staged blob under its digest; call with the commit lock held (a transaction's commit holds
@@ -276,21 +284,55 @@ def digest_mismatch(expected, actual):
                       % (expected, actual), "digest")
 
 
-def declared_digest(headers, query):
-    """The digest a client declares for its upload: Content-Digest (RFC 9530) or ?digest=sha256:<hex>."""
+@dataclass(frozen=True)
+class DeclaredDigest:
+    """A digest a client declares for its upload: where it said so (the Content-Digest header or the digest
+    query parameter), the algorithm (RFC 9530 name) and the digest in hex."""
+    source: str
+    algorithm: str
+    hexdigest: str
+
+    def describe(self):
+        if self.source == "digest":
+            return "?digest=sha256:%s" % self.hexdigest
+        return "Content-Digest %s %s" % (self.algorithm, self.hexdigest)
+
+
+def declared_digests(headers, query):
+    """Every digest a client declares for its upload: each Content-Digest (RFC 9530) member whose algorithm
+    Depot knows, then ?digest=sha256:<hex>. A Content-Digest naming only algorithms Depot does not know is 400
+    UNSUPPORTED_DIGEST_ALGORITHM; a malformed one, 400 INVALID_DIGEST. -> a tuple of DeclaredDigest."""
+    declared = []
     header = headers.get("Content-Digest")
     if header:
-        match = _CONTENT_DIGEST.search(header)
-        if match is None:
-            raise bad_request("INVALID_DIGEST", "Content-Digest must carry sha-256=:<base64>:", "Content-Digest")
-        try:
-            raw = base64.b64decode(match.group(1), validate=True)
-        except (binascii.Error, ValueError):
-            raw = b""
-        if len(raw) != 32:
-            raise bad_request("INVALID_DIGEST", "Content-Digest sha-256 value is not 32 bytes", "Content-Digest")
-        return DIGEST_PREFIX + raw.hex()
+        declared.extend(_content_digests(header))
     value = query.get("digest")
     if value:
-        return DIGEST_PREFIX + split_digest(value)
-    return None
+        declared.append(DeclaredDigest("digest", "sha-256", split_digest(value)))
+    return tuple(declared)
+
+
+def _content_digests(header):
+    known, unknown = [], []
+    for member in filter(None, (part.strip() for part in header.split(","))):
+        match = _DIGEST_MEMBER.match(member)
+        if match is None:
+            raise bad_request("INVALID_DIGEST", "Content-Digest members are <algorithm>=:<base64>:, not %r"
+                              % member[:80], "Content-Digest")
+        algorithm, encoded = match.groups()
+        if algorithm not in DIGEST_ALGORITHMS:
+            unknown.append(algorithm)
+            continue
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != DIGEST_ALGORITHMS[algorithm][1]:
+            raise bad_request("INVALID_DIGEST", "Content-Digest %s value is not %d bytes of base64"
+                              % (algorithm, DIGEST_ALGORITHMS[algorithm][1]), "Content-Digest")
+        known.append(DeclaredDigest("Content-Digest", algorithm, raw.hex()))
+    if not known and unknown:
+        raise bad_request("UNSUPPORTED_DIGEST_ALGORITHM", "Content-Digest names only algorithms Depot does not "
+                          "compute (%s); it computes %s" % (", ".join(unknown), ", ".join(DIGEST_ALGORITHMS)),
+                          "Content-Digest")
+    return known

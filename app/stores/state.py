@@ -194,6 +194,26 @@ class StateStore:
     def transaction(self):
         return Transaction(self)
 
+    def reindex(self, index, batch=1000):
+        """Rewrite every row of ``index`` under its current keys, as after a schema change of their fields, sort
+        or `where`: each row is read back from an entry it occupies and upserted again (a row no key admitted
+        has no entry to read and is left alone). Only with no other writer: the server stopped. -> rows
+        rewritten."""
+        rewritten, start = 0, None
+        while True:
+            with self.commit_lock:
+                rowmaps = list(self.scan(index.rowmap_head, batch, start))
+                view = _Overlay(self, {})
+                for _, raw in rowmaps:
+                    payload = next(filter(None, map(self.get, map(bytes.fromhex, json.loads(raw)))), None)
+                    if payload is not None:
+                        _apply_upsert(view, index, json.loads(payload)[1])
+                        rewritten += 1
+                view.flush()
+            if len(rowmaps) < batch:
+                return rewritten
+            start = rowmaps[-1][0]
+
     def health(self, detail=False):
         report = {"kind": "rocksdict", "ok": True}
         try:
@@ -229,6 +249,11 @@ class _Overlay:
 
     def delete(self, key):
         self.writes[key] = None
+
+    def flush(self):
+        """Write the pending writes in one batch."""
+        self.state.write([(k, v) for k, v in self.writes.items() if v is not None],
+                         [k for k, v in self.writes.items() if v is None])
 
 
 class Transaction:
@@ -291,8 +316,7 @@ class Transaction:
                 committed = self._append_events(view)
                 for store, staged in self.blobs:
                     store.promote(staged)
-                deletes = [k for k, v in view.writes.items() if v is None]
-                self.state.write([(k, v) for k, v in view.writes.items() if v is not None], deletes)
+                view.flush()
                 self.state._seq.update(committed)
         except BaseException:
             self.abort()
