@@ -233,15 +233,21 @@ def cmd_validate(args):
     return 1 if total_failed else 0
 
 
-def cmd_gc(args):
-    from app import gc
+def stopped_service(args, instead):
+    """A Service over the data dir of ``args``, which no running server may hold (DataDirError naming
+    ``instead``, what to do while one runs)."""
     from app.service import Service
     from app.stores.state import StoreLocked
     data_dir = datadir.require(args.data_dir)
     try:
-        service = Service(data_dir, announce=lambda *_: None)
+        return Service(data_dir, announce=lambda *_: None)
     except StoreLocked:
-        raise datadir.in_use(args.data_dir, "use POST /admin/gc") from None
+        raise datadir.in_use(args.data_dir, instead) from None
+
+
+def cmd_gc(args):
+    from app import gc
+    service = stopped_service(args, "use POST /admin/gc")
     try:
         result = gc.collect(service.engine, dry_run=args.dry_run, grace_seconds=args.grace_seconds)
         service.audit.record("cli", "admin.gc", gc.audit_target(result), "success", detail=gc.audit_detail(result))
@@ -252,8 +258,7 @@ def cmd_gc(args):
 
 
 def cmd_reindex(args):
-    from app.service import Service
-    service = Service(open_data_dir(args.data_dir), announce=lambda *_: None)
+    service = stopped_service(args, "stop it first")
     try:
         counts = {name: service.stores.state.reindex(index)
                   for name, index in service.engine.compiled.definitions["index"].items()}
