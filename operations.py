@@ -19,7 +19,7 @@ from app.definitions import MAX_PAGE, MAX_PAGE_SIZE, chain
 from app.errors import DepotError, bad_request, too_large
 from app import expr
 from app.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_ANSWERS, BLOB_INPUTS, COUNT, DIGEST, STRING,
-                                    nullable)
+                                    nullable, portable)
 from app.opspec import BindError, Const, JsonSchema, Output, RefTo, RequestInput, Scopes, Source, Template, op
 from app.stores.blobs import BlobRef, digest_mismatch, split_digest
 from app.stores.state import dumps, kv_key, loads
@@ -35,8 +35,7 @@ _DECLARED_DIGEST = [
 
 def _stored(a):
     """What kv.get binds: the document (its storage schema, when it has one) or null."""
-    schema = a.doc.validator.schema if a.doc.validator is not None else {}
-    return nullable(schema)
+    return nullable(portable(a.doc.validator.schema) if a.doc.validator is not None else {})
 
 
 # --- auth -------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import secrets
 import threading
 
 from flask import Flask, Response, g, request
+from flask_swagger_ui import get_swaggerui_blueprint
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestedRangeNotSatisfiable
 from werkzeug.routing import Map, Rule
 from werkzeug.wsgi import wrap_file
@@ -305,7 +306,6 @@ def create_app(service):
 def add_docs_ui(app):
     """/docs: Swagger UI over /openapi.json, every asset served from the flask-swagger-ui package (nothing
     fetched from elsewhere: no validator badge, which would ask a remote validator about the document)."""
-    from flask_swagger_ui import get_swaggerui_blueprint
     blueprint = get_swaggerui_blueprint(DOCS_PATH, "/openapi.json", blueprint_name="depot_docs", config={
         "app_name": "Depot API", "validatorUrl": None, "deepLinking": True, "displayRequestDuration": True,
         "oauth2RedirectUrl": DOCS_PATH + "/oauth2-redirect.html"})

@@ -9,7 +9,7 @@ earlier step bound to it. Depot's own views describe themselves with @documented
 """
 from app import expr
 from app.openapi_components import (BINARY_BODY, JSON, SCHEMAS, SERVER_ANSWERS, STRING, Access, REQUEST_ID,
-                                    add_errors, blob_answers, json_answer, nullable, parameter)
+                                    add_errors, blob_answers, json_answer, nullable, parameter, portable)
 from app.openapi_views import view_paths
 from app.opspec import Output
 
@@ -84,13 +84,14 @@ class Operation:
         single = getattr(value, "single", None)
         if single is None or single.namespace != "var" or single.path:
             return
+        schema = portable(validator.schema)
         if single.root in self.json_vars:
-            self.body = {"required": True, "content": {JSON: {"schema": validator.schema}}}
-            self.vars[single.root] = validator.schema
-            for name, schema in validator.schema.get("properties", {}).items():
-                self.fields.setdefault(name, schema)
+            self.body = {"required": True, "content": {JSON: {"schema": schema}}}
+            self.vars[single.root] = schema
+            for name, member in schema.get("properties", {}).items():
+                self.fields.setdefault(name, member)
         elif single.root in self.header_patterns:
-            self.header_patterns[single.root]["collected"] = validator.schema
+            self.header_patterns[single.root]["collected"] = schema
 
     def binary_body(self):
         self.body = {"required": True, "content": {"application/octet-stream": {

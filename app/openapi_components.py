@@ -5,6 +5,7 @@ Depot's own views (app/management.py, app/http.py) and the compiled routes (app/
 the same pieces, so an error, a page of results or a blob download reads the same wherever it is answered.
 Nothing here knows Flask or any op.
 """
+import json
 from dataclasses import dataclass
 
 from app.definitions import MAX_PAGE, MAX_PAGE_SIZE
@@ -21,6 +22,14 @@ def ref(name):
 
 def nullable(schema):
     return {"anyOf": [schema, {"type": "null"}]}
+
+
+def portable(schema):
+    """A JSON Schema taken from the Depot schema, as this document can hold it: one with a "$ref" would resolve
+    against the OpenAPI document instead of its own root, so it is described in words instead."""
+    if '"$ref"' in json.dumps(schema):
+        return {"description": "as the Depot schema declares it (it refers to its own definitions)"}
+    return schema
 
 
 def obj(required=(), optional=None, **properties):

@@ -65,7 +65,7 @@ class ViewDoc:
 
     def _parameters(self, rule):
         params = [parameter("path", name, self.params.get(name) or _converter_schema(converter))
-                  for name, converter in rule._converters.items()]
+                  for name, converter in rule._converters.items()]  # werkzeug keeps a rule's converters here
         query = dict(PAGE_QUERY, **self.query) if self.paged else self.query
         params += [parameter("query", name, schema) for name, schema in query.items()]
         params += [parameter(item.where, item.name, item.schema, item.doc) for item in self.inputs]

@@ -2,13 +2,14 @@
 by Playwright; `bash scripts/install.sh` installs both) show Swagger UI listing every operation of /openapi.json,
 with everything the page loads served by Depot itself."""
 import os
+import subprocess
 from urllib.parse import urlsplit
 
 import pytest
 import requests
 from playwright.sync_api import sync_playwright
 
-from tests.conftest import ServerProcess
+from tests.conftest import ROOT, ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
 PUBLISH = ("PUT", "/v1/{namespace}/{name}/{version}/{variant}/blob")
@@ -58,3 +59,13 @@ def test_an_operation_opens_with_its_statuses(server, browser):
     shown = {text.strip() for text in statuses.all_inner_texts()}
     assert {"200", "206", "304", "404", "416"} <= shown
     assert page.locator("#%s .parameters" % FETCH_ID).get_by_text("If-None-Match").count() >= 1
+
+
+def test_the_install_script_is_how_tests_get_their_browser():
+    """CI and the README install through scripts/install.sh, which brings Debian's chromium when it is missing."""
+    script = (ROOT / "scripts" / "install.sh").read_text()
+    assert "apt-get install -y -qq chromium" in script and "-r requirements.txt" in script
+    assert "bash scripts/install.sh" in (ROOT / ".ci" / "run").read_text()
+    setup = (ROOT / "README.md").read_text().split("## Set up and test", 1)[1].split("##", 1)[0]
+    assert [line.split("#")[0].strip() for line in setup.strip().splitlines()] == ["bash scripts/install.sh", "pytest"]
+    subprocess.run(["bash", "-n", str(ROOT / "scripts" / "install.sh")], check=True)

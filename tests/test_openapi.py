@@ -186,6 +186,19 @@ def test_statuses_follow_the_ops_of_each_pipeline(make_depot, project_schema):
                     "at": {"type": "string"}}
 
 
+def test_a_json_schema_with_its_own_definitions_keeps_the_document_valid(make_depot, project_schema):
+    """A "$ref" inside a schema route's JSON Schema points into that schema, not into the OpenAPI document."""
+    body = {"type": "object", "$defs": {"name": {"type": "string"}}, "properties": {"n": {"$ref": "#/$defs/name"}}}
+    schema = with_routes(project_schema, route(
+        "echo", "POST", "/echo", step("parse.json", out="body"), step("validate.json_schema", schema=body,
+                                                                          value="$body"),
+        step("respond.json", body={"n": "$body.n"})))
+    spec = spec_of(make_depot(schema))
+    validate(spec)
+    request = spec["paths"]["/echo"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "$ref" not in str(request) and request["description"]
+
+
 def test_a_disabled_route_is_documented_as_what_it_answers(make_depot, project_schema):
     spec = spec_of(make_depot(with_routes(project_schema, features__proxy_enabled=False)))
     validate(spec)
