@@ -168,8 +168,7 @@ class Operation:
         if any(step.decl.mutates for step in self.route.pipeline.steps):
             self.errors(["403 READ_ONLY"])
         for status, schemas in self.json_bodies.items():
-            unique = [s for i, s in enumerate(schemas) if s not in schemas[:i]]
-            self.responses[status] = json_answer(unique[0] if len(unique) == 1 else {"anyOf": unique})
+            self.responses[status] = self._json_answer(self.responses.get(status), schemas)
         operation = {"operationId": self.route.id, "summary": self.route.description or self.route.id,
                      "tags": list(self.route.tags) or ["default"],
                      "parameters": list(self.parameters.values()) + [REQUEST_ID],
@@ -188,6 +187,20 @@ class Operation:
         if description:
             operation["description"] = " ".join(description)
         return operation
+
+
+    @staticmethod
+    def _json_answer(earlier, schemas):
+        """The answer of respond.json steps with one status; an error answered with it too stays one of its
+        forms."""
+        if earlier is not None and JSON in earlier.get("content", {}):
+            schemas = [earlier["content"][JSON]["schema"]] + schemas
+        unique = [s for i, s in enumerate(schemas) if s not in schemas[:i]]
+        answer = json_answer(unique[0] if len(unique) == 1 else {"anyOf": unique}, "the route's JSON answer")
+        if earlier is not None and earlier.get("x-error-codes"):
+            answer.update({"x-error-codes": earlier["x-error-codes"],
+                           "description": "the route's JSON answer, or an error: " + earlier["description"]})
+        return answer
 
 
 def _const_schema(value):

@@ -172,6 +172,8 @@ def test_statuses_follow_the_ops_of_each_pipeline(make_depot, project_schema):
         "ping", "GET", "/ping", step("respond.json", body={"pong": True})), route(
         "meta", "GET", "/meta/{namespace}/{name}/{version}/{variant}", READ, *PATH,
         step("kv.get", doc="artifact_meta", out="meta"),
+        step("respond.error", when={"is_null": "$meta"}, status=404, code="NOT_FOUND", message="none"),
+        step("respond.json", when={"equals": ["$meta.deleted", True]}, status=404, body={"deleted": True}),
         step("respond.json", body={"found": "$meta.version", "size": "$meta.blob_size?", "at": "{namespace}/{name}"})))
     spec = spec_of(make_depot(schema))
     validate(spec)
@@ -184,6 +186,10 @@ def test_statuses_follow_the_ops_of_each_pipeline(make_depot, project_schema):
     body = meta["responses"]["200"]["content"]["application/json"]["schema"]["properties"]
     assert body == {"found": {"type": "string"}, "size": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
                     "at": {"type": "string"}}
+    missing = meta["responses"]["404"]
+    assert missing["x-error-codes"] == ["NOT_FOUND"]
+    assert missing["content"]["application/json"]["schema"]["anyOf"][0] == {"$ref": "#/components/schemas/Error"}
+    assert missing["content"]["application/json"]["schema"]["anyOf"][1]["required"] == ["deleted"]
 
 
 def test_a_json_schema_with_its_own_definitions_keeps_the_document_valid(make_depot, project_schema):
