@@ -153,10 +153,13 @@ def test_the_download_route_documents_ranges_and_conditional_requests(depot):
 
 
 def test_publish_documents_conflicts_limits_digests_and_label_headers(depot):
-    publish = spec_of(depot)["paths"][PUBLISH]["put"]
+    spec = spec_of(depot)
+    publish = spec["paths"][PUBLISH]["put"]
     assert "CONFLICT" in publish["responses"]["409"]["x-error-codes"]
     assert {"BLOB_TOO_LARGE", "PAYLOAD_TOO_LARGE"} <= set(publish["responses"]["413"]["x-error-codes"])
     assert "Content-Digest" in parameters(publish, "header") and "digest" in parameters(publish, "query")
+    proxied = spec["paths"]["/v1/proxy/{namespace}/{name}/{version}/{variant}/blob"]["get"]
+    assert "Content-Digest" not in parameters(proxied, "header"), "its digest is the upstream's, not the client's"
     assert not [p["name"] for p in publish["parameters"] if "{" in p["name"] or "*" in p["name"]]
     [labels] = publish["x-header-pattern"]
     assert labels["pattern"] == "X-Depot-Label-*" and labels["collected"]["maxProperties"] == 32
