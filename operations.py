@@ -18,12 +18,24 @@ from app.context import ResponseSpec
 from app.definitions import MAX_PAGE, MAX_PAGE_SIZE, chain, query_value
 from app.errors import DepotError, bad_request, too_large
 from app import expr
-from app.opspec import BindError, Const, JsonSchema, Output, RefTo, Scopes, Source, Template, op
+from app.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_ANSWERS, BLOB_INPUTS, COUNT, DIGEST, STRING,
+                                    nullable, portable)
+from app.opspec import BindError, Const, JsonSchema, Output, RefTo, RequestInput, Scopes, Source, Template, op
 from app.stores.blobs import BlobRef, digest_mismatch, split_digest
 from app.stores.state import dumps, kv_key, loads
 
 MAX_QUERY_LIMIT = 1000
 MAX_OFFSET = MAX_PAGE * MAX_PAGE_SIZE
+_DECLARED_DIGEST = [
+    RequestInput("header", "Content-Digest", "the body's digest (RFC 9530): sha-256=:<base64>:; a mismatch is 400 "
+                 "DIGEST_MISMATCH and nothing is stored"),
+    RequestInput("query", "digest", "the body's digest as sha256:<hex>, for clients that cannot send "
+                 "Content-Digest", {"type": "string", "pattern": "^sha256:[0-9a-fA-F]{64}$"})]
+
+
+def _stored(a):
+    """What kv.get binds: the document (its storage schema, when it has one) or null."""
+    return nullable(portable(a.doc.validator.schema) if a.doc.validator is not None else {})
 
 
 # --- auth -------------------------------------------------------------------------------------------------
@@ -66,7 +78,8 @@ def parse_path(ctx, a):
 @op("parse.query", "Bind query parameters into the field namespace, typed and bounded when declared.",
     args={"fields": Const("object", "name -> {type: string|integer|boolean, default, minimum, maximum, required}",
                           required=False, default={}),
-          "out": Output("variable receiving all query parameters as an object", required=False)},
+          "out": Output("variable receiving all query parameters as an object", required=False,
+                        schema={"type": "object", "additionalProperties": STRING})},
     errors=["400 INVALID_QUERY"],
     example={"fields": {"page": {"type": "integer", "default": 1, "minimum": 1}}, "out": "query"},
     binds=lambda scope, raw: scope.bind_fields(raw["fields"]) if raw.get("fields") else scope.bind_unknown("query"),
@@ -221,7 +234,7 @@ def _doc_key(ctx, a):
 @op("kv.get", "Read a document (null when absent) into a variable.",
     args={"doc": RefTo("document", "the document type"),
           "key": Template("key; defaults to the document's key_template", required=False, shape="string"),
-          "out": Output("variable receiving the document, or null")},
+          "out": Output("variable receiving the document, or null", schema=_stored)},
     example={"doc": "artifact_meta", "key": "artifact/{namespace}/{name}/{version}/{variant}", "out": "meta"}, io=True)
 def kv_get(ctx, a):
     key = _doc_key(ctx, a)
@@ -305,8 +318,8 @@ def blob_get(ctx, a):
     "the blob is moved into place only at commit.",
     args={"store": RefTo("blob_store", "the blob store"),
           "from": Source("request.body, or a body handle such as $up_resp.body"),
-          "out": Output("variable receiving 'sha256:<hex>'"),
-          "out_size": Output("variable receiving the size in bytes", required=False)},
+          "out": Output("variable receiving 'sha256:<hex>'", schema=DIGEST),
+          "out_size": Output("variable receiving the size in bytes", required=False, schema=COUNT)},
     errors=["413 BLOB_TOO_LARGE", "413 PAYLOAD_TOO_LARGE", "400 BLOB_TOO_SMALL", "400 INVALID_DIGEST",
             "400 UNSUPPORTED_DIGEST_ALGORITHM"],
     example={"store": "primary", "from": "request.body", "out": "digest", "out_size": "blob_size"}, io=True,
@@ -349,7 +362,8 @@ def _stage_from_value(store, value):
           "algo": Const("string", "digest algorithm", choices=["sha256"], required=False, default="sha256"),
           "expected": Template("expected digest; defaults to the client's declarations", required=False)},
     errors=["400 DIGEST_MISMATCH", "400 INVALID_DIGEST", "400 UNSUPPORTED_DIGEST_ALGORITHM"],
-    example={"digest": "$digest", "algo": "sha256"})
+    example={"digest": "$digest", "algo": "sha256"},
+    openapi=lambda o, a: o.inputs(_DECLARED_DIGEST) if a.expected is None else None)
 def blob_verify_digest(ctx, a):
     actual = "sha256:" + split_digest(a.digest.render(ctx))
     staged = ctx.unverified_blobs.pop(actual, None)
@@ -442,8 +456,9 @@ def _constant_int(node, name, low, high):
           "namespace_field": Const("string", "the row field naming its namespace: once namespace grants exist, "
                                    "rows of namespaces the caller may not read are left out (and not counted)",
                                    required=False),
-          "out": Output("variable receiving the list of rows"),
-          "total_out": Output("variable receiving the number of matching rows", required=False)},
+          "out": Output("variable receiving the list of rows", schema={"type": "array", "items": {"type": "object"}}),
+          "total_out": Output("variable receiving the number of matching rows", required=False,
+                              schema=COUNT)},
     example={"index": "artifact_versions", "key": {"namespace": "{namespace}", "name": "{name}"},
              "limit": 1, "out": "rows"},
     errors=["400 INVALID_QUERY"], io=True, prepare=_prepare_index_query)
@@ -570,7 +585,8 @@ _CACHE_KINDS = ["response", "blob"]
 @op("cache.get", "Look up a cache entry (response or blob cache); a miss or expiry sets the hit flag false.",
     args={"kind": Const("string", "caching.response_cache or caching.blob_cache", choices=_CACHE_KINDS),
           "key": Template("cache key", shape="string"),
-          "hit_out": Output("variable receiving true/false"), "value_out": Output("variable receiving the value")},
+          "hit_out": Output("variable receiving true/false", schema={"type": "boolean"}),
+          "value_out": Output("variable receiving the value")},
     example={"kind": "response", "key": "blob_resp/{namespace}/{name}", "hit_out": "hit", "value_out": "cached"},
     io=True)
 def cache_get(ctx, a):
@@ -600,7 +616,7 @@ def cache_put(ctx, a):
     args={"upstream": RefTo("upstream", "the upstream (base_url, timeouts, retry)"),
           "method": Const("string", "HTTP method", choices=["GET", "HEAD"], required=False, default="GET"),
           "path": Template("path appended to base_url", shape="string"),
-          "out": Output("variable receiving {status, headers, body, size, digest}")},
+          "out": Output("variable receiving {status, headers, body, size, digest}", schema={"type": "object"})},
     errors=["404 PROXY_DISABLED"],
     example={"upstream": "originA", "method": "GET", "path": "/v1/{namespace}/{name}", "out": "up_resp"}, io=True)
 def proxy_fetch(ctx, a):
@@ -640,7 +656,7 @@ _STATUS = dict(minimum=100, maximum=599)
     args={"status": Const("integer", "HTTP status", required=False, default=200, **_STATUS),
           "body": Template("the JSON body"), "headers": Template("extra headers", required=False, shape="object")},
     example={"status": 200, "body": {"ok": True}},
-    openapi=lambda o, a: o.response(a.status, "json"))
+    openapi=lambda o, a: o.json_response(a.status, a.body))
 def respond_json(ctx, a):
     headers = a.headers.render(ctx) if a.headers is not None else None
     ctx.response = ResponseSpec(a.status, headers, json=a.body.render(ctx))
@@ -659,10 +675,10 @@ def respond_json(ctx, a):
           "last_modified": Template("when the bytes were published, an ISO 8601 timestamp such as "
                                     "$meta.created_at (Last-Modified, If-Modified-Since); default: the blob "
                                     "file's modification time", required=False)},
-    errors=["404 BLOB_NOT_FOUND", "416 RANGE_NOT_SATISFIABLE", "500 INVALID_TIMESTAMP"],
+    errors=BLOB_ANSWER_ERRORS + ("500 INVALID_TIMESTAMP",), answers=BLOB_ANSWERS, inputs=BLOB_INPUTS,
     example={"status": 200, "body": "$blob", "headers": {"Content-Type": "application/octet-stream"},
              "filename": "{name}-{version}-{variant}", "last_modified": "$meta.created_at"},
-    openapi=lambda o, a: o.response(a.status, "bytes"))
+    openapi=lambda o, a: o.bytes_response(a.status))
 def respond_bytes(ctx, a):
     body = a.body.render(ctx)
     if not isinstance(body, BlobRef):
@@ -689,7 +705,7 @@ def _timestamp(value):
     args={"status": Const("integer", "HTTP status", required=False, default=302, choices=[301, 302, 303, 307, 308]),
           "location": Template("the Location header", shape="string")},
     example={"status": 307, "location": "/v1/{namespace}/{name}/{version}/{variant}/blob"},
-    openapi=lambda o, a: o.response(a.status, "redirect"))
+    openapi=lambda o, a: o.redirect_response(a.status))
 def respond_redirect(ctx, a):
     ctx.response = ResponseSpec(a.status, {"Location": a.location.render(ctx)},
                                 json={"location": a.location.render(ctx)})
@@ -700,7 +716,7 @@ def respond_redirect(ctx, a):
           "code": Const("string", "stable error code"), "message": Template("human-readable message", shape="string"),
           "field": Const("string", "the offending field", required=False)},
     example={"status": 404, "code": "NOT_FOUND", "message": "Artifact not found"},
-    openapi=lambda o, a: o.response(a.status, "error", a.code))
+    openapi=lambda o, a: o.error_response(a.status, a.code))
 def respond_error(ctx, a):
     raise DepotError(a.code, a.status, a.message.render(ctx), a.field)
 
@@ -712,7 +728,8 @@ def _now():
 
 
 @op("time.now_iso8601", "Bind the current UTC time, ISO 8601 with milliseconds and 'Z'.",
-    args={"out": Output("variable receiving the timestamp")}, example={"out": "now"})
+    args={"out": Output("variable receiving the timestamp", schema={"type": "string", "format": "date-time"})},
+    example={"out": "now"})
 def time_now_iso8601(ctx, a):
     ctx.vars[a.out] = _now()
 
@@ -720,7 +737,7 @@ def time_now_iso8601(ctx, a):
 @op("string.format", "Render a string template into a variable (always a string: an absent optional reference "
     "renders as nothing, a non-string value as its JSON).",
     args={"template": Template("the string to render", shape="string"),
-          "out": Output("variable receiving the string")},
+          "out": Output("variable receiving the string", schema=STRING)},
     example={"template": "{namespace}/{name}@{version}", "out": "coordinates"})
 def string_format(ctx, a):
     value = a.template.render(ctx)

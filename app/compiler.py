@@ -24,6 +24,7 @@ from app.codegen import FunctionBuilder
 from app.errors import DepotError, SchemaLoadError
 from app.expr import TemplateSyntaxError, parse_template
 from app.metaschema import METASCHEMA
+from app.openapi import route_operation
 from app.opspec import REGISTRY, BindError, Output
 from app.ratelimit import parse_rate
 from app.rows import RowContext
@@ -594,6 +595,7 @@ class Compiler:
             route.pipeline.guard(route.policy_scopes, route.denied, route.namespace_guard)
             if "proxy" in route.tags and not self.out.features.get("proxy_enabled", True):
                 route.disabled = ("PROXY_DISABLED", "proxying is disabled (features.proxy_enabled is false)")
+            route.openapi = route_operation(route)
             self.out.routes.append(route)
 
     def _check_shadowing(self):

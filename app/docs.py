@@ -58,6 +58,10 @@ def _op(decl):
     outputs = [n for n, a in decl.args.items() if isinstance(a, Output)]
     lines.append("Outputs: %s." % (", ".join("`%s`" % o for o in outputs) if outputs else "none"))
     lines.append("Errors: %s." % (", ".join("`%s`" % e for e in decl.errors) if decl.errors else "none of its own"))
+    if decl.answers:
+        lines.append("Other answers: %s." % ", ".join("`%s`" % a for a in decl.answers))
+    if decl.inputs:
+        lines.append("Reads: %s." % ", ".join("%s `%s`" % (i.where, i.name) for i in decl.inputs))
     lines += ["", "```json", json.dumps({"op": decl.name, "args": decl.example or {}}), "```", ""]
     return "\n".join(lines)
 

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from urllib.parse import quote
 
 from flask import Flask, Response, g, request
+from flask_swagger_ui import get_swaggerui_blueprint
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestedRangeNotSatisfiable
 from werkzeug.routing import Map, Rule
 from werkzeug.wsgi import wrap_file
@@ -23,6 +24,8 @@ from app.audit import api_token_id
 from app.body import RequestBody
 from app.context import RequestData
 from app.errors import DepotError, too_large
+from app.openapi_components import json_answer, ref
+from app.openapi_views import ViewDoc, document_rules, documented
 from app.server import DROPPED_HEADERS_KEY
 from app.stores.blobs import declared_digests
 from app.stores.state import dumps
@@ -33,6 +36,7 @@ ROUTE_ENDPOINT = "depot_route"  # no ".": Flask would take "depot" for a bluepri
 # and look up that blueprint's hooks on every request
 READ_METHODS = ("GET", "HEAD")
 REQUEST_ID_KEY = "depot.request_id"
+DOCS_PATH = "/docs"
 
 
 def json_response(payload, status=200, headers=None):
@@ -329,16 +333,17 @@ def create_app(service):
                                          % g.get("request_id")))
 
     @app.get("/openapi.json")
+    @documented("This document: the OpenAPI 3.1 description of every route served now",
+                responses={200: {"type": "object", "required": ["openapi", "paths"]}})
     def openapi_document():
         from app import openapi
-        return json_response(openapi.document(service.engine.compiled))
+        return json_response(openapi.document(service.engine.compiled, app))
 
-    @app.get("/docs")
-    def openapi_page():
-        from app import openapi
-        return Response(openapi.html_page(openapi.document(service.engine.compiled)), mimetype="text/html")
+    add_docs_ui(app)
 
     @app.get("/health")
+    @documented("The state of each store (an admin's token adds where each lives)",
+                responses={200: ref("Health")}, answers={503: json_answer(ref("Health"), "a store is not healthy")})
     def health():
         stores = service.engine.health(detail=_is_admin(service, request))
         ok = all(s.get("ok") for s in stores.values())
@@ -369,6 +374,23 @@ def create_app(service):
     from app.management import create_blueprint
     app.register_blueprint(create_blueprint(service))
     return app
+
+
+def add_docs_ui(app):
+    """/docs: Swagger UI over /openapi.json, every asset served from the flask-swagger-ui package (nothing
+    fetched from elsewhere: no validator badge, which would ask a remote validator about the document)."""
+    blueprint = get_swaggerui_blueprint(DOCS_PATH, "/openapi.json", blueprint_name="depot_docs", config={
+        "app_name": "Depot API", "validatorUrl": None, "deepLinking": True, "displayRequestDuration": True,
+        "oauth2RedirectUrl": DOCS_PATH + "/oauth2-redirect.html"})
+    app.register_blueprint(blueprint)
+    app.add_url_rule(DOCS_PATH, "depot_docs.show")  # the page at /docs itself, not a redirect to /docs/
+    page = ViewDoc("The interactive API documentation (Swagger UI)", operation_id="depot.docs", answers={
+        200: {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}})
+    asset = ViewDoc("A static asset of the documentation page (script, style, icon)", operation_id="depot.docs_asset",
+                    errors=("404 NOT_FOUND",), answers={
+                        200: {"description": "the asset", "content": {"*/*": {"schema": {"type": "string"}}}}})
+    document_rules(app.view_functions["depot_docs.show"], {DOCS_PATH: page, DOCS_PATH + "/": page,
+                                                           DOCS_PATH + "/<path:path>": asset})
 
 
 def _is_admin(service, req):

@@ -17,10 +17,20 @@ from app.context import ResponseSpec
 from app.definitions import PAGE_QUERY, query_value
 from app.errors import DepotError, bad_request, not_found
 from app.http import json_response, write_response
+from app.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_INPUTS, DIGEST, LOGIN_SESSION, SIGNED_IN, Access,
+                                    blob_answers, ref)
+from app.openapi_views import documented
 from app.schema_store import version_view
 
 MAX_BODY = 10 * 1024 * 1024
 MAX_GRACE_SECONDS = 100 * 365 * 86400
+# what several views answer, for their @documented
+TOKEN_REQUEST_ERRORS = ("400 INVALID_TOKEN_REQUEST", "400 UNKNOWN_SCOPE", "403 SCOPE_NOT_HELD",
+                        "404 USER_NOT_FOUND")
+USER_CHANGE_ERRORS = ("400 INVALID_REQUEST", "400 WEAK_PASSWORD", "400 UNKNOWN_SCOPE")
+SCHEMA_CHANGE = {"responses": {201: ref("AppliedSchema")}, "errors": ("422 SCHEMA_INVALID",),
+                 "description": "The new schema is checked as `python -m app check` does, stored as a new version "
+                                "and served at once; with errors, 422 and nothing changes."}
 
 
 def client():
@@ -142,7 +152,7 @@ class Guard:
         what changed, for the audit record."""
         audit = self.service.audit
 
-        def wrap(view):
+        def wrap(view):  # run.openapi_access: who may call it, for @documented
             @functools.wraps(view)
             def run(*args, **kwargs):
                 principal = self.principal_or_401()
@@ -160,6 +170,7 @@ class Guard:
                 if request.method not in ("GET", "HEAD"):
                     audit.record(principal["sub"], action, target, "success", client(), *detail)
                 return response
+            run.openapi_access = Access(("admin",), login_session)
             return run
         return wrap
 
@@ -178,6 +189,9 @@ def _auth_views(bp, service, guard):
     identity, audit, principal_or_401 = service.identity, service.audit, guard.principal_or_401
 
     @bp.post("/auth/login")
+    @documented("Exchange a username and password for a login token", body=ref("Credentials"),
+                responses={200: ref("LoginToken")}, errors=("400 INVALID_CREDENTIALS_FORMAT",
+                                                            "401 INVALID_CREDENTIALS", "429 RATE_LIMITED"))
     def login():
         username, password = string_fields(json_body(65536), "username", "password",
                                            code="INVALID_CREDENTIALS_FORMAT")
@@ -195,6 +209,8 @@ def _auth_views(bp, service, guard):
                               "expires_at": expires.isoformat().replace("+00:00", "Z")})
 
     @bp.get("/auth/me")
+    @documented("The caller's account, with the scopes this request holds", access=SIGNED_IN,
+                responses={200: ref("Me")}, errors=("404 USER_NOT_FOUND",))
     def me():
         principal = principal_or_401()
         view = identity.get_user(principal["sub"])
@@ -202,6 +218,9 @@ def _auth_views(bp, service, guard):
         return json_response(view)
 
     @bp.post("/auth/change-password")
+    @documented("Change the caller's password: earlier login tokens end and every API token is revoked",
+                access=SIGNED_IN, body=ref("PasswordChange"), responses={200: ref("Ok")},
+                errors=("400 INVALID_REQUEST", "400 WEAK_PASSWORD", "401 INVALID_CREDENTIALS"))
     def change_password():
         principal = principal_or_401()
         body = json_body(65536)
@@ -216,6 +235,8 @@ def _auth_views(bp, service, guard):
                               "every API token is revoked"})
 
     @bp.post("/auth/logout")
+    @documented("End the credential this request carries (a login token, or an API token: revoked)",
+                access=SIGNED_IN, responses={200: ref("Ok")})
     def logout():
         principal = principal_or_401()
         identity.logout(principal)
@@ -223,16 +244,22 @@ def _auth_views(bp, service, guard):
         return json_response({"ok": True})
 
     @bp.post("/auth/tokens")
+    @documented("Make an API token for the caller (its secret is shown once)", access=LOGIN_SESSION,
+                body=ref("TokenRequest"), responses={201: ref("IssuedToken")}, errors=TOKEN_REQUEST_ERRORS)
     def create_token():
         principal = guard.login_session(principal_or_401(), "token.create")
         return issue_api_token(service, principal["sub"], principal)
 
     @bp.get("/auth/tokens")
+    @documented("The caller's API tokens", access=LOGIN_SESSION, responses={200: ref("TokenList")},
+                errors=("404 USER_NOT_FOUND",))
     def list_tokens():
         principal = guard.login_session(principal_or_401(), "token.list")
         return json_response(token_page(identity, principal["sub"]))
 
     @bp.delete("/auth/tokens/<token_id>")
+    @documented("Revoke one of the caller's API tokens", access=LOGIN_SESSION, responses={200: ref("Token")},
+                errors=("404 USER_NOT_FOUND", "404 TOKEN_NOT_FOUND"))
     def revoke_token(token_id):
         principal = guard.login_session(principal_or_401(), "token.revoke")
         view = identity.revoke_token(principal["sub"], token_id)
@@ -258,11 +285,14 @@ def _user_views(bp, service, guard):
     identity, admin_action = service.identity, guard.admin_action
 
     @bp.get("/admin/users")
+    @documented("A page of accounts", paged=True, responses={200: ref("UserPage")})
     @admin_action("admin.users.list")
     def list_users():
         return page_of(identity.list_users), None
 
     @bp.post("/admin/users")
+    @documented("Create an account", body=ref("NewUser"), responses={201: ref("User")},
+                errors=USER_CHANGE_ERRORS + ("400 INVALID_USERNAME", "409 USER_EXISTS"))
     @admin_action("admin.users.create")
     def create_user():
         body = json_body(65536)
@@ -271,11 +301,15 @@ def _user_views(bp, service, guard):
         return json_response(view, 201), view["username"], {"after": account_state(view)}
 
     @bp.get("/admin/users/<username>")
+    @documented("One account", responses={200: ref("User")}, errors=("404 USER_NOT_FOUND",))
     @admin_action("admin.users.get")
     def get_user(username):
         return json_response(identity.get_user(username)), username
 
     @bp.patch("/admin/users/<username>")
+    @documented("Change an account's scopes, status or password (never leaving no active admin)",
+                body=ref("UserChange"), responses={200: ref("User")},
+                errors=USER_CHANGE_ERRORS + ("404 USER_NOT_FOUND", "409 LAST_ADMIN"))
     @admin_action("admin.users.update")
     def update_user(username):
         body = json_body(65536)
@@ -289,22 +323,29 @@ def _user_views(bp, service, guard):
         return json_response(view), view["username"], changes
 
     @bp.delete("/admin/users/<username>")
+    @documented("Delete an account and its API tokens (its audit records stay)", responses={200: ref("DeletedUser")},
+                errors=("404 USER_NOT_FOUND", "409 LAST_ADMIN"))
     @admin_action("admin.users.delete")
     def delete_user(username):
         view = identity.delete_user(username, service.access.forget_user)
         return json_response(dict(view, deleted=True)), view["username"], {"before": account_state(view)}
 
     @bp.get("/admin/users/<username>/tokens")
+    @documented("An account's API tokens", responses={200: ref("TokenList")}, errors=("404 USER_NOT_FOUND",))
     @admin_action("admin.tokens.list", login_session=True)
     def user_tokens(username):
         return json_response(token_page(identity, username)), username
 
     @bp.post("/admin/users/<username>/tokens")
+    @documented("Make an API token for an account (its secret is shown once)", body=ref("TokenRequest"),
+                responses={201: ref("IssuedToken")}, errors=TOKEN_REQUEST_ERRORS)
     @admin_action("admin.tokens.create", login_session=True)
     def create_user_token(username):
         return issue_api_token(service, username, g.principal), username
 
     @bp.delete("/admin/users/<username>/tokens/<token_id>")
+    @documented("Revoke an account's API token", responses={200: ref("Token")},
+                errors=("404 USER_NOT_FOUND", "404 TOKEN_NOT_FOUND"))
     @admin_action("admin.tokens.revoke", login_session=True)
     def revoke_user_token(username, token_id):
         return json_response(identity.revoke_token(username, token_id)), "%s/%s" % (username, token_id)
@@ -384,11 +425,13 @@ def _schema_views(bp, service, guard):
     admin_action = guard.admin_action
 
     @bp.get("/admin/schema")
+    @documented("The active schema version and its document", responses={200: ref("SchemaVersionWithDocument")})
     @admin_action("admin.schema.get")
     def get_schema():
         return json_response(version_view(service.schemas.active(), with_document=True)), None
 
     @bp.get("/admin/schema/versions")
+    @documented("A page of schema versions, newest first", paged=True, responses={200: ref("SchemaVersionPage")})
     @admin_action("admin.schema.versions")
     def schema_versions():
         page, size, offset = page_args()
@@ -396,6 +439,8 @@ def _schema_views(bp, service, guard):
         return json_response(paginated([version_view(r) for r in rows], total, page, size)), None
 
     @bp.get("/admin/schema/versions/<int(max=2147483647):version>")  # larger: no such version
+    @documented("One schema version and its document", responses={200: ref("SchemaVersionWithDocument")},
+                errors=("404 SCHEMA_VERSION_NOT_FOUND",))
     @admin_action("admin.schema.version")
     def schema_version(version):
         return json_response(version_view(service.schemas.get(version), with_document=True)), None
@@ -408,12 +453,17 @@ def _schema_views(bp, service, guard):
         return json_response(body, 201 if created else 200), target
 
     @bp.post("/admin/schema")
+    @documented("Replace the schema", body=ref("SchemaDocument"), query={"comment": {"type": "string"}},
+                **SCHEMA_CHANGE)
     @admin_action("admin.schema.update")
     def update_schema():
         doc = json_body()
         return _apply(doc, request.args.get("comment", "uploaded"))
 
     @bp.post("/admin/schema/rollback")
+    @documented("Serve an earlier schema version again (stored as a new version)", body=ref("Rollback"),
+                **dict(SCHEMA_CHANGE, errors=("400 INVALID_REQUEST", "404 SCHEMA_VERSION_NOT_FOUND",
+                                              "422 SCHEMA_INVALID")))
     @admin_action("admin.schema.rollback")
     def rollback_schema():
         version = json_body(65536).get("version")
@@ -423,6 +473,7 @@ def _schema_views(bp, service, guard):
         return _apply(doc, "rollback to version %d" % version)
 
     @bp.post("/admin/routes")
+    @documented("Add a route to the schema", body=ref("Route"), **SCHEMA_CHANGE)
     @admin_action("admin.routes.add")
     def add_route():
         route = json_body()
@@ -431,6 +482,8 @@ def _schema_views(bp, service, guard):
         return _apply(doc, "added route %s" % route.get("id"))
 
     @bp.delete("/admin/routes/<route_id>")
+    @documented("Remove a route from the schema", **dict(SCHEMA_CHANGE, errors=("404 ROUTE_NOT_FOUND",
+                                                                              "422 SCHEMA_INVALID")))
     @admin_action("admin.routes.delete")
     def delete_route(route_id):
         doc = copy.deepcopy(service.active_document())
@@ -447,6 +500,8 @@ def _maintenance_views(bp, service, guard):
     audit, admin_action = service.audit, guard.admin_action
 
     @bp.post("/admin/gc")
+    @documented("Collect unreferenced blobs (dry_run: report what would go)", body=ref("GcRequest"),
+                body_optional=True, responses={200: ref("GcReport")}, errors=("400 INVALID_REQUEST", "409 GC_RUNNING"))
     @admin_action("admin.gc")
     def collect_garbage():
         from app import gc
@@ -463,6 +518,9 @@ def _maintenance_views(bp, service, guard):
         return json_response(result), gc.audit_target(result), gc.audit_detail(result)
 
     @bp.get("/admin/audit")
+    @documented("A page of the audit log, newest first", paged=True, responses={200: ref("AuditPage")},
+                query={"actor": {"type": "string"}, "action": {"type": "string"},
+                       "since": {"type": "string", "format": "date-time"}})
     @admin_action("admin.audit")
     def audit_log():
         page, size, offset = page_args()
@@ -476,6 +534,7 @@ def _replication_views(bp, service, guard):
     admin_action = guard.admin_action
 
     @bp.get("/admin/replication/status")
+    @documented("This server's replication cursor and apply pipelines", responses={200: ref("ReplicationStatus")})
     @admin_action("admin.replication.status")
     def replication_status():
         engine = service.engine
@@ -484,12 +543,17 @@ def _replication_views(bp, service, guard):
                               "read_only": engine.read_only}), None
 
     @bp.get("/admin/replication/events")
+    @documented("Events after a sequence number, for a replica", responses={200: ref("EventBatch")},
+                query={"after": {"type": "integer", "minimum": 0}, "limit": {"type": "integer", "minimum": 1}},
+                errors=("400 INVALID_QUERY",))
     @admin_action("admin.replication.events")
     def replication_events():
         after, limit = int_arg("after", 0, 0), int_arg("limit", None, 1)
         return json_response(replication.ship(service.engine, after, limit)), None
 
     @bp.get("/admin/replication/blobs/<digest>")
+    @documented("A blob's bytes, from whichever store holds it", params={"digest": DIGEST}, answers=blob_answers(),
+                inputs=BLOB_INPUTS, errors=("400 INVALID_DIGEST",) + BLOB_ANSWER_ERRORS)
     @admin_action("admin.replication.blob")
     def replication_send_blob(digest):
         replication.check_digest(digest, "digest")
@@ -498,6 +562,10 @@ def _replication_views(bp, service, guard):
         return write_response(ResponseSpec(200, headers, blob=blob)), None
 
     @bp.put("/admin/replication/blobs/<digest>")
+    @documented("Receive a blob's bytes, which must hash to the digest", params={"digest": DIGEST}, binary_body=True,
+                query={"store": {"type": "string"}}, responses={201: ref("ReceivedBlob")},
+                errors=("400 INVALID_DIGEST", "400 UNKNOWN_BLOB_STORE", "400 DIGEST_MISMATCH", "400 BLOB_TOO_SMALL",
+                        "413 BLOB_TOO_LARGE"))
     @admin_action("admin.replication.blob")
     def replication_receive_blob(digest):
         engine = service.engine
@@ -506,6 +574,11 @@ def _replication_views(bp, service, guard):
         return json_response({"digest": blob.digest, "size": blob.size, "store": blob.store}, 201), digest
 
     @bp.post("/admin/replication/apply")
+    @documented("Apply a batch of shipped events, in order", body=ref("ApplyRequest"),
+                responses={200: ref("ApplyResult")},
+                errors=("400 INVALID_BATCH", "400 INVALID_EVENT", "400 INVALID_DIGEST", "400 EVENT_INVALID",
+                        "409 EVENT_GAP", "409 BLOB_MISSING"),
+                description="An event its apply pipeline refuses stops the batch with that pipeline's error.")
     @admin_action("admin.replication.apply")
     def replication_apply():
         # a batch as the primary ships it, re-encoded by the client: allow for looser JSON spacing

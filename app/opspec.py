@@ -5,6 +5,7 @@ checker (missing, unknown or ill-typed arguments, dangling references), OPERATIO
 Each argument kind binds a raw schema value into what the op function receives at request time.
 """
 import re
+from dataclasses import dataclass, field
 
 from app.expr import TemplateSyntaxError, compile_value
 
@@ -22,9 +23,11 @@ class BindError(ValueError):
 
 class OpDecl:
     def __init__(self, name, fn, args, summary, needs_txn, errors, writes, mutates, example, binds, io, prepare,
-                 openapi):
+                 openapi, answers=(), inputs=()):
         self.name = name
         self.openapi = openapi
+        self.answers = list(answers)
+        self.inputs = list(inputs)
         self.binds = binds
         self.io = io
         self.prepare = prepare
@@ -43,7 +46,7 @@ class OpDecl:
 
 
 def op(name, summary, args=None, needs_txn=False, errors=(), writes=False, mutates=None, example=None, binds=None,
-       io=False, prepare=None, openapi=None):
+       io=False, prepare=None, openapi=None, answers=(), inputs=()):
     """Register an op.
 
     ``needs_txn``: must run between txn.begin and txn.commit. ``writes``: a KV or index write (checked by
@@ -54,12 +57,27 @@ def op(name, summary, args=None, needs_txn=False, errors=(), writes=False, mutat
     analysis. ``prepare(bound_args, scope)``: work done once at load on the bound arguments, knowing what the
     pipeline has bound so far (raise BindError to reject them). ``openapi(operation, bound_args)``: what the
     step adds to its route's OpenAPI operation (parameters, request body, responses, security).
+
+    ``errors`` and ``answers``: the statuses the op can produce, written "<status> <CODE>": errors leave as the
+    JSON error envelope; answers are the other outcomes it may turn a response into (206 for a Range, 304 for a
+    matching If-None-Match). ``inputs``: request headers and query parameters the op reads (RequestInput), so
+    the route documents them.
     """
     def register(fn):
         REGISTRY[name] = OpDecl(name, fn, args or {}, summary, needs_txn, list(errors), writes,
-                                writes if mutates is None else mutates, example, binds, io, prepare, openapi)
+                                writes if mutates is None else mutates, example, binds, io, prepare, openapi,
+                                answers, inputs)
         return fn
     return register
+
+
+@dataclass(frozen=True)
+class RequestInput:
+    """A request header or query parameter an op reads whatever the schema says (``where``: header or query)."""
+    where: str
+    name: str
+    doc: str
+    schema: dict = field(default_factory=lambda: {"type": "string"})
 
 
 def unknown_ref_message(section, value, table):
@@ -107,8 +125,16 @@ class Template(Arg):
 
 
 class Output(Arg):
-    """The name of a variable the op binds for later steps ($name)."""
+    """The name of a variable the op binds for later steps ($name). ``schema``: the JSON Schema of the value it
+    receives, or a function of the step's bound arguments giving it (None: not a JSON value, or any)."""
     kind = "output"
+
+    def __init__(self, doc="", required=True, default=None, schema=None):
+        super().__init__(doc, required, default)
+        self.schema = schema
+
+    def schema_for(self, bound_args):
+        return self.schema(bound_args) if callable(self.schema) else self.schema
 
     def bind(self, value, env):
         if not isinstance(value, str) or not _IDENT.match(value):
