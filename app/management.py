@@ -356,11 +356,17 @@ def _access_views(bp, service, guard):
     access, admin_action = service.access, guard.admin_action
 
     @bp.get("/admin/grants")
+    @documented("A page of namespace grants (?subject=user:NAME, group:NAME or anonymous narrows it)", paged=True,
+                responses={200: ref("GrantPage")}, errors=("400 INVALID_REQUEST", "404 USER_NOT_FOUND",
+                                                           "404 GROUP_NOT_FOUND"))
     @admin_action("admin.grants.list")
     def list_grants():
         return page_of(access.list_grants, request.args.get("subject")), None
 
     @bp.post("/admin/grants")
+    @documented("Grant a permission on the namespaces a pattern matches (replacing the subject's grant on that "
+                "pattern: 200)", body=ref("GrantRequest"), responses={201: ref("Grant"), 200: ref("Grant")},
+                errors=("400 INVALID_REQUEST", "404 USER_NOT_FOUND", "404 GROUP_NOT_FOUND"))
     @admin_action("admin.grants.create")
     def create_grant():
         body = json_body(65536, allowed=("subject", "namespace", "permission"))
@@ -372,17 +378,21 @@ def _access_views(bp, service, guard):
         return json_response(view, 201 if created else 200), _grant_target(view)
 
     @bp.delete("/admin/grants/<int:grant_id>")
+    @documented("Remove a grant", responses={200: ref("DeletedGrant")}, errors=("404 GRANT_NOT_FOUND",))
     @admin_action("admin.grants.delete")
     def delete_grant(grant_id):
         view = access.revoke(grant_id)
         return json_response(dict(view, deleted=True)), _grant_target(view)
 
     @bp.get("/admin/groups")
+    @documented("A page of groups with their members", paged=True, responses={200: ref("GroupPage")})
     @admin_action("admin.groups.list")
     def list_groups():
         return page_of(access.list_groups), None
 
     @bp.post("/admin/groups")
+    @documented("Create a group", body=ref("NewGroup"), responses={201: ref("Group")},
+                errors=("400 INVALID_REQUEST", "409 GROUP_EXISTS"))
     @admin_action("admin.groups.create")
     def create_group():
         name, = string_fields(json_body(65536, allowed=("name",)), "name")
@@ -390,23 +400,30 @@ def _access_views(bp, service, guard):
         return json_response(view, 201), "group:%s" % view["name"]
 
     @bp.get("/admin/groups/<name>")
+    @documented("One group with its members", responses={200: ref("Group")}, errors=("404 GROUP_NOT_FOUND",))
     @admin_action("admin.groups.get")
     def get_group(name):
         return json_response(access.get_group(name)), None
 
     @bp.delete("/admin/groups/<name>")
+    @documented("Delete a group with its memberships and grants", responses={200: ref("DeletedGroup")},
+                errors=("404 GROUP_NOT_FOUND",))
     @admin_action("admin.groups.delete")
     def delete_group(name):
         view = access.delete_group(name)
         return json_response(dict(view, deleted=True)), "group:%s" % name
 
     @bp.put("/admin/groups/<name>/members/<username>")
+    @documented("Add a user to a group", responses={200: ref("Group")},
+                errors=("404 GROUP_NOT_FOUND", "404 USER_NOT_FOUND"))
     @admin_action("admin.groups.add_member")
     def add_member(name, username):
         view, _ = access.set_member(name, username, True)
         return json_response(view), "group:%s member %s" % (name, username)
 
     @bp.delete("/admin/groups/<name>/members/<username>")
+    @documented("Take a user out of a group", responses={200: ref("Group")},
+                errors=("404 GROUP_NOT_FOUND", "404 USER_NOT_FOUND", "404 MEMBER_NOT_FOUND"))
     @admin_action("admin.groups.remove_member")
     def remove_member(name, username):
         view, changed = access.set_member(name, username, False)

@@ -47,6 +47,7 @@ TIME = {"type": "string", "format": "date-time"}
 DIGEST = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}
 SCOPES = {"type": "array", "items": STRING}
 STATUS = {"type": "string", "enum": ["active", "disabled"]}
+PERMISSION = {"type": "string", "enum": ["read", "write", "delete", "admin"]}
 
 
 def page_of(item):
@@ -111,6 +112,22 @@ SCHEMAS = {
     "ApplyRequest": obj(events={"type": "array", "items": {"type": "object"}},
                         optional={"gone": {"type": "array", "items": DIGEST}}),
     "ApplyResult": obj(applied=COUNT, skipped=COUNT, without_pipeline=COUNT, cursor=COUNT),
+    "Grant": obj(id={"type": "integer"}, subject={"type": "string", "description": "user:NAME, group:NAME or "
+                                                                                  "anonymous"},
+                 namespace={"type": "string", "description": "a namespace or a pattern with *"},
+                 permission=PERMISSION, created_by=STRING, created_at=TIME),
+    "GrantRequest": dict(obj(subject={"type": "string", "pattern": "^(user:.+|group:.+|anonymous)$"},
+                             namespace={"type": "string", "pattern": "^[a-z0-9*][a-z0-9._*-]{0,159}$"},
+                             permission=PERMISSION), additionalProperties=False),
+    "DeletedGrant": obj(deleted={"const": True}, id={"type": "integer"}, subject=STRING, namespace=STRING,
+                        permission=PERMISSION, created_by=STRING, created_at=TIME),
+    "GrantPage": page_of(ref("Grant")),
+    "Group": obj(name=STRING, members={"type": "array", "items": STRING}, created_at=TIME),
+    "NewGroup": dict(obj(name={"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}),
+                     additionalProperties=False),
+    "DeletedGroup": obj(deleted={"const": True}, name=STRING, members={"type": "array", "items": STRING},
+                        created_at=TIME),
+    "GroupPage": page_of(ref("Group")),
     "Health": obj(ok=BOOLEAN, stores={"type": "object", "additionalProperties": obj(
         kind=STRING, ok=BOOLEAN)}, schema_sha256=STRING, read_only=BOOLEAN),
 }
@@ -165,7 +182,10 @@ def add_errors(responses, declared):
 
 _BLOB_HEADERS = {"ETag": {"description": "the blob's digest, quoted", "schema": STRING},
                  "X-Depot-Digest": {"description": "the blob's digest", "schema": DIGEST},
-                 "Accept-Ranges": {"schema": {"const": "bytes"}}}
+                 "Accept-Ranges": {"schema": {"const": "bytes"}},
+                 "Content-Disposition": {"description": "attachment, with the download's file name (RFC 6266)",
+                                         "schema": STRING},
+                 "Last-Modified": {"description": "when the bytes were published (HTTP date)", "schema": STRING}}
 _BLOB_CONTENT = {BYTES: {"schema": {"type": "string", "contentMediaType": BYTES}}}
 
 
@@ -177,7 +197,8 @@ def blob_answers(status=200):
                       "content": _BLOB_CONTENT},
         "206": {"description": "the part of the bytes the Range asked for", "content": _BLOB_CONTENT,
                 "headers": dict(_BLOB_HEADERS, **{"Content-Range": {"schema": STRING}})},
-        "304": {"description": "not modified: If-None-Match names the blob's ETag", "headers": _BLOB_HEADERS},
+        "304": {"description": "not modified: If-None-Match names the blob's ETag, or (without If-None-Match) "
+                               "If-Modified-Since is not before Last-Modified", "headers": _BLOB_HEADERS},
         "412": {"description": "precondition failed: If-Match was sent with a matching If-None-Match"},
     }
 
@@ -186,11 +207,11 @@ BLOB_ANSWERS = ("206 PARTIAL_CONTENT", "304 NOT_MODIFIED", "412 PRECONDITION_FAI
 BLOB_ANSWER_ERRORS = ("404 BLOB_NOT_FOUND", "416 RANGE_NOT_SATISFIABLE")
 BLOB_INPUTS = (
     RequestInput("header", "Range", "one byte range (bytes=<first>-<last>): 206 with that part, 416 when no part "
-                 "of the blob is in it"),
+                 "of the blob is in it; several ranges: 200 with the whole body when any is satisfiable"),
     RequestInput("header", "If-Range", "an ETag: the Range applies only while the blob still has it"),
     RequestInput("header", "If-None-Match", "ETags (the blob's digest, quoted): 304 when one matches"),
-    RequestInput("header", "If-Modified-Since", "accepted as HTTP defines it; blob responses carry no "
-                 "Last-Modified, so If-None-Match is what turns a fetch into a 304"),
+    RequestInput("header", "If-Modified-Since", "an HTTP date: 304 when the blob's Last-Modified is not after "
+                 "it (If-None-Match, when sent, decides instead)"),
     RequestInput("header", "If-Match", "ETags: with a matching If-None-Match, 412 instead of 304"))
 
 

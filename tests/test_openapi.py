@@ -165,8 +165,8 @@ def test_publish_documents_conflicts_limits_digests_and_label_headers(depot):
     assert labels["pattern"] == "X-Depot-Label-*" and labels["collected"]["maxProperties"] == 32
     assert "X-Depot-Label-*" in publish["description"]
     created = publish["responses"]["201"]["content"]["application/json"]["schema"]
-    assert created["properties"]["digest"]["pattern"] == "^sha256:[0-9a-f]{64}$"
-    assert created["properties"]["size"]["type"] == "integer"
+    assert created["properties"]["blob_digest"]["pattern"] == "^sha256:[0-9a-f]{64}$"
+    assert created["properties"]["blob_size"]["type"] == "integer"
 
 
 def test_statuses_follow_the_ops_of_each_pipeline(make_depot, project_schema):
