@@ -49,6 +49,13 @@ class Service:
         self.announce = announce
         # first: the state store's lock is the data dir's lease (StoreLocked while another process holds it)
         self.stores = Stores(self.data_dir, sync=sync)
+        try:
+            self._open(schema, schema_path, load_schema)
+        except BaseException:
+            self.stores.close()  # give the lease back: this process may open the data dir again
+            raise
+
+    def _open(self, schema, schema_path, load_schema):
         url = database.database_url(self.data_dir)
         database.upgrade(url)
         self.db, self.sessions = database.connect(url)
@@ -59,7 +66,7 @@ class Service:
         self._swap_lock = threading.Lock()
         self.limiters = {}
         self._activate(self._initial_schema(schema, schema_path, load_schema))
-        self.identity.ensure_admin(self.data_dir, announce)
+        self.identity.ensure_admin(self.data_dir, self.announce)
 
     def _initial_schema(self, schema, schema_path, load):
         """The schema to serve: the database's active version. On first start, or with ``load`` when it differs
