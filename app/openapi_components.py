@@ -94,7 +94,7 @@ SCHEMAS = {
     "SchemaVersionWithDocument": obj(schema=ref("SchemaDocument"), **_VERSION),
     "AppliedSchema": obj(warnings={"type": "array"}, **_VERSION),
     "SchemaVersionPage": page_of(ref("SchemaVersion")),
-    "Rollback": obj(version={"type": "integer"}),
+    "Rollback": obj(version={"type": "integer", "minimum": 1}),
     "Route": dict(obj(required=["id", "method", "path", "pipeline"]), description="a route as api.routes declares one"),
     "GcRequest": dict(obj(optional={"dry_run": BOOLEAN, "grace_seconds": {"type": "integer", "minimum": 0}}),
                       additionalProperties=False),

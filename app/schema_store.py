@@ -13,6 +13,9 @@ from app.errors import not_found
 from models import SchemaVersion, iso
 
 
+MAX_VERSION = 2**31 - 1  # versions are SQL integers
+
+
 class SchemaStore:
     def __init__(self, sessions):
         self.sessions = sessions
@@ -35,7 +38,8 @@ class SchemaStore:
 
     def get(self, version):
         with self.sessions() as session:
-            row = session.get(SchemaVersion, version)
+            # a version past what an SQL integer holds is no version (not a driver's overflow error)
+            row = session.get(SchemaVersion, version) if 0 < version <= MAX_VERSION else None
             if row is None:
                 raise not_found("no schema version %s" % version, "SCHEMA_VERSION_NOT_FOUND")
             return row

@@ -772,3 +772,11 @@ def test_every_action_taken_with_an_api_token_names_the_token(depot):
     by_session = depot.client.post("/admin/gc", headers=session, json={"dry_run": True})
     row = the_row(depot, action="admin.gc", request_id=by_session.headers["X-Request-Id"])
     assert "token_id" not in row["detail"]
+
+
+def test_a_rollback_to_a_version_no_integer_column_holds_is_404(depot):
+    """Found by the OpenAPI fuzzer: a version past 2**63 reached SQLite as an overflow, a 500."""
+    for version in (74019705784372740176740352, 2**31, 0, -1):
+        response = depot.client.post("/admin/schema/rollback", json={"version": version}, headers=admin(depot))
+        assert response.status_code == 404, (version, response.get_data(as_text=True))
+        assert error_of(response)["code"] == "SCHEMA_VERSION_NOT_FOUND"
