@@ -96,3 +96,20 @@ class BlobGuard:
     def temp_in_use(self, path):
         """Call with ``self.lock`` held."""
         return path in self._live_temps
+
+    def remove_unless_needed(self, in_use, what, stat, delete, cutoff, dry_run=False):
+        """Delete ``what`` (a hex digest or an upload's name) unless ``in_use(what)`` or it was modified at or
+        after ``cutoff``: decided and done under ``self.lock``, the one place a collection deletes. ``stat``
+        returns a BlobStat or None (gone), ``delete`` removes and says whether it did; ``dry_run`` decides the
+        same and removes nothing. -> ("in_use" | "recent" | "removed" | "gone", size in bytes)."""
+        with self.lock:
+            if in_use(what):
+                return "in_use", 0
+            status = stat()
+            if status is None:
+                return "gone", 0
+            if status.modified >= cutoff:
+                return "recent", status.size
+            if not dry_run and not delete():
+                return "gone", 0
+        return "removed", status.size
