@@ -17,6 +17,7 @@ from app.expr import parse_template
 from app.stores.digests import DIGEST_ALGORITHMS, DIGEST_PREFIX, split_digest
 from app.stores.guard import BlobGuard
 from app.stores.interfaces import BlobHandle, BlobStat, Readable
+from app.stores.interfaces import StagedBlob as Staged
 
 CHUNK = 1024 * 1024
 
@@ -41,11 +42,14 @@ class BlobRef(BlobHandle):
         if start:
             handle.seek(start)
         handle.end = end
-        return handle  # type: ignore[return-value]  (a FileIO is a binary reader)
+        return handle  # type: ignore[return-value]
 
 
 class StagedBlob(BlobRef):
     __slots__ = ("final_path", "verified", "digests")
+    store: str
+    digest: str
+    size: int
 
     def __init__(self, store: str, digest: str, size: int, path: str, final_path: str,
                  digests: Optional[dict] = None) -> None:
@@ -64,11 +68,13 @@ class ServedFile(io.FileIO):
     on_close: Optional[Callable[[], None]] = None
     end: Optional[int] = None
 
-    def read(self, size=-1):
-        remaining = max(self.end - self.tell(), 0) if self.end is not None else size
+    def read(self, size: Optional[int] = -1) -> bytes:
+        if self.end is None:
+            return super().read(size)
+        remaining = max(self.end - self.tell(), 0)
         return super().read(remaining if size is None or size < 0 or size > remaining else size)
 
-    def close(self):
+    def close(self) -> None:
         try:
             super().close()
         finally:
@@ -85,7 +91,7 @@ class _FieldView:
     principal = None
     event = None
 
-    def __init__(self, fields):
+    def __init__(self, fields: dict) -> None:
         self.fields = fields
 
 
@@ -145,10 +151,11 @@ class FileBlobStore:
         digests = dict({name: other.hexdigest() for name, other in others.items()}, **{"sha-256": hexdigest})
         return StagedBlob(self.name, DIGEST_PREFIX + hexdigest, size, tmp_path, self.path_for(hexdigest), digests)
 
-    def promote(self, staged: StagedBlob) -> None:
+    def promote(self, staged: Staged) -> None:
         """Move a staged blob under its digest; call with the commit lock held (a transaction's commit holds
         it; ``commit`` takes it). Content addressing makes an existing file the same bytes: it is touched
         instead, so garbage collection's grace period starts again for it."""
+        staged = _own(staged)
         hexdigest = staged.digest[len(DIGEST_PREFIX):]
         directory = os.path.dirname(staged.final_path)
         with self.guard.lock:  # a collection decides and deletes under this lock: never between our steps
@@ -168,12 +175,13 @@ class FileBlobStore:
         self.guard.temp_ended(staged.path)
         staged.path = staged.final_path
 
-    def commit(self, staged: StagedBlob) -> None:
+    def commit(self, staged: Staged) -> None:
         """Promote a staged blob outside a transaction."""
         with self.guard.commit_lock:
             self.promote(staged)
 
-    def discard(self, staged: StagedBlob) -> None:
+    def discard(self, staged: Staged) -> None:
+        staged = _own(staged)
         if staged.path != staged.final_path:
             _unlink(staged.path)
             self.guard.temp_ended(staged.path)
@@ -248,6 +256,12 @@ class FileBlobStore:
     def health(self, detail: bool = False) -> dict:
         ok = os.access(self.root, os.W_OK)
         return dict({"kind": "filesystem", "ok": ok}, **({"root": self.root} if detail else {}))
+
+
+def _own(staged: Staged) -> StagedBlob:
+    if not isinstance(staged, StagedBlob):
+        raise TypeError("a filesystem blob store promotes only what a filesystem blob store staged")
+    return staged
 
 
 def _stat(path: str) -> Optional[BlobStat]:

@@ -22,7 +22,7 @@ def loads(raw: bytes, resolve_blob: Optional[Callable[[dict], Any]] = None) -> A
     if resolve_blob is None:
         return json.loads(raw)
 
-    def hook(obj):
+    def hook(obj: dict) -> Any:
         if len(obj) == 1 and "$blob" in obj:
             return resolve_blob(obj["$blob"])
         return obj

@@ -4,6 +4,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
+from typing import Mapping
 
 from app.errors import DepotError, bad_request
 
@@ -23,7 +24,7 @@ def split_digest(digest: str) -> str:
     return hexpart
 
 
-def digest_mismatch(expected, actual):
+def digest_mismatch(expected: str, actual: str) -> DepotError:
     return DepotError("DIGEST_MISMATCH", 400, "declared digest %s does not match the uploaded bytes (%s)"
                       % (expected, actual), "digest")
 
@@ -36,13 +37,13 @@ class DeclaredDigest:
     algorithm: str
     hexdigest: str
 
-    def describe(self):
+    def describe(self) -> str:
         if self.source == "digest":
             return "?digest=sha256:%s" % self.hexdigest
         return "Content-Digest %s %s" % (self.algorithm, self.hexdigest)
 
 
-def declared_digests(headers, query):
+def declared_digests(headers: Mapping, query: Mapping) -> tuple:
     """Every digest a client declares for its upload: each Content-Digest (RFC 9530) member whose algorithm
     Depot knows, then ?digest=sha256:<hex>. A Content-Digest naming only algorithms Depot does not know is 400
     UNSUPPORTED_DIGEST_ALGORITHM; a malformed one, 400 INVALID_DIGEST. -> a tuple of DeclaredDigest."""
@@ -56,7 +57,7 @@ def declared_digests(headers, query):
     return tuple(declared)
 
 
-def _content_digests(header):
+def _content_digests(header: str) -> list:
     known, unknown = [], []
     for member in filter(None, (part.strip() for part in header.split(","))):
         match = _DIGEST_MEMBER.match(member)

@@ -284,7 +284,7 @@ class CommitLock(Protocol):
 
     def __enter__(self) -> bool: ...
 
-    def __exit__(self, *exc: object) -> Optional[bool]: ...
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> Any: ...
 
 
 def process_lock() -> CommitLock:
@@ -308,9 +308,16 @@ class Cache(Protocol):
 
 class StateBackend(Protocol):
     """Documents, indexes and the event log of one kv store kind, committed together by its transactions."""
-    documents: DocumentStore
-    indexes: IndexStore
-    commit_lock: CommitLock
+
+    @property
+    def documents(self) -> DocumentStore: ...
+
+    @property
+    def indexes(self) -> IndexStore: ...
+
+    @property
+    def commit_lock(self) -> CommitLock:
+        """The lock its commits take: the data dir's BlobGuard takes the same one (Stores.commit_lock)."""
 
     def transaction(self) -> Transaction: ...
 

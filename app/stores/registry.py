@@ -42,7 +42,7 @@ class Registry:
             if spec.get("kind") not in self.blob_stores:
                 problems.append(("storage.blob_stores.%s.kind" % name, "blob store kind %r is not supported; "
                                  "expected one of: %s" % (spec.get("kind"), ", ".join(sorted(self.blob_stores)))))
-        kinds = {}
+        kinds: dict = {}
         for name, spec in storage.get("kv_stores", {}).items():
             if spec.get("kind") not in self.kv_stores:
                 problems.append(("storage.kv_stores.%s.kind" % name, "kv store kind %r is not supported; "
@@ -134,7 +134,7 @@ class Stores:
 
     def state(self, kv_stores: Mapping[str, dict]) -> StateBackend:
         """The state backend of a schema's kv stores (their common kind; compilation refused a mix)."""
-        kind = next((spec.get("kind") for spec in kv_stores.values()), DEFAULT_KV_KIND)
+        kind: str = next((spec["kind"] for spec in kv_stores.values()), DEFAULT_KV_KIND)
         if kind not in self._states:
             self._states[kind] = self.registry.kv_stores[kind](
                 self, {name: spec for name, spec in kv_stores.items() if spec.get("kind") == kind})

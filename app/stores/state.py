@@ -17,15 +17,15 @@ import json
 import os
 import weakref
 from itertools import islice
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
 from app.errors import DepotError, conflict
 from app.stores import sortkeys
 from app.stores.codec import dumps, loads
-from app.stores.interfaces import (CommitLock, Cursor, Event, IndexDef, IndexKeyDef, JsonValue, LoggedEvent,
-                                   Row, StoreLocked, process_lock)
+from app.stores.interfaces import (BlobStore, CommitLock, Cursor, Event, EventLog, IndexDef, IndexKeyDef, JsonValue,
+                                   LoggedEvent, Row, StagedBlob, StoreLocked, process_lock)
 
 __all__ = ["StateStore", "Transaction", "StoreLocked", "IndexDef", "IndexKeyDef", "dumps", "loads", "kv_key"]
 
@@ -77,7 +77,7 @@ WRITE_BUFFERS = 2
 BLOCK_CACHE_BYTES = 16 * 1024 * 1024
 
 
-def _bounded_options():
+def _bounded_options() -> Options:
     table = BlockBasedOptions()
     table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
     table.set_cache_index_and_filter_blocks(True)
@@ -89,7 +89,7 @@ def _bounded_options():
     return options
 
 
-def _open(path):
+def _open(path: str) -> Rdict:
     try:
         return Rdict(path, options=_bounded_options())
     except Exception as exc:  # rocksdict raises plain Exceptions; only a held lock is a StoreLocked
@@ -109,7 +109,7 @@ class StateStore:
     def __init__(self, path: str, sync: bool = True, commit_lock: Optional[CommitLock] = None) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = path
-        self.db = _open(path)
+        self.db: Any = _open(path)  # None once closed
         self.write_options = WriteOptions()
         self.write_options.sync = sync
         self.commit_lock = commit_lock if commit_lock is not None else process_lock()
@@ -165,7 +165,7 @@ class StateStore:
     def count(self, prefix: bytes) -> int:
         return sum(1 for _ in self.scan(prefix))
 
-    def write(self, puts, deletes=()) -> None:
+    def write(self, puts: Iterable[tuple], deletes: Iterable[bytes] = ()) -> None:
         batch = WriteBatch(raw_mode=True)
         for key in deletes:
             batch.delete(key)
@@ -296,22 +296,22 @@ class _EventLog:
 class _Overlay:
     """Pending writes over the committed state, so a commit sees its own earlier writes."""
 
-    def __init__(self, state, writes):
+    def __init__(self, state: StateStore, writes: dict) -> None:
         self.state = state
         self.writes = writes
 
-    def get(self, key):
+    def get(self, key: bytes) -> Optional[bytes]:
         if key in self.writes:
             return self.writes[key]
         return self.state.get(key)
 
-    def put(self, key, value):
+    def put(self, key: bytes, value: bytes) -> None:
         self.writes[key] = value
 
-    def delete(self, key):
+    def delete(self, key: bytes) -> None:
         self.writes[key] = None
 
-    def flush(self):
+    def flush(self) -> None:
         """Write the pending writes in one batch."""
         self.state.write([(k, v) for k, v in self.writes.items() if v is not None],
                          [k for k, v in self.writes.items() if v is None])
@@ -351,7 +351,9 @@ class Transaction:
     def delete(self, store: str, key: str) -> None:
         self.writes[kv_key(store, key)] = None
 
-    def append(self, log: _EventLog, record: Event) -> None:
+    def append(self, log: EventLog, record: Event) -> None:
+        if not isinstance(log, _EventLog):
+            raise TypeError("a rocksdb transaction appends to a rocksdb event log only")
         self.events.append((log.prefix, record))
 
     def record_applied(self, seq: int, event_id: Optional[str]) -> None:
@@ -389,7 +391,7 @@ class Transaction:
     def emit(self, log_prefix: bytes, record: Event) -> None:
         self.events.append((log_prefix, record))
 
-    def stage_blob(self, store, staged) -> None:
+    def stage_blob(self, store: BlobStore, staged: StagedBlob) -> None:
         self.blobs.append((store, staged))
 
     def commit(self) -> list:
@@ -412,7 +414,7 @@ class Transaction:
         self.open = False
         return [record for _, record in self.events]
 
-    def _validate(self):
+    def _validate(self) -> None:
         for raw_key, label in self.absent.items():
             if self.state.get(raw_key) is not None:
                 raise conflict("%s already exists" % label)
@@ -420,8 +422,8 @@ class Transaction:
             if self.state.get(raw_key) != seen:
                 raise conflict("a document read by this transaction changed before it committed")
 
-    def _append_events(self, view):
-        next_seq = {}
+    def _append_events(self, view: _Overlay) -> dict:
+        next_seq: dict = {}
         for log_prefix, record in self.events:
             seq = next_seq.get(log_prefix) or self.state.next_seq(log_prefix)
             record["seq"] = seq
@@ -437,12 +439,12 @@ class Transaction:
             store.discard(staged)
 
 
-def _row_entries(view, index, rowid):
+def _row_entries(view: _Overlay, index: IndexDef, rowid: str) -> list:
     raw = view.get(_rowmap_key(index, rowid))
     return [bytes.fromhex(h) for h in json.loads(raw)] if raw else []
 
 
-def _apply_upsert(view, index, row):
+def _apply_upsert(view: _Overlay, index: IndexDef, row: Row) -> None:
     rowid = index.rowid(row)
     new_entries = []
     for key in index.keys:
@@ -464,7 +466,7 @@ def _apply_upsert(view, index, row):
     view.put(_rowmap_key(index, rowid), json.dumps([e.hex() for e in new_entries]).encode())
 
 
-def _apply_delete(view, index, row):
+def _apply_delete(view: _Overlay, index: IndexDef, row: Row) -> None:
     rowid = index.rowid(row)
     for old in _row_entries(view, index, rowid):
         view.delete(old)
