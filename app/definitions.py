@@ -239,6 +239,7 @@ class BlobStoreDef:
     def __init__(self, name, spec):
         self.name = name
         self.kind = spec["kind"]
+        self.spec = spec  # as the schema gives it: what an implementation of another kind reads (a bucket ...)
         self.root = spec.get("root", name)
         addressing = spec.get("addressing", {})
         self.path_template = addressing.get("path_template", "sha256/{digest:0:2}/{digest:2:2}/{digest}")

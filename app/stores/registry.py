@@ -7,6 +7,7 @@ transaction commits across them). The response and blob caches have no kind in t
 A new kind is a module implementing app/stores/interfaces.py (and passing tests/test_store_contract.py) plus one
 entry in REGISTRY below: the compiler accepts the kind, Stores opens it, and nothing else changes.
 """
+import json
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -126,8 +127,7 @@ class Stores:
 
     def blob_store(self, definition: Any) -> BlobStore:
         """The blob store an app.definitions.BlobStoreDef describes (one object per distinct definition)."""
-        key = (definition.kind, definition.name, definition.root, definition.path_template, definition.min_bytes,
-               definition.max_bytes)
+        key = (definition.name, json.dumps(definition.spec, sort_keys=True))
         if key not in self._blob_stores:
             self._blob_stores[key] = self.registry.blob_stores[definition.kind](self, definition)
         return self._blob_stores[key]
