@@ -19,8 +19,8 @@
         StateBackend  documents, indexes, event_log(settings), transaction(), commit_lock, reindex, health
     registry.py    REGISTRY: the schema's store kinds -> implementations (blob: filesystem; kv: rocksdb; the
                    embedded cache), and Stores, a data dir's open stores, built from it
-    state.py       the rocksdb kind: documents, index rows, events, replica bookkeeping in one rocksdict database
-                   (every byte key and row encoding is built there); cache.py, the embedded cache, in it too
+    state.py       the rocksdb kind: documents, index rows, events, replica bookkeeping in one rocksdict database;
+    cache.py       the embedded cache, in the same database (these two build every byte key and row encoding)
     blobs.py       the filesystem kind: content-addressed files (file paths stay inside it)
     guard.py       what garbage collection must not remove at this moment (holds, leases, uploads, seen-set)
     digests.py     digest forms (sha256:<hex>) and the digests clients declare; codec.py, JSON as Depot writes it
