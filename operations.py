@@ -8,7 +8,6 @@ DepotError. OPERATIONS.md is generated from these declarations.
 import json
 import uuid
 from datetime import datetime, timezone
-from itertools import islice
 
 from app.auth import require
 from app.body import parse_json as parse_json_body, read_all
@@ -21,8 +20,9 @@ from app import expr
 from app.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_ANSWERS, BLOB_INPUTS, COUNT, DIGEST, STRING,
                                     nullable, portable)
 from app.opspec import BindError, Const, JsonSchema, Output, RefTo, RequestInput, Scopes, Source, Template, op
-from app.stores.blobs import BlobRef, digest_mismatch, split_digest
-from app.stores.state import dumps, kv_key, loads
+from app.stores.codec import dumps
+from app.stores.digests import digest_mismatch, split_digest
+from app.stores.interfaces import BlobHandle
 
 MAX_QUERY_LIMIT = 1000
 MAX_OFFSET = MAX_PAGE * MAX_PAGE_SIZE
@@ -228,7 +228,7 @@ def txn_abort(ctx, a):
 # --- kv ---------------------------------------------------------------------------------------------------
 
 def _doc_key(ctx, a):
-    return kv_key(a.doc.store, (a.key or a.doc.key).render_key(ctx))
+    return (a.key or a.doc.key).render_key(ctx)
 
 
 @op("kv.get", "Read a document (null when absent) into a variable.",
@@ -239,14 +239,14 @@ def _doc_key(ctx, a):
 def kv_get(ctx, a):
     key = _doc_key(ctx, a)
     ctx.count_io()
-    raw = ctx.txn.kv_get(key) if ctx.txn is not None else ctx.engine.state.get(key)
-    ctx.vars[a.out] = loads(raw) if raw is not None else None
+    ctx.vars[a.out] = (ctx.txn.get(a.doc.store, key) if ctx.txn is not None
+                       else ctx.engine.documents.get(a.doc.store, key))
 
 
 def _document_bytes(ctx, a):
     value = a.value.render(ctx)
     a.doc.check(value)
-    raw = dumps(value)
+    raw = ctx.engine.documents.encode(value)
     limit = ctx.engine.limits.max_kv_value_bytes
     if len(raw) > limit:
         raise too_large("document exceeds max_kv_value_bytes (%d)" % limit, "VALUE_TOO_LARGE")
@@ -263,7 +263,7 @@ def kv_put(ctx, a):
     key, raw = _doc_key(ctx, a), _document_bytes(ctx, a)
     ctx.count_io()
     with ctx.writing() as txn:
-        txn.kv_put(key, raw)
+        txn.put(a.doc.store, key, raw)
 
 
 @op("kv.cas_put", "Write a document only if the condition holds at commit (if_absent: the key must not exist).",
@@ -277,12 +277,11 @@ def kv_put(ctx, a):
 def kv_cas_put(ctx, a):
     key, raw = _doc_key(ctx, a), _document_bytes(ctx, a)
     ctx.count_io()
-    label = "%s %r" % (a.doc.name, key.split(b"\x00", 1)[1].decode())
     with ctx.writing() as txn:
         if a.if_absent:
-            txn.kv_put_if_absent(key, raw, label)
+            txn.put_if_absent(a.doc.store, key, raw, "%s %r" % (a.doc.name, key))
         else:
-            txn.kv_put(key, raw)
+            txn.put(a.doc.store, key, raw)
 
 
 @op("kv.delete", "Delete a document.",
@@ -293,7 +292,7 @@ def kv_delete(ctx, a):
     key = _doc_key(ctx, a)
     ctx.count_io()
     with ctx.writing() as txn:
-        txn.kv_delete(key)
+        txn.delete(a.doc.store, key)
 
 
 # --- blob -------------------------------------------------------------------------------------------------
@@ -348,9 +347,9 @@ def blob_put(ctx, a):
 
 
 def _stage_from_value(store, value):
-    if not isinstance(value, BlobRef):
+    if not isinstance(value, BlobHandle):
         raise DepotError("INVALID_SOURCE", 500, "blob.put 'from' must be request.body or a body/blob handle")
-    with open(value.path, "rb") as stream:
+    with value.open() as stream:
         return store.stage(stream)
 
 
@@ -464,21 +463,23 @@ def _constant_int(node, name, low, high):
     errors=["400 INVALID_QUERY"], io=True, prepare=_prepare_index_query)
 def index_query(ctx, a):
     if a.key_values is not None:  # the usual case: the key's fields were matched to the index at load
-        prefix = a.index_key.prefix_of(a.key_values(ctx))
+        index_key, values = a.index_key, a.key_values(ctx)
     else:  # the key is one reference to an object: its fields are known only now
         key = a.key.render(ctx)
         index_key = a.index.key_for(key, a.using)
         if index_key is None:
             raise DepotError("INDEX_KEY_UNKNOWN", 500, "index %s has no key over %s" % (a.index.name, sorted(key)))
-        prefix = index_key.prefix(key, [f for f in index_key.fields if f in key])
+        values = [key[f] for f in index_key.fields if f in key]
     offset, limit = a.window or _window(ctx, a)
     keep = _row_filter(ctx, a)
-    if keep is None and a.total_out is None:
-        scan = ctx.engine.state.scan(prefix, limit + offset)
-        rows = ctx.vars[a.out] = [json.loads(raw)[1] for _, raw in (islice(scan, offset, None) if offset else scan)]
+    indexes = ctx.engine.indexes
+    if keep is None:
+        rows = ctx.vars[a.out] = list(indexes.rows(index_key, values, offset=offset, limit=limit))
         ctx.count_io(1 + len(rows))
+        if a.total_out:
+            ctx.vars[a.total_out] = indexes.count(index_key, values)
         return
-    rows, total = _filtered_window(ctx, a, prefix, offset, limit, keep)
+    rows, total = _filtered_window(indexes.rows(index_key, values), a, offset, limit, keep)
     ctx.count_io(1 + len(rows))
     ctx.vars[a.out] = rows
     if a.total_out:
@@ -517,18 +518,15 @@ def _row_filter(ctx, a):
     return lambda row: readable(row) and where(RowContext(row, variables))
 
 
-def _filtered_window(ctx, a, prefix, offset, limit, keep):
-    """The rows in [offset, offset + limit) of those ``keep`` accepts (all: None), and how many it accepts."""
+def _filtered_window(candidates, a, offset, limit, keep):
+    """The rows in [offset, offset + limit) of the ``candidates`` ``keep`` accepts, and how many it accepts."""
     rows, matched = [], 0
-    for _, raw in ctx.engine.state.scan(prefix):
-        row = None
-        if keep is not None:
-            row = json.loads(raw)[1]
-            if not keep(row):
-                continue
+    for row in candidates:
+        if not keep(row):
+            continue
         matched += 1
         if offset < matched <= offset + limit:
-            rows.append(row if row is not None else json.loads(raw)[1])
+            rows.append(row)
         elif matched > offset + limit and a.total_out is None:
             break
     return rows, matched
@@ -640,11 +638,12 @@ def emit_event(ctx, a):
     a.type.check(payload, "EVENT_INVALID", 400)
     record = {"event_id": uuid.uuid4().hex, "type": a.type.name, "at": _now(), "payload": payload}
     log = ctx.engine.event_log
-    if len(dumps(record)) > log.max_event_bytes:
-        raise too_large("event exceeds max_event_bytes (%d)" % log.max_event_bytes, "EVENT_TOO_LARGE")
+    limit = log.settings.max_event_bytes
+    if len(dumps(record)) > limit:
+        raise too_large("event exceeds max_event_bytes (%d)" % limit, "EVENT_TOO_LARGE")
     ctx.count_io()
     with ctx.writing() as txn:
-        txn.emit(log.prefix, record)
+        txn.append(log, record)
 
 
 # --- respond ----------------------------------------------------------------------------------------------
@@ -681,7 +680,7 @@ def respond_json(ctx, a):
     openapi=lambda o, a: o.bytes_response(a.status))
 def respond_bytes(ctx, a):
     body = a.body.render(ctx)
-    if not isinstance(body, BlobRef):
+    if not isinstance(body, BlobHandle):
         raise DepotError("INVALID_BODY", 500, "respond.bytes needs a blob handle as its body")
     headers = a.headers.render(ctx) if a.headers is not None else None
     filename = a.filename.render(ctx) if a.filename is not None else None

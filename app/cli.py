@@ -237,7 +237,7 @@ def stopped_service(args, instead):
     """A Service over the data dir of ``args``, which no running server may hold (DataDirError naming
     ``instead``, what to do while one runs)."""
     from app.service import Service
-    from app.stores.state import StoreLocked
+    from app.stores.interfaces import StoreLocked
     data_dir = datadir.require(args.data_dir)
     try:
         return Service(data_dir, announce=lambda *_: None)
@@ -260,7 +260,7 @@ def cmd_gc(args):
 def cmd_reindex(args):
     service = stopped_service(args, "stop it first")
     try:
-        counts = {name: service.stores.state.reindex(index)
+        counts = {name: service.engine.state.reindex(index)
                   for name, index in service.engine.compiled.definitions["index"].items()}
     finally:
         service.close()
@@ -348,7 +348,7 @@ def cmd_serve(args):
     from app import create_app
     from app.server import ServerSettings, serve
     from app.service import open_data_dir
-    from app.stores.state import StoreLocked
+    from app.stores.interfaces import StoreLocked
 
     path = args.schema or DEFAULT_SCHEMA
     doc, report = _check_file(path)

@@ -29,7 +29,8 @@ from app.opspec import REGISTRY, BindError, Output
 from app.ratelimit import parse_rate
 from app.rows import RowContext
 from app.report import Report, place
-from app.stores.state import IndexDef, IndexKeyDef, kv_key
+from app.stores.interfaces import IndexDef, IndexKeyDef
+from app.stores.registry import REGISTRY as STORE_KINDS
 
 _PATH_PARAM = re.compile(r"\{([^{}]*)\}")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -290,6 +291,8 @@ class Compiler:
             "schema": self._schemas(),
             "kv_store": dict(self.doc.get("storage", {}).get("kv_stores", {})),
         }
+        for where, message in STORE_KINDS.kind_problems(self.doc.get("storage", {})):
+            self.report.error(where, message)
         self.definitions["entity"] = self._entities(out.versioning)
         self.definitions["document"] = self._documents()
         self.definitions["index"] = self._indexes()
@@ -414,9 +417,6 @@ class Compiler:
         stores = {}
         for name, spec in self.doc.get("storage", {}).get("blob_stores", {}).items():
             where = place("storage.blob_stores", name)
-            if spec["kind"] != "filesystem":
-                self.report.error(where + ".kind", "blob store kind %r is not supported; expected 'filesystem'"
-                                  % spec["kind"])
             addressing = spec.get("addressing", {})
             if addressing.get("mode", "content_addressed") != "content_addressed":
                 self.report.error(where + ".addressing.mode", "only content_addressed blob stores are supported")
@@ -451,11 +451,10 @@ class Compiler:
         store = log.get("store", DEFAULT_LOG[0])
         if "store" in log and store not in self.definitions["kv_store"]:
             self.report.error("replication.log.store", "unknown kv store %r" % store)
-        prefix = kv_key(store, log.get("key_prefix", DEFAULT_LOG[1]))
         shipping = self.doc.get("replication", {}).get("shipping", {})
         batch, dedupe = shipping.get("batch", {}), shipping.get("dedupe", {})
-        return EventLog(prefix, log.get("max_event_bytes", DEFAULT_LOG[2]), batch.get("max_events", 1000),
-                        batch.get("max_bytes", 10 * 1024 * 1024),
+        return EventLog(store, log.get("key_prefix", DEFAULT_LOG[1]), log.get("max_event_bytes", DEFAULT_LOG[2]),
+                        batch.get("max_events", 1000), batch.get("max_bytes", 10 * 1024 * 1024),
                         dedupe.get("key", "event_id") if dedupe.get("enabled", True) else None)
 
     def _auth(self):

@@ -24,7 +24,7 @@ class RequestData:
     """Everything an op may read of a request. The HTTP layer fills it; tests and replay can build one directly.
 
     ``stream`` has read(n); ``declared_digests`` are the digests the client said the body has (DeclaredDigest
-    tuples, app.stores.blobs); ``dropped_headers`` the names of request headers the server could not pass on.
+    tuples, app.stores.digests); ``dropped_headers`` the names of request headers the server could not pass on.
     """
 
     def __init__(self, method="GET", path_params=None, query=None, headers=None, stream=None,
@@ -46,7 +46,7 @@ _UNKNOWN = object()
 
 class ExecutionContext:
     __slots__ = ("engine", "request", "fields", "vars", "event", "txn", "response", "io_ops", "exempt_ns",
-                 "exempt_wall_ns", "unverified_blobs", "held_blobs", "cleanups", "replay_writes", "_authenticate",
+                 "exempt_wall_ns", "unverified_blobs", "held_blobs", "cleanups", "replayed", "_authenticate",
                  "_principal")
 
     def __init__(self, engine, request, event=None, authenticate=None):
@@ -61,7 +61,7 @@ class ExecutionContext:
         self.unverified_blobs = {}
         self.held_blobs = []  # (store, digest) kept from garbage collection until the pipeline ends
         self.cleanups = []  # run once the response has been sent
-        self.replay_writes = None  # replication's bookkeeping, written with a replayed event's first commit
+        self.replayed = None  # a replayed event's bookkeeping (seq, event id), committed with its first commit
         self._authenticate = authenticate
         self._principal = None if authenticate is None else _UNKNOWN
 

@@ -11,9 +11,9 @@ import contextlib
 import os
 
 from app.service import open_data_dir
-from app.stores.state import StateStore, StoreLocked
+from app.stores.interfaces import StoreLocked
+from app.stores.registry import holds_stores, lease
 
-STATE_DIR = "state"
 EXIT_CODE = 2  # what a command returns when its data dir is refused
 
 
@@ -22,7 +22,7 @@ class DataDirError(Exception):
 
 
 def is_data_dir(path):
-    return os.path.isfile(os.path.join(path, STATE_DIR, "CURRENT"))
+    return holds_stores(path)
 
 
 def require(path):
@@ -44,10 +44,10 @@ def exclusive(path, instead):
     DataDirError (naming ``instead``, what to do while a server runs) when a running server holds it."""
     private = require(path)
     try:
-        store = StateStore(os.path.join(private, STATE_DIR))
+        held = lease(private)
     except StoreLocked:
         raise in_use(path, instead) from None
     try:
         yield private
     finally:
-        store.close()
+        held.close()

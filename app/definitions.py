@@ -238,6 +238,8 @@ class Upstream:
 class BlobStoreDef:
     def __init__(self, name, spec):
         self.name = name
+        self.kind = spec["kind"]
+        self.spec = spec  # as the schema gives it: what an implementation of another kind reads (a bucket ...)
         self.root = spec.get("root", name)
         addressing = spec.get("addressing", {})
         self.path_template = addressing.get("path_template", "sha256/{digest:0:2}/{digest:2:2}/{digest}")
@@ -290,9 +292,10 @@ class Limits:
 class EventLog:
     """Where events are appended, and how a replica is fed from them (replication.log and .shipping)."""
 
-    def __init__(self, prefix, max_event_bytes, batch_events=1000, batch_bytes=10 * 1024 * 1024,
+    def __init__(self, store, key_prefix, max_event_bytes, batch_events=1000, batch_bytes=10 * 1024 * 1024,
                  dedupe_key="event_id"):
-        self.prefix = prefix
+        self.store = store  # the kv store it lives in, under keys starting with key_prefix
+        self.key_prefix = key_prefix
         self.max_event_bytes = max_event_bytes
         self.batch_events = batch_events  # a shipped batch holds at most this many events
         self.batch_bytes = batch_bytes  # ... and at most this many bytes of them (one event always fits)

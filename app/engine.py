@@ -12,10 +12,8 @@ from app.access import SCOPES_ONLY
 from app.budget import budget_clock
 from app.context import ExecutionContext, RequestData
 from app.errors import DepotError
-from app.stores.blobs import DIGEST_PREFIX, BlobRef, FileBlobStore, declared_digests, split_digest
-from app.stores.cache import CacheStore
-from app.stores.guard import BlobGuard
-from app.stores.state import StateStore
+from app.stores.blobs import BlobRef
+from app.stores.digests import DIGEST_PREFIX, declared_digests, split_digest
 
 PROXY_CHUNK = 1024 * 1024
 
@@ -24,47 +22,6 @@ def _forbidden_param(value):
     """Never part of a path parameter: "/", "\\", NUL, "..", or a lone "." (plain `in` tests: a regex search
     costs three times as much on every request)."""
     return "/" in value or "\\" in value or "\x00" in value or ".." in value or value == "."
-
-
-class Stores:
-    """The data dir's stores, shared by every engine (schema version) that runs over it. Opening them removes
-    what a crash can leave behind: temporary files no upload of this process is writing."""
-
-    def __init__(self, data_dir, sync=True):
-        self.data_dir = os.path.abspath(data_dir)
-        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
-        self.state = StateStore(os.path.join(self.data_dir, "state"), sync=sync)
-        self.guard = BlobGuard(self.state.commit_lock)
-        self.tmp_dir = os.path.join(self.data_dir, "tmp")
-        os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
-        for name in os.listdir(self.tmp_dir):  # upstream bodies of requests that ended with the last process
-            _remove(os.path.join(self.tmp_dir, name))
-        self._blob_stores = {}
-        self._cleaned_roots = set()
-
-    def blob_store(self, definition):
-        key = (definition.name, definition.root, definition.path_template, definition.min_bytes,
-               definition.max_bytes)
-        if key not in self._blob_stores:
-            root = resolve_blob_root(self.data_dir, definition.root)
-            store = FileBlobStore(definition.name, root, definition.path_template, definition.min_bytes,
-                                  definition.max_bytes, self.guard)
-            if root not in self._cleaned_roots:  # once per root: a later store over it may share live uploads
-                self._cleaned_roots.add(root)
-                store.remove_leftover_temps()
-            self._blob_stores[key] = store
-        return self._blob_stores[key]
-
-    def close(self):
-        self.state.close()
-
-
-def resolve_blob_root(data_dir, root):
-    """Blob store roots live inside the data dir; an absolute root is taken relative to it."""
-    relative = os.path.normpath(root).lstrip(os.sep)
-    if relative.startswith(".."):
-        raise ValueError("blob store root %r leaves the data dir" % root)
-    return os.path.join(data_dir, relative)
 
 
 class Engine:
@@ -77,13 +34,15 @@ class Engine:
         self.clock = budget_clock(cpu_clock)
         self.stores = stores
         self.read_only = read_only  # a replica: route steps that change the repository are refused
-        self.state = stores.state
+        self.state = stores.state(compiled.definitions["kv_store"])  # documents, indexes, events: one transaction
+        self.documents = self.state.documents
+        self.indexes = self.state.indexes
         self.limits = compiled.limits
         self.features = compiled.features
         self.runtime = compiled.runtime
-        self.event_log = compiled.event_log
+        self.event_log = self.state.event_log(compiled.event_log)
         self.blob_stores = {name: stores.blob_store(d) for name, d in compiled.definitions["blob_store"].items()}
-        self.cache = CacheStore(stores.state, compiled.caching, self._blob_from_json)
+        self.cache = stores.cache(compiled.caching, self._blob_from_json)
         self.routes = {route.id: route for route in compiled.routes}
         self._sessions = {}
 
@@ -94,7 +53,7 @@ class Engine:
         store = self.blob_stores.get(info.get("store"))
         if store is None:
             return None
-        return BlobRef(store.name, info["digest"], info.get("size"), store.path_for(split_digest(info["digest"])))
+        return store.ref(info["digest"], info.get("size"))
 
     # --- running pipelines ------------------------------------------------------------------------------
 
@@ -129,27 +88,33 @@ class Engine:
                 txn.abort()
                 raise DepotError("RUNTIME_CHECK_FAILED", 500, "a blob was stored without blob.verify_digest "
                                  "(all_blob_puts_followed_by); nothing was recorded")
-        if ctx.replay_writes:
-            for key, value in ctx.replay_writes:
-                txn.kv_put(key, value)
-            ctx.replay_writes = None
+        if ctx.replayed is not None:
+            txn.record_applied(*ctx.replayed)
+            ctx.replayed = None
         txn.commit()
 
-    def apply_event(self, record, bookkeeping=()):
-        """Replay one event through its apply pipeline (replication). ``bookkeeping``, (raw key, value) pairs,
-        is written in the same write batch as the pipeline's first commit, or alone if it commits nothing."""
+    def apply_event(self, record, applied=None):
+        """Replay one event through its apply pipeline (replication). ``applied``, (primary seq, event id or
+        None), is the replica's bookkeeping: committed with the pipeline's first commit, or alone if it commits
+        nothing."""
         pipeline = self.compiled.apply_pipelines.get(record["type"])
         if pipeline is None:
             raise DepotError("NO_APPLY_PIPELINE", 400, "no apply pipeline for event type %r" % record["type"])
         ctx = ExecutionContext(self, RequestData(), event=record)
         ctx.fields.update(record.get("payload") or {})
-        ctx.replay_writes = list(bookkeeping)
+        ctx.replayed = applied
         try:
             pipeline.run(ctx, self.limits.max_cpu_ns, self.clock)
-            if ctx.replay_writes:
-                self.state.write(ctx.replay_writes)
+            if ctx.replayed is not None:
+                self.record_applied(*ctx.replayed)
         finally:
             ctx.close()
+
+    def record_applied(self, seq, event_id):
+        """A replica's bookkeeping alone: the cursor moves to ``seq``, ``event_id`` (if any) counts as applied."""
+        txn = self.state.transaction()
+        txn.record_applied(seq, event_id)
+        txn.commit()
 
     # --- upstreams ----------------------------------------------------------------------------------------
 

@@ -8,9 +8,11 @@ protocol that makes a collection safe beside concurrent publishes, re-publishes,
 any grace period, 0 included. A dry run takes every decision a real run would and removes nothing.
 """
 import time
+from dataclasses import dataclass, field
+from functools import partial
 
 from app.errors import DepotError
-from app.stores.state import kv_key, loads
+from app.stores.digests import DIGEST_PREFIX
 
 DEFAULT_GRACE_SECONDS = 7 * 86400
 
@@ -25,7 +27,7 @@ def collect(engine, dry_run=False, grace_seconds=None):
     try:
         cutoff = time.time() - grace_seconds
         marked = mark(engine, spec.get("mark", {}).get("mark_blobs_by", []))
-        sweeps = [store.sweep(marked, cutoff, dry_run) for store in engine.blob_stores.values()]
+        sweeps = [sweep(store, guard, marked, cutoff, dry_run) for store in engine.blob_stores.values()]
     finally:
         guard.end()
     return summary(sweeps, len(marked), dry_run, grace_seconds)
@@ -41,12 +43,62 @@ def mark(engine, sources):
         if document is None:
             continue
         literal = document.key.parts[0] if document.key.parts and isinstance(document.key.parts[0], str) else ""
-        for _, raw in engine.state.scan(kv_key(document.store, literal)):
-            doc = loads(raw)
+        for _, doc in engine.documents.items(document.store, literal):
             digest = doc.get(field) if isinstance(doc, dict) else None
             if isinstance(digest, str) and not doc.get("deleted"):
                 marked.add(digest.rpartition(":")[2])
     return marked
+
+
+def sweep(store, guard, marked, cutoff, dry_run=False):
+    """Remove every blob of ``store`` whose hex digest is not in ``marked``, nor in use, nor touched at or after
+    ``cutoff`` (a time.time()), and every staged upload no upload is writing that is that old; ``guard`` decides
+    and deletes, one at a time. ``dry_run`` decides the same and removes nothing. -> SweepReport"""
+    report = SweepReport()
+    for digest in store.digests():
+        hexdigest = digest[len(DIGEST_PREFIX):]
+        if hexdigest in marked:
+            report.kept += 1
+            continue
+        outcome, size = guard.remove_unless_needed(guard.blob_in_use, hexdigest, partial(store.stat, digest),
+                                                   partial(store.delete, digest), cutoff, dry_run)
+        report.count_orphan(outcome, size, digest)
+    for upload in store.uploads():
+        outcome, size = guard.remove_unless_needed(guard.temp_in_use, upload, partial(store.upload_stat, upload),
+                                                   partial(store.delete_upload, upload), cutoff, dry_run)
+        report.count_temp(outcome, size)
+    return report
+
+
+@dataclass
+class SweepReport:
+    """What a sweep found and did. Orphans are blobs no live document names."""
+    kept: int = 0
+    removed: list = field(default_factory=list)
+    removed_bytes: int = 0
+    recent: int = 0
+    recent_bytes: int = 0
+    in_use: int = 0
+    temp_removed: int = 0
+    temp_removed_bytes: int = 0
+    temp_kept: int = 0
+
+    def count_orphan(self, outcome, size, digest):
+        if outcome == "removed":
+            self.removed.append(digest)
+            self.removed_bytes += size
+        elif outcome == "recent":
+            self.recent += 1
+            self.recent_bytes += size
+        elif outcome == "in_use":
+            self.in_use += 1
+
+    def count_temp(self, outcome, size):
+        if outcome == "removed":
+            self.temp_removed += 1
+            self.temp_removed_bytes += size
+        elif outcome != "gone":
+            self.temp_kept += 1
 
 
 def summary(sweeps, marked, dry_run, grace_seconds):

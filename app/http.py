@@ -4,9 +4,7 @@ This layer knows nothing of individual ops: it turns a request into RequestData,
 pipeline, and writes the ResponseSpec (JSON, a blob streamed from disk with Range/ETag/HEAD, or a redirect).
 Every error, whatever raised it, leaves as the JSON envelope with an X-Request-Id.
 """
-import io
 import logging
-import os
 import re
 import itertools
 import secrets
@@ -27,8 +25,8 @@ from app.errors import DepotError, too_large
 from app.openapi_components import json_answer, ref
 from app.openapi_views import ViewDoc, document_rules, documented
 from app.server import DROPPED_HEADERS_KEY
-from app.stores.blobs import declared_digests
-from app.stores.state import dumps
+from app.stores.codec import dumps
+from app.stores.digests import declared_digests
 
 log = logging.getLogger("depot")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -118,39 +116,18 @@ def _closing(response, on_close):
     return response
 
 
-class ServedFile(io.FileIO):
-    """A blob file being sent, from where it is sought to up to ``end``: reads stop there, so any server's file
-    wrapper sends exactly the range. The server closes it when done, without closing the response itself, so
-    what must happen after sending (``on_close``) happens here."""
-
-    on_close = None
-    end = None
-
-    def read(self, size=-1):
-        remaining = max(self.end - self.tell(), 0) if self.end is not None else size
-        return super().read(remaining if size is None or size < 0 or size > remaining else size)
-
-    def close(self):
-        try:
-            super().close()
-        finally:
-            callback, self.on_close = self.on_close, None
-            if callback is not None:
-                callback()
-
-
 def _blob_response(spec, on_close):
-    """A blob streamed from its file as an attachment: HEAD, ETag and If-None-Match, Last-Modified and
-    If-Modified-Since (304), one Range (206, or 416) honoured. A range is served by seeking the file, never by an
-    iterator over it, so the server's own file sending (which needs no worker thread, however slow the reader)
-    serves ranges too."""
+    """A blob streamed from its store as an attachment: HEAD, ETag and If-None-Match, Last-Modified and
+    If-Modified-Since (304), one Range (206, or 416) honoured. A range is served by opening the blob at the range
+    (a file store answers with the file sought there), never by an iterator over it, so the server's own file
+    sending (which needs no worker thread, however slow the reader) serves ranges too."""
     blob = spec.blob
     given = spec.headers or {}
     headers = {k: v for k, v in given.items() if k.lower() not in ("content-length", "etag")}
     response = Response(status=spec.status, headers=headers,
                         mimetype=headers.get("Content-Type", "application/octet-stream"))
-    status = _stat(blob.path)
-    size = blob.size if blob.size is not None else status.st_size
+    status = _stat(blob)
+    size = blob.size if blob.size is not None else status.size
     response.content_length = size
     etag = given.get("ETag") or given.get("Etag")
     etag = etag.strip('"') if etag else blob.digest
@@ -158,7 +135,7 @@ def _blob_response(spec, on_close):
         response.set_etag(etag)
     if blob.digest:
         response.headers["X-Depot-Digest"] = blob.digest
-    response.last_modified = spec.last_modified or datetime.fromtimestamp(status.st_mtime, timezone.utc)
+    response.last_modified = spec.last_modified or datetime.fromtimestamp(status.modified, timezone.utc)
     filename = spec.filename or (blob.digest or "").replace(":", "-")
     if filename and "content-disposition" not in (k.lower() for k in headers):
         response.headers["Content-Disposition"] = attachment(filename)
@@ -172,22 +149,20 @@ def _blob_response(spec, on_close):
     if request.method == "HEAD" or response.status_code in (304, 412):
         response.response = []
         return _closing(response, on_close)
+    ranged = response.status_code == 206
     try:
-        handle = ServedFile(blob.path)
+        handle = blob.open(response.content_range.start if ranged else 0,
+                           response.content_range.stop if ranged else None, on_close)
     except FileNotFoundError:
         raise DepotError("BLOB_NOT_FOUND", 404, "the blob's bytes are missing from the store")
-    handle.on_close = on_close
-    if response.status_code == 206:
-        handle.seek(response.content_range.start)
-        handle.end = response.content_range.stop
     response.response = wrap_file(request.environ, handle)
     response.direct_passthrough = True
     return response
 
 
-def _stat(path):
+def _stat(blob):
     try:
-        return os.stat(path)
+        return blob.stat()
     except FileNotFoundError:
         raise DepotError("BLOB_NOT_FOUND", 404, "the blob's bytes are missing from the store")
 

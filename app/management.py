@@ -555,7 +555,8 @@ def _replication_views(bp, service, guard):
     @admin_action("admin.replication.status")
     def replication_status():
         engine = service.engine
-        return json_response({"cursor": replication.cursor(engine), "dedupe_key": engine.event_log.dedupe_key,
+        return json_response({"cursor": replication.cursor(engine),
+                              "dedupe_key": engine.event_log.settings.dedupe_key,
                               "apply_pipelines": sorted(engine.compiled.apply_pipelines),
                               "read_only": engine.read_only}), None
 
@@ -599,6 +600,6 @@ def _replication_views(bp, service, guard):
     @admin_action("admin.replication.apply")
     def replication_apply():
         # a batch as the primary ships it, re-encoded by the client: allow for looser JSON spacing
-        body = json_body(2 * service.engine.event_log.batch_bytes + 65536)
+        body = json_body(2 * service.engine.event_log.settings.batch_bytes + 65536)
         result = replication.apply_batch(service.engine, body.get("events"), body.get("gone"))
         return json_response(result), "cursor %d" % result["cursor"]

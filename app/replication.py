@@ -10,17 +10,12 @@ primary over HTTP (`python -m app replicate`).
 
 Nothing here knows Flask: app/management.py serves these under /admin/replication.
 """
-import json
 import re
 import threading
 from contextlib import contextmanager
 
 from app.errors import DepotError, bad_request, not_found
-from app.stores.state import SEQ_WIDTH
 
-_BOOKKEEPING = b"x"  # the state store's key space for replication (see app/stores/state.py)
-CURSOR_KEY = _BOOKKEEPING + b"cursor"
-_APPLIED_HEAD = _BOOKKEEPING + b"applied\x00"
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 RECEIVED_BLOB_LEASE_SECONDS = 3600  # received bytes outlive collections this long, while their event is on its way
 _APPLY_LOCK = threading.Lock()  # one stream of events at a time: dedupe checks and cursor moves never interleave
@@ -31,17 +26,15 @@ _APPLY_LOCK = threading.Lock()  # one stream of events at a time: dedupe checks 
 def ship(engine, after, limit=None):
     """Events with a sequence number above ``after``, in order, at most ``limit`` (and the schema's batch
     bounds) of them. -> {"events", "next_after", "more"}: ask again with next_after while more is true."""
-    log = engine.event_log
-    limit = min(limit or log.batch_events, log.batch_events)
+    settings = engine.event_log.settings
+    limit = min(limit or settings.batch_events, settings.batch_events)
     events, size, more = [], 0, False
-    if after >= 10 ** SEQ_WIDTH:  # beyond any sequence number (and its key would sort among theirs)
-        return {"events": events, "next_after": after, "more": more}
-    for _, raw in engine.state.scan(log.prefix, start=log.prefix + b"%0*d" % (SEQ_WIDTH, after)):
-        if events and (len(events) >= limit or size + len(raw) > log.batch_bytes):
+    for event in engine.event_log.read_after(after):
+        if events and (len(events) >= limit or size + event.size > settings.batch_bytes):
             more = True
             break
-        events.append(json.loads(raw))
-        size += len(raw)
+        events.append(event.record)
+        size += event.size
     return {"events": events, "next_after": events[-1]["seq"] if events else after, "more": more}
 
 
@@ -69,17 +62,13 @@ def named_digests(payload):
 # --- the replica: replay -------------------------------------------------------------------------------------
 
 def cursor(engine):
-    raw = engine.state.get(CURSOR_KEY)
-    return int(raw) if raw else 0
+    """The last primary sequence number this replica has taken (0: none)."""
+    return engine.event_log.applied_through()
 
 
 def was_applied(engine, event_id):
     """Whether this replica has applied the event with this dedupe key."""
-    return engine.state.get(_applied_key(event_id)) is not None
-
-
-def _applied_key(event_id):
-    return _APPLIED_HEAD + event_id.encode("utf-8")
+    return engine.event_log.was_applied(event_id)
 
 
 def receive_blob(engine, store_name, digest, stream):
@@ -127,14 +116,13 @@ def apply_batch(engine, events, gone=None):
             if seq != position + 1:  # the primary numbers its events without gaps: one is missing
                 raise DepotError("EVENT_GAP", 409, "expected the event with seq %d next, got %d: ship from the "
                                  "replica's cursor" % (position + 1, seq), "events[%d].seq" % i)
-            bookkeeping = [(CURSOR_KEY, b"%d" % seq)] + ([(_applied_key(event_id), b"1")] if event_id else [])
             if event["type"] in engine.compiled.apply_pipelines:
                 _check_payload(engine, event, "events[%d].payload" % i)
                 with _held_blobs(engine, event["payload"], gone, "events[%d].payload" % i):
-                    _apply_one(engine, event, bookkeeping, i)
+                    _apply_one(engine, event, (seq, event_id), i)
                 result["applied"] += 1
             else:
-                engine.state.write(bookkeeping)
+                engine.record_applied(seq, event_id)
                 result["without_pipeline"] += 1
             position = seq
     result["cursor"] = position
@@ -152,7 +140,7 @@ def _check_event(engine, event, where):
         raise bad_request("INVALID_EVENT", "type is a string", where + ".type")
     if not isinstance(payload, dict):
         raise bad_request("INVALID_EVENT", "payload is an object", where + ".payload")
-    key = engine.event_log.dedupe_key
+    key = engine.event_log.settings.dedupe_key
     if key is None:
         return seq, None
     value = event.get(key)
@@ -204,9 +192,9 @@ def _store_holding(engine, digest):
     return None
 
 
-def _apply_one(engine, event, bookkeeping, index):
+def _apply_one(engine, event, applied, index):
     try:
-        engine.apply_event(event, bookkeeping)
+        engine.apply_event(event, applied)
     except DepotError as error:
         raise DepotError(error.code, error.status, "event %d (seq %d, %s) was not applied: %s"
                          % (index, event["seq"], event["type"], error.message), "events[%d]" % index) from None

@@ -14,10 +14,11 @@ from app.audit import Audit
 from app.access import Access
 from app.auth import Identity, load_or_create_secret
 from app.compiler import compile_or_raise, compile_schema, load_schema_file, schema_digest
-from app.engine import Engine, Stores
+from app.engine import Engine
 from app.errors import DepotError
 from app.ratelimit import RateLimiter
 from app.schema_store import SchemaStore
+from app.stores.registry import Stores
 
 DEFAULT_SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema.json")
 

@@ -63,7 +63,7 @@ def make_handwritten_view(service):
     auth = service.identity
     state = service.engine.state
     index = service.engine.compiled.definitions["index"]["artifact_versions"]
-    head = index.key_for(["namespace", "name"]).head
+    head = state.codec(index.key_for(["namespace", "name"])).head  # the embedded store's encoding of the key
     pattern = SEGMENT_RE.pattern
 
     def reply(status, payload, headers=None):
@@ -118,8 +118,8 @@ def check_view_matches_schema(service, doc):
                                                     "validate.entity", "index.query", "respond.error",
                                                     "respond.json"], route["pipeline"]
     key = service.engine.compiled.definitions["index"]["artifact_versions"].key_for(["namespace", "name"])
-    sample = {"namespace": "team-a", "name": "pkg\x00x"}
-    assert key.prefix(sample) == index_prefix(key.head, "team-a", "pkg\x00x")
+    codec = service.engine.state.codec(key)
+    assert codec.prefix_of(["team-a", "pkg\x00x"]) == index_prefix(codec.head, "team-a", "pkg\x00x")
 
 
 # --- set-up -------------------------------------------------------------------------------------------------

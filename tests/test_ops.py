@@ -303,8 +303,7 @@ def test_index_unique_key_rejects_a_second_row(make_depot, project_schema):
     txn = engine.state.transaction()
     txn.index_upsert(tags, {"namespace": "a", "name": "b", "tag": "t", "target_key": "k2"})
     txn.commit()  # the same row (same tag) moves
-    rows = [json.loads(v)[1] for _, v in engine.state.scan(tags.keys[0].prefix({"namespace": "a", "name": "b"},
-                                                                                  ["namespace", "name"]))]
+    rows = list(engine.indexes.rows(tags.keys[0], ["a", "b"]))
     assert [r["target_key"] for r in rows] == ["k2"]
     assert isinstance(DepotError("X", 409, "m"), Exception)
 

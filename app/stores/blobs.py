@@ -1,71 +1,97 @@
-"""Content-addressed blob files.
+"""Content-addressed blob files: the `filesystem` blob store kind.
 
 Bytes are hashed while they stream into a temporary file inside the store, fsynced, and only then renamed to
 the path their digest names, so a crash never leaves a partial file under a digest. Inside a transaction the
-rename waits for the commit; an abort deletes the temporary file.
+rename waits for the commit; an abort deletes the temporary file. File paths never leave this module: callers
+hold BlobHandles and open them.
 """
-import base64
-import binascii
 import hashlib
+import io
 import os
-import re
 import threading
 import uuid
-from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Iterable, Iterator, Optional
 
-from app.errors import DepotError, bad_request, too_large
+from app.errors import bad_request, too_large
 from app.expr import parse_template
+from app.stores.digests import DIGEST_ALGORITHMS, DIGEST_PREFIX, split_digest
 from app.stores.guard import BlobGuard
+from app.stores.interfaces import BlobHandle, BlobStat, Readable
+from app.stores.interfaces import StagedBlob as Staged
 
 CHUNK = 1024 * 1024
-DIGEST_PREFIX = "sha256:"
-# the Content-Digest algorithms (RFC 9530 names) Depot computes: their hashlib names and digest sizes
-DIGEST_ALGORITHMS = {"sha-256": ("sha256", 32), "sha-512": ("sha512", 64)}
-_DIGEST_MEMBER = re.compile(r"^([a-z][a-z0-9_.*-]*)=:([A-Za-z0-9+/=]*):(?:;.*)?$")
 
 
-def split_digest(digest):
-    """'sha256:<hex>' or '<hex>' -> hex, or raise 400 INVALID_DIGEST."""
-    if not isinstance(digest, str):
-        raise bad_request("INVALID_DIGEST", "digest must be a string", "digest")
-    hexpart = digest[len(DIGEST_PREFIX):] if digest.startswith(DIGEST_PREFIX) else digest
-    if len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
-        raise bad_request("INVALID_DIGEST", "digest must be sha256:<64 lowercase hex>", "digest")
-    return hexpart
+class BlobRef(BlobHandle):
+    """A blob (stored, staged, or a temporary file such as a proxied body) as a file at ``path``."""
 
+    __slots__ = ("path",)
 
-class BlobRef:
-    """A stored (or staged) blob: what blob.get and blob.put hand to later steps."""
+    def __init__(self, store: Optional[str], digest: Optional[str], size: Optional[int], path: str) -> None:
+        super().__init__(store, digest, size)
+        self.path = path
 
-    template_attrs = ("digest", "size", "store")
-    __slots__ = ("store", "digest", "size", "path")
+    def stat(self) -> BlobStat:
+        status = os.stat(self.path)
+        return BlobStat(status.st_size, status.st_mtime)
 
-    def __init__(self, store, digest, size, path):
-        self.store, self.digest, self.size, self.path = store, digest, size, path
-
-    def to_json(self):
-        return {"$blob": {"store": self.store, "digest": self.digest, "size": self.size}}
+    def open(self, start: int = 0, end: Optional[int] = None,
+             on_close: Optional[Callable[[], None]] = None) -> BinaryIO:
+        handle = ServedFile(self.path)
+        handle.on_close = on_close
+        if start:
+            handle.seek(start)
+        handle.end = end
+        return handle  # type: ignore[return-value]
 
 
 class StagedBlob(BlobRef):
     __slots__ = ("final_path", "verified", "digests")
+    store: str
+    digest: str
+    size: int
 
-    def __init__(self, store, digest, size, path, final_path, digests=None):
+    def __init__(self, store: str, digest: str, size: int, path: str, final_path: str,
+                 digests: Optional[dict] = None) -> None:
         super().__init__(store, digest, size, path)
         self.final_path = final_path
         self.verified = False
         self.digests = digests or {}  # RFC 9530 algorithm name -> hex, as computed while staging
 
 
+class ServedFile(io.FileIO):
+    """A blob file being read, from where it is sought to up to ``end``: reads stop there, so any server's file
+    wrapper sends exactly the range (and, the file being seekable, sends it without a worker thread). The
+    server closes it when done, without closing the response itself, so what must happen after sending
+    (``on_close``) happens here."""
+
+    on_close: Optional[Callable[[], None]] = None
+    end: Optional[int] = None
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        if self.end is None:
+            return super().read(size)
+        remaining = max(self.end - self.tell(), 0)
+        return super().read(remaining if size is None or size < 0 or size > remaining else size)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            callback, self.on_close = self.on_close, None
+            if callback is not None:
+                callback()
+
+
 class _FieldView:
     """The minimal context a path template renders against."""
 
     __slots__ = ("fields",)
-    vars = {}
+    vars: dict = {}
     principal = None
     event = None
 
-    def __init__(self, fields):
+    def __init__(self, fields: dict) -> None:
         self.fields = fields
 
 
@@ -73,7 +99,8 @@ class FileBlobStore:
     """Blob files under ``root``, named by their digest through ``path_template``; uploads are written to
     ``root/.tmp`` first. ``guard`` (shared by every store of a data dir) says what garbage collection must keep."""
 
-    def __init__(self, name, root, path_template, min_bytes=0, max_bytes=None, guard=None):
+    def __init__(self, name: str, root: str, path_template: str, min_bytes: int = 0,
+                 max_bytes: Optional[int] = None, guard: Optional[BlobGuard] = None) -> None:
         self.name = name
         self.root = root
         self.path_template = parse_template(path_template)
@@ -84,11 +111,13 @@ class FileBlobStore:
         os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
         self._dir_lock = threading.Lock()
 
-    def path_for(self, hexdigest):
+    def path_for(self, hexdigest: str) -> str:
         relative = self.path_template.render(_FieldView({"digest": hexdigest, "algo": "sha256"}))
         return os.path.join(self.root, relative)
 
-    def stage(self, stream, also=()):
+    # --- writing ------------------------------------------------------------------------------------------
+
+    def stage(self, stream: Readable, also: Iterable[str] = ()) -> StagedBlob:
         """Stream ``stream`` (anything with read(n)) into a temporary file while hashing it with sha-256, and
         with the further DIGEST_ALGORITHMS named in ``also``. The file is live (garbage collection leaves it
         alone) until it is promoted or discarded."""
@@ -122,10 +151,11 @@ class FileBlobStore:
         digests = dict({name: other.hexdigest() for name, other in others.items()}, **{"sha-256": hexdigest})
         return StagedBlob(self.name, DIGEST_PREFIX + hexdigest, size, tmp_path, self.path_for(hexdigest), digests)
 
-    def promote(self, staged):
+    def promote(self, staged: Staged) -> None:
         """Move a staged blob under its digest; call with the commit lock held (a transaction's commit holds
         it; ``commit`` takes it). Content addressing makes an existing file the same bytes: it is touched
         instead, so garbage collection's grace period starts again for it."""
+        staged = _own(staged)
         hexdigest = staged.digest[len(DIGEST_PREFIX):]
         directory = os.path.dirname(staged.final_path)
         with self.guard.lock:  # a collection decides and deletes under this lock: never between our steps
@@ -145,32 +175,37 @@ class FileBlobStore:
         self.guard.temp_ended(staged.path)
         staged.path = staged.final_path
 
-    def commit(self, staged):
+    def commit(self, staged: Staged) -> None:
         """Promote a staged blob outside a transaction."""
         with self.guard.commit_lock:
             self.promote(staged)
 
-    def discard(self, staged):
+    def discard(self, staged: Staged) -> None:
+        staged = _own(staged)
         if staged.path != staged.final_path:
             _unlink(staged.path)
             self.guard.temp_ended(staged.path)
 
-    def hold(self, digest):
+    # --- what garbage collection must keep ----------------------------------------------------------------
+
+    def hold(self, digest: str) -> None:
         """Keep ``digest``'s bytes from garbage collection until ``release``: a request holds what it stored or
         looked up, since a later step may write a reference to it."""
         self.guard.hold(split_digest(digest))
 
-    def release(self, digest):
+    def release(self, digest: str) -> None:
         self.guard.release(split_digest(digest))
 
-    def lease(self, digest, seconds):
+    def lease(self, digest: str, seconds: float) -> None:
         """Keep ``digest``'s bytes from garbage collection for ``seconds`` (or until ``end_lease``)."""
         self.guard.lease(split_digest(digest), seconds)
 
-    def end_lease(self, digest):
+    def end_lease(self, digest: str) -> None:
         self.guard.end_lease(split_digest(digest))
 
-    def locate(self, digest):
+    # --- reading ------------------------------------------------------------------------------------------
+
+    def locate(self, digest: str) -> Optional[BlobRef]:
         path = self.path_for(split_digest(digest))
         try:
             size = os.stat(path).st_size
@@ -179,160 +214,75 @@ class FileBlobStore:
         return BlobRef(self.name, digest if digest.startswith(DIGEST_PREFIX) else DIGEST_PREFIX + digest,
                        size, path)
 
-    def _files(self):
-        """(hex digest, path) of every stored blob: files named by their digest, outside .tmp."""
+    def ref(self, digest: str, size: Optional[int]) -> BlobRef:
+        return BlobRef(self.name, digest, size, self.path_for(split_digest(digest)))
+
+    def exists(self, digest: str) -> bool:
+        return os.path.isfile(self.path_for(split_digest(digest)))
+
+    def stat(self, digest: str) -> Optional[BlobStat]:
+        return _stat(self.path_for(split_digest(digest)))
+
+    def size(self, digest: str) -> Optional[int]:
+        status = self.stat(digest)
+        return status.size if status is not None else None
+
+    def open(self, digest: str, start: int = 0, end: Optional[int] = None) -> BinaryIO:
+        return self.ref(digest, None).open(start, end)
+
+    def delete(self, digest: str) -> bool:
+        return _unlink(self.path_for(split_digest(digest)))
+
+    def digests(self) -> Iterator[str]:
+        """Every blob stored at the path its digest names (files outside .tmp named by a digest)."""
         for directory, subdirs, names in os.walk(self.root):
             subdirs[:] = [d for d in subdirs if os.path.join(directory, d) != self.tmp_dir]
             for name in names:
-                if len(name) == 64 and all(c in "0123456789abcdef" for c in name):
-                    yield name, os.path.join(directory, name)
+                if len(name) == 64 and all(c in "0123456789abcdef" for c in name) \
+                        and os.path.normpath(self.path_for(name)) == os.path.normpath(os.path.join(directory, name)):
+                    yield DIGEST_PREFIX + name
 
-    def _temp_files(self):
-        return [os.path.join(self.tmp_dir, name) for name in os.listdir(self.tmp_dir)]
+    def uploads(self) -> Iterator[str]:
+        """The temporary files of uploads (their paths: the guard's names for them)."""
+        for name in os.listdir(self.tmp_dir):
+            yield os.path.join(self.tmp_dir, name)
 
-    def sweep(self, marked, cutoff, dry_run=False):
-        """Remove every blob whose hex digest is not in ``marked``, nor in use, nor touched at or after
-        ``cutoff`` (a time.time()), and every temporary file no upload is writing that is that old.
-        ``dry_run`` decides the same and removes nothing. -> SweepReport"""
-        report = SweepReport()
-        for hexdigest, path in self._files():
-            if hexdigest in marked:
-                report.kept += 1
-                continue
-            outcome, size = self._remove_unless_needed(path, cutoff, dry_run, self.guard.blob_in_use, hexdigest)
-            report.count_orphan(outcome, size, DIGEST_PREFIX + hexdigest)
-        for path in self._temp_files():
-            outcome, size = self._remove_unless_needed(path, cutoff, dry_run, self.guard.temp_in_use, path)
-            report.count_temp(outcome, size)
-        return report
+    def upload_stat(self, upload: str) -> Optional[BlobStat]:
+        return _stat(upload) if os.path.dirname(upload) == self.tmp_dir else None
 
-    def _remove_unless_needed(self, path, cutoff, dry_run, in_use, what):
-        """-> ("in_use" | "recent" | "removed" | "gone", size in bytes)."""
-        with self.guard.lock:
-            if in_use(what):
-                return "in_use", 0
-            try:
-                status = os.stat(path)
-                if status.st_mtime >= cutoff:
-                    return "recent", status.st_size
-                if not dry_run:
-                    os.unlink(path)
-            except FileNotFoundError:
-                return "gone", 0
-        return "removed", status.st_size
+    def delete_upload(self, upload: str) -> bool:
+        return os.path.dirname(upload) == self.tmp_dir and _unlink(upload)
 
-    def remove_leftover_temps(self):
-        """Remove temporary files no upload is writing (what a crash left); -> (files, bytes) removed."""
-        report = SweepReport()
-        for path in self._temp_files():
-            report.count_temp(*self._remove_unless_needed(path, float("inf"), False, self.guard.temp_in_use, path))
-        return report.temp_removed, report.temp_removed_bytes
-
-    def health(self, detail=False):
+    def health(self, detail: bool = False) -> dict:
         ok = os.access(self.root, os.W_OK)
         return dict({"kind": "filesystem", "ok": ok}, **({"root": self.root} if detail else {}))
 
 
-@dataclass
-class SweepReport:
-    """What a sweep found and did. Orphans are blobs no live document names."""
-    kept: int = 0
-    removed: list = field(default_factory=list)
-    removed_bytes: int = 0
-    recent: int = 0
-    recent_bytes: int = 0
-    in_use: int = 0
-    temp_removed: int = 0
-    temp_removed_bytes: int = 0
-    temp_kept: int = 0
-
-    def count_orphan(self, outcome, size, digest):
-        if outcome == "removed":
-            self.removed.append(digest)
-            self.removed_bytes += size
-        elif outcome == "recent":
-            self.recent += 1
-            self.recent_bytes += size
-        elif outcome == "in_use":
-            self.in_use += 1
-
-    def count_temp(self, outcome, size):
-        if outcome == "removed":
-            self.temp_removed += 1
-            self.temp_removed_bytes += size
-        elif outcome != "gone":
-            self.temp_kept += 1
+def _own(staged: Staged) -> StagedBlob:
+    if not isinstance(staged, StagedBlob):
+        raise TypeError("a filesystem blob store promotes only what a filesystem blob store staged")
+    return staged
 
 
-def _unlink(path):
+def _stat(path: str) -> Optional[BlobStat]:
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return BlobStat(status.st_size, status.st_mtime)
+
+
+def _unlink(path: str) -> bool:
     try:
         os.unlink(path)
     except FileNotFoundError:
-        pass
+        return False
+    return True
 
 
-def _fsync_dir(directory):
+def _fsync_dir(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def digest_mismatch(expected, actual):
-    return DepotError("DIGEST_MISMATCH", 400, "declared digest %s does not match the uploaded bytes (%s)"
-                      % (expected, actual), "digest")
-
-
-@dataclass(frozen=True)
-class DeclaredDigest:
-    """A digest a client declares for its upload: where it said so (the Content-Digest header or the digest
-    query parameter), the algorithm (RFC 9530 name) and the digest in hex."""
-    source: str
-    algorithm: str
-    hexdigest: str
-
-    def describe(self):
-        if self.source == "digest":
-            return "?digest=sha256:%s" % self.hexdigest
-        return "Content-Digest %s %s" % (self.algorithm, self.hexdigest)
-
-
-def declared_digests(headers, query):
-    """Every digest a client declares for its upload: each Content-Digest (RFC 9530) member whose algorithm
-    Depot knows, then ?digest=sha256:<hex>. A Content-Digest naming only algorithms Depot does not know is 400
-    UNSUPPORTED_DIGEST_ALGORITHM; a malformed one, 400 INVALID_DIGEST. -> a tuple of DeclaredDigest."""
-    declared = []
-    header = headers.get("Content-Digest")
-    if header:
-        declared.extend(_content_digests(header))
-    value = query.get("digest")
-    if value:
-        declared.append(DeclaredDigest("digest", "sha-256", split_digest(value)))
-    return tuple(declared)
-
-
-def _content_digests(header):
-    known, unknown = [], []
-    for member in filter(None, (part.strip() for part in header.split(","))):
-        match = _DIGEST_MEMBER.match(member)
-        if match is None:
-            raise bad_request("INVALID_DIGEST", "Content-Digest members are <algorithm>=:<base64>:, not %r"
-                              % member[:80], "Content-Digest")
-        algorithm, encoded = match.groups()
-        if algorithm not in DIGEST_ALGORITHMS:
-            unknown.append(algorithm)
-            continue
-        try:
-            raw = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raw = b""
-        if len(raw) != DIGEST_ALGORITHMS[algorithm][1]:
-            raise bad_request("INVALID_DIGEST", "Content-Digest %s value is not %d bytes of base64"
-                              % (algorithm, DIGEST_ALGORITHMS[algorithm][1]), "Content-Digest")
-        known.append(DeclaredDigest("Content-Digest", algorithm, raw.hex()))
-    if not known and unknown:
-        raise bad_request("UNSUPPORTED_DIGEST_ALGORITHM", "Content-Digest names only algorithms Depot does not "
-                          "compute (%s); it computes %s" % (", ".join(unknown), ", ".join(DIGEST_ALGORITHMS)),
-                          "Content-Digest")
-    return known

@@ -1,25 +1,26 @@
-"""Response and blob caches with a TTL, kept in the state database (embedded default).
+"""Response and blob caches with a TTL, kept in the state database: the embedded cache (interfaces.Cache).
 
 A cache entry is advisory: it is written outside any transaction and an expired or unreadable entry is a miss.
 """
 import time
+from typing import Any, Callable, Optional
 
-from app.stores.state import dumps, loads
+from app.stores.codec import dumps, loads
 
 
 class CacheStore:
-    def __init__(self, state, settings, resolve_blob=None):
+    def __init__(self, state: Any, settings: dict, resolve_blob: Optional[Callable[[dict], Any]] = None) -> None:
         self.state = state
         self.settings = settings  # kind -> {"enabled", "max_entry_bytes", "default_ttl_seconds"}
         self.resolve_blob = resolve_blob
 
-    def _key(self, kind, key):
+    def _key(self, kind: str, key: str) -> bytes:
         return b"c" + kind.encode() + b"\x00" + key.encode("utf-8")
 
-    def enabled(self, kind):
+    def enabled(self, kind: str) -> bool:
         return self.settings.get(kind, {}).get("enabled", False)
 
-    def get(self, kind, key):
+    def get(self, kind: str, key: str) -> tuple:
         if not self.enabled(kind):
             return False, None
         raw = self.state.get(self._key(kind, key))
@@ -31,7 +32,7 @@ class CacheStore:
             return False, None
         return True, entry["value"]
 
-    def put(self, kind, key, value, ttl_seconds=None):
+    def put(self, kind: str, key: str, value: Any, ttl_seconds: Optional[int] = None) -> bool:
         """Store unless caching is off or the entry is larger than max_entry_bytes; returns whether stored."""
         settings = self.settings.get(kind, {})
         if not settings.get("enabled", False):
@@ -44,5 +45,5 @@ class CacheStore:
         self.state.write([(self._key(kind, key), raw)])
         return True
 
-    def invalidate(self, kind, key):
+    def invalidate(self, kind: str, key: str) -> None:
         self.state.write([], [self._key(kind, key)])

@@ -16,25 +16,28 @@ writer looks for it.
 """
 import threading
 import time
+from typing import Callable, Optional
+
+from app.stores.interfaces import BlobStat, CommitLock
 
 
 class BlobGuard:
-    def __init__(self, commit_lock):
+    def __init__(self, commit_lock: CommitLock) -> None:
         self.commit_lock = commit_lock
         self.lock = threading.Lock()
-        self._holds = {}  # hex digest -> number of requests holding it
-        self._leases = {}  # hex digest -> time.monotonic() deadline
-        self._live_temps = set()  # paths of temporary files uploads are writing
-        self._seen = None  # hex digests used since the running collection began; None when none runs
+        self._holds: dict = {}  # hex digest -> number of requests holding it
+        self._leases: dict = {}  # hex digest -> time.monotonic() deadline
+        self._live_temps: set = set()  # paths of temporary files uploads are writing
+        self._seen: Optional[set] = None  # hex digests used since the running collection began; None when none runs
         self._collecting = threading.Lock()
 
     # --- writers ---------------------------------------------------------------------------------------------
 
-    def hold(self, hexdigest):
+    def hold(self, hexdigest: str) -> None:
         with self.lock:
             self._holds[hexdigest] = self._holds.get(hexdigest, 0) + 1
 
-    def release(self, hexdigest):
+    def release(self, hexdigest: str) -> None:
         with self.lock:
             remaining = self._holds.get(hexdigest, 0) - 1
             if remaining > 0:
@@ -43,37 +46,37 @@ class BlobGuard:
                 self._holds.pop(hexdigest, None)
             self._note(hexdigest)
 
-    def lease(self, hexdigest, seconds):
+    def lease(self, hexdigest: str, seconds: float) -> None:
         now = time.monotonic()
         with self.lock:
             if len(self._leases) >= 1024:  # forget ended leases now and then, so the table stays small
                 self._leases = {d: t for d, t in self._leases.items() if t > now}
             self._leases[hexdigest] = max(self._leases.get(hexdigest, 0), now + seconds)
 
-    def end_lease(self, hexdigest):
+    def end_lease(self, hexdigest: str) -> None:
         with self.lock:
             if self._leases.pop(hexdigest, None) is not None:
                 self._note(hexdigest)
 
-    def promoted(self, hexdigest):
+    def promoted(self, hexdigest: str) -> None:
         """Call with ``self.lock`` held, right after the bytes were put (or touched) under their digest."""
         self._note(hexdigest)
 
-    def temp_started(self, path):
+    def temp_started(self, path: str) -> None:
         with self.lock:
             self._live_temps.add(path)
 
-    def temp_ended(self, path):
+    def temp_ended(self, path: str) -> None:
         with self.lock:
             self._live_temps.discard(path)
 
-    def _note(self, hexdigest):
+    def _note(self, hexdigest: str) -> None:
         if self._seen is not None:
             self._seen.add(hexdigest)
 
     # --- the collector ---------------------------------------------------------------------------------------
 
-    def begin(self):
+    def begin(self) -> bool:
         """Start a collection; False when one is already running. Take the mark's snapshot after this."""
         if not self._collecting.acquire(blocking=False):
             return False
@@ -81,18 +84,36 @@ class BlobGuard:
             self._seen = set()
         return True
 
-    def end(self):
+    def end(self) -> None:
         with self.lock:
             self._seen = None
         self._collecting.release()
 
-    def blob_in_use(self, hexdigest):
+    def blob_in_use(self, hexdigest: str) -> bool:
         """Call with ``self.lock`` held."""
         if hexdigest in self._holds or (self._seen is not None and hexdigest in self._seen):
             return True
         deadline = self._leases.get(hexdigest)
         return deadline is not None and deadline > time.monotonic()
 
-    def temp_in_use(self, path):
+    def temp_in_use(self, path: str) -> bool:
         """Call with ``self.lock`` held."""
         return path in self._live_temps
+
+    def remove_unless_needed(self, in_use: Callable[[str], bool], what: str, stat: Callable[[], Optional[BlobStat]],
+                             delete: Callable[[], bool], cutoff: float, dry_run: bool = False) -> tuple:
+        """Delete ``what`` (a hex digest or an upload's name) unless ``in_use(what)`` or it was modified at or
+        after ``cutoff``: decided and done under ``self.lock``, the one place a collection deletes. ``stat``
+        returns a BlobStat or None (gone), ``delete`` removes and says whether it did; ``dry_run`` decides the
+        same and removes nothing. -> ("in_use" | "recent" | "removed" | "gone", size in bytes)."""
+        with self.lock:
+            if in_use(what):
+                return "in_use", 0
+            status = stat()
+            if status is None:
+                return "gone", 0
+            if status.modified >= cutoff:
+                return "recent", status.size
+            if not dry_run and not delete():
+                return "gone", 0
+        return "removed", status.size

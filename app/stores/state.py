@@ -1,79 +1,62 @@
-"""KV documents, indexes and the event log in one rocksdict database.
+"""The `rocksdb` kv store kind: documents, indexes, the event log, a replica's bookkeeping and the cache in one
+rocksdict database.
 
 Keeping them in one database is what lets a transaction commit KV, index and event writes in a single
 atomic write batch. Key spaces (first byte):
-    k  KV documents      k<store>\\0<document key>
+    k  KV documents      k<store>\\0<document key>   (the event log too: k<log store>\\0<key_prefix><seq, 20 digits>)
     i  index entries     i<index>\\0<key name>\\0<encoded key fields><encoded sort fields><encoded row id>
+                         -> JSON [row id, row]
     r  index row map     r<index>\\0<row id>  -> the entry keys a row currently occupies
-    c  cache entries     c<kind>\\0<key>
-    x  replication       xcursor (last primary event applied), xapplied\\0<event id> (see app/replication.py)
+    c  cache entries     c<kind>\\0<key>  (app/stores/cache.py)
+    x  replication       xcursor (last primary event applied), xapplied\\0<event id>
+Every byte key and row encoding is built here and nowhere else: callers use the typed views (``documents``,
+``indexes``, ``event_log``) and Transaction's typed methods (app/stores/interfaces.py). The raw methods
+(get, scan, write, kv_get, kv_put ...) are this implementation's own, for its views and for tests.
 """
 import json
 import os
-import threading
+import weakref
+from itertools import islice
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
 from app.errors import DepotError, conflict
 from app.stores import sortkeys
+from app.stores.codec import dumps, loads
+from app.stores.interfaces import (BlobStore, CommitLock, Cursor, Event, EventLog, IndexDef, IndexKeyDef, JsonValue,
+                                   LoggedEvent, Row, StagedBlob, StoreLocked, process_lock)
+
+__all__ = ["StateStore", "Transaction", "StoreLocked", "IndexDef", "IndexKeyDef", "dumps", "loads", "kv_key"]
 
 SEQ_WIDTH = 20
+CURSOR_KEY = b"xcursor"
+_APPLIED_HEAD = b"xapplied\x00"
 
 
-def dumps(value):
-    return _ENCODER.encode(value).encode("utf-8")
-
-
-def loads(raw, resolve_blob=None):
-    """Decode JSON; with ``resolve_blob``, blob handles stored by reference come back as handles."""
-    if resolve_blob is None:
-        return json.loads(raw)
-
-    def hook(obj):
-        if len(obj) == 1 and "$blob" in obj:
-            return resolve_blob(obj["$blob"])
-        return obj
-    return json.loads(raw, object_hook=hook)
-
-
-def _encode_special(value):
-    to_json = getattr(value, "to_json", None)
-    if to_json is None:
-        raise TypeError("%s is not JSON serialisable" % type(value).__name__)
-    return to_json()
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_encode_special)
-
-
-def kv_key(store, key):
+def kv_key(store: str, key: str) -> bytes:
     return b"k" + store.encode() + b"\x00" + key.encode("utf-8")
 
 
-class IndexKeyDef:
-    def __init__(self, index_name, name, fields, sort, unique, ordering, where=None):
-        self.name = name
-        self.fields = list(fields)
-        self.unique = unique
-        self.where = where  # row -> bool: a partial key holds only the rows it admits
-        self.sorts = []
-        for spec in sort:
-            field, _, direction = spec.partition(":")
-            self.sorts.append((field, direction == "desc", ordering if field == "version" else None))
-        self.head = b"i" + index_name.encode() + b"\x00" + name.encode() + b"\x00"
+class _KeyCodec:
+    """An index key's byte encoding: entries sort as the key orders its rows."""
 
-    def prefix(self, values, fields=None):
-        return self.prefix_of([values.get(f) for f in (fields or self.fields)])
+    __slots__ = ("key", "head")
 
-    def prefix_of(self, ordered_values):
+    def __init__(self, key: IndexKeyDef) -> None:
+        self.key = key
+        self.head = b"i" + key.index.encode() + b"\x00" + key.name.encode() + b"\x00"
+
+    def prefix_of(self, ordered_values: Sequence[JsonValue]) -> bytes:
         """The key prefix for the values of the leading key fields, in key order."""
         return self.head + b"".join(map(sortkeys.encode_value, ordered_values))
 
-    def entry_key(self, row, rowid):
-        parts = [self.prefix(row)]
-        if self.unique:
+    def entry_key(self, row: Row, rowid: str) -> bytes:
+        key = self.key
+        parts = [self.prefix_of([row.get(f) for f in key.fields])]
+        if key.unique:
             return parts[0]
-        for field, desc, ordering in self.sorts:
+        for field, desc, ordering in key.sorts:
             value = row.get(field)
             encoded = (sortkeys.encode_version(str(value), ordering) if ordering
                        else sortkeys.encode_value(value))
@@ -82,20 +65,8 @@ class IndexKeyDef:
         return b"".join(parts)
 
 
-class IndexDef:
-    def __init__(self, name, keys, rowid):
-        self.name = name
-        self.keys = keys
-        self.rowid = rowid  # row dict -> stable row identity (the source document's key)
-        self.rowmap_head = b"r" + name.encode() + b"\x00"
-
-    def key_for(self, fields, name=None):
-        """The index key (named ``name``, or the first) whose leading fields are exactly ``fields``."""
-        wanted = set(fields)
-        for key in self.keys:
-            if (name is None or key.name == name) and set(key.fields[:len(wanted)]) == wanted:
-                return key
-        return None
+def _rowmap_key(index: IndexDef, rowid: str) -> bytes:
+    return b"r" + index.name.encode() + b"\x00" + rowid.encode("utf-8")
 
 
 # RocksDB's memory, bounded whatever the load: memtables (written to disk when full) and one block cache that also
@@ -106,7 +77,7 @@ WRITE_BUFFERS = 2
 BLOCK_CACHE_BYTES = 16 * 1024 * 1024
 
 
-def _bounded_options():
+def _bounded_options() -> Options:
     table = BlockBasedOptions()
     table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
     table.set_cache_index_and_filter_blocks(True)
@@ -118,11 +89,7 @@ def _bounded_options():
     return options
 
 
-class StoreLocked(Exception):
-    """Another process (a running server) holds the state store: RocksDB allows one at a time."""
-
-
-def _open(path):
+def _open(path: str) -> Rdict:
     try:
         return Rdict(path, options=_bounded_options())
     except Exception as exc:  # rocksdict raises plain Exceptions; only a held lock is a StoreLocked
@@ -131,25 +98,51 @@ def _open(path):
         raise
 
 
+def holds_state(path: str) -> bool:
+    """Whether ``path`` holds a state database (RocksDB writes CURRENT when it creates one)."""
+    return os.path.isfile(os.path.join(path, "CURRENT"))
+
+
 class StateStore:
-    def __init__(self, path, sync=True):
+    """The state backend (interfaces.StateBackend) of the `rocksdb` kind, and the raw database under it."""
+
+    def __init__(self, path: str, sync: bool = True, commit_lock: Optional[CommitLock] = None) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = path
-        self.db = _open(path)
+        self.db: Any = _open(path)  # None once closed
         self.write_options = WriteOptions()
         self.write_options.sync = sync
-        self.commit_lock = threading.Lock()
-        self._seq = {}
+        self.commit_lock = commit_lock if commit_lock is not None else process_lock()
+        self._seq: dict = {}
+        self._codecs: "weakref.WeakKeyDictionary[IndexKeyDef, _KeyCodec]" = weakref.WeakKeyDictionary()
+        self.documents = _Documents(self)
+        self.indexes = _Indexes(self)
 
-    def close(self):
+    def close(self) -> None:
         if self.db is not None:
             self.db.close()
             self.db = None
 
-    def get(self, raw_key):
+    # --- the typed interface --------------------------------------------------------------------------------
+
+    def transaction(self) -> "Transaction":
+        return Transaction(self)
+
+    def event_log(self, settings: Any) -> "_EventLog":
+        return _EventLog(self, settings)
+
+    def codec(self, key: IndexKeyDef) -> _KeyCodec:
+        codec = self._codecs.get(key)
+        if codec is None:
+            codec = self._codecs[key] = _KeyCodec(key)
+        return codec
+
+    # --- raw access (this module's views, and tests) --------------------------------------------------------
+
+    def get(self, raw_key: bytes) -> Optional[bytes]:
         return self.db.get(raw_key)
 
-    def scan(self, prefix, limit=None, start=None):
+    def scan(self, prefix: bytes, limit: Optional[int] = None, start: Optional[bytes] = None) -> Iterator[tuple]:
         """(key, value) pairs under ``prefix`` in key order, from ``start`` (exclusive) when given."""
         it = self.db.iter()
         if start is None:
@@ -169,10 +162,10 @@ class StateStore:
                 break  # without stepping the iterator past the last row wanted
             it.next()
 
-    def count(self, prefix):
+    def count(self, prefix: bytes) -> int:
         return sum(1 for _ in self.scan(prefix))
 
-    def write(self, puts, deletes=()):
+    def write(self, puts: Iterable[tuple], deletes: Iterable[bytes] = ()) -> None:
         batch = WriteBatch(raw_mode=True)
         for key in deletes:
             batch.delete(key)
@@ -180,29 +173,29 @@ class StateStore:
             batch.put(key, value)
         self.db.write(batch, self.write_options)
 
-    def next_seq(self, log_prefix):
+    def last_seq(self, log_prefix: bytes) -> int:
+        it = self.db.iter()
+        it.seek_for_prev(log_prefix + b"\xff")
+        if it.valid() and it.key().startswith(log_prefix):
+            return int(it.key()[len(log_prefix):].decode())
+        return 0
+
+    def next_seq(self, log_prefix: bytes) -> int:
         """The next event sequence number for a log; call with commit_lock held."""
         if log_prefix not in self._seq:
-            it = self.db.iter()
-            it.seek_for_prev(log_prefix + b"\xff")
-            last = 0
-            if it.valid() and it.key().startswith(log_prefix):
-                last = int(it.key()[len(log_prefix):].decode())
-            self._seq[log_prefix] = last
+            self._seq[log_prefix] = self.last_seq(log_prefix)
         return self._seq[log_prefix] + 1
 
-    def transaction(self):
-        return Transaction(self)
-
-    def reindex(self, index, batch=1000):
+    def reindex(self, index: IndexDef, batch: int = 1000) -> int:
         """Rewrite every row of ``index`` under its current keys, as after a schema change of their fields, sort
         or `where`: each row is read back from an entry it occupies and upserted again (a row no key admitted
         has no entry to read and is left alone). Only with no other writer: the server stopped. -> rows
         rewritten."""
         rewritten, start = 0, None
+        head = b"r" + index.name.encode() + b"\x00"
         while True:
             with self.commit_lock:
-                rowmaps = list(self.scan(index.rowmap_head, batch, start))
+                rowmaps = list(self.scan(head, batch, start))
                 view = _Overlay(self, {})
                 for _, raw in rowmaps:
                     payload = next(filter(None, map(self.get, map(bytes.fromhex, json.loads(raw)))), None)
@@ -214,8 +207,8 @@ class StateStore:
                 return rewritten
             start = rowmaps[-1][0]
 
-    def health(self, detail=False):
-        report = {"kind": "rocksdict", "ok": True}
+    def health(self, detail: bool = False) -> dict:
+        report: dict = {"kind": "rocksdict", "ok": True}
         try:
             self.db.get(b"health-probe")
         except Exception as exc:  # report any store failure as unhealthy rather than crash the probe
@@ -225,32 +218,100 @@ class StateStore:
             report["memory"] = self.memory()
         return report
 
-    def memory(self):
+    def memory(self) -> dict:
         """RocksDB's memory now, and its bound: memtables and the block cache (see _bounded_options)."""
         return {"memtables_bytes": self.db.property_int_value("rocksdb.cur-size-all-mem-tables"),
                 "block_cache_bytes": self.db.property_int_value("rocksdb.block-cache-usage"),
                 "bound_bytes": WRITE_BUFFER_BYTES * WRITE_BUFFERS + BLOCK_CACHE_BYTES}
 
 
+class _Documents:
+    """interfaces.DocumentStore over the state database."""
+
+    def __init__(self, state: StateStore) -> None:
+        self.state = state
+
+    def encode(self, document: JsonValue) -> bytes:
+        return dumps(document)
+
+    def get(self, store: str, key: str) -> Optional[JsonValue]:
+        raw = self.state.get(kv_key(store, key))
+        return loads(raw) if raw is not None else None
+
+    def items(self, store: str, prefix: str = "") -> Iterator[tuple]:
+        skip = len(kv_key(store, ""))
+        for raw_key, raw in self.state.scan(kv_key(store, prefix)):
+            yield raw_key[skip:].decode("utf-8"), loads(raw)
+
+
+class _Indexes:
+    """interfaces.IndexStore over the state database: entries are [row id, row] under their entry keys."""
+
+    def __init__(self, state: StateStore) -> None:
+        self.state = state
+
+    def rows(self, key: IndexKeyDef, values: Sequence[JsonValue], after: Optional[Cursor] = None,
+             offset: int = 0, limit: Optional[int] = None) -> Iterator[Row]:
+        prefix = self.state.codec(key).prefix_of(values)
+        if after is not None and after < prefix:  # a cursor before this prefix: every row is after it
+            after = None
+        scan = self.state.scan(prefix, limit + offset if limit is not None else None, after)
+        if offset:  # skipped undecoded
+            scan = islice(scan, offset, None)
+        for _, raw in scan:
+            yield json.loads(raw)[1]
+
+    def cursor(self, key: IndexKeyDef, row: Row) -> Cursor:
+        return self.state.codec(key).entry_key(row, key.rowid(row))
+
+    def count(self, key: IndexKeyDef, values: Sequence[JsonValue]) -> int:
+        return self.state.count(self.state.codec(key).prefix_of(values))
+
+
+class _EventLog:
+    """interfaces.EventLog: events under the log's key prefix, numbered by 20 zero-padded digits."""
+
+    def __init__(self, state: StateStore, settings: Any) -> None:
+        self.state = state
+        self.settings = settings
+        self.prefix = kv_key(settings.store, settings.key_prefix)
+
+    def read_after(self, seq: int) -> Iterator[LoggedEvent]:
+        if seq >= 10 ** SEQ_WIDTH:  # beyond any sequence number (and its key would sort among theirs)
+            return
+        for _, raw in self.state.scan(self.prefix, start=self.prefix + b"%0*d" % (SEQ_WIDTH, seq)):
+            yield LoggedEvent(json.loads(raw), len(raw))
+
+    def last_seq(self) -> int:
+        return self.state.last_seq(self.prefix)
+
+    def applied_through(self) -> int:
+        raw = self.state.get(CURSOR_KEY)
+        return int(raw) if raw else 0
+
+    def was_applied(self, event_id: str) -> bool:
+        return self.state.get(_APPLIED_HEAD + event_id.encode("utf-8")) is not None
+
+
 class _Overlay:
     """Pending writes over the committed state, so a commit sees its own earlier writes."""
 
-    def __init__(self, state, writes):
+    def __init__(self, state: StateStore, writes: dict) -> None:
         self.state = state
         self.writes = writes
 
-    def get(self, key):
+    def get(self, key: bytes) -> Optional[bytes]:
         if key in self.writes:
             return self.writes[key]
         return self.state.get(key)
 
-    def put(self, key, value):
+    def put(self, key: bytes, value: bytes) -> None:
         self.writes[key] = value
 
-    def delete(self, key):
+    def delete(self, key: bytes) -> None:
         self.writes[key] = None
 
-    def flush(self):
+    def flush(self) -> None:
         """Write the pending writes in one batch."""
         self.state.write([(k, v) for k, v in self.writes.items() if v is not None],
                          [k for k, v in self.writes.items() if v is None])
@@ -261,50 +322,79 @@ class Transaction:
 
     Isolation: reads of KV documents inside the transaction are remembered and re-checked at commit under the
     commit lock (optimistic concurrency), as are `if_absent` conditions; any change since is a 409 CONFLICT.
+    The typed methods (interfaces.Transaction) address documents by store and key; the raw ones (kv_get,
+    kv_put ...) by byte key.
     """
 
-    def __init__(self, state):
+    def __init__(self, state: StateStore) -> None:
         self.state = state
-        self.writes = {}
-        self.reads = {}
-        self.absent = {}
-        self.index_ops = []
-        self.events = []
-        self.blobs = []
+        self.writes: dict = {}
+        self.reads: dict = {}
+        self.absent: dict = {}
+        self.index_ops: list = []
+        self.events: list = []
+        self.blobs: list = []
         self.open = True
 
-    def kv_get(self, raw_key):
+    # --- interfaces.Transaction -------------------------------------------------------------------------------
+
+    def get(self, store: str, key: str) -> Optional[JsonValue]:
+        raw = self.kv_get(kv_key(store, key))
+        return loads(raw) if raw is not None else None
+
+    def put(self, store: str, key: str, encoded: bytes) -> None:
+        self.writes[kv_key(store, key)] = encoded
+
+    def put_if_absent(self, store: str, key: str, encoded: bytes, label: str) -> None:
+        self.kv_put_if_absent(kv_key(store, key), encoded, label)
+
+    def delete(self, store: str, key: str) -> None:
+        self.writes[kv_key(store, key)] = None
+
+    def append(self, log: EventLog, record: Event) -> None:
+        if not isinstance(log, _EventLog):
+            raise TypeError("a rocksdb transaction appends to a rocksdb event log only")
+        self.events.append((log.prefix, record))
+
+    def record_applied(self, seq: int, event_id: Optional[str]) -> None:
+        self.writes[CURSOR_KEY] = b"%d" % seq
+        if event_id is not None:
+            self.writes[_APPLIED_HEAD + event_id.encode("utf-8")] = b"1"
+
+    # --- raw ----------------------------------------------------------------------------------------------------
+
+    def kv_get(self, raw_key: bytes) -> Optional[bytes]:
         if raw_key in self.writes:
             return self.writes[raw_key]
         value = self.state.get(raw_key)
         self.reads.setdefault(raw_key, value)
         return value
 
-    def kv_put(self, raw_key, raw_value):
+    def kv_put(self, raw_key: bytes, raw_value: bytes) -> None:
         self.writes[raw_key] = raw_value
 
-    def kv_delete(self, raw_key):
+    def kv_delete(self, raw_key: bytes) -> None:
         self.writes[raw_key] = None
 
-    def kv_put_if_absent(self, raw_key, raw_value, label):
+    def kv_put_if_absent(self, raw_key: bytes, raw_value: bytes, label: str) -> None:
         if self.writes.get(raw_key) is not None:
             raise conflict("%s already exists" % label)
         self.absent[raw_key] = label
         self.writes[raw_key] = raw_value
 
-    def index_upsert(self, index, row):
+    def index_upsert(self, index: IndexDef, row: Row) -> None:
         self.index_ops.append((index, row, True))
 
-    def index_delete(self, index, row):
+    def index_delete(self, index: IndexDef, row: Row) -> None:
         self.index_ops.append((index, row, False))
 
-    def emit(self, log_prefix, record):
+    def emit(self, log_prefix: bytes, record: Event) -> None:
         self.events.append((log_prefix, record))
 
-    def stage_blob(self, store, staged):
+    def stage_blob(self, store: BlobStore, staged: StagedBlob) -> None:
         self.blobs.append((store, staged))
 
-    def commit(self):
+    def commit(self) -> list:
         if not self.open:
             raise DepotError("TXN_CLOSED", 500, "transaction is not open")
         try:
@@ -324,7 +414,7 @@ class Transaction:
         self.open = False
         return [record for _, record in self.events]
 
-    def _validate(self):
+    def _validate(self) -> None:
         for raw_key, label in self.absent.items():
             if self.state.get(raw_key) is not None:
                 raise conflict("%s already exists" % label)
@@ -332,8 +422,8 @@ class Transaction:
             if self.state.get(raw_key) != seen:
                 raise conflict("a document read by this transaction changed before it committed")
 
-    def _append_events(self, view):
-        next_seq = {}
+    def _append_events(self, view: _Overlay) -> dict:
+        next_seq: dict = {}
         for log_prefix, record in self.events:
             seq = next_seq.get(log_prefix) or self.state.next_seq(log_prefix)
             record["seq"] = seq
@@ -341,7 +431,7 @@ class Transaction:
             next_seq[log_prefix] = seq + 1
         return {prefix: seq - 1 for prefix, seq in next_seq.items()}
 
-    def abort(self):
+    def abort(self) -> None:
         if not self.open:
             return
         self.open = False
@@ -349,18 +439,18 @@ class Transaction:
             store.discard(staged)
 
 
-def _row_entries(view, index, rowid):
-    raw = view.get(index.rowmap_head + rowid.encode("utf-8"))
+def _row_entries(view: _Overlay, index: IndexDef, rowid: str) -> list:
+    raw = view.get(_rowmap_key(index, rowid))
     return [bytes.fromhex(h) for h in json.loads(raw)] if raw else []
 
 
-def _apply_upsert(view, index, row):
+def _apply_upsert(view: _Overlay, index: IndexDef, row: Row) -> None:
     rowid = index.rowid(row)
     new_entries = []
     for key in index.keys:
         if key.where is not None and not key.where(row):
             continue
-        entry = key.entry_key(row, rowid)
+        entry = view.state.codec(key).entry_key(row, rowid)
         if key.unique:
             existing = view.get(entry)
             if existing is not None and json.loads(existing)[0] != rowid:
@@ -373,11 +463,11 @@ def _apply_upsert(view, index, row):
     payload = dumps([rowid, row])
     for entry in new_entries:
         view.put(entry, payload)
-    view.put(index.rowmap_head + rowid.encode("utf-8"), json.dumps([e.hex() for e in new_entries]).encode())
+    view.put(_rowmap_key(index, rowid), json.dumps([e.hex() for e in new_entries]).encode())
 
 
-def _apply_delete(view, index, row):
+def _apply_delete(view: _Overlay, index: IndexDef, row: Row) -> None:
     rowid = index.rowid(row)
     for old in _row_entries(view, index, rowid):
         view.delete(old)
-    view.delete(index.rowmap_head + rowid.encode("utf-8"))
+    view.delete(_rowmap_key(index, rowid))

@@ -1,0 +1,173 @@
+"""Which implementation serves each store `kind` a schema names, and the data dir's open stores (Stores).
+
+The schema's `storage.blob_stores.*.kind` picks a blob store implementation; `storage.kv_stores.*.kind` picks the
+state backend that keeps documents, indexes and the event log (one kind for all of a schema's kv stores: one
+transaction commits across them). The response and blob caches have no kind in the schema: the embedded one.
+
+A new kind is a module implementing app/stores/interfaces.py (and passing tests/test_store_contract.py) plus one
+entry in REGISTRY below: the compiler accepts the kind, Stores opens it, and nothing else changes.
+"""
+import json
+import os
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Mapping, Protocol
+
+from app.stores.blobs import FileBlobStore
+from app.stores.cache import CacheStore
+from app.stores.guard import BlobGuard
+from app.stores.interfaces import BlobStore, Cache, StateBackend, process_lock
+from app.stores.state import StateStore, holds_state
+
+STATE_DIR = "state"  # the data dir's embedded state database: its lock is the data dir's lease
+TMP_DIR = "tmp"
+DEFAULT_KV_KIND = "rocksdb"  # a schema that declares no kv store
+CACHE_KIND = "embedded"
+
+BlobStoreFactory = Callable[["Stores", Any], BlobStore]  # (stores, app.definitions.BlobStoreDef)
+StateFactory = Callable[["Stores", Mapping[str, dict]], StateBackend]  # (stores, the kv_stores specs of its kind)
+CacheFactory = Callable[["Stores", dict, Callable[[dict], Any]], Cache]  # (stores, caching settings, resolve_blob)
+
+
+@dataclass(frozen=True)
+class Registry:
+    blob_stores: Mapping[str, BlobStoreFactory]
+    kv_stores: Mapping[str, StateFactory]
+    caches: Mapping[str, CacheFactory]
+
+    def kind_problems(self, storage: dict) -> list:
+        """(where, message) for each store kind in a schema's `storage` section that nothing implements, and for
+        kv stores of more than one kind."""
+        problems = []
+        for name, spec in storage.get("blob_stores", {}).items():
+            if spec.get("kind") not in self.blob_stores:
+                problems.append(("storage.blob_stores.%s.kind" % name, "blob store kind %r is not supported; "
+                                 "expected one of: %s" % (spec.get("kind"), ", ".join(sorted(self.blob_stores)))))
+        kinds: dict = {}
+        for name, spec in storage.get("kv_stores", {}).items():
+            if spec.get("kind") not in self.kv_stores:
+                problems.append(("storage.kv_stores.%s.kind" % name, "kv store kind %r is not supported; "
+                                 "expected one of: %s" % (spec.get("kind"), ", ".join(sorted(self.kv_stores)))))
+            kinds.setdefault(spec.get("kind"), name)
+        if len(kinds) > 1:
+            problems.append(("storage.kv_stores", "kv stores %s are of different kinds (%s): one transaction "
+                             "commits across every kv store, so they share one kind"
+                             % (", ".join(kinds.values()), ", ".join(map(str, kinds)))))
+        return problems
+
+
+def resolve_blob_root(data_dir: str, root: str) -> str:
+    """Blob store roots live inside the data dir; an absolute root is taken relative to it."""
+    relative = os.path.normpath(root).lstrip(os.sep)
+    if relative.startswith(".."):
+        raise ValueError("blob store root %r leaves the data dir" % root)
+    return os.path.join(data_dir, relative)
+
+
+def _filesystem(stores: "Stores", definition: Any) -> BlobStore:
+    root = resolve_blob_root(stores.data_dir, definition.root)
+    store = FileBlobStore(definition.name, root, definition.path_template, definition.min_bytes,
+                          definition.max_bytes, stores.guard)
+    if stores.first_open(("filesystem", root)):  # once per root: a later store over it may share live uploads
+        remove_leftover_uploads(store, stores.guard)
+    return store
+
+
+def _rocksdb(stores: "Stores", specs: Mapping[str, dict]) -> StateBackend:
+    return stores.local_state  # every rocksdb kv store lives in the data dir's state database
+
+
+def _embedded_cache(stores: "Stores", settings: dict, resolve_blob: Callable[[dict], Any]) -> Cache:
+    return CacheStore(stores.local_state, settings, resolve_blob)
+
+
+REGISTRY = Registry(blob_stores={"filesystem": _filesystem},
+                    kv_stores={"rocksdb": _rocksdb},
+                    caches={CACHE_KIND: _embedded_cache})
+
+
+def remove_leftover_uploads(store: BlobStore, guard: BlobGuard) -> tuple:
+    """Remove the staged uploads no upload of this process is writing (what a crash left). -> (uploads, bytes)"""
+    removed = removed_bytes = 0
+    for upload in store.uploads():
+        outcome, size = guard.remove_unless_needed(guard.temp_in_use, upload, partial(store.upload_stat, upload),
+                                                   partial(store.delete_upload, upload), float("inf"))
+        if outcome == "removed":
+            removed, removed_bytes = removed + 1, removed_bytes + size
+    return removed, removed_bytes
+
+
+class Stores:
+    """The data dir's stores, shared by every engine (schema version) that runs over it. The embedded state
+    database is opened first: its lock is the data dir's lease (StoreLocked while another process holds it).
+    Opening a blob store removes what a crash can leave behind: uploads no upload of this process is writing."""
+
+    def __init__(self, data_dir: str, sync: bool = True, registry: Registry = REGISTRY) -> None:
+        self.data_dir = os.path.abspath(data_dir)
+        self.registry = registry
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        self.commit_lock = process_lock()
+        self.local_state = StateStore(os.path.join(self.data_dir, STATE_DIR), sync=sync,
+                                      commit_lock=self.commit_lock)
+        self.guard = BlobGuard(self.commit_lock)
+        self.tmp_dir = os.path.join(self.data_dir, TMP_DIR)  # bodies a request is passing on (proxied)
+        os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
+        for name in os.listdir(self.tmp_dir):  # upstream bodies of requests that ended with the last process
+            _remove(os.path.join(self.tmp_dir, name))
+        self._blob_stores: dict = {}
+        self._states: dict = {}
+        self._opened: set = set()
+
+    def first_open(self, token: Any) -> bool:
+        """True the first time ``token`` is given: what an implementation does once per data dir."""
+        if token in self._opened:
+            return False
+        self._opened.add(token)
+        return True
+
+    def blob_store(self, definition: Any) -> BlobStore:
+        """The blob store an app.definitions.BlobStoreDef describes (one object per distinct definition)."""
+        key = (definition.name, json.dumps(definition.spec, sort_keys=True))
+        if key not in self._blob_stores:
+            self._blob_stores[key] = self.registry.blob_stores[definition.kind](self, definition)
+        return self._blob_stores[key]
+
+    def state(self, kv_stores: Mapping[str, dict]) -> StateBackend:
+        """The state backend of a schema's kv stores (their common kind; compilation refused a mix)."""
+        kind: str = next((spec["kind"] for spec in kv_stores.values()), DEFAULT_KV_KIND)
+        if kind not in self._states:
+            self._states[kind] = self.registry.kv_stores[kind](
+                self, {name: spec for name, spec in kv_stores.items() if spec.get("kind") == kind})
+        return self._states[kind]
+
+    def cache(self, settings: dict, resolve_blob: Callable[[dict], Any]) -> Cache:
+        return self.registry.caches[CACHE_KIND](self, settings, resolve_blob)
+
+    def close(self) -> None:
+        for state in self._states.values():
+            if state is not self.local_state:
+                state.close()
+        self.local_state.close()
+
+
+def holds_stores(data_dir: str) -> bool:
+    """Whether ``data_dir`` holds a data dir's stores (a server's first start creates them)."""
+    return holds_state(os.path.join(data_dir, STATE_DIR))
+
+
+class Lease(Protocol):
+    def close(self) -> None: ...
+
+
+def lease(data_dir: str) -> Lease:
+    """Take the data dir's lease (what a running server holds) until ``close()``; StoreLocked when another
+    process holds it."""
+    return StateStore(os.path.join(data_dir, STATE_DIR))
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
