@@ -3,7 +3,7 @@ import json
 import os
 
 import operations  # noqa: F401  (registers the vocabulary the reference documents)
-from app import checks
+from app import checks, schema_keys
 from app.conditions import KEYWORDS
 from app.definitions import NORMALIZERS
 from app.opspec import REGISTRY, Output
@@ -103,10 +103,16 @@ def _checks():
     return "\n".join(lines)
 
 
+def _schema_keys():
+    lines = [_section("67_schema_keys.md"), "| key | reported when | what the server does |", "|---|---|---|"]
+    lines += ["| `%s` | %s | %s |" % row for row in schema_keys.documented()]
+    return "\n".join(lines) + "\n"
+
+
 def render():
     parts = [_section("10_intro.md"), _section("20_grammar.md"), _conditions(), _section("40_access.md"), _ops(),
              _checks(), _section("50_limits.md"), _section("55_server.md"), _section("60_stores.md"),
-             _section("65_replication.md"), _section("70_deviations.md")]
+             _section("65_replication.md"), _schema_keys(), _section("70_deviations.md")]
     return "\n".join(p.rstrip() + "\n" for p in parts)
 
 
