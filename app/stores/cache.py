@@ -43,6 +43,3 @@ class CacheStore:
             return False
         self.state.write([(self._key(kind, key), raw)])
         return True
-
-    def invalidate(self, kind, key):
-        self.state.write([], [self._key(kind, key)])
