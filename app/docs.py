@@ -84,7 +84,9 @@ def _checks():
              "index, blob store, kv store, upstream, event type, scope or storage schema exists; every template "
              "parses and every reference in it can be bound; pipelines fit `max_pipeline_ops`; route ids and "
              "method+path pairs are unique; transactions open and close in order; routes end by responding; "
-             "documents written from literal objects carry their schema's required fields.", "",
+             "documents written from literal objects carry their schema's required fields; each "
+             "`gc.sweep.mark.mark_blobs_by` entry names a declared document. Keys the server accepts but does not "
+             "act on are reported as warnings (\"Schema keys read and ignored\").", "",
              "`validation.load_time_checks` predicates (`on_fail`: `reject_config` = error, `warn` = warning; "
              "an unknown predicate is an error):", ""]
     lines += ["- `%s`: %s" % (n, (f.__doc__ or "").strip()) for n, f in sorted(checks.LOAD_PREDICATES.items())]
