@@ -141,8 +141,9 @@ class Constraint:
         self.reserved = frozenset(reserved or ())  # values a route's literal path segment takes (see checker)
         self.regex = re.compile(regex) if regex is not None else None
         self.pattern = regex
-        # when_present: every constraint applies only to a field that is present; that is the only behaviour (a
-        # false when_present is reported at load, app/schema_keys.py), so it is accepted and not kept
+        # every constraint applies only to a field that is present, the only behaviour (a false when_present is
+        # reported at load, app/schema_keys.py): the key is accepted and not kept
+        del when_present
         self.min_length, self.max_length, self.enum = min_length, max_length, enum
 
     def check(self, value):

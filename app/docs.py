@@ -6,7 +6,7 @@ import operations  # noqa: F401  (registers the vocabulary the reference documen
 from app import checks, schema_keys
 from app.conditions import KEYWORDS
 from app.definitions import NORMALIZERS
-from app.opspec import REGISTRY, Output
+from app.opspec import REGISTRY
 
 SECTIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "doc_sections")
 OPERATIONS_MD = os.path.join(os.path.dirname(SECTIONS), "..", "OPERATIONS.md")
@@ -55,7 +55,7 @@ def _op(decl):
         lines.append("")
     else:
         lines += ["No arguments.", ""]
-    outputs = [n for n, a in decl.args.items() if isinstance(a, Output)]
+    outputs = decl.outputs
     lines.append("Outputs: %s." % (", ".join("`%s`" % o for o in outputs) if outputs else "none"))
     lines.append("Errors: %s." % (", ".join("`%s`" % e for e in decl.errors) if decl.errors else "none of its own"))
     if decl.answers:
