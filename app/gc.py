@@ -41,9 +41,7 @@ def mark(engine, sources):
     marked = set()
     for source in sources:
         name, _, field = source.partition(".")
-        document = documents.get(name)
-        if document is None:
-            continue
+        document = documents[name]  # the checker refuses a mark naming an undeclared document
         literal = document.key.parts[0] if document.key.parts and isinstance(document.key.parts[0], str) else ""
         for _, raw in engine.state.scan(kv_key(document.store, literal)):
             doc = loads(raw)
