@@ -6,10 +6,13 @@
 - ``validation.runtime_checks``: decided statically where possible and reported; the engine enforces them
   per request when their on_fail is abort_request.
 - ``invariants``: conditions over the schema itself, each violation reported with its id.
+- ``gc.sweep.mark.mark_blobs_by`` names declared documents; keys the server accepts but does not act on are
+  reported (app.schema_keys).
 """
 from collections import Counter
 from types import SimpleNamespace
 
+from app import schema_keys
 from app.conditions import ConditionError, compile_condition
 from app.opspec import unknown_ref_message
 from app.report import ERROR, WARNING, place
@@ -53,6 +56,8 @@ def run_all(c):
         if check.get("on_fail") == "abort_request" and flag:
             setattr(runtime, flag, True)
     _check_invariants(c)
+    _check_gc_marks(c)
+    schema_keys.check(c.doc, c.report)
     return runtime
 
 
@@ -294,6 +299,19 @@ def _check_document_writes(c, pipeline):
                                      "replaying %s writes its payload as document %s, which requires %s; the event "
                                      "schema does not guarantee them, so such events will be rejected on apply"
                                      % (name, step.args.doc.name, ", ".join(missing)), "document_schemas")
+
+
+# --- garbage collection -------------------------------------------------------------------------------------
+
+def _check_gc_marks(c):
+    """Each mark (document.field) names a declared document: a misspelt one would mark nothing, and a collection
+    would then remove every blob that document names."""
+    documents = c.definitions["document"]
+    marks = c.doc.get("gc", {}).get("sweep", {}).get("mark", {}).get("mark_blobs_by", [])
+    for i, mark in enumerate(marks):
+        name = mark.partition(".")[0]
+        if name not in documents:
+            c.report.error(place("gc.sweep.mark.mark_blobs_by", i), unknown_ref_message("document", name, documents))
 
 
 # --- invariants ---------------------------------------------------------------------------------------------

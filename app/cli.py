@@ -6,6 +6,7 @@ import sys
 
 from app import datadir
 from app.compiler import compile_schema, load_schema_file
+from app.errors import DepotError
 from app.service import DEFAULT_SCHEMA
 
 
@@ -251,6 +252,9 @@ def cmd_gc(args):
     try:
         result = gc.collect(service.engine, dry_run=args.dry_run, grace_seconds=args.grace_seconds)
         service.audit.record("cli", "admin.gc", gc.audit_target(result), "success", detail=gc.audit_detail(result))
+    except DepotError as exc:  # gc.enabled is false
+        print("error: %s" % exc.message, file=sys.stderr)
+        return 1
     finally:
         service.close()
     print(json.dumps(result, indent=2))

@@ -7,7 +7,7 @@ Every problem is recorded in the Report with its place; the schema is servable o
 import hashlib
 import json
 import re
-from collections import deque, namedtuple
+from collections import namedtuple
 from types import SimpleNamespace
 
 import jsonschema
@@ -219,7 +219,6 @@ class Route:
         self.path = spec["path"]
         self.tags = spec.get("tags", [])
         self.description = spec.get("description", "")
-        self.spec = spec
         self.pipeline = pipeline
         self.place = place_
         self.params = params
@@ -353,8 +352,7 @@ class Compiler:
             for i, field in enumerate(spec.get("primary_key", [])):
                 if field not in spec["fields"]:
                     self.report.error(place(where, "primary_key", i), "unknown field %r" % field)
-            entities[name] = Entity(name, spec["fields"], normalizers, constraints, spec.get("primary_key", []),
-                                    versioning)
+            entities[name] = Entity(name, spec["fields"], normalizers, constraints, versioning)
         return entities
 
     def _template(self, source, where):
@@ -443,7 +441,7 @@ class Compiler:
                 continue
             if spec["name"] in types:
                 self.report.error(place("events.types", i, "name"), "duplicate event type %r" % spec["name"])
-            types[spec["name"]] = EventType(spec["name"], Validator(schema, spec["name"]), spec.get("durable", True))
+            types[spec["name"]] = EventType(spec["name"], Validator(schema, spec["name"]))
         return types
 
     def _event_log(self):

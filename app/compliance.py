@@ -154,7 +154,7 @@ def probe_schema(doc):
     """A copy of ``doc`` with a probe KV store, document, index, event type and routes."""
     doc = copy.deepcopy(doc)
     storage = doc.setdefault("storage", {})
-    storage.setdefault("kv_stores", {})[PROBE_STORE] = {"kind": "rocksdb", "root": "probe"}
+    storage.setdefault("kv_stores", {})[PROBE_STORE] = {"kind": "rocksdb"}
     storage.setdefault("schemas", {})["_ProbeV1"] = {"type": "object", "required": ["k"]}
     storage.setdefault("documents", {})[PROBE_DOC] = {"store": PROBE_STORE, "key_template": "probe/{k}",
                                                       "schema": "_ProbeV1"}
@@ -164,7 +164,7 @@ def probe_schema(doc):
     scopes = {s["name"] for s in doc.setdefault("auth", {}).setdefault("scopes", [])}
     for name in ("read", "write", "admin"):
         if name not in scopes:
-            doc["auth"]["scopes"].append({"name": name, "actions": []})
+            doc["auth"]["scopes"].append({"name": name})
     allowed = doc["ops"]["allowed"]
     store = next(iter(storage.get("blob_stores", {})), None)
     doc["api"]["routes"].extend(_probe_routes(store, allowed))

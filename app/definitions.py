@@ -141,7 +141,9 @@ class Constraint:
         self.reserved = frozenset(reserved or ())  # values a route's literal path segment takes (see checker)
         self.regex = re.compile(regex) if regex is not None else None
         self.pattern = regex
-        self.when_present = when_present
+        # every constraint applies only to a field that is present, the only behaviour (a false when_present is
+        # reported at load, app/schema_keys.py): the key is accepted and not kept
+        del when_present
         self.min_length, self.max_length, self.enum = min_length, max_length, enum
 
     def check(self, value):
@@ -161,12 +163,11 @@ class Constraint:
 
 
 class Entity:
-    def __init__(self, name, fields, normalizers, constraints, primary_key, versioning):
+    def __init__(self, name, fields, normalizers, constraints, versioning):
         self.name = name
         self.fields = fields
         self.normalizers = normalizers  # [(field, [fn, ...])]
         self.constraints = constraints
-        self.primary_key = primary_key
         self.versioning = versioning
 
     def accepts(self, field, value):
@@ -211,10 +212,9 @@ class Document:
 
 
 class EventType:
-    def __init__(self, name, validator, durable):
+    def __init__(self, name, validator):
         self.name = name
         self.validator = validator
-        self.durable = durable
 
     def check(self, payload, code, status):
         self.validator.check(payload, code, status)

@@ -3,10 +3,10 @@ import json
 import os
 
 import operations  # noqa: F401  (registers the vocabulary the reference documents)
-from app import checks
+from app import checks, schema_keys
 from app.conditions import KEYWORDS
 from app.definitions import NORMALIZERS
-from app.opspec import REGISTRY, Output
+from app.opspec import REGISTRY
 
 SECTIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "doc_sections")
 OPERATIONS_MD = os.path.join(os.path.dirname(SECTIONS), "..", "OPERATIONS.md")
@@ -55,7 +55,7 @@ def _op(decl):
         lines.append("")
     else:
         lines += ["No arguments.", ""]
-    outputs = [n for n, a in decl.args.items() if isinstance(a, Output)]
+    outputs = decl.outputs
     lines.append("Outputs: %s." % (", ".join("`%s`" % o for o in outputs) if outputs else "none"))
     lines.append("Errors: %s." % (", ".join("`%s`" % e for e in decl.errors) if decl.errors else "none of its own"))
     if decl.answers:
@@ -84,7 +84,9 @@ def _checks():
              "index, blob store, kv store, upstream, event type, scope or storage schema exists; every template "
              "parses and every reference in it can be bound; pipelines fit `max_pipeline_ops`; route ids and "
              "method+path pairs are unique; transactions open and close in order; routes end by responding; "
-             "documents written from literal objects carry their schema's required fields.", "",
+             "documents written from literal objects carry their schema's required fields; each "
+             "`gc.sweep.mark.mark_blobs_by` entry names a declared document. Keys the server accepts but does not "
+             "act on are reported as warnings (\"Schema keys read and ignored\").", "",
              "`validation.load_time_checks` predicates (`on_fail`: `reject_config` = error, `warn` = warning; "
              "an unknown predicate is an error):", ""]
     lines += ["- `%s`: %s" % (n, (f.__doc__ or "").strip()) for n, f in sorted(checks.LOAD_PREDICATES.items())]
@@ -103,10 +105,16 @@ def _checks():
     return "\n".join(lines)
 
 
+def _schema_keys():
+    lines = [_section("67_schema_keys.md"), "| key | reported when | what the server does |", "|---|---|---|"]
+    lines += ["| `%s` | %s | %s |" % row for row in schema_keys.documented()]
+    return "\n".join(lines) + "\n"
+
+
 def render():
     parts = [_section("10_intro.md"), _section("20_grammar.md"), _conditions(), _section("40_access.md"), _ops(),
              _checks(), _section("50_limits.md"), _section("55_server.md"), _section("60_stores.md"),
-             _section("65_replication.md"), _section("70_deviations.md")]
+             _section("65_replication.md"), _schema_keys(), _section("70_deviations.md")]
     return "\n".join(p.rstrip() + "\n" for p in parts)
 
 

@@ -6,6 +6,7 @@ Sweep: every blob no mark names (an orphan), and every temporary upload file, un
 `gc.sweep.sweep_unreferenced_after_seconds`, unless a write in flight needs it: app/stores/guard.py is the
 protocol that makes a collection safe beside concurrent publishes, re-publishes, uploads and replication, for
 any grace period, 0 included. A dry run takes every decision a real run would and removes nothing.
+`gc.enabled: false` refuses collections (dry runs still report).
 """
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,10 @@ DEFAULT_GRACE_SECONDS = 7 * 86400
 
 
 def collect(engine, dry_run=False, grace_seconds=None):
-    spec = engine.compiled.doc.get("gc", {}).get("sweep", {})
+    section = engine.compiled.doc.get("gc", {})
+    if not section.get("enabled", True) and not dry_run:  # a dry run removes nothing: it still reports
+        raise DepotError("GC_DISABLED", 409, "garbage collection is disabled (gc.enabled is false)")
+    spec = section.get("sweep", {})
     if grace_seconds is None:
         grace_seconds = spec.get("sweep_unreferenced_after_seconds", DEFAULT_GRACE_SECONDS)
     guard = engine.stores.guard
@@ -39,9 +43,7 @@ def mark(engine, sources):
     marked = set()
     for source in sources:
         name, _, field = source.partition(".")
-        document = documents.get(name)
-        if document is None:
-            continue
+        document = documents[name]  # the checker refuses a mark naming an undeclared document
         literal = document.key.parts[0] if document.key.parts and isinstance(document.key.parts[0], str) else ""
         for _, doc in engine.documents.items(document.store, literal):
             digest = doc.get(field) if isinstance(doc, dict) else None

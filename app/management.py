@@ -518,7 +518,8 @@ def _maintenance_views(bp, service, guard):
 
     @bp.post("/admin/gc")
     @documented("Collect unreferenced blobs (dry_run: report what would go)", body=ref("GcRequest"),
-                body_optional=True, responses={200: ref("GcReport")}, errors=("400 INVALID_REQUEST", "409 GC_RUNNING"))
+                body_optional=True, responses={200: ref("GcReport")},
+                errors=("400 INVALID_REQUEST", "409 GC_RUNNING", "409 GC_DISABLED"))
     @admin_action("admin.gc")
     def collect_garbage():
         from app import gc

@@ -134,7 +134,12 @@ METASCHEMA = {
                 "batch": {"type": "object", "properties": {
                     "max_events": {"type": "integer", "minimum": 1},
                     "max_bytes": {"type": "integer", "minimum": 1}}}}}}},
-        "gc": {"type": "object"},
+        "gc": {"type": "object", "properties": {
+            "enabled": {"type": "boolean"},
+            "sweep": {"type": "object", "properties": {
+                "sweep_unreferenced_after_seconds": {"type": "integer", "minimum": 0},
+                "mark": {"type": "object", "properties": {"mark_blobs_by": {"type": "array", "items": {
+                    "type": "string", "pattern": "^[^.]+[.][^.]+$"}}}}}}}},
         "invariants": {"type": "object"},
         "features": {"type": "object", "additionalProperties": {"type": "boolean"}},
         "validation": {"type": "object", "properties": {
