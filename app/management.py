@@ -28,7 +28,7 @@ MAX_GRACE_SECONDS = 100 * 365 * 86400
 TOKEN_REQUEST_ERRORS = ("400 INVALID_TOKEN_REQUEST", "400 UNKNOWN_SCOPE", "403 SCOPE_NOT_HELD",
                         "404 USER_NOT_FOUND")
 USER_CHANGE_ERRORS = ("400 INVALID_REQUEST", "400 WEAK_PASSWORD", "400 UNKNOWN_SCOPE")
-SCHEMA_CHANGE = {"responses": {201: ref("AppliedSchema")}, "errors": ("422 SCHEMA_INVALID",),
+SCHEMA_CHANGE = {"responses": {201: ref("AppliedSchema"), 200: ref("AppliedSchema")}, "errors": ("422 SCHEMA_INVALID",),
                  "description": "The new schema is checked as `python -m app check` does, stored as a new version "
                                 "and served at once; with errors, 422 and nothing changes."}
 

@@ -236,3 +236,14 @@ def test_docs_page_is_swagger_ui_served_by_depot_itself(depot):
     assert depot.client.get("/docs/").status_code == 200
     missing = depot.client.get("/docs/no-such-asset.js")
     assert missing.status_code == 404 and missing.get_json()["error"]["code"] == "NOT_FOUND"
+
+
+def test_a_schema_change_that_changes_nothing_is_a_documented_200(depot):
+    """Found by the fuzzer: a rollback to the version already served answers 200 unchanged."""
+    spec = spec_of(depot)
+    admin = {"Authorization": "Bearer " + depot.token(["admin"], "root")}
+    response = depot.client.post("/admin/schema/rollback", json={"version": 1}, headers=admin)
+    assert response.status_code == 200 and response.get_json()["unchanged"] is True
+    for path in ("/admin/schema", "/admin/schema/rollback", "/admin/routes"):
+        answer = spec["paths"][path]["post"]["responses"]["200"]
+        conforms(spec, answer["content"]["application/json"]["schema"], response.get_json())
