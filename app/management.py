@@ -377,7 +377,7 @@ def _access_views(bp, service, guard):
         view, created = access.grant(subject, pattern, permission, g.principal["sub"])
         return json_response(view, 201 if created else 200), _grant_target(view)
 
-    @bp.delete("/admin/grants/<int:grant_id>")
+    @bp.delete("/admin/grants/<int(max=2147483647):grant_id>")  # larger: no such grant
     @documented("Remove a grant", responses={200: ref("DeletedGrant")}, errors=("404 GRANT_NOT_FOUND",))
     @admin_action("admin.grants.delete")
     def delete_grant(grant_id):
