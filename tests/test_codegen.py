@@ -10,7 +10,7 @@ import pytest
 
 from app.budget import BudgetClock, CollectorPauses, budget_clock
 from app.codegen import FunctionBuilder, literal
-from app.compiler import generate_runner
+from app.runner import generate_runner
 from app.definitions import chain, compile_normalizer
 from app.errors import DepotError
 from app.expr import DictNode, compile_value, parse_template
