@@ -24,7 +24,7 @@ from app.definitions import (BlobStoreDef, Constraint, Document, Entity, EventLo
                              Validator, Versioning, compile_normalizer)
 from app.auth import DEFAULTS as AUTH_DEFAULTS
 from app.errors import SchemaLoadError
-from app.expr import Template, TemplateSyntaxError, parse_template
+from app.expr import Ref, Template, TemplateSyntaxError, parse_template
 from app.metaschema import METASCHEMA
 from app.openapi import route_operation
 from app.opspec import REGISTRY, BindError, OpDecl, Output
@@ -170,10 +170,11 @@ class Compiler:
 
     def _template(self, source: str, where: str) -> Template | None:
         try:
-            return parse_template(source)
+            template: Template = parse_template(source)
         except TemplateSyntaxError as exc:
             self.report.error(where, str(exc))
             return None
+        return template
 
     def _documents(self) -> dict[str, Document]:
         documents = {}
@@ -416,7 +417,7 @@ class Compiler:
         when_place = where + (".args.when" if "when" in raw.get("args", {}) else ".when")
         when: Callable[[Any], Any] | None = None
         if when_spec is not None:
-            refs = []
+            refs: list[Ref] = []
             try:
                 when = compile_condition(when_spec, when_place, refs=refs)
                 scope.place = when_place
@@ -466,16 +467,21 @@ class Compiler:
 
 
 def _rowid_from(document: Document) -> Callable[[dict[str, Any]], str]:
+    """An index row's id: its source document's key template rendered over the row's fields."""
     template = document.key
 
-    class _Row:
-        __slots__ = ("fields",)
-        vars = {}
-        principal = None
-        event = None
-
-    def rowid(row):
-        view = _Row()
-        view.fields = row
-        return template.render(view)
+    def rowid(row: dict[str, Any]) -> str:
+        key: str = template.render(_RowView(row))
+        return key
     return rowid
+
+
+class _RowView:
+    """What a key template reads when it renders over a row: the row as its fields, nothing else bound."""
+    __slots__ = ("fields",)
+    vars: dict[str, Any] = {}
+    principal = None
+    event = None
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields

@@ -75,7 +75,7 @@ def route_policy(policies: Iterable[Policy], tags: Iterable[str], params: Sequen
     parameter, access-controlled but by no namespace permission, is warned about."""
     policies = list(policies)
     required: set[str] = set()
-    denied, namespace = False, None
+    denied, namespace = False, None  # namespace: (its path parameter, the permission needed) or None
     for policy in policies:
         if not policy.tags & set(tags):
             continue
@@ -83,7 +83,8 @@ def route_policy(policies: Iterable[Policy], tags: Iterable[str], params: Sequen
             denied = True
             continue
         required |= policy.scopes
-        if policy.namespace in params and (namespace is None or RANK[policy.permission] > RANK[namespace[1]]):
+        if policy.namespace is not None and policy.namespace in params and (
+                namespace is None or RANK[policy.permission] > RANK[namespace[1]]):
             namespace = (policy.namespace, policy.permission)
     guard = None
     namespaces = set(params) & {p.namespace for p in policies}
