@@ -204,7 +204,7 @@ def validate_json_schema(ctx, a):
 @op("txn.begin", "Open a transaction: later KV, index and event writes and blob puts are buffered.",
     args={"isolation": Const("string", "optimistic serializable: reads re-checked at commit",
                             choices=["serializable"], required=False, default="serializable")},
-    errors=["500 TXN_NESTED"], example={"isolation": "serializable"})
+    errors=["500 TXN_NESTED"], example={"isolation": "serializable"}, opens_txn=True)
 def txn_begin(ctx, a):
     if ctx.txn is not None:
         raise DepotError("TXN_NESTED", 500, "a transaction is already open")
@@ -212,7 +212,8 @@ def txn_begin(ctx, a):
 
 
 @op("txn.commit", "Commit the open transaction atomically (one write batch); conditions are checked under "
-    "the commit lock.", needs_txn=True, errors=["409 CONFLICT", "409 UNIQUE_VIOLATION"], example={}, io=True)
+    "the commit lock.", needs_txn=True, errors=["409 CONFLICT", "409 UNIQUE_VIOLATION"], example={}, io=True,
+    closes_txn=True)
 def txn_commit(ctx, a):
     if ctx.txn is None:
         raise DepotError("TXN_CLOSED", 500, "txn.commit ran with no open transaction")
@@ -220,7 +221,8 @@ def txn_commit(ctx, a):
     ctx.engine.commit(ctx, txn)
 
 
-@op("txn.abort", "Discard the open transaction; nothing it buffered is written.", needs_txn=True, example={})
+@op("txn.abort", "Discard the open transaction; nothing it buffered is written.", needs_txn=True, example={},
+    closes_txn=True)
 def txn_abort(ctx, a):
     ctx.abort_txn()
 
@@ -655,7 +657,7 @@ _STATUS = dict(minimum=100, maximum=599)
     args={"status": Const("integer", "HTTP status", required=False, default=200, **_STATUS),
           "body": Template("the JSON body"), "headers": Template("extra headers", required=False, shape="object")},
     example={"status": 200, "body": {"ok": True}},
-    openapi=lambda o, a: o.json_response(a.status, a.body))
+    openapi=lambda o, a: o.json_response(a.status, a.body), terminal=True)
 def respond_json(ctx, a):
     headers = a.headers.render(ctx) if a.headers is not None else None
     ctx.response = ResponseSpec(a.status, headers, json=a.body.render(ctx))
@@ -677,7 +679,7 @@ def respond_json(ctx, a):
     errors=BLOB_ANSWER_ERRORS + ("500 INVALID_TIMESTAMP",), answers=BLOB_ANSWERS, inputs=BLOB_INPUTS,
     example={"status": 200, "body": "$blob", "headers": {"Content-Type": "application/octet-stream"},
              "filename": "{name}-{version}-{variant}", "last_modified": "$meta.created_at"},
-    openapi=lambda o, a: o.bytes_response(a.status))
+    openapi=lambda o, a: o.bytes_response(a.status), terminal=True)
 def respond_bytes(ctx, a):
     body = a.body.render(ctx)
     if not isinstance(body, BlobHandle):
@@ -704,7 +706,7 @@ def _timestamp(value):
     args={"status": Const("integer", "HTTP status", required=False, default=302, choices=[301, 302, 303, 307, 308]),
           "location": Template("the Location header", shape="string")},
     example={"status": 307, "location": "/v1/{namespace}/{name}/{version}/{variant}/blob"},
-    openapi=lambda o, a: o.redirect_response(a.status))
+    openapi=lambda o, a: o.redirect_response(a.status), terminal=True)
 def respond_redirect(ctx, a):
     ctx.response = ResponseSpec(a.status, {"Location": a.location.render(ctx)},
                                 json={"location": a.location.render(ctx)})
@@ -715,7 +717,7 @@ def respond_redirect(ctx, a):
           "code": Const("string", "stable error code"), "message": Template("human-readable message", shape="string"),
           "field": Const("string", "the offending field", required=False)},
     example={"status": 404, "code": "NOT_FOUND", "message": "Artifact not found"},
-    openapi=lambda o, a: o.error_response(a.status, a.code))
+    openapi=lambda o, a: o.error_response(a.status, a.code), terminal=True)
 def respond_error(ctx, a):
     raise DepotError(a.code, a.status, a.message.render(ctx), a.field)
 

@@ -10,12 +10,14 @@
   reported (app.schema_keys).
 """
 from collections import Counter
-from types import SimpleNamespace
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 from app import schema_keys
+from app.compiled import Definitions, Pipeline, Route, RuntimeChecks
 from app.conditions import ConditionError, compile_condition
-from app.opspec import unknown_ref_message
-from app.report import ERROR, WARNING, place
+from app.opspec import REGISTRY, unknown_ref_message
+from app.report import ERROR, WARNING, Report, place
 
 LOAD_PREDICATES = {}
 RUNTIME_PREDICATES = {}
@@ -39,60 +41,69 @@ def runtime_predicate(name, enforces):
     return register
 
 
-def run_all(c):
-    """Run every schema-level check against compiler ``c``; returns the runtime enforcement flags."""
+@dataclass(frozen=True)
+class Subject:
+    """What the checks look at: the schema document, its compiled definitions, routes and apply pipelines."""
+    doc: dict[str, Any]
+    definitions: Definitions
+    routes: Sequence[Route]
+    apply_pipelines: Mapping[str, Pipeline]  # event type -> the pipeline replaying it
+
+
+def run_all(c: Subject, report: Report) -> RuntimeChecks:
+    """Run every schema-level check on ``c``, reporting into ``report``; returns what the engine enforces."""
     pipelines = _pipelines(c)
     for pipeline, is_route in pipelines:
-        _check_structure(c, pipeline, is_route)
-        _check_document_writes(c, pipeline)
+        _check_structure(report, pipeline, is_route)
+        _check_document_writes(c, report, pipeline)
     validation = c.doc.get("validation", {})
     for i, check in enumerate(validation.get("load_time_checks", [])):
-        _run_check(c, check, place("validation.load_time_checks", i), LOAD_PREDICATES,
+        _run_check(c, report, check, place("validation.load_time_checks", i), LOAD_PREDICATES,
                    {"reject_config": ERROR, "warn": WARNING}, pipelines)
-    runtime = SimpleNamespace(txn_for_writes=False, digest_verify=False)
+    enforced = {}
     for i, check in enumerate(validation.get("runtime_checks", [])):
-        flag = _run_check(c, check, place("validation.runtime_checks", i), RUNTIME_PREDICATES,
+        flag = _run_check(c, report, check, place("validation.runtime_checks", i), RUNTIME_PREDICATES,
                           {"abort_request": WARNING, "warn": WARNING}, pipelines)
         if check.get("on_fail") == "abort_request" and flag:
-            setattr(runtime, flag, True)
-    _check_invariants(c)
-    _check_gc_marks(c)
-    schema_keys.check(c.doc, c.report)
-    return runtime
+            enforced[flag] = True
+    _check_invariants(c.doc, report)
+    _check_gc_marks(c, report)
+    schema_keys.check(c.doc, report)
+    return RuntimeChecks(**enforced)
 
 
-def _pipelines(c):
+def _pipelines(c: Subject) -> list[tuple[Pipeline, bool]]:
     seen, out = set(), []
-    for route in c.out.routes:
+    for route in c.routes:
         out.append((route.pipeline, True))
-    for pipeline in c.out.apply_pipelines.values():
+    for pipeline in c.apply_pipelines.values():
         if id(pipeline) not in seen:
             seen.add(id(pipeline))
             out.append((pipeline, False))
     return out
 
 
-def _run_check(c, check, where, registry, severities, pipelines):
+def _run_check(c, report, check, where, registry, severities, pipelines):
     on_fail = check.get("on_fail", "reject_config" if registry is LOAD_PREDICATES else "abort_request")
     severity = severities.get(on_fail)
     if severity is None:
-        c.report.error(where + ".on_fail", "unknown on_fail %r; expected one of: %s" % (on_fail,
-                                                                                       ", ".join(severities)))
+        report.error(where + ".on_fail", "unknown on_fail %r; expected one of: %s" % (on_fail,
+                                                                                     ", ".join(severities)))
         return None
     require = check["require"]
     if not isinstance(require, dict) or not require:
-        c.report.error(where + ".require", "require is an object of predicates")
+        report.error(where + ".require", "require is an object of predicates")
         return None
     flag = None
     for name, arg in require.items():
         predicate = registry.get(name)
         if predicate is None:
-            c.report.error(place(where, "require", name), "unknown predicate %r; expected one of: %s"
-                           % (name, ", ".join(sorted(registry))))
+            report.error(place(where, "require", name), "unknown predicate %r; expected one of: %s"
+                         % (name, ", ".join(sorted(registry))))
             continue
         flag = getattr(predicate, "enforces", flag)
         for problem_place, message in predicate(c, arg, pipelines):
-            c.report.add(severity, problem_place or place(where, "require", name), message, check["id"])
+            report.add(severity, problem_place or place(where, "require", name), message, check["id"])
     return flag
 
 
@@ -232,50 +243,59 @@ def _writes_in_txn(c, arg, pipelines):
     for pipeline, _ in pipelines:
         in_txn = False
         for step in pipeline.steps:
-            in_txn = _txn_state(step.op, in_txn)
+            in_txn = _txn_state(step.decl, in_txn)
             if step.decl.writes and not in_txn:
                 problems.append((step.place, "%s writes outside a transaction" % step.op))
     return problems
 
 
-def _txn_state(op, in_txn):
-    if op == "txn.begin":
+def _txn_state(decl, in_txn):
+    """Whether a transaction is open after a step of ``decl``'s op."""
+    if decl.opens_txn:
         return True
-    if op in ("txn.commit", "txn.abort"):
+    if decl.closes_txn:
         return False
     return in_txn
 
 
 # --- structure ----------------------------------------------------------------------------------------------
 
-def _check_structure(c, pipeline, is_route):
-    """Transactions open and close in order. A conditional txn.commit/txn.abort may not run, so the
-    transaction counts as open after it (a later unconditional commit is expected)."""
+def _check_structure(report, pipeline, is_route):
+    """Transactions open and close in order (the ops' opens_txn, closes_txn and needs_txn flags); routes end
+    with a terminal step. A conditional step closing the transaction may not run, so the transaction counts as
+    open after it (a later unconditional commit is expected)."""
     in_txn, opened_at = False, None
     for step in pipeline.steps:
-        if step.op == "txn.begin" and in_txn:
-            c.report.error(step.place, "txn.begin inside the transaction opened at %s" % opened_at)
-        if step.decl.needs_txn and not in_txn:
-            c.report.error(step.place, "%s needs an open transaction" % step.op)
-        if step.op == "txn.begin":
+        decl = step.decl
+        if decl.opens_txn and in_txn:
+            report.error(step.place, "%s inside the transaction opened at %s" % (step.op, opened_at))
+        if decl.needs_txn and not in_txn:
+            report.error(step.place, "%s needs an open transaction" % step.op)
+        if decl.opens_txn:
             opened_at = step.place
-        if step.op.startswith("respond.") and step.when is None and in_txn:
-            c.report.error(step.place, "responds while the transaction opened at %s is still open; commit or "
-                           "abort it first" % opened_at)
-        if step.when is None or step.op == "txn.begin":
-            in_txn = _txn_state(step.op, in_txn)
+        if decl.terminal and step.when is None and in_txn:
+            report.error(step.place, "responds while the transaction opened at %s is still open; commit or "
+                         "abort it first" % opened_at)
+        if step.when is None or decl.opens_txn:
+            in_txn = _txn_state(decl, in_txn)
     if in_txn:
-        c.report.error(pipeline.place, "the transaction opened at %s is never committed" % opened_at)
+        report.error(pipeline.place, "the transaction opened at %s is never committed" % opened_at)
     if is_route:
         last = pipeline.steps[-1] if pipeline.steps else None
-        if last is None or not last.op.startswith("respond.") or last.when is not None:
-            c.report.error(pipeline.place, "a route pipeline must end with an unconditional respond.* step")
+        if last is None or not last.decl.terminal or last.when is not None:
+            report.error(pipeline.place, "a route pipeline must end with an unconditional respond step: one whose "
+                         "op ends the pipeline (%s)" % ", ".join(terminal_ops()))
 
 
-def _check_document_writes(c, pipeline):
+def terminal_ops():
+    """The ops declared terminal (they end a pipeline), by name."""
+    return sorted(name for name, decl in REGISTRY.items() if decl.terminal)
+
+
+def _check_document_writes(c, report, pipeline):
     """A document written from a literal object must carry every field its schema requires; one written from a
     replayed event must come from an event type whose schema guarantees them."""
-    event_types = [name for name, p in c.out.apply_pipelines.items() if p is pipeline]
+    event_types = [name for name, p in c.apply_pipelines.items() if p is pipeline]
     for step in pipeline.steps:
         if step.op not in ("kv.put", "kv.cas_put") or step.args.doc.validator is None:
             continue
@@ -286,8 +306,8 @@ def _check_document_writes(c, pipeline):
             keys = {k for k, _ in items} if isinstance(items, list) else set(value.value)
             missing = sorted(required - keys)
             if missing:
-                c.report.error(step.place + ".args.value", "document %s requires %s, which this value never has"
-                               % (step.args.doc.name, ", ".join(missing)))
+                report.error(step.place + ".args.value", "document %s requires %s, which this value never has"
+                             % (step.args.doc.name, ", ".join(missing)))
             continue
         single = getattr(value, "single", None)
         if single is not None and single.namespace == "event" and single.path == ("payload",):
@@ -295,15 +315,15 @@ def _check_document_writes(c, pipeline):
                 guaranteed = set(c.definitions["event_type"][name].validator.schema.get("required", []))
                 missing = sorted(required - guaranteed)
                 if missing:
-                    c.report.warning(step.place + ".args.value",
-                                     "replaying %s writes its payload as document %s, which requires %s; the event "
-                                     "schema does not guarantee them, so such events will be rejected on apply"
-                                     % (name, step.args.doc.name, ", ".join(missing)), "document_schemas")
+                    report.warning(step.place + ".args.value",
+                                   "replaying %s writes its payload as document %s, which requires %s; the event "
+                                   "schema does not guarantee them, so such events will be rejected on apply"
+                                   % (name, step.args.doc.name, ", ".join(missing)), "document_schemas")
 
 
 # --- garbage collection -------------------------------------------------------------------------------------
 
-def _check_gc_marks(c):
+def _check_gc_marks(c, report):
     """Each mark (document.field) names a declared document: a misspelt one would mark nothing, and a collection
     would then remove every blob that document names."""
     documents = c.definitions["document"]
@@ -311,36 +331,36 @@ def _check_gc_marks(c):
     for i, mark in enumerate(marks):
         name = mark.partition(".")[0]
         if name not in documents:
-            c.report.error(place("gc.sweep.mark.mark_blobs_by", i), unknown_ref_message("document", name, documents))
+            report.error(place("gc.sweep.mark.mark_blobs_by", i), unknown_ref_message("document", name, documents))
 
 
 # --- invariants ---------------------------------------------------------------------------------------------
 
-def _check_invariants(c):
-    for group, items in c.doc.get("invariants", {}).items():
+def _check_invariants(doc, report):
+    for group, items in doc.get("invariants", {}).items():
         if not isinstance(items, list):
-            c.report.error(place("invariants", group), "an invariant group is a list")
+            report.error(place("invariants", group), "an invariant group is a list")
             continue
         for i, inv in enumerate(items):
             where = place("invariants", group, i)
             if not isinstance(inv, dict) or "id" not in inv or "assert" not in inv:
-                c.report.error(where, "an invariant has an id and an assert")
+                report.error(where, "an invariant has an id and an assert")
                 continue
             try:
-                predicate = compile_condition(inv["assert"], where + ".assert", _schema_operand(c.doc),
-                                              extra={"route_requires": _route_requires(c.doc)})
+                predicate = compile_condition(inv["assert"], where + ".assert", _schema_operand(doc),
+                                              extra={"route_requires": _route_requires(doc)})
             except ConditionError as exc:
-                c.report.error(exc.place or where, str(exc))
+                report.error(exc.place or where, str(exc))
                 continue
             on_fail = inv.get("on_fail", "warn")
             if on_fail not in ("warn", "reject_config"):
-                c.report.error(where + ".on_fail", "unknown on_fail %r; expected one of: warn, reject_config"
-                               % on_fail)
+                report.error(where + ".on_fail", "unknown on_fail %r; expected one of: warn, reject_config"
+                             % on_fail)
                 continue
             if not predicate(None):
                 severity = ERROR if on_fail == "reject_config" else WARNING
-                c.report.add(severity, where, "invariant violated: %s" % inv.get("description", inv["id"]),
-                             inv["id"])
+                report.add(severity, where, "invariant violated: %s" % inv.get("description", inv["id"]),
+                           inv["id"])
 
 
 def _schema_operand(doc):

@@ -20,7 +20,8 @@ def build_parser():
                                 "DEPOT_SECRET_KEY (JWT key; else generated into the data dir), DEPOT_DATABASE_URL "
                                 "(default: SQLite in the data dir), DEPOT_CPU_BUDGET=off (requests are charged no CPU "
                                 "time: ops.limits.max_cpu_ms_per_request is not enforced; for test suites on "
-                                "loaded machines).")
+                                "loaded machines), DEPOT_CODEGEN=off (pipelines and templates run interpreted: no "
+                                "Python is generated for them; the same answers, slower).")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     serve.add_argument("--data-dir", default="./data", help="blobs, KV/index database, SQL database, keys "

@@ -9,35 +9,52 @@ Safety: the source holds only names this module makes up and literals of two kin
 int taken from the schema's structure (dict keys, path steps). Every other value (op functions, bound
 arguments, constants) is passed in as a global by name, never written into the source. Request data never
 reaches the source at all: it exists only when the function runs.
+
+The switch: ``DEPOT_CODEGEN=off`` in the environment when a schema is compiled turns generation off; each
+place that generates keeps the interpreted path it falls back to, and uses it alone then (the same semantics,
+without the speed). The test suite runs both ways (scripts/test.sh), so each executor is checked against the
+other. Generated source is registered with ``linecache``: a traceback through generated code shows its line.
 """
+import hashlib
 import itertools
+import linecache
+import os
 from functools import lru_cache
+from types import CodeType
+from typing import Any, Callable
+
+SWITCH = "DEPOT_CODEGEN"
+
+
+def enabled() -> bool:
+    """Whether code is generated: unless ``DEPOT_CODEGEN`` is ``off`` (read when a schema is compiled)."""
+    return os.environ.get(SWITCH, "on").strip().lower() != "off"
 
 
 class FunctionBuilder:
     """Collects the lines and globals of one generated function."""
 
-    def __init__(self, name, params="ctx"):
+    def __init__(self, name: str, params: str = "ctx") -> None:
         self.name = name
         self.params = params
-        self.lines = []
+        self.lines: list[str] = []
         self.depth = 1  # the indentation of the next line, in levels
-        self.env = {}
+        self.env: dict[str, Any] = {}
         self._names = itertools.count()
 
-    def bind(self, value, hint="g"):
+    def bind(self, value: Any, hint: str = "g") -> str:
         """The global name under which the generated code sees ``value``."""
         name = "%s%d" % (hint, next(self._names))
         self.env[name] = value
         return name
 
-    def local(self, hint="v"):
+    def local(self, hint: str = "v") -> str:
         return "%s%d" % (hint, next(self._names))
 
-    def line(self, text, deeper=0):
+    def line(self, text: str, deeper: int = 0) -> None:
         self.lines.append("    " * (self.depth + deeper) + text)
 
-    def guarded(self, emit, fallback):
+    def guarded(self, emit: Callable[["FunctionBuilder", str], Any], fallback: str) -> Any:
         """Write ``emit(builder, bail)`` inside one ``try``: a plain read that finds nothing (KeyError,
         IndexError) or a shape check that fails (it runs the statement ``bail``) ends in ``fallback``, a call
         expression. -> what ``emit`` returned."""
@@ -55,22 +72,33 @@ class FunctionBuilder:
         self.line(bail, 1)
         return result
 
-    def build(self):
+    def build(self) -> Any:
         source = "def %s(%s):\n%s\n" % (self.name, self.params, "\n".join(self.lines))
         namespace = dict(self.env)
-        exec(_compiled(source, self.name), namespace)  # noqa: S102 - source built from names and literals only
+        code = _compiled(source, self.name)
+        _register(code.co_filename, source)
+        exec(code, namespace)  # noqa: S102 - source built from names and literals only
         function = namespace[self.name]
         function.generated_source = source  # for debugging: what this function is
         return function
 
 
 @lru_cache(maxsize=4096)
-def _compiled(source, name):
-    """Schemas repeat the same shapes (`{namespace}`, `$rows[0].version`): compile each source text once."""
-    return compile(source, "<depot:%s>" % name, "exec")
+def _compiled(source: str, name: str) -> CodeType:
+    """Schemas repeat the same shapes (`{namespace}`, `$rows[0].version`): compile each source text once. The
+    file name is the source's own (its digest), so the line a traceback shows is the one that ran."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return compile(source, "<depot-generated %s %s>" % (name, digest), "exec")
 
 
-def literal(value):
+def _register(filename: str, source: str) -> None:
+    """Make ``source`` what linecache (and so traceback) reads for ``filename``: no file holds it. Registered
+    at every build, so a linecache.clearcache() forgets only the functions built before it."""
+    if filename not in linecache.cache:
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+
+
+def literal(value: Any) -> str:
     """A str or int from the schema's structure as Python source; anything else is refused (it must be bound)."""
     if value.__class__ not in (str, int):
         raise TypeError("only str and int literals are written into generated code, not %r" % type(value))

@@ -1,7 +1,15 @@
 """ExecutionContext: the state of one pipeline run. Knows nothing of HTTP; the request is a small adapter."""
+from __future__ import annotations
+
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from app.errors import DepotError
+
+if TYPE_CHECKING:
+    from app.engine import Engine
+
+Principal = dict[str, Any]  # sub, scopes, kind, token_id (app.auth)
 
 
 class ResponseSpec:
@@ -9,8 +17,8 @@ class ResponseSpec:
 
     __slots__ = ("status", "headers", "json", "blob", "location", "filename", "last_modified")
 
-    def __init__(self, status, headers=None, json=None, blob=None, location=None, filename=None,
-                 last_modified=None):
+    def __init__(self, status: int, headers: Mapping[str, str] | None = None, json: Any = None, blob: Any = None,
+                 location: str | None = None, filename: str | None = None, last_modified: Any = None) -> None:
         self.status = status
         self.headers = headers
         self.json = json
@@ -27,8 +35,10 @@ class RequestData:
     tuples, app.stores.digests); ``dropped_headers`` the names of request headers the server could not pass on.
     """
 
-    def __init__(self, method="GET", path_params=None, query=None, headers=None, stream=None,
-                 content_length=None, declared_digests=(), remote_addr=None, request_id=None, dropped_headers=()):
+    def __init__(self, method: str = "GET", path_params: dict[str, str] | None = None,
+                 query: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None, stream: Any = None,
+                 content_length: int | None = None, declared_digests: Any = (), remote_addr: str | None = None,
+                 request_id: str | None = None, dropped_headers: Any = ()) -> None:
         self.method = method
         self.path_params = path_params if path_params is not None else {}
         self.query = query if query is not None else {}
@@ -49,38 +59,41 @@ class ExecutionContext:
                  "exempt_wall_ns", "unverified_blobs", "held_blobs", "cleanups", "replayed", "_authenticate",
                  "_principal")
 
-    def __init__(self, engine, request, event=None, authenticate=None):
+    def __init__(self, engine: Engine, request: RequestData, event: dict[str, Any] | None = None,
+                 authenticate: Callable[[RequestData], Principal | None] | None = None) -> None:
         self.engine = engine
         self.request = request
-        self.fields = {}
-        self.vars = {}
+        self.fields: dict[str, Any] = {}
+        self.vars: dict[str, Any] = {}
         self.event = event
-        self.txn = None
-        self.response = None
+        self.txn: Any = None  # the open transaction (app.stores), if any
+        self.response: ResponseSpec | None = None
         self.io_ops = self.exempt_ns = self.exempt_wall_ns = 0
-        self.unverified_blobs = {}
-        self.held_blobs = []  # (store, digest) kept from garbage collection until the pipeline ends
-        self.cleanups = []  # run once the response has been sent
-        self.replayed = None  # a replayed event's bookkeeping (seq, event id), committed with its first commit
+        self.unverified_blobs: dict[str, Any] = {}
+        self.held_blobs: list[tuple[Any, str]] = []  # (store, digest) kept from GC until the pipeline ends
+        self.cleanups: list[Callable[[], None]] = []  # run once the response has been sent
+        # a replayed event's bookkeeping (seq, event id), committed with its first commit
+        self.replayed: tuple[int, str | None] | None = None
         self._authenticate = authenticate
-        self._principal = None if authenticate is None else _UNKNOWN
+        self._principal: Any = None if authenticate is None else _UNKNOWN
 
     @property
-    def principal(self):
+    def principal(self) -> Principal | None:
         """Resolved on first use, so routes that never ask pay nothing for token verification."""
-        principal = self._principal
+        principal: Principal | None = self._principal
         if principal is _UNKNOWN:
+            assert self._authenticate is not None  # _UNKNOWN only with an authenticate function
             principal = self._principal = self._authenticate(self.request)
         return principal
 
-    def count_io(self, n=1):
+    def count_io(self, n: int = 1) -> None:
         self.io_ops += n
         if self.io_ops > self.engine.limits.max_io_ops:
             raise DepotError("IO_LIMIT_EXCEEDED", 503,
                              "request exceeded max_io_ops_per_request (%d)" % self.engine.limits.max_io_ops)
 
     @contextmanager
-    def streaming(self):
+    def streaming(self) -> Iterator[None]:
         """Time spent moving a body's bytes is not charged to max_cpu_ms_per_request."""
         clock = self.engine.clock
         start, start_wall = clock.cpu(), clock.wall()
@@ -91,7 +104,7 @@ class ExecutionContext:
             self.exempt_wall_ns += clock.wall() - start_wall
 
     @contextmanager
-    def writing(self):
+    def writing(self) -> Iterator[Any]:
         """The open transaction, or a one-op transaction committed when the block ends."""
         if self.txn is not None:
             yield self.txn
@@ -107,22 +120,22 @@ class ExecutionContext:
             raise
         self.engine.commit(self, txn)
 
-    def hold_blob(self, store, digest):
+    def hold_blob(self, store: Any, digest: str) -> None:
         """Keep a blob from garbage collection until the pipeline ends: a later step may reference it."""
         store.hold(digest)
         self.held_blobs.append((store, digest))
 
-    def release_blobs(self):
+    def release_blobs(self) -> None:
         while self.held_blobs:
             store, digest = self.held_blobs.pop()
             store.release(digest)
 
-    def abort_txn(self):
+    def abort_txn(self) -> None:
         if self.txn is not None:
             self.txn.abort()
             self.txn = None
 
-    def close(self):
+    def close(self) -> None:
         self.abort_txn()
         self.release_blobs()
         for cleanup in reversed(self.cleanups):

@@ -4,12 +4,13 @@ Each is built once at load; ops receive them already resolved.
 """
 import re
 import string
+from functools import partial
 from operator import methodcaller
 
 import jsonschema
 
 from app.body import MAX_JSON_DEPTH
-from app.codegen import FunctionBuilder
+from app.codegen import FunctionBuilder, enabled as generating
 from app.errors import DepotError, bad_request
 from app.stores import sortkeys
 
@@ -94,12 +95,21 @@ def chain(rules):
     """One function applying ``rules`` in order: ``rules[-1](...rules[0](value))``, generated as one expression."""
     if len(rules) == 1:
         return rules[0]
+    if not generating():
+        return partial(_apply_in_order, tuple(rules))
     builder = FunctionBuilder("normalize", "value")
     call = "value"
     for rule in rules:
         call = "%s(%s)" % (builder.bind(rule, "rule"), call)
     builder.line("return " + call)
     return builder.build()
+
+
+def _apply_in_order(rules, value):
+    """``chain`` without generated code."""
+    for rule in rules:
+        value = rule(value)
+    return value
 
 
 def compile_normalizer(spec):

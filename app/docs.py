@@ -6,7 +6,7 @@ import operations  # noqa: F401  (registers the vocabulary the reference documen
 from app import checks, schema_keys
 from app.conditions import KEYWORDS
 from app.definitions import NORMALIZERS
-from app.opspec import REGISTRY
+from app.opspec import FLAGS, REGISTRY
 
 SECTIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "doc_sections")
 OPERATIONS_MD = os.path.join(os.path.dirname(SECTIONS), "..", "OPERATIONS.md")
@@ -35,15 +35,21 @@ def _conditions():
     return "\n".join(lines) + "\n"
 
 
+# what each flag of an op's declaration (app/opspec.py OpDecl) means, as the reference says it
+FLAG_DOCS = {
+    "terminal": "ends the pipeline (nothing after it runs; a route's last step must be one)",
+    "opens_txn": "opens a transaction",
+    "closes_txn": "closes the open transaction",
+    "needs_txn": "needs an open transaction",
+    "writes": "writes (buffered in the open transaction, or its own one-step transaction)",
+    "mutates": "changes the repository (a read-only replica refuses it)",
+    "io": "does I/O (the CPU budget is checked before it)",
+}
+
+
 def _op(decl):
     lines = ["### `%s`" % decl.name, "", decl.summary, ""]
-    facts = []
-    if decl.needs_txn:
-        facts.append("needs an open transaction")
-    if decl.writes:
-        facts.append("writes (buffered in the open transaction, or its own one-step transaction)")
-    if decl.mutates:
-        facts.append("changes the repository (a read-only replica refuses it)")
+    facts = [FLAG_DOCS[flag] for flag in decl.flags]
     if facts:
         lines += ["*" + "; ".join(facts) + ".*", ""]
     if decl.args:
@@ -71,10 +77,22 @@ def _ops():
     for decl in REGISTRY.values():
         groups.setdefault(decl.name.split(".")[0], []).append(decl)
     out = ["## Operations", "", "The closed vocabulary: %d ops. `ops.allowed` must list only these." % len(REGISTRY),
-           ""]
+           "", _flag_table(), ""]
     for group in groups:
         out.append("\n".join(_op(d) for d in groups[group]))
     return "\n".join(out)
+
+
+def _flag_table():
+    """Which op does what, as declared: the compiler, the checker and these docs read the same flags."""
+    lines = ["What each op does is declared with it; the compiler (which steps end a pipeline, which need the CPU "
+             "budget or the read-only check before them) and the checker (transactions, terminal steps) read these "
+             "flags, never the op's name:", ""]
+    lines += ["- `%s`: %s" % (flag, FLAG_DOCS[flag]) for flag in FLAGS]
+    lines += ["", "| op | %s |" % " | ".join("`%s`" % f for f in FLAGS), "|---|%s" % ("---|" * len(FLAGS))]
+    for decl in REGISTRY.values():
+        lines.append("| `%s` | %s |" % (decl.name, " | ".join("yes" if getattr(decl, f) else "" for f in FLAGS)))
+    return "\n".join(lines)
 
 
 def _checks():

@@ -2,15 +2,20 @@
 
 The per-request loop does lookups and I/O only: every step is already bound to its op function and arguments.
 """
+from __future__ import annotations
+
 import os
 import tempfile
 import time
+from typing import Any, Callable, Iterable, Mapping
 
 import requests
 
 from app.access import SCOPES_ONLY
-from app.budget import budget_clock
-from app.context import ExecutionContext, RequestData
+from app.budget import Clock, budget_clock
+from app.compiled import CompiledSchema, Pipeline, Route
+from app.context import ExecutionContext, Principal, RequestData
+from app.definitions import BlobStoreDef, Upstream
 from app.errors import DepotError
 from app.stores.blobs import BlobRef
 from app.stores.digests import DIGEST_PREFIX, declared_digests, split_digest
@@ -18,19 +23,20 @@ from app.stores.digests import DIGEST_PREFIX, declared_digests, split_digest
 PROXY_CHUNK = 1024 * 1024
 
 
-def _forbidden_param(value):
+def _forbidden_param(value: str) -> bool:
     """Never part of a path parameter: "/", "\\", NUL, "..", or a lone "." (plain `in` tests: a regex search
     costs three times as much on every request)."""
     return "/" in value or "\\" in value or "\x00" in value or ".." in value or value == "."
 
 
 class Engine:
-    def __init__(self, compiled, stores, read_only=False, access=None, cpu_clock=None):
+    def __init__(self, compiled: CompiledSchema, stores: Stores, read_only: bool = False, access: Any = None,
+                 cpu_clock: Clock | None = None) -> None:
         """``access``: the namespace grants (app.access; default: none, the scopes decide); ``cpu_clock``: a
         callable returning nanoseconds that the CPU budget charges requests by instead of their thread's CPU
         time (see app.budget)."""
         self.compiled = compiled
-        self.access = access if access is not None else SCOPES_ONLY
+        self.access: Any = access if access is not None else SCOPES_ONLY  # app.access.Access, or the scopes only
         self.clock = budget_clock(cpu_clock)
         self.stores = stores
         self.read_only = read_only  # a replica: route steps that change the repository are refused
@@ -43,21 +49,22 @@ class Engine:
         self.event_log = self.state.event_log(compiled.event_log)
         self.blob_stores = {name: stores.blob_store(d) for name, d in compiled.definitions["blob_store"].items()}
         self.cache = stores.cache(compiled.caching, self._blob_from_json)
-        self.routes = {route.id: route for route in compiled.routes}
-        self._sessions = {}
+        self.routes: dict[str, Route] = {route.id: route for route in compiled.routes}
+        self._sessions: dict[str, requests.Session] = {}
 
-    def blob_store(self, name):
+    def blob_store(self, name: str) -> FileBlobStore:
         return self.blob_stores[name]
 
-    def _blob_from_json(self, info):
-        store = self.blob_stores.get(info.get("store"))
+    def _blob_from_json(self, info: Mapping[str, Any]) -> BlobRef | None:
+        store = self.blob_stores.get(info.get("store", ""))
         if store is None:
             return None
         return store.ref(info["digest"], info.get("size"))
 
     # --- running pipelines ------------------------------------------------------------------------------
 
-    def run(self, route, request, authenticate=None):
+    def run(self, route: Route, request: RequestData,
+            authenticate: Callable[[RequestData], Principal | None] | None = None) -> ExecutionContext:
         """Run ``route`` for ``request``; returns the context holding the ResponseSpec, or raises DepotError.
         The caller calls ``ctx.close()`` once the response has been sent (it removes temporary files)."""
         for name, value in request.path_params.items():
@@ -81,7 +88,7 @@ class Engine:
             ctx.release_blobs()
         return ctx
 
-    def commit(self, ctx, txn):
+    def commit(self, ctx: ExecutionContext, txn: Any) -> None:
         if self.runtime.digest_verify:
             unverified = [staged for _, staged in txn.blobs if not staged.verified]
             if unverified:
@@ -93,11 +100,11 @@ class Engine:
             ctx.replayed = None
         txn.commit()
 
-    def apply_event(self, record, applied=None):
+    def apply_event(self, record: dict[str, Any], applied: tuple[int, str | None] | None = None) -> None:
         """Replay one event through its apply pipeline (replication). ``applied``, (primary seq, event id or
         None), is the replica's bookkeeping: committed with the pipeline's first commit, or alone if it commits
         nothing."""
-        pipeline = self.compiled.apply_pipelines.get(record["type"])
+        pipeline: Pipeline | None = self.compiled.apply_pipelines.get(record["type"])
         if pipeline is None:
             raise DepotError("NO_APPLY_PIPELINE", 400, "no apply pipeline for event type %r" % record["type"])
         ctx = ExecutionContext(self, RequestData(), event=record)
@@ -118,7 +125,7 @@ class Engine:
 
     # --- upstreams ----------------------------------------------------------------------------------------
 
-    def fetch_upstream(self, ctx, upstream, method, path):
+    def fetch_upstream(self, ctx: ExecutionContext, upstream: Upstream, method: str, path: str) -> dict[str, Any]:
         """GET/HEAD ``path`` from an upstream with bounded retries; the body streams into a temp file."""
         session = self._sessions.get(upstream.name)
         if session is None:
@@ -143,7 +150,7 @@ class Engine:
             time.sleep(upstream.backoff * (2 ** attempt))
         return {"status": None, "headers": {}, "body": None, "size": 0, "error": "exhausted"}
 
-    def _capture(self, ctx, response):
+    def _capture(self, ctx: ExecutionContext, response: requests.Response) -> dict[str, Any]:
         limit = self.limits.max_request_body_bytes
         fd, path = tempfile.mkstemp(dir=self.stores.tmp_dir, prefix="upstream-")
         ctx.cleanups.append(lambda: _remove(path))
@@ -157,7 +164,7 @@ class Engine:
         return {"status": response.status_code, "headers": dict(response.headers),
                 "body": BlobRef(None, None, size, path), "size": size, "digest": upstream_digest(response.headers)}
 
-    def health(self, detail=False):
+    def health(self, detail: bool = False) -> dict[str, Any]:
         """Each store's kind and state; ``detail`` adds where it lives (for admins only)."""
         stores = {"state": self.state.health(detail)}
         for name, store in self.blob_stores.items():
@@ -165,13 +172,14 @@ class Engine:
         return stores
 
 
-def upstream_digest(headers):
+def upstream_digest(headers: Mapping[str, str]) -> str | None:
     """The sha256 digest an upstream declares for its body (X-Depot-Digest, Content-Digest or a digest ETag)."""
     for name in ("X-Depot-Digest", "ETag"):
         value = (headers.get(name) or "").strip().strip('"')
         if value.startswith(DIGEST_PREFIX):
             try:
-                return DIGEST_PREFIX + split_digest(value)
+                hexdigest: str = split_digest(value)
+                return DIGEST_PREFIX + hexdigest
             except DepotError:
                 return None
     try:
@@ -181,7 +189,7 @@ def upstream_digest(headers):
     return DIGEST_PREFIX + declared[0].hexdigest if declared else None
 
 
-def _remove(path):
+def _remove(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:

@@ -18,7 +18,7 @@ are never scanned again, so request data cannot inject references.
 import json
 import re
 
-from app.codegen import FunctionBuilder, literal
+from app.codegen import FunctionBuilder, enabled as generating, literal
 from app.errors import DepotError
 
 FIELD_ROOTS = ("principal", "event")
@@ -52,9 +52,10 @@ class Ref:
         self.lookup = _getter(namespace, root, path, slice_)  # ctx -> the value, or _MISSING
         self.resolve_interpreted = _resolver(self)  # ctx -> the value; unbound: an error, or None when optional
         lenient = _lenient(self.lookup)  # ctx -> the value, or None when unbound
-        # the same two, as straight-line code when the reference is a plain read:
-        self.resolve = self._generate_resolve(self.resolve_interpreted) if self.generated else self.resolve_interpreted
-        self.resolve_lenient = self._generate_resolve(lenient) if self.generated else lenient
+        # the same two, as straight-line code when the reference is a plain read (and generation is on):
+        generate = self.generated and generating()
+        self.resolve = self._generate_resolve(self.resolve_interpreted) if generate else self.resolve_interpreted
+        self.resolve_lenient = self._generate_resolve(lenient) if generate else lenient
 
     @property
     def generated(self):
@@ -319,7 +320,7 @@ class DictNode:
     def __init__(self, items):
         self.items = items
         self.refs = [r for _, node in items for r in node.refs]
-        self.render = _generate_render(self)
+        self.render = _generate_render(self) if generating() else self.render_interpreted
 
     def render_interpreted(self, ctx):
         return {key: node.render(ctx) for key, node in self.items}
@@ -338,7 +339,7 @@ class ListNode:
     def __init__(self, nodes):
         self.nodes = nodes
         self.refs = [r for node in nodes for r in node.refs]
-        self.render = _generate_render(self)
+        self.render = _generate_render(self) if generating() else self.render_interpreted
 
     def render_interpreted(self, ctx):
         return [node.render(ctx) for node in self.nodes]

@@ -29,8 +29,8 @@ class Operation:
         self.json_vars = set()
         self.responses = {}
         self.json_bodies = {}  # status -> the schemas of the JSON bodies answered with it
-        self.scopes = set(route.policy_scopes)
-        self.secured = bool(route.policy_scopes) or route.denied
+        self.scopes = set(route.policy.scopes)
+        self.secured = bool(route.policy.scopes) or route.policy.denied
         self.vars = {}  # variable -> the schema of its value, as the step binding it declares
         self.fields = {}  # field -> the schema of its value (the first source binding it wins, as at run time)
         self.header_patterns = {}  # variable -> the x-header-pattern entry of the headers it collects

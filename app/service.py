@@ -5,25 +5,32 @@ The active schema lives in the database. On first start it is loaded from the sc
 database's active version is served, and an administrator changes it through the admin API. The engine
 reference is swapped atomically: a request takes it once and finishes on it.
 """
+from __future__ import annotations
+
 import json
 import os
 import threading
+from typing import Any, Callable
 
 from app import database
 from app.audit import Audit
 from app.access import Access
 from app.auth import Identity, load_or_create_secret
+from app.budget import Clock
+from app.compiled import CompiledSchema
 from app.compiler import compile_or_raise, compile_schema, load_schema_file, schema_digest
+from app.context import Principal, RequestData
 from app.engine import Engine
 from app.errors import DepotError
 from app.ratelimit import RateLimiter
+from app.report import Report
 from app.schema_store import SchemaStore
 from app.stores.registry import Stores
 
 DEFAULT_SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "schema.json")
 
 
-def private_dir(path):
+def private_dir(path: str) -> str:
     """``path`` as an absolute path to a directory only its owner can enter (created, or tightened: it holds
     password hashes, token hashes and the signing key)."""
     path = os.path.abspath(path)
@@ -33,7 +40,7 @@ def private_dir(path):
     return path
 
 
-def open_data_dir(path):
+def open_data_dir(path: str) -> str:
     """For a command working on a data dir: the dir, private to its owner, and every file this process creates
     private too (the umask is the process's: only commands call this, never the library)."""
     os.umask(0o077)
@@ -41,8 +48,9 @@ def open_data_dir(path):
 
 
 class Service:
-    def __init__(self, data_dir, schema=None, schema_path=None, sync=True, announce=print, read_only=False,
-                 load_schema=False, cpu_clock=None):
+    def __init__(self, data_dir: str, schema: dict[str, Any] | None = None, schema_path: str | None = None,
+                 sync: bool = True, announce: Callable[[str], Any] = print, read_only: bool = False,
+                 load_schema: bool = False, cpu_clock: Clock | None = None) -> None:
         """``cpu_clock``: what the per-request CPU budget reads instead of the thread's CPU time (app.budget)."""
         self.data_dir = private_dir(data_dir)
         self.read_only = read_only
@@ -56,7 +64,7 @@ class Service:
             self.stores.close()  # give the lease back: this process may open the data dir again
             raise
 
-    def _open(self, schema, schema_path, load_schema):
+    def _open(self, schema: dict[str, Any] | None, schema_path: str | None, load_schema: bool) -> None:
         url = database.database_url(self.data_dir)
         database.upgrade(url)
         self.db, self.sessions = database.connect(url)
@@ -65,11 +73,12 @@ class Service:
         self.access = Access(self.sessions)
         self.schemas = SchemaStore(self.sessions)
         self._swap_lock = threading.Lock()
-        self.limiters = {}
+        self.limiters: dict[str, RateLimiter] = {}
         self._activate(self._initial_schema(schema, schema_path, load_schema))
         self.identity.ensure_admin(self.data_dir, self.announce)
 
-    def _initial_schema(self, schema, schema_path, load):
+    def _initial_schema(self, schema: dict[str, Any] | None, schema_path: str | None,
+                        load: bool) -> CompiledSchema:
         """The schema to serve: the database's active version. On first start, or with ``load`` when it differs
         from the active one, ``schema`` (or the file at ``schema_path``, default schema.json) is stored as a new
         version and served instead."""
@@ -89,19 +98,19 @@ class Service:
         return compiled
 
     @staticmethod
-    def _compile_row(row):
+    def _compile_row(row: Any) -> CompiledSchema:
         return compile_or_raise(json.loads(row.document), "schema version %d" % row.version)
 
-    def _activate(self, compiled):
+    def _activate(self, compiled: CompiledSchema) -> None:
         self.identity.configure(compiled.auth_settings)
         self.limiters = {name: self._limiter(name, rate) for name, rate in compiled.login_limits.items()}
         self.engine = Engine(compiled, self.stores, self.read_only, self.access, self.cpu_clock)
 
-    def _limiter(self, name, rate):
+    def _limiter(self, name: str, rate: str) -> RateLimiter:
         current = self.limiters.get(name)
         return current if current is not None and current.rate == rate else RateLimiter(rate)
 
-    def apply_schema(self, doc, by, comment=""):
+    def apply_schema(self, doc: dict[str, Any], by: str, comment: str = "") -> tuple[Any, Report, bool]:
         """Check ``doc`` exactly as `python -m app check` does; on success store it as the new active version
         and swap it in. On failure raise 422 SCHEMA_INVALID with the findings; nothing changes. The same schema
         as the one served (by digest) is no new version: returns (active row, its report, False)."""
@@ -115,16 +124,17 @@ class Service:
             self._activate(compiled)
             return row, report, True
 
-    def active_document(self):
-        return json.loads(self.schemas.active().document)
+    def active_document(self) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads(self.schemas.active().document)
+        return document
 
-    def principal(self, request):
+    def principal(self, request: RequestData) -> Principal | None:
         """The request's principal; without credentials, the anonymous principal when auth.anonymous is on."""
-        found = self.identity.authenticate(request)
+        found: Principal | None = self.identity.authenticate(request)
         if found is None and self.engine.compiled.anonymous is not None:
             return self.engine.compiled.anonymous
         return found
 
-    def close(self):
+    def close(self) -> None:
         self.stores.close()
         self.db.dispose()

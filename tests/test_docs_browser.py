@@ -66,6 +66,9 @@ def test_the_install_script_is_how_tests_get_their_browser():
     script = (ROOT / "scripts" / "install.sh").read_text()
     assert "apt-get install -y -qq chromium" in script and "-r requirements.txt" in script
     assert "bash scripts/install.sh" in (ROOT / ".ci" / "run").read_text()
+    assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
     setup = (ROOT / "README.md").read_text().split("## Set up and test", 1)[1].split("##", 1)[0]
-    assert [line.split("#")[0].strip() for line in setup.strip().splitlines()] == ["bash scripts/install.sh", "pytest"]
-    subprocess.run(["bash", "-n", str(ROOT / "scripts" / "install.sh")], check=True)
+    commands = [line.split("#")[0].strip() for line in setup.splitlines() if line.startswith("    ")]
+    assert commands == ["bash scripts/install.sh", "bash scripts/test.sh"]
+    for script in ("install.sh", "test.sh"):
+        subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)], check=True)
