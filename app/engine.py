@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import requests
 
@@ -15,9 +15,10 @@ from app.access import SCOPES_ONLY
 from app.budget import Clock, budget_clock
 from app.compiled import CompiledSchema, Pipeline, Route
 from app.context import ExecutionContext, Principal, RequestData
-from app.definitions import BlobStoreDef, Upstream
+from app.definitions import Upstream
 from app.errors import DepotError
 from app.stores.blobs import BlobRef
+from app.stores.interfaces import BlobStore
 from app.stores.digests import DIGEST_PREFIX, declared_digests, split_digest
 
 PROXY_CHUNK = 1024 * 1024
@@ -52,7 +53,7 @@ class Engine:
         self.routes: dict[str, Route] = {route.id: route for route in compiled.routes}
         self._sessions: dict[str, requests.Session] = {}
 
-    def blob_store(self, name: str) -> FileBlobStore:
+    def blob_store(self, name: str) -> BlobStore:
         return self.blob_stores[name]
 
     def _blob_from_json(self, info: Mapping[str, Any]) -> BlobRef | None:

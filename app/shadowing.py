@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Sequence
+from typing import Sequence
 
 from app.compiled import Route, path_entity
 from app.report import Report

@@ -8,11 +8,27 @@ from tests.conftest import ROOT
 SOURCES = sorted((ROOT / "app").rglob("*.py")) + [ROOT / "operations.py", ROOT / "models.py"]
 
 
+def annotation_names(tree):
+    """Names a module uses only inside string annotations ("ExecutionContext", Callable[["Scope"], None])."""
+    holders = [node.annotation for node in ast.walk(tree) if isinstance(node, (ast.arg, ast.AnnAssign))]
+    holders += [node.returns for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    holders += [node.slice for node in ast.walk(tree) if isinstance(node, ast.Subscript)]
+    names = set()
+    for holder in filter(None, holders):
+        for node in ast.walk(holder):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                try:
+                    names |= {n.id for n in ast.walk(ast.parse(node.value, mode="eval")) if isinstance(n, ast.Name)}
+                except SyntaxError:
+                    pass
+    return names
+
+
 def unused_imports(path, root=ROOT):
     source = path.read_text(encoding="utf-8")
     lines = source.splitlines()
     tree = ast.parse(source)
-    used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)} | annotation_names(tree)
     exported = {elt.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
                 and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
                 for elt in getattr(node.value, "elts", ()) if isinstance(elt, ast.Constant)}
