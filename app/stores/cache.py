@@ -9,7 +9,8 @@ from app.stores.codec import dumps, loads
 
 
 class CacheStore:
-    def __init__(self, state: Any, settings: dict, resolve_blob: Optional[Callable[[dict], Any]] = None) -> None:
+    def __init__(self, state: Any, settings: dict[str, dict[str, Any]],
+                 resolve_blob: Optional[Callable[[dict[str, Any]], Any]] = None) -> None:
         self.state = state
         self.settings = settings  # kind -> {"enabled", "max_entry_bytes", "default_ttl_seconds"}
         self.resolve_blob = resolve_blob
@@ -18,9 +19,9 @@ class CacheStore:
         return b"c" + kind.encode() + b"\x00" + key.encode("utf-8")
 
     def enabled(self, kind: str) -> bool:
-        return self.settings.get(kind, {}).get("enabled", False)
+        return bool(self.settings.get(kind, {}).get("enabled", False))
 
-    def get(self, kind: str, key: str) -> tuple:
+    def get(self, kind: str, key: str) -> tuple[bool, Any]:
         if not self.enabled(kind):
             return False, None
         raw = self.state.get(self._key(kind, key))

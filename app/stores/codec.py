@@ -17,12 +17,12 @@ def dumps(value: Any) -> bytes:
     return _ENCODER.encode(value).encode("utf-8")
 
 
-def loads(raw: bytes, resolve_blob: Optional[Callable[[dict], Any]] = None) -> Any:
+def loads(raw: bytes, resolve_blob: Optional[Callable[[dict[str, Any]], Any]] = None) -> Any:
     """Decode JSON; with ``resolve_blob``, blob handles stored by reference come back as handles."""
     if resolve_blob is None:
         return json.loads(raw)
 
-    def hook(obj: dict) -> Any:
+    def hook(obj: dict[str, Any]) -> Any:
         if len(obj) == 1 and "$blob" in obj:
             return resolve_blob(obj["$blob"])
         return obj

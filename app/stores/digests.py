@@ -43,7 +43,7 @@ class DeclaredDigest:
         return "Content-Digest %s %s" % (self.algorithm, self.hexdigest)
 
 
-def declared_digests(headers: Mapping, query: Mapping) -> tuple:
+def declared_digests(headers: Mapping[str, str], query: Mapping[str, str]) -> tuple[DeclaredDigest, ...]:
     """Every digest a client declares for its upload: each Content-Digest (RFC 9530) member whose algorithm
     Depot knows, then ?digest=sha256:<hex>. A Content-Digest naming only algorithms Depot does not know is 400
     UNSUPPORTED_DIGEST_ALGORITHM; a malformed one, 400 INVALID_DIGEST. -> a tuple of DeclaredDigest."""
@@ -57,8 +57,9 @@ def declared_digests(headers: Mapping, query: Mapping) -> tuple:
     return tuple(declared)
 
 
-def _content_digests(header: str) -> list:
-    known, unknown = [], []
+def _content_digests(header: str) -> list[DeclaredDigest]:
+    known: list[DeclaredDigest] = []
+    unknown: list[str] = []
     for member in filter(None, (part.strip() for part in header.split(","))):
         match = _DIGEST_MEMBER.match(member)
         if match is None:

@@ -25,10 +25,10 @@ class BlobGuard:
     def __init__(self, commit_lock: CommitLock) -> None:
         self.commit_lock = commit_lock
         self.lock = threading.Lock()
-        self._holds: dict = {}  # hex digest -> number of requests holding it
-        self._leases: dict = {}  # hex digest -> time.monotonic() deadline
-        self._live_temps: set = set()  # paths of temporary files uploads are writing
-        self._seen: Optional[set] = None  # hex digests used since the running collection began; None when none runs
+        self._holds: dict[str, int] = {}  # hex digest -> number of requests holding it
+        self._leases: dict[str, float] = {}  # hex digest -> time.monotonic() deadline
+        self._live_temps: set[str] = set()  # paths of temporary files uploads are writing
+        self._seen: Optional[set[str]] = None  # hex digests used since the running collection began (None: none runs)
         self._collecting = threading.Lock()
 
     # --- writers ---------------------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ class BlobGuard:
         return path in self._live_temps
 
     def remove_unless_needed(self, in_use: Callable[[str], bool], what: str, stat: Callable[[], Optional[BlobStat]],
-                             delete: Callable[[], bool], cutoff: float, dry_run: bool = False) -> tuple:
+                             delete: Callable[[], bool], cutoff: float, dry_run: bool = False) -> tuple[str, int]:
         """Delete ``what`` (a hex digest or an upload's name) unless ``in_use(what)`` or it was modified at or
         after ``cutoff``: decided and done under ``self.lock``, the one place a collection deletes. ``stat``
         returns a BlobStat or None (gone), ``delete`` removes and says whether it did; ``dry_run`` decides the

@@ -18,8 +18,8 @@ from typing import (Any, BinaryIO, Callable, Iterable, Iterator, NamedTuple, Opt
                     runtime_checkable)
 
 JsonValue = Any  # what json.loads returns: dict, list, str, int, float, bool or None
-Row = dict  # an index row: a JSON object
-Event = dict  # an event record: {"event_id", "type", "at", "payload", "seq"}
+Row = dict[str, Any]  # an index row: a JSON object
+Event = dict[str, Any]  # an event record: {"event_id", "type", "at", "payload", "seq"}
 Cursor = bytes  # an opaque position in an index key's order (IndexStore.cursor), meaningful to its store only
 
 
@@ -105,7 +105,7 @@ class BlobHandle:
         closed. FileNotFoundError when the bytes are gone."""
         raise NotImplementedError
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """How a handle is kept in a cache entry; BlobStore.ref turns it back into a handle."""
         return {"$blob": {"store": self.store, "digest": self.digest, "size": self.size}}
 
@@ -115,7 +115,7 @@ class StagedBlob(Protocol):
     store: str
     digest: str  # "sha256:<hex>"
     size: int
-    digests: dict  # RFC 9530 algorithm name -> hex, every algorithm computed while staging
+    digests: dict[str, str]  # RFC 9530 algorithm name -> hex, every algorithm computed while staging
     verified: bool  # set by blob.verify_digest: the runtime check all_blob_puts_followed_by reads it
 
 
@@ -182,7 +182,7 @@ class BlobStore(Protocol):
 
     def end_lease(self, digest: str) -> None: ...
 
-    def health(self, detail: bool = False) -> dict: ...
+    def health(self, detail: bool = False) -> dict[str, Any]: ...
 
 
 # --- documents, indexes, events ---------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ class DocumentStore(Protocol):
     def get(self, store: str, key: str) -> Optional[JsonValue]:
         """The document, or None (a read outside any transaction)."""
 
-    def items(self, store: str, prefix: str = "") -> Iterator[tuple]:
+    def items(self, store: str, prefix: str = "") -> Iterator[tuple[str, JsonValue]]:
         """(key, document) for every key starting with ``prefix``, in key order."""
 
 
@@ -242,7 +242,7 @@ class Transaction(Protocol):
     """Buffered writes: nothing is visible before ``commit``, which checks every condition (if-absent puts, and
     that each document read is unchanged) under the commit lock and applies everything in one atomic write, or
     nothing (409 CONFLICT / UNIQUE_VIOLATION). ``abort`` (or a failed commit) discards it all, staged blobs too."""
-    blobs: list  # (BlobStore, StagedBlob) promoted at commit
+    blobs: list[tuple[BlobStore, StagedBlob]]  # (BlobStore, StagedBlob) promoted at commit
 
     def get(self, store: str, key: str) -> Optional[JsonValue]:
         """The document as this transaction sees it (its own writes first); re-checked at commit."""
@@ -268,7 +268,7 @@ class Transaction(Protocol):
 
     def stage_blob(self, store: BlobStore, staged: StagedBlob) -> None: ...
 
-    def commit(self) -> list:
+    def commit(self) -> list[Event]:
         """Apply everything atomically; -> the appended event records (with their ``seq``)."""
 
     def abort(self) -> None: ...
@@ -297,7 +297,7 @@ class Cache(Protocol):
 
     def enabled(self, kind: str) -> bool: ...
 
-    def get(self, kind: str, key: str) -> tuple:
+    def get(self, kind: str, key: str) -> tuple[bool, JsonValue]:
         """(hit, value); an expired entry is a miss."""
 
     def put(self, kind: str, key: str, value: JsonValue, ttl_seconds: Optional[int] = None) -> bool:
@@ -328,6 +328,6 @@ class StateBackend(Protocol):
         """Rewrite every row of ``index`` under its current keys (after a schema change); only with no other
         writer. -> rows rewritten."""
 
-    def health(self, detail: bool = False) -> dict: ...
+    def health(self, detail: bool = False) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
