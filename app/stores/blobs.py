@@ -10,7 +10,7 @@ import io
 import os
 import threading
 import uuid
-from typing import BinaryIO, Callable, Iterable, Iterator, Optional
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional
 
 from app.errors import bad_request, too_large
 from app.expr import parse_template
@@ -42,7 +42,7 @@ class BlobRef(BlobHandle):
         if start:
             handle.seek(start)
         handle.end = end
-        return handle  # type: ignore[return-value]
+        return handle
 
 
 class StagedBlob(BlobRef):
@@ -52,7 +52,7 @@ class StagedBlob(BlobRef):
     size: int
 
     def __init__(self, store: str, digest: str, size: int, path: str, final_path: str,
-                 digests: Optional[dict] = None) -> None:
+                 digests: Optional[dict[str, str]] = None) -> None:
         super().__init__(store, digest, size, path)
         self.final_path = final_path
         self.verified = False
@@ -87,11 +87,11 @@ class _FieldView:
     """The minimal context a path template renders against."""
 
     __slots__ = ("fields",)
-    vars: dict = {}
+    vars: dict[str, Any] = {}
     principal = None
     event = None
 
-    def __init__(self, fields: dict) -> None:
+    def __init__(self, fields: dict[str, str]) -> None:
         self.fields = fields
 
 
@@ -253,7 +253,7 @@ class FileBlobStore:
     def delete_upload(self, upload: str) -> bool:
         return os.path.dirname(upload) == self.tmp_dir and _unlink(upload)
 
-    def health(self, detail: bool = False) -> dict:
+    def health(self, detail: bool = False) -> dict[str, Any]:
         ok = os.access(self.root, os.W_OK)
         return dict({"kind": "filesystem", "ok": ok}, **({"root": self.root} if detail else {}))
 
