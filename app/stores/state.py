@@ -17,7 +17,7 @@ import json
 import os
 import weakref
 from itertools import islice
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence, cast
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
@@ -113,7 +113,7 @@ class StateStore:
         self.write_options = WriteOptions()
         self.write_options.sync = sync
         self.commit_lock = commit_lock if commit_lock is not None else process_lock()
-        self._seq: dict = {}
+        self._seq: dict[bytes, int] = {}  # log prefix -> its last sequence number
         self._codecs: "weakref.WeakKeyDictionary[IndexKeyDef, _KeyCodec]" = weakref.WeakKeyDictionary()
         self.documents = _Documents(self)
         self.indexes = _Indexes(self)
@@ -140,9 +140,10 @@ class StateStore:
     # --- raw access (this module's views, and tests) --------------------------------------------------------
 
     def get(self, raw_key: bytes) -> Optional[bytes]:
-        return self.db.get(raw_key)
+        return cast(Optional[bytes], self.db.get(raw_key))  # raw mode: keys and values are bytes
 
-    def scan(self, prefix: bytes, limit: Optional[int] = None, start: Optional[bytes] = None) -> Iterator[tuple]:
+    def scan(self, prefix: bytes, limit: Optional[int] = None,
+             start: Optional[bytes] = None) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs under ``prefix`` in key order, from ``start`` (exclusive) when given."""
         it = self.db.iter()
         if start is None:
@@ -165,7 +166,7 @@ class StateStore:
     def count(self, prefix: bytes) -> int:
         return sum(1 for _ in self.scan(prefix))
 
-    def write(self, puts: Iterable[tuple], deletes: Iterable[bytes] = ()) -> None:
+    def write(self, puts: Iterable[tuple[bytes, bytes]], deletes: Iterable[bytes] = ()) -> None:
         batch = WriteBatch(raw_mode=True)
         for key in deletes:
             batch.delete(key)
@@ -207,8 +208,8 @@ class StateStore:
                 return rewritten
             start = rowmaps[-1][0]
 
-    def health(self, detail: bool = False) -> dict:
-        report: dict = {"kind": "rocksdict", "ok": True}
+    def health(self, detail: bool = False) -> dict[str, Any]:
+        report: dict[str, Any] = {"kind": "rocksdict", "ok": True}
         try:
             self.db.get(b"health-probe")
         except Exception as exc:  # report any store failure as unhealthy rather than crash the probe
@@ -218,7 +219,7 @@ class StateStore:
             report["memory"] = self.memory()
         return report
 
-    def memory(self) -> dict:
+    def memory(self) -> dict[str, Optional[int]]:
         """RocksDB's memory now, and its bound: memtables and the block cache (see _bounded_options)."""
         return {"memtables_bytes": self.db.property_int_value("rocksdb.cur-size-all-mem-tables"),
                 "block_cache_bytes": self.db.property_int_value("rocksdb.block-cache-usage"),
@@ -238,7 +239,7 @@ class _Documents:
         raw = self.state.get(kv_key(store, key))
         return loads(raw) if raw is not None else None
 
-    def items(self, store: str, prefix: str = "") -> Iterator[tuple]:
+    def items(self, store: str, prefix: str = "") -> Iterator[tuple[str, JsonValue]]:
         skip = len(kv_key(store, ""))
         for raw_key, raw in self.state.scan(kv_key(store, prefix)):
             yield raw_key[skip:].decode("utf-8"), loads(raw)
@@ -296,7 +297,7 @@ class _EventLog:
 class _Overlay:
     """Pending writes over the committed state, so a commit sees its own earlier writes."""
 
-    def __init__(self, state: StateStore, writes: dict) -> None:
+    def __init__(self, state: StateStore, writes: dict[bytes, Optional[bytes]]) -> None:
         self.state = state
         self.writes = writes
 
@@ -328,12 +329,12 @@ class Transaction:
 
     def __init__(self, state: StateStore) -> None:
         self.state = state
-        self.writes: dict = {}
-        self.reads: dict = {}
-        self.absent: dict = {}
-        self.index_ops: list = []
-        self.events: list = []
-        self.blobs: list = []
+        self.writes: dict[bytes, Optional[bytes]] = {}  # None: delete
+        self.reads: dict[bytes, Optional[bytes]] = {}  # what each read saw, re-checked at commit
+        self.absent: dict[bytes, str] = {}  # key -> label, for put_if_absent
+        self.index_ops: list[tuple[IndexDef, Row, bool]] = []  # (index, row, upsert)
+        self.events: list[tuple[bytes, Event]] = []  # (log prefix, record)
+        self.blobs: list[tuple[BlobStore, StagedBlob]] = []
         self.open = True
 
     # --- interfaces.Transaction -------------------------------------------------------------------------------
@@ -394,7 +395,7 @@ class Transaction:
     def stage_blob(self, store: BlobStore, staged: StagedBlob) -> None:
         self.blobs.append((store, staged))
 
-    def commit(self) -> list:
+    def commit(self) -> list[Event]:
         if not self.open:
             raise DepotError("TXN_CLOSED", 500, "transaction is not open")
         try:
@@ -422,8 +423,8 @@ class Transaction:
             if self.state.get(raw_key) != seen:
                 raise conflict("a document read by this transaction changed before it committed")
 
-    def _append_events(self, view: _Overlay) -> dict:
-        next_seq: dict = {}
+    def _append_events(self, view: _Overlay) -> dict[bytes, int]:
+        next_seq: dict[bytes, int] = {}
         for log_prefix, record in self.events:
             seq = next_seq.get(log_prefix) or self.state.next_seq(log_prefix)
             record["seq"] = seq
@@ -439,7 +440,7 @@ class Transaction:
             store.discard(staged)
 
 
-def _row_entries(view: _Overlay, index: IndexDef, rowid: str) -> list:
+def _row_entries(view: _Overlay, index: IndexDef, rowid: str) -> list[bytes]:
     raw = view.get(_rowmap_key(index, rowid))
     return [bytes.fromhex(h) for h in json.loads(raw)] if raw else []
 
