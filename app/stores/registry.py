@@ -24,9 +24,13 @@ TMP_DIR = "tmp"
 DEFAULT_KV_KIND = "rocksdb"  # a schema that declares no kv store
 CACHE_KIND = "embedded"
 
+KvSpec = dict[str, Any]  # a schema's storage.kv_stores.<name>
+CacheSettings = dict[str, dict[str, Any]]  # cache kind -> its settings (CompiledSchema.caching)
+ResolveBlob = Callable[[dict[str, Any]], Any]  # a cached handle's JSON -> the BlobHandle
+
 BlobStoreFactory = Callable[["Stores", Any], BlobStore]  # (stores, app.definitions.BlobStoreDef)
-StateFactory = Callable[["Stores", Mapping[str, dict]], StateBackend]  # (stores, the kv_stores specs of its kind)
-CacheFactory = Callable[["Stores", dict, Callable[[dict], Any]], Cache]  # (stores, caching settings, resolve_blob)
+StateFactory = Callable[["Stores", Mapping[str, KvSpec]], StateBackend]  # (stores, the kv_stores specs of its kind)
+CacheFactory = Callable[["Stores", CacheSettings, ResolveBlob], Cache]  # (stores, caching settings, resolve_blob)
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class Registry:
     kv_stores: Mapping[str, StateFactory]
     caches: Mapping[str, CacheFactory]
 
-    def kind_problems(self, storage: dict) -> list:
+    def kind_problems(self, storage: dict[str, Any]) -> list[tuple[str, str]]:
         """(where, message) for each store kind in a schema's `storage` section that nothing implements, and for
         kv stores of more than one kind."""
         problems = []
@@ -43,7 +47,7 @@ class Registry:
             if spec.get("kind") not in self.blob_stores:
                 problems.append(("storage.blob_stores.%s.kind" % name, "blob store kind %r is not supported; "
                                  "expected one of: %s" % (spec.get("kind"), ", ".join(sorted(self.blob_stores)))))
-        kinds: dict = {}
+        kinds: dict[object, str] = {}  # kind (as the schema spells it) -> the first kv store of it
         for name, spec in storage.get("kv_stores", {}).items():
             if spec.get("kind") not in self.kv_stores:
                 problems.append(("storage.kv_stores.%s.kind" % name, "kv store kind %r is not supported; "
@@ -73,11 +77,11 @@ def _filesystem(stores: "Stores", definition: Any) -> BlobStore:
     return store
 
 
-def _rocksdb(stores: "Stores", specs: Mapping[str, dict]) -> StateBackend:
+def _rocksdb(stores: "Stores", specs: Mapping[str, KvSpec]) -> StateBackend:
     return stores.local_state  # every rocksdb kv store lives in the data dir's state database
 
 
-def _embedded_cache(stores: "Stores", settings: dict, resolve_blob: Callable[[dict], Any]) -> Cache:
+def _embedded_cache(stores: "Stores", settings: CacheSettings, resolve_blob: ResolveBlob) -> Cache:
     return CacheStore(stores.local_state, settings, resolve_blob)
 
 
@@ -86,7 +90,7 @@ REGISTRY = Registry(blob_stores={"filesystem": _filesystem},
                     caches={CACHE_KIND: _embedded_cache})
 
 
-def remove_leftover_uploads(store: BlobStore, guard: BlobGuard) -> tuple:
+def remove_leftover_uploads(store: BlobStore, guard: BlobGuard) -> tuple[int, int]:
     """Remove the staged uploads no upload of this process is writing (what a crash left). -> (uploads, bytes)"""
     removed = removed_bytes = 0
     for upload in store.uploads():
@@ -114,9 +118,9 @@ class Stores:
         os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
         for name in os.listdir(self.tmp_dir):  # upstream bodies of requests that ended with the last process
             _remove(os.path.join(self.tmp_dir, name))
-        self._blob_stores: dict = {}
-        self._states: dict = {}
-        self._opened: set = set()
+        self._blob_stores: dict[tuple[str, str], BlobStore] = {}  # (name, its spec as JSON) -> the store
+        self._states: dict[str, StateBackend] = {}  # kv kind -> its backend
+        self._opened: set[object] = set()
 
     def first_open(self, token: Any) -> bool:
         """True the first time ``token`` is given: what an implementation does once per data dir."""
@@ -132,7 +136,7 @@ class Stores:
             self._blob_stores[key] = self.registry.blob_stores[definition.kind](self, definition)
         return self._blob_stores[key]
 
-    def state(self, kv_stores: Mapping[str, dict]) -> StateBackend:
+    def state(self, kv_stores: Mapping[str, KvSpec]) -> StateBackend:
         """The state backend of a schema's kv stores (their common kind; compilation refused a mix)."""
         kind: str = next((spec["kind"] for spec in kv_stores.values()), DEFAULT_KV_KIND)
         if kind not in self._states:
@@ -140,7 +144,7 @@ class Stores:
                 self, {name: spec for name, spec in kv_stores.items() if spec.get("kind") == kind})
         return self._states[kind]
 
-    def cache(self, settings: dict, resolve_blob: Callable[[dict], Any]) -> Cache:
+    def cache(self, settings: CacheSettings, resolve_blob: ResolveBlob) -> Cache:
         return self.registry.caches[CACHE_KIND](self, settings, resolve_blob)
 
     def close(self) -> None:
