@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import requests
 
@@ -18,8 +18,11 @@ from app.context import ExecutionContext, Principal, RequestData
 from app.definitions import Upstream
 from app.errors import DepotError
 from app.stores.blobs import BlobRef
-from app.stores.interfaces import BlobStore
+from app.stores.interfaces import BlobHandle, BlobStore
 from app.stores.digests import DIGEST_PREFIX, declared_digests, split_digest
+
+if TYPE_CHECKING:  # app.stores.registry is only named in annotations here
+    from app.stores.registry import Stores
 
 PROXY_CHUNK = 1024 * 1024
 
@@ -56,7 +59,7 @@ class Engine:
     def blob_store(self, name: str) -> BlobStore:
         return self.blob_stores[name]
 
-    def _blob_from_json(self, info: Mapping[str, Any]) -> BlobRef | None:
+    def _blob_from_json(self, info: Mapping[str, Any]) -> BlobHandle | None:
         store = self.blob_stores.get(info.get("store", ""))
         if store is None:
             return None
@@ -118,7 +121,7 @@ class Engine:
         finally:
             ctx.close()
 
-    def record_applied(self, seq, event_id):
+    def record_applied(self, seq: int, event_id: str | None) -> None:
         """A replica's bookkeeping alone: the cursor moves to ``seq``, ``event_id`` (if any) counts as applied."""
         txn = self.state.transaction()
         txn.record_applied(seq, event_id)
