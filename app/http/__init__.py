@@ -1,0 +1,3 @@
+"""The HTTP layer: the waitress front end (server), the Flask glue that turns a request into RequestData and runs
+the matched route on the engine (app), the response writer both it and the management API answer through
+(responses), request bodies (body) and the admin/auth API's views (management, openapi_views)."""
