@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime, timezone
 
 from app.identity.auth import require
-from app.http.body import parse_json as parse_json_body, read_all
+from app.engine.body import parse_json as parse_json_body, read_all
 from app.engine.conditions import ConditionError, compile_condition
 from app.engine.rows import RowContext
 from app.engine.context import ResponseSpec

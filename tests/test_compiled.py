@@ -1,6 +1,6 @@
-"""The compiler's output has declared shapes (app/engine/compiled.py), and its pieces stand alone: the checks run on what
-they check (app/engine/checks.py Subject), a route's policies resolve without a compiler (app/engine/policies.py), the type
-checker's configuration covers the engine modules.
+"""The compiler's output has declared shapes (app/engine/compiled.py), and its pieces stand alone: the checks run
+on what they check (app/engine/checks.py Subject), a route's policies resolve without a compiler
+(app/engine/policies.py), the type checker's configuration covers the engine modules.
 """
 import configparser
 import copy
@@ -87,8 +87,9 @@ def test_type_checking_covers_the_engine_modules_strictly():
     config = configparser.ConfigParser()
     config.read(ROOT / "mypy.ini")
     files = {f.strip() for f in config["mypy"]["files"].split(",")}
-    assert {"app/engine/compiled.py", "app/engine/compiler.py", "app/engine/binding.py", "app/engine/runner.py", "app/engine/policies.py",
-            "app/engine/shadowing.py", "app/engine/codegen.py", "app/engine/opspec.py", "app/engine/run.py", "app/engine/context.py"} <= files
+    engine = ("compiled", "compiler", "binding", "runner", "policies", "shadowing", "codegen", "opspec", "run",
+              "context")
+    assert {"app/engine/%s.py" % name for name in engine} <= files
     for flag in ("disallow_untyped_defs", "disallow_incomplete_defs", "check_untyped_defs", "warn_return_any"):
         assert config["mypy"].getboolean(flag), flag
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()

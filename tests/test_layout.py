@@ -139,3 +139,13 @@ def test_each_layer_is_a_package_of_app():
         assert (ROOT / "app" / layer / "__init__.py").is_file(), layer
     flat = sorted(path.name for path in (ROOT / "app").glob("*.py"))
     assert flat == ["__init__.py", "__main__.py", "errors.py"]
+
+
+def test_the_engine_the_stores_identity_and_the_ops_load_without_flask_or_the_service():
+    script = ("import sys, operations, app.engine.compiler, app.engine.run, app.identity.auth, app.identity.access\n"
+              "import app.stores.registry\n"
+              "loaded = sorted(m for m in sys.modules\n"
+              "                if m == 'flask' or m.startswith(('app.repository', 'app.http.app')))\n"
+              "assert not loaded, loaded\n")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

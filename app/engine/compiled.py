@@ -1,7 +1,7 @@
 """The shapes the compiler produces: a compiled schema, its routes, pipelines, steps and plan steps.
 
-Each is built whole by the compiler (app/engine/compiler.py, app/engine/runner.py) and never changed afterwards: what a running
-engine needs is decided at load and then only read.
+Each is built whole by the compiler (app/engine/compiler.py, app/engine/runner.py) and never changed afterwards:
+what a running engine needs is decided at load and then only read.
 """
 from __future__ import annotations
 

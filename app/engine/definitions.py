@@ -9,7 +9,7 @@ from operator import methodcaller
 
 import jsonschema
 
-from app.http.body import MAX_JSON_DEPTH
+from app.engine.body import MAX_JSON_DEPTH
 from app.engine.codegen import FunctionBuilder, enabled as generating
 from app.errors import DepotError, bad_request
 from app.stores import sortkeys

@@ -37,7 +37,7 @@ class Engine:
         callable returning nanoseconds that the CPU budget charges requests by instead of their thread's CPU
         time (see app.engine.budget)."""
         self.compiled = compiled
-        self.access: Any = access if access is not None else SCOPES_ONLY  # app.identity.access.Access, or the scopes only
+        self.access: Any = access if access is not None else SCOPES_ONLY  # identity.access.Access, or the scopes only
         self.clock = budget_clock(cpu_clock)
         self.stores = stores
         self.read_only = read_only  # a replica: route steps that change the repository are refused

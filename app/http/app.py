@@ -1,7 +1,8 @@
 """Flask glue: the URL map of the compiled routes, a streaming request adapter, the error handlers.
 
 This layer knows nothing of individual ops: it turns a request into RequestData, runs the matched route's
-pipeline, and writes the ResponseSpec (app.http.responses: JSON, a blob streamed from disk with Range/ETag/HEAD, or a redirect).
+pipeline, and writes the ResponseSpec (app.http.responses: JSON, a blob streamed from disk with Range/ETag/HEAD,
+or a redirect).
 Every error, whatever raised it, leaves as the JSON envelope with an X-Request-Id.
 """
 import logging
@@ -14,7 +15,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
 from app.identity.audit import api_token_id
-from app.http.body import RequestBody
+from app.engine.body import RequestBody
 from app.http.openapi_views import ViewDoc, document_rules, documented
 from app.http.responses import error_response, json_response, write_response
 from app.http.server import DROPPED_HEADERS_KEY, next_request_id

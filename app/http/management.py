@@ -12,7 +12,7 @@ from flask import Blueprint, current_app, g, request
 from app.repository import replication
 from app.identity.audit import api_token_id
 from app.identity.auth import DEFAULT_TTL, account_state, username_key
-from app.http.body import RequestBody, parse_json, read_all
+from app.engine.body import RequestBody, parse_json, read_all
 from app.engine.context import ResponseSpec
 from app.engine.definitions import PAGE_QUERY, query_value
 from app.errors import DepotError, bad_request, not_found

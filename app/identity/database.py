@@ -6,7 +6,8 @@ from alembic.config import Config
 from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.orm import sessionmaker
 
-MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "migrations")
+MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),  # the root
+                          "migrations")
 
 
 def database_url(data_dir):

@@ -27,7 +27,8 @@ from app.engine.report import Report
 from app.repository.schema_store import SchemaStore
 from app.stores.registry import Stores
 
-DEFAULT_SCHEMA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "schema.json")
+PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # app/repository/ -> the root
+DEFAULT_SCHEMA = os.path.join(PROJECT, "schema.json")
 
 
 def private_dir(path: str) -> str:
