@@ -31,7 +31,8 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(128), unique=True)
-    # the username folded to lower case: unique, so 'Admin' cannot stand beside 'admin' (see app.auth.username_key)
+    # the username folded to lower case: unique, so 'Admin' cannot stand beside 'admin'
+    # (see app.identity.auth.username_key)
     username_key: Mapped[str] = mapped_column(String(160), unique=True, index=True)
     password_hash: Mapped[str] = mapped_column(String(128))
     scopes: Mapped[list] = mapped_column(JSON, default=list)
@@ -113,7 +114,7 @@ class GroupMember(Base):
 
 class NamespaceGrant(Base):
     """A permission (read < write < delete < admin) on the namespaces a pattern matches, given to one user, one
-    group, or (neither set) anonymous callers. See app/access.py."""
+    group, or (neither set) anonymous callers. See app/identity/access.py."""
     __tablename__ = "namespace_grants"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

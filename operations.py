@@ -9,20 +9,30 @@ import json
 import uuid
 from datetime import datetime, timezone
 
-from app.auth import require
-from app.body import parse_json as parse_json_body, read_all
-from app.conditions import ConditionError, compile_condition
-from app.rows import RowContext
-from app.context import ResponseSpec
-from app.definitions import MAX_PAGE, MAX_PAGE_SIZE, chain, query_value
+from app.identity.auth import require
+from app.engine.body import parse_json as parse_json_body, read_all
+from app.engine.conditions import ConditionError, compile_condition
+from app.engine.rows import RowContext
+from app.engine.context import ResponseSpec
+from app.engine.definitions import MAX_PAGE, MAX_PAGE_SIZE, chain, query_value
 from app.errors import DepotError, bad_request, too_large
-from app import expr
-from app.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_ANSWERS, BLOB_INPUTS, COUNT, DIGEST, STRING,
+from app.engine import expr
+from app.tools.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_ANSWERS, BLOB_INPUTS, COUNT, DIGEST, STRING,
                                     nullable, portable)
-from app.opspec import BindError, Const, JsonSchema, Output, RefTo, RequestInput, Scopes, Source, Template, op
+from app.engine.opspec import (BindError, Const, JsonSchema, OpDecl, Output, RefTo, RequestInput, Scopes, Source,
+                               Template, Vocabulary)
 from app.stores.codec import dumps
 from app.stores.digests import digest_mismatch, split_digest
 from app.stores.interfaces import BlobHandle
+
+VOCABULARY = Vocabulary()
+op = VOCABULARY.op  # each @op below declares into VOCABULARY; nothing is registered until register() is called
+
+
+def register(registry: dict[str, OpDecl]) -> None:
+    """Hand the vocabulary to the engine's registry (app.engine.opspec.load_vocabulary calls this, once)."""
+    VOCABULARY.register(registry)
+
 
 MAX_QUERY_LIMIT = 1000
 MAX_OFFSET = MAX_PAGE * MAX_PAGE_SIZE

@@ -7,8 +7,8 @@ def create_app(data_dir, schema=None, schema_path=None, sync=True, announce=prin
     dict) or the schema file at ``schema_path`` (default: the project's schema.json), and ``load_schema`` makes
     that schema the active one when it differs. ``read_only``: a replica, refusing route steps that change the
     repository (replication still applies); ``cpu_clock``: what the per-request CPU budget reads instead of the
-    thread's CPU time (app.budget). Raises SchemaLoadError when the schema cannot be served."""
-    from app.http import create_app as build
-    from app.service import Service
+    thread's CPU time (app.engine.budget). Raises SchemaLoadError when the schema cannot be served."""
+    from app.http.app import create_app as build
+    from app.repository.service import Service
     return build(Service(data_dir, schema=schema, schema_path=schema_path, sync=sync, announce=announce,
                          read_only=read_only, load_schema=load_schema, cpu_clock=cpu_clock))

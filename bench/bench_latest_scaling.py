@@ -46,7 +46,7 @@ def main():
     args = parser.parse_args()
     os.environ.setdefault("DEPOT_ADMIN_PASSWORD", "bench-admin-password")
     os.environ["DEPOT_BCRYPT_ROUNDS"] = "4"
-    from app.testing import LocalDepot
+    from app.tools.testing import LocalDepot
 
     data_dir = tempfile.mkdtemp(prefix="depot-bench-latest-")
     try:

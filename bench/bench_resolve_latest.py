@@ -130,7 +130,7 @@ def start_depot(data_dir, schema_path):
     os.environ["DEPOT_BCRYPT_ROUNDS"] = "4"
     os.environ.pop("DEPOT_SECRET_KEY", None)
     os.environ.pop("DEPOT_DATABASE_URL", None)  # never point a benchmark at a real database
-    from app.testing import LocalDepot
+    from app.tools.testing import LocalDepot
 
     with open(schema_path, "rb") as handle:
         doc = json.load(handle)

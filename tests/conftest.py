@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-import operations  # noqa: F401  (the op vocabulary registers itself when imported)
-from app.testing import LocalDepot, ManualClock
+from app.engine.opspec import load_vocabulary
+from app.tools.testing import LocalDepot, ManualClock
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ADMIN_PASSWORD = "correct horse battery staple"
 
 os.environ.setdefault("DEPOT_BCRYPT_ROUNDS", "4")
+load_vocabulary()  # tests read the op registry (app.engine.opspec.REGISTRY) before any schema is compiled
 
 
 def load_json(path):
@@ -55,7 +56,7 @@ def _admin_password(monkeypatch):
 
 
 class Depot(LocalDepot):
-    """A running Depot over a temporary data dir (app.testing.LocalDepot) with the tests' request helpers. The CPU
+    """A running Depot over a temporary data dir (app.tools.testing.LocalDepot) with the tests' request helpers. The CPU
     budget's clock stands still unless the test gives one it advances: no test depends on the machine's speed."""
 
     def __init__(self, data_dir, schema=None, cpu_clock=None, **options):

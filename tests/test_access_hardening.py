@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import IntegrityError
 
-from app import database
-from app.auth import PREHASHED
-from app.compiler import compile_schema
+from app.identity import database
+from app.identity.auth import PREHASHED
+from app.engine.compiler import compile_schema
 from models import ApiToken, User
 from tests.conftest import ADMIN_PASSWORD, ROOT, Depot, join_all
 from tests.test_identity import (ALICE_PASSWORD, admin_headers, assert_error, assert_unauthorized, bearer,

@@ -13,7 +13,7 @@ import sys
 import pytest
 import requests
 
-from app.testing import LocalDepot
+from app.tools.testing import LocalDepot
 from tests.conftest import ROOT, ServerProcess
 
 
@@ -253,7 +253,7 @@ def start_line(server):
 
 
 def test_serve_names_the_version_it_serves_and_loads_a_file_only_when_asked(tmp_path, project_schema):
-    from app.compiler import schema_digest
+    from app.engine.compiler import schema_digest
     data_dir, schema_file = tmp_path / "data", tmp_path / "with-hello.json"
     changed = copy.deepcopy(project_schema)
     changed["api"]["routes"].append(hello_route())

@@ -1,4 +1,4 @@
-"""The load-time checker (app/compiler.py, app/checks.py): the reference schema broken one way per test.
+"""The load-time checker (app/engine/compiler.py, app/engine/checks.py): the reference schema broken one way per test.
 
 Route indexes in the reference: 0 publish_artifact_blob, 1 fetch_artifact_blob, 2 set_tag, 3 resolve_latest,
 4 proxy_fallback_fetch_blob.
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.compiler import compile_schema
+from app.engine.compiler import compile_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = "tests/fixtures/reference_schema.json"

@@ -1,10 +1,10 @@
-"""Generated code (app/codegen.py) must do exactly what the interpreted tree does.
+"""Generated code (app/engine/codegen.py) must do exactly what the interpreted tree does.
 
 References, dict/list templates, normalizer chains and pipelines are compiled to Python functions at load. Each
 test here renders the same template both ways over the same namespaces and asserts the same value or the same
 error, including the shapes the generated code leaves to the interpreted path (tuples, blob handles, dict
 subclasses, strings under an index, nulls, optionals). Pipeline runners are checked the same way: each runner
-test runs with both executors (app/runner.py), and the same requests go through a depot compiled each way."""
+test runs with both executors (app/engine/runner.py), and the same requests go through a depot compiled each way."""
 import traceback
 from collections import OrderedDict
 from itertools import product
@@ -12,16 +12,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from app.budget import BudgetClock, CollectorPauses, budget_clock
-from app.codegen import FunctionBuilder, literal
-from app.compiled import PlanStep
-from app.compiler import compile_schema
-from app.runner import build_runner, generate_runner, interpret_runner
-from app.definitions import chain, compile_normalizer
+from app.engine.budget import BudgetClock, CollectorPauses, budget_clock
+from app.engine.codegen import FunctionBuilder, literal
+from app.engine.compiled import PlanStep
+from app.engine.compiler import compile_schema
+from app.engine.runner import build_runner, generate_runner, interpret_runner
+from app.engine.definitions import chain, compile_normalizer
 from app.errors import DepotError
-from app.expr import DictNode, compile_value, parse_template
+from app.engine.expr import DictNode, compile_value, parse_template
 from app.stores.blobs import BlobRef
-from app.testing import ManualClock
+from app.tools.testing import ManualClock
 from tests.conftest import Namespaces
 
 STILL = budget_clock(ManualClock())  # the runner's clock in tests that are not about the CPU budget

@@ -1,6 +1,6 @@
-"""The compiler's output has declared shapes (app/compiled.py), and its pieces stand alone: the checks run on what
-they check (app/checks.py Subject), a route's policies resolve without a compiler (app/policies.py), the type
-checker's configuration covers the engine modules.
+"""The compiler's output has declared shapes (app/engine/compiled.py), and its pieces stand alone: the checks run
+on what they check (app/engine/checks.py Subject), a route's policies resolve without a compiler
+(app/engine/policies.py), the type checker's configuration covers the engine modules.
 """
 import configparser
 import copy
@@ -8,10 +8,10 @@ import dataclasses
 
 import pytest
 
-from app import checks
-from app.compiled import CompiledSchema, PlanStep, Pipeline, Route, RoutePolicy, RuntimeChecks, Step
-from app.compiler import compile_schema
-from app.report import Report
+from app.engine import checks
+from app.engine.compiled import CompiledSchema, PlanStep, Pipeline, Route, RoutePolicy, RuntimeChecks, Step
+from app.engine.compiler import compile_schema
+from app.engine.report import Report
 from tests.conftest import ROOT
 
 
@@ -87,8 +87,9 @@ def test_type_checking_covers_the_engine_modules_strictly():
     config = configparser.ConfigParser()
     config.read(ROOT / "mypy.ini")
     files = {f.strip() for f in config["mypy"]["files"].split(",")}
-    assert {"app/compiled.py", "app/compiler.py", "app/binding.py", "app/runner.py", "app/policies.py",
-            "app/shadowing.py", "app/codegen.py", "app/opspec.py", "app/engine.py", "app/context.py"} <= files
+    engine = ("compiled", "compiler", "binding", "runner", "policies", "shadowing", "codegen", "opspec", "run",
+              "context")
+    assert {"app/engine/%s.py" % name for name in engine} <= files
     for flag in ("disallow_untyped_defs", "disallow_incomplete_defs", "check_untyped_defs", "warn_return_any"):
         assert config["mypy"].getboolean(flag), flag
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()

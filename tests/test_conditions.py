@@ -1,7 +1,7 @@
-"""`when` conditions (app/conditions.py): every keyword, nesting, lenient operands and load-time errors."""
+"""`when` conditions (app/engine/conditions.py): every keyword, nesting, lenient operands and load-time errors."""
 import pytest
 
-from app.conditions import ConditionError, compile_condition
+from app.engine.conditions import ConditionError, compile_condition
 from tests.conftest import Namespaces
 
 PLACE = "api.routes[1].pipeline[5].args.when"

@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from app import docs
+from app.tools import docs
 from tests.conftest import ROOT
 
 
@@ -13,7 +13,7 @@ def test_operations_md_is_generated_from_the_registry():
 
 def test_every_op_is_documented_with_its_arguments():
     text = docs.render()
-    from app.opspec import REGISTRY
+    from app.engine.opspec import REGISTRY
     for name, decl in REGISTRY.items():
         section = text.split("### `%s`" % name, 1)[1].split("### ", 1)[0]
         for arg in decl.args:

@@ -1,9 +1,9 @@
-"""The interpolation grammar (app/expr.py): parsing, rendering, escapes, key safety and compiled value trees."""
+"""The interpolation grammar (app/engine/expr.py): parsing, rendering, escapes, key safety and compiled value trees."""
 import pytest
 
 from app.errors import DepotError
 from tests.conftest import Namespaces
-from app.expr import Const, DictNode, ListNode, Template, TemplateSyntaxError, compile_value, parse_template
+from app.engine.expr import Const, DictNode, ListNode, Template, TemplateSyntaxError, compile_value, parse_template
 
 
 def render(source, **ctx):

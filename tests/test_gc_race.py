@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from app import gc
+from app.repository import gc
 from tests.conftest import GatedBody, join_all, send_chunked
 from tests.test_replication import admin, apply, copy_blobs, pair, shipped  # noqa: F401 (pair: a fixture)
 

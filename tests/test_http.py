@@ -17,7 +17,7 @@ from werkzeug.http import http_date, parse_date
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from app.http import attachment
+from app.http.responses import attachment
 from app.stores.blobs import FileBlobStore
 
 BLOB = "/v1/acme/hello/1.0.0/linux-amd64/blob"

@@ -16,7 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
-from app import database
+from app.identity import database
 from models import Base
 
 ROOT = Path(__file__).resolve().parent.parent

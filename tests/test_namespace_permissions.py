@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from app.compiler import compile_schema
+from app.engine.compiler import compile_schema
 from tests.conftest import ADMIN_PASSWORD, ROOT
 from tests.test_identity import ALICE_PASSWORD, admin_headers, assert_error, bearer, create_user, login_token
 from tests.test_identity import admin, depot  # noqa: F401  (fixtures)

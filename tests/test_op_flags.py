@@ -1,4 +1,4 @@
-"""What an op does is declared on it (app/opspec.py: terminal, opens_txn, closes_txn, needs_txn, writes, mutates,
+"""What an op does is declared on it (app/engine/opspec.py: terminal, opens_txn, closes_txn, needs_txn, writes, mutates,
 io), and the compiler, the checker and the docs read those flags, never the op's name.
 
 The tests register ops of their own, named against their flags (a `respond.*` op that does not end the pipeline,
@@ -9,10 +9,10 @@ import copy
 
 import pytest
 
-from app import docs
-from app.compiler import compile_schema
-from app.context import ResponseSpec
-from app.opspec import REGISTRY, Const, OpDecl, op
+from app.tools import docs
+from app.engine.compiler import compile_schema
+from app.engine.context import ResponseSpec
+from app.engine.opspec import REGISTRY, Const, OpDecl, Vocabulary
 
 
 def route(route_id, path, *steps):
@@ -28,15 +28,17 @@ def step(name, when=None, **args):
 
 @pytest.fixture
 def own_ops():
-    """Ops named against their flags, registered for one test only (the vocabulary is global)."""
+    """Ops named against their flags, registered for one test only (the engine's registry is global)."""
     added = []
+    vocabulary = Vocabulary()
 
     def register(name, **flags):
         def answer(ctx, a):
             ctx.vars.setdefault("ran", []).append(name)
             if flags.get("terminal"):
                 ctx.response = ResponseSpec(203, json={"answered_by": name, "ran": ctx.vars["ran"]})
-        op(name, "a test op", args={"note": Const("string", "unused", required=False)}, **flags)(answer)
+        vocabulary.op(name, "a test op", args={"note": Const("string", "unused", required=False)}, **flags)(answer)
+        vocabulary.register(REGISTRY)
         added.append(name)
     yield register
     for name in added:

@@ -8,9 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from app.opspec import REGISTRY
+from app.engine.opspec import REGISTRY
 from app.stores.state import kv_key
-from app.testing import ManualClock
+from app.tools.testing import ManualClock
 
 
 def with_routes(schema, *routes, **changes):
@@ -555,8 +555,8 @@ def test_the_test_depots_cpu_clock_stands_still(make_depot, project_schema):
 
 
 def test_depot_cpu_budget_off_stops_the_served_clock(monkeypatch):
-    from app.budget import stopped_clock
-    from app.cli import _cpu_clock
+    from app.engine.budget import stopped_clock
+    from app.tools.cli import _cpu_clock
     monkeypatch.setenv("DEPOT_CPU_BUDGET", "off")
     assert _cpu_clock() is stopped_clock and stopped_clock() == stopped_clock()
     monkeypatch.delenv("DEPOT_CPU_BUDGET")

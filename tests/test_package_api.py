@@ -675,7 +675,7 @@ def test_reindex_moves_existing_rows_under_a_changed_sort(tmp_path, project_sche
     assert depot.client.post("/admin/schema", json=project_schema,
                              headers=depot.headers(["admin"])).status_code == 201
     depot.close()
-    from app.cli import main
+    from app.tools.cli import main
     assert main(["reindex", "--data-dir", data_dir]) == 0
     depot = Depot(data_dir, project_schema)
     try:

@@ -1,4 +1,4 @@
-"""Replication (app/replication.py, /admin/replication, `python -m app replicate`): a primary ships its event
+"""Replication (app/repository/replication.py, /admin/replication, `python -m app replicate`): a primary ships its event
 log, a replica applies each event once through its apply pipelines, blob bytes arrive before the events naming
 them, and the replica ends up answering every read exactly as the primary does."""
 import copy
@@ -12,7 +12,7 @@ import threading
 import pytest
 import requests
 
-from app import replication
+from app.repository import replication
 from tests.conftest import ADMIN_PASSWORD, ROOT, Depot, ServerProcess, free_port, join_all
 
 # every read a user can make of what the scenario below publishes
@@ -403,7 +403,7 @@ def test_replicate_command_without_tokens_says_what_is_missing():
 
 
 def test_an_apply_pipeline_no_event_type_uses_is_reported_not_compiled(project_schema):
-    from app.compiler import compile_schema
+    from app.engine.compiler import compile_schema
     schema = copy.deepcopy(project_schema)
     del schema["replication"]["replay"]["apply_pipelines"]["artifact.deleted"]
     compiled, report = compile_schema(schema, "schema")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from app import compliance
+from app.tools import compliance
 from tests.conftest import ROOT, load_json
 
 SCHEMA = load_json(ROOT / "schema.json")

@@ -1,4 +1,4 @@
-"""Keys the server accepts but does not act on are reported with their places (app/schema_keys.py); gc.enabled
+"""Keys the server accepts but does not act on are reported with their places (app/engine/schema_keys.py); gc.enabled
 and the gc marks are acted on."""
 import copy
 import subprocess
@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from app import docs, schema_keys
-from app.compiler import compile_schema
+from app.tools import docs
+from app.engine import schema_keys
+from app.engine.compiler import compile_schema
 from tests.conftest import ROOT
 
 UNSUPPORTED = "accepted but not supported by this server"

@@ -13,8 +13,8 @@ import threading
 
 import pytest
 
-from app.compiler import compile_schema
-from app.definitions import BlobStoreDef, EventLog as EventLogSettings
+from app.engine.compiler import compile_schema
+from app.engine.definitions import BlobStoreDef, EventLog as EventLogSettings
 from app.errors import DepotError
 from app.stores.interfaces import BlobHandle, IndexDef, IndexKeyDef
 from app.stores.registry import REGISTRY, Registry, Stores

@@ -10,7 +10,7 @@ import sys
 import pytest
 import requests
 
-from app.service import Service
+from app.repository.service import Service
 from tests.conftest import ADMIN_PASSWORD, ROOT, ServerProcess, load_json
 
 TEMPLATES = ROOT / "templates"
@@ -262,7 +262,7 @@ def test_a_broken_result_is_refused_by_the_running_server_with_its_findings(serv
 
 
 def test_undeclared_placeholder_is_refused_cleanly(tmp_path):
-    from app import templates as tpl
+    from app.tools import templates as tpl
     template = {"$template": {"kind": "upstream", "placeholders": {}}, "name": "<<nope>>",
                 "value": {"base_url": "https://x.example"}}
     with pytest.raises(tpl.TemplateError, match="undeclared placeholder"):
@@ -270,7 +270,7 @@ def test_undeclared_placeholder_is_refused_cleanly(tmp_path):
 
 
 def test_auth_scope_template_twice_is_refused(tmp_path):
-    from app import templates as tpl
+    from app.tools import templates as tpl
     body = tpl.instantiate(tpl.load(str(ROOT / "templates" / "auth_scope_template.json")), {})
     doc, _ = tpl.apply({"auth": {"scopes": []}}, "auth_scope", body)
     with pytest.raises(tpl.TemplateError, match="already exists"):
@@ -280,7 +280,7 @@ def test_auth_scope_template_twice_is_refused(tmp_path):
 # --- routes that overlap ------------------------------------------------------------------------------------
 
 def _route_errors(schema):
-    from app.compiler import compile_schema
+    from app.engine.compiler import compile_schema
     compiled, report = compile_schema(schema, "test")
     return compiled, [e for e in report.to_dict()["errors"]]
 

@@ -13,7 +13,7 @@ import uuid
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional
 
 from app.errors import bad_request, too_large
-from app.expr import parse_template
+from app.engine.expr import parse_template
 from app.stores.digests import DIGEST_ALGORITHMS, DIGEST_PREFIX, split_digest
 from app.stores.guard import BlobGuard
 from app.stores.interfaces import BlobHandle, BlobStat, Readable

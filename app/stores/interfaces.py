@@ -224,7 +224,7 @@ class LoggedEvent(NamedTuple):
 class EventLog(Protocol):
     """An append-only log numbered 1, 2, ... without gaps (appended by Transaction.append), and a replica's
     bookkeeping: up to which primary sequence number it has applied, and which event ids."""
-    settings: Any  # the schema's replication.log and .shipping (app.definitions.EventLog)
+    settings: Any  # the schema's replication.log and .shipping (app.engine.definitions.EventLog)
 
     def read_after(self, seq: int) -> Iterator[LoggedEvent]:
         """The events numbered above ``seq``, in order."""
@@ -322,7 +322,7 @@ class StateBackend(Protocol):
     def transaction(self) -> Transaction: ...
 
     def event_log(self, settings: Any) -> EventLog:
-        """The log the schema's replication.log section places (``settings``: app.definitions.EventLog)."""
+        """The log the schema's replication.log section places (``settings``: app.engine.definitions.EventLog)."""
 
     def reindex(self, index: IndexDef) -> int:
         """Rewrite every row of ``index`` under its current keys (after a schema change); only with no other

@@ -28,7 +28,7 @@ KvSpec = dict[str, Any]  # a schema's storage.kv_stores.<name>
 CacheSettings = dict[str, dict[str, Any]]  # cache kind -> its settings (CompiledSchema.caching)
 ResolveBlob = Callable[[dict[str, Any]], Any]  # a cached handle's JSON -> the BlobHandle
 
-BlobStoreFactory = Callable[["Stores", Any], BlobStore]  # (stores, app.definitions.BlobStoreDef)
+BlobStoreFactory = Callable[["Stores", Any], BlobStore]  # (stores, app.engine.definitions.BlobStoreDef)
 StateFactory = Callable[["Stores", Mapping[str, KvSpec]], StateBackend]  # (stores, the kv_stores specs of its kind)
 CacheFactory = Callable[["Stores", CacheSettings, ResolveBlob], Cache]  # (stores, caching settings, resolve_blob)
 
@@ -130,7 +130,7 @@ class Stores:
         return True
 
     def blob_store(self, definition: Any) -> BlobStore:
-        """The blob store an app.definitions.BlobStoreDef describes (one object per distinct definition)."""
+        """The blob store an app.engine.definitions.BlobStoreDef describes (one object per distinct definition)."""
         key = (definition.name, json.dumps(definition.spec, sort_keys=True))
         if key not in self._blob_stores:
             self._blob_stores[key] = self.registry.blob_stores[definition.kind](self, definition)

@@ -1,0 +1,112 @@
+"""The load-time binding analysis: what a pipeline has bound so far, step by step.
+
+The compiler walks a pipeline's steps in order with one Scope; each argument kind (app/engine/opspec.py) and each op's
+``binds`` hook tells it what the step reads and binds. A reference that no earlier step can bind is an error at
+its place; one bound only if a request carries it is a warning.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+from app.engine.compiled import Definitions
+from app.engine.definitions import EventType, Validator
+from app.engine.expr import Ref
+from app.engine.opspec import BindError
+from app.engine.report import Report
+
+
+class Scope:
+    """What a pipeline has bound so far, for the load-time binding analysis (and the env ops bind against)."""
+
+    def __init__(self, report: Report, definitions: Definitions, params: Iterable[str] = (),
+                 event_types: Sequence[EventType] | None = None) -> None:
+        """``params``: the route's path parameters; ``event_types``: the events an apply pipeline replays (None:
+        a route's pipeline)."""
+        self.report = report
+        self.definitions = definitions
+        self.params = list(params)
+        self.replay = event_types is not None
+        self.fields: set[str] = set()
+        self.body_fields: set[str] = set()
+        self.unknown_sources: list[str] = []
+        self.vars: set[str] = set()
+        self.json_vars: set[str] = set()
+        self.place = ""  # where the argument being bound is: findings are reported there
+        if event_types is not None:
+            props = [set(e.validator.schema.get("properties", {})) for e in event_types]
+            self.fields = set.intersection(*props) if props else set()
+            if any(not e.validator.schema.get("properties") for e in event_types):
+                self.unknown_sources.append("the event payload")
+
+    # --- used by op declarations and argument kinds ---
+
+    def compile_json_schema(self, schema: dict[str, Any]) -> Validator:
+        problem = Validator.schema_errors(schema)
+        if problem:
+            raise BindError("not a valid JSON Schema: %s" % problem)
+        return Validator(schema)
+
+    def binds_var(self, name: str) -> None:
+        self.vars.add(name)
+
+    def bind_fields(self, names: Iterable[str]) -> None:
+        self.fields.update(names)
+
+    def may_bind(self, field: str) -> bool:
+        """Whether the field can hold a value at this point of the pipeline."""
+        return field in self.fields or field in self.body_fields or bool(self.unknown_sources)
+
+    def bind_unknown(self, source: str) -> None:
+        self.unknown_sources.append(source)
+
+    def bind_path_params(self, entity_name: str | None) -> None:
+        entity = self.definitions["entity"].get(entity_name) if entity_name else None
+        if entity is not None:
+            for param in self.params:
+                if param not in entity.fields:
+                    self.report.error(self.place + ".args.entity", "path parameter {%s} is not a field of entity %s"
+                                      % (param, entity.name))
+        self.fields.update(self.params)
+
+    def bind_json_body(self, out: str | None) -> None:
+        if out:
+            self.json_vars.add(out)
+        self.bind_unknown("the JSON body")
+
+    def bind_body_schema(self, value: Any, schema: Any) -> None:
+        if isinstance(value, str) and value.startswith("$") and value[1:] in self.json_vars:
+            if isinstance(schema, str):
+                validator = self.definitions["schema"].get(schema)
+                schema = validator.schema if validator else {}
+            if isinstance(schema, dict):
+                self.body_fields.update(schema.get("properties", {}))
+
+    def uses(self, refs: Iterable[Ref]) -> None:
+        for ref in refs:
+            self._check_ref(ref)
+
+    def _check_ref(self, ref: Ref) -> None:
+        if ref.namespace == "var":
+            if ref.root not in self.vars:
+                self.report.error(self.place, "%s can never be bound here: no earlier step outputs $%s (bound: %s)"
+                                  % (ref.source, ref.root, ", ".join(sorted(self.vars)) or "none"))
+        elif ref.namespace == "event":
+            if not self.replay:
+                self.report.error(self.place, "%s: {event.*} is bound only in replication apply pipelines"
+                                  % ref.source)
+        elif ref.namespace == "principal":
+            if self.replay:
+                self.report.error(self.place, "%s: replayed events have no principal" % ref.source)
+        elif ref.root in self.fields:
+            return
+        elif ref.root in self.body_fields:
+            self.report.warning(self.place, "%s is not a path or query field; it resolves from the parsed JSON "
+                                "body (write $%s.%s to say so)" % (ref.source, next(iter(self.json_vars), "body"),
+                                                                    ref.root), "bindings")
+        elif self.unknown_sources:
+            self.report.warning(self.place, "%s is bound only if %s carries it" % (ref.source,
+                                                                                 " or ".join(self.unknown_sources)),
+                                "bindings")
+        elif not ref.optional:
+            self.report.error(self.place, "%s can never be bound: fields bound here are %s"
+                              % (ref.source, ", ".join(sorted(self.fields)) or "none"))

@@ -1,0 +1,172 @@
+"""`when` conditions, compiled once into predicate closures.
+
+One small function per keyword, looked up in a registry (the jsonschema model). Operands are templates
+rendered leniently: a reference that cannot be resolved reads as null, so ``{"is_null": "$meta"}`` and
+``{"not_in": ["$up_resp.status", [200]]}`` work whether or not the step that binds them ran.
+An unknown keyword is a load error, never "true".
+"""
+from app.engine.expr import compile_value
+from app.stores import sortkeys
+
+KEYWORDS = {}
+
+
+class ConditionError(ValueError):
+    def __init__(self, message, place=""):
+        super().__init__(message)
+        self.place = place
+
+
+def keyword(name, arity):
+    """arity: "one" (a single operand), "two" (a pair), "conds" (a list of conditions), "cond_pair" (exactly
+    two conditions), "cond" (one condition)."""
+    def register(fn):
+        KEYWORDS[name] = (fn, arity)
+        return fn
+    return register
+
+
+def _empty(value):
+    return value is None or (hasattr(value, "__len__") and len(value) == 0)
+
+
+@keyword("equals", "two")
+def _equals(a, b):
+    return lambda ctx: a(ctx) == b(ctx)
+
+
+@keyword("not_equals", "two")
+def _not_equals(a, b):
+    return lambda ctx: a(ctx) != b(ctx)
+
+
+@keyword("in", "two")
+def _in(a, b):
+    return lambda ctx: _member(a(ctx), b(ctx))
+
+
+@keyword("not_in", "two")
+def _not_in(a, b):
+    return lambda ctx: not _member(a(ctx), b(ctx))
+
+
+def _member(item, collection):
+    try:
+        return item in (collection or ())
+    except TypeError:
+        return False
+
+
+@keyword("is_null", "one")
+def _is_null(a):
+    return lambda ctx: a(ctx) is None
+
+
+@keyword("is_not_null", "one")
+def _is_not_null(a):
+    return lambda ctx: a(ctx) is not None
+
+
+@keyword("is_empty", "one")
+def _is_empty(a):
+    return lambda ctx: _empty(a(ctx))
+
+
+@keyword("is_not_empty", "one")
+def _is_not_empty(a):
+    return lambda ctx: not _empty(a(ctx))
+
+
+@keyword("contains", "two")
+def _contains(a, b):
+    """a (a string) contains b, ignoring case."""
+    return lambda ctx: _text_test(a(ctx), b(ctx), lambda x, y: y in x)
+
+
+@keyword("starts_with", "two")
+def _starts_with(a, b):
+    """a (a string) starts with b, ignoring case."""
+    return lambda ctx: _text_test(a(ctx), b(ctx), str.startswith)
+
+
+def _text_test(a, b, test):
+    return isinstance(a, str) and isinstance(b, str) and test(a.lower(), b.lower())
+
+
+@keyword("is_prerelease", "one")
+def _is_prerelease(a):
+    """the operand is a semantic version with a pre-release part (1.0.0-rc.1)."""
+    def holds(ctx):
+        value = a(ctx)
+        parsed = sortkeys.parse_semver(value) if isinstance(value, str) else None
+        return parsed is not None and parsed.prerelease is not None
+    return holds
+
+
+@keyword("all", "conds")
+def _all(preds):
+    return lambda ctx: all(p(ctx) for p in preds)
+
+
+@keyword("any", "conds")
+def _any(preds):
+    return lambda ctx: any(p(ctx) for p in preds)
+
+
+@keyword("not", "cond")
+def _not(pred):
+    return lambda ctx: not pred(ctx)
+
+
+@keyword("implies", "cond_pair")
+def _implies(preds):
+    first, second = preds
+    return lambda ctx: (not first(ctx)) or second(ctx)
+
+
+def _template_operand(value):
+    """-> (fn(ctx), the references it reads)."""
+    node = compile_value(value)
+    single = getattr(node, "single", None)
+    return (single.resolve_lenient if single is not None else node.render_lenient), node.refs
+
+
+def compile_condition(spec, place, make_operand=None, refs=None, extra=None):
+    """Compile a condition object into ``predicate(ctx) -> bool``.
+
+    ``make_operand`` turns an operand into ``(fn(ctx), refs)``; by default operands are templates. ``refs`` (a list),
+    when given, collects every template reference the condition reads, for binding analysis. ``extra`` adds
+    keywords for one caller (name -> fn(arg, place) -> predicate), as the invariant checker does.
+    """
+    make_operand = make_operand or _template_operand
+    known = sorted(set(KEYWORDS) | set(extra or ()))
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ConditionError("a condition is an object with exactly one keyword (one of: %s)" % ", ".join(known),
+                             place)
+    (name, arg), = spec.items()
+    here = "%s.%s" % (place, name)
+    if extra and name in extra:
+        return extra[name](arg, here)
+    if name not in KEYWORDS:
+        raise ConditionError("unknown condition %r; expected one of: %s" % (name, ", ".join(known)), here)
+    fn, arity = KEYWORDS[name]
+
+    def operand(value):
+        fn, reads = make_operand(value)
+        if refs is not None:
+            refs.extend(reads)
+        return fn
+
+    if arity == "one":
+        return fn(operand(arg))
+    if arity == "two":
+        if not isinstance(arg, list) or len(arg) != 2:
+            raise ConditionError("%r takes a list of two operands" % name, here)
+        return fn(operand(arg[0]), operand(arg[1]))
+    if arity == "cond":
+        return fn(compile_condition(arg, here, make_operand, refs, extra))
+    if arity == "cond_pair" and (not isinstance(arg, list) or len(arg) != 2):
+        raise ConditionError("%r takes a list of exactly two conditions" % name, here)
+    if not isinstance(arg, list) or not arg:
+        raise ConditionError("%r takes a non-empty list of conditions" % name, here)
+    return fn([compile_condition(c, "%s[%d]" % (here, i), make_operand, refs, extra) for i, c in enumerate(arg)])

@@ -1,0 +1,312 @@
+"""Compiled definitions of the schema's named objects: entities, JSON schemas, documents, upstreams, events.
+
+Each is built once at load; ops receive them already resolved.
+"""
+import re
+import string
+from functools import partial
+from operator import methodcaller
+
+import jsonschema
+
+from app.engine.body import MAX_JSON_DEPTH
+from app.engine.codegen import FunctionBuilder, enabled as generating
+from app.errors import DepotError, bad_request
+from app.stores import sortkeys
+
+
+class Validator:
+    """A JSON Schema compiled once; ``check`` raises a DepotError naming the offending field."""
+
+    def __init__(self, schema, name=""):
+        self.schema = schema
+        self.name = name
+        self._validator = jsonschema.Draft202012Validator(schema)
+
+    @staticmethod
+    def schema_errors(schema):
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            return exc.message
+        return None
+
+    def check(self, value, code, status):
+        error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
+        if error is None:
+            return
+        path = list(error.absolute_path)
+        if error.validator == "required":
+            missing = re.findall(r"'([^']+)' is a required property", error.message)
+            path = path + missing[:1]
+        field = ".".join(str(p) for p in path) or None
+        what = ("%s: " % self.name) if self.name else ""
+        raise DepotError(code, status, "%s%s" % (what, error.message), field)
+
+
+# --- entities -----------------------------------------------------------------------------------------------
+
+NORMALIZERS = {}
+
+
+def normalizer(name):
+    def register(fn):
+        NORMALIZERS[name] = fn
+        return fn
+    return register
+
+
+# The built-in rules change ASCII characters only. Unicode case mapping and whitespace would fold look-alikes into
+# ASCII (the Kelvin sign K lower-cases to "k", U+017F long s upper-cases to "S"), so a name the entity's
+# constraints would refuse could pass them once normalized; left as they are, such characters meet the
+# constraints and are refused there.
+_ASCII_SPACE = " \t\n\r\x0b\x0c"
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+_ASCII_UPPER = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
+_ASCII_SPACE_RUN = re.compile("[%s]+" % re.escape(_ASCII_SPACE))
+
+
+@normalizer("trim")
+def _trim():
+    return lambda value: value.strip(_ASCII_SPACE)
+
+
+@normalizer("lower")
+def _lower():
+    return lambda value: value.lower() if value.isascii() else value.translate(_ASCII_LOWER)
+
+
+@normalizer("upper")
+def _upper():
+    return lambda value: value.upper() if value.isascii() else value.translate(_ASCII_UPPER)
+
+
+@normalizer("replace")
+def _replace(old, new):
+    return methodcaller("replace", old, new)
+
+
+@normalizer("collapse_whitespace")
+def _collapse():
+    return lambda value: _ASCII_SPACE_RUN.sub(" ", value).strip(" ")
+
+
+def chain(rules):
+    """One function applying ``rules`` in order: ``rules[-1](...rules[0](value))``, generated as one expression."""
+    if len(rules) == 1:
+        return rules[0]
+    if not generating():
+        return partial(_apply_in_order, tuple(rules))
+    builder = FunctionBuilder("normalize", "value")
+    call = "value"
+    for rule in rules:
+        call = "%s(%s)" % (builder.bind(rule, "rule"), call)
+    builder.line("return " + call)
+    return builder.build()
+
+
+def _apply_in_order(rules, value):
+    """``chain`` without generated code."""
+    for rule in rules:
+        value = rule(value)
+    return value
+
+
+def compile_normalizer(spec):
+    """'replace:_:-' -> a function; raises ValueError naming what was expected."""
+    name, *params = spec.split(":")
+    factory = NORMALIZERS.get(name)
+    if factory is None:
+        raise ValueError("unknown normalize rule %r; expected one of: %s" % (name, ", ".join(sorted(NORMALIZERS))))
+    try:
+        return factory(*params)
+    except TypeError:
+        raise ValueError("normalize rule %r takes a different number of ':' parameters" % spec) from None
+
+
+class Versioning:
+    def __init__(self, spec):
+        spec = spec or {}
+        self.scheme = spec.get("scheme", "semver")
+        self.ordering = spec.get("ordering", self.scheme)
+        self.allow_prerelease = spec.get("allow_prerelease", True)
+        # latest_policy is carried out by the schema's own routes and indexes (see OPERATIONS.md), not here
+
+    def check(self, version):
+        if self.scheme != "semver":
+            return
+        parsed = sortkeys.parse_semver(version)
+        if parsed is None:
+            raise DepotError("INVALID_VERSION", 400, "version %r is not a semantic version (MAJOR.MINOR.PATCH"
+                             "[-PRERELEASE][+BUILD])" % version, "version")
+        if parsed.prerelease and not self.allow_prerelease:
+            raise DepotError("PRERELEASE_NOT_ALLOWED", 400, "pre-release versions are not accepted "
+                             "(entities.versioning.allow_prerelease is false)", "version")
+
+
+class Constraint:
+    def __init__(self, field, regex=None, when_present=False, min_length=None, max_length=None, enum=None,
+                 reserved=None):
+        self.field = field
+        self.reserved = frozenset(reserved or ())  # values a route's literal path segment takes (see checker)
+        self.regex = re.compile(regex) if regex is not None else None
+        self.pattern = regex
+        # every constraint applies only to a field that is present, the only behaviour (a false when_present is
+        # reported at load, app/engine/schema_keys.py): the key is accepted and not kept
+        del when_present
+        self.min_length, self.max_length, self.enum = min_length, max_length, enum
+
+    def check(self, value):
+        if not isinstance(value, str):
+            raise DepotError("INVALID_FIELD", 400, "%s must be a string" % self.field, self.field)
+        if self.regex is not None and not self.regex.match(value):
+            raise DepotError("INVALID_FIELD", 400, "%s must match %s" % (self.field, self.pattern), self.field)
+        if self.min_length is not None and len(value) < self.min_length or \
+                self.max_length is not None and len(value) > self.max_length:
+            raise DepotError("INVALID_FIELD", 400, "%s must be %s to %s characters long"
+                             % (self.field, self.min_length, self.max_length), self.field)
+        if self.enum is not None and value not in self.enum:
+            raise DepotError("INVALID_FIELD", 400, "%s must be one of %s" % (self.field, self.enum), self.field)
+        if value in self.reserved:
+            raise DepotError("INVALID_FIELD", 400, "%s %r is reserved: a route's path uses it" % (self.field, value),
+                             self.field)
+
+
+class Entity:
+    def __init__(self, name, fields, normalizers, constraints, versioning):
+        self.name = name
+        self.fields = fields
+        self.normalizers = normalizers  # [(field, [fn, ...])]
+        self.constraints = constraints
+        self.versioning = versioning
+
+    def accepts(self, field, value):
+        """Whether ``value``, as a path segment bound to ``field``, passes the field's normalize rules, constraints
+        and (for the version) the versioning scheme."""
+        for name, rules in self.normalizers:
+            if name == field:
+                value = chain(rules)(value)
+        try:
+            self.checker(lambda name: name == field)({field: value})
+        except DepotError:
+            return False
+        return True
+
+    def checker(self, may_bind):
+        """A validator over the fields ``may_bind`` admits: a route checks only what it can have bound."""
+        constraints = [c for c in self.constraints if may_bind(c.field)]
+        versioning = self.versioning if "version" in self.fields and may_bind("version") else None
+
+        def check(values):
+            for constraint in constraints:
+                value = values.get(constraint.field)
+                if value is not None:
+                    constraint.check(value)
+            if versioning is not None:
+                version = values.get("version")
+                if isinstance(version, str):
+                    versioning.check(version)
+        return check
+
+
+class Document:
+    def __init__(self, name, store, key, validator):
+        self.name = name
+        self.store = store
+        self.key = key  # compiled key_template
+        self.validator = validator
+
+    def check(self, value):
+        if self.validator is not None:
+            self.validator.check(value, "DOCUMENT_INVALID", 400)
+
+
+class EventType:
+    def __init__(self, name, validator):
+        self.name = name
+        self.validator = validator
+
+    def check(self, payload, code, status):
+        self.validator.check(payload, code, status)
+
+
+class Upstream:
+    DEFAULT_CONNECT_MS, DEFAULT_READ_MS = 5000, 30000
+
+    def __init__(self, name, spec):
+        self.name = name
+        self.base_url = spec["base_url"].rstrip("/")
+        timeouts = spec.get("timeouts_ms", {})
+        self.timeout = (timeouts.get("connect", self.DEFAULT_CONNECT_MS) / 1000.0,
+                        timeouts.get("read", self.DEFAULT_READ_MS) / 1000.0)
+        retry = spec.get("retry", {})
+        self.max_attempts = max(1, retry.get("max_attempts", 1))
+        self.backoff = retry.get("backoff_ms", 0) / 1000.0
+        self.auth_mode = spec.get("auth", {}).get("mode", "none")
+
+
+class BlobStoreDef:
+    def __init__(self, name, spec):
+        self.name = name
+        self.kind = spec["kind"]
+        self.spec = spec  # as the schema gives it: what an implementation of another kind reads (a bucket ...)
+        self.root = spec.get("root", name)
+        addressing = spec.get("addressing", {})
+        self.path_template = addressing.get("path_template", "sha256/{digest:0:2}/{digest:2:2}/{digest}")
+        limits = spec.get("limits", {})
+        self.min_bytes = limits.get("min_blob_bytes", 0)
+        self.max_bytes = limits.get("max_blob_bytes")
+
+
+MAX_PAGE_SIZE = 200  # one bound for every paginated list, schema routes and Depot's own alike
+MAX_PAGE = 10_000_000  # ... and for page numbers: offsets stay far inside the SQL databases' 64-bit integers
+# Depot's own lists read ?page= and ?page_size= by these specs, as the schema's list routes declare them
+PAGE_QUERY = {"page": {"type": "integer", "default": 1, "minimum": 1, "maximum": MAX_PAGE},
+              "page_size": {"type": "integer", "default": 50, "minimum": 1, "maximum": MAX_PAGE_SIZE}}
+_QUERY_TYPES = {"string": str, "integer": int, "boolean": lambda v: v.lower() in ("1", "true", "yes")}
+
+
+def query_value(raw, name, spec):
+    """A query parameter typed and bounded by ``spec`` ({type, default, minimum, maximum, required}); 400
+    INVALID_QUERY naming it otherwise. Schema routes (parse.query) and Depot's own lists read them alike."""
+    if raw is None:
+        if spec.get("required"):
+            raise bad_request("INVALID_QUERY", "query parameter %r is required" % name, name)
+        return spec.get("default")
+    try:
+        value = _QUERY_TYPES[spec.get("type", "string")](raw)
+    except ValueError:
+        raise bad_request("INVALID_QUERY", "query parameter %r must be %s" % (name, spec.get("type")), name)
+    if "minimum" in spec and value < spec["minimum"] or "maximum" in spec and value > spec["maximum"]:
+        raise bad_request("INVALID_QUERY", "query parameter %r is out of range [%s, %s]"
+                          % (name, spec.get("minimum"), spec.get("maximum")), name)
+    return value
+
+
+class Limits:
+    DEFAULTS = {"max_pipeline_ops": 128, "max_request_body_bytes": 2 ** 31, "max_json_bytes": 10 * 2 ** 20,
+                "max_kv_value_bytes": 2 ** 20, "max_cpu_ms_per_request": 200, "max_io_ops_per_request": 5000,
+                "max_json_depth": MAX_JSON_DEPTH}
+
+    def __init__(self, spec):
+        merged = dict(self.DEFAULTS, **(spec or {}))
+        self.max_pipeline_ops = merged["max_pipeline_ops"]
+        self.max_request_body_bytes = merged["max_request_body_bytes"]
+        self.max_json_bytes = merged["max_json_bytes"]
+        self.max_json_depth = merged["max_json_depth"]
+        self.max_kv_value_bytes = merged["max_kv_value_bytes"]
+        self.max_cpu_ns = merged["max_cpu_ms_per_request"] * 1_000_000
+        self.max_io_ops = merged["max_io_ops_per_request"]
+
+
+class EventLog:
+    """Where events are appended, and how a replica is fed from them (replication.log and .shipping)."""
+
+    def __init__(self, store, key_prefix, max_event_bytes, batch_events=1000, batch_bytes=10 * 1024 * 1024,
+                 dedupe_key="event_id"):
+        self.store = store  # the kv store it lives in, under keys starting with key_prefix
+        self.key_prefix = key_prefix
+        self.max_event_bytes = max_event_bytes
+        self.batch_events = batch_events  # a shipped batch holds at most this many events
+        self.batch_bytes = batch_bytes  # ... and at most this many bytes of them (one event always fits)
+        self.dedupe_key = dedupe_key  # the event field a replica applies each event once by; None: no dedupe

@@ -1,0 +1,371 @@
+"""The interpolation grammar, parsed once at schema load and rendered per request.
+
+Grammar (see OPERATIONS.md, "Interpolation"):
+
+    template   := ( literal | field_ref | var_ref )*
+    field_ref  := "{" name ( "." name )* [ "?" ] [ ":" start ":" length ] "}"
+    var_ref    := "$" name ( "." name | "[" index "]" )* [ "?" ]
+    escapes    := "{{" -> "{",  "}}" -> "}",  "$$" -> "$"
+
+``{...}`` reads the *field* namespace: path parameters (normalized by normalize.entity), query parameters
+bound by parse.query, then the top-level members of a JSON object body bound by parse.json (earlier sources
+win). Two roots are reserved: ``{principal.*}`` reads the authenticated principal and ``{event.*}`` the event
+being applied. ``$...`` reads the *variable* namespace: the outputs of earlier steps (``out``, ``out_size``...).
+
+A template that is exactly one reference renders to the referenced value with its type intact. Rendered values
+are never scanned again, so request data cannot inject references.
+"""
+import json
+import re
+
+from app.engine.codegen import FunctionBuilder, enabled as generating, literal
+from app.errors import DepotError
+
+FIELD_ROOTS = ("principal", "event")
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_FIELD_REF = re.compile(
+    r"\{(?P<path>%s(?:\.%s)*)(?P<optional>\?)?(?::(?P<start>\d+):(?P<length>\d+))?\}" % (_NAME, _NAME))
+_VAR_REF = re.compile(r"\$(?P<root>%s)(?P<rest>(?:\.%s|\[\d+\])*)(?P<optional>\?)?" % (_NAME, _NAME))
+_VAR_STEP = re.compile(r"\.(%s)|\[(\d+)\]" % _NAME)
+_MISSING = object()
+
+
+class TemplateSyntaxError(ValueError):
+    pass
+
+
+class Ref:
+    """One reference: where it reads from, the path below its root, and how it is shaped."""
+
+    __slots__ = ("namespace", "root", "path", "optional", "slice", "source", "prefix", "lookup", "resolve",
+                 "resolve_lenient", "resolve_interpreted")
+
+    def __init__(self, namespace, root, path, optional=False, slice_=None, source=""):
+        self.namespace = namespace  # "field", "principal", "event" or "var"
+        self.root = root
+        self.path = path  # tuple of str (mapping keys) / int (list indexes) below the root
+        self.optional = optional
+        self.slice = slice_
+        self.source = source
+        self.prefix = ""  # a "/" bound to an optional reference disappears with it
+        # built once per reference, so rendering does no dispatch on its shape:
+        self.lookup = _getter(namespace, root, path, slice_)  # ctx -> the value, or _MISSING
+        self.resolve_interpreted = _resolver(self)  # ctx -> the value; unbound: an error, or None when optional
+        lenient = _lenient(self.lookup)  # ctx -> the value, or None when unbound
+        # the same two, as straight-line code when the reference is a plain read (and generation is on):
+        generate = self.generated and generating()
+        self.resolve = self._generate_resolve(self.resolve_interpreted) if generate else self.resolve_interpreted
+        self.resolve_lenient = self._generate_resolve(lenient) if generate else lenient
+
+    @property
+    def generated(self):
+        """Plain reads (a field or variable, then dict keys and list indexes) become straight-line code."""
+        return self.namespace in _NAMESPACE_SOURCE and self.slice is None and all(
+            step.__class__ is str or (step.__class__ is int and step >= 0) for step in self.path)
+
+    def emit(self, builder, bail):
+        """Write statements putting this reference's value into a new local of ``builder``; -> the local's name.
+
+        A plain read is written out: the namespace, then each dict key or list index, each step checking the
+        shape it steps into. When a step finds nothing (KeyError, IndexError: see FunctionBuilder.guarded), meets
+        another shape, or a field is null, the statement ``bail`` hands the call to the interpreted path, which
+        decides exactly as it always would (optional, error, a tuple, a blob handle's attribute)."""
+        target = builder.local()
+        if not self.generated:
+            builder.line("%s = %s(ctx)" % (target, builder.bind(self.resolve_interpreted, "resolve")))
+            return target
+        builder.line("%s = %s[%s]" % (target, _NAMESPACE_SOURCE[self.namespace], literal(self.root)))
+        for step in self.path:
+            builder.line("if %s.__class__ is not %s:" % (target, "dict" if step.__class__ is str else "list"))
+            builder.line(bail, 1)
+            builder.line("%s = %s[%s]" % (target, target, literal(step)))
+        if self.namespace == "field":  # a null field counts as unbound
+            builder.line("if %s is None:" % target)
+            builder.line(bail, 1)
+        return target
+
+    def _generate_resolve(self, interpreted):
+        """``interpreted`` with its plain reads done inline: it runs only when they find nothing."""
+        builder = FunctionBuilder("resolve")
+        value = builder.guarded(self.emit, "%s(ctx)" % builder.bind(interpreted, "interpreted"))
+        builder.line("return " + value)
+        return builder.build()
+
+
+_NAMESPACE_SOURCE = {"field": "ctx.fields", "var": "ctx.vars"}
+
+
+def _absent(optional, source):
+    """What an unbound reference renders as: nothing when optional, else an error naming it."""
+    if optional:
+        return None
+    raise DepotError("UNRESOLVED_REFERENCE", 500, "reference %s is not bound" % source)
+
+
+def _resolver(ref):
+    optional, source = ref.optional, ref.source
+    null_is_unbound = ref.namespace == "field"
+    lookup = ref.lookup
+
+    def resolve(ctx):
+        value = lookup(ctx)
+        if value is _MISSING or (value is None and null_is_unbound):
+            return _absent(optional, source)
+        return value
+    return resolve
+
+
+def _lenient(lookup):
+    def resolve_lenient(ctx):
+        value = lookup(ctx)
+        return None if value is _MISSING else value
+    return resolve_lenient
+
+
+def _getter(namespace, root, path, slice_):
+    """Build the lookup for one reference once, so rendering does no dispatch on its shape."""
+    if namespace == "field":
+        def read_root(ctx):
+            return ctx.fields.get(root, _MISSING)
+    elif namespace == "var":
+        def read_root(ctx):
+            return ctx.vars.get(root, _MISSING)
+    else:
+        def read_root(ctx):
+            value = getattr(ctx, namespace)
+            return _MISSING if value is None else value
+    if not path and slice_ is None:
+        return read_root
+
+    def lookup(ctx):
+        value = read_root(ctx)
+        for step in path:
+            value = _descend(value, step)
+            if value is _MISSING:
+                return value
+        if slice_ is not None and isinstance(value, str):
+            value = value[slice_[0]:slice_[0] + slice_[1]]
+        return value
+    return lookup
+
+
+def _descend(value, step):
+    """One path step: a list index, a mapping key, or an attribute a handle exposes to templates (blob handles:
+    .digest, .size, .store); _MISSING when the value has no such part."""
+    if isinstance(step, int):
+        if isinstance(value, (list, tuple)) and -len(value) <= step < len(value):
+            return value[step]
+        return _MISSING
+    if isinstance(value, dict):
+        return value.get(step, _MISSING)
+    if step in getattr(value, "template_attrs", ()):
+        return getattr(value, step)
+    return _MISSING
+
+
+def _stringify(value):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def _check_key_segment(ref, text):
+    if "/" in text or "\x00" in text or text in ("", ".", ".."):
+        raise DepotError("INVALID_KEY_SEGMENT", 400, "value for %s is not a valid key segment" % ref.source, ref.root)
+
+
+class Template:
+    """A parsed string template. ``render`` is the lone reference's resolve when the template is exactly one
+    reference (its value keeps its type), else the joined string."""
+
+    __slots__ = ("source", "parts", "refs", "single", "render")
+
+    def __init__(self, source, parts):
+        self.source = source
+        self.parts = parts  # str literals and Ref objects
+        self.refs = [p for p in parts if isinstance(p, Ref)]
+        self.single = self.refs[0] if len(parts) == 1 and self.refs else None
+        self.render = self.single.resolve if self.single is not None else self._render_joined
+
+    def _render_joined(self, ctx):
+        return self._join(ctx, None)
+
+    def emit(self, builder, bail):
+        if self.single is not None:
+            return self.single.emit(builder, bail)
+        target = builder.local()
+        builder.line("%s = %s(ctx)" % (target, builder.bind(self.render, "render")))
+        return target
+
+    def render_lenient(self, ctx):
+        if self.single is not None:
+            return self.single.resolve_lenient(ctx)
+        return self.render(ctx)
+
+    def render_key(self, ctx):
+        """Render a storage key: substituted values may not add segments ('/', '..') or NUL."""
+        return self._join(ctx, _check_key_segment)
+
+    def _join(self, ctx, check):
+        out = []
+        for part in self.parts:
+            if part.__class__ is str:
+                out.append(part)
+                continue
+            value = part.resolve(ctx)
+            if value is None:  # an absent optional reference: its segment disappears
+                continue
+            text = _stringify(value)
+            if check is not None:
+                check(part, text)
+            out.append(part.prefix)
+            out.append(text)
+        return "".join(out)
+
+    @property
+    def is_constant(self):
+        return not self.refs
+
+
+def _parse_var(match):
+    path = []
+    for step in _VAR_STEP.finditer(match.group("rest")):
+        path.append(step.group(1) if step.group(1) is not None else int(step.group(2)))
+    return Ref("var", match.group("root"), tuple(path), optional=bool(match.group("optional")),
+               source=match.group(0))
+
+
+def _parse_field(match):
+    names = match.group("path").split(".")
+    optional = bool(match.group("optional"))
+    slice_ = None
+    if match.group("start") is not None:
+        slice_ = (int(match.group("start")), int(match.group("length")))
+    if names[0] in FIELD_ROOTS:
+        return Ref(names[0], names[0], tuple(names[1:]), optional, slice_, match.group(0))
+    return Ref("field", names[0], tuple(names[1:]), optional, slice_, match.group(0))
+
+
+def parse_template(source):
+    """Parse one string into a Template; raises TemplateSyntaxError for a malformed reference."""
+    parts, literal, i, n = [], [], 0, len(source)
+    while i < n:
+        ch = source[i]
+        if ch in "{}$" and source.startswith(ch * 2, i):
+            literal.append(ch)
+            i += 2
+            continue
+        match = None
+        if ch == "{":
+            match = _FIELD_REF.match(source, i)
+            if match is None:
+                raise TemplateSyntaxError("malformed reference at offset %d in %r (write '{{' for a literal '{')"
+                                          % (i, source))
+            ref = _parse_field(match)
+        elif ch == "$":
+            match = _VAR_REF.match(source, i)
+            ref = _parse_var(match) if match else None
+        elif ch == "}":
+            raise TemplateSyntaxError("unmatched '}' at offset %d in %r (write '}}' for a literal '}')" % (i, source))
+        if match is None:
+            literal.append(ch)
+            i += 1
+            continue
+        if ref.optional and literal and literal[-1].endswith("/"):
+            literal[-1] = literal[-1][:-1]
+            ref.prefix = "/"
+        if literal:
+            parts.append("".join(literal))
+            literal = []
+        parts.append(ref)
+        i = match.end()
+    if literal:
+        parts.append("".join(literal))
+    return Template(source, parts)
+
+
+class Const:
+    __slots__ = ("value",)
+    refs = ()
+
+    def __init__(self, value):
+        self.value = value
+
+    def render(self, ctx):
+        return self.value
+
+    render_lenient = render
+    render_key = render
+
+    def emit(self, builder, bail):
+        return builder.bind(self.value, "const")  # the same object every time, as render gives
+
+
+def _generate_render(node):
+    """ctx -> the node's value, as one generated function: each reference read inline, in the order the
+    interpreted render reads them; anything but a plain read hands the whole render to the interpreted path."""
+    builder = FunctionBuilder("render")
+    value = builder.guarded(node.emit, "%s(ctx)" % builder.bind(node.render_interpreted, "interpreted"))
+    builder.line("return " + value)
+    return builder.build()
+
+
+class DictNode:
+    __slots__ = ("items", "refs", "render")
+
+    def __init__(self, items):
+        self.items = items
+        self.refs = [r for _, node in items for r in node.refs]
+        self.render = _generate_render(self) if generating() else self.render_interpreted
+
+    def render_interpreted(self, ctx):
+        return {key: node.render(ctx) for key, node in self.items}
+
+    def emit(self, builder, bail):
+        values = [(key, node.emit(builder, bail)) for key, node in self.items]
+        return "{%s}" % ", ".join("%s: %s" % (literal(key), value) for key, value in values)
+
+    def render_lenient(self, ctx):
+        return {key: node.render_lenient(ctx) for key, node in self.items}
+
+
+class ListNode:
+    __slots__ = ("nodes", "refs", "render")
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+        self.refs = [r for node in nodes for r in node.refs]
+        self.render = _generate_render(self) if generating() else self.render_interpreted
+
+    def render_interpreted(self, ctx):
+        return [node.render(ctx) for node in self.nodes]
+
+    def emit(self, builder, bail):
+        return "[%s]" % ", ".join([node.emit(builder, bail) for node in self.nodes])
+
+    def render_lenient(self, ctx):
+        return [node.render_lenient(ctx) for node in self.nodes]
+
+
+def compile_value(value):
+    """Compile a JSON value whose strings may hold references; constant subtrees render as themselves."""
+    if isinstance(value, str):
+        template = parse_template(value)
+        if template.is_constant:
+            return Const("".join(template.parts))
+        return template
+    if isinstance(value, dict):
+        items = [(key, compile_value(item)) for key, item in value.items()]
+        if all(isinstance(node, Const) for _, node in items):
+            return Const({key: node.value for key, node in items})
+        return DictNode(items)
+    if isinstance(value, list):
+        nodes = [compile_value(item) for item in value]
+        if all(isinstance(node, Const) for node in nodes):
+            return Const([node.value for node in nodes])
+        return ListNode(nodes)
+    return Const(value)

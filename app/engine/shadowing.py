@@ -1,0 +1,75 @@
+"""Routes one URL can reach twice: the router takes the literal over the parameter, the other route loses.
+
+Two routes of one method whose paths can match the same URL: the router takes, at the first segment where one
+has a literal and the other a parameter, the literal (Werkzeug's rule). The other route then never sees that
+parameter taking that literal (a namespace called 'search' beside GET /v1/search). That is an error unless the
+parameter's entity field refuses the literal anyway (a constraint, `reserved` for instance, or the versioning
+scheme): then no valid request is lost.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Sequence
+
+from app.engine.compiled import Route, path_entity
+from app.engine.report import Report
+
+_PARAM_SEGMENT = re.compile(r"\{([^{}]*)\}")
+Segment = str | tuple[str]
+Lost = list[tuple[int, str, str]]  # (position, the loser's parameter, the winner's literal)
+
+
+def check_shadowing(routes: Sequence[Route], report: Report) -> None:
+    """Report every route another one hides from some URL its parameters would accept."""
+    for i, first in enumerate(routes):
+        for second in routes[i + 1:]:
+            shadowing = _shadowing(first, second)
+            if shadowing is not None:
+                _report(*shadowing, report)
+
+
+def _segments(path: str) -> list[Segment]:
+    """A path's segments: a parameter segment ('{name}') as (name,), a literal as itself."""
+    return [(m.group(1),) if m else part for part, m in
+            ((part, _PARAM_SEGMENT.fullmatch(part)) for part in path.strip("/").split("/"))]
+
+
+def _shadowing(first: Route, second: Route) -> tuple[Route, Route, Lost] | None:
+    """(winner, loser, what the loser loses) when one URL can match both routes, else None."""
+    if first.method != second.method:
+        return None
+    a, b = _segments(first.path), _segments(second.path)
+    if len(a) != len(b):
+        return None
+    differing = []
+    for position, (x, y) in enumerate(zip(a, b)):
+        literal_x, literal_y = isinstance(x, str), isinstance(y, str)
+        if literal_x and literal_y:
+            if x != y and not ("{" in x or "{" in y):
+                return None  # two different literals: no URL matches both
+            continue
+        if literal_x != literal_y:
+            differing.append((position, literal_x))
+    if not differing:
+        return None  # the same shape: reported as a duplicate
+    first_wins = differing[0][1]
+    winner, loser = (first, second) if first_wins else (second, first)
+    winner_segments, loser_segments = (a, b) if first_wins else (b, a)
+    lost = [(p, loser_segments[p][0], str(winner_segments[p])) for p, literal_first in differing
+            if literal_first == first_wins]
+    return winner, loser, lost
+
+
+def _report(winner: Route, loser: Route, lost: Lost, report: Report) -> None:
+    entity = path_entity(loser.pipeline.steps)
+    if entity is not None and any(param in entity.fields and not entity.accepts(param, literal)
+                                  for _, param, literal in lost):
+        return
+    values = " and ".join("%s is %r" % (param, literal) for _, param, literal in lost)
+    _, param, literal = lost[0]
+    report.error(loser.place + ".path", "%s %s is hidden by %s %s (%s) when %s: reserve %r for %s in the entity's "
+                 "constraints (%s) or change one of the paths"
+                 % (loser.method, loser.path, winner.method, winner.path, winner.place, values, literal,
+                    "%s.%s" % (entity.name, param) if entity else param,
+                    json.dumps({"field": param, "reserved": [literal]})))

@@ -1,0 +1,251 @@
+"""Flask glue: the URL map of the compiled routes, a streaming request adapter, the error handlers.
+
+This layer knows nothing of individual ops: it turns a request into RequestData, runs the matched route's
+pipeline, and writes the ResponseSpec (app.http.responses: JSON, a blob streamed from disk with Range/ETag/HEAD,
+or a redirect).
+Every error, whatever raised it, leaves as the JSON envelope with an X-Request-Id.
+"""
+import logging
+import re
+import threading
+
+from flask import Flask, g, request
+from flask_swagger_ui import get_swaggerui_blueprint
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
+
+from app.identity.audit import api_token_id
+from app.engine.body import RequestBody
+from app.http.openapi_views import ViewDoc, document_rules, documented
+from app.http.responses import error_response, json_response, write_response
+from app.http.server import DROPPED_HEADERS_KEY, next_request_id
+from app.engine.context import RequestData
+from app.errors import DepotError, too_large
+from app.tools.openapi_components import json_answer, ref
+from app.stores.digests import declared_digests
+
+log = logging.getLogger("depot")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+ROUTE_ENDPOINT = "depot_route"  # no ".": Flask would take "depot" for a blueprint
+# and look up that blueprint's hooks on every request
+READ_METHODS = ("GET", "HEAD")
+REQUEST_ID_KEY = "depot.request_id"
+DOCS_PATH = "/docs"
+
+
+class _lazy:
+    """A per-instance computed attribute (functools.cached_property without its lock, which Python 3.11
+    takes on every first access; a RequestData belongs to one request thread)."""
+
+    def __init__(self, compute):
+        self.compute = compute
+        self.name = compute.__name__
+
+    def __get__(self, instance, owner=None):
+        if instance is None:
+            return self
+        value = instance.__dict__[self.name] = self.compute(instance)
+        return value
+
+
+def _from_request(attribute):
+    """A part read straight from the werkzeug request, which works it out once and caches it itself."""
+    return property(lambda self: getattr(self._req, attribute))
+
+
+class HttpRequestData(RequestData):
+    """RequestData over the WSGI request: each part is worked out the first time an op reads it, so a route
+    pays only for what its pipeline uses."""
+
+    query = _from_request("args")
+    headers = _from_request("headers")
+    content_length = _from_request("content_length")
+    remote_addr = _from_request("remote_addr")
+    path = _from_request("path")
+
+    def __init__(self, req, params, limit, request_id):  # not super().__init__: it would compute every part
+        self._req = req
+        self._limit = limit
+        self.method = req.method
+        self.path_params = params
+        self.request_id = request_id
+
+    @_lazy
+    def stream(self):
+        return RequestBody(self._req.stream, self._limit, self._req.content_length)
+
+    @_lazy
+    def dropped_headers(self):
+        return self._req.environ.get(DROPPED_HEADERS_KEY, ())
+
+    @_lazy
+    def declared_digests(self):
+        return declared_digests(self._req.headers, self._req.args)
+
+
+def request_data(req, engine, params):
+    limit = engine.limits.max_request_body_bytes
+    length = req.environ.get("CONTENT_LENGTH")
+    if length and length.isdigit() and int(length) > limit:
+        raise too_large("request body exceeds max_request_body_bytes (%d)" % limit)
+    return HttpRequestData(req, params, limit, req.environ[REQUEST_ID_KEY])
+
+
+class RouteRule(Rule):
+    """A URL rule for one compiled route; it carries the engine that compiled it, so the request runs on the
+    engine it was matched against even if the schema is swapped meanwhile."""
+
+    def __init__(self, route, engine):
+        super().__init__(route.rule, methods=[route.method], endpoint=ROUTE_ENDPOINT)
+        self.route = route
+        self.engine = engine
+
+
+class DepotFlask(Flask):
+    """Flask matching each request once, against one map holding Depot's own views and the active engine's
+    compiled routes. The map is rebuilt when the service's engine changes."""
+
+    def __init__(self, service):
+        super().__init__("depot", static_folder=None)
+        self.extensions["depot"] = service
+        self._routing = (None, None)
+        self._routing_lock = threading.Lock()
+
+    def routing_map(self):
+        engine = self.extensions["depot"].engine
+        built_for, url_map = self._routing
+        if built_for is not engine:
+            with self._routing_lock:
+                rules = [rule.empty() for rule in self.url_map.iter_rules()]
+                rules += [RouteRule(route, engine) for route in engine.compiled.routes]
+                url_map = Map(rules, strict_slashes=False, redirect_defaults=False)
+                self._routing = (engine, url_map)
+        return url_map
+
+    def create_url_adapter(self, request):
+        if request is None:
+            return super().create_url_adapter(request)
+        return self.routing_map().bind_to_environ(request.environ, server_name=self.config["SERVER_NAME"],
+                                                  subdomain=self.url_map.default_subdomain or "")
+
+
+def create_app(service):
+    app = DepotFlask(service)
+    app.config["MAX_CONTENT_LENGTH"] = None
+
+    @app.before_request
+    def assign_request_id():
+        incoming = request.headers.get("X-Request-Id", "")
+        g.request_id = request.environ[REQUEST_ID_KEY] = (incoming if _REQUEST_ID.match(incoming)
+                                                          else next_request_id())
+
+    @app.after_request
+    def stamp_request_id(response):
+        response.headers["X-Request-Id"] = g.get("request_id") or next_request_id()
+        return response
+
+    @app.errorhandler(DepotError)
+    def depot_error(error):
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error):
+        code = re.sub(r"[^A-Z]+", "_", (error.name or "error").upper()).strip("_")
+        message = error.description or error.name
+        headers = {}
+        if isinstance(error, MethodNotAllowed):
+            message = "%s is not allowed here" % request.method
+            headers["Allow"] = ", ".join(error.valid_methods or [])
+        elif isinstance(error, NotFound):
+            message = "no route for %s %s" % (request.method, request.path)
+        elif error.code == 413:
+            code = "PAYLOAD_TOO_LARGE"
+        return error_response(DepotError(code, error.code or 500, message, headers=headers))
+
+    @app.errorhandler(Exception)
+    def crash(error):
+        log.exception("unhandled error (request %s)", g.get("request_id"))
+        return error_response(DepotError("INTERNAL_ERROR", 500, "internal error; quote request id %s"
+                                         % g.get("request_id")))
+
+    @app.get("/openapi.json")
+    @documented("This document: the OpenAPI 3.1 description of every route served now",
+                responses={200: {"type": "object", "required": ["openapi", "paths"]}})
+    def openapi_document():
+        from app.tools import openapi
+        return json_response(openapi.document(service.engine.compiled, app))
+
+    add_docs_ui(app)
+
+    @app.get("/health")
+    @documented("The state of each store (an admin's token adds where each lives)",
+                responses={200: ref("Health")}, answers={503: json_answer(ref("Health"), "a store is not healthy")})
+    def health():
+        stores = service.engine.health(detail=_is_admin(service, request))
+        ok = all(s.get("ok") for s in stores.values())
+        return json_response({"ok": ok, "stores": stores, "schema_sha256": service.engine.compiled.sha256,
+                              "read_only": service.read_only}, 200 if ok else 503)
+
+    def run_route(**params):
+        req = request._get_current_object()  # one context-local lookup instead of one per attribute
+        rule = req.url_rule
+        engine = rule.engine
+        data = request_data(req, engine, params)
+        try:
+            ctx = engine.run(rule.route, data, service.principal)
+        except DepotError as error:
+            if rule.route.method not in READ_METHODS:
+                _audit_route(service, rule.route, data, None, error.status)
+            raise
+        try:
+            response = write_response(ctx.response, ctx.close if ctx.cleanups else None)
+        except BaseException:
+            ctx.close()
+            raise
+        if rule.route.method not in READ_METHODS:
+            _audit_route(service, rule.route, data, ctx, response.status_code)
+        return response
+
+    app.view_functions[ROUTE_ENDPOINT] = run_route
+    from app.http.management import create_blueprint
+    app.register_blueprint(create_blueprint(service))
+    return app
+
+
+def add_docs_ui(app):
+    """/docs: Swagger UI over /openapi.json, every asset served from the flask-swagger-ui package (nothing
+    fetched from elsewhere: no validator badge, which would ask a remote validator about the document)."""
+    blueprint = get_swaggerui_blueprint(DOCS_PATH, "/openapi.json", blueprint_name="depot_docs", config={
+        "app_name": "Depot API", "validatorUrl": None, "deepLinking": True, "displayRequestDuration": True,
+        "oauth2RedirectUrl": DOCS_PATH + "/oauth2-redirect.html"})
+    app.register_blueprint(blueprint)
+    app.add_url_rule(DOCS_PATH, "depot_docs.show")  # the page at /docs itself, not a redirect to /docs/
+    page = ViewDoc("The interactive API documentation (Swagger UI)", operation_id="depot.docs", answers={
+        200: {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}})
+    asset = ViewDoc("A static asset of the documentation page (script, style, icon)", operation_id="depot.docs_asset",
+                    errors=("404 NOT_FOUND",), answers={
+                        200: {"description": "the asset", "content": {"*/*": {"schema": {"type": "string"}}}}})
+    document_rules(app.view_functions["depot_docs.show"], {DOCS_PATH: page, DOCS_PATH + "/": page,
+                                                           DOCS_PATH + "/<path:path>": asset})
+
+
+def _is_admin(service, req):
+    """Whether the request carries valid admin credentials (a bad or missing token is simply not an admin)."""
+    try:
+        principal = service.principal(req)
+    except DepotError:
+        return False
+    return principal is not None and "admin" in principal["scopes"]
+
+
+def _audit_route(service, route, data, ctx, status):
+    """Writes through the schema's routes (publish, tag changes, deletes) are audited with their outcome."""
+    try:  # a failed request may have failed before its pipeline asked who is calling: ask now
+        principal = ctx.principal if ctx is not None else service.principal(data)
+    except DepotError:
+        principal = None
+    actor = principal["sub"] if principal else "anonymous"
+    outcome = "success" if status < 400 else "failure"
+    service.audit.record(actor, "route." + route.id, data.path, outcome,
+                         {"ip": data.remote_addr, "user_agent": data.headers.get("User-Agent"),
+                          "request_id": data.request_id, "token_id": api_token_id(principal)}, {"status": status})

@@ -1,0 +1,142 @@
+"""Writing responses: the JSON answer and error envelope, and a ResponseSpec written out (JSON, or a blob streamed
+from its store with Range/ETag/HEAD and conditional requests). Both the compiled routes (app.http.app) and the
+management API (app.http.management) answer through here, so neither imports the other."""
+import re
+from datetime import datetime, timezone
+from urllib.parse import quote
+
+from flask import Response, request
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
+from werkzeug.wsgi import wrap_file
+
+from app.errors import DepotError
+from app.stores.codec import dumps
+
+def json_response(payload, status=200, headers=None):
+    return Response(dumps(payload), status=status, headers=headers, mimetype="application/json")
+
+
+def error_response(error):
+    return json_response(error.envelope(), error.status, error.headers or None)
+
+
+def write_response(spec, on_close=None):
+    """The response a ResponseSpec describes; ``on_close`` runs once it has been sent (or abandoned)."""
+    if spec.blob is not None:
+        return _blob_response(spec, on_close)
+    return _closing(json_response(spec.json, spec.status, spec.headers), on_close)
+
+
+def _closing(response, on_close):
+    if on_close is not None:
+        response.call_on_close(on_close)
+    return response
+
+
+def _blob_response(spec, on_close):
+    """A blob streamed from its store as an attachment: HEAD, ETag and If-None-Match, Last-Modified and
+    If-Modified-Since (304), one Range (206, or 416) honoured. A range is served by opening the blob at the range
+    (a file store answers with the file sought there), never by an iterator over it, so the server's own file
+    sending (which needs no worker thread, however slow the reader) serves ranges too."""
+    blob = spec.blob
+    given = spec.headers or {}
+    headers = {k: v for k, v in given.items() if k.lower() not in ("content-length", "etag")}
+    response = Response(status=spec.status, headers=headers,
+                        mimetype=headers.get("Content-Type", "application/octet-stream"))
+    status = _stat(blob)
+    size = blob.size if blob.size is not None else status.size
+    response.content_length = size
+    etag = given.get("ETag") or given.get("Etag")
+    etag = etag.strip('"') if etag else blob.digest
+    if etag:
+        response.set_etag(etag)
+    if blob.digest:
+        response.headers["X-Depot-Digest"] = blob.digest
+    response.last_modified = spec.last_modified or datetime.fromtimestamp(status.modified, timezone.utc)
+    filename = spec.filename or (blob.digest or "").replace(":", "-")
+    if filename and "content-disposition" not in (k.lower() for k in headers):
+        response.headers["Content-Disposition"] = attachment(filename)
+    try:
+        response.make_conditional(_ranged_environ(request.environ, size), accept_ranges=True,
+                                  complete_length=size)
+    except RequestedRangeNotSatisfiable:
+        return _closing(error_response(DepotError("RANGE_NOT_SATISFIABLE", 416, "the requested range is not "
+                                                  "satisfiable", headers={"Content-Range": "bytes */%d" % size})),
+                        on_close)
+    if request.method == "HEAD" or response.status_code in (304, 412):
+        response.response = []
+        return _closing(response, on_close)
+    ranged = response.status_code == 206
+    try:
+        handle = blob.open(response.content_range.start if ranged else 0,
+                           response.content_range.stop if ranged else None, on_close)
+    except FileNotFoundError:
+        raise DepotError("BLOB_NOT_FOUND", 404, "the blob's bytes are missing from the store")
+    response.response = wrap_file(request.environ, handle)
+    response.direct_passthrough = True
+    return response
+
+
+def _stat(blob):
+    try:
+        return blob.stat()
+    except FileNotFoundError:
+        raise DepotError("BLOB_NOT_FOUND", 404, "the blob's bytes are missing from the store")
+
+
+def attachment(filename):
+    """Content-Disposition for a download named ``filename`` (RFC 6266). Control characters and path separators
+    never belong in a file name: they become "_". The name is sent quoted, with anything but printable ASCII (and
+    quotes) replaced too; when that changed it, the name follows in RFC 5987's UTF-8 encoding, which clients
+    prefer."""
+    name = _NOT_IN_NAMES.sub("_", filename)
+    fallback = _UNQUOTABLE.sub("_", name)
+    value = 'attachment; filename="%s"' % fallback
+    if fallback != name:
+        value += "; filename*=UTF-8''%s" % quote(name, safe=_ATTR_CHARS)
+    return value
+
+
+_NOT_IN_NAMES = re.compile(r"[\x00-\x1f\x7f/\\]")
+_UNQUOTABLE = re.compile(r'[^\x20-\x7e]|"')
+_ATTR_CHARS = "!#$&+-.^_`|~"  # RFC 5987 attr-char besides letters and digits
+_BYTE_RANGE = re.compile(r"^(\d*)-(\d*)$")
+
+
+def _ranged_environ(environ, size):
+    """The environ werkzeug answers the request by, its Range header read as Depot reads it (see _range_to_serve)."""
+    header = environ.get("HTTP_RANGE")
+    if header is None:
+        return environ
+    wanted = _range_to_serve(header, size)
+    if wanted == header:
+        return environ
+    environ = dict(environ)
+    if wanted is None:
+        del environ["HTTP_RANGE"]
+    else:
+        environ["HTTP_RANGE"] = wanted
+    return environ
+
+
+def _range_to_serve(header, size):
+    """The Range header werkzeug is to see: None to send the whole body (a unit other than bytes, or several
+    ranges of which one at least is satisfiable: 200 rather than multipart/byteranges), one past the end when no
+    range is satisfiable (416; `bytes=-0` asks for nothing), else the header as it came (werkzeug serves one
+    range, and refuses a malformed header with 416)."""
+    unit, equals, specs = header.partition("=")
+    if equals and unit.strip().lower() != "bytes":
+        return None
+    parts = [part.strip() for part in specs.split(",") if part.strip()]
+    satisfiable = 0
+    for part in parts:
+        match = _BYTE_RANGE.match(part)
+        if match is None or match.group(1) == match.group(2) == "":
+            return header
+        first, last = match.groups()
+        if first and last and int(last) < int(first):
+            return header
+        satisfiable += int(first) < size if first else int(last) > 0
+    if not satisfiable:
+        return "bytes=%d-" % size
+    return header if len(parts) == 1 else None

@@ -1,0 +1,141 @@
+"""The running service: the data dir's stores, the SQL database (identities, schema versions, audit), and
+the engine serving the active schema.
+
+The active schema lives in the database. On first start it is loaded from the schema file; afterwards the
+database's active version is served, and an administrator changes it through the admin API. The engine
+reference is swapped atomically: a request takes it once and finishes on it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import Any, Callable
+
+from app.identity import database
+from app.identity.audit import Audit
+from app.identity.access import Access
+from app.identity.auth import Identity, load_or_create_secret
+from app.engine.budget import Clock
+from app.engine.compiled import CompiledSchema
+from app.engine.compiler import compile_or_raise, compile_schema, load_schema_file, schema_digest
+from app.engine.context import Principal, RequestData
+from app.engine.run import Engine
+from app.errors import DepotError
+from app.identity.ratelimit import RateLimiter
+from app.engine.report import Report
+from app.repository.schema_store import SchemaStore
+from app.stores.registry import Stores
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # app/repository/ -> the root
+DEFAULT_SCHEMA = os.path.join(PROJECT, "schema.json")
+
+
+def private_dir(path: str) -> str:
+    """``path`` as an absolute path to a directory only its owner can enter (created, or tightened: it holds
+    password hashes, token hashes and the signing key)."""
+    path = os.path.abspath(path)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.stat(path).st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def open_data_dir(path: str) -> str:
+    """For a command working on a data dir: the dir, private to its owner, and every file this process creates
+    private too (the umask is the process's: only commands call this, never the library)."""
+    os.umask(0o077)
+    return private_dir(path)
+
+
+class Service:
+    def __init__(self, data_dir: str, schema: dict[str, Any] | None = None, schema_path: str | None = None,
+                 sync: bool = True, announce: Callable[[str], Any] = print, read_only: bool = False,
+                 load_schema: bool = False, cpu_clock: Clock | None = None) -> None:
+        """``cpu_clock``: what the per-request CPU budget reads instead of the thread's CPU time (app.engine.budget)."""
+        self.data_dir = private_dir(data_dir)
+        self.read_only = read_only
+        self.cpu_clock = cpu_clock
+        self.announce = announce
+        # first: the state store's lock is the data dir's lease (StoreLocked while another process holds it)
+        self.stores = Stores(self.data_dir, sync=sync)
+        try:
+            self._open(schema, schema_path, load_schema)
+        except BaseException:
+            self.stores.close()  # give the lease back: this process may open the data dir again
+            raise
+
+    def _open(self, schema: dict[str, Any] | None, schema_path: str | None, load_schema: bool) -> None:
+        url = database.database_url(self.data_dir)
+        database.upgrade(url)
+        self.db, self.sessions = database.connect(url)
+        self.identity = Identity(load_or_create_secret(self.data_dir), self.sessions)
+        self.audit = Audit(self.sessions)
+        self.access = Access(self.sessions)
+        self.schemas = SchemaStore(self.sessions)
+        self._swap_lock = threading.Lock()
+        self.limiters: dict[str, RateLimiter] = {}
+        self._activate(self._initial_schema(schema, schema_path, load_schema))
+        self.identity.ensure_admin(self.data_dir, self.announce)
+
+    def _initial_schema(self, schema: dict[str, Any] | None, schema_path: str | None,
+                        load: bool) -> CompiledSchema:
+        """The schema to serve: the database's active version. On first start, or with ``load`` when it differs
+        from the active one, ``schema`` (or the file at ``schema_path``, default schema.json) is stored as a new
+        version and served instead."""
+        active = self.schemas.active()
+        if active is not None and not load:
+            return self._compile_row(active)
+        source = schema_path or (DEFAULT_SCHEMA if schema is None else "the given schema")
+        if schema is None:
+            schema = load_schema_file(source)
+        if active is not None and active.sha256 == schema_digest(schema):
+            return self._compile_row(active)
+        compiled = compile_or_raise(schema, source)
+        row = self.schemas.add(schema, "bootstrap" if active is None else "cli", "loaded from %s" % source)
+        if active is not None:
+            self.audit.record("cli", "admin.schema.load", "schema version %d" % row.version, "success",
+                              detail={"file": source, "replaced_version": active.version})
+        return compiled
+
+    @staticmethod
+    def _compile_row(row: Any) -> CompiledSchema:
+        return compile_or_raise(json.loads(row.document), "schema version %d" % row.version)
+
+    def _activate(self, compiled: CompiledSchema) -> None:
+        self.identity.configure(compiled.auth_settings)
+        self.limiters = {name: self._limiter(name, rate) for name, rate in compiled.login_limits.items()}
+        self.engine = Engine(compiled, self.stores, self.read_only, self.access, self.cpu_clock)
+
+    def _limiter(self, name: str, rate: str) -> RateLimiter:
+        current = self.limiters.get(name)
+        return current if current is not None and current.rate == rate else RateLimiter(rate)
+
+    def apply_schema(self, doc: dict[str, Any], by: str, comment: str = "") -> tuple[Any, Report, bool]:
+        """Check ``doc`` exactly as `python -m app check` does; on success store it as the new active version
+        and swap it in. On failure raise 422 SCHEMA_INVALID with the findings; nothing changes. The same schema
+        as the one served (by digest) is no new version: returns (active row, its report, False)."""
+        with self._swap_lock:
+            if schema_digest(doc) == self.engine.compiled.sha256:
+                return self.schemas.active(), self.engine.compiled.report, False
+            compiled, report = compile_schema(doc, "uploaded schema")
+            if compiled is None:
+                raise DepotError("SCHEMA_INVALID", 422, report.summary(), details=report.to_dict()["errors"])
+            row = self.schemas.add(doc, by, comment)
+            self._activate(compiled)
+            return row, report, True
+
+    def active_document(self) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads(self.schemas.active().document)
+        return document
+
+    def principal(self, request: RequestData) -> Principal | None:
+        """The request's principal; without credentials, the anonymous principal when auth.anonymous is on."""
+        found: Principal | None = self.identity.authenticate(request)
+        if found is None and self.engine.compiled.anonymous is not None:
+            return self.engine.compiled.anonymous
+        return found
+
+    def close(self) -> None:
+        self.stores.close()
+        self.db.dispose()

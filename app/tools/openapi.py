@@ -1,0 +1,263 @@
+"""An OpenAPI 3.1 document of the whole API: the compiled routes and Depot's own views.
+
+A compiled route is described at schema load (``route_operation``, kept as ``route.openapi``) from what the ops
+of its pipeline declare (app/engine/opspec.py): the statuses each may produce (``errors``, ``answers``), the request
+headers and query parameters it reads (``inputs``), what its outputs hold (``Output(schema=)``), and its
+``openapi=`` hook (path, query and header parameters, request bodies, responses, security). The JSON a
+respond.json step answers is described from its body template: each reference takes the schema of what an
+earlier step bound to it. Depot's own views describe themselves with @documented (app/http/openapi_views.py).
+"""
+from app.engine import expr
+from app.tools.openapi_components import (BINARY_BODY, JSON, SCHEMAS, SERVER_ANSWERS, STRING, Access, REQUEST_ID,
+                                    add_errors, blob_answers, json_answer, nullable, parameter, portable)
+from app.http.openapi_views import view_paths
+from app.engine.opspec import Output
+
+ENGINE_ERRORS = ["503 CPU_LIMIT_EXCEEDED", "503 IO_LIMIT_EXCEEDED"]  # any route, whatever its steps
+PRINCIPAL = {"type": "object", "properties": {"sub": STRING, "scopes": {"type": "array", "items": STRING},
+                                              "kind": STRING}}
+_QUERY_TYPES = {"integer": "integer", "boolean": "boolean", "string": "string"}
+
+
+class Operation:
+    """The OpenAPI operation of one route, as its steps describe it (the hooks below are what they call)."""
+
+    def __init__(self, route):
+        self.route = route
+        self.parameters = {}
+        self.body = None
+        self.json_vars = set()
+        self.responses = {}
+        self.json_bodies = {}  # status -> the schemas of the JSON bodies answered with it
+        self.scopes = set(route.policy.scopes)
+        self.secured = bool(route.policy.scopes) or route.policy.denied
+        self.vars = {}  # variable -> the schema of its value, as the step binding it declares
+        self.fields = {}  # field -> the schema of its value (the first source binding it wins, as at run time)
+        self.header_patterns = {}  # variable -> the x-header-pattern entry of the headers it collects
+
+    # --- parameters and bodies ---
+
+    def require(self, scopes):
+        self.secured = True
+        self.scopes |= set(scopes)
+
+    def path_params(self, entity):
+        for name in self.route.params:
+            schema = {"type": "string"}
+            for constraint in getattr(entity, "constraints", ()):
+                if constraint.field == name and constraint.pattern:
+                    schema["pattern"] = constraint.pattern
+            self.parameters[("path", name)] = parameter("path", name, schema)
+            self.fields[name] = schema
+
+    def query_params(self, fields):
+        for name, spec in (fields or {}).items():
+            schema = {"type": _QUERY_TYPES.get(spec.get("type", "string"), "string")}
+            for key in ("default", "minimum", "maximum"):
+                if key in spec:
+                    schema[key] = spec[key]
+            self.parameters[("query", name)] = parameter("query", name, schema, required=bool(spec.get("required")))
+            self.fields.setdefault(name, schema)
+
+    def header_params(self, fields, prefixes):
+        for field, header in (fields or {}).items():
+            self.parameters[("header", header)] = parameter("header", header, {"type": "string"})
+            self.fields.setdefault(field, {"type": "string"})
+        for var, prefix in (prefixes or {}).items():
+            self.header_patterns[var] = {
+                "pattern": prefix + "*", "schema": {"type": "string"}, "collects": var,
+                "description": "any number of headers named %s<key>; each becomes <key> (lower-cased) -> value in "
+                               "the object $%s" % (prefix, var)}
+            self.vars[var] = {"type": "object", "additionalProperties": {"type": "string"}}
+
+    def inputs(self, declared):
+        for item in declared:
+            self.parameters[(item.where, item.name)] = parameter(item.where, item.name, item.schema, item.doc)
+
+    def json_body(self, out):
+        self.json_vars.add(out)
+        self.body = self.body or {"required": True, "content": {JSON: {"schema": {}}}}
+
+    def body_schema(self, value, validator):
+        """validate.json_schema over a whole variable: the request body's schema, or the object of collected
+        headers' (what x-header-pattern's entry then says they must satisfy)."""
+        single = getattr(value, "single", None)
+        if single is None or single.namespace != "var" or single.path:
+            return
+        schema = portable(validator.schema)
+        if single.root in self.json_vars:
+            self.body = {"required": True, "content": {JSON: {"schema": schema}}}
+            self.vars[single.root] = schema
+            for name, member in schema.get("properties", {}).items():
+                self.fields.setdefault(name, member)
+        elif single.root in self.header_patterns:
+            self.header_patterns[single.root]["collected"] = schema
+
+    def binary_body(self):
+        self.body = {"required": True, "content": {"application/octet-stream": {
+            "schema": {"type": "string", "contentMediaType": "application/octet-stream"}}}}
+
+    # --- statuses and responses ---
+
+    def errors(self, declared):
+        """Error answers written "<status> <CODE>", as ops and the engine declare them."""
+        add_errors(self.responses, [entry for entry in declared
+                                    if not entry.startswith("5") or entry[:3] in SERVER_ANSWERS])
+
+    def answers(self, declared):
+        """Other statuses a step may answer with: each gets a plain entry unless its respond hook adds a fuller
+        one (respond.bytes: the part a Range asked for, or nothing when the client's copy is current)."""
+        for entry in declared:
+            status, _, what = entry.partition(" ")
+            self.responses.setdefault(status, {"description": what.replace("_", " ").lower()})
+
+    def json_response(self, status, body):
+        self.json_bodies.setdefault(str(status), []).append(self.value_schema(body))
+
+    def bytes_response(self, status):
+        self.responses.update(blob_answers(status))
+
+    def redirect_response(self, status):
+        self.responses[str(status)] = dict(json_answer({"type": "object", "required": ["location"], "properties": {
+            "location": STRING}}, "redirect"), headers={"Location": {"schema": STRING}})
+
+    def error_response(self, status, code):
+        self.errors(["%d %s" % (status, code)])
+
+    # --- what templates render ---
+
+    def value_schema(self, node):
+        """The JSON Schema of what a compiled template renders, from what the pipeline bound before it."""
+        if isinstance(node, expr.Const):
+            return _const_schema(node.value)
+        if isinstance(node, expr.DictNode):
+            return {"type": "object", "required": [key for key, _ in node.items],
+                    "properties": {key: self.value_schema(item) for key, item in node.items}}
+        if isinstance(node, expr.ListNode):
+            return {"type": "array"}
+        if node.single is None:  # literal text and references, joined
+            return {"type": "string"}
+        return self.ref_schema(node.single)
+
+    def ref_schema(self, ref):
+        if ref.slice is not None:
+            return {"type": "string"}
+        known = {"var": self.vars, "field": self.fields, "principal": {"principal": PRINCIPAL}}.get(ref.namespace, {})
+        schema = known.get(ref.root, {})
+        for step in ref.path:
+            schema = _descend(schema, step)
+        return nullable(schema) if ref.optional and schema else schema
+
+    # --- the result ---
+
+    def bind_outputs(self, step):
+        for name, arg in step.decl.args.items():
+            var = getattr(step.args, name, None) if isinstance(arg, Output) else None
+            if var:
+                self.vars[var] = arg.schema_for(step.args) or {}
+
+    def to_dict(self):
+        self.errors(ENGINE_ERRORS)
+        access = Access(tuple(sorted(self.scopes)))
+        if self.secured:
+            self.errors(access.errors())
+        if self.route.params:
+            self.errors(["400 INVALID_PATH_PARAMETER"])
+        if self.body:
+            self.errors(BINARY_BODY)
+        if any(step.decl.mutates for step in self.route.pipeline.steps):
+            self.errors(["403 READ_ONLY"])
+        for status, schemas in self.json_bodies.items():
+            self.responses[status] = self._json_answer(self.responses.get(status), schemas)
+        operation = {"operationId": self.route.id, "summary": self.route.description or self.route.id,
+                     "tags": list(self.route.tags) or ["default"],
+                     "parameters": list(self.parameters.values()) + [REQUEST_ID],
+                     "responses": {status: self.responses[status] for status in sorted(self.responses)}}
+        description = []
+        if self.body:
+            operation["requestBody"] = self.body
+        if self.header_patterns:
+            operation["x-header-pattern"] = list(self.header_patterns.values())
+            description += ["Headers %s: %s." % (p["pattern"], p["description"])
+                            for p in self.header_patterns.values()]
+        if self.secured:
+            operation["security"] = [{"bearer": []}]
+            operation["x-required-scopes"] = sorted(self.scopes)
+            description.insert(0, access.describe())
+        if description:
+            operation["description"] = " ".join(description)
+        return operation
+
+
+    @staticmethod
+    def _json_answer(earlier, schemas):
+        """The answer of respond.json steps with one status; an error answered with it too stays one of its
+        forms."""
+        if earlier is not None and JSON in earlier.get("content", {}):
+            schemas = [earlier["content"][JSON]["schema"]] + schemas
+        unique = [s for i, s in enumerate(schemas) if s not in schemas[:i]]
+        answer = json_answer(unique[0] if len(unique) == 1 else {"anyOf": unique}, "the route's JSON answer")
+        if earlier is not None and earlier.get("x-error-codes"):
+            answer.update({"x-error-codes": earlier["x-error-codes"],
+                           "description": "the route's JSON answer, or an error: " + earlier["description"]})
+        return answer
+
+
+def _const_schema(value):
+    if isinstance(value, dict):
+        return {"type": "object", "required": list(value),
+                "properties": {key: _const_schema(item) for key, item in value.items()}}
+    types = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", type(None): "null"}
+    return {"type": types[type(value)], "const": value}
+
+
+def _descend(schema, step):
+    """The schema of one part (a key, a list index) of a value with ``schema``; {} when it does not say."""
+    branches = [b for b in schema.get("anyOf", ()) if b.get("type") != "null"]
+    if len(branches) == 1:  # a value that may be null: a reference into it reads the value
+        schema = branches[0]
+    if isinstance(step, int):
+        items = schema.get("items")
+        return items if isinstance(items, dict) else {}
+    if step in schema.get("properties", {}):
+        return schema["properties"][step]
+    extra = schema.get("additionalProperties")
+    return extra if isinstance(extra, dict) else {}
+
+
+def route_operation(route):
+    """A route's operation, worked out at schema load from the steps of its pipeline."""
+    operation = Operation(route)
+    for step in route.pipeline.steps:
+        operation.errors(step.decl.errors)
+        operation.answers(step.decl.answers)
+        operation.inputs(step.decl.inputs)
+        if step.decl.openapi is not None:
+            step.decl.openapi(operation, step.args)
+        operation.bind_outputs(step)
+    return operation.to_dict()
+
+
+def _disabled(route):
+    """A route a feature switch turned off: it answers 404 with the switch's code, whatever is asked."""
+    code, message = route.disabled
+    return dict(route.openapi, description="Disabled: %s." % message,
+                responses=add_errors({}, ["404 " + code]))
+
+
+def document(compiled, app):
+    """The document for ``app``'s own views and the routes of ``compiled``."""
+    paths = view_paths(app)
+    for route in compiled.routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = (
+            route.openapi if route.disabled is None else _disabled(route))
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": compiled.doc.get("type_id", "Depot"), "version": compiled.sha256[:12],
+                 "description": compiled.doc.get("description", ""), "x-schema-sha256": compiled.sha256},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "a login JWT or an API token (dpt_...)"}},
+            "schemas": SCHEMAS},
+    }
