@@ -7,27 +7,29 @@ it is stored. JSON bodies are parsed by ``parse_json``: malformed, or nested dee
 """
 import json
 import logging
+from typing import Optional
 
 from app.errors import DepotError, bad_request, too_large
+from app.stores.interfaces import JsonValue, Readable
 
 log = logging.getLogger("depot")
 MAX_JSON_DEPTH = 64  # default of ops.limits.max_json_depth; Depot's own views use it too
 
 
-def body_incomplete(message):
+def body_incomplete(message: str) -> DepotError:
     return DepotError("BODY_INCOMPLETE", 400, message)
 
 
 class RequestBody:
     """The request body as a stream: ``read(n)`` returns b"" only once the whole body has been read."""
 
-    def __init__(self, stream, limit, declared_length=None):
+    def __init__(self, stream: Readable, limit: int, declared_length: Optional[int] = None) -> None:
         self.stream = stream
         self.limit = limit
         self.declared_length = declared_length
         self.seen = 0
 
-    def read(self, size=-1):
+    def read(self, size: Optional[int] = -1) -> bytes:
         wanted = size if size is not None and size >= 0 else self.limit + 1
         try:
             chunk = self.stream.read(wanted)
@@ -46,9 +48,10 @@ class RequestBody:
 
 
 
-def read_all(stream, limit, code="JSON_TOO_LARGE"):
+def read_all(stream: Readable, limit: int, code: str = "JSON_TOO_LARGE") -> bytes:
     """The whole of ``stream`` (anything with read(n)), at most ``limit`` bytes (413 ``code`` beyond)."""
-    parts, size = [], 0
+    parts: list[bytes] = []
+    size = 0
     while True:
         chunk = stream.read(min(1024 * 1024, limit + 1 - size))
         if not chunk:
@@ -59,7 +62,7 @@ def read_all(stream, limit, code="JSON_TOO_LARGE"):
             raise too_large("the JSON body exceeds %d bytes" % limit, code)
 
 
-def parse_json(raw, max_depth=MAX_JSON_DEPTH):
+def parse_json(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> JsonValue:
     """Decode a JSON body; 400 INVALID_JSON when it is not JSON or nests deeper than ``max_depth``."""
     try:
         value = json.loads(raw)
@@ -72,9 +75,9 @@ def parse_json(raw, max_depth=MAX_JSON_DEPTH):
     return value
 
 
-def _deeper_than(value, limit):
+def _deeper_than(value: JsonValue, limit: int) -> bool:
     """Whether containers nest more than ``limit`` deep (iteratively: the check itself must not recurse)."""
-    pending = [(value, 1)]
+    pending: list[tuple[JsonValue, int]] = [(value, 1)]
     while pending:
         node, depth = pending.pop()
         children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None

@@ -9,14 +9,19 @@ The clock is injectable (``Engine(cpu_clock=...)``, ``Service``, ``LocalDepot``)
 the CPU and the wall clock, and only what it says is charged, so tests decide exactly how much a request spends
 and none depends on how fast or busy the machine is.
 """
+from __future__ import annotations
+
 import gc
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from app.errors import DepotError
+
+if TYPE_CHECKING:
+    from app.engine.context import ExecutionContext
 
 Clock = Callable[[], int]  # nanoseconds, from any origin
 
@@ -34,7 +39,7 @@ class CollectorPauses:
     def close(self) -> None:
         gc.callbacks.remove(self._observe)
 
-    def _observe(self, phase, info):
+    def _observe(self, phase: str, info: dict[str, Any]) -> None:
         if info["generation"] == 0:  # young passes take microseconds
             return
         local = self.local
@@ -78,7 +83,7 @@ def budget_clock(cpu_clock: Optional[Clock] = None) -> BudgetClock:
     return THREAD_CLOCK if cpu_clock is None else BudgetClock(cpu_clock, cpu_clock)
 
 
-def over_budget(ctx, clock: BudgetClock, started_cpu: int, budget: int) -> None:
+def over_budget(ctx: ExecutionContext, clock: BudgetClock, started_cpu: int, budget: int) -> None:
     """The generated check found the budget spent; it is, unless garbage collection took the difference."""
     if clock.spent(started_cpu, ctx.exempt_ns) > budget:
         raise DepotError("CPU_LIMIT_EXCEEDED", 503, "request exceeded max_cpu_ms_per_request (%d ms)"

@@ -9,33 +9,41 @@
 - ``gc.sweep.mark.mark_blobs_by`` names declared documents; keys the server accepts but does not act on are
   reported (app.engine.schema_keys).
 """
+from __future__ import annotations
+
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from app.engine import schema_keys
-from app.engine.compiled import Definitions, Pipeline, Route, RuntimeChecks
-from app.engine.conditions import ConditionError, compile_condition
-from app.engine.opspec import REGISTRY, unknown_ref_message
+from app.engine.compiled import Definitions, Pipeline, Route, RuntimeChecks, Step
+from app.engine.conditions import ConditionError, ExtraKeyword, Operand, OperandMaker, Predicate, compile_condition
+from app.engine.expr import Ref
+from app.engine.opspec import REGISTRY, OpDecl, unknown_ref_message
 from app.engine.report import ERROR, WARNING, Report, place
+from app.stores.interfaces import JsonValue
 
-LOAD_PREDICATES = {}
-RUNTIME_PREDICATES = {}
+Pipelines = list[tuple[Pipeline, bool]]  # every pipeline once, and whether it is a route's
+Problems = list[tuple[Optional[str], str]]  # (place, or None for the check's own, message)
+CheckPredicate = Callable[["Subject", JsonValue, Pipelines], Problems]  # (subject, its argument, pipelines)
+
+LOAD_PREDICATES: dict[str, CheckPredicate] = {}
+RUNTIME_PREDICATES: dict[str, CheckPredicate] = {}
 MAX_RETRY_ATTEMPTS = 10
 
 
-def load_predicate(name):
-    def register(fn):
+def load_predicate(name: str) -> Callable[[CheckPredicate], CheckPredicate]:
+    def register(fn: CheckPredicate) -> CheckPredicate:
         LOAD_PREDICATES[name] = fn
         return fn
     return register
 
 
-def runtime_predicate(name, enforces):
+def runtime_predicate(name: str, enforces: str) -> Callable[[CheckPredicate], CheckPredicate]:
     """A runtime check's static predicate; ``enforces`` names the engine flag that an on_fail of abort_request
     turns on, so the engine also refuses violating requests as they run."""
-    def register(fn):
-        fn.enforces = enforces
+    def register(fn: CheckPredicate) -> CheckPredicate:
+        setattr(fn, "enforces", enforces)  # an attribute of the function itself: _run_check reads it back
         RUNTIME_PREDICATES[name] = fn
         return fn
     return register
@@ -60,7 +68,7 @@ def run_all(c: Subject, report: Report) -> RuntimeChecks:
     for i, check in enumerate(validation.get("load_time_checks", [])):
         _run_check(c, report, check, place("validation.load_time_checks", i), LOAD_PREDICATES,
                    {"reject_config": ERROR, "warn": WARNING}, pipelines)
-    enforced = {}
+    enforced: dict[str, bool] = {}
     for i, check in enumerate(validation.get("runtime_checks", [])):
         flag = _run_check(c, report, check, place("validation.runtime_checks", i), RUNTIME_PREDICATES,
                           {"abort_request": WARNING, "warn": WARNING}, pipelines)
@@ -72,8 +80,9 @@ def run_all(c: Subject, report: Report) -> RuntimeChecks:
     return RuntimeChecks(**enforced)
 
 
-def _pipelines(c: Subject) -> list[tuple[Pipeline, bool]]:
-    seen, out = set(), []
+def _pipelines(c: Subject) -> Pipelines:
+    seen: set[int] = set()
+    out: Pipelines = []
     for route in c.routes:
         out.append((route.pipeline, True))
     for pipeline in c.apply_pipelines.values():
@@ -83,7 +92,9 @@ def _pipelines(c: Subject) -> list[tuple[Pipeline, bool]]:
     return out
 
 
-def _run_check(c, report, check, where, registry, severities, pipelines):
+def _run_check(c: Subject, report: Report, check: dict[str, JsonValue], where: str,
+               registry: dict[str, CheckPredicate], severities: dict[str, str],
+               pipelines: Pipelines) -> Optional[str]:
     on_fail = check.get("on_fail", "reject_config" if registry is LOAD_PREDICATES else "abort_request")
     severity = severities.get(on_fail)
     if severity is None:
@@ -94,7 +105,7 @@ def _run_check(c, report, check, where, registry, severities, pipelines):
     if not isinstance(require, dict) or not require:
         report.error(where + ".require", "require is an object of predicates")
         return None
-    flag = None
+    flag: Optional[str] = None
     for name, arg in require.items():
         predicate = registry.get(name)
         if predicate is None:
@@ -107,7 +118,7 @@ def _run_check(c, report, check, where, registry, severities, pipelines):
     return flag
 
 
-def resolve_path(doc, path):
+def resolve_path(doc: JsonValue, path: str) -> JsonValue:
     """'storage.blob_stores.primary.addressing.mode' -> the value there, or None."""
     value = doc
     for part in path.split("."):
@@ -117,7 +128,7 @@ def resolve_path(doc, path):
     return value
 
 
-def _glob(value, parts, where):
+def _glob(value: JsonValue, parts: list[str], where: str) -> list[tuple[str, JsonValue]]:
     """Values at a path with '[]' (each list item) and '*' (each mapping value): [(place, value)]."""
     if not parts:
         return [(where, value)]
@@ -138,7 +149,7 @@ def _glob(value, parts, where):
 # --- load-time predicates ---------------------------------------------------------------------------------
 
 @load_predicate("equals")
-def _equals(c, arg, pipelines):
+def _equals(c: Subject, arg: JsonValue, pipelines: Pipelines) -> Problems:
     """[schema path, value]: the schema holds that value at that path."""
     if not isinstance(arg, list) or len(arg) != 2 or not isinstance(arg[0], str):
         return [(None, "equals takes [schema path, expected value]")]
@@ -149,7 +160,7 @@ def _equals(c, arg, pipelines):
 
 
 @load_predicate("pipelines_only_use_ops_in")
-def _ops_in(c, arg, pipelines):
+def _ops_in(c: Subject, arg: JsonValue, pipelines: Pipelines) -> Problems:
     """a schema path (e.g. "ops.allowed"): every pipeline step uses an op listed there."""
     allowed = resolve_path(c.doc, arg) if isinstance(arg, str) else arg
     if not isinstance(allowed, list):
@@ -159,7 +170,7 @@ def _ops_in(c, arg, pipelines):
 
 
 @load_predicate("all_entity_refs_exist")
-def _entity_refs(c, arg, pipelines):
+def _entity_refs(c: Subject, arg: JsonValue, pipelines: Pipelines) -> Problems:
     """true: every `entity` argument names an entity the schema defines."""
     entities = c.definitions["entity"]
     return [(step_place + ".args.entity", unknown_ref_message("entity", args["entity"], entities))
@@ -168,9 +179,9 @@ def _entity_refs(c, arg, pipelines):
 
 
 @load_predicate("unique")
-def _unique(c, arg, pipelines):
+def _unique(c: Subject, arg: JsonValue, pipelines: Pipelines) -> Problems:
     """[path, ...] with `[]` (each list item) and `*` (each mapping value): the values found are distinct."""
-    problems = []
+    problems: Problems = []
     for path in arg if isinstance(arg, list) else [arg]:
         hits = _glob(c.doc, path.split("."), "")
         counts = Counter(repr(v) for _, v in hits)
@@ -178,14 +189,14 @@ def _unique(c, arg, pipelines):
     return problems
 
 
-def _proxy_upstreams(c):
+def _proxy_upstreams(c: Subject) -> Iterator[tuple[str, str, JsonValue]]:
     for step_place, op, args in _raw_steps(c.doc):
         if op == "proxy.fetch" and args.get("upstream") in c.doc.get("upstreams", {}):
             yield step_place, args["upstream"], c.doc["upstreams"][args["upstream"]]
 
 
 @load_predicate("proxy_fetch_requires_timeouts")
-def _proxy_timeouts(c, arg, pipelines):
+def _proxy_timeouts(c: Subject, arg: JsonValue, pipelines: Pipelines) -> Problems:
     """true: every upstream a proxy.fetch uses sets timeouts_ms.connect and timeouts_ms.read."""
     return [(place("upstreams", name, "timeouts_ms"), "proxy.fetch at %s uses upstream %s, which needs "
              "timeouts_ms.connect and timeouts_ms.read" % (where, name))
@@ -194,7 +205,7 @@ def _proxy_timeouts(c, arg, pipelines):
 
 
 @load_predicate("proxy_fetch_requires_retry_bounds")
-def _proxy_retries(c, arg, pipelines):
+def _proxy_retries(c: Subject, arg: JsonValue, pipelines: Pipelines) -> Problems:
     """true: every upstream a proxy.fetch uses bounds retry.max_attempts (1 to 10) and sets backoff_ms."""
     return [(place("upstreams", name, "retry"), "proxy.fetch at %s uses upstream %s, which needs "
              "retry.max_attempts (at most %d) and retry.backoff_ms" % (where, name, MAX_RETRY_ATTEMPTS))
@@ -203,7 +214,7 @@ def _proxy_retries(c, arg, pipelines):
                             and "backoff_ms" in spec.get("retry", {}))]
 
 
-def _raw_steps(doc):
+def _raw_steps(doc: dict[str, JsonValue]) -> Iterator[tuple[str, JsonValue, JsonValue]]:
     for i, route in enumerate(doc.get("api", {}).get("routes", [])):
         for j, step in enumerate(route.get("pipeline", [])):
             yield place("api.routes", i, "pipeline", j), step.get("op"), step.get("args", {})
@@ -215,10 +226,10 @@ def _raw_steps(doc):
 # --- runtime predicates, decided statically where they can be ---------------------------------------------
 
 @runtime_predicate("all_blob_puts_followed_by", enforces="digest_verify")
-def _blob_puts_verified(c, arg, pipelines):
+def _blob_puts_verified(c: Subject, arg: JsonValue, pipelines: Pipelines) -> Problems:
     """an op name: every blob.put is followed by that op (blob.verify_digest) on its digest; at run time a
     transaction holding an unverified blob is refused at commit (`500 RUNTIME_CHECK_FAILED`, nothing stored)."""
-    problems = []
+    problems: Problems = []
     for pipeline, _ in pipelines:
         for i, step in enumerate(pipeline.steps):
             if step.op != "blob.put":
@@ -231,15 +242,15 @@ def _blob_puts_verified(c, arg, pipelines):
     return problems
 
 
-def _sources(step):
+def _sources(step: Step) -> set[str]:
     return {ref.source for node in vars(step.args).values() for ref in getattr(node, "refs", ())}
 
 
 @runtime_predicate("all_kv_or_index_writes_inside_txn", enforces="txn_for_writes")
-def _writes_in_txn(c, arg, pipelines):
+def _writes_in_txn(c: Subject, arg: JsonValue, pipelines: Pipelines) -> Problems:
     """true: KV and index writes happen between txn.begin and txn.commit; at run time a write outside one
     is refused (`500 RUNTIME_CHECK_FAILED`)."""
-    problems = []
+    problems: Problems = []
     for pipeline, _ in pipelines:
         in_txn = False
         for step in pipeline.steps:
@@ -249,7 +260,7 @@ def _writes_in_txn(c, arg, pipelines):
     return problems
 
 
-def _txn_state(decl, in_txn):
+def _txn_state(decl: OpDecl, in_txn: bool) -> bool:
     """Whether a transaction is open after a step of ``decl``'s op."""
     if decl.opens_txn:
         return True
@@ -260,11 +271,12 @@ def _txn_state(decl, in_txn):
 
 # --- structure ----------------------------------------------------------------------------------------------
 
-def _check_structure(report, pipeline, is_route):
+def _check_structure(report: Report, pipeline: Pipeline, is_route: bool) -> None:
     """Transactions open and close in order (the ops' opens_txn, closes_txn and needs_txn flags); routes end
     with a terminal step. A conditional step closing the transaction may not run, so the transaction counts as
     open after it (a later unconditional commit is expected)."""
-    in_txn, opened_at = False, None
+    in_txn = False
+    opened_at: Optional[str] = None
     for step in pipeline.steps:
         decl = step.decl
         if decl.opens_txn and in_txn:
@@ -287,12 +299,12 @@ def _check_structure(report, pipeline, is_route):
                          "op ends the pipeline (%s)" % ", ".join(terminal_ops()))
 
 
-def terminal_ops():
+def terminal_ops() -> list[str]:
     """The ops declared terminal (they end a pipeline), by name."""
     return sorted(name for name, decl in REGISTRY.items() if decl.terminal)
 
 
-def _check_document_writes(c, report, pipeline):
+def _check_document_writes(c: Subject, report: Report, pipeline: Pipeline) -> None:
     """A document written from a literal object must carry every field its schema requires; one written from a
     replayed event must come from an event type whose schema guarantees them."""
     event_types = [name for name, p in c.apply_pipelines.items() if p is pipeline]
@@ -323,7 +335,7 @@ def _check_document_writes(c, report, pipeline):
 
 # --- garbage collection -------------------------------------------------------------------------------------
 
-def _check_gc_marks(c, report):
+def _check_gc_marks(c: Subject, report: Report) -> None:
     """Each mark (document.field) names a declared document: a misspelt one would mark nothing, and a collection
     would then remove every blob that document names."""
     documents = c.definitions["document"]
@@ -336,7 +348,7 @@ def _check_gc_marks(c, report):
 
 # --- invariants ---------------------------------------------------------------------------------------------
 
-def _check_invariants(doc, report):
+def _check_invariants(doc: dict[str, JsonValue], report: Report) -> None:
     for group, items in doc.get("invariants", {}).items():
         if not isinstance(items, list):
             report.error(place("invariants", group), "an invariant group is a list")
@@ -363,22 +375,22 @@ def _check_invariants(doc, report):
                            inv["id"])
 
 
-def _schema_operand(doc):
+def _schema_operand(doc: dict[str, JsonValue]) -> OperandMaker:
     """In invariants a string whose first segment names a top-level section is a path into the schema."""
-    def make(value):
+    def make(value: JsonValue) -> tuple[Operand, Sequence[Ref]]:
         if isinstance(value, str) and "." in value and value.split(".", 1)[0] in doc:
             return (lambda ctx: resolve_path(doc, value)), ()
         return (lambda ctx: value), ()
     return make
 
 
-def _route_requires(doc):
-    def compile_(arg, where):
+def _route_requires(doc: dict[str, JsonValue]) -> ExtraKeyword:
+    def compile_(arg: JsonValue, where: str) -> Predicate:
         if not isinstance(arg, dict):
             raise ConditionError("route_requires maps route ids to lists of {op, args_contains}", where)
         routes = {r["id"]: r for r in doc["api"]["routes"]}
 
-        def holds(ctx):
+        def holds(ctx: Any) -> bool:
             for route_id, needs in arg.items():
                 steps = routes.get(route_id, {}).get("pipeline")
                 if steps is None:

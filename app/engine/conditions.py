@@ -5,52 +5,63 @@ rendered leniently: a reference that cannot be resolved reads as null, so ``{"is
 ``{"not_in": ["$up_resp.status", [200]]}`` work whether or not the step that binds them ran.
 An unknown keyword is a load error, never "true".
 """
-from app.engine.expr import compile_value
-from app.stores import sortkeys
+from typing import Any, Callable, Optional, Sequence
 
-KEYWORDS = {}
+from app.engine.expr import Ref, compile_value
+from app.stores import sortkeys
+from app.stores.interfaces import JsonValue
+
+# A condition's ctx is whatever its caller evaluates it against: an ExecutionContext, a RowContext, or nothing
+# (None, for an invariant over the schema), so it is Any here.
+Predicate = Callable[[Any], bool]
+Operand = Callable[[Any], JsonValue]  # ctx -> the operand's value
+OperandMaker = Callable[[JsonValue], tuple[Operand, Sequence[Ref]]]  # operand spec -> (its fn, the refs it reads)
+ExtraKeyword = Callable[[JsonValue, str], Predicate]  # (argument, place) -> predicate
+
+# name -> (the keyword's builder, its arity); the builder's parameters depend on the arity (see ``keyword``)
+KEYWORDS: dict[str, tuple[Callable[..., Predicate], str]] = {}
 
 
 class ConditionError(ValueError):
-    def __init__(self, message, place=""):
+    def __init__(self, message: str, place: str = "") -> None:
         super().__init__(message)
         self.place = place
 
 
-def keyword(name, arity):
+def keyword(name: str, arity: str) -> Callable[[Callable[..., Predicate]], Callable[..., Predicate]]:
     """arity: "one" (a single operand), "two" (a pair), "conds" (a list of conditions), "cond_pair" (exactly
     two conditions), "cond" (one condition)."""
-    def register(fn):
+    def register(fn: Callable[..., Predicate]) -> Callable[..., Predicate]:
         KEYWORDS[name] = (fn, arity)
         return fn
     return register
 
 
-def _empty(value):
+def _empty(value: JsonValue) -> bool:
     return value is None or (hasattr(value, "__len__") and len(value) == 0)
 
 
 @keyword("equals", "two")
-def _equals(a, b):
+def _equals(a: Operand, b: Operand) -> Predicate:
     return lambda ctx: a(ctx) == b(ctx)
 
 
 @keyword("not_equals", "two")
-def _not_equals(a, b):
+def _not_equals(a: Operand, b: Operand) -> Predicate:
     return lambda ctx: a(ctx) != b(ctx)
 
 
 @keyword("in", "two")
-def _in(a, b):
+def _in(a: Operand, b: Operand) -> Predicate:
     return lambda ctx: _member(a(ctx), b(ctx))
 
 
 @keyword("not_in", "two")
-def _not_in(a, b):
+def _not_in(a: Operand, b: Operand) -> Predicate:
     return lambda ctx: not _member(a(ctx), b(ctx))
 
 
-def _member(item, collection):
+def _member(item: JsonValue, collection: JsonValue) -> bool:
     try:
         return item in (collection or ())
     except TypeError:
@@ -58,45 +69,45 @@ def _member(item, collection):
 
 
 @keyword("is_null", "one")
-def _is_null(a):
+def _is_null(a: Operand) -> Predicate:
     return lambda ctx: a(ctx) is None
 
 
 @keyword("is_not_null", "one")
-def _is_not_null(a):
+def _is_not_null(a: Operand) -> Predicate:
     return lambda ctx: a(ctx) is not None
 
 
 @keyword("is_empty", "one")
-def _is_empty(a):
+def _is_empty(a: Operand) -> Predicate:
     return lambda ctx: _empty(a(ctx))
 
 
 @keyword("is_not_empty", "one")
-def _is_not_empty(a):
+def _is_not_empty(a: Operand) -> Predicate:
     return lambda ctx: not _empty(a(ctx))
 
 
 @keyword("contains", "two")
-def _contains(a, b):
+def _contains(a: Operand, b: Operand) -> Predicate:
     """a (a string) contains b, ignoring case."""
     return lambda ctx: _text_test(a(ctx), b(ctx), lambda x, y: y in x)
 
 
 @keyword("starts_with", "two")
-def _starts_with(a, b):
+def _starts_with(a: Operand, b: Operand) -> Predicate:
     """a (a string) starts with b, ignoring case."""
     return lambda ctx: _text_test(a(ctx), b(ctx), str.startswith)
 
 
-def _text_test(a, b, test):
+def _text_test(a: JsonValue, b: JsonValue, test: Callable[[str, str], bool]) -> bool:
     return isinstance(a, str) and isinstance(b, str) and test(a.lower(), b.lower())
 
 
 @keyword("is_prerelease", "one")
-def _is_prerelease(a):
+def _is_prerelease(a: Operand) -> Predicate:
     """the operand is a semantic version with a pre-release part (1.0.0-rc.1)."""
-    def holds(ctx):
+    def holds(ctx: Any) -> bool:
         value = a(ctx)
         parsed = sortkeys.parse_semver(value) if isinstance(value, str) else None
         return parsed is not None and parsed.prerelease is not None
@@ -104,34 +115,36 @@ def _is_prerelease(a):
 
 
 @keyword("all", "conds")
-def _all(preds):
+def _all(preds: list[Predicate]) -> Predicate:
     return lambda ctx: all(p(ctx) for p in preds)
 
 
 @keyword("any", "conds")
-def _any(preds):
+def _any(preds: list[Predicate]) -> Predicate:
     return lambda ctx: any(p(ctx) for p in preds)
 
 
 @keyword("not", "cond")
-def _not(pred):
+def _not(pred: Predicate) -> Predicate:
     return lambda ctx: not pred(ctx)
 
 
 @keyword("implies", "cond_pair")
-def _implies(preds):
+def _implies(preds: list[Predicate]) -> Predicate:
     first, second = preds
     return lambda ctx: (not first(ctx)) or second(ctx)
 
 
-def _template_operand(value):
+def _template_operand(value: JsonValue) -> tuple[Operand, Sequence[Ref]]:
     """-> (fn(ctx), the references it reads)."""
     node = compile_value(value)
     single = getattr(node, "single", None)
     return (single.resolve_lenient if single is not None else node.render_lenient), node.refs
 
 
-def compile_condition(spec, place, make_operand=None, refs=None, extra=None):
+def compile_condition(spec: JsonValue, place: str, make_operand: Optional[OperandMaker] = None,
+                      refs: Optional[list[Ref]] = None,
+                      extra: Optional[dict[str, ExtraKeyword]] = None) -> Predicate:
     """Compile a condition object into ``predicate(ctx) -> bool``.
 
     ``make_operand`` turns an operand into ``(fn(ctx), refs)``; by default operands are templates. ``refs`` (a list),
@@ -151,7 +164,7 @@ def compile_condition(spec, place, make_operand=None, refs=None, extra=None):
         raise ConditionError("unknown condition %r; expected one of: %s" % (name, ", ".join(known)), here)
     fn, arity = KEYWORDS[name]
 
-    def operand(value):
+    def operand(value: JsonValue) -> Operand:
         fn, reads = make_operand(value)
         if refs is not None:
             refs.extend(reads)

@@ -6,36 +6,42 @@ import re
 import string
 from functools import partial
 from operator import methodcaller
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import jsonschema
 
 from app.engine.body import MAX_JSON_DEPTH
 from app.engine.codegen import FunctionBuilder, enabled as generating
+from app.engine.expr import Template
 from app.errors import DepotError, bad_request
 from app.stores import sortkeys
+from app.stores.interfaces import JsonValue
+
+Normalizer = Callable[[str], str]  # one compiled normalize rule
 
 
 class Validator:
     """A JSON Schema compiled once; ``check`` raises a DepotError naming the offending field."""
 
-    def __init__(self, schema, name=""):
+    def __init__(self, schema: dict[str, JsonValue], name: str = "") -> None:
         self.schema = schema
         self.name = name
         self._validator = jsonschema.Draft202012Validator(schema)
 
     @staticmethod
-    def schema_errors(schema):
+    def schema_errors(schema: JsonValue) -> Optional[str]:
         try:
             jsonschema.Draft202012Validator.check_schema(schema)
         except jsonschema.SchemaError as exc:
-            return exc.message
+            message: str = exc.message
+            return message
         return None
 
-    def check(self, value, code, status):
+    def check(self, value: JsonValue, code: str, status: int) -> None:
         error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
         if error is None:
             return
-        path = list(error.absolute_path)
+        path: list[str | int] = list(error.absolute_path)
         if error.validator == "required":
             missing = re.findall(r"'([^']+)' is a required property", error.message)
             path = path + missing[:1]
@@ -46,11 +52,11 @@ class Validator:
 
 # --- entities -----------------------------------------------------------------------------------------------
 
-NORMALIZERS = {}
+NORMALIZERS: dict[str, Callable[..., Normalizer]] = {}  # name -> factory taking the rule's ':' parameters
 
 
-def normalizer(name):
-    def register(fn):
+def normalizer(name: str) -> Callable[[Callable[..., Normalizer]], Callable[..., Normalizer]]:
+    def register(fn: Callable[..., Normalizer]) -> Callable[..., Normalizer]:
         NORMALIZERS[name] = fn
         return fn
     return register
@@ -67,31 +73,31 @@ _ASCII_SPACE_RUN = re.compile("[%s]+" % re.escape(_ASCII_SPACE))
 
 
 @normalizer("trim")
-def _trim():
+def _trim() -> Normalizer:
     return lambda value: value.strip(_ASCII_SPACE)
 
 
 @normalizer("lower")
-def _lower():
+def _lower() -> Normalizer:
     return lambda value: value.lower() if value.isascii() else value.translate(_ASCII_LOWER)
 
 
 @normalizer("upper")
-def _upper():
+def _upper() -> Normalizer:
     return lambda value: value.upper() if value.isascii() else value.translate(_ASCII_UPPER)
 
 
 @normalizer("replace")
-def _replace(old, new):
+def _replace(old: str, new: str) -> Normalizer:
     return methodcaller("replace", old, new)
 
 
 @normalizer("collapse_whitespace")
-def _collapse():
+def _collapse() -> Normalizer:
     return lambda value: _ASCII_SPACE_RUN.sub(" ", value).strip(" ")
 
 
-def chain(rules):
+def chain(rules: Sequence[Normalizer]) -> Normalizer:
     """One function applying ``rules`` in order: ``rules[-1](...rules[0](value))``, generated as one expression."""
     if len(rules) == 1:
         return rules[0]
@@ -102,17 +108,18 @@ def chain(rules):
     for rule in rules:
         call = "%s(%s)" % (builder.bind(rule, "rule"), call)
     builder.line("return " + call)
-    return builder.build()
+    normalize: Normalizer = builder.build()
+    return normalize
 
 
-def _apply_in_order(rules, value):
+def _apply_in_order(rules: Sequence[Normalizer], value: str) -> str:
     """``chain`` without generated code."""
     for rule in rules:
         value = rule(value)
     return value
 
 
-def compile_normalizer(spec):
+def compile_normalizer(spec: str) -> Normalizer:
     """'replace:_:-' -> a function; raises ValueError naming what was expected."""
     name, *params = spec.split(":")
     factory = NORMALIZERS.get(name)
@@ -125,14 +132,14 @@ def compile_normalizer(spec):
 
 
 class Versioning:
-    def __init__(self, spec):
+    def __init__(self, spec: Optional[Mapping[str, JsonValue]]) -> None:
         spec = spec or {}
-        self.scheme = spec.get("scheme", "semver")
-        self.ordering = spec.get("ordering", self.scheme)
-        self.allow_prerelease = spec.get("allow_prerelease", True)
+        self.scheme: str = spec.get("scheme", "semver")
+        self.ordering: str = spec.get("ordering", self.scheme)
+        self.allow_prerelease: bool = spec.get("allow_prerelease", True)
         # latest_policy is carried out by the schema's own routes and indexes (see OPERATIONS.md), not here
 
-    def check(self, version):
+    def check(self, version: str) -> None:
         if self.scheme != "semver":
             return
         parsed = sortkeys.parse_semver(version)
@@ -145,8 +152,9 @@ class Versioning:
 
 
 class Constraint:
-    def __init__(self, field, regex=None, when_present=False, min_length=None, max_length=None, enum=None,
-                 reserved=None):
+    def __init__(self, field: str, regex: Optional[str] = None, when_present: bool = False,
+                 min_length: Optional[int] = None, max_length: Optional[int] = None,
+                 enum: Optional[list[JsonValue]] = None, reserved: Optional[Iterable[str]] = None) -> None:
         self.field = field
         self.reserved = frozenset(reserved or ())  # values a route's literal path segment takes (see checker)
         self.regex = re.compile(regex) if regex is not None else None
@@ -156,7 +164,7 @@ class Constraint:
         del when_present
         self.min_length, self.max_length, self.enum = min_length, max_length, enum
 
-    def check(self, value):
+    def check(self, value: JsonValue) -> None:
         if not isinstance(value, str):
             raise DepotError("INVALID_FIELD", 400, "%s must be a string" % self.field, self.field)
         if self.regex is not None and not self.regex.match(value):
@@ -173,14 +181,15 @@ class Constraint:
 
 
 class Entity:
-    def __init__(self, name, fields, normalizers, constraints, versioning):
+    def __init__(self, name: str, fields: dict[str, JsonValue], normalizers: list[tuple[str, list[Normalizer]]],
+                 constraints: list[Constraint], versioning: Versioning) -> None:
         self.name = name
         self.fields = fields
         self.normalizers = normalizers  # [(field, [fn, ...])]
         self.constraints = constraints
         self.versioning = versioning
 
-    def accepts(self, field, value):
+    def accepts(self, field: str, value: str) -> bool:
         """Whether ``value``, as a path segment bound to ``field``, passes the field's normalize rules, constraints
         and (for the version) the versioning scheme."""
         for name, rules in self.normalizers:
@@ -192,12 +201,12 @@ class Entity:
             return False
         return True
 
-    def checker(self, may_bind):
+    def checker(self, may_bind: Callable[[str], bool]) -> Callable[[Mapping[str, JsonValue]], None]:
         """A validator over the fields ``may_bind`` admits: a route checks only what it can have bound."""
         constraints = [c for c in self.constraints if may_bind(c.field)]
         versioning = self.versioning if "version" in self.fields and may_bind("version") else None
 
-        def check(values):
+        def check(values: Mapping[str, JsonValue]) -> None:
             for constraint in constraints:
                 value = values.get(constraint.field)
                 if value is not None:
@@ -210,30 +219,30 @@ class Entity:
 
 
 class Document:
-    def __init__(self, name, store, key, validator):
+    def __init__(self, name: str, store: str, key: Template, validator: Optional[Validator]) -> None:
         self.name = name
         self.store = store
         self.key = key  # compiled key_template
         self.validator = validator
 
-    def check(self, value):
+    def check(self, value: JsonValue) -> None:
         if self.validator is not None:
             self.validator.check(value, "DOCUMENT_INVALID", 400)
 
 
 class EventType:
-    def __init__(self, name, validator):
+    def __init__(self, name: str, validator: Validator) -> None:
         self.name = name
         self.validator = validator
 
-    def check(self, payload, code, status):
+    def check(self, payload: JsonValue, code: str, status: int) -> None:
         self.validator.check(payload, code, status)
 
 
 class Upstream:
     DEFAULT_CONNECT_MS, DEFAULT_READ_MS = 5000, 30000
 
-    def __init__(self, name, spec):
+    def __init__(self, name: str, spec: dict[str, JsonValue]) -> None:
         self.name = name
         self.base_url = spec["base_url"].rstrip("/")
         timeouts = spec.get("timeouts_ms", {})
@@ -246,7 +255,7 @@ class Upstream:
 
 
 class BlobStoreDef:
-    def __init__(self, name, spec):
+    def __init__(self, name: str, spec: dict[str, JsonValue]) -> None:
         self.name = name
         self.kind = spec["kind"]
         self.spec = spec  # as the schema gives it: what an implementation of another kind reads (a bucket ...)
@@ -263,10 +272,11 @@ MAX_PAGE = 10_000_000  # ... and for page numbers: offsets stay far inside the S
 # Depot's own lists read ?page= and ?page_size= by these specs, as the schema's list routes declare them
 PAGE_QUERY = {"page": {"type": "integer", "default": 1, "minimum": 1, "maximum": MAX_PAGE},
               "page_size": {"type": "integer", "default": 50, "minimum": 1, "maximum": MAX_PAGE_SIZE}}
-_QUERY_TYPES = {"string": str, "integer": int, "boolean": lambda v: v.lower() in ("1", "true", "yes")}
+_QUERY_TYPES: dict[str, Callable[[str], JsonValue]] = {"string": str, "integer": int,
+                                                       "boolean": lambda v: v.lower() in ("1", "true", "yes")}
 
 
-def query_value(raw, name, spec):
+def query_value(raw: Optional[str], name: str, spec: Mapping[str, JsonValue]) -> JsonValue:
     """A query parameter typed and bounded by ``spec`` ({type, default, minimum, maximum, required}); 400
     INVALID_QUERY naming it otherwise. Schema routes (parse.query) and Depot's own lists read them alike."""
     if raw is None:
@@ -284,11 +294,12 @@ def query_value(raw, name, spec):
 
 
 class Limits:
-    DEFAULTS = {"max_pipeline_ops": 128, "max_request_body_bytes": 2 ** 31, "max_json_bytes": 10 * 2 ** 20,
-                "max_kv_value_bytes": 2 ** 20, "max_cpu_ms_per_request": 200, "max_io_ops_per_request": 5000,
-                "max_json_depth": MAX_JSON_DEPTH}
+    DEFAULTS: dict[str, int] = {
+        "max_pipeline_ops": 128, "max_request_body_bytes": 2 ** 31, "max_json_bytes": 10 * 2 ** 20,
+        "max_kv_value_bytes": 2 ** 20, "max_cpu_ms_per_request": 200, "max_io_ops_per_request": 5000,
+        "max_json_depth": MAX_JSON_DEPTH}
 
-    def __init__(self, spec):
+    def __init__(self, spec: Optional[dict[str, JsonValue]]) -> None:
         merged = dict(self.DEFAULTS, **(spec or {}))
         self.max_pipeline_ops = merged["max_pipeline_ops"]
         self.max_request_body_bytes = merged["max_request_body_bytes"]
@@ -302,8 +313,8 @@ class Limits:
 class EventLog:
     """Where events are appended, and how a replica is fed from them (replication.log and .shipping)."""
 
-    def __init__(self, store, key_prefix, max_event_bytes, batch_events=1000, batch_bytes=10 * 1024 * 1024,
-                 dedupe_key="event_id"):
+    def __init__(self, store: str, key_prefix: str, max_event_bytes: int, batch_events: int = 1000,
+                 batch_bytes: int = 10 * 1024 * 1024, dedupe_key: Optional[str] = "event_id") -> None:
         self.store = store  # the kv store it lives in, under keys starting with key_prefix
         self.key_prefix = key_prefix
         self.max_event_bytes = max_event_bytes

@@ -15,11 +15,20 @@ being applied. ``$...`` reads the *variable* namespace: the outputs of earlier s
 A template that is exactly one reference renders to the referenced value with its type intact. Rendered values
 are never scanned again, so request data cannot inject references.
 """
+from __future__ import annotations
+
 import json
 import re
+from typing import Any, Callable, Optional, Sequence, Union, cast
 
 from app.engine.codegen import FunctionBuilder, enabled as generating, literal
 from app.errors import DepotError
+
+# What a template reads from and renders to are both open: ctx is an ExecutionContext, a RowContext or any
+# object with the namespaces a reference reads, and a value is JSON or a handle a template exposes (a blob's).
+Render = Callable[[Any], Any]  # ctx -> value
+Path = tuple[Union[str, int], ...]  # mapping keys (str) and list indexes (int) below a reference's root
+Slice = Optional[tuple[int, int]]  # {field:start:length}: (start, length)
 
 FIELD_ROOTS = ("principal", "event")
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -40,7 +49,8 @@ class Ref:
     __slots__ = ("namespace", "root", "path", "optional", "slice", "source", "prefix", "lookup", "resolve",
                  "resolve_lenient", "resolve_interpreted")
 
-    def __init__(self, namespace, root, path, optional=False, slice_=None, source=""):
+    def __init__(self, namespace: str, root: str, path: Path, optional: bool = False, slice_: Slice = None,
+                 source: str = "") -> None:
         self.namespace = namespace  # "field", "principal", "event" or "var"
         self.root = root
         self.path = path  # tuple of str (mapping keys) / int (list indexes) below the root
@@ -58,12 +68,12 @@ class Ref:
         self.resolve_lenient = self._generate_resolve(lenient) if generate else lenient
 
     @property
-    def generated(self):
+    def generated(self) -> bool:
         """Plain reads (a field or variable, then dict keys and list indexes) become straight-line code."""
         return self.namespace in _NAMESPACE_SOURCE and self.slice is None and all(
             step.__class__ is str or (step.__class__ is int and step >= 0) for step in self.path)
 
-    def emit(self, builder, bail):
+    def emit(self, builder: FunctionBuilder, bail: str) -> str:
         """Write statements putting this reference's value into a new local of ``builder``; -> the local's name.
 
         A plain read is written out: the namespace, then each dict key or list index, each step checking the
@@ -84,30 +94,31 @@ class Ref:
             builder.line(bail, 1)
         return target
 
-    def _generate_resolve(self, interpreted):
+    def _generate_resolve(self, interpreted: Render) -> Render:
         """``interpreted`` with its plain reads done inline: it runs only when they find nothing."""
         builder = FunctionBuilder("resolve")
         value = builder.guarded(self.emit, "%s(ctx)" % builder.bind(interpreted, "interpreted"))
         builder.line("return " + value)
-        return builder.build()
+        resolve: Render = builder.build()
+        return resolve
 
 
 _NAMESPACE_SOURCE = {"field": "ctx.fields", "var": "ctx.vars"}
 
 
-def _absent(optional, source):
+def _absent(optional: bool, source: str) -> None:
     """What an unbound reference renders as: nothing when optional, else an error naming it."""
     if optional:
         return None
     raise DepotError("UNRESOLVED_REFERENCE", 500, "reference %s is not bound" % source)
 
 
-def _resolver(ref):
+def _resolver(ref: Ref) -> Render:
     optional, source = ref.optional, ref.source
     null_is_unbound = ref.namespace == "field"
     lookup = ref.lookup
 
-    def resolve(ctx):
+    def resolve(ctx: Any) -> Any:
         value = lookup(ctx)
         if value is _MISSING or (value is None and null_is_unbound):
             return _absent(optional, source)
@@ -115,29 +126,29 @@ def _resolver(ref):
     return resolve
 
 
-def _lenient(lookup):
-    def resolve_lenient(ctx):
+def _lenient(lookup: Render) -> Render:
+    def resolve_lenient(ctx: Any) -> Any:
         value = lookup(ctx)
         return None if value is _MISSING else value
     return resolve_lenient
 
 
-def _getter(namespace, root, path, slice_):
+def _getter(namespace: str, root: str, path: Path, slice_: Slice) -> Render:
     """Build the lookup for one reference once, so rendering does no dispatch on its shape."""
     if namespace == "field":
-        def read_root(ctx):
+        def read_root(ctx: Any) -> Any:
             return ctx.fields.get(root, _MISSING)
     elif namespace == "var":
-        def read_root(ctx):
+        def read_root(ctx: Any) -> Any:
             return ctx.vars.get(root, _MISSING)
     else:
-        def read_root(ctx):
+        def read_root(ctx: Any) -> Any:
             value = getattr(ctx, namespace)
             return _MISSING if value is None else value
     if not path and slice_ is None:
         return read_root
 
-    def lookup(ctx):
+    def lookup(ctx: Any) -> Any:
         value = read_root(ctx)
         for step in path:
             value = _descend(value, step)
@@ -149,7 +160,7 @@ def _getter(namespace, root, path, slice_):
     return lookup
 
 
-def _descend(value, step):
+def _descend(value: Any, step: str | int) -> Any:
     """One path step: a list index, a mapping key, or an attribute a handle exposes to templates (blob handles:
     .digest, .size, .store); _MISSING when the value has no such part."""
     if isinstance(step, int):
@@ -163,7 +174,7 @@ def _descend(value, step):
     return _MISSING
 
 
-def _stringify(value):
+def _stringify(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
@@ -173,7 +184,7 @@ def _stringify(value):
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
 
 
-def _check_key_segment(ref, text):
+def _check_key_segment(ref: Ref, text: str) -> None:
     if "/" in text or "\x00" in text or text in ("", ".", ".."):
         raise DepotError("INVALID_KEY_SEGMENT", 400, "value for %s is not a valid key segment" % ref.source, ref.root)
 
@@ -184,36 +195,36 @@ class Template:
 
     __slots__ = ("source", "parts", "refs", "single", "render")
 
-    def __init__(self, source, parts):
+    def __init__(self, source: str, parts: list[str | Ref]) -> None:
         self.source = source
         self.parts = parts  # str literals and Ref objects
         self.refs = [p for p in parts if isinstance(p, Ref)]
-        self.single = self.refs[0] if len(parts) == 1 and self.refs else None
-        self.render = self.single.resolve if self.single is not None else self._render_joined
+        self.single: Optional[Ref] = self.refs[0] if len(parts) == 1 and self.refs else None
+        self.render: Render = self.single.resolve if self.single is not None else self._render_joined
 
-    def _render_joined(self, ctx):
+    def _render_joined(self, ctx: Any) -> str:
         return self._join(ctx, None)
 
-    def emit(self, builder, bail):
+    def emit(self, builder: FunctionBuilder, bail: str) -> str:
         if self.single is not None:
             return self.single.emit(builder, bail)
         target = builder.local()
         builder.line("%s = %s(ctx)" % (target, builder.bind(self.render, "render")))
         return target
 
-    def render_lenient(self, ctx):
+    def render_lenient(self, ctx: Any) -> Any:
         if self.single is not None:
             return self.single.resolve_lenient(ctx)
         return self.render(ctx)
 
-    def render_key(self, ctx):
+    def render_key(self, ctx: Any) -> str:
         """Render a storage key: substituted values may not add segments ('/', '..') or NUL."""
         return self._join(ctx, _check_key_segment)
 
-    def _join(self, ctx, check):
-        out = []
+    def _join(self, ctx: Any, check: Optional[Callable[[Ref, str], None]]) -> str:
+        out: list[str] = []
         for part in self.parts:
-            if part.__class__ is str:
+            if isinstance(part, str):
                 out.append(part)
                 continue
             value = part.resolve(ctx)
@@ -227,22 +238,22 @@ class Template:
         return "".join(out)
 
     @property
-    def is_constant(self):
+    def is_constant(self) -> bool:
         return not self.refs
 
 
-def _parse_var(match):
-    path = []
+def _parse_var(match: re.Match[str]) -> Ref:
+    path: list[str | int] = []
     for step in _VAR_STEP.finditer(match.group("rest")):
         path.append(step.group(1) if step.group(1) is not None else int(step.group(2)))
     return Ref("var", match.group("root"), tuple(path), optional=bool(match.group("optional")),
                source=match.group(0))
 
 
-def _parse_field(match):
+def _parse_field(match: re.Match[str]) -> Ref:
     names = match.group("path").split(".")
     optional = bool(match.group("optional"))
-    slice_ = None
+    slice_: Slice = None
     if match.group("start") is not None:
         slice_ = (int(match.group("start")), int(match.group("length")))
     if names[0] in FIELD_ROOTS:
@@ -250,16 +261,18 @@ def _parse_field(match):
     return Ref("field", names[0], tuple(names[1:]), optional, slice_, match.group(0))
 
 
-def parse_template(source):
+def parse_template(source: str) -> Template:
     """Parse one string into a Template; raises TemplateSyntaxError for a malformed reference."""
-    parts, literal, i, n = [], [], 0, len(source)
+    parts: list[str | Ref] = []
+    literal: list[str] = []
+    i, n = 0, len(source)
     while i < n:
         ch = source[i]
         if ch in "{}$" and source.startswith(ch * 2, i):
             literal.append(ch)
             i += 2
             continue
-        match = None
+        match: Optional[re.Match[str]] = None
         if ch == "{":
             match = _FIELD_REF.match(source, i)
             if match is None:
@@ -268,7 +281,8 @@ def parse_template(source):
             ref = _parse_field(match)
         elif ch == "$":
             match = _VAR_REF.match(source, i)
-            ref = _parse_var(match) if match else None
+            if match is not None:
+                ref = _parse_var(match)
         elif ch == "}":
             raise TemplateSyntaxError("unmatched '}' at offset %d in %r (write '}}' for a literal '}')" % (i, source))
         if match is None:
@@ -290,82 +304,86 @@ def parse_template(source):
 
 class Const:
     __slots__ = ("value",)
-    refs = ()
+    refs: Sequence[Ref] = ()
 
-    def __init__(self, value):
+    def __init__(self, value: Any) -> None:
         self.value = value
 
-    def render(self, ctx):
+    def render(self, ctx: Any) -> Any:
         return self.value
 
     render_lenient = render
     render_key = render
 
-    def emit(self, builder, bail):
+    def emit(self, builder: FunctionBuilder, bail: str) -> str:
         return builder.bind(self.value, "const")  # the same object every time, as render gives
 
 
-def _generate_render(node):
+def _generate_render(node: DictNode | ListNode) -> Render:
     """ctx -> the node's value, as one generated function: each reference read inline, in the order the
     interpreted render reads them; anything but a plain read hands the whole render to the interpreted path."""
     builder = FunctionBuilder("render")
     value = builder.guarded(node.emit, "%s(ctx)" % builder.bind(node.render_interpreted, "interpreted"))
     builder.line("return " + value)
-    return builder.build()
+    render: Render = builder.build()
+    return render
 
 
 class DictNode:
     __slots__ = ("items", "refs", "render")
 
-    def __init__(self, items):
+    def __init__(self, items: list[tuple[str, Node]]) -> None:
         self.items = items
-        self.refs = [r for _, node in items for r in node.refs]
-        self.render = _generate_render(self) if generating() else self.render_interpreted
+        self.refs: list[Ref] = [r for _, node in items for r in node.refs]
+        self.render: Render = _generate_render(self) if generating() else self.render_interpreted
 
-    def render_interpreted(self, ctx):
+    def render_interpreted(self, ctx: Any) -> dict[str, Any]:
         return {key: node.render(ctx) for key, node in self.items}
 
-    def emit(self, builder, bail):
+    def emit(self, builder: FunctionBuilder, bail: str) -> str:
         values = [(key, node.emit(builder, bail)) for key, node in self.items]
         return "{%s}" % ", ".join("%s: %s" % (literal(key), value) for key, value in values)
 
-    def render_lenient(self, ctx):
+    def render_lenient(self, ctx: Any) -> dict[str, Any]:
         return {key: node.render_lenient(ctx) for key, node in self.items}
 
 
 class ListNode:
     __slots__ = ("nodes", "refs", "render")
 
-    def __init__(self, nodes):
+    def __init__(self, nodes: list[Node]) -> None:
         self.nodes = nodes
-        self.refs = [r for node in nodes for r in node.refs]
-        self.render = _generate_render(self) if generating() else self.render_interpreted
+        self.refs: list[Ref] = [r for node in nodes for r in node.refs]
+        self.render: Render = _generate_render(self) if generating() else self.render_interpreted
 
-    def render_interpreted(self, ctx):
+    def render_interpreted(self, ctx: Any) -> list[Any]:
         return [node.render(ctx) for node in self.nodes]
 
-    def emit(self, builder, bail):
+    def emit(self, builder: FunctionBuilder, bail: str) -> str:
         return "[%s]" % ", ".join([node.emit(builder, bail) for node in self.nodes])
 
-    def render_lenient(self, ctx):
+    def render_lenient(self, ctx: Any) -> list[Any]:
         return [node.render_lenient(ctx) for node in self.nodes]
 
 
-def compile_value(value):
+Node = Union[Template, Const, DictNode, ListNode]  # a compiled JSON value
+
+
+def compile_value(value: Any) -> Node:
     """Compile a JSON value whose strings may hold references; constant subtrees render as themselves."""
     if isinstance(value, str):
         template = parse_template(value)
         if template.is_constant:
-            return Const("".join(template.parts))
+            return Const("".join(cast(list[str], template.parts)))  # a constant template's parts are all text
         return template
     if isinstance(value, dict):
         items = [(key, compile_value(item)) for key, item in value.items()]
         if all(isinstance(node, Const) for _, node in items):
-            return Const({key: node.value for key, node in items})
+            return Const({key: node.value for key, node in items if isinstance(node, Const)})
         return DictNode(items)
     if isinstance(value, list):
         nodes = [compile_value(item) for item in value]
         if all(isinstance(node, Const) for node in nodes):
-            return Const([node.value for node in nodes])
+            return Const([node.value for node in nodes if isinstance(node, Const)])
         return ListNode(nodes)
     return Const(value)

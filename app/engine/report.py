@@ -1,4 +1,5 @@
 """The check report: every finding names its place in the schema as a path (api.routes[2].pipeline[5].args.doc)."""
+from typing import Any, Optional
 
 ERROR, WARNING = "error", "warning"
 
@@ -6,32 +7,32 @@ ERROR, WARNING = "error", "warning"
 class Finding:
     __slots__ = ("severity", "place", "message", "check")
 
-    def __init__(self, severity, place, message, check=None):
+    def __init__(self, severity: str, place: str, message: str, check: Optional[str] = None) -> None:
         self.severity, self.place, self.message, self.check = severity, place, message, check
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, str]:
         out = {"severity": self.severity, "place": self.place, "message": self.message}
         if self.check:
             out["check"] = self.check
         return out
 
-    def __str__(self):
+    def __str__(self) -> str:
         tag = "[%s] " % self.check if self.check else ""
         return "%-7s %s: %s%s" % (self.severity.upper(), self.place or "(schema)", tag, self.message)
 
 
 class Report:
-    def __init__(self, source=""):
+    def __init__(self, source: str = "") -> None:
         self.source = source
-        self.findings = []
+        self.findings: list[Finding] = []
 
-    def error(self, place, message, check=None):
+    def error(self, place: str, message: str, check: Optional[str] = None) -> None:
         self.add(ERROR, place, message, check)
 
-    def warning(self, place, message, check=None):
+    def warning(self, place: str, message: str, check: Optional[str] = None) -> None:
         self.add(WARNING, place, message, check)
 
-    def add(self, severity, place, message, check=None):
+    def add(self, severity: str, place: str, message: str, check: Optional[str] = None) -> None:
         """Record a finding; the same problem found by two checks is reported once."""
         for existing in self.findings:
             if existing.place == place and existing.message == message:
@@ -42,31 +43,31 @@ class Report:
         self.findings.append(Finding(severity, place, message, check))
 
     @property
-    def errors(self):
+    def errors(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == ERROR]
 
     @property
-    def warnings(self):
+    def warnings(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == WARNING]
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         return not self.errors
 
-    def summary(self):
+    def summary(self) -> str:
         verdict = "can be served" if self.ok else "cannot be served"
         return "%s: %d error(s), %d warning(s); %s" % (self.source or "schema", len(self.errors),
                                                         len(self.warnings), verdict)
 
-    def to_text(self):
+    def to_text(self) -> str:
         return "\n".join([str(f) for f in self.findings] + [self.summary()])
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "errors": [f.to_dict() for f in self.errors],
                 "warnings": [f.to_dict() for f in self.warnings]}
 
 
-def place(*parts):
+def place(*parts: str | int) -> str:
     """place("api.routes", 2, "pipeline", 5) -> 'api.routes[2].pipeline[5]'."""
     out = ""
     for part in parts:

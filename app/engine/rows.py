@@ -1,4 +1,7 @@
 """What a condition over an index row reads: index key filters (`where`) and query filters."""
+from typing import Any, Optional
+
+from app.stores.interfaces import JsonValue
 
 
 class RowContext:
@@ -8,6 +11,6 @@ class RowContext:
     principal = None
     event = None
 
-    def __init__(self, row, variables=None):
+    def __init__(self, row: dict[str, JsonValue], variables: Optional[dict[str, Any]] = None) -> None:
         self.fields = row
         self.vars = variables if variables is not None else {}

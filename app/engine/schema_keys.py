@@ -15,12 +15,16 @@ nothing reads (a setting Depot does not implement, a misspelling) would load sil
 Any key of a section the table does not know is reported too. Every finding is a warning with its place: the
 schema still loads. OPERATIONS.md ("Schema keys read and ignored") is generated from this table.
 """
+from __future__ import annotations
+
 import json
 import re
 from dataclasses import dataclass
+from typing import Iterable, Optional, Union
 
 from app.engine.definitions import Limits
-from app.engine.report import place
+from app.engine.report import Report, place
+from app.stores.interfaces import JsonValue
 
 CHECK = "schema_keys"
 UNSUPPORTED = "accepted but not supported by this server"
@@ -40,16 +44,16 @@ class Opaque:
 class Only:
     """``allowed``: the values the server implements (a tuple, or a regular expression a string must match); a
     list value is checked item by item."""
-    allowed: object
+    allowed: re.Pattern[str] | tuple[JsonValue, ...]
     does: str
     label: str = ""  # how the docs and findings name ``allowed`` when it is a regular expression
 
-    def accepts(self, value):
+    def accepts(self, value: JsonValue) -> bool:
         if isinstance(self.allowed, re.Pattern):
             return isinstance(value, str) and self.allowed.fullmatch(value) is not None
         return any(value == a and type(value) is type(a) for a in self.allowed)  # 1 is not True
 
-    def describe(self):
+    def describe(self) -> str:
         if isinstance(self.allowed, re.Pattern):
             return self.label or "a value matching %s" % self.allowed.pattern
         return ", ".join(json.dumps(a) for a in self.allowed)
@@ -65,9 +69,13 @@ class Unsupported:
     instead: str
 
 
+# What the server does with a key (a leaf), with each key of a section (a dict; "*" for any other key), or with
+# each item of a list (a list of one spec).
+KeySpec = Union[Read, Opaque, Only, Declared, Unsupported, dict[str, "KeySpec"], list["KeySpec"]]
+
 READ, OPAQUE = Read(), Opaque()
 
-_CACHE = {"enabled": READ, "max_entry_bytes": READ, "default_ttl_seconds": READ,
+_CACHE: dict[str, KeySpec] = {"enabled": READ, "max_entry_bytes": READ, "default_ttl_seconds": READ,
           "vary_headers": Unsupported("an entry is found by the key cache.get and cache.put render: put what a "
                                       "response varies by into that key template"),
           "revalidate": Unsupported("entries are not revalidated; they live default_ttl_seconds (or the "
@@ -75,9 +83,9 @@ _CACHE = {"enabled": READ, "max_entry_bytes": READ, "default_ttl_seconds": READ,
                                     "answer If-None-Match and If-Modified-Since")}
 _BLOB_CACHE_LATER = Unsupported("the blob cache keeps entries for their time to live only; a bounded blob cache "
                                 "with eviction is planned with the S3 blob store")
-_CHECK_ITEM = {"id": READ, "description": READ, "require": OPAQUE, "on_fail": READ}
+_CHECK_ITEM: dict[str, KeySpec] = {"id": READ, "description": READ, "require": OPAQUE, "on_fail": READ}
 
-KEYS = {
+KEYS: dict[str, KeySpec] = {
     "schema_version": Only(re.compile(r"1(\.[0-9]+)*"), "reads schema format 1", "1 or 1.x"),
     "type_id": Read("the OpenAPI document's title"),
     "description": Read("the OpenAPI document's description"),
@@ -211,12 +219,12 @@ KEYS = {
 }
 
 
-def check(doc, report):
+def check(doc: dict[str, JsonValue], report: Report) -> None:
     """Report, as warnings with their places, every key of ``doc`` the server accepts but does not act on."""
     _walk(doc, KEYS, "", report, _named_paths(doc))
 
 
-def _walk(value, spec, where, report, named):
+def _walk(value: JsonValue, spec: KeySpec, where: str, report: Report, named: set[str]) -> None:
     if isinstance(spec, list):
         for i, item in enumerate(value if isinstance(value, list) else []):
             _walk(item, spec[0], place(where, i), report, named)
@@ -234,18 +242,19 @@ def _walk(value, spec, where, report, named):
         report.warning(where, "accepted but not read by this server: it describes the schema's own routes (%s), "
                        "and no invariant or validation check names it" % spec.instead, CHECK)
     elif isinstance(spec, Only):
-        items = enumerate(value) if isinstance(value, list) else [(None, value)]
-        for i, item in items:
+        items: Iterable[tuple[Optional[int], JsonValue]] = (enumerate(value) if isinstance(value, list)
+                                                              else [(None, value)])
+        for index, item in items:
             if not spec.accepts(item):
-                report.warning(where if i is None else place(where, i), "%s is %s, which %s (it implements %s)"
+                report.warning(where if index is None else place(where, index), "%s is %s, which %s (it implements %s)"
                                % (json.dumps(item), UNSUPPORTED, spec.does, spec.describe()), CHECK)
 
 
-def _named_paths(doc):
+def _named_paths(doc: dict[str, JsonValue]) -> set[str]:
     """Every string the schema's invariants and validation checks hold: the schema paths they read."""
-    found = set()
+    found: set[str] = set()
 
-    def collect(value):
+    def collect(value: JsonValue) -> None:
         if isinstance(value, str):
             found.add(value)
         elif isinstance(value, dict):
@@ -259,12 +268,12 @@ def _named_paths(doc):
     return found
 
 
-def documented():
+def documented() -> list[tuple[str, str, str]]:
     """(key, when it is reported, what the server does) for every key OPERATIONS.md lists: all but the plainly
     read ones."""
-    rows = []
+    rows: list[tuple[str, str, str]] = []
 
-    def visit(spec, path):
+    def visit(spec: KeySpec, path: str) -> None:
         if isinstance(spec, list):
             visit(spec[0], path + "[]")
         elif isinstance(spec, dict):
