@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (README "Tests"; .ci/run runs exactly this):
-#   1. mypy on the engine modules (mypy.ini);
+#   1. mypy on the engine, the stores and the Service (mypy.ini);
 #   2. the whole pytest suite with generated code (the default);
 #   3. the whole suite again with DEPOT_CODEGEN=off: pipelines, templates and normalizers run interpreted, so
 #      each executor is checked against the other.
@@ -18,7 +18,7 @@ run_pytest() {  # pytest's exit 5 (no test collected) is a failure here
   return "$status"
 }
 
-echo "== mypy (engine modules)"
+echo "== mypy (engine, stores, service)"
 mypy || exit 1
 echo "== pytest, generated code"
 run_pytest pytest "$@" || exit 1
