@@ -172,3 +172,17 @@ def test_operations_md_lists_every_key_the_server_does_not_plainly_read():
                 "entities.*.primary_key", "auth.scopes[].actions"):
         assert "| `%s` |" % key in section
     assert len([line for line in section.splitlines() if line.startswith("| `")]) == len(schema_keys.documented())
+
+
+def test_a_schema_with_no_gc_marks_refuses_collections_that_would_remove_every_blob(make_depot, project_schema):
+    """With nothing marked live, a sweep would take every blob, the published ones included."""
+    del project_schema["gc"]["sweep"]["mark"]
+    depot = make_depot(project_schema)
+    assert depot.publish("acme", "tool", "1.0.0", "linux", b"live bytes").status_code == 201
+    admin = depot.headers(["admin"])
+    refused = depot.client.post("/admin/gc", json={"grace_seconds": 0}, headers=admin)
+    assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "GC_NO_MARKS"
+    dry = depot.client.post("/admin/gc", json={"dry_run": True, "grace_seconds": 0}, headers=admin)
+    assert dry.status_code == 200 and dry.get_json()["orphans"]["count"] == 1  # what it would have removed
+    blob = depot.client.get("/v1/acme/tool/1.0.0/linux/blob", headers=depot.headers(["read"]))
+    assert blob.status_code == 200 and blob.get_data() == b"live bytes"

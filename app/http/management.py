@@ -519,7 +519,7 @@ def _maintenance_views(bp, service, guard):
     @bp.post("/admin/gc")
     @documented("Collect unreferenced blobs (dry_run: report what would go)", body=ref("GcRequest"),
                 body_optional=True, responses={200: ref("GcReport")},
-                errors=("400 INVALID_REQUEST", "409 GC_RUNNING", "409 GC_DISABLED"))
+                errors=("400 INVALID_REQUEST", "409 GC_RUNNING", "409 GC_DISABLED", "409 GC_NO_MARKS"))
     @admin_action("admin.gc")
     def collect_garbage():
         from app.repository import gc

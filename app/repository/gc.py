@@ -23,6 +23,10 @@ def collect(engine, dry_run=False, grace_seconds=None):
     if not section.get("enabled", True) and not dry_run:  # a dry run removes nothing: it still reports
         raise DepotError("GC_DISABLED", 409, "garbage collection is disabled (gc.enabled is false)")
     spec = section.get("sweep", {})
+    marks = spec.get("mark", {}).get("mark_blobs_by", [])
+    if not marks and not dry_run:  # nothing marked live: the sweep would take every blob, live ones included
+        raise DepotError("GC_NO_MARKS", 409, "the schema names no gc.sweep.mark.mark_blobs_by: a collection would "
+                         "remove every blob, so none runs (a dry run shows what it would remove)")
     if grace_seconds is None:
         grace_seconds = spec.get("sweep_unreferenced_after_seconds", DEFAULT_GRACE_SECONDS)
     guard = engine.stores.guard
@@ -30,7 +34,7 @@ def collect(engine, dry_run=False, grace_seconds=None):
         raise DepotError("GC_RUNNING", 409, "a garbage collection is already running; try again when it ends")
     try:
         cutoff = time.time() - grace_seconds
-        marked = mark(engine, spec.get("mark", {}).get("mark_blobs_by", []))
+        marked = mark(engine, marks)
         sweeps = [sweep(store, guard, marked, cutoff, dry_run) for store in engine.blob_stores.values()]
     finally:
         guard.end()
