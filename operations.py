@@ -17,7 +17,7 @@ from app.engine.context import ResponseSpec
 from app.engine.definitions import MAX_PAGE, MAX_PAGE_SIZE, chain, query_value
 from app.errors import DepotError, bad_request, too_large
 from app.engine import expr
-from app.tools.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_ANSWERS, BLOB_INPUTS, COUNT, DIGEST, STRING,
+from app.http.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_ANSWERS, BLOB_INPUTS, COUNT, DIGEST, STRING,
                                     nullable, portable)
 from app.engine.opspec import (BindError, Const, JsonSchema, OpDecl, Output, RefTo, RequestInput, Scopes, Source,
                                Template, Vocabulary)

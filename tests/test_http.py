@@ -18,6 +18,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from app.http.responses import attachment
+from app.engine.definitions import BlobStoreDef
 from app.stores.blobs import FileBlobStore
 
 BLOB = "/v1/acme/hello/1.0.0/linux-amd64/blob"
@@ -140,8 +141,8 @@ def test_if_none_match_with_the_etag_gives_304(published):
 def test_a_download_is_an_attachment_named_by_its_digest_and_dated_by_its_file_by_default(published):
     response = published.client.get(BLOB, headers=published.headers(["read"]))
     assert response.headers["Content-Disposition"] == 'attachment; filename="sha256-%s"' % DIGEST[7:]
-    path = FileBlobStore("primary", os.path.join(published.data_dir, "data", "blobs"),
-                         "sha256/{digest:0:2}/{digest:2:2}/{digest}").path_for(DIGEST[7:])
+    layout = BlobStoreDef("primary", {"kind": "filesystem"}).layout
+    path = FileBlobStore("primary", os.path.join(published.data_dir, "data", "blobs"), layout).path_for(DIGEST[7:])
     modified = datetime.fromtimestamp(int(os.stat(path).st_mtime), timezone.utc)
     assert response.last_modified == modified
 

@@ -149,3 +149,30 @@ def run_fresh(script):
     """Run ``script`` in a new interpreter (this one has imported everything already); it asserts."""
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# From the bottom: a package may import its own modules and those of the packages before it, never after.
+LAYERS = ("app.errors", "app.stores", "app.identity", "app.engine", "app.repository", "app.http", "app.tools")
+
+
+def layer_of(module):
+    """The index in LAYERS of the package holding ``module``; None for app/__init__ and app/__main__."""
+    for i, layer in enumerate(LAYERS):
+        if module == layer or module.startswith(layer + "."):
+            return i
+    return None
+
+
+def edges_against_the_layers(graph):
+    return sorted((module, target) for module, edges in graph.items() for target, _ in edges
+                  if None not in (layer_of(module), layer_of(target)) and layer_of(target) > layer_of(module))
+
+
+def test_each_package_imports_only_the_packages_below_it():
+    graph = {module: edges for module, edges in import_graph().items() if module.startswith("app.")}
+    assert edges_against_the_layers(graph) == []
+
+
+def test_the_layer_check_sees_an_import_upward():
+    graph = {"app.stores.blobs": {("app.engine.expr", None)}, "app.engine.run": {("app.stores.blobs", None)}}
+    assert edges_against_the_layers(graph) == [("app.stores.blobs", "app.engine.expr")]

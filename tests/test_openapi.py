@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate
 
-from app.tools import openapi
+from app.http import openapi
 from tests.conftest import ADMIN_PASSWORD
 from tests.test_ops import PATH, READ, route, step, with_routes
 

@@ -98,7 +98,6 @@ class Route:
     pipeline: Pipeline
     policy: RoutePolicy = OPEN
     disabled: tuple[str, str] | None = None  # (code, message) when a feature switch turns the route off: 404
-    openapi: dict[str, Any] = field(default_factory=dict)  # its OpenAPI operation (app.tools.openapi.route_operation)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, Callable, Mapping
 
@@ -19,13 +18,12 @@ from app.engine import checks
 from app.engine.binding import Scope
 from app.engine.compiled import CompiledSchema, Definitions, Pipeline, Route, Step
 from app.engine.conditions import ConditionError, compile_condition
-from app.engine.definitions import (BlobStoreDef, Constraint, Document, Entity, EventLog, EventType, Limits, Upstream,
-                             Validator, Versioning, compile_normalizer)
+from app.engine.definitions import (BlobStoreDef, Constraint, Document, Entity, EventLog, EventType, FieldsOnly,
+                                    Limits, Upstream, Validator, Versioning, compile_normalizer)
 from app.identity.auth import DEFAULTS as AUTH_DEFAULTS
 from app.errors import SchemaLoadError
 from app.engine.expr import Ref, Template, TemplateSyntaxError, parse_template
 from app.engine.metaschema import METASCHEMA
-from app.tools.openapi import route_operation
 from app.engine.opspec import BindError, OpDecl, Output, load_vocabulary
 from app.engine.policies import Policy, read_policies, route_policy
 from app.identity.ratelimit import parse_rate
@@ -360,7 +358,7 @@ class Compiler:
                       tags=tags, description=spec.get("description", ""), spec=spec, place=where,
                       pipeline=compile_pipeline(spec["id"], steps, where + ".pipeline", policy), policy=policy,
                       disabled=disabled)
-        return replace(route, openapi=route_operation(route))
+        return route
 
     def _apply_pipelines(self) -> dict[str, Pipeline]:
         """event type -> the pipeline replaying it (replication.replay.apply_pipelines)."""
@@ -469,17 +467,6 @@ def _rowid_from(document: Document) -> Callable[[dict[str, Any]], str]:
     template = document.key
 
     def rowid(row: dict[str, Any]) -> str:
-        key: str = template.render(_RowView(row))
+        key: str = template.render(FieldsOnly(row))
         return key
     return rowid
-
-
-class _RowView:
-    """What a key template reads when it renders over a row: the row as its fields, nothing else bound."""
-    __slots__ = ("fields",)
-    vars: dict[str, Any] = {}
-    principal = None
-    event = None
-
-    def __init__(self, fields: dict[str, Any]) -> None:
-        self.fields = fields

@@ -12,7 +12,7 @@ import jsonschema
 
 from app.engine.body import MAX_JSON_DEPTH
 from app.engine.codegen import FunctionBuilder, enabled as generating
-from app.engine.expr import Template
+from app.engine.expr import Template, parse_template
 from app.errors import DepotError, bad_request
 from app.stores import sortkeys
 from app.stores.interfaces import JsonValue
@@ -265,6 +265,27 @@ class BlobStoreDef:
         limits = spec.get("limits", {})
         self.min_bytes = limits.get("min_blob_bytes", 0)
         self.max_bytes = limits.get("max_blob_bytes")
+        self._layout: Optional[Template] = None
+
+    def layout(self, hexdigest: str) -> str:
+        """The relative path of the blob with this sha-256 digest, by ``path_template`` (checked at load;
+        parsed on first use so that a malformed one is reported by the checker, not raised here)."""
+        if self._layout is None:
+            self._layout = parse_template(self.path_template)
+        return str(self._layout.render(FieldsOnly({"digest": hexdigest, "algo": "sha256"})))
+
+
+class FieldsOnly:
+    """The context a template renders against outside a request (a blob path, a row's key): the given fields,
+    nothing else bound."""
+
+    __slots__ = ("fields",)
+    vars: dict[str, JsonValue] = {}
+    principal = None
+    event = None
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self.fields = fields
 
 
 MAX_PAGE_SIZE = 200  # one bound for every paginated list, schema routes and Depot's own alike

@@ -21,7 +21,7 @@ from app.http.responses import error_response, json_response, write_response
 from app.http.server import DROPPED_HEADERS_KEY, next_request_id
 from app.engine.context import RequestData
 from app.errors import DepotError, too_large
-from app.tools.openapi_components import json_answer, ref
+from app.http.openapi_components import json_answer, ref
 from app.stores.digests import declared_digests
 
 log = logging.getLogger("depot")
@@ -172,7 +172,7 @@ def create_app(service):
     @documented("This document: the OpenAPI 3.1 description of every route served now",
                 responses={200: {"type": "object", "required": ["openapi", "paths"]}})
     def openapi_document():
-        from app.tools import openapi
+        from app.http import openapi
         return json_response(openapi.document(service.engine.compiled, app))
 
     add_docs_ui(app)

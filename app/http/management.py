@@ -17,7 +17,7 @@ from app.engine.context import ResponseSpec
 from app.engine.definitions import PAGE_QUERY, query_value
 from app.errors import DepotError, bad_request, not_found
 from app.http.responses import json_response, write_response
-from app.tools.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_INPUTS, DIGEST, LOGIN_SESSION, SIGNED_IN, Access,
+from app.http.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_INPUTS, DIGEST, LOGIN_SESSION, SIGNED_IN, Access,
                                     blob_answers, ref)
 from app.http.openapi_views import documented
 from app.repository.schema_store import version_view

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from werkzeug.routing import IntegerConverter, PathConverter
 
-from app.tools.openapi_components import (BINARY_BODY, JSON, JSON_BODY, PAGE_QUERY, PAGING, REQUEST_ID, Access,
+from app.http.openapi_components import (BINARY_BODY, JSON, JSON_BODY, PAGE_QUERY, PAGING, REQUEST_ID, Access,
                                     add_errors, json_answer, parameter)
 
 AUTOMATIC_METHODS = {"HEAD", "OPTIONS"}  # answered for every GET / every rule: not operations of their own

@@ -13,7 +13,6 @@ import uuid
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional
 
 from app.errors import bad_request, too_large
-from app.engine.expr import parse_template
 from app.stores.digests import DIGEST_ALGORITHMS, DIGEST_PREFIX, split_digest
 from app.stores.guard import BlobGuard
 from app.stores.interfaces import BlobHandle, BlobStat, Readable
@@ -83,27 +82,16 @@ class ServedFile(io.FileIO):
                 callback()
 
 
-class _FieldView:
-    """The minimal context a path template renders against."""
-
-    __slots__ = ("fields",)
-    vars: dict[str, Any] = {}
-    principal = None
-    event = None
-
-    def __init__(self, fields: dict[str, str]) -> None:
-        self.fields = fields
-
-
 class FileBlobStore:
-    """Blob files under ``root``, named by their digest through ``path_template``; uploads are written to
+    """Blob files under ``root``, at the relative path ``layout`` gives a hex sha-256 digest (the schema's
+    ``addressing.path_template``, compiled by the engine); uploads are written to
     ``root/.tmp`` first. ``guard`` (shared by every store of a data dir) says what garbage collection must keep."""
 
-    def __init__(self, name: str, root: str, path_template: str, min_bytes: int = 0,
+    def __init__(self, name: str, root: str, layout: Callable[[str], str], min_bytes: int = 0,
                  max_bytes: Optional[int] = None, guard: Optional[BlobGuard] = None) -> None:
         self.name = name
         self.root = root
-        self.path_template = parse_template(path_template)
+        self.layout = layout
         self.min_bytes = min_bytes or 0
         self.max_bytes = max_bytes
         self.guard = guard if guard is not None else BlobGuard(threading.Lock())
@@ -112,8 +100,7 @@ class FileBlobStore:
         self._dir_lock = threading.Lock()
 
     def path_for(self, hexdigest: str) -> str:
-        relative = self.path_template.render(_FieldView({"digest": hexdigest, "algo": "sha256"}))
-        return os.path.join(self.root, relative)
+        return os.path.join(self.root, self.layout(hexdigest))
 
     # --- writing ------------------------------------------------------------------------------------------
 

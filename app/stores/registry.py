@@ -70,7 +70,7 @@ def resolve_blob_root(data_dir: str, root: str) -> str:
 
 def _filesystem(stores: "Stores", definition: Any) -> BlobStore:
     root = resolve_blob_root(stores.data_dir, definition.root)
-    store = FileBlobStore(definition.name, root, definition.path_template, definition.min_bytes,
+    store = FileBlobStore(definition.name, root, definition.layout, definition.min_bytes,
                           definition.max_bytes, stores.guard)
     if stores.first_open(("filesystem", root)):  # once per root: a later store over it may share live uploads
         remove_leftover_uploads(store, stores.guard)

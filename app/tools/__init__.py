@@ -1,3 +1,3 @@
 """What is built on the layers below, for people: the command line (cli, admin_cli), OPERATIONS.md (docs,
-doc_sections/), the OpenAPI document (openapi, openapi_components), the compliance run, schema templates, and
+doc_sections/), the compliance run, schema templates, and
 LocalDepot for tests and probes (testing)."""

@@ -1,7 +1,7 @@
 """What the OpenAPI document's operations share: component schemas (the error envelope, the list envelope, users,
 tokens, schema versions...), the error sets of the guards every view passes, and response-object builders.
 
-Depot's own views (app/http/management.py, app/http/app.py) and the compiled routes (app/tools/openapi.py) are
+Depot's own views (app/http/management.py, app/http/app.py) and the compiled routes (app/http/openapi.py) are
 described with the same pieces, so an error, a page of results or a blob download reads the same wherever it is
 answered. Nothing here knows Flask or any op.
 """

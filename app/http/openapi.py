@@ -1,6 +1,6 @@
 """An OpenAPI 3.1 document of the whole API: the compiled routes and Depot's own views.
 
-A compiled route is described at schema load (``route_operation``, kept as ``route.openapi``) from what the ops
+A compiled route is described (``route_operation``, when the document is asked for) from what the ops
 of its pipeline declare (app/engine/opspec.py): the statuses each may produce (``errors``, ``answers``), the request
 headers and query parameters it reads (``inputs``), what its outputs hold (``Output(schema=)``), and its
 ``openapi=`` hook (path, query and header parameters, request bodies, responses, security). The JSON a
@@ -8,7 +8,7 @@ respond.json step answers is described from its body template: each reference ta
 earlier step bound to it. Depot's own views describe themselves with @documented (app/http/openapi_views.py).
 """
 from app.engine import expr
-from app.tools.openapi_components import (BINARY_BODY, JSON, SCHEMAS, SERVER_ANSWERS, STRING, Access, REQUEST_ID,
+from app.http.openapi_components import (BINARY_BODY, JSON, SCHEMAS, SERVER_ANSWERS, STRING, Access, REQUEST_ID,
                                     add_errors, blob_answers, json_answer, nullable, parameter, portable)
 from app.http.openapi_views import view_paths
 from app.engine.opspec import Output
@@ -241,7 +241,7 @@ def route_operation(route):
 def _disabled(route):
     """A route a feature switch turned off: it answers 404 with the switch's code, whatever is asked."""
     code, message = route.disabled
-    return dict(route.openapi, description="Disabled: %s." % message,
+    return dict(route_operation(route), description="Disabled: %s." % message,
                 responses=add_errors({}, ["404 " + code]))
 
 
@@ -250,7 +250,7 @@ def document(compiled, app):
     paths = view_paths(app)
     for route in compiled.routes:
         paths.setdefault(route.path, {})[route.method.lower()] = (
-            route.openapi if route.disabled is None else _disabled(route))
+            route_operation(route) if route.disabled is None else _disabled(route))
     return {
         "openapi": "3.1.0",
         "info": {"title": compiled.doc.get("type_id", "Depot"), "version": compiled.sha256[:12],
