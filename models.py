@@ -124,3 +124,12 @@ class NamespaceGrant(Base):
     permission: Mapped[str] = mapped_column(String(16))
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AccessGeneration(Base):
+    """One row counting changes to grants, groups and memberships: a server holding them compiled in memory reads
+    this number now and then (cheap) and reloads them only when it moved. See app/identity/access.py."""
+    __tablename__ = "access_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, default=0)

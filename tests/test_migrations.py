@@ -21,7 +21,7 @@ from models import Base
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_TABLES = {"users", "api_tokens", "revoked_jwts", "schema_versions", "audit_events", "groups", "group_members",
-                "namespace_grants"}
+                "namespace_grants", "access_generation"}
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 

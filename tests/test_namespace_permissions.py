@@ -277,3 +277,30 @@ def test_a_grant_id_no_integer_column_holds_is_404(depot, admin):
         response = depot.client.delete("/admin/grants/%d" % grant_id, headers=admin)
         assert response.status_code == 404, (grant_id, response.get_data(as_text=True))
         assert response.get_json()["error"]["code"] in ("GRANT_NOT_FOUND", "NOT_FOUND")
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_another_process_s_change_is_seen_after_the_snapshot_period_and_only_then_read_again(depot, admin, alice):
+    """The server's grants against a second Access over the same database (what the admin CLI is): the server
+    looks at the change counter once SNAPSHOT_SECONDS have passed, keeps its snapshot while nothing changed, and
+    reads the grants again once the counter moved."""
+    from app.identity.access import SNAPSHOT_SECONDS, Access
+    clock = FakeClock()
+    server, cli = Access(depot.service.sessions, clock=clock), Access(depot.service.sessions)
+    principal = {"sub": "alice", "kind": "user", "scopes": ["read", "write"]}
+    cli.grant("user:alice", "zeta", "write", "cli")
+    first = server.snapshot()
+    assert server.rank(principal, "acme") < 0 and server.rank(principal, "zeta") >= 1
+    clock.now += SNAPSHOT_SECONDS + 1
+    assert server.snapshot() is first  # nothing changed: the same compiled snapshot, not read again
+    cli.grant("user:alice", "acme", "write", "cli")
+    assert server.rank(principal, "acme") < 0  # not yet due
+    clock.now += SNAPSHOT_SECONDS + 1
+    assert server.snapshot() is not first and server.rank(principal, "acme") >= 1

@@ -13,7 +13,9 @@ anonymous callers; they live in SQL beside the users. The model:
 
 Every request asks the same question, so the grants are held in memory as a snapshot, compiled once; a change
 made through this process drops it at once (the next request sees it), and a change made by another process
-(the admin CLI) is picked up within ``SNAPSHOT_SECONDS``.
+(the admin CLI) is picked up within ``SNAPSHOT_SECONDS``. Every change also bumps one counter row in the same
+transaction (``access_generation``), so that the periodic look costs one small read, and the grants are read
+again only when the counter moved.
 """
 from __future__ import annotations
 
@@ -22,10 +24,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
 from app.errors import DepotError, bad_request
-from models import Group, GroupMember, NamespaceGrant, User, iso
+from models import AccessGeneration, Group, GroupMember, NamespaceGrant, User, iso
 
 PERMISSIONS = ("read", "write", "delete", "admin")
 RANK = {name: rank for rank, name in enumerate(PERMISSIONS)}
@@ -57,7 +59,8 @@ def scope_cap(scopes) -> int:
 @dataclass
 class Snapshot:
     """Every grant, compiled: (matcher, rank) lists per user name, per group, and for anonymous callers."""
-    taken: float
+    taken: float                                   # when it was last found current (Access.clock)
+    generation: int = 0                            # the access_generation it was read at
     grants: int = 0                                # how many grants exist: with none, the scopes decide
     users: dict = field(default_factory=dict)      # username -> [(matcher, rank)]
     anonymous: list = field(default_factory=list)  # [(matcher, rank)]
@@ -108,8 +111,20 @@ class Access:
 
     def snapshot(self) -> Snapshot:
         current = self._snapshot
-        if current is None or self.clock() - current.taken > SNAPSHOT_SECONDS:
+        if current is None:
             current = self._snapshot = self._load()
+        elif self.clock() - current.taken > SNAPSHOT_SECONDS:
+            current = self._refresh(current)
+        return current
+
+    def _refresh(self, current: Snapshot) -> Snapshot:
+        """The snapshot is due for a look: keep it if the change counter has not moved, else read again."""
+        with self.sessions() as session:
+            generation = _generation(session)
+        if generation == current.generation:
+            current.taken = self.clock()
+            return current
+        current = self._snapshot = self._load()
         return current
 
     def changed(self):
@@ -142,6 +157,7 @@ class Access:
     def _load(self) -> Snapshot:
         snapshot = Snapshot(taken=self.clock())
         with self.sessions() as session:
+            snapshot.generation = _generation(session)
             members = {}
             for group_id, username in session.execute(
                     select(GroupMember.group_id, User.username).join(User, User.id == GroupMember.user_id)):
@@ -182,6 +198,7 @@ class Access:
                 existing = NamespaceGrant(user_id=user_id, group_id=group_id, pattern=pattern, created_by=by)
                 session.add(existing)
             existing.permission = permission
+            _bump(session)
             session.commit()
             view = self._view(session, existing)
         self.changed()
@@ -194,6 +211,7 @@ class Access:
                 raise DepotError("GRANT_NOT_FOUND", 404, "no grant %s" % grant_id, "id")
             view = self._view(session, grant)
             session.delete(grant)
+            _bump(session)
             session.commit()
         self.changed()
         return view
@@ -230,6 +248,7 @@ class Access:
             session.execute(delete(GroupMember).where(GroupMember.group_id == group.id))
             session.execute(delete(NamespaceGrant).where(NamespaceGrant.group_id == group.id))
             session.delete(group)
+            _bump(session)
             session.commit()
         self.changed()
         return view
@@ -254,6 +273,7 @@ class Access:
                 session.add(GroupMember(group_id=group.id, user_id=user.id))
             elif changed:
                 session.delete(row)
+            _bump(session)
             session.commit()
             view = self._group_view(session, group)
         self.changed()
@@ -263,6 +283,7 @@ class Access:
         """Within the session deleting a user: its grants and memberships go with it."""
         session.execute(delete(NamespaceGrant).where(NamespaceGrant.user_id == user_id))
         session.execute(delete(GroupMember).where(GroupMember.user_id == user_id))
+        _bump(session)
         self.changed()
 
     # --- helpers -----------------------------------------------------------------------------------------
@@ -309,3 +330,15 @@ class Access:
         members = session.scalars(select(User.username).join(GroupMember, GroupMember.user_id == User.id)
                                   .where(GroupMember.group_id == group.id).order_by(User.username)).all()
         return {"name": group.name, "members": list(members), "created_at": iso(group.created_at)}
+
+
+def _generation(session) -> int:
+    return session.scalar(select(AccessGeneration.value).where(AccessGeneration.id == 1)) or 0
+
+
+def _bump(session) -> None:
+    """Count a change of grants, groups or memberships, in the transaction making it."""
+    bumped = session.execute(update(AccessGeneration).where(AccessGeneration.id == 1)
+                             .values(value=AccessGeneration.value + 1))
+    if bumped.rowcount == 0:  # a database made without the migrations' first row
+        session.add(AccessGeneration(id=1, value=1))
