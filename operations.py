@@ -483,7 +483,7 @@ def index_query(ctx, a):
             raise DepotError("INDEX_KEY_UNKNOWN", 500, "index %s has no key over %s" % (a.index.name, sorted(key)))
         values = [key[f] for f in index_key.fields if f in key]
     offset, limit = a.window or _window(ctx, a)
-    keep = _row_filter(ctx, a)
+    keep = None if a.filter is None and a.namespace_field is None else _row_filter(ctx, a)
     indexes = ctx.engine.indexes
     if keep is None:
         rows = ctx.vars[a.out] = list(indexes.rows(index_key, values, offset=offset, limit=limit))

@@ -15,7 +15,6 @@ Every byte key and row encoding is built here and nowhere else: callers use the 
 """
 import json
 import os
-import weakref
 from itertools import islice
 from typing import Any, Iterable, Iterator, Optional, Sequence, cast
 
@@ -32,6 +31,7 @@ __all__ = ["StateStore", "Transaction", "StoreLocked", "IndexDef", "IndexKeyDef"
 SEQ_WIDTH = 20
 CURSOR_KEY = b"xcursor"
 _APPLIED_HEAD = b"xapplied\x00"
+_MAX_CODECS = 4096  # index keys whose codecs are kept (a schema has tens)
 
 
 def kv_key(store: str, key: str) -> bytes:
@@ -114,7 +114,8 @@ class StateStore:
         self.write_options.sync = sync
         self.commit_lock = commit_lock if commit_lock is not None else process_lock()
         self._seq: dict[bytes, int] = {}  # log prefix -> its last sequence number
-        self._codecs: "weakref.WeakKeyDictionary[IndexKeyDef, _KeyCodec]" = weakref.WeakKeyDictionary()
+        # by key identity; a plain dict (a weak one costs a Python call per lookup), bounded: schema swaps add keys
+        self._codecs: dict[IndexKeyDef, _KeyCodec] = {}
         self.documents = _Documents(self)
         self.indexes = _Indexes(self)
 
@@ -134,6 +135,8 @@ class StateStore:
     def codec(self, key: IndexKeyDef) -> _KeyCodec:
         codec = self._codecs.get(key)
         if codec is None:
+            if len(self._codecs) >= _MAX_CODECS:
+                self._codecs.clear()
             codec = self._codecs[key] = _KeyCodec(key)
         return codec
 
