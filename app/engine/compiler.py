@@ -71,7 +71,7 @@ def compile_schema(doc: Any, source: str = "schema") -> tuple[CompiledSchema | N
     if not report.ok:
         return None, report
     merged = packs.merge(doc, report)
-    if not report.ok:
+    if report.errors:  # a pack's shape, or a name defined twice
         return None, report
     compiled = Compiler(merged, report, load_vocabulary(), schema_digest(doc)).compile()
     return (compiled if report.ok else None), report
