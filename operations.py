@@ -527,6 +527,8 @@ def index_query(ctx, a):
         total = indexes.count(index_key, values) if a.total_out else None
     else:
         rows, total = _filtered_window(indexes.rows(index_key, values, after=after), a, offset, wanted, keep)
+        if a.total_out and after is not None:  # the total counts every matching row, not those after the cursor
+            total = sum(1 for row in indexes.rows(index_key, values) if keep(row))
     if a.next_out:
         more = len(rows) > limit
         del rows[limit:]

@@ -23,8 +23,8 @@ PAGE = route("page", "GET", "/page/{namespace}/{name}", READ, *PATH,
 FILTERED = route("filtered", "GET", "/filtered/{namespace}/{name}", READ, *PATH,
                  step("parse.query", fields={"after": {"type": "string"}}),
                  step("index.query", index="artifact_versions", key=KEY, limit=2, after="{after?}",
-                      where={"equals": ["{variant}", "x"]}, out="rows", next_out="next"),
-                 step("respond.json", body={"items": "$rows", "next": "$next"}))
+                      where={"equals": ["{variant}", "x"]}, out="rows", next_out="next", total_out="total"),
+                 step("respond.json", body={"items": "$rows", "next": "$next", "total": "$total"}))
 ALL = route("all", "GET", "/all/{namespace}/{name}", READ, *PATH,
             step("index.query", index="artifact_versions", key=KEY, all=True, out="rows", total_out="total"),
             step("respond.json", body={"name": "{name}", "versions": "$rows", "total": "$total"}))
@@ -60,11 +60,14 @@ def versions(rows):
 
 
 def walk(depot, url):
-    """Every page of a keyset listing, following `next`; -> the versions in order."""
-    seen, cursor = [], None
+    """Every page of a keyset listing, following `next`; -> the versions in order. Each page's total is the
+    listing's."""
+    seen, cursor, totals = [], None, set()
     while True:
         page = get(depot, url + ("&after=" + cursor if cursor else ""))
         seen += versions(page["items"])
+        totals.add(page["total"])
+        assert len(totals) == 1
         cursor = page["next"]
         if cursor is None:
             return seen
@@ -239,3 +242,12 @@ def test_the_default_schema_is_unchanged_by_listings(project_schema):
     compiled, report = compile_schema(schema)
     assert report.ok and not any(step.args.streamed for route in compiled.routes for step in route.pipeline.steps
                                  if step.op == "respond.json")
+
+
+def test_the_api_describes_listings(depot):
+    paths = depot.client.get("/openapi.json").get_json()["paths"]
+    page = paths["/page/{namespace}/{name}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert page["properties"]["next"] == {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    assert page["properties"]["items"]["type"] == "array"
+    whole = paths["/all/{namespace}/{name}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert whole["properties"]["versions"]["type"] == "array"
