@@ -5,14 +5,17 @@ already resolved to their definitions). Ops know nothing of HTTP: they read ``ct
 write ``ctx.fields`` / ``ctx.vars``, and end a pipeline by setting ``ctx.response`` (respond.*) or raising a
 DepotError. OPERATIONS.md is generated from these declarations.
 """
+import base64
+import binascii
 import json
+import re
 import uuid
 from datetime import datetime, timezone
 
 from app.identity.auth import require
 from app.engine.body import parse_json as parse_json_body, read_all
 from app.engine.conditions import ConditionError, compile_condition
-from app.engine.rows import RowContext
+from app.engine.rows import RowContext, RowStream
 from app.engine.context import ResponseSpec
 from app.engine.definitions import MAX_PAGE, MAX_PAGE_SIZE, chain, query_value
 from app.errors import DepotError, bad_request, too_large
@@ -428,6 +431,9 @@ def _prepare_index_query(a, scope):
         a.key_values = expr.ListNode([nodes[f] for f in a.key_fields]).render  # ctx -> the values, in key order
     if (a.page is not None or a.page_size is not None) and (a.limit is not None or a.offset is not None):
         raise BindError("page/page_size and limit/offset are two ways to say the same; use one", "page")
+    _check_keyset(a)
+    if a.all:
+        scope.binds_stream(a.out)
     a.limit_value = _constant_int(a.limit, "limit", 1, MAX_QUERY_LIMIT) if a.limit is not None else None
     a.offset_value = _constant_int(a.offset, "offset", 0, MAX_OFFSET) if a.offset is not None else 0
     a.window = _window(None, a) if all(isinstance(n, expr.Const) or n is None
@@ -443,6 +449,19 @@ def _prepare_index_query(a, scope):
         a.filter = predicate
 
 
+def _check_keyset(a):
+    """`all` reads every row: no window. `after` continues from a row: page and offset, which count from the
+    first row, do not go with it."""
+    if a.all:
+        window = [n for n in ("limit", "offset", "page", "page_size", "next_out") if getattr(a, n) is not None]
+        if window:
+            raise BindError("all binds every row (streamed as the response is written): it takes no %s"
+                            % ", ".join(window), "all")
+    if a.after is not None and (a.page is not None or a.offset is not None):
+        raise BindError("after continues from a cursor: page and offset count from the first row; give the page's "
+                        "size as limit or page_size", "after")
+
+
 def _constant_int(node, name, low, high):
     if not isinstance(node, expr.Const):
         return None
@@ -453,8 +472,11 @@ def _constant_int(node, name, low, high):
 
 
 @op("index.query", "Read rows of an index in its sort order (first row = highest version for artifact_versions). "
-    "Page with limit/offset or page/page_size (at most %d a page); `where` filters rows ({field} reads the row, "
-    "$var the request); `total_out` receives the number of matching rows." % MAX_PAGE_SIZE,
+    "Page with limit/offset or page/page_size (at most %d a page), or by keyset: `next_out` receives a cursor "
+    "when more rows follow, and `after` reads on from it (stable while rows are added or removed). `all: true` "
+    "binds every row, however many, read in batches as the response is written (respond.json streams it); "
+    "`where` filters rows ({field} reads the row, $var the request); `total_out` receives the number of "
+    "matching rows (all of them, whatever the page or cursor)." % MAX_PAGE_SIZE,
     args={"index": RefTo("index", "the index"),
           "key": Template("values of the index key's leading fields ({} for all rows)", shape="object"),
           "using": Const("string", "the index key to read, by name (default: the first whose fields match)",
@@ -463,13 +485,20 @@ def _constant_int(node, name, low, high):
           "offset": Template("rows to skip", required=False),
           "page": Template("page number from 1", required=False),
           "page_size": Template("rows a page (at most %d)" % MAX_PAGE_SIZE, required=False),
+          "after": Template("a cursor a query of this key gave in `next_out`: the rows after that row (an "
+                            "absent or empty value: from the first row)", required=False, shape="string"),
+          "all": Const("boolean", "bind every row of the key (no page): a listing read in batches as the "
+                       "response is written, in bounded memory; only an argument that streams takes it "
+                       "(respond.json's body), whole", required=False, default=False),
           "where": Const("object", "a condition each row must meet", required=False),
           "namespace_field": Const("string", "the row field naming its namespace: once namespace grants exist, "
                                    "rows of namespaces the caller may not read are left out (and not counted)",
                                    required=False),
           "out": Output("variable receiving the list of rows", schema={"type": "array", "items": {"type": "object"}}),
           "total_out": Output("variable receiving the number of matching rows", required=False,
-                              schema=COUNT)},
+                              schema=COUNT),
+          "next_out": Output("variable receiving the cursor of the page's last row when more rows follow "
+                             "(pass it as `after`), else null", required=False, schema=nullable(STRING))},
     example={"index": "artifact_versions", "key": {"namespace": "{namespace}", "name": "{name}"},
              "limit": 1, "out": "rows"},
     errors=["400 INVALID_QUERY"], io=True, prepare=_prepare_index_query)
@@ -482,20 +511,54 @@ def index_query(ctx, a):
         if index_key is None:
             raise DepotError("INDEX_KEY_UNKNOWN", 500, "index %s has no key over %s" % (a.index.name, sorted(key)))
         values = [key[f] for f in index_key.fields if f in key]
-    offset, limit = a.window or _window(ctx, a)
     keep = None if a.filter is None and a.namespace_field is None else _row_filter(ctx, a)
     indexes = ctx.engine.indexes
-    if keep is None:
-        rows = ctx.vars[a.out] = list(indexes.rows(index_key, values, offset=offset, limit=limit))
-        ctx.count_io(1 + len(rows))
+    after = _read_cursor(a.after.render(ctx)) if a.after is not None else None
+    if a.all:  # read as the response is written: one I/O op now, none charged while it streams
+        rows = ctx.vars[a.out] = RowStream(indexes, index_key, values, after, keep)
+        ctx.count_io()
         if a.total_out:
-            ctx.vars[a.total_out] = indexes.count(index_key, values)
+            ctx.vars[a.total_out] = indexes.count(index_key, values) if keep is None else sum(1 for _ in rows)
         return
-    rows, total = _filtered_window(indexes.rows(index_key, values), a, offset, limit, keep)
+    offset, limit = a.window or _window(ctx, a)
+    wanted = limit + 1 if a.next_out else limit  # one row more tells whether another page follows
+    if keep is None:
+        rows = list(indexes.rows(index_key, values, after=after, offset=offset, limit=wanted))
+        total = indexes.count(index_key, values) if a.total_out else None
+    else:
+        rows, total = _filtered_window(indexes.rows(index_key, values, after=after), a, offset, wanted, keep)
+        if a.total_out and after is not None:  # the total counts every matching row, not those after the cursor
+            total = sum(1 for row in indexes.rows(index_key, values) if keep(row))
+    if a.next_out:
+        more = len(rows) > limit
+        del rows[limit:]
+        ctx.vars[a.next_out] = _cursor_text(indexes.cursor(index_key, rows[-1])) if more else None
     ctx.count_io(1 + len(rows))
     ctx.vars[a.out] = rows
     if a.total_out:
         ctx.vars[a.total_out] = total
+
+
+MAX_CURSOR = 4096  # characters: a cursor is an index entry's key, far shorter
+_CURSOR = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _cursor_text(cursor):
+    """An index store's cursor as a query parameter: base64url, unpadded. Opaque: a client passes it back."""
+    return base64.urlsafe_b64encode(cursor).rstrip(b"=").decode("ascii")
+
+
+def _read_cursor(text):
+    """The store cursor ``text`` (from _cursor_text) stands for; None when absent. Any bytes are safe to pass
+    on: a store reads only the key's rows, from where the cursor falls among them."""
+    if text is None or text == "":
+        return None
+    if not isinstance(text, str) or len(text) > MAX_CURSOR or not _CURSOR.fullmatch(text):
+        raise bad_request("INVALID_QUERY", "after is not a cursor a listing gave", "after")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise bad_request("INVALID_QUERY", "after is not a cursor a listing gave", "after") from None
 
 
 def _window(ctx, a):
@@ -663,14 +726,22 @@ def emit_event(ctx, a):
 _STATUS = dict(minimum=100, maximum=599)
 
 
-@op("respond.json", "End the pipeline with a JSON response; an open transaction is aborted.",
+def _streams_listing(a, scope):
+    """Whether the body holds a listing read whole (index.query `all`): then it is written as it is read."""
+    a.streamed = any(ref.namespace == "var" and ref.root in scope.stream_vars for ref in expr.whole_refs(a.body))
+
+
+@op("respond.json", "End the pipeline with a JSON response; an open transaction is aborted. A listing read whole "
+    "(index.query with `all`) in the body is written as its rows are read, in bounded memory (no "
+    "Content-Length: the body is sent chunked).",
     args={"status": Const("integer", "HTTP status", required=False, default=200, **_STATUS),
-          "body": Template("the JSON body"), "headers": Template("extra headers", required=False, shape="object")},
-    example={"status": 200, "body": {"ok": True}},
+          "body": Template("the JSON body", streams=True),
+          "headers": Template("extra headers", required=False, shape="object")},
+    example={"status": 200, "body": {"ok": True}}, prepare=_streams_listing,
     openapi=lambda o, a: o.json_response(a.status, a.body), terminal=True)
 def respond_json(ctx, a):
     headers = a.headers.render(ctx) if a.headers is not None else None
-    ctx.response = ResponseSpec(a.status, headers, json=a.body.render(ctx))
+    ctx.response = ResponseSpec(a.status, headers, json=a.body.render(ctx), streamed=a.streamed)
 
 
 @op("respond.bytes", "End the pipeline streaming a blob from disk as an attachment (Content-Disposition, "

@@ -31,6 +31,7 @@ class Scope:
         self.unknown_sources: list[str] = []
         self.vars: set[str] = set()
         self.json_vars: set[str] = set()
+        self.stream_vars: set[str] = set()  # listings read as the response is written (index.query `all`)
         self.place = ""  # where the argument being bound is: findings are reported there
         if event_types is not None:
             props = [set(e.validator.schema.get("properties", {})) for e in event_types]
@@ -48,6 +49,12 @@ class Scope:
 
     def binds_var(self, name: str) -> None:
         self.vars.add(name)
+        self.stream_vars.discard(name)
+
+    def binds_stream(self, name: str) -> None:
+        """``name`` holds a Stream (app.stores.codec): only an argument that streams may take it, whole."""
+        self.vars.add(name)
+        self.stream_vars.add(name)
 
     def bind_fields(self, names: Iterable[str]) -> None:
         self.fields.update(names)
@@ -81,9 +88,16 @@ class Scope:
             if isinstance(schema, dict):
                 self.body_fields.update(schema.get("properties", {}))
 
-    def uses(self, refs: Iterable[Ref]) -> None:
+    def uses(self, refs: Iterable[Ref], streamed: Iterable[Ref] = ()) -> None:
+        """Check what ``refs`` read; those in ``streamed`` are taken whole by an argument that streams."""
+        whole = {id(ref) for ref in streamed}
         for ref in refs:
             self._check_ref(ref)
+            if ref.namespace == "var" and ref.root in self.stream_vars and id(ref) not in whole:
+                self.report.error(self.place, "%s: $%s holds every row of an index key, read as the response is "
+                                  "written (index.query with all): it can only be passed whole, as \"$%s\", to an "
+                                  "argument that streams it (respond.json's body); to index or test rows, query a "
+                                  "page (limit, page_size)" % (ref.source, ref.root, ref.root))
 
     def _check_ref(self, ref: Ref) -> None:
         if ref.namespace == "var":

@@ -280,18 +280,20 @@ def _check_structure(report: Report, pipeline: Pipeline, is_route: bool) -> None
     for step in pipeline.steps:
         decl = step.decl
         if decl.opens_txn and in_txn:
-            report.error(step.place, "%s inside the transaction opened at %s" % (step.op, opened_at))
+            report.error(step.place, "%s inside the transaction opened at %s"
+                         % (step.op, report.display(opened_at or "")))
         if decl.needs_txn and not in_txn:
             report.error(step.place, "%s needs an open transaction" % step.op)
         if decl.opens_txn:
             opened_at = step.place
         if decl.terminal and step.when is None and in_txn:
             report.error(step.place, "responds while the transaction opened at %s is still open; commit or "
-                         "abort it first" % opened_at)
+                         "abort it first" % report.display(opened_at or ""))
         if step.when is None or decl.opens_txn:
             in_txn = _txn_state(decl, in_txn)
     if in_txn:
-        report.error(pipeline.place, "the transaction opened at %s is never committed" % opened_at)
+        report.error(pipeline.place, "the transaction opened at %s is never committed"
+                     % report.display(opened_at or ""))
     if is_route:
         last = pipeline.steps[-1] if pipeline.steps else None
         if last is None or not last.decl.terminal or last.when is not None:

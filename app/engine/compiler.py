@@ -1,20 +1,22 @@
 """Schema -> compiled routes and pipelines, checked on the way. Runs once per schema load.
 
-load (JSON) -> shape check (metaschema) -> definitions -> routes and pipelines (each step bound to its op,
-templates parsed, references resolved, bindings analysed) -> schema-level checks (app.engine.checks).
+load (JSON; route packs embedded, app.engine.packs) -> shape check (metaschema) -> packs merged -> definitions ->
+routes and pipelines (each step bound to its op, templates parsed, references resolved, bindings analysed) ->
+schema-level checks (app.engine.checks).
 Every problem is recorded in the Report with its place; the schema is servable only if no error was found.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from types import SimpleNamespace
 from typing import Any, Callable, Mapping
 
 import jsonschema
 
-from app.engine import checks
+from app.engine import checks, packs
 from app.engine.binding import Scope
 from app.engine.compiled import CompiledSchema, Definitions, Pipeline, Route, Step
 from app.engine.conditions import ConditionError, compile_condition
@@ -49,9 +51,13 @@ def schema_digest(doc: Any) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def load_schema_file(path: str) -> Any:
+def load_schema_file(path: str, embed_packs: bool = True) -> Any:
+    """The schema in ``path``, each of its route packs' files (relative to the schema file's directory) embedded
+    in its entry (app.engine.packs.embed; PackFileError, a ValueError, when one cannot be read). Without
+    ``embed_packs``: the file as written (to edit it)."""
     with open(path, "rb") as handle:
-        return json.load(handle)
+        doc = json.load(handle)
+    return packs.embed(doc, os.path.dirname(os.path.abspath(path))) if embed_packs else doc
 
 
 def compile_schema(doc: Any, source: str = "schema") -> tuple[CompiledSchema | None, Report]:
@@ -64,7 +70,10 @@ def compile_schema(doc: Any, source: str = "schema") -> tuple[CompiledSchema | N
         report.error(place(*error.absolute_path), "%s (schema shape)" % error.message)
     if not report.ok:
         return None, report
-    compiled = Compiler(doc, report, load_vocabulary()).compile()
+    merged = packs.merge(doc, report)
+    if report.errors:  # a pack's shape, or a name defined twice
+        return None, report
+    compiled = Compiler(merged, report, load_vocabulary(), schema_digest(doc)).compile()
     return (compiled if report.ok else None), report
 
 
@@ -79,8 +88,11 @@ class Compiler:
     """One schema's compilation: the definitions, then the routes and apply pipelines that use them, then the
     schema-level checks; ``compile`` returns the CompiledSchema (servable only if the report has no error)."""
 
-    def __init__(self, doc: SchemaDoc, report: Report, ops: Mapping[str, OpDecl]) -> None:
+    def __init__(self, doc: SchemaDoc, report: Report, ops: Mapping[str, OpDecl], sha256: str | None = None) -> None:
+        """``doc``: the schema with its packs merged; ``sha256``: the digest of the schema as written (default:
+        ``doc``'s)."""
         self.doc = doc
+        self.sha256 = sha256 or schema_digest(doc)
         self.ops = ops  # the op vocabulary, given (app.engine.opspec.load_vocabulary)
         self.report = report
         self.limits = Limits(doc["ops"].get("limits"))
@@ -119,7 +131,7 @@ class Compiler:
         apply_pipelines = self._apply_pipelines()
         runtime = checks.run_all(checks.Subject(self.doc, self.definitions, routes, apply_pipelines), self.report)
         return CompiledSchema(
-            doc=self.doc, report=self.report, sha256=schema_digest(self.doc), limits=self.limits,
+            doc=self.doc, report=self.report, sha256=self.sha256, limits=self.limits,
             features=self.features, versioning=self.versioning, definitions=self.definitions, event_log=event_log,
             caching=self._caching(), auth_settings=auth_settings, login_limits=login_limits, anonymous=anonymous,
             allowed_ops=self.allowed_ops, routes=routes, apply_pipelines=apply_pipelines, runtime=runtime)
@@ -327,7 +339,8 @@ class Compiler:
         for i, spec in enumerate(self.doc["api"]["routes"]):
             where = place("api.routes", i)
             if spec["id"] in seen_ids:
-                self.report.error(where + ".id", "duplicate route id %r (also %s)" % (spec["id"], seen_ids[spec["id"]]))
+                self.report.error(where + ".id", "duplicate route id %r (also %s)"
+                                  % (spec["id"], self.report.display(seen_ids[spec["id"]])))
             seen_ids.setdefault(spec["id"], where)
             params = _PATH_PARAM.findall(spec["path"])
             bad = [p for p in params if not _IDENT.match(p)]
@@ -337,8 +350,8 @@ class Compiler:
                 continue
             shape = (spec["method"], _PATH_PARAM.sub("{}", spec["path"]))
             if shape in seen_shapes:
-                self.report.error(where + ".path", "%s %s duplicates %s" % (spec["method"], spec["path"],
-                                                                             seen_shapes[shape]))
+                self.report.error(where + ".path", "%s %s duplicates %s" % (
+                    spec["method"], spec["path"], self.report.display(seen_shapes[shape])))
             seen_shapes.setdefault(shape, where)
             if any(spec["path"] == p or spec["path"].startswith(p + "/") for p in RESERVED_PATHS):
                 self.report.error(where + ".path", "paths under %s belong to Depot itself" % ", ".join(RESERVED_PATHS))

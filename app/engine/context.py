@@ -15,13 +15,15 @@ Principal = dict[str, Any]  # sub, scopes, kind, token_id (app.identity.auth)
 class ResponseSpec:
     """What a respond.* op decided; the HTTP layer turns it into bytes on the wire."""
 
-    __slots__ = ("status", "headers", "json", "blob", "location", "filename", "last_modified")
+    __slots__ = ("status", "headers", "json", "blob", "location", "filename", "last_modified", "streamed")
 
     def __init__(self, status: int, headers: Mapping[str, str] | None = None, json: Any = None, blob: Any = None,
-                 location: str | None = None, filename: str | None = None, last_modified: Any = None) -> None:
+                 location: str | None = None, filename: str | None = None, last_modified: Any = None,
+                 streamed: bool = False) -> None:
         self.status = status
         self.headers = headers
         self.json = json
+        self.streamed = streamed  # ``json`` holds a Stream (app.stores.codec): written as it is read
         self.blob = blob
         self.location = location
         self.filename = filename  # a blob's download name (None: the HTTP layer's default)

@@ -387,3 +387,16 @@ def compile_value(value: Any) -> Node:
             return Const([node.value for node in nodes if isinstance(node, Const)])
         return ListNode(nodes)
     return Const(value)
+
+
+def whole_refs(node: Node) -> list[Ref]:
+    """The references ``node`` renders as a whole value, unchanged: a string that is exactly one reference, with
+    no path below its root ("$rows", not "$rows[0]" nor "rows: $rows"), wherever it sits in the value."""
+    if isinstance(node, Template):
+        ref = node.single
+        return [ref] if ref is not None and not ref.path and ref.slice is None else []
+    if isinstance(node, DictNode):
+        return [ref for _, item in node.items for ref in whole_refs(item)]
+    if isinstance(node, ListNode):
+        return [ref for item in node.nodes for ref in whole_refs(item)]
+    return []

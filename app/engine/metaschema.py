@@ -1,4 +1,9 @@
 """The shape of a repository-type schema, checked first so later checks can rely on it."""
+import re
+
+PACK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")  # a route pack's name: its route ids' prefix
+# a pack's mount: one or more path segments, each a literal or one {parameter}; no trailing slash
+PACK_MOUNT = r"^(/([A-Za-z0-9._~-]+|\{[A-Za-z_][A-Za-z0-9_]*\}))+$"
 
 _STEP = {
     "type": "object",
@@ -141,6 +146,13 @@ METASCHEMA = {
                 "mark": {"type": "object", "properties": {"mark_blobs_by": {"type": "array", "items": {
                     "type": "string", "pattern": "^[^.]+[.][^.]+$"}}}}}}}},
         "invariants": {"type": "object"},
+        "packs": {"type": "array", "items": {
+            "type": "object", "required": ["mount"],
+            "properties": {"file": {"type": "string", "minLength": 1},
+                           "name": {"type": "string", "pattern": "^%s$" % PACK_NAME.pattern},
+                           "mount": {"type": "string", "pattern": PACK_MOUNT},
+                           "content": {"type": "object"}},
+            "additionalProperties": False}},
         "features": {"type": "object", "additionalProperties": {"type": "boolean"}},
         "validation": {"type": "object", "properties": {
             "load_time_checks": {"type": "array", "items": {"type": "object", "required": ["id", "require"]}},

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
-from app.engine.expr import TemplateSyntaxError, compile_value
+from app.engine.expr import TemplateSyntaxError, compile_value, whole_refs
 
 if TYPE_CHECKING:
     from app.engine.binding import Scope
@@ -161,12 +161,15 @@ class Arg:
 
 
 class Template(Arg):
-    """A JSON value whose strings may hold {field} and $var references, rendered per request."""
+    """A JSON value whose strings may hold {field} and $var references, rendered per request. ``streams``: the op
+    writes the value out as the response (respond.json): a listing read whole (a Stream) may sit in it."""
     kind: ClassVar[str] = "template"
 
-    def __init__(self, doc: str = "", required: bool = True, default: Any = None, shape: str | None = None) -> None:
+    def __init__(self, doc: str = "", required: bool = True, default: Any = None, shape: str | None = None,
+                 streams: bool = False) -> None:
         super().__init__(doc, required, default)
         self.shape = shape  # None (any), "string" or "object"
+        self.streams = streams
 
     def bind(self, value: Any, env: "Scope") -> Any:
         if self.shape == "string" and not isinstance(value, str):
@@ -177,11 +180,11 @@ class Template(Arg):
             node = compile_value(value)
         except TemplateSyntaxError as exc:
             raise BindError(str(exc)) from None
-        env.uses(node.refs)
+        env.uses(node.refs, whole_refs(node) if self.streams else ())
         return node
 
     def describe(self) -> str:
-        return "template" + ("(%s)" % self.shape if self.shape else "")
+        return "template" + ("(%s)" % self.shape if self.shape else "") + (", streams" if self.streams else "")
 
 
 class Output(Arg):

@@ -1,4 +1,8 @@
-"""The check report: every finding names its place in the schema as a path (api.routes[2].pipeline[5].args.doc)."""
+"""The check report: every finding names its place in the schema as a path (api.routes[2].pipeline[5].args.doc).
+
+A place inside a route pack (app/engine/packs.py) is checked in the merged document but named where it was
+written: the pack and its own place (``packs[0] (packs/pypi.json): api.routes[3].pipeline[2].args.doc``).
+"""
 from typing import Any, Optional
 
 ERROR, WARNING = "error", "warning"
@@ -25,6 +29,22 @@ class Report:
     def __init__(self, source: str = "") -> None:
         self.source = source
         self.findings: list[Finding] = []
+        self._origins: dict[str, str] = {}  # a place in the merged document -> where it was written
+
+    def origin(self, merged: str, written: str) -> None:
+        """Places at or below ``merged`` (a place in the merged document) are named from ``written``."""
+        self._origins[merged] = written
+
+    def display(self, where: str) -> str:
+        """How ``where``, a place in the merged document, is named: where it was written."""
+        if not self._origins:
+            return where
+        for cut in range(len(where), 0, -1):  # the longest place above ``where`` that was mounted from a pack
+            if cut == len(where) or where[cut] in ".[":
+                written = self._origins.get(where[:cut])
+                if written is not None:
+                    return written + where[cut:]
+        return where
 
     def error(self, place: str, message: str, check: Optional[str] = None) -> None:
         self.add(ERROR, place, message, check)
@@ -34,6 +54,7 @@ class Report:
 
     def add(self, severity: str, place: str, message: str, check: Optional[str] = None) -> None:
         """Record a finding; the same problem found by two checks is reported once."""
+        place = self.display(place)
         for existing in self.findings:
             if existing.place == place and existing.message == message:
                 if severity == ERROR:

@@ -216,6 +216,8 @@ KEYS: dict[str, KeySpec] = {
         "*": Declared("the schema's routes carry a feature out; the server reads only proxy_enabled"),
     },
     "validation": {"load_time_checks": [_CHECK_ITEM], "runtime_checks": [_CHECK_ITEM]},
+    # a pack's content is checked as the sections it is merged into (app/engine/packs.py)
+    "packs": [{"file": READ, "name": READ, "mount": READ, "content": OPAQUE}],
 }
 
 

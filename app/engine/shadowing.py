@@ -70,6 +70,6 @@ def _report(winner: Route, loser: Route, lost: Lost, report: Report) -> None:
     _, param, literal = lost[0]
     report.error(loser.place + ".path", "%s %s is hidden by %s %s (%s) when %s: reserve %r for %s in the entity's "
                  "constraints (%s) or change one of the paths"
-                 % (loser.method, loser.path, winner.method, winner.path, winner.place, values, literal,
-                    "%s.%s" % (entity.name, param) if entity else param,
+                 % (loser.method, loser.path, winner.method, winner.path, report.display(winner.place), values,
+                    literal, "%s.%s" % (entity.name, param) if entity else param,
                     json.dumps({"field": param, "reserved": [literal]})))

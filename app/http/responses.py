@@ -10,7 +10,7 @@ from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.wsgi import wrap_file
 
 from app.errors import DepotError
-from app.stores.codec import dumps
+from app.stores.codec import dumps, iter_json
 
 def json_response(payload, status=200, headers=None):
     return Response(dumps(payload), status=status, headers=headers, mimetype="application/json")
@@ -24,6 +24,9 @@ def write_response(spec, on_close=None):
     """The response a ResponseSpec describes; ``on_close`` runs once it has been sent (or abandoned)."""
     if spec.blob is not None:
         return _blob_response(spec, on_close)
+    if spec.streamed:  # a listing read as it is written: in pieces, never whole in memory
+        return _closing(Response(iter_json(spec.json), status=spec.status, headers=spec.headers,
+                                 mimetype="application/json"), on_close)
     response = json_response(spec.json, spec.status, spec.headers)
     if on_close is not None:  # _closing, inline: this is every JSON answer's path
         response.call_on_close(on_close)

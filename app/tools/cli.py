@@ -5,6 +5,7 @@ import os
 import sys
 
 from app.repository import datadir
+from app.engine import packs
 from app.engine.compiler import compile_schema, load_schema_file
 from app.errors import DepotError
 from app.repository.service import DEFAULT_SCHEMA
@@ -135,7 +136,7 @@ def cmd_add(args):
         if args.url:
             return _add_remote(args, kind, body)
         if args.schema_file:
-            return _add_checked(args, load_schema_file(args.schema_file), kind, body)
+            return _add_checked(args, load_schema_file(args.schema_file, embed_packs=False), kind, body)
         with datadir.exclusive(args.data_dir, "use --url and --token to change its schema") as data_dir:
             return _add_checked(args, _active_schema(data_dir), kind, body, data_dir)
     except (OSError, ValueError) as exc:
@@ -148,7 +149,10 @@ def _add_checked(args, doc, kind, body, data_dir=None):
     if it can be served."""
     from app.tools import templates
     new_doc, added = templates.apply(doc, kind, body)
-    _, report = compile_schema(new_doc, args.schema_file or "the schema with %s" % added)
+    checked = new_doc
+    if data_dir is None:  # the file keeps naming its packs' files; the check reads them
+        checked = packs.embed(new_doc, os.path.dirname(os.path.abspath(args.schema_file)))
+    _, report = compile_schema(checked, args.schema_file or "the schema with %s" % added)
     if not report.ok:
         print(report.to_text(), file=sys.stderr)
         print("not added: the schema with %s cannot be served" % added, file=sys.stderr)

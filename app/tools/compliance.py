@@ -62,8 +62,11 @@ def _schema_checks(env):
 
 @check("routes", "every route compiles and is served")
 def _routes_served(env):
+    from app.engine import packs
+    from app.engine.report import Report
     served = {route.id for route in env.depot.service.engine.compiled.routes}
-    missing = [r["id"] for r in env.doc["api"]["routes"] if r["id"] not in served]
+    declared = packs.merge(env.doc, Report())["api"]["routes"]  # the schema's routes and its packs'
+    missing = [r["id"] for r in declared if r["id"] not in served]
     expect(not missing, "routes not compiled: %s" % ", ".join(missing))
 
 
