@@ -12,7 +12,7 @@ from packaging.version import Version
 
 from app.engine.compiler import compile_schema
 from app.engine.conditions import ConditionError, compile_condition
-from app.engine.definitions import Versioning
+from app.engine.definitions import Versioning, compile_normalizer
 from app.engine.versions import SCHEMES
 from app.errors import DepotError
 from app.stores.sortkeys import ORDERINGS, descending, encode_version
@@ -118,7 +118,7 @@ def test_pep440_accepts_what_packaging_parses(version):
     Versioning(SCHEMES["pep440"]).check(version)
 
 
-@pytest.mark.parametrize("version", ["1.0-foo.bar", "latest", "1.0+", "1..0", "1.0_"])
+@pytest.mark.parametrize("version", ["1.0-foo.bar", "latest", "1.0+", "1..0", "1.0_", " 1.0", "\u20031.0", "1.0\n"])
 def test_pep440_refuses_the_rest_naming_the_field(version):
     with pytest.raises(DepotError) as caught:
         Versioning(SCHEMES["pep440"], where="entities.release.versioning").check(version)
@@ -149,6 +149,13 @@ def test_semver_message_is_unchanged():
         Versioning().check("1.2")
     assert caught.value.message == ("version '1.2' is not a semantic version (MAJOR.MINOR.PATCH[-PRERELEASE]"
                                     "[+BUILD])")
+
+
+@pytest.mark.parametrize("spelled, normal", [("1.0-RC1", "1.0rc1"), ("v1.0", "1.0"), ("1!2.0.POST3", "1!2.0.post3"),
+                                              ("1.0+ABC-1", "1.0+abc.1"), ("1.0.0", "1.0.0"), ("1.0-foo", "1.0-foo"),
+                                              ("\u20031.0", "\u20031.0")])
+def test_pep440_normalize_rule_writes_the_normal_form_and_leaves_the_rest(spelled, normal):
+    assert compile_normalizer("pep440")(spelled) == normal
 
 
 # --- is_prerelease follows the scheme ---------------------------------------------------------------------------
@@ -202,7 +209,7 @@ def with_release_entity(schema, scheme="pep440", index_entity="release"):
         "versioning": {"scheme": scheme},
         "fields": {"namespace": {"type": "string", "normalize": ["trim", "lower"]},
                    "name": {"type": "string", "normalize": ["trim", "lower"]},
-                   "version": {"type": "string", "normalize": ["trim"]}},
+                   "version": {"type": "string", "normalize": ["trim", "pep440"]}},
         "constraints": [{"field": "namespace", "regex": "^[a-z0-9][a-z0-9._-]{0,127}$"},
                         {"field": "name", "regex": "^[a-z0-9][a-z0-9._-]{0,127}$"},
                         {"field": "version", "regex": "^[A-Za-z0-9][A-Za-z0-9._+!-]{0,127}$"}]}
@@ -346,6 +353,15 @@ def test_latest_pep440_release_skips_prereleases_and_counts_post_releases(two_sc
         assert depot.client.put("/py/acme/lib/%s" % version, headers=headers).status_code == 201
     assert depot.client.get("/py/acme/lib/latest", headers=headers).get_json()["version"] == "1.0.post2"
     assert depot.client.get("/py/acme/only-pre/latest", headers=headers).status_code == 404
+
+
+def test_pep440_spellings_of_one_version_are_one_release(two_schemes):
+    depot, headers = two_schemes, two_schemes.headers()
+    assert depot.client.put("/py/acme/tool/1.0-RC1", headers=headers).status_code == 201
+    assert depot.client.put("/py/acme/tool/1.0rc1", headers=headers).status_code == 409  # the same key
+    assert depot.client.put("/py/acme/tool/v1.0c1", headers=headers).status_code == 409
+    listed = depot.client.get("/py/acme/tool/versions", headers=headers).get_json()
+    assert [row["version"] for row in listed] == ["1.0rc1"]
 
 
 @pytest.mark.parametrize("version", ["1.0-foo.bar", "one", "1.0+"])

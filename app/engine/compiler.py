@@ -143,12 +143,11 @@ class Compiler:
         """A versioning declaration (`entities.versioning` or an entity's own); an unknown scheme or ordering is
         reported there (and semver stands in, so the rest still compiles)."""
         spec = spec or {}
-        scheme = SCHEMES["semver"]
-        if spec.get("scheme", "semver") in SCHEMES:
-            scheme = SCHEMES[spec.get("scheme", "semver")]
-        else:
+        scheme = SCHEMES.get(spec.get("scheme", "semver"))
+        if scheme is None:
             self.report.error(place(where, "scheme"), "unknown versioning scheme %r; expected one of: %s"
                               % (spec["scheme"], ", ".join(sorted(SCHEMES))))
+            scheme = SCHEMES["semver"]
         ordering = spec.get("ordering", scheme.name)
         if ordering not in SCHEMES:
             self.report.error(place(where, "ordering"), "unknown version ordering %r; expected a scheme: %s"

@@ -13,7 +13,7 @@ import jsonschema
 from app.engine.body import MAX_JSON_DEPTH
 from app.engine.codegen import FunctionBuilder, enabled as generating
 from app.engine.expr import Template, parse_template
-from app.engine.versions import DEFAULT_SCHEME, VersionScheme
+from app.engine.versions import DEFAULT_SCHEME, SCHEMES, VersionScheme
 from app.errors import DepotError, bad_request
 from app.stores.interfaces import JsonValue
 
@@ -96,6 +96,14 @@ def _replace(old: str, new: str) -> Normalizer:
 @normalizer("collapse_whitespace")
 def _collapse() -> Normalizer:
     return lambda value: _ASCII_SPACE_RUN.sub(" ", value).strip(" ")
+
+
+@normalizer("pep440")
+def _pep440() -> Normalizer:
+    """A PEP 440 version in its normal form (1.0-RC1 -> 1.0rc1, v1.0 -> 1.0), so two spellings of one version are
+    one key; anything else is left as it is, for validate.entity to refuse."""
+    parse = SCHEMES["pep440"].parse
+    return lambda value: str(parsed) if (parsed := parse(value)) is not None else value
 
 
 def chain(rules: Sequence[Normalizer]) -> Normalizer:

@@ -60,7 +60,11 @@ def encode_semver(version: semver.Version) -> bytes:
 
 
 def parse_pep440(text: Any) -> Optional[Version]:
-    """The parsed version, or None when ``text`` is not a PEP 440 version."""
+    """The parsed version, or None when ``text`` is not a PEP 440 version. packaging also ignores whitespace
+    around one, Unicode spaces included; here a version is the version alone, so "1.0" and "\u20031.0" can never
+    be two versions that sort as one."""
+    if not isinstance(text, str) or not text.isascii() or text != text.strip():
+        return None
     try:
         return Version(text)
     except (InvalidVersion, TypeError):
