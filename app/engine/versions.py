@@ -35,7 +35,7 @@ SCHEMES: dict[str, VersionScheme] = {scheme.name: scheme for scheme in (
         "a pre-release part: `1.0.0-rc.1`",
         sortkeys.parse_semver, lambda parsed: parsed.prerelease is not None),
     VersionScheme(
-        "pep440", "a PEP 440 version ([N!]N(.N)*[{a|b|rc}N][.postN][.devN][+LOCAL], ASCII, no surrounding spaces)",
+        "pep440", "a PEP 440 version ([N!]N(.N)*[{a,b,rc}N][.postN][.devN][+LOCAL], ASCII, no surrounding spaces)",
         "PEP 440, exactly as the `packaging` library orders versions: epoch (`1!1.0 > 2.0`), release with "
         "trailing zeros ignored (`1.0 == 1.0.0`), `1.0.dev1 < 1.0a1 < 1.0b1 < 1.0rc1 < 1.0 < 1.0+local < "
         "1.0.post1`, a dev release before its base (`1.0.post1.dev1 < 1.0.post1`)",
