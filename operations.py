@@ -16,6 +16,7 @@ from app.identity.auth import require
 from app.engine.body import parse_json as parse_json_body, read_all
 from app.engine.conditions import ConditionError, compile_condition
 from app.engine.rows import RowContext, RowStream
+from app.engine.versions import SCHEMES
 from app.engine.context import ResponseSpec
 from app.engine.definitions import MAX_PAGE, MAX_PAGE_SIZE, chain, query_value
 from app.errors import DepotError, bad_request, too_large
@@ -442,7 +443,9 @@ def _prepare_index_query(a, scope):
     if a.where is not None:
         refs = []
         try:
-            predicate = compile_condition(a.where, "where", refs=refs)
+            predicate = compile_condition(a.where, "where", refs=refs, scheme=SCHEMES.get(a.index.scheme or ""),
+                                          no_scheme="index %s names no entity, and the entities version "
+                                                    "differently" % a.index.name)
         except (ConditionError, expr.TemplateSyntaxError) as exc:
             raise BindError(str(exc), "where") from None
         scope.uses([r for r in refs if r.namespace == "var"])  # {field} in a filter reads the row

@@ -33,6 +33,7 @@ from app.engine.rows import RowContext
 from app.engine.report import Report, place
 from app.engine.runner import compile_pipeline
 from app.engine.shadowing import check_shadowing
+from app.engine.versions import SCHEMES, VersionScheme
 from app.stores.interfaces import IndexDef, IndexKeyDef
 from app.stores.registry import REGISTRY as STORE_KINDS
 
@@ -97,7 +98,9 @@ class Compiler:
         self.report = report
         self.limits = Limits(doc["ops"].get("limits"))
         self.features = dict(doc.get("features", {}))
-        self.versioning = Versioning(doc.get("entities", {}).get("versioning"))
+        self.versioning = self._versioning(doc.get("entities", {}).get("versioning"), "entities.versioning")
+        self.shared_versioning: Versioning | None = self.versioning  # set from the entities (_entities)
+        self.versioned_differently = ""  # which entity versions how, when they differ (for findings)
         self.allowed_ops = frozenset(doc["ops"]["allowed"])
         self.definitions: Definitions = {}
 
@@ -148,12 +151,44 @@ class Compiler:
                 validators[name] = Validator(schema, name)
         return validators
 
+    def _versioning(self, spec: Mapping[str, Any] | None, where: str) -> Versioning:
+        """A versioning declaration (`entities.versioning` or an entity's own); an unknown scheme or ordering is
+        reported there (and semver stands in, so the rest still compiles)."""
+        spec = spec or {}
+        scheme = SCHEMES.get(spec.get("scheme", "semver"))
+        if scheme is None:
+            self.report.error(place(where, "scheme"), "unknown versioning scheme %r; expected one of: %s"
+                              % (spec["scheme"], ", ".join(sorted(SCHEMES))))
+            scheme = SCHEMES["semver"]
+        ordering = spec.get("ordering", scheme.name)
+        if ordering not in SCHEMES:
+            self.report.error(place(where, "ordering"), "unknown version ordering %r; expected a scheme: %s"
+                              % (ordering, ", ".join(sorted(SCHEMES))))
+            ordering = scheme.name
+        return Versioning(scheme, ordering, spec.get("allow_prerelease", True), where)
+
+    def _shared_versioning(self, entities: Mapping[str, Entity]) -> Versioning | None:
+        """The versioning of every entity with a `version` field (`entities.versioning` when none has one), which
+        indexes and conditions naming no entity follow; None when the entities version differently."""
+        by_kind: dict[tuple[str, str], Versioning] = {}
+        for entity in entities.values():
+            if "version" in entity.fields:
+                by_kind.setdefault((entity.versioning.scheme.name, entity.versioning.ordering), entity.versioning)
+        if len(by_kind) > 1:
+            self.versioned_differently = ", ".join(
+                "%s: %s" % (e.name, e.versioning.scheme.name if e.versioning.ordering == e.versioning.scheme.name
+                            else "%s ordered as %s" % (e.versioning.scheme.name, e.versioning.ordering))
+                for e in entities.values() if "version" in e.fields)
+            return None
+        return next(iter(by_kind.values()), self.versioning)
+
     def _entities(self, versioning: Versioning) -> dict[str, Entity]:
         entities = {}
         for name, spec in self.doc.get("entities", {}).items():
             if name == "versioning":
                 continue
             where = place("entities", name)
+            own = self._versioning(spec["versioning"], where + ".versioning") if "versioning" in spec else versioning
             normalizers = []
             for field, fspec in spec["fields"].items():
                 rules = []
@@ -177,7 +212,8 @@ class Compiler:
             for i, field in enumerate(spec.get("primary_key", [])):
                 if field not in spec["fields"]:
                     self.report.error(place(where, "primary_key", i), "unknown field %r" % field)
-            entities[name] = Entity(name, spec["fields"], normalizers, constraints, versioning)
+            entities[name] = Entity(name, spec["fields"], normalizers, constraints, own)
+        self.shared_versioning = self._shared_versioning(entities)
         return entities
 
     def _template(self, source: str, where: str) -> Template | None:
@@ -219,19 +255,43 @@ class Compiler:
                 self.report.error(where + ".source_document", "unknown document %r; expected one of: %s"
                                   % (spec["source_document"], ", ".join(sorted(self.definitions["document"]))))
                 continue
-            keys = [IndexKeyDef(name, k["name"], k["fields"], k.get("sort", []), k.get("unique", False),
-                                self.versioning.ordering, self._row_condition(k.get("where"),
-                                                                                  place(where, "keys", i, "where")))
+            versioning = self._index_versioning(spec, where)
+            scheme = versioning.scheme if versioning is not None else None
+            ordering = versioning.ordering if versioning is not None else "semver"
+            keys = [IndexKeyDef(name, k["name"], k["fields"], k.get("sort", []), k.get("unique", False), ordering,
+                                self._row_condition(k.get("where"), place(where, "keys", i, "where"), scheme))
                     for i, k in enumerate(spec["keys"])]
-            indexes[name] = IndexDef(name, keys, _rowid_from(source))
+            indexes[name] = IndexDef(name, keys, _rowid_from(source), scheme.name if scheme is not None else None)
         return indexes
 
-    def _row_condition(self, spec: Any, where: str) -> Callable[[dict[str, Any]], bool] | None:
+    def _index_versioning(self, spec: Mapping[str, Any], where: str) -> Versioning | None:
+        """The versioning an index's rows follow: its `entity`'s, else the one the entities share. None (reported
+        when a key sorts by version) when it names no entity and the entities version differently."""
+        name = spec.get("entity")
+        if name is None:
+            if self.shared_versioning is None and any(
+                    s.partition(":")[0] == "version" for k in spec["keys"] for s in k.get("sort", [])):
+                self.report.error(where + ".entity", "a key sorts by version and the entities version differently "
+                                  "(%s): name the entity whose versions this index holds" % self.versioned_differently)
+            return self.shared_versioning
+        entity: Entity | None = self.definitions["entity"].get(name)
+        if entity is None:
+            self.report.error(where + ".entity", "unknown entity %r; expected one of: %s"
+                              % (name, ", ".join(sorted(self.definitions["entity"]))))
+            return self.shared_versioning
+        return entity.versioning
+
+    def _no_scheme(self, what: str) -> str:
+        return "%s, and the entities version differently (%s)" % (what, self.versioned_differently)
+
+    def _row_condition(self, spec: Any, where: str,
+                       scheme: VersionScheme | None) -> Callable[[dict[str, Any]], bool] | None:
         """A condition over an index row ({field} reads the row's fields), as ``row -> bool``."""
         if spec is None:
             return None
         try:
-            predicate = compile_condition(spec, where)
+            predicate = compile_condition(spec, where, scheme=scheme,
+                                          no_scheme=self._no_scheme("the index names no entity"))
         except (ConditionError, TemplateSyntaxError) as exc:
             self.report.error(getattr(exc, "place", "") or where, str(exc))
             return None
@@ -428,7 +488,10 @@ class Compiler:
         if when_spec is not None:
             refs: list[Ref] = []
             try:
-                when = compile_condition(when_spec, when_place, refs=refs)
+                shared = self.shared_versioning
+                when = compile_condition(when_spec, when_place, refs=refs,
+                                         scheme=shared.scheme if shared is not None else None,
+                                         no_scheme=self._no_scheme("a step's condition follows no entity"))
                 scope.place = when_place
                 scope.uses(refs)
             except (ConditionError, TemplateSyntaxError) as exc:

@@ -8,7 +8,7 @@ An unknown keyword is a load error, never "true".
 from typing import Any, Callable, Optional, Sequence
 
 from app.engine.expr import Ref, compile_value
-from app.stores import sortkeys
+from app.engine.versions import DEFAULT_SCHEME, SCHEMES, VersionScheme
 from app.stores.interfaces import JsonValue
 
 # A condition's ctx is whatever its caller evaluates it against: an ExecutionContext, a RowContext, or nothing
@@ -30,7 +30,8 @@ class ConditionError(ValueError):
 
 def keyword(name: str, arity: str) -> Callable[[Callable[..., Predicate]], Callable[..., Predicate]]:
     """arity: "one" (a single operand), "two" (a pair), "conds" (a list of conditions), "cond_pair" (exactly
-    two conditions), "cond" (one condition)."""
+    two conditions), "cond" (one condition), "version" (a version operand and the versioning scheme it is read
+    under: the one in force where the condition is, or {"version": operand, "scheme": name})."""
     def register(fn: Callable[..., Predicate]) -> Callable[..., Predicate]:
         KEYWORDS[name] = (fn, arity)
         return fn
@@ -104,14 +105,11 @@ def _text_test(a: JsonValue, b: JsonValue, test: Callable[[str, str], bool]) -> 
     return isinstance(a, str) and isinstance(b, str) and test(a.lower(), b.lower())
 
 
-@keyword("is_prerelease", "one")
-def _is_prerelease(a: Operand) -> Predicate:
-    """the operand is a semantic version with a pre-release part (1.0.0-rc.1)."""
-    def holds(ctx: Any) -> bool:
-        value = a(ctx)
-        parsed = sortkeys.parse_semver(value) if isinstance(value, str) else None
-        return parsed is not None and parsed.prerelease is not None
-    return holds
+@keyword("is_prerelease", "version")
+def _is_prerelease(a: Operand, scheme: VersionScheme) -> Predicate:
+    """the operand is a version of the scheme with a pre-release part (semver 1.0.0-rc.1, pep440 2.0rc1)."""
+    test = scheme.is_prerelease
+    return lambda ctx: test(a(ctx))
 
 
 @keyword("all", "conds")
@@ -143,13 +141,16 @@ def _template_operand(value: JsonValue) -> tuple[Operand, Sequence[Ref]]:
 
 
 def compile_condition(spec: JsonValue, place: str, make_operand: Optional[OperandMaker] = None,
-                      refs: Optional[list[Ref]] = None,
-                      extra: Optional[dict[str, ExtraKeyword]] = None) -> Predicate:
+                      refs: Optional[list[Ref]] = None, extra: Optional[dict[str, ExtraKeyword]] = None,
+                      scheme: Optional[VersionScheme] = DEFAULT_SCHEME,
+                      no_scheme: str = "") -> Predicate:
     """Compile a condition object into ``predicate(ctx) -> bool``.
 
     ``make_operand`` turns an operand into ``(fn(ctx), refs)``; by default operands are templates. ``refs`` (a list),
     when given, collects every template reference the condition reads, for binding analysis. ``extra`` adds
-    keywords for one caller (name -> fn(arg, place) -> predicate), as the invariant checker does.
+    keywords for one caller (name -> fn(arg, place) -> predicate), as the invariant checker does. ``scheme`` is
+    the versioning scheme in force (None: none is, and ``no_scheme`` says why): version keywords read their
+    operand under it unless they name their own.
     """
     make_operand = make_operand or _template_operand
     known = sorted(set(KEYWORDS) | set(extra or ()))
@@ -172,14 +173,37 @@ def compile_condition(spec: JsonValue, place: str, make_operand: Optional[Operan
 
     if arity == "one":
         return fn(operand(arg))
+    if arity == "version":
+        version, named = _version_operand(name, arg, here, scheme, no_scheme)
+        return fn(operand(version), named)
     if arity == "two":
         if not isinstance(arg, list) or len(arg) != 2:
             raise ConditionError("%r takes a list of two operands" % name, here)
         return fn(operand(arg[0]), operand(arg[1]))
     if arity == "cond":
-        return fn(compile_condition(arg, here, make_operand, refs, extra))
+        return fn(compile_condition(arg, here, make_operand, refs, extra, scheme, no_scheme))
     if arity == "cond_pair" and (not isinstance(arg, list) or len(arg) != 2):
         raise ConditionError("%r takes a list of exactly two conditions" % name, here)
     if not isinstance(arg, list) or not arg:
         raise ConditionError("%r takes a non-empty list of conditions" % name, here)
-    return fn([compile_condition(c, "%s[%d]" % (here, i), make_operand, refs, extra) for i, c in enumerate(arg)])
+    return fn([compile_condition(c, "%s[%d]" % (here, i), make_operand, refs, extra, scheme, no_scheme)
+               for i, c in enumerate(arg)])
+
+
+def _version_operand(name: str, arg: JsonValue, here: str, scheme: Optional[VersionScheme],
+                     no_scheme: str) -> tuple[JsonValue, VersionScheme]:
+    """(the version operand, its scheme): ``arg`` itself under the scheme in force, or
+    {"version": operand, "scheme": name}."""
+    if not isinstance(arg, dict):
+        if scheme is None:
+            raise ConditionError("%s: no versioning scheme is in force here (%s); name one: {\"version\": ..., "
+                                 "\"scheme\": ...}" % (name, no_scheme), here)
+        return arg, scheme
+    if set(arg) != {"version", "scheme"}:
+        raise ConditionError("%r takes a version operand, or an object {\"version\": operand, \"scheme\": name}"
+                             % name, here)
+    named = SCHEMES.get(arg["scheme"]) if isinstance(arg["scheme"], str) else None
+    if named is None:
+        raise ConditionError("unknown versioning scheme %r; expected one of: %s"
+                             % (arg["scheme"], ", ".join(sorted(SCHEMES))), here + ".scheme")
+    return arg["version"], named

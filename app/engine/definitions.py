@@ -13,8 +13,8 @@ import jsonschema
 from app.engine.body import MAX_JSON_DEPTH
 from app.engine.codegen import FunctionBuilder, enabled as generating
 from app.engine.expr import Template, parse_template
+from app.engine.versions import DEFAULT_SCHEME, SCHEMES, VersionScheme
 from app.errors import DepotError, bad_request
-from app.stores import sortkeys
 from app.stores.interfaces import JsonValue
 
 Normalizer = Callable[[str], str]  # one compiled normalize rule
@@ -98,6 +98,14 @@ def _collapse() -> Normalizer:
     return lambda value: _ASCII_SPACE_RUN.sub(" ", value).strip(" ")
 
 
+@normalizer("pep440")
+def _pep440() -> Normalizer:
+    """A PEP 440 version in its normal form (1.0-RC1 -> 1.0rc1, v1.0 -> 1.0), so two spellings of one version are
+    one key; anything else is left as it is, for validate.entity to refuse."""
+    parse = SCHEMES["pep440"].parse
+    return lambda value: str(parsed) if (parsed := parse(value)) is not None else value
+
+
 def chain(rules: Sequence[Normalizer]) -> Normalizer:
     """One function applying ``rules`` in order: ``rules[-1](...rules[0](value))``, generated as one expression."""
     if len(rules) == 1:
@@ -133,23 +141,26 @@ def compile_normalizer(spec: str) -> Normalizer:
 
 
 class Versioning:
-    def __init__(self, spec: Optional[Mapping[str, JsonValue]]) -> None:
-        spec = spec or {}
-        self.scheme: str = spec.get("scheme", "semver")
-        self.ordering: str = spec.get("ordering", self.scheme)
-        self.allow_prerelease: bool = spec.get("allow_prerelease", True)
+    """An entity's versioning, read at load (app.engine.compiler): its ``scheme`` (what a version is, which are
+    pre-releases), the ``ordering`` its index keys sort `version` by (a scheme name, by default its own), and
+    whether pre-releases are accepted. ``where`` is the schema place that declared it."""
+
+    def __init__(self, scheme: VersionScheme = DEFAULT_SCHEME, ordering: Optional[str] = None,
+                 allow_prerelease: bool = True, where: str = "entities.versioning") -> None:
+        self.scheme = scheme
+        self.ordering = ordering or scheme.name
+        self.allow_prerelease = allow_prerelease
+        self.where = where
         # latest_policy is carried out by the schema's own routes and indexes (see OPERATIONS.md), not here
 
     def check(self, version: str) -> None:
-        if self.scheme != "semver":
-            return
-        parsed = sortkeys.parse_semver(version)
+        parsed = self.scheme.parse(version)
         if parsed is None:
-            raise DepotError("INVALID_VERSION", 400, "version %r is not a semantic version (MAJOR.MINOR.PATCH"
-                             "[-PRERELEASE][+BUILD])" % version, "version")
-        if parsed.prerelease and not self.allow_prerelease:
+            raise DepotError("INVALID_VERSION", 400, "version %r is not %s" % (version, self.scheme.expected),
+                             "version")
+        if not self.allow_prerelease and self.scheme.prerelease_of(parsed):
             raise DepotError("PRERELEASE_NOT_ALLOWED", 400, "pre-release versions are not accepted "
-                             "(entities.versioning.allow_prerelease is false)", "version")
+                             "(%s.allow_prerelease is false)" % self.where, "version")
 
 
 class Constraint:

@@ -13,6 +13,12 @@ _STEP = {
     "additionalProperties": False,
 }
 _PIPELINE = {"type": "array", "items": _STEP}
+# a versioning declaration: `entities.versioning` (the default) or an entity's own; the compiler checks the names
+_VERSIONING = {
+    "type": "object",
+    "properties": {"scheme": {"type": "string"}, "ordering": {"type": "string"},
+                   "allow_prerelease": {"type": "boolean"}, "latest_policy": {"type": "object"}},
+}
 
 METASCHEMA = {
     "type": "object",
@@ -24,11 +30,12 @@ METASCHEMA = {
         "capabilities": {"type": "object"},
         "entities": {
             "type": "object",
-            "properties": {"versioning": {"type": "object"}},
+            "properties": {"versioning": _VERSIONING},
             "additionalProperties": {
                 "type": "object",
                 "required": ["fields"],
                 "properties": {
+                    "versioning": _VERSIONING,
                     "fields": {"type": "object", "additionalProperties": {
                         "type": "object",
                         "properties": {"type": {"enum": ["string"]}, "optional": {"type": "boolean"},
@@ -68,6 +75,7 @@ METASCHEMA = {
             "type": "object", "required": ["source_document", "keys"],
             "properties": {
                 "source_document": {"type": "string"},
+                "entity": {"type": "string"},
                 "keys": {"type": "array", "minItems": 1, "items": {
                     "type": "object", "required": ["name", "fields"],
                     "properties": {"name": {"type": "string"},

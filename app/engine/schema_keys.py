@@ -83,6 +83,15 @@ _CACHE: dict[str, KeySpec] = {"enabled": READ, "max_entry_bytes": READ, "default
                                     "answer If-None-Match and If-Modified-Since")}
 _BLOB_CACHE_LATER = Unsupported("the blob cache keeps entries for their time to live only; a bounded blob cache "
                                 "with eviction is planned with the S3 blob store")
+# an unknown scheme or ordering is a load error (app.engine.compiler), so both are plainly read
+_VERSIONING: dict[str, KeySpec] = {
+    "scheme": READ, "ordering": READ, "allow_prerelease": READ,
+    "latest_policy": {
+        "enabled": Declared("the schema's latest route and its index carry the policy out"),
+        "monotonic": Declared("the schema's latest route and its index carry the policy out"),
+        "exclude_prerelease": Declared("the latest route's index key (its where) leaves pre-releases out"),
+    },
+}
 _CHECK_ITEM: dict[str, KeySpec] = {"id": READ, "description": READ, "require": OPAQUE, "on_fail": READ}
 
 KEYS: dict[str, KeySpec] = {
@@ -97,18 +106,9 @@ KEYS: dict[str, KeySpec] = {
                          "(no virtual repositories)"),
     },
     "entities": {
-        "versioning": {
-            "scheme": Only(("semver",), "checks versions as semver; another scheme checks nothing"),
-            "ordering": Only(("semver",), "orders versions by semver precedence; another ordering sorts by text"),
-            "allow_prerelease": READ,
-            "latest_policy": {
-                "enabled": Declared("the schema's latest route and its index carry the policy out"),
-                "monotonic": Declared("the schema's latest route and its index carry the policy out"),
-                "exclude_prerelease": Declared("the latest route's index key (its where) leaves pre-releases "
-                                               "out"),
-            },
-        },
+        "versioning": _VERSIONING,
         "*": {
+            "versioning": _VERSIONING,
             "fields": {"*": {"type": READ, "normalize": READ,
                              "optional": Only((True,), "refuses no missing field: constraints apply to the fields "
                                                        "a request has, and a route's path decides which it has")}},
@@ -136,7 +136,7 @@ KEYS: dict[str, KeySpec] = {
         "schemas": OPAQUE,
     },
     "indexes": {"*": {
-        "source_document": READ,
+        "source_document": READ, "entity": READ,
         "keys": [{"name": READ, "fields": READ, "sort": READ, "unique": READ, "where": OPAQUE}],
         "materialization": {
             "mode": Only(("incremental",), "writes index rows as the routes upsert and delete them"),

@@ -42,8 +42,9 @@ class IndexKeyDef:
 
     def __init__(self, index: str, name: str, fields: Sequence[str], sort: Sequence[str], unique: bool,
                  ordering: str, where: Optional[Callable[[Row], bool]] = None) -> None:
-        """``sort`` as the schema spells it ("field" or "field:desc"); the `version` field sorts by the schema's
-        version ``ordering`` (semver), every other field by value."""
+        """``sort`` as the schema spells it ("field" or "field:desc"); the `version` field sorts by the version
+        ``ordering`` of the index's entity (semver, pep440, opaque: app/stores/sortkeys.py), every other field by
+        value."""
         self.index = index
         self.name = name
         self.fields = list(fields)
@@ -57,13 +58,17 @@ class IndexKeyDef:
 
 
 class IndexDef:
-    """An index over a document type: its keys, and how a row names the document it came from (its row id)."""
-    __slots__ = ("name", "keys", "rowid", "__weakref__")
+    """An index over a document type: its keys, how a row names the document it came from (its row id), and the
+    versioning scheme its rows' `version` follows (the engine's to read: a store needs each key's ordering only;
+    None when the schema leaves it undecided)."""
+    __slots__ = ("name", "keys", "rowid", "scheme", "__weakref__")
 
-    def __init__(self, name: str, keys: Sequence[IndexKeyDef], rowid: Callable[[Row], str]) -> None:
+    def __init__(self, name: str, keys: Sequence[IndexKeyDef], rowid: Callable[[Row], str],
+                 scheme: Optional[str] = "semver") -> None:
         self.name = name
         self.keys = list(keys)
         self.rowid = rowid  # row -> its stable identity (the source document's key)
+        self.scheme = scheme
         for key in self.keys:
             key.rowid = rowid
 

@@ -6,11 +6,13 @@ from app.engine import checks, schema_keys
 from app.engine.conditions import KEYWORDS
 from app.engine.definitions import NORMALIZERS
 from app.engine.opspec import FLAGS, REGISTRY, load_vocabulary
+from app.engine.versions import SCHEMES
 
 SECTIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "doc_sections")
 OPERATIONS_MD = os.path.join(os.path.dirname(SECTIONS), "..", "..", "OPERATIONS.md")
 _ARITY = {"one": "`operand`", "two": "`[a, b]`", "conds": "`[condition, ...]`", "cond": "`condition`",
-          "cond_pair": "`[condition, condition]`"}
+          "cond_pair": "`[condition, condition]`",
+          "version": "`operand`, or `{\"version\": operand, \"scheme\": name}`"}
 _KEYWORD_DOCS = {
     "equals": "a equals b", "not_equals": "a differs from b", "in": "a is an element of list b",
     "not_in": "a is not an element of list b", "is_null": "the operand is null or unbound",
@@ -18,7 +20,8 @@ _KEYWORD_DOCS = {
     "is_not_empty": "not is_empty", "all": "every condition holds", "any": "at least one holds",
     "not": "the condition does not hold", "implies": "[p, q]: q holds whenever p holds",
     "contains": "string a contains string b (case-insensitive)", "starts_with": "string a starts with b "
-    "(case-insensitive)", "is_prerelease": "a semantic version with a pre-release part",
+    "(case-insensitive)", "is_prerelease": "a version with a pre-release part, under the versioning scheme in force "
+    "there or the one named (\"Versioning schemes\")",
 }
 
 
@@ -31,6 +34,12 @@ def _conditions():
     lines = [_section("30_conditions_head.md"), "| keyword | operand | holds when |", "|---|---|---|"]
     for name, (_, arity) in sorted(KEYWORDS.items()):
         lines.append("| `%s` | %s | %s |" % (name, _ARITY[arity], _KEYWORD_DOCS.get(name, "")))
+    return "\n".join(lines) + "\n"
+
+
+def _versioning():
+    lines = [_section("35_versioning_head.md"), "| scheme | a version is | order | pre-releases |", "|---|---|---|---|"]
+    lines += ["| `%s` | %s | %s | %s |" % (s.name, s.expected, s.order, s.prerelease) for s in SCHEMES.values()]
     return "\n".join(lines) + "\n"
 
 
@@ -130,8 +139,9 @@ def _schema_keys():
 
 def render():
     load_vocabulary()  # the ops the reference documents
-    parts = [_section("10_intro.md"), _section("20_grammar.md"), _conditions(), _section("40_access.md"), _ops(),
-             _checks(), _section("45_packs.md"), _section("50_limits.md"), _section("55_server.md"), _section("60_stores.md"),
+    parts = [_section("10_intro.md"), _section("20_grammar.md"), _conditions(), _versioning(), _section("40_access.md"),
+             _ops(), _checks(), _section("45_packs.md"), _section("50_limits.md"), _section("55_server.md"),
+             _section("60_stores.md"),
              _section("65_replication.md"), _schema_keys(), _section("70_deviations.md")]
     return "\n".join(p.rstrip() + "\n" for p in parts)
 
