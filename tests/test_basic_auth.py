@@ -100,6 +100,7 @@ def test_an_api_token_of_someone_else_is_refused(depot, admin, alice, alice_toke
 def test_a_password(depot, alice):
     view = me(depot, basic("alice", ALICE_PASSWORD))
     assert view["auth"] == "password" and view["username"] == "alice" and view["scopes"] == ["read", "write"]
+    assert view["last_login_at"] is not None  # a password check is a login
     assert publish(depot, basic("alice", ALICE_PASSWORD), "acme", version="2.0.0").status_code == 201
     assert depot.client.get(LATEST, headers=basic("alice", ALICE_PASSWORD)).get_json()["version"] == "2.0.0"
 
@@ -206,6 +207,18 @@ def test_wrong_passwords_through_basic_are_rate_limited_like_logins(make_depot, 
     assert limited[-1]["detail"] == {"limit": "rate_limit_per_username_and_address", "via": "basic"}
     other = {"environ_base": {"REMOTE_ADDR": "10.9.8.7"}}  # the pair's limit: another address is not limited
     assert depot.client.get("/auth/me", headers=basic("alice", ALICE_PASSWORD), **other).status_code == 200
+
+
+def test_a_failed_write_counts_its_wrong_password_once(make_depot, project_schema):
+    """A refused write is audited with its caller: asking who it was must not check the password again."""
+    depot = make_depot(with_auth(project_schema, rate_limit_per_username_and_address="2/m"))
+    admin = admin_headers(depot)
+    create_user(depot, admin, "alice", ["read", "write"], ALICE_PASSWORD)
+    for version in ("1.0.0", "2.0.0"):
+        response = publish(depot, basic("alice", "wrong-password-1"), "acme", version=version)
+        assert_error(response, 401, "INVALID_CREDENTIALS")
+    assert len(audited(depot, admin, "failure")) == 2
+    assert audited(depot, admin, "failure", "route.publish_artifact_blob")[0]["actor"] == "anonymous"
 
 
 def test_a_verified_password_costs_one_attempt_not_one_per_request(make_depot, project_schema):

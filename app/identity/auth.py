@@ -392,6 +392,8 @@ class Identity:
         try:
             with self.sessions() as session:
                 user = self._check_credentials(session, username, password)
+                user.last_login_at = utcnow()  # a login, once per PASSWORD_CACHE_SECONDS at most
+                session.commit()
                 return user.username, user.token_version, frozenset(user.scopes)
         except DepotError:
             checks.failed(username, request)
