@@ -60,10 +60,12 @@ class PlanStep(NamedTuple):
 @dataclass(frozen=True)
 class RoutePolicy:
     """What the route's auth.policies ask of every request: ``scopes`` held (or admin), only admin when
-    ``denied``, and, once namespace grants exist, the permission ``namespace_guard`` checks."""
+    ``denied``, and, once namespace grants exist, the permission ``namespace_guard`` checks; ``challenge``: what
+    its 401 answers send in WWW-Authenticate (None: ``Bearer``)."""
     scopes: frozenset[str] = frozenset()
     denied: bool = False
     namespace_guard: Callable[[Any], None] | None = None
+    challenge: str | None = None
 
     @property
     def active(self) -> bool:

@@ -27,7 +27,7 @@ from app.errors import SchemaLoadError
 from app.engine.expr import Ref, Template, TemplateSyntaxError, parse_template
 from app.engine.metaschema import METASCHEMA
 from app.engine.opspec import BindError, OpDecl, Output, load_vocabulary
-from app.engine.policies import Policy, read_policies, route_policy
+from app.engine.policies import Policy, read_challenge, read_policies, route_policy
 from app.identity.ratelimit import parse_rate
 from app.engine.rows import RowContext
 from app.engine.report import Report, place
@@ -422,7 +422,8 @@ class Compiler:
         """The route of ``spec``: its steps, the policies its tags select, its runner, its OpenAPI operation."""
         tags = tuple(spec.get("tags", []))
         steps = self._steps(spec["pipeline"], where + ".pipeline", Scope(self.report, self.definitions, params))
-        policy = route_policy(policies, tags, params, steps, where, self.report)
+        own = read_challenge(spec["challenge"], where + ".challenge", self.report) if "challenge" in spec else None
+        policy = route_policy(policies, tags, params, steps, where, self.report, own)
         disabled = None
         if "proxy" in tags and not self.features.get("proxy_enabled", True):
             disabled = ("PROXY_DISABLED", "proxying is disabled (features.proxy_enabled is false)")

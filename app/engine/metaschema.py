@@ -19,6 +19,8 @@ _VERSIONING = {
     "properties": {"scheme": {"type": "string"}, "ordering": {"type": "string"},
                    "allow_prerelease": {"type": "boolean"}, "latest_policy": {"type": "object"}},
 }
+# WWW-Authenticate of a route's 401s (app/engine/policies.py reads what it says)
+_CHALLENGE = {"type": "string", "minLength": 1, "maxLength": 1024}
 
 METASCHEMA = {
     "type": "object",
@@ -92,7 +94,7 @@ METASCHEMA = {
             "policies": {"type": "array", "items": {
                 "type": "object", "required": ["name"],
                 "properties": {"name": {"type": "string"}, "effect": {"enum": ["allow", "deny"]},
-                               "when": {"type": "object"},
+                               "when": {"type": "object"}, "challenge": _CHALLENGE,
                                "require": {"type": "object", "properties": {
                                    "scopes": {"type": "array", "items": {"type": "string"}},
                                    "namespace": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
@@ -133,7 +135,7 @@ METASCHEMA = {
                                "method": {"enum": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]},
                                "path": {"type": "string", "pattern": "^/"},
                                "tags": {"type": "array", "items": {"type": "string"}},
-                               "description": {"type": "string"},
+                               "description": {"type": "string"}, "challenge": _CHALLENGE,
                                "pipeline": _PIPELINE}}}}},
         "events": {"type": "object", "properties": {"types": {"type": "array", "items": {
             "type": "object", "required": ["name"],

@@ -2,10 +2,13 @@
 
 A policy selects routes by tag and asks for scopes (``effect: allow``), refuses everyone but admins (``deny``),
 or names the path parameter holding the namespace whose permission a request needs once namespace grants exist.
-The runner (app/engine/runner.py) checks a route's RoutePolicy before its first step.
+A policy (or a route itself) may also declare the ``challenge`` its 401 answers send in ``WWW-Authenticate``
+(RFC 9110 §11.6.1), checked here at load. The runner (app/engine/runner.py) checks a route's RoutePolicy before
+its first step; the engine (app/engine/run.py) puts the challenge on the route's 401s.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
@@ -26,6 +29,66 @@ class Policy(NamedTuple):
     scopes: frozenset[str]
     namespace: str | None
     permission: str
+    challenge: str | None = None
+
+
+# the schemes a challenge may name: those whose credentials app/identity/auth.py accepts (a client answering any
+# other could never get in)
+ACCEPTED_SCHEMES = ("Basic", "Bearer")
+# RFC 9110 §11.6.1: challenge = auth-scheme [ 1*SP ( token68 / #auth-param ) ], in printable ASCII
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED = r'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e]|\\[\t\x20-\x7e])*"'
+_PARAM = r"%s[ \t]*=[ \t]*(?:%s|%s)" % (_TOKEN, _TOKEN, _QUOTED)
+_CHALLENGE = re.compile(r"(%s)(?: +(%s(?:[ \t]*,[ \t]*%s)*|[A-Za-z0-9._~+/-]+=*))?" % (_TOKEN, _PARAM, _PARAM))
+_LIST_SEPARATOR = re.compile(r"[ \t]*,[ \t]*")
+_PARAM_NAMES = re.compile(r"(%s)[ \t]*=[ \t]*(?:%s|%s)" % (_TOKEN, _TOKEN, _QUOTED))
+
+
+def parse_challenges(text: str) -> list[tuple[str, str]] | None:
+    """The (scheme, parameters) of each challenge of a WWW-Authenticate value, or None when it is not one."""
+    found, position = [], 0
+    while True:
+        match = _CHALLENGE.match(text, position)
+        if match is None:
+            return None
+        found.append((match.group(1), match.group(2) or ""))
+        if match.end() == len(text):
+            return found
+        separator = _LIST_SEPARATOR.match(text, match.end())
+        if separator is None:
+            return None
+        position = separator.end()
+
+
+def read_challenge(text: Any, where: str, report: Report) -> str | None:
+    """A declared ``challenge``: one or more challenges (comma-separated) naming schemes Depot accepts; a Basic
+    challenge names its realm (RFC 7617). None, with the error reported, when it is not so."""
+    challenges = parse_challenges(text) if isinstance(text, str) else None
+    if challenges is None or not isinstance(text, str):
+        report.error(where, "a challenge is what WWW-Authenticate says: a scheme, then a token68 or name=value "
+                     "parameters (values a token or a quoted string), e.g. 'Basic realm=\"pypi\"'; several are "
+                     "separated by commas")
+        return None
+    accepted = {scheme.lower(): scheme for scheme in ACCEPTED_SCHEMES}
+    for scheme, parameters in challenges:
+        if scheme.lower() not in accepted:
+            report.error(where, "the scheme %r is not one whose credentials Depot accepts (%s): a client would "
+                         "answer it with credentials it refuses" % (scheme, ", ".join(ACCEPTED_SCHEMES)))
+            return None
+        names = {match.group(1).lower() for match in _PARAM_NAMES.finditer(parameters)}
+        if scheme.lower() == "basic" and "realm" not in names:
+            report.error(where, "a Basic challenge names its realm (RFC 7617), e.g. 'Basic realm=\"pypi\"'")
+            return None
+    return text
+
+
+def route_challenge(policies: Iterable[Policy], tags: Iterable[str], own: str | None) -> str | None:
+    """The challenge of a route's 401s: its own, else those of the policies selecting it (in their order, each
+    once), else None (the default, ``Bearer``)."""
+    if own is not None:
+        return own
+    selected = [p.challenge for p in policies if p.challenge is not None and p.tags & set(tags)]
+    return ", ".join(dict.fromkeys(selected)) or None
 
 
 @dataclass(frozen=True)
@@ -65,14 +128,16 @@ def _policy(policy: Mapping[str, Any], where: str, declared: Mapping[str, Any], 
     if "permission" in require_ and namespace is None:
         report.error(place(where, "require.permission"), "a permission is checked on a namespace: "
                      "name the path parameter holding it in require.namespace")
+    challenge = read_challenge(policy["challenge"], where + ".challenge", report) if "challenge" in policy else None
     return Policy(frozenset(policy.get("when", {}).get("route.tags", [])), policy.get("effect", "allow"),
-                  frozenset(scopes), namespace, permission)
+                  frozenset(scopes), namespace, permission, challenge)
 
 
 def route_policy(policies: Iterable[Policy], tags: Iterable[str], params: Sequence[str], steps: Sequence[Step],
-                 where: str, report: Report) -> RoutePolicy:
-    """What the policies selecting a route (by its ``tags``) ask of its requests. A route with a namespace path
-    parameter, access-controlled but by no namespace permission, is warned about."""
+                 where: str, report: Report, challenge: str | None = None) -> RoutePolicy:
+    """What the policies selecting a route (by its ``tags``) ask of its requests, and the challenge of its 401s
+    (``challenge``: the route's own, already read). A route with a namespace path parameter, access-controlled
+    but by no namespace permission, is warned about."""
     policies = list(policies)
     required: set[str] = set()
     denied, namespace = False, None  # namespace: (its path parameter, the permission needed) or None
@@ -94,7 +159,7 @@ def route_policy(policies: Iterable[Policy], tags: Iterable[str], params: Sequen
         report.warning(where + ".tags", "the route has a {%s} path parameter but no policy checks a namespace "
                        "permission on it: once grants exist, any caller holding the route's scopes reaches every "
                        "namespace" % sorted(namespaces)[0])
-    return RoutePolicy(frozenset(required), denied, guard)
+    return RoutePolicy(frozenset(required), denied, guard, route_challenge(policies, tags, challenge))
 
 
 def param_normalizer(steps: Sequence[Step], param: str) -> Callable[[str], str]:

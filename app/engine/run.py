@@ -80,6 +80,11 @@ class Engine:
         ctx = ExecutionContext(self, request, authenticate=authenticate)
         try:
             route.pipeline.run(ctx, self.limits.max_cpu_ns, self.clock)
+        except DepotError as error:
+            ctx.close()
+            if error.status == 401 and route.policy.challenge is not None:  # the route's own, as declared
+                error.headers = dict(error.headers, **{"WWW-Authenticate": route.policy.challenge})
+            raise
         except BaseException:
             ctx.close()
             raise

@@ -146,7 +146,7 @@ KEYS: dict[str, KeySpec] = {
     "auth": {
         "scopes": [{"name": READ, "actions": Unsupported("a scope grants what the routes asking for it do: "
                                                          "auth.require_scopes and auth.policies enforce scopes")}],
-        "policies": [{"name": READ, "effect": READ, "when": OPAQUE, "require": OPAQUE}],
+        "policies": [{"name": READ, "effect": READ, "when": OPAQUE, "require": OPAQUE, "challenge": READ}],
         "anonymous": OPAQUE, "login": OPAQUE, "tokens": OPAQUE,  # closed by the metaschema, read in full
         "principals": {"source": Only(("jwt",), "knows its own users: login tokens (JWT) and API tokens")},
     },
@@ -167,7 +167,7 @@ KEYS: dict[str, KeySpec] = {
         "limits": {name: READ for name in Limits.DEFAULTS},
     },
     "api": {"routes": [{"id": READ, "method": READ, "path": READ, "tags": READ, "description": READ,
-                        "pipeline": OPAQUE}]},
+                        "challenge": READ, "pipeline": OPAQUE}]},
     "events": {"types": [{
         "name": READ, "schema": OPAQUE,
         "durable": Only((True,), "appends every event to the durable log, with its transaction's commit"),

@@ -5,6 +5,7 @@ pipeline, and writes the ResponseSpec (app.http.responses: JSON, a blob streamed
 or a redirect).
 Every error, whatever raised it, leaves as the JSON envelope with an X-Request-Id.
 """
+import functools
 import logging
 import re
 import threading
@@ -30,6 +31,7 @@ ROUTE_ENDPOINT = "depot_route"  # no ".": Flask would take "depot" for a bluepri
 # and look up that blueprint's hooks on every request
 READ_METHODS = ("GET", "HEAD")
 REQUEST_ID_KEY = "depot.request_id"
+AUTHENTICATED_KEY = "authenticated"  # the RequestData attribute keeping its authentication's outcome
 DOCS_PATH = "/docs"
 
 
@@ -186,13 +188,15 @@ def create_app(service):
         return json_response({"ok": ok, "stores": stores, "schema_sha256": service.engine.compiled.sha256,
                               "read_only": service.read_only}, 200 if ok else 503)
 
+    authenticate = functools.partial(principal_once, service)
+
     def run_route(**params):
         req = request._get_current_object()  # one context-local lookup instead of one per attribute
         rule = req.url_rule
         engine = rule.engine
         data = request_data(req, engine, params)
         try:
-            ctx = engine.run(rule.route, data, service.principal)
+            ctx = engine.run(rule.route, data, authenticate)
         except DepotError as error:
             if rule.route.method not in READ_METHODS:
                 _audit_route(service, rule.route, data, None, error.status)
@@ -238,10 +242,25 @@ def _is_admin(service, req):
     return principal is not None and "admin" in principal["scopes"]
 
 
+def principal_once(service, data):
+    """The request's principal, worked out once however often it is asked for (by the pipeline, then by the audit
+    of a failed write): a password sent as Basic credentials is a login attempt, to be counted and audited once."""
+    outcome = getattr(data, AUTHENTICATED_KEY, None)
+    if outcome is None:
+        try:
+            outcome = (service.principal(data), None)
+        except DepotError as error:
+            outcome = (None, error)
+        setattr(data, AUTHENTICATED_KEY, outcome)
+    if outcome[1] is not None:
+        raise outcome[1]
+    return outcome[0]
+
+
 def _audit_route(service, route, data, ctx, status):
     """Writes through the schema's routes (publish, tag changes, deletes) are audited with their outcome."""
     try:  # a failed request may have failed before its pipeline asked who is calling: ask now
-        principal = ctx.principal if ctx is not None else service.principal(data)
+        principal = ctx.principal if ctx is not None else principal_once(service, data)
     except DepotError:
         principal = None
     actor = principal["sub"] if principal else "anonymous"

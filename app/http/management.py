@@ -11,7 +11,7 @@ from flask import Blueprint, current_app, g, request
 
 from app.repository import replication
 from app.identity.audit import api_token_id
-from app.identity.auth import DEFAULT_TTL, account_state, username_key
+from app.identity.auth import DEFAULT_TTL, account_state, credentials_required
 from app.engine.body import RequestBody, parse_json, read_all
 from app.engine.context import ResponseSpec
 from app.engine.definitions import PAGE_QUERY, query_value
@@ -131,8 +131,7 @@ class Guard:
     def principal_or_401(self):
         principal = self.service.principal(request)
         if principal is None or principal["kind"] == "anonymous":
-            raise DepotError("UNAUTHENTICATED", 401, "a valid bearer token is required",
-                             headers={"WWW-Authenticate": "Bearer"})
+            raise credentials_required()
         g.principal = principal  # what the audit records name (client())
         return principal
 
@@ -198,7 +197,7 @@ def _auth_views(bp, service, guard):
         if username is None or password is None:
             raise bad_request("INVALID_CREDENTIALS_FORMAT", "username and password are required strings",
                               "username" if username is None else "password")
-        _limit_login(service, username)
+        service.limit_login(username, client())
         try:
             token, expires = identity.login(username, password)
         except DepotError:
@@ -265,19 +264,6 @@ def _auth_views(bp, service, guard):
         view = identity.revoke_token(principal["sub"], token_id)
         audit.record(principal["sub"], "token.revoke", "%s/%s" % (principal["sub"], token_id), "success", client())
         return json_response(view)
-
-
-def _limit_login(service, username):
-    """429 once a (username, client address) pair or a client address alone has tried too often. There is no
-    limit per username alone: anyone could then lock an account out from anywhere."""
-    address = request.remote_addr
-    pair = (username_key(username), address)
-    for name, key in (("rate_limit_per_username_and_address", pair), ("rate_limit_per_address", address)):
-        wait = service.limiters[name].hit(key)
-        if wait:
-            service.audit.record(username, "auth.login", username, "rate_limited", client(), {"limit": name})
-            raise DepotError("RATE_LIMITED", 429, "too many login attempts; retry in %d s" % wait,
-                             headers={"Retry-After": str(wait)})
 
 
 def _user_views(bp, service, guard):

@@ -8,8 +8,8 @@ respond.json step answers is described from its body template: each reference ta
 earlier step bound to it. Depot's own views describe themselves with @documented (app/http/openapi_views.py).
 """
 from app.engine import expr
-from app.http.openapi_components import (BINARY_BODY, JSON, SCHEMAS, SERVER_ANSWERS, STRING, Access, REQUEST_ID,
-                                    add_errors, blob_answers, json_answer, nullable, parameter, portable)
+from app.http.openapi_components import (BINARY_BODY, JSON, SCHEMAS, SECURITY_SCHEMES, SERVER_ANSWERS, STRING, Access,
+                                    REQUEST_ID, add_errors, blob_answers, json_answer, nullable, parameter, portable)
 from app.http.openapi_views import view_paths
 from app.engine.opspec import Output
 
@@ -180,8 +180,12 @@ class Operation:
             operation["x-header-pattern"] = list(self.header_patterns.values())
             description += ["Headers %s: %s." % (p["pattern"], p["description"])
                             for p in self.header_patterns.values()]
+        challenge = self.route.policy.challenge
+        if challenge is not None and "401" in operation["responses"]:
+            operation["responses"]["401"] = dict(operation["responses"]["401"], headers={
+                "WWW-Authenticate": {"description": "the route's declared challenge", "schema": {"const": challenge}}})
         if self.secured:
-            operation["security"] = [{"bearer": []}]
+            operation["security"] = access.security()
             operation["x-required-scopes"] = sorted(self.scopes)
             description.insert(0, access.describe())
         if description:
@@ -257,7 +261,6 @@ def document(compiled, app):
                  "description": compiled.doc.get("description", ""), "x-schema-sha256": compiled.sha256},
         "paths": paths,
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "a login JWT or an API token (dpt_...)"}},
+            "securitySchemes": SECURITY_SCHEMES,
             "schemas": SCHEMAS},
     }

@@ -75,7 +75,7 @@ SCHEMAS = {
                       token_type={"const": "Bearer"}, expires_at=TIME),
     "PasswordChange": obj(current_password=STRING, new_password=STRING),
     "User": obj(**_USER),
-    "Me": obj(auth={"type": "string", "enum": ["jwt", "api_token"]}, **_USER),
+    "Me": obj(auth={"type": "string", "enum": ["jwt", "api_token", "password"]}, **_USER),
     "DeletedUser": obj(deleted={"const": True}, **_USER),
     "UserPage": page_of(ref("User")),
     "NewUser": obj(username=STRING, password=STRING, optional={"scopes": SCOPES, "status": STATUS}),
@@ -135,7 +135,8 @@ SCHEMAS = {
 
 # --- error sets: "<status> <CODE>", as ops declare theirs ---------------------------------------------------
 
-AUTHENTICATED = ("401 UNAUTHENTICATED", "401 INVALID_TOKEN", "401 TOKEN_EXPIRED", "401 TOKEN_REVOKED")
+AUTHENTICATED = ("401 UNAUTHENTICATED", "401 INVALID_TOKEN", "401 TOKEN_EXPIRED", "401 TOKEN_REVOKED",
+                 "401 MALFORMED_CREDENTIALS", "401 INVALID_CREDENTIALS", "429 RATE_LIMITED")
 JSON_BODY = ("400 INVALID_JSON", "400 BODY_INCOMPLETE", "413 JSON_TOO_LARGE", "413 PAYLOAD_TOO_LARGE")
 BINARY_BODY = ("400 BODY_INCOMPLETE", "413 PAYLOAD_TOO_LARGE")
 PAGING = ("400 INVALID_QUERY",)
@@ -154,6 +155,11 @@ class Access:
         refused = ["403 FORBIDDEN"] if self.scopes else []
         return list(AUTHENTICATED) + refused + (["403 LOGIN_SESSION_REQUIRED"] if self.login_session else [])
 
+    def security(self):
+        """The credentials it takes: a bearer token, or Basic credentials (a password or an API token) unless it
+        needs a login session."""
+        return [{"bearer": []}] if self.login_session else [{"bearer": []}, {"basic": []}]
+
     def describe(self):
         needs = "scope(s): %s (admin implies all)" % ", ".join(self.scopes) if self.scopes else "a valid token"
         return "Requires %s%s." % (needs, "; a login token (JWT), not an API token" if self.login_session else "")
@@ -163,6 +169,12 @@ SIGNED_IN = Access()
 LOGIN_SESSION = Access(login_session=True)
 
 # --- response objects ---------------------------------------------------------------------------------------
+
+
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "a login JWT or an API token (dpt_...)"},
+    "basic": {"type": "http", "scheme": "basic", "description": "a username and its password, a username and one "
+              "of its API tokens, or __token__ and an API token or login JWT (as pip and twine send one)"}}
 
 
 def json_answer(schema, description="JSON"):

@@ -50,7 +50,7 @@ class ViewDoc:
                 "schema": {"type": "string", "contentMediaType": "application/octet-stream"}}}}
         description = [self.description] if self.description else []
         if self.access is not None:
-            operation["security"] = [{"bearer": []}]
+            operation["security"] = self.access.security()
             operation["x-required-scopes"] = list(self.access.scopes)
             description.insert(0, self.access.describe())
         if description:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, func, select, update
 
 from app.errors import DepotError, bad_request
+from app.identity.auth import credentials_required
 from models import AccessGeneration, Group, GroupMember, NamespaceGrant, User, iso
 
 PERMISSIONS = ("read", "write", "delete", "admin")
@@ -148,9 +149,9 @@ class Access:
         if self.rank(principal, namespace) >= RANK[permission]:
             return
         if principal is None or principal["kind"] == "anonymous":
-            raise DepotError("UNAUTHENTICATED", 401, "namespace %r needs %s permission: a valid bearer token is "
-                             "required" % (namespace, permission), "namespace",
-                             headers={"WWW-Authenticate": "Bearer"})
+            refusal = credentials_required("%s permission on namespace %r" % (permission, namespace))
+            refusal.field = "namespace"
+            raise refusal
         raise DepotError("FORBIDDEN", 403, "%s permission on namespace %r is required" % (permission, namespace),
                          "namespace")
 

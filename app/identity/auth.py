@@ -1,14 +1,19 @@
 """Identities: usernames, passwords (bcrypt), login tokens (JWT, HS256 pinned), API tokens, principals, and the
 state checks that make a disabled or deleted user, a changed password or a revoked token fail at once.
 
-A principal is ``{"sub", "scopes": frozenset, "kind": "jwt" | "api_token" | "anonymous", "token_id"}``.
+A principal is ``{"sub", "scopes": frozenset, "kind": "jwt" | "api_token" | "password" | "anonymous", "token_id"}``.
+A request names it with ``Authorization: Bearer <login JWT or API token>`` or ``Authorization: Basic`` (RFC 7617)
+over ``__token__:<the same>``, ``<username>:<that user's API token>`` or ``<username>:<password>`` (kind
+``password``: bcrypt-checked, rate limited by the caller's PasswordChecks, its success cached briefly).
 Login tokens carry sub, scopes, ver (the user's token version), iat, exp, iss, aud and jti; verification requires
 every one of them and allows CLOCK_SKEW_SECONDS of skew. Each request's token is then checked against the
 user's state in SQL, through a small cache that this process invalidates whenever it changes that state
 (STATE_CACHE_SECONDS bounds how late another process's change is seen).
 """
 import base64
+import binascii
 import hashlib
+import hmac
 import os
 import re
 import secrets
@@ -43,6 +48,15 @@ BCRYPT_MAX_BYTES = 72
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 USERNAME_RULE = "1 to 64 ASCII letters, digits, '.', '-' or '_', starting with a letter or digit"
 DEFAULT_TTL = object()  # create_token's expires_in when the request names none
+# Basic credentials whose username is this carry a bearer credential as their password, as pip and twine send an
+# API token; no account can have this name (a username starts with a letter or digit)
+TOKEN_USERNAME = "__token__"
+# how long a password checked for Basic credentials stays verified: every request of a client sending its password
+# would otherwise cost a bcrypt check (and one of its few login attempts); the user's token version is compared on
+# every use, so a password change or a disabled account ends it at once
+PASSWORD_CACHE_SECONDS = 60.0
+PASSWORD_CHECK_STRIPES = 64  # concurrent requests with the same new credentials wait for one check, not one each
+CREDENTIALS_RULE = "expected 'Authorization: Bearer <token>' or 'Authorization: Basic <base64 of user:password>'"
 
 
 def bcrypt_rounds():
@@ -99,7 +113,7 @@ def require(principal, scopes, what="this route"):
     if principal is not None and holds(principal["scopes"], scopes):
         return
     if principal is None or principal["kind"] == "anonymous":
-        raise _unauthorized("UNAUTHENTICATED", "a valid bearer token is required")
+        raise credentials_required()
     missing = sorted(set(scopes) - principal["scopes"])
     raise DepotError("FORBIDDEN", 403, "%s requires scope(s): %s" % (what, ", ".join(missing)))
 
@@ -124,6 +138,51 @@ def write_private(path, text):
 
 def _unauthorized(code, message):
     return DepotError(code, 401, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def credentials_required(what="this request"):
+    """401 for a caller without credentials (or only the anonymous principal): credentials could help."""
+    return _unauthorized("UNAUTHENTICATED", "%s needs credentials: a bearer token, or Basic credentials (a username "
+                         "and its password or API token)" % what)
+
+
+def _malformed(why):
+    return DepotError("MALFORMED_CREDENTIALS", 401, "malformed Basic credentials (%s); %s" % (why, CREDENTIALS_RULE),
+                      "Authorization", headers={"WWW-Authenticate": "Bearer"})
+
+
+def parse_basic(credentials):
+    """(username, password) of the token68 of 'Authorization: Basic' (RFC 7617): base64 of 'user-id:password'.
+    The text is UTF-8 or, where it is not, ISO-8859-1 (what Python's requests, under pip and twine, sends a
+    non-ASCII password in). 401 MALFORMED_CREDENTIALS for anything else."""
+    try:
+        raw = base64.b64decode(credentials, validate=True)
+    except (binascii.Error, ValueError):
+        raise _malformed("not base64")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("iso-8859-1")
+    username, colon, password = text.partition(":")
+    if not colon or not username:
+        raise _malformed("no 'username:' before the password")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise _malformed("control characters")
+    return username, password
+
+
+class PasswordChecks:
+    """What the server does around a password check that Basic credentials make (app/repository/service.py: the
+    login rate limits before it, an audit record of a failure after). This default does neither."""
+
+    def before(self, username, request):
+        """Raise (429) instead of checking another password of ``username`` now."""
+
+    def failed(self, username, request):
+        """The password given for ``username`` was wrong (or the account is disabled or missing)."""
+
+
+NO_CHECKS = PasswordChecks()
 
 
 def user_view(user):
@@ -185,6 +244,9 @@ class Identity:
         self._users = _TtlCache()  # username -> (status, token_version, scopes)
         self._revoked = _TtlCache()  # jti -> bool
         self._api = _TtlCache()  # secret sha256 -> token state
+        self._passwords = _TtlCache(PASSWORD_CACHE_SECONDS)  # HMAC of Basic username and password -> verified
+        self._cache_key = secrets.token_bytes(32)
+        self._password_locks = [threading.Lock() for _ in range(PASSWORD_CHECK_STRIPES)]
         self._last_used_lock = threading.Lock()
         # held while an account changes, so two admins demoting each other at once cannot both succeed
         self._accounts_lock = threading.Lock()
@@ -210,14 +272,20 @@ class Identity:
     def login(self, username, password):
         """A login token for ``username`` (case-insensitive; the token names the account's own spelling)."""
         with self.sessions() as session:
-            user = self._find_user(session, username)
-            hashed = user.password_hash if user is not None else self._dummy_hash
-            valid = check_password(password, hashed) and user is not None and user.status == "active"
-            if not valid:
-                raise _unauthorized("INVALID_CREDENTIALS", "unknown user, wrong password or disabled account")
+            user = self._check_credentials(session, username, password)
             user.last_login_at = utcnow()
             session.commit()
             return self.issue(user.username, user.scopes, user.token_version)
+
+    def _check_credentials(self, session, username, password):
+        """The active account ``username`` names, if ``password`` is its password; else 401 INVALID_CREDENTIALS,
+        the same for an unknown user, a wrong password and a disabled account (and as slow)."""
+        user = self._find_user(session, username)
+        hashed = user.password_hash if user is not None else self._dummy_hash
+        valid = check_password(password, hashed) and user is not None and user.status == "active"
+        if not valid:
+            raise _unauthorized("INVALID_CREDENTIALS", "unknown user, wrong password or disabled account")
+        return user
 
     def _verify_jwt(self, token):
         try:
@@ -259,18 +327,77 @@ class Identity:
 
     # --- requests -------------------------------------------------------------------------------------
 
-    def authenticate(self, request):
-        """The principal a request's bearer credential names, or None when it carries none."""
+    def authenticate(self, request, checks=NO_CHECKS):
+        """The principal a request's credentials (Bearer or Basic) name, or None when it carries none. ``checks``
+        rate-limits and records the password checks Basic credentials make."""
         header = request.headers.get("Authorization")
         if not header:
             return None
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise _unauthorized("INVALID_TOKEN", "expected 'Authorization: Bearer <token>'")
+        scheme, _, credentials = header.partition(" ")
+        credentials = credentials.strip()
+        if scheme.lower() == "basic":
+            return self._verify_basic(credentials, request, checks)
+        if scheme.lower() != "bearer" or not credentials:
+            raise _unauthorized("INVALID_TOKEN", CREDENTIALS_RULE)
+        return self._verify_bearer(credentials)
+
+    def _verify_bearer(self, token):
         if token.startswith(API_TOKEN_PREFIX):
             return self._verify_api_token(token)
         return self._verify_jwt(token)
+
+    def _verify_basic(self, credentials, request, checks):
+        """``__token__:<bearer credential>``; ``<username>:<an API token of that user>``; ``<username>:<password>``.
+        A secret of the API token form that names no token is taken as a password (a password may look so)."""
+        username, secret = parse_basic(credentials)
+        if username == TOKEN_USERNAME:
+            return self._verify_bearer(secret)
+        if secret.startswith(API_TOKEN_PREFIX):
+            try:
+                principal = self._verify_api_token(secret)
+            except DepotError as error:
+                if error.code != "INVALID_TOKEN":  # a real token, revoked or expired: say so
+                    raise
+            else:
+                if username_key(principal["sub"]) != username_key(username):
+                    raise _unauthorized("INVALID_CREDENTIALS", "the API token does not belong to %r" % username)
+                return principal
+        return self._verify_password(username, secret, request, checks)
+
+    def _verify_password(self, username, password, request, checks):
+        """The principal of a username and password: checked with bcrypt once, then taken from a cache (keyed by
+        an HMAC of both under a key of this process, so it holds nothing a password could be recovered from)
+        for PASSWORD_CACHE_SECONDS, while the account's token version is unchanged and it is active."""
+        key = hmac.new(self._cache_key, ("%s\x00%s" % (username, password)).encode("utf-8"), "sha256").digest()
+        verified = self._current(self._passwords.get(key))
+        if verified is None:
+            with self._password_locks[key[0] % PASSWORD_CHECK_STRIPES]:  # one check for concurrent requests
+                verified = self._current(self._passwords.get(key))
+                if verified is None:
+                    verified = self._check_password_once(username, password, request, checks)
+                    self._passwords.put(key, verified)
+        name, _, scopes = verified
+        return {"sub": name, "scopes": scopes, "kind": "password", "token_id": None}
+
+    def _current(self, verified):
+        """A cached verification (username, token version, scopes) while the account is active and its token
+        version unchanged, with the account's current scopes; None otherwise."""
+        if verified is None:
+            return None
+        status, version, scopes = self._user_state(verified[0])
+        return (verified[0], version, scopes) if status == "active" and version == verified[1] else None
+
+    def _check_password_once(self, username, password, request, checks):
+        checks.before(username, request)
+        try:
+            with self.sessions() as session:
+                user = self._check_credentials(session, username, password)
+                user.last_login_at = utcnow()  # a login, once per PASSWORD_CACHE_SECONDS at most
+                session.commit()
+                return user.username, user.token_version, frozenset(user.scopes)
+        except DepotError:
+            checks.failed(username, request)
+            raise
 
     def logout(self, principal):
         if principal["kind"] == "jwt":
@@ -347,9 +474,10 @@ class Identity:
 
     def _forget(self, username):
         """Drop what this process cached about an account it just changed (and every API token's state, whose
-        scopes are bounded by their owner's)."""
+        scopes are bounded by their owner's, and every password verified for Basic credentials)."""
         self._users.drop(username)
         self._api.clear()
+        self._passwords.clear()
 
     def create_user(self, username, password, scopes, status="active"):
         check_username(username)

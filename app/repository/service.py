@@ -15,7 +15,7 @@ from typing import Any, Callable
 from app.identity import database
 from app.identity.audit import Audit
 from app.identity.access import Access
-from app.identity.auth import Identity, load_or_create_secret
+from app.identity.auth import Identity, PasswordChecks, load_or_create_secret, username_key
 from app.engine.budget import Clock
 from app.engine.compiled import CompiledSchema
 from app.engine.compiler import compile_or_raise, compile_schema, load_schema_file, schema_digest
@@ -75,6 +75,7 @@ class Service:
         self.schemas = SchemaStore(self.sessions)
         self._swap_lock = threading.Lock()
         self.limiters: dict[str, RateLimiter] = {}
+        self.password_checks = BasicPasswordChecks(self)
         self._activate(self._initial_schema(schema, schema_path, load_schema))
         self.identity.ensure_admin(self.data_dir, self.announce)
 
@@ -129,9 +130,22 @@ class Service:
         document: dict[str, Any] = json.loads(self.schemas.active().document)
         return document
 
+    def limit_login(self, username: str, client: dict[str, Any], via: str = "login") -> None:
+        """429 once a (username, client address) pair or a client address alone has tried too many passwords
+        (auth.login's rate limits; a login and a password sent as Basic credentials count alike). There is no
+        limit per username alone: anyone could then lock an account out from anywhere."""
+        address = client.get("ip")
+        pair = (username_key(username), address)
+        for name, key in (("rate_limit_per_username_and_address", pair), ("rate_limit_per_address", address)):
+            wait = self.limiters[name].hit(key)
+            if wait:
+                self.audit.record(username, "auth.login", username, "rate_limited", client, {"limit": name, "via": via})
+                raise DepotError("RATE_LIMITED", 429, "too many login attempts; retry in %d s" % wait,
+                                 headers={"Retry-After": str(wait)})
+
     def principal(self, request: RequestData) -> Principal | None:
         """The request's principal; without credentials, the anonymous principal when auth.anonymous is on."""
-        found: Principal | None = self.identity.authenticate(request)
+        found: Principal | None = self.identity.authenticate(request, self.password_checks)
         if found is None and self.engine.compiled.anonymous is not None:
             return self.engine.compiled.anonymous
         return found
@@ -139,3 +153,24 @@ class Service:
     def close(self) -> None:
         self.stores.close()
         self.db.dispose()
+
+
+class BasicPasswordChecks(PasswordChecks):
+    """A password sent as Basic credentials is a login: the login rate limits apply before it is checked, and a
+    wrong one is audited as a failed login (``via: basic``)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def before(self, username: str, request: Any) -> None:
+        self.service.limit_login(username, request_client(request), "basic")
+
+    def failed(self, username: str, request: Any) -> None:
+        self.service.audit.record(username, "auth.login", username, "failure", request_client(request),
+                                  {"via": "basic"})
+
+
+def request_client(request: Any) -> dict[str, Any]:
+    """The audit's client fields of a request (a RequestData, or the HTTP layer's own request object)."""
+    return {"ip": request.remote_addr, "user_agent": request.headers.get("User-Agent"),
+            "request_id": getattr(request, "request_id", None)}
