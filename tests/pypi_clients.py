@@ -23,6 +23,7 @@ import io
 import os
 import random
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -32,11 +33,10 @@ import zipfile
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
-from requests_toolbelt import MultipartEncoder
 
 # what pip sends when asking for a simple page: it takes JSON (PEP 691) when offered
 PIP_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html; q=0.1, text/html; q=0.01"
@@ -210,8 +210,7 @@ def client_env(**extra: str) -> dict[str, str]:
     env.update(PIP_CONFIG_FILE=os.devnull,  # pip then reads no configuration file at all
                PIP_ROOT_USER_ACTION="ignore",  # CI runs as root: no warning about it in every pip output
                UV_NO_CONFIG="1", UV_NO_CACHE="1", UV_PYTHON_DOWNLOADS="never", UV_NO_PROGRESS="1",
-               PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring", NETRC=os.devnull, NO_COLOR="1", TERM="dumb",
-               COLUMNS="200")  # twine (rich) wraps its messages at the terminal's width
+               PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring", NETRC=os.devnull, NO_COLOR="1", TERM="dumb")
     env.update(extra)
     return env
 
@@ -292,6 +291,33 @@ def installed(target: Path | str) -> dict[str, str]:
     return found
 
 
+class MultipartBody:
+    """A multipart/form-data body of text ``fields`` and one file, read from disk as it is sent: requests sends
+    ``len`` as its Content-Length and ``read``\'s blocks (a megabyte, not the 8 KiB asked: http.client sends what it
+    gets) as they come, so a large upload is neither held in memory nor slowed down by the client."""
+
+    def __init__(self, fields: Sequence[tuple[str, str]], name: str, path: Path):
+        boundary = secrets.token_hex(16)
+        self.content_type = "multipart/form-data; boundary=" + boundary
+        head = "".join('--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (boundary, key, value)
+                       for key, value in fields)
+        head += ('--%s\r\nContent-Disposition: form-data; name="%s"; filename="%s"\r\n'
+                 'Content-Type: application/octet-stream\r\n\r\n' % (boundary, name, path.name))
+        self.head, self.tail = head.encode("utf-8"), ("\r\n--%s--\r\n" % boundary).encode("ascii")
+        self.path = path
+        self.len = len(self.head) + path.stat().st_size + len(self.tail)
+        self.blocks = self.generate()
+
+    def generate(self) -> Iterator[bytes]:
+        yield self.head
+        with open(self.path, "rb") as handle:
+            yield from iter(lambda: handle.read(CHUNK), b"")
+        yield self.tail
+
+    def read(self, size: int = -1) -> bytes:
+        return next(self.blocks, b"")
+
+
 def legacy_upload(upload_url: str, dist: Dist, password: str | None = None, username: str = TOKEN_USER,
                   headers: dict[str, str] | None = None, timeout: float = 600, **fields: str) -> requests.Response:
     """POST ``dist`` to a legacy upload URL as twine does (multipart/form-data, Basic auth), streaming the file
@@ -300,12 +326,10 @@ def legacy_upload(upload_url: str, dist: Dist, password: str | None = None, user
             "metadata_version": "2.1", "filetype": dist.filetype, "pyversion": dist.pyversion,
             "summary": dist.summary, "requires_python": dist.requires_python or "", "sha256_digest": dist.sha256}
     form.update(fields)
-    parts = list(form.items()) + [("requires_dist", requirement) for requirement in dist.requires]
-    with open(dist.path, "rb") as handle:
-        body = MultipartEncoder(parts + [("content", (dist.filename, handle, "application/octet-stream"))])
-        auth = (username, password) if password is not None else None
-        return requests.post(upload_url, data=body, auth=auth, timeout=timeout,
-                             headers=dict(headers or {}, **{"Content-Type": body.content_type}))
+    body = MultipartBody(list(form.items()) + [("requires_dist", requirement) for requirement in dist.requires],
+                         "content", dist.path)
+    return requests.post(upload_url, data=body, auth=(username, password) if password is not None else None,
+                         headers=dict(headers or {}, **{"Content-Type": body.content_type}), timeout=timeout)
 
 
 class Anchors(HTMLParser):

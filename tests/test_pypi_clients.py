@@ -10,8 +10,8 @@ from urllib.parse import urljoin
 import pytest
 import requests
 
-from tests.pypi_clients import (Dist, PypiServer, build_sdist, build_wheel, installed, pip_download, pip_install,
-                                simple_anchors, twine_upload, uv_pip_install)
+from tests.pypi_clients import (Dist, PypiServer, build_sdist, build_wheel, installed, legacy_upload, pip_download,
+                                pip_install, simple_anchors, twine_upload, uv_pip_install)
 
 pytestmark = pytest.mark.clients
 
@@ -117,3 +117,14 @@ def test_clients_look_nowhere_but_the_index_given(index, tmp_path):
 def test_twine_reports_a_refused_upload(index, dists):
     again = twine_upload(index.url, [dists["lib-1.0"]], password="unused")
     assert again.returncode != 0 and "400" in again.stdout + again.stderr  # pypiserver: "already exists", 400
+
+
+def test_legacy_upload_streams_the_form_twine_sends(index, tmp_path):
+    wheel = build_wheel(tmp_path, "form-probe", "1.0", requires=["probe-lib"], payload_size=3 << 20)
+    assert legacy_upload(index.url, wheel, password="unused").status_code == 200
+    page = requests.get(index.simple + "form-probe/", timeout=30)
+    assert [a["text"] for a in simple_anchors(page.text).anchors] == [wheel.filename]
+    stored = requests.get(urljoin(page.url, simple_anchors(page.text).anchors[0]["href"]), timeout=30).content
+    assert hashlib.sha256(stored).hexdigest() == wheel.sha256
+    # pypiserver answers 409 for a file it has (400 when the User-Agent names twine)
+    assert legacy_upload(index.url, wheel, password="unused").status_code == 409
