@@ -14,7 +14,7 @@ import requests
 from tests.conftest import ROOT, ServerProcess
 from tests.pypi_clients import (PIP_ACCEPT, SIMPLE_HTML, SIMPLE_JSON, TOKEN_USER, DepotAccounts, build_sdist,
                                 build_wheel, installed, legacy_upload, normalize, pip_download, pip_install,
-                                simple_anchors, twine_upload, uv_pip_install)
+                                simple_anchors, twine_upload, uv_pip_install, write_requirements)
 
 pytestmark = [pytest.mark.clients,
               pytest.mark.skipif(not (ROOT / "packs" / "pypi.json").exists(), reason="the PyPI pack is not there yet")]
@@ -100,14 +100,19 @@ def test_twine_uploads_a_wheel_and_an_sdist(depot, tmp_path):
 
 
 def test_pip_installs_a_project_and_resolves_its_dependency(depot, tmp_path):
-    depot.upload(build_wheel(tmp_path, "dep-base", "1.0"), build_wheel(tmp_path, "dep-base", "1.5"),
-                 build_wheel(tmp_path, "dep-base", "2.0"),
-                 build_wheel(tmp_path, "Dep_App", "1.0", requires=["dep-base>=1.0,<2"]))
+    app = build_wheel(tmp_path, "Dep_App", "1.0", requires=["dep-base>=1.0,<2"])
+    base = build_wheel(tmp_path, "dep-base", "1.5")
+    depot.upload(build_wheel(tmp_path, "dep-base", "1.0"), base, build_wheel(tmp_path, "dep-base", "2.0"), app)
     result = pip_install(depot.simple(), ["dep.app"], tmp_path / "target", password=depot.accounts["reader"])
     assert result.returncode == 0, result.stdout + result.stderr
     assert installed(tmp_path / "target") == {"dep-app": "1.0", "dep-base": "1.5"}
     assert "dep_app-1.0-py3-none-any.whl.metadata" in result.stdout  # pip read the dependencies from PEP 658's file
     assert (tmp_path / "target" / "dep_app" / "__init__.py").read_text() == "__version__ = '1.0'\n"
+    pinned = write_requirements(tmp_path / "pinned.txt", [app, base])  # hash-checking mode: every file's sha256
+    checked = pip_install(depot.simple(), ["--require-hashes", "-r", str(pinned)], tmp_path / "checked",
+                          password=depot.accounts["reader"])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert installed(tmp_path / "checked") == {"dep-app": "1.0", "dep-base": "1.5"}
 
 
 def test_pip_downloads_with_required_hashes_and_refuses_a_mismatch(depot, tmp_path):
@@ -157,6 +162,14 @@ def test_uploads_need_write_access(depot, tmp_path):
     reader = twine_upload(depot.legacy(), [wheel], password=depot.accounts["reader"])
     assert reader.returncode != 0 and "403" in reader.stdout + reader.stderr, reader.stdout + reader.stderr
     assert depot.get(depot.simple(project="write-probe")).status_code == 404
+
+
+def test_an_upload_whose_declared_digest_differs_is_refused(depot, tmp_path):
+    wheel = build_wheel(tmp_path, "digest-probe", "1.0")
+    refused = legacy_upload(depot.legacy(), wheel, password=depot.accounts["uploader"], sha256_digest="0" * 64)
+    assert refused.status_code == 400, refused.text
+    assert depot.get(depot.simple(project="digest-probe")).status_code == 404
+    assert legacy_upload(depot.legacy(), wheel, password=depot.accounts["uploader"]).status_code in (200, 201)
 
 
 def test_a_yanked_version_is_skipped_unless_pinned(depot, tmp_path):
