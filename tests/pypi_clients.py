@@ -33,7 +33,7 @@ import zipfile
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
@@ -215,8 +215,8 @@ def client_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_client(args: Sequence[str], cwd: Path | str | None = None, timeout: float = CLIENT_TIMEOUT,
-               **env: str) -> subprocess.CompletedProcess:
+def run_client(args: Sequence[str | Path], cwd: Path | str | None = None, timeout: float = CLIENT_TIMEOUT,
+               **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(arg) for arg in args], cwd=cwd, env=client_env(**env), capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
@@ -233,7 +233,7 @@ def with_credentials(url: str, password: str | None, username: str = TOKEN_USER)
 
 
 def twine_upload(repository_url: str, files: Iterable[Dist | Path | str], *extra: str, password: str | None = None,
-                 username: str = TOKEN_USER) -> subprocess.CompletedProcess:
+                 username: str = TOKEN_USER) -> subprocess.CompletedProcess[str]:
     """``twine upload`` of ``files`` to ``repository_url`` (a legacy upload URL, ending in ``/``)."""
     paths = [str(f.path if isinstance(f, Dist) else f) for f in files]
     credentials = ["-u", username, "-p", password] if password is not None else []
@@ -247,7 +247,7 @@ def pip_args(index_url: str) -> list[str]:
 
 
 def pip_install(index_url: str, packages: Sequence[str], target: Path | str, *extra: str,
-                password: str | None = None) -> subprocess.CompletedProcess:
+                password: str | None = None) -> subprocess.CompletedProcess[str]:
     """``pip install --target target packages`` from ``index_url`` alone (``password``: an API token sent as
     ``__token__``'s password, in the URL as pip users write it)."""
     return run_client([sys.executable, "-m", "pip", "install", *pip_args(with_credentials(index_url, password)),
@@ -262,7 +262,7 @@ def write_requirements(path: Path | str, lines: Iterable[str | Dist]) -> Path:
 
 
 def pip_download(index_url: str, requirements: Iterable[str | Dist], dest: Path | str, *extra: str,
-                 password: str | None = None) -> subprocess.CompletedProcess:
+                 password: str | None = None) -> subprocess.CompletedProcess[str]:
     """``pip download --require-hashes -r req.txt -d dest``: ``requirements`` are lines or Dists (pinned with
     their sha256); every file pip fetches must match a hash the file names."""
     dest = Path(dest)
@@ -273,7 +273,7 @@ def pip_download(index_url: str, requirements: Iterable[str | Dist], dest: Path 
 
 
 def uv_pip_install(index_url: str, packages: Sequence[str], target: Path | str, *extra: str,
-                   password: str | None = None) -> subprocess.CompletedProcess:
+                   password: str | None = None) -> subprocess.CompletedProcess[str]:
     """``uv pip install --target target packages`` from ``index_url`` alone, for this interpreter's tags and
     markers, with no configuration, cache or Python download."""
     return run_client(["uv", "pip", "install", "--no-config", "--no-cache", "--no-python-downloads", "--no-progress",
@@ -372,10 +372,11 @@ def simple_anchors(html: str) -> Anchors:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def wait_listening(port: int, process: subprocess.Popen, seconds: float = 60) -> None:
+def wait_listening(port: int, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
     """Wait until something accepts connections on ``port``: a child server's start-up, outside anything a
     test or benchmark measures."""
     deadline = time.monotonic() + seconds
@@ -452,11 +453,12 @@ class DepotAccounts:
         for subject, pattern, permission in self.grants:
             self.post("/admin/grants", {"subject": subject, "namespace": pattern, "permission": permission})
 
-    def post(self, path: str, body: dict, bearer: str | None = "login") -> dict:
+    def post(self, path: str, body: dict[str, Any], bearer: str | None = "login") -> dict[str, Any]:
         headers = {"Authorization": "Bearer " + self.login} if bearer else {}
         response = requests.post(self.url + path, json=body, headers=headers, timeout=60)
         assert response.status_code in (200, 201), (path, response.status_code, response.text)
-        return response.json()
+        answer: dict[str, Any] = response.json()
+        return answer
 
     def __getitem__(self, who: str) -> str:
         """The API token of ``who`` (admin, uploader, reader)."""
