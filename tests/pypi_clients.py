@@ -276,9 +276,9 @@ def uv_pip_install(index_url: str, packages: Sequence[str], target: Path | str, 
                    password: str | None = None) -> subprocess.CompletedProcess[str]:
     """``uv pip install --target target packages`` from ``index_url`` alone, for this interpreter's tags and
     markers, with no configuration, cache or Python download."""
-    return run_client(["uv", "pip", "install", "--no-config", "--no-cache", "--no-python-downloads", "--no-progress",
-                       "--python", sys.executable, "--index-url", with_credentials(index_url, password),
-                       "--target", target, *extra, *packages])
+    return run_client([sys.executable, "-m", "uv", "pip", "install", "--no-config", "--no-cache",
+                       "--no-python-downloads", "--no-progress", "--python", sys.executable,
+                       "--index-url", with_credentials(index_url, password), "--target", target, *extra, *packages])
 
 
 def installed(target: Path | str) -> dict[str, str]:
@@ -293,8 +293,8 @@ def installed(target: Path | str) -> dict[str, str]:
 
 class MultipartBody:
     """A multipart/form-data body of text ``fields`` and one file, read from disk as it is sent: requests sends
-    ``len`` as its Content-Length and ``read``\'s blocks (a megabyte, not the 8 KiB asked: http.client sends what it
-    gets) as they come, so a large upload is neither held in memory nor slowed down by the client."""
+    ``len`` as its Content-Length and the blocks ``read`` returns (a megabyte, not the 8 KiB asked: http.client
+    sends what it gets) as they come, so a large upload is neither held in memory nor slowed down by the client."""
 
     def __init__(self, fields: Sequence[tuple[str, str]], name: str, path: Path):
         boundary = secrets.token_hex(16)
