@@ -6,6 +6,8 @@ One server serves the module; each test uses projects of its own, so none sees a
 ``uploader`` (read, write), ``reader`` (read), ``admin``, and anonymous callers, granted read on ``PUBLIC`` only.
 """
 import hashlib
+import json
+import os
 from urllib.parse import urljoin, urlsplit
 
 import pytest
@@ -69,9 +71,26 @@ class PypiDepot:
         return page
 
 
+def schema_with_the_pack(directory):
+    """The project's schema.json with the PyPI pack mounted at /pypi/{namespace}, whether or not it mounts it
+    already (its pack files named by absolute paths, as the copy lives elsewhere)."""
+    schema = json.loads((ROOT / "schema.json").read_text(encoding="utf-8"))
+    packs = schema.setdefault("packs", [])
+    if not any(os.path.basename(pack.get("file", "")) == "pypi.json" for pack in packs):
+        packs.append({"file": "packs/pypi.json", "mount": "/pypi/{namespace}"})
+    for pack in packs:
+        if "file" in pack:
+            pack["file"] = str(ROOT / pack["file"])
+    path = directory / "schema.json"
+    path.write_text(json.dumps(schema), encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="module")
 def depot(tmp_path_factory):
-    server = ServerProcess(tmp_path_factory.mktemp("pypi") / "data", env={"DEPOT_ADMIN_PASSWORD": PASSWORD})
+    directory = tmp_path_factory.mktemp("pypi")
+    server = ServerProcess(directory / "data", env={"DEPOT_ADMIN_PASSWORD": PASSWORD},
+                           args=("--schema", str(schema_with_the_pack(directory))))
     try:
         yield PypiDepot(server.url, DepotAccounts(server.url, PASSWORD, grants=GRANTS))
     finally:
