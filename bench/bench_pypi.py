@@ -2,10 +2,10 @@
 """Depot's PyPI pack against pypiserver over the same files: the simple page of a project of 2,000 files, and the
 upload of a 100 MiB wheel with the server's memory growth.
 
-Both servers run as real processes: Depot as it ships (`python -m app serve`, bench/server.py) with the files
-uploaded through the pack's legacy API (/pypi/bench/legacy/, as twine sends them), pypiserver with the same files
-written into its package directory. Before anything is timed, each server's page must list exactly those files
-with their sha256 (else exit 1).
+Both servers run as real processes: Depot as it ships (`python -m app serve`, bench/server.py; schema.json with the
+pack mounted at /pypi/{namespace}) with the files uploaded through the pack's legacy API (/pypi/bench/legacy/, as
+twine sends them), pypiserver with the same files written into its package directory. Before anything is timed,
+each server's page must list exactly those files with their sha256 (else exit 1).
 
 - Simple page: `GET` of the project's page with pip's Accept header (pip gets JSON where it is offered, HTML from
   pypiserver), back to back on one keep-alive connection per server, for --seconds per round; the servers take
@@ -38,7 +38,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.server import ROOT, BenchServer, memory_kib, percentile  # noqa: E402
 from tests.pypi_clients import (PIP_ACCEPT, SIMPLE_JSON, TOKEN_USER, PypiServer, build_wheel,  # noqa: E402
-                                legacy_upload, simple_anchors)
+                                legacy_upload, schema_with_the_pack, simple_anchors)
 
 PROJECT = "bench-project"
 NAMESPACE = "bench"
@@ -133,8 +133,8 @@ def time_upload(target, dist):
     return time.perf_counter() - started, peak - before
 
 
-def start_depot(stack, dists, workers):
-    server = stack.enter_context(BenchServer())
+def start_depot(stack, dists, workers, work):
+    server = stack.enter_context(BenchServer(["--schema", str(schema_with_the_pack(work))]))
     token = requests.post(server.url + "/auth/tokens", headers=server.auth, timeout=60,
                           json={"name": "bench", "scopes": ["read", "write", "admin"]}).json()["token"]
     prefix = "%s/pypi/%s/" % (server.url, NAMESPACE)
@@ -192,7 +192,7 @@ def run(args, work, stack):
     if args.only != "depot":
         targets.append(start_pypiserver(stack, dists, work))
     if args.only != "pypiserver":
-        targets.append(start_depot(stack, dists, args.workers))
+        targets.append(start_depot(stack, dists, args.workers, work))
     for target in targets:
         size, kind = check_listing(target, dists)
         print("%s: the page lists the %d files (%s, %d bytes)" % (target.name, len(dists), kind, size))

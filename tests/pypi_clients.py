@@ -20,6 +20,7 @@ import base64
 import gzip
 import hashlib
 import io
+import json
 import os
 import random
 import re
@@ -48,6 +49,7 @@ NETWORK_TIMEOUT = "60"  # seconds pip waits on one socket operation
 FIXED_TIME = (2020, 2, 2, 0, 0, 0)  # every member's timestamp: the same bytes on every run
 FIXED_EPOCH = 1580601600  # FIXED_TIME as a Unix time, for tar members
 CHUNK = 1 << 20
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def normalize(name: str) -> str:
@@ -427,6 +429,22 @@ class PypiServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def schema_with_the_pack(directory: Path) -> Path:
+    """A copy in ``directory`` of the project's schema.json with the PyPI pack (packs/pypi.json) mounted at
+    /pypi/{namespace}, whether or not it mounts it already (pack files named by absolute paths, as the copy lives
+    elsewhere): what a test or benchmark serves with `serve --schema`."""
+    schema = json.loads((ROOT / "schema.json").read_text(encoding="utf-8"))
+    packs = schema.setdefault("packs", [])
+    if not any(os.path.basename(pack.get("file", "")) == "pypi.json" for pack in packs):
+        packs.append({"file": "packs/pypi.json", "mount": "/pypi/{namespace}"})
+    for pack in packs:
+        if "file" in pack:
+            pack["file"] = str(ROOT / pack["file"])
+    path = directory / "schema.json"
+    path.write_text(json.dumps(schema), encoding="utf-8")
+    return path
 
 
 @dataclass

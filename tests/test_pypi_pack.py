@@ -6,8 +6,6 @@ One server serves the module; each test uses projects of its own, so none sees a
 ``uploader`` (read, write), ``reader`` (read), ``admin``, and anonymous callers, granted read on ``PUBLIC`` only.
 """
 import hashlib
-import json
-import os
 from urllib.parse import urljoin, urlsplit
 
 import pytest
@@ -16,7 +14,8 @@ import requests
 from tests.conftest import ROOT, ServerProcess
 from tests.pypi_clients import (PIP_ACCEPT, SIMPLE_HTML, SIMPLE_JSON, TOKEN_USER, DepotAccounts, build_sdist,
                                 build_wheel, installed, legacy_upload, normalize, pip_download, pip_install,
-                                simple_anchors, twine_upload, uv_pip_install, write_requirements)
+                                schema_with_the_pack, simple_anchors, twine_upload, uv_pip_install,
+                                write_requirements)
 
 pytestmark = [pytest.mark.clients,
               pytest.mark.skipif(not (ROOT / "packs" / "pypi.json").exists(), reason="the PyPI pack is not there yet")]
@@ -69,21 +68,6 @@ class PypiDepot:
         assert page.status_code == 200, page.text
         assert page.headers["Content-Type"].split(";")[0] == "text/html"
         return page
-
-
-def schema_with_the_pack(directory):
-    """The project's schema.json with the PyPI pack mounted at /pypi/{namespace}, whether or not it mounts it
-    already (its pack files named by absolute paths, as the copy lives elsewhere)."""
-    schema = json.loads((ROOT / "schema.json").read_text(encoding="utf-8"))
-    packs = schema.setdefault("packs", [])
-    if not any(os.path.basename(pack.get("file", "")) == "pypi.json" for pack in packs):
-        packs.append({"file": "packs/pypi.json", "mount": "/pypi/{namespace}"})
-    for pack in packs:
-        if "file" in pack:
-            pack["file"] = str(ROOT / pack["file"])
-    path = directory / "schema.json"
-    path.write_text(json.dumps(schema), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")
