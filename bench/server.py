@@ -57,9 +57,14 @@ class BenchServer:
 
     def memory_kib(self):
         """(resident, peak resident) memory of the server process, in KiB."""
-        with open("/proc/%d/status" % self.proc.pid) as handle:
-            status = dict(line.split(":", 1) for line in handle if ":" in line)
-        return int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
+        return memory_kib(self.proc.pid)
+
+
+def memory_kib(pid):
+    """(resident, peak resident) memory of process ``pid``, in KiB (VmRSS and VmHWM from /proc)."""
+    with open("/proc/%d/status" % pid) as handle:
+        status = dict(line.split(":", 1) for line in handle if ":" in line)
+    return int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
 
 
 def percentile(samples, fraction):
