@@ -23,7 +23,9 @@ from app.stores.digests import base64_digests
 from app.stores.interfaces import BlobHandle, BlobStat, BlobStore, Readable, StagedBlob
 
 READ_CHUNK = 256 * 1024  # bytes read from the request at a time
-MAX_PART_HEADER_BYTES = 16 * 1024  # a part's header block (and the preamble) may not be longer
+# the most the decoder holds: a part's header block (or the preamble) it cannot yet decide on, and the chunk
+# just read; a longer header block is refused
+MAX_BUFFERED = 2 * READ_CHUNK
 DEFAULT_FIELD_BYTES = 64 * 1024
 DEFAULT_FORM_BYTES = 1024 * 1024
 DEFAULT_MAX_PARTS = 1000
@@ -62,15 +64,15 @@ class Part:
 class MultipartReader:
     """The parts of one multipart body, in order: ``next_part`` moves to the next (skipping what is left of the
     current one), ``read(n)`` reads the current part's bytes (b"" at its end). Malformed framing, a body cut
-    short, more than ``max_parts`` parts or a part header block over MAX_PART_HEADER_BYTES: 400
-    INVALID_MULTIPART."""
+    short, more than ``max_parts`` parts or a part header block the decoder would have to hold beyond
+    MAX_BUFFERED: 400 INVALID_MULTIPART."""
 
     def __init__(self, stream: Readable, boundary: bytes, max_parts: int = DEFAULT_MAX_PARTS,
                  chunk: int = READ_CHUNK) -> None:
         self._stream = stream
         self._chunk = chunk
         # the decoder buffers only what it cannot yet decide on: a header block, or a boundary's first bytes
-        self._decoder = MultipartDecoder(boundary, max_form_memory_size=MAX_PART_HEADER_BYTES + chunk)
+        self._decoder = MultipartDecoder(boundary, max_form_memory_size=MAX_BUFFERED)
         self._max_parts = max_parts
         self._parts = 0
         self._more = False  # the current part has bytes not yet decoded
@@ -117,8 +119,8 @@ class MultipartReader:
                 chunk = self._stream.read(self._chunk)  # DepotError (body limits, a broken body) passes through
                 decoder.receive_data(chunk or None)
             except RequestEntityTooLarge:
-                raise invalid_multipart("a part's headers (or the preamble) exceed %d bytes"
-                                        % MAX_PART_HEADER_BYTES) from None
+                raise invalid_multipart("a part's headers (or the preamble) exceed %d bytes" % MAX_BUFFERED) \
+                    from None
             except (ValueError, AttributeError, IndexError) as exc:  # what the decoder raises on malformed input
                 message = "the body ends before the closing boundary" if decoder.complete else "malformed"
                 raise invalid_multipart("multipart body: %s (%s)" % (message, type(exc).__name__)) from None
