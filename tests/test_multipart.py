@@ -314,7 +314,9 @@ def test_a_staged_file_no_step_takes_is_removed_when_the_request_ends(make_depot
 
 
 def test_the_route_documents_its_form_body(depot):
+    from openapi_spec_validator import validate
     spec = depot.client.get("/openapi.json").get_json()
+    validate(spec)
     body = spec["paths"]["/legacy/{namespace}"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["required"] == [":action", "name", "version", "content"]
     assert body["properties"]["classifiers"]["type"] == "array"
@@ -446,3 +448,51 @@ def test_digest_misuse_is_refused_at_load(project_schema):
         "pipeline[1].args.expected"]
     algo = step("blob.verify_digest", digest="$d", algo="sha3_256")
     assert "expected one of" in load_errors(project_schema, good_put, algo)["pipeline[1].args.algo"]
+
+
+# --- twine itself, against a real server ------------------------------------------------------------------------
+
+def test_twine_uploads_a_wheel_to_a_real_server(tmp_path, project_schema):
+    """twine 7 (requests-toolbelt's streaming multipart encoder) through the real front end: the form is read,
+    the wheel stored with its sha256 and blake2b-256 checked, and its METADATA extracted into its own blob."""
+    import json
+    import subprocess
+    import sys
+    import zipfile
+
+    import requests
+
+    from tests.conftest import ServerProcess
+
+    metadata = b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\nSummary: A demo\nClassifier: A :: B\n\nDemo.\n"
+    wheel_path = tmp_path / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel_path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("demo/__init__.py", b"VALUE = 1\n")
+        zf.writestr("demo-1.0.dist-info/METADATA", metadata)
+        zf.writestr("demo-1.0.dist-info/WHEEL", b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                                b"Tag: py3-none-any\n")
+        zf.writestr("demo-1.0.dist-info/RECORD", b"")
+    upload = upload_route()
+    upload["path"] = "/legacy/{namespace}/"
+    pipeline = upload["pipeline"]
+    pipeline.pop(0)  # twine sends Basic credentials, which this test route does not ask for
+    pipeline.insert(-2, step("blob.extract", store="primary", member="*.dist-info/METADATA", required=True,
+                             out="metadata", **{"from": "$blob"}))
+    pipeline[-1] = step("respond.json", body={"ok": True})
+    fetch = route("fetch", "GET", "/blobs/{digest}", step("parse.path"),
+                  step("blob.get", store="primary", digest="{digest}", out="blob"),
+                  step("respond.bytes", body="$blob"))
+    schema_path = tmp_path / "schema.json"
+    schema_path.write_text(json.dumps(with_routes(project_schema, upload, fetch)))
+    server = ServerProcess(tmp_path / "data", args=("--schema", str(schema_path)))
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "twine", "upload", "--repository-url", server.url + "/legacy/acme/", "-u", "u",
+             "-p", "p", "--non-interactive", "--disable-progress-bar", str(wheel_path)],
+            capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr + server.output
+        for data in (wheel_path.read_bytes(), metadata):
+            fetched = requests.get(server.url + "/blobs/sha256:" + hashlib.sha256(data).hexdigest(), timeout=30)
+            assert fetched.status_code == 200 and fetched.content == data
+    finally:
+        server.stop()
