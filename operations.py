@@ -533,6 +533,9 @@ def blob_verify_digest(ctx, a):
     else:
         declared = [claim for algorithm, node, field, pinned in a.claims
                     for claim in _declared(node.render(ctx), algorithm, field, pinned)]
+    if staged is not None:
+        with ctx.streaming():  # hashing a stored file again is moving bytes, as blob.put's hashing is
+            _complete_digests(staged, {claim.algorithm for claim in declared})
     _check_declared(declared, staged, actual)
     if staged is not None:
         staged.verified = True
@@ -550,9 +553,7 @@ def _declared(value, algorithm, field, pinned):
 
 def _check_declared(declared, staged, actual):
     """Each declared digest against the blob's (sha-256 is ``actual``; the others were computed while it
-    streamed in, or are computed now from its file)."""
-    if staged is not None:
-        _complete_digests(staged, {claim.algorithm for claim in declared})
+    streamed in, or since from its file)."""
     computed = dict(staged.digests if staged is not None else {}, sha256=actual)
     wrong = []
     for claim in declared:

@@ -425,6 +425,8 @@ def load_errors(project_schema, *steps):
     (dict(fields={"a": {"max_bytes": 200}}, max_form_bytes=100), "fields", "exceeds max_form_bytes"),
     (dict(fields={"a": {"minimum": 1}}), "fields", "minimum needs type integer"),
     (dict(fields={"a": {"repeated": "yes"}}), "fields", "repeated must be true or false"),
+    (dict(fields={"a": {"type": "integer", "default": "1"}}), "fields", "default must be a value of type integer"),
+    (dict(fields={"a": {"repeated": True, "default": "x"}}), "fields", "a list of values of type string"),
     (dict(fields={"a": {}, "b": {"form": "a"}}), "fields", "read the same form field 'a'"),
     (dict(fields={"content": {}}, file="content", store="primary", out="u"), "fields", "both as a text field"),
     (dict(file="content", out="u"), "store", "needs `store`"),

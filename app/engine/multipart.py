@@ -31,6 +31,7 @@ DEFAULT_FORM_BYTES = 1024 * 1024
 DEFAULT_MAX_PARTS = 1000
 DEFAULT_MAX_ITEMS = 1000
 _FIELD_TYPES = ("string", "integer", "boolean")
+_PYTHON_TYPES = {"string": str, "integer": int, "boolean": bool}
 _SPEC_KEYS = {"form", "type", "required", "default", "minimum", "maximum", "max_bytes", "repeated", "max_items"}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -166,8 +167,12 @@ class FieldSpec:
         for key in ("minimum", "maximum"):
             if key in spec and (kind != "integer" or not _is_int(spec[key])):
                 raise ValueError("field %s: %s needs type integer and an integer" % (field, key))
+        default = spec.get("default")
+        if default is not None and not _of_type(default, kind, spec.get("repeated", False)):
+            shape = "a list of values" if spec.get("repeated") else "a value"
+            raise ValueError("field %s: default must be %s of type %s" % (field, shape, kind))
         return cls(field, form, {k: spec[k] for k in ("type", "minimum", "maximum") if k in spec},
-                   spec.get("required", False), spec.get("default"), max_bytes, spec.get("repeated", False),
+                   spec.get("required", False), default, max_bytes, spec.get("repeated", False),
                    _positive(spec, "max_items", DEFAULT_MAX_ITEMS, field))
 
     def value(self, raw: bytes) -> Any:
@@ -182,6 +187,13 @@ class FieldSpec:
         if self.required:
             raise bad_request("FORM_FIELD_MISSING", "form field %r is required" % self.form, self.form)
         return self.default if self.default is not None or not self.repeated else []
+
+
+def _of_type(value: Any, kind: str, repeated: bool) -> bool:
+    if repeated:
+        return isinstance(value, list) and all(_of_type(item, kind, False) for item in value)
+    return isinstance(value, bool) if kind == "boolean" else \
+        isinstance(value, _PYTHON_TYPES[kind]) and not isinstance(value, bool)
 
 
 def _is_int(value: Any) -> bool:
