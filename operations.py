@@ -432,15 +432,16 @@ def blob_put(ctx, a):
     store = ctx.engine.blob_store(a.store.name)
     source = getattr(a, "from")
     ctx.count_io()
+    described = ()  # what the client declared of these bytes: its Content-Digest and ?digest= are the body's
     with ctx.streaming():
         if source == Source.REQUEST_BODY:  # the client's declared digests, checked before a byte is read, name
             # further algorithms hashed while streaming
-            also = {declared.algorithm for declared in ctx.request.declared_digests}.union(a.digests)
-            staged = store.stage(ctx.request.stream, also)
+            described = ctx.request.declared_digests
+            staged = store.stage(ctx.request.stream, {claim.algorithm for claim in described}.union(a.digests))
         else:
             staged = _stage_from_value(store, source.render(ctx), a.digests)
     _keep(ctx, store, staged)
-    ctx.unverified_blobs[staged.digest] = staged
+    ctx.unverified_blobs[staged.digest] = (staged, described)
     ctx.vars[a.out] = staged.digest
     if a.out_size:
         ctx.vars[a.out_size] = staged.size
@@ -509,8 +510,9 @@ def _claim_field(node, default):
 
 
 @op("blob.verify_digest", "Check a put blob's digest against declared digests: by default every digest the "
-    "client declared, each Content-Digest member Depot computes (sha-256, sha-512; others are ignored beside "
-    "one it computes) and ?digest=sha256:<hex>, all of them; with `expected`, the digests it names, in any "
+    "client declared for the request body (when the blob is the request body), each Content-Digest member Depot "
+    "computes (sha-256, sha-512; others are ignored beside one it computes) and ?digest=sha256:<hex>, all of "
+    "them; with `expected`, the digests it names, in any "
     "usual form (`<hex>` in `algo`, `sha256:<hex>`, `sha256=<hex>`, SRI `sha512-<base64>`, `sha-256=:<base64>:`). "
     "A digest blob.put did not compute while streaming is computed from the stored file. A mismatch names the "
     "field that disagreed, rejects the request, and nothing is recorded.",
@@ -527,9 +529,9 @@ def _claim_field(node, default):
     openapi=lambda o, a: o.inputs(_DECLARED_DIGEST) if a.expected is None else None)
 def blob_verify_digest(ctx, a):
     actual = split_digest(a.digest.render(ctx))
-    staged = ctx.unverified_blobs.pop(DIGEST_PREFIX + actual, None)
-    if a.claims is None:
-        declared = ctx.request.declared_digests
+    staged, described = ctx.unverified_blobs.pop(DIGEST_PREFIX + actual, (None, ctx.request.declared_digests))
+    if a.claims is None:  # a form's file or a fetched body is not the request body the client's digests describe
+        declared = described
     else:
         declared = [claim for algorithm, node, field, pinned in a.claims
                     for claim in _declared(node.render(ctx), algorithm, field, pinned)]

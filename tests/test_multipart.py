@@ -208,6 +208,20 @@ def test_a_100_mib_file_streams_through_in_bounded_memory_with_three_digests_fro
     assert depot.temp_files() == []
 
 
+def test_the_clients_content_digest_describes_the_body_not_the_form_file(make_depot, project_schema):
+    depot = make_depot(with_routes(project_schema, route(
+        "plain", "POST", "/plain", step("parse.multipart", file="content", store="primary", out="upload"),
+        step("blob.put", store="primary", out="digest", **{"from": "$upload"}),
+        step("blob.verify_digest", digest="$digest"),
+        step("respond.json", body={"digest": "$digest"}))))
+    data = b"the file, not the body"
+    body = form([], file_parts("content", "f.bin", data))
+    raw = b"".join(iter(lambda: body.read(65536), b""))  # the whole multipart body
+    header = "sha-256=:%s:" % base64.b64encode(hashlib.sha256(raw).digest()).decode()
+    response = post(depot, "/plain", io.BytesIO(raw), headers={"Content-Digest": header})
+    assert response.get_json() == {"digest": "sha256:" + hashlib.sha256(data).hexdigest()}
+
+
 # --- bad forms: 400 naming the field, nothing left behind -----------------------------------------------------
 
 @pytest.mark.parametrize("pairs,code,field", [
