@@ -238,7 +238,8 @@ def _prepare_multipart(a, scope):
     example={"fields": {"action": {"form": ":action", "required": True}, "name": {"required": True},
                         "classifiers": {"repeated": True}, "sha256_digest": {"max_bytes": 64}},
              "file": "content", "store": "primary", "digests": ["md5", "blake2b_256"], "out": "upload"},
-    io=True, prepare=_prepare_multipart, binds=lambda scope, raw: scope.bind_fields(raw.get("fields") or {}),
+    io=True, prepare=_prepare_multipart,
+    binds=lambda scope, raw: (scope.bind_fields(raw.get("fields") or {}), scope.reads_body("parse.multipart")),
     openapi=lambda o, a: o.form_body(a.form))
 def parse_multipart(ctx, a):
     request = ctx.request
@@ -427,6 +428,7 @@ def blob_get(ctx, a):
             "400 UNSUPPORTED_DIGEST_ALGORITHM"],
     example={"store": "primary", "from": "request.body", "digests": ["sha512"], "out": "digest",
              "out_size": "blob_size"}, io=True, mutates=True, prepare=_prepare_digests,
+    binds=lambda scope, raw: scope.reads_body("blob.put") if raw.get("from") == Source.REQUEST_BODY else None,
     openapi=lambda o, a: o.binary_body() if getattr(a, "from") == Source.REQUEST_BODY else None)
 def blob_put(ctx, a):
     store = ctx.engine.blob_store(a.store.name)

@@ -512,3 +512,16 @@ def test_twine_uploads_a_wheel_to_a_real_server(tmp_path, project_schema):
             assert fetched.status_code == 200 and fetched.content == data
     finally:
         server.stop()
+
+
+def test_a_second_step_reading_the_request_body_is_warned_about(project_schema):
+    doc = with_routes(project_schema, route(
+        "twice", "POST", "/twice", step("parse.multipart", fields={"a": {}}), step("parse.json", out="body"),
+        step("blob.put", store="primary", out="d", **{"from": "request.body"}), step("respond.json", body={})))
+    compiled, report = compile_schema(copy.deepcopy(doc), "test")
+    index = len(doc["api"]["routes"]) - 1
+    first = "parse.multipart at api.routes[%d].pipeline[0]" % index
+    for later, op in ((1, "parse.json"), (2, "blob.put")):
+        place = "api.routes[%d].pipeline[%d]" % (index, later)
+        assert any(f.place == place and op + " reads the request body, which " + first in f.message
+                   for f in report.warnings), report.to_text()

@@ -103,7 +103,9 @@ def _checks():
              "method+path pairs are unique; transactions open and close in order; routes end by responding; "
              "documents written from literal objects carry their schema's required fields; each "
              "`gc.sweep.mark.mark_blobs_by` entry names a declared document. Keys the server accepts but does not "
-             "act on are reported as warnings (\"Schema keys read and ignored\").", "",
+             "act on are reported as warnings (\"Schema keys read and ignored\"), and so is a second step of a "
+             "pipeline reading the request body (`parse.json`, `parse.multipart`, `blob.put` from request.body): a "
+             "request sends its body once.", "",
              "`validation.load_time_checks` predicates (`on_fail`: `reject_config` = error, `warn` = warning; "
              "an unknown predicate is an error):", ""]
     lines += ["- `%s`: %s" % (n, (f.__doc__ or "").strip()) for n, f in sorted(checks.LOAD_PREDICATES.items())]
