@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from app.errors import DepotError, bad_request
+from app.errors import bad_request
 from app.stores.interfaces import Readable
 
 DIGEST_PREFIX = "sha256:"
