@@ -7,6 +7,7 @@ DepotError. OPERATIONS.md is generated from these declarations.
 """
 import base64
 import binascii
+import io
 import json
 import re
 import uuid
@@ -18,6 +19,9 @@ from app.engine.conditions import ConditionError, compile_condition
 from app.engine.rows import RowContext, RowStream
 from app.engine.versions import SCHEMES
 from app.engine.context import ResponseSpec
+from app.engine.archives import FORMATS, Bounds, find_member, member_matcher
+from app.engine.multipart import (DEFAULT_FIELD_BYTES, DEFAULT_FORM_BYTES, DEFAULT_MAX_ITEMS, DEFAULT_MAX_PARTS,
+                                  FormFile, FormSpec, MultipartReader, boundary_of, read_form)
 from app.engine.definitions import MAX_PAGE, MAX_PAGE_SIZE, chain, query_value
 from app.errors import DepotError, bad_request, too_large
 from app.engine import expr
@@ -26,7 +30,8 @@ from app.http.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_ANSWERS, BLOB_
 from app.engine.opspec import (BindError, Const, JsonSchema, OpDecl, Output, RefTo, RequestInput, Scopes, Source,
                                Template, Vocabulary)
 from app.stores.codec import dumps
-from app.stores.digests import digest_mismatch, split_digest
+from app.stores.digests import (ALGORITHMS, DIGEST_PREFIX, algorithm_named, algorithm_names, hash_stream,
+                                parse_declared, split_digest)
 from app.stores.interfaces import BlobHandle
 
 VOCABULARY = Vocabulary()
@@ -39,6 +44,7 @@ def register(registry: dict[str, OpDecl]) -> None:
 
 
 MAX_QUERY_LIMIT = 1000
+ARCHIVE_BUFFER = 64 * 1024
 MAX_OFFSET = MAX_PAGE * MAX_PAGE_SIZE
 _DECLARED_DIGEST = [
     RequestInput("header", "Content-Digest", "the body's digest (RFC 9530): sha-256=:<base64>:; a mismatch is 400 "
@@ -50,6 +56,25 @@ _DECLARED_DIGEST = [
 def _stored(a):
     """What kv.get binds: the document (its storage schema, when it has one) or null."""
     return nullable(portable(a.doc.validator.schema) if a.doc.validator is not None else {})
+
+
+def _prepare_digests(a, scope):
+    """The algorithms a step computes besides sha-256, by Depot's names (any usual spelling is accepted)."""
+    try:
+        a.digests = algorithm_names(a.digests or ())
+    except ValueError as exc:
+        raise BindError(str(exc), "digests") from None
+
+
+def _digests_arg(what):
+    return Const("string list", "further digests of %s computed in the same pass: any of %s (as spelt here, or "
+                 "any usual spelling: sha-512, blake2b-256); a handle's .digests.<name> reads one in hex, "
+                 ".digests_base64.<name> in base64" % (what, ", ".join(a for a in ALGORITHMS if a != "sha256")),
+                 required=False, default=[])
+
+
+_STORED_BLOB = "variable receiving the stored blob's handle: .digest, .size, .digests.<algorithm> (hex), " \
+               ".digests_base64.<algorithm>"
 
 
 # --- auth -------------------------------------------------------------------------------------------------
@@ -174,6 +199,70 @@ def parse_json(ctx, a):
     if isinstance(body, dict):
         for name, value in body.items():
             ctx.fields.setdefault(name, value)
+
+
+def _prepare_multipart(a, scope):
+    """At load: the form compiled (FormSpec), the digests named; a file part needs a store and an output."""
+    try:
+        a.form = FormSpec.compile(a.fields, a.file, a.max_form_bytes, a.max_parts)
+    except ValueError as exc:
+        raise BindError(str(exc), "fields") from None
+    _prepare_digests(a, scope)
+    if a.file is not None and (a.store is None or a.out is None):
+        raise BindError("a form with a file part needs `store` (where it is staged) and `out` (its handle)",
+                        "store" if a.store is None else "out")
+    if a.file is None and (a.store is not None or a.out is not None or a.digests):
+        raise BindError("`store`, `out` and `digests` are for the file part: declare it with `file`", "file")
+
+
+@op("parse.multipart", "Read a multipart/form-data body while it streams in: the declared text fields join the "
+    "field namespace (typed and bounded; path parameters win), undeclared parts are skipped unread into memory, "
+    "and the `file` part streams straight into the blob store's staging area, hashed as it is written, whatever "
+    "the order of the parts. $out is the staged file (.filename, .content_type, .size, .digest, .digests.<alg>, "
+    ".digests_base64.<alg>): blob.put from it makes it a stored blob without copying; otherwise it is removed "
+    "when the request ends. Memory stays bounded whatever the file's size.",
+    args={"fields": Const("object", "field name -> {form: the form field's name (default: the field name), type: "
+                          "string|integer|boolean, required, default, minimum, maximum, max_bytes (default "
+                          "%d), repeated: true binds a list of every value given (an absent one binds []), "
+                          "max_items (default %d)}" % (DEFAULT_FIELD_BYTES, DEFAULT_MAX_ITEMS),
+                          required=False, default={}),
+          "file": Const("string", "the form name of the file part (required in the body once declared)",
+                        required=False),
+          "store": RefTo("blob_store", "the blob store the file is staged in (its max_blob_bytes applies)",
+                         required=False),
+          "digests": _digests_arg("the file"),
+          "max_form_bytes": Const("integer", "the declared text fields' bytes, all together",
+                                  required=False, default=DEFAULT_FORM_BYTES, minimum=1),
+          "max_parts": Const("integer", "parts the body may have, declared or not", required=False,
+                             default=DEFAULT_MAX_PARTS, minimum=1),
+          "out": Output("variable receiving the staged file", required=False)},
+    errors=["400 INVALID_MULTIPART", "400 FORM_FIELD_MISSING", "400 FORM_FIELD_TOO_LARGE",
+            "400 INVALID_FORM_FIELD", "400 BODY_INCOMPLETE", "413 PAYLOAD_TOO_LARGE", "413 BLOB_TOO_LARGE",
+            "400 BLOB_TOO_SMALL"],
+    example={"fields": {"action": {"form": ":action", "required": True}, "name": {"required": True},
+                        "classifiers": {"repeated": True}, "sha256_digest": {"max_bytes": 64}},
+             "file": "content", "store": "primary", "digests": ["md5", "blake2b_256"], "out": "upload"},
+    io=True, prepare=_prepare_multipart,
+    binds=lambda scope, raw: (scope.bind_fields(raw.get("fields") or {}), scope.reads_body("parse.multipart")),
+    openapi=lambda o, a: o.form_body(a.form))
+def parse_multipart(ctx, a):
+    request = ctx.request
+    reader = MultipartReader(request.stream if request.stream is not None else io.BytesIO(),
+                             boundary_of(request.headers.get("Content-Type")), a.max_parts)
+    store = ctx.engine.blob_store(a.store.name) if a.store is not None else None
+
+    def stage(stream, part):
+        upload = FormFile(store.stage(stream, a.digests), part.filename, part.content_type)
+        ctx.cleanups.append(lambda: upload.discard(store))  # a no-op once blob.put has taken it
+        return upload
+    ctx.count_io()
+    with ctx.streaming():
+        values, upload = read_form(reader, a.form, stage)
+    for name, value in values.items():
+        if value is not None:
+            ctx.fields.setdefault(name, value)
+    if a.out:
+        ctx.vars[a.out] = upload
 
 
 # --- normalize / validate ---------------------------------------------------------------------------------
@@ -328,79 +417,158 @@ def blob_get(ctx, a):
     ctx.vars[a.out] = blob
 
 
-@op("blob.put", "Stream bytes into the content-addressed store, hashing while writing (sha-256, and from "
-    "request.body also each further algorithm the client's Content-Digest declares: sha-512); inside a transaction "
-    "the blob is moved into place only at commit.",
+@op("blob.put", "Stream bytes into the content-addressed store, hashing while writing (sha-256, the `digests` "
+    "asked for, and from request.body also each further algorithm the client's Content-Digest declares: "
+    "sha-512); inside a transaction the blob is moved into place only at commit. A form's file that "
+    "parse.multipart staged in the same store is taken over as it is, not copied (a digest it did not compute "
+    "is computed from its file).",
     args={"store": RefTo("blob_store", "the blob store"),
-          "from": Source("request.body, or a body handle such as $up_resp.body"),
+          "from": Source("request.body, a body handle such as $up_resp.body, or a form's file ($upload)"),
+          "digests": _digests_arg("the bytes"),
           "out": Output("variable receiving 'sha256:<hex>'", schema=DIGEST),
-          "out_size": Output("variable receiving the size in bytes", required=False, schema=COUNT)},
+          "out_size": Output("variable receiving the size in bytes", required=False, schema=COUNT),
+          "out_blob": Output(_STORED_BLOB, required=False)},
     errors=["413 BLOB_TOO_LARGE", "413 PAYLOAD_TOO_LARGE", "400 BLOB_TOO_SMALL", "400 INVALID_DIGEST",
             "400 UNSUPPORTED_DIGEST_ALGORITHM"],
-    example={"store": "primary", "from": "request.body", "out": "digest", "out_size": "blob_size"}, io=True,
-    mutates=True,
+    example={"store": "primary", "from": "request.body", "digests": ["sha512"], "out": "digest",
+             "out_size": "blob_size"}, io=True, mutates=True, prepare=_prepare_digests,
+    binds=lambda scope, raw: scope.reads_body("blob.put") if raw.get("from") == Source.REQUEST_BODY else None,
     openapi=lambda o, a: o.binary_body() if getattr(a, "from") == Source.REQUEST_BODY else None)
 def blob_put(ctx, a):
     store = ctx.engine.blob_store(a.store.name)
     source = getattr(a, "from")
     ctx.count_io()
+    described = ()  # what the client declared of these bytes: its Content-Digest and ?digest= are the body's
     with ctx.streaming():
         if source == Source.REQUEST_BODY:  # the client's declared digests, checked before a byte is read, name
-            # the algorithms hashed while streaming besides sha-256
-            also = {declared.algorithm for declared in ctx.request.declared_digests}
-            staged = store.stage(ctx.request.stream, also)
+            # further algorithms hashed while streaming
+            described = ctx.request.declared_digests
+            staged = store.stage(ctx.request.stream, {claim.algorithm for claim in described}.union(a.digests))
         else:
-            staged = _stage_from_value(store, source.render(ctx))
+            staged = _stage_from_value(store, source.render(ctx), a.digests)
+    _keep(ctx, store, staged)
+    ctx.unverified_blobs[staged.digest] = (staged, described)
+    ctx.vars[a.out] = staged.digest
+    if a.out_size:
+        ctx.vars[a.out_size] = staged.size
+    if a.out_blob:
+        ctx.vars[a.out_blob] = staged
+
+
+def _stage_from_value(store, value, digests):
+    if isinstance(value, FormFile):
+        staged = value.take(store)
+        if staged is not None:
+            _complete_digests(staged, digests)
+            return staged
+    if not isinstance(value, BlobHandle):
+        raise DepotError("INVALID_SOURCE", 500, "blob.put 'from' must be request.body or a body/blob handle")
+    with value.open() as stream:
+        return store.stage(stream, digests)
+
+
+def _complete_digests(staged, names):
+    """Compute from the staged file the digests in ``names`` it was not hashed with while streaming in."""
+    missing = [name for name in names if name not in staged.digests]
+    if missing:
+        with staged.open() as stream:
+            staged.digests.update(hash_stream(stream, missing))
+
+
+def _keep(ctx, store, staged):
+    """Staged bytes become the store's: held from garbage collection while the request runs, promoted at the
+    transaction's commit (or now, outside one)."""
     ctx.hold_blob(store, staged.digest)
     if ctx.txn is not None:
         ctx.txn.stage_blob(store, staged)
     else:
         store.commit(staged)
-    ctx.unverified_blobs[staged.digest] = staged
-    ctx.vars[a.out] = staged.digest
-    if a.out_size:
-        ctx.vars[a.out_size] = staged.size
 
 
-def _stage_from_value(store, value):
-    if not isinstance(value, BlobHandle):
-        raise DepotError("INVALID_SOURCE", 500, "blob.put 'from' must be request.body or a body/blob handle")
-    with value.open() as stream:
-        return store.stage(stream)
+def _prepare_expected(a, scope):
+    """At load: each declared digest `expected` holds, as (its algorithm, the node rendering it, the field its
+    errors name, whether the algorithm is pinned by an object key)."""
+    node, a.claims = a.expected, None
+    if node is None:
+        return
+    constant = getattr(node, "value", None)
+    items = node.items if isinstance(node, expr.DictNode) else \
+        [(key, expr.Const(value)) for key, value in constant.items()] if isinstance(constant, dict) else None
+    if items is None:
+        a.claims = [(a.algo, node, _claim_field(node, "expected"), False)]
+        return
+    a.claims = []
+    for key, value in items:
+        algorithm = algorithm_named(key)
+        if algorithm is None:
+            raise BindError("unknown digest algorithm %r; Depot computes: %s" % (key, ", ".join(ALGORITHMS)),
+                            "expected")
+        a.claims.append((algorithm.name, value, _claim_field(value, key), True))
 
 
-@op("blob.verify_digest", "Check a put blob's digest against every digest the client declared: each "
-    "Content-Digest member Depot computes (sha-256, sha-512; others are ignored beside one it computes) and "
-    "?digest=sha256:<hex>, all of them; or against an explicit expected digest. A mismatch names the source that "
-    "disagreed, rejects the request, and nothing is recorded.",
+def _claim_field(node, default):
+    """The field a declared digest's errors name: the field or variable member its template reads."""
+    single = getattr(node, "single", None)
+    if single is None:
+        return default
+    names = [step for step in single.path if isinstance(step, str)]
+    return names[-1] if names else single.root
+
+
+@op("blob.verify_digest", "Check a put blob's digest against declared digests: by default every digest the "
+    "client declared for the request body (when the blob is the request body), each Content-Digest member Depot "
+    "computes (sha-256, sha-512; others are ignored beside one it computes) and ?digest=sha256:<hex>, all of "
+    "them; with `expected`, the digests it names, in any "
+    "usual form (`<hex>` in `algo`, `sha256:<hex>`, `sha256=<hex>`, SRI `sha512-<base64>`, `sha-256=:<base64>:`). "
+    "A digest blob.put did not compute while streaming is computed from the stored file. A mismatch names the "
+    "field that disagreed, rejects the request, and nothing is recorded.",
     args={"digest": Template("the digest blob.put produced ($digest)", shape="string"),
-          "algo": Const("string", "digest algorithm", choices=["sha256"], required=False, default="sha256"),
-          "expected": Template("expected digest; defaults to the client's declarations", required=False)},
+          "algo": Const("string", "the algorithm of a bare hex `expected`", choices=list(ALGORITHMS),
+                        required=False, default="sha256"),
+          "expected": Template("the declared digest: one string, or an object algorithm -> digest, e.g. "
+                               "{\"sha256\": \"{sha256_digest?}\", \"blake2b_256\": \"{blake2_256_digest?}\"}; "
+                               "null values are skipped, errors name the field a value reads; default: the "
+                               "client's declarations", required=False)},
     errors=["400 DIGEST_MISMATCH", "400 INVALID_DIGEST", "400 UNSUPPORTED_DIGEST_ALGORITHM"],
-    example={"digest": "$digest", "algo": "sha256"},
+    example={"digest": "$digest", "expected": {"sha256": "{sha256_digest?}", "md5": "{md5_digest?}"}},
+    prepare=_prepare_expected,
     openapi=lambda o, a: o.inputs(_DECLARED_DIGEST) if a.expected is None else None)
 def blob_verify_digest(ctx, a):
-    actual = "sha256:" + split_digest(a.digest.render(ctx))
-    staged = ctx.unverified_blobs.pop(actual, None)
-    if a.expected is not None:
-        expected = a.expected.render(ctx)
-        if expected is not None and "sha256:" + split_digest(expected) != actual:
-            raise digest_mismatch(expected, actual)
+    actual = split_digest(a.digest.render(ctx))
+    staged, described = ctx.unverified_blobs.pop(DIGEST_PREFIX + actual, (None, ctx.request.declared_digests))
+    if a.claims is None:  # a form's file or a fetched body is not the request body the client's digests describe
+        declared = described
     else:
-        _check_declared(ctx.request.declared_digests, staged.digests if staged is not None else {}, actual)
+        declared = [claim for algorithm, node, field, pinned in a.claims
+                    for claim in _declared(node.render(ctx), algorithm, field, pinned)]
+    if staged is not None:
+        with ctx.streaming():  # hashing a stored file again is moving bytes, as blob.put's hashing is
+            _complete_digests(staged, {claim.algorithm for claim in declared})
+    _check_declared(declared, staged, actual)
     if staged is not None:
         staged.verified = True
 
 
-def _check_declared(declared, computed, actual):
-    """Each declared digest against what was computed while the blob streamed in (sha-256 is ``actual``)."""
-    computed = dict(computed, **{"sha-256": actual[len("sha256:"):]})
+def _declared(value, algorithm, field, pinned):
+    if value is None:
+        return []
+    claims = parse_declared(value, algorithm, field)
+    if pinned and any(claim.algorithm != algorithm for claim in claims):
+        raise bad_request("INVALID_DIGEST", "%s is declared as a %s digest but names another algorithm"
+                          % (field, algorithm), field)
+    return claims
+
+
+def _check_declared(declared, staged, actual):
+    """Each declared digest against the blob's (sha-256 is ``actual``; the others were computed while it
+    streamed in, or since from its file)."""
+    computed = dict(staged.digests if staged is not None else {}, sha256=actual)
     wrong = []
     for claim in declared:
         value = computed.get(claim.algorithm)
         if value is None:
-            raise DepotError("DIGEST_NOT_COMPUTED", 500, "%s cannot be checked: only blob.put of request.body "
-                             "computes %s" % (claim.describe(), claim.algorithm))
+            raise DepotError("DIGEST_NOT_COMPUTED", 500, "%s cannot be checked: the blob was not put by this "
+                             "request" % claim.describe())
         if value != claim.hexdigest:
             wrong.append(claim)
     if wrong:
@@ -408,6 +576,79 @@ def _check_declared(declared, computed, actual):
             "%s does not match the uploaded bytes (%s %s)" % (claim.describe(), claim.algorithm,
                                                               computed[claim.algorithm]) for claim in wrong),
                          wrong[0].source)
+
+
+def _prepare_extract(a, scope):
+    """At load: the member pattern compiled, the bounds gathered, the digests named."""
+    try:
+        a.matches = member_matcher(a.member)
+    except ValueError as exc:
+        raise BindError(str(exc), "member") from None
+    a.bounds = Bounds(a.max_member_bytes, a.max_entries, a.max_scan_bytes)
+    _prepare_digests(a, scope)
+    if a.text_out is not None and a.max_text_bytes > a.max_member_bytes:
+        raise BindError("max_text_bytes exceeds max_member_bytes", "max_text_bytes")
+
+
+@op("blob.extract", "Put one member of a stored archive (a wheel's *.dist-info/METADATA, an sdist's "
+    "*/PKG-INFO) into a blob store, content addressed, reading only that member: a zip from its central "
+    "directory (more than one member matching is 400 ARCHIVE_MEMBER_AMBIGUOUS), a tar (plain, gzip, bzip2 or xz) "
+    "up to the first match. `member` is a glob matched segment by segment ('*' never crosses '/'). Every cost "
+    "is bounded: the member's size as declared and as inflated (a zip bomb stops at max_member_bytes), a zip's "
+    "directory (max_entries entries in at most max_entries KiB), a tar's headers (max_entries) and the bytes "
+    "passed over to reach the member (max_scan_bytes). No member matching binds null (or, `required`, is 400 "
+    "ARCHIVE_MEMBER_NOT_FOUND).",
+    args={"store": RefTo("blob_store", "the blob store the member is put in"),
+          "from": Template("the archive: a blob or form file handle ($blob, $upload)"),
+          "member": Const("string", "the member's path, a glob such as *.dist-info/METADATA"),
+          "format": Const("string", "the archive's format; auto: a zip by its signature, else a tar",
+                          choices=list(FORMATS), required=False, default="auto"),
+          "required": Const("boolean", "no matching member is 400 ARCHIVE_MEMBER_NOT_FOUND (default: null)",
+                            required=False, default=False),
+          "max_member_bytes": Const("integer", "the member's uncompressed size", required=False,
+                                    default=16 * 1024 * 1024, minimum=1),
+          "max_entries": Const("integer", "entries of a zip's directory, headers of a tar read", required=False,
+                               default=65536, minimum=1),
+          "max_scan_bytes": Const("integer", "decompressed bytes of a tar passed over to reach the member",
+                                  required=False, default=512 * 1024 * 1024, minimum=1),
+          "digests": _digests_arg("the member"),
+          "max_text_bytes": Const("integer", "the largest member text_out binds", required=False,
+                                  default=64 * 1024, minimum=1),
+          "out": Output("variable receiving the member's blob handle (.digest, .size, .digests.<algorithm>, "
+                        ".digests_base64.<algorithm>), or null"),
+          "text_out": Output("variable receiving the member's text (UTF-8; undecodable bytes replaced), or null "
+                             "when absent or larger than max_text_bytes", required=False,
+                             schema=nullable(STRING))},
+    errors=["400 INVALID_ARCHIVE", "400 ARCHIVE_MEMBER_AMBIGUOUS", "400 ARCHIVE_MEMBER_NOT_FOUND",
+            "413 ARCHIVE_MEMBER_TOO_LARGE", "413 BLOB_TOO_LARGE", "400 BLOB_TOO_SMALL"],
+    example={"store": "primary", "from": "$blob", "member": "*.dist-info/METADATA", "format": "zip",
+             "out": "metadata"}, io=True, mutates=True, prepare=_prepare_extract)
+def blob_extract(ctx, a):
+    archive = getattr(a, "from").render(ctx)
+    if not isinstance(archive, BlobHandle):
+        raise DepotError("INVALID_SOURCE", 500, "blob.extract 'from' must be a blob handle")
+    store = ctx.engine.blob_store(a.store.name)
+    ctx.count_io()
+    with ctx.streaming(), io.BufferedReader(archive.open(), ARCHIVE_BUFFER) as raw, \
+            find_member(raw, a.format, a.matches, a.bounds) as member:
+        staged = store.stage(member.stream, a.digests) if member is not None else None
+    if staged is None:
+        if a.required:
+            raise DepotError("ARCHIVE_MEMBER_NOT_FOUND", 400, "the archive has no member %s" % a.member)
+        ctx.vars[a.out] = None
+    else:
+        staged.verified = True  # bytes read from a stored blob: no client claims a digest for them
+        _keep(ctx, store, staged)
+        ctx.vars[a.out] = staged
+    if a.text_out:
+        ctx.vars[a.text_out] = _small_text(staged, a.max_text_bytes)
+
+
+def _small_text(blob, limit):
+    if blob is None or blob.size > limit:
+        return None
+    with blob.open() as stream:
+        return stream.read(limit).decode("utf-8", errors="replace")
 
 
 # --- index ------------------------------------------------------------------------------------------------

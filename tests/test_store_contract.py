@@ -98,9 +98,13 @@ def assert_conflict(raised, code="CONFLICT"):
 
 def test_a_staged_blob_is_hashed_and_invisible_until_promoted(blobs):
     data = b"staged bytes" * 1000
-    staged = blobs.stage(io.BytesIO(data), also=("sha-512",))
+    staged = blobs.stage(io.BytesIO(data), also=("sha512", "md5", "blake2b_256"))
     assert staged.digest == sha(data) and staged.size == len(data)
-    assert staged.digests == {"sha-256": sha(data)[7:], "sha-512": hashlib.sha512(data).hexdigest()}
+    assert staged.digests == {"sha256": sha(data)[7:], "sha512": hashlib.sha512(data).hexdigest(),
+                              "md5": hashlib.md5(data).hexdigest(),
+                              "blake2b_256": hashlib.blake2b(data, digest_size=32).hexdigest()}
+    with staged.open() as stream:  # a staged blob reads as its bytes before and after promotion
+        assert stream.read() == data
     assert not blobs.exists(staged.digest) and blobs.locate(staged.digest) is None
     assert sha(data) not in set(blobs.digests())
     blobs.commit(staged)

@@ -33,6 +33,7 @@ class Scope:
         self.json_vars: set[str] = set()
         self.stream_vars: set[str] = set()  # listings read as the response is written (index.query `all`)
         self.place = ""  # where the argument being bound is: findings are reported there
+        self.body_reader: str | None = None  # the first step reading the request body, and where
         if event_types is not None:
             props = [set(e.validator.schema.get("properties", {})) for e in event_types]
             self.fields = set.intersection(*props) if props else set()
@@ -79,6 +80,15 @@ class Scope:
         if out:
             self.json_vars.add(out)
         self.bind_unknown("the JSON body")
+        self.reads_body("parse.json")
+
+    def reads_body(self, op: str) -> None:
+        """A step reads the request body, which a request sends once: a later reader finds nothing left."""
+        if self.body_reader is not None:
+            self.report.warning(self.place, "%s reads the request body, which %s reads first: unless only one "
+                                "of them runs, the second finds it empty" % (op, self.body_reader), "bindings")
+        else:
+            self.body_reader = "%s at %s" % (op, self.place)
 
     def bind_body_schema(self, value: Any, schema: Any) -> None:
         if isinstance(value, str) and value.startswith("$") and value[1:] in self.json_vars:

@@ -316,13 +316,19 @@ def query_value(raw: Optional[str], name: str, spec: Mapping[str, JsonValue]) ->
         if spec.get("required"):
             raise bad_request("INVALID_QUERY", "query parameter %r is required" % name, name)
         return spec.get("default")
+    return typed_value(raw, name, spec, "INVALID_QUERY", "query parameter")
+
+
+def typed_value(raw: str, name: str, spec: Mapping[str, JsonValue], code: str, what: str) -> JsonValue:
+    """A request value (``what`` ``name``: a query parameter, a form field) typed and bounded by ``spec``
+    ({type, minimum, maximum}); 400 ``code`` naming it otherwise."""
     try:
         value = _QUERY_TYPES[spec.get("type", "string")](raw)
     except ValueError:
-        raise bad_request("INVALID_QUERY", "query parameter %r must be %s" % (name, spec.get("type")), name)
+        raise bad_request(code, "%s %r must be %s" % (what, name, spec.get("type")), name)
     if "minimum" in spec and value < spec["minimum"] or "maximum" in spec and value > spec["maximum"]:
-        raise bad_request("INVALID_QUERY", "query parameter %r is out of range [%s, %s]"
-                          % (name, spec.get("minimum"), spec.get("maximum")), name)
+        raise bad_request(code, "%s %r is out of range [%s, %s]"
+                          % (what, name, spec.get("minimum"), spec.get("maximum")), name)
     return value
 
 

@@ -93,6 +93,27 @@ class Operation:
         elif single.root in self.header_patterns:
             self.header_patterns[single.root]["collected"] = schema
 
+    def form_body(self, form):
+        """parse.multipart: a multipart/form-data body of the declared fields (and the file part)."""
+        properties, required = {}, []
+        for spec in form.fields.values():
+            schema = {"type": _QUERY_TYPES[spec.spec.get("type", "string")]}
+            schema.update({key: spec.spec[key] for key in ("minimum", "maximum") if key in spec.spec})
+            if spec.spec.get("type", "string") == "string":
+                schema["maxLength"] = spec.max_bytes
+            self.fields.setdefault(spec.field, schema)
+            properties[spec.form] = {"type": "array", "items": schema, "maxItems": spec.max_items} \
+                if spec.repeated else schema
+            if spec.required:
+                required.append(spec.form)
+        if form.file is not None:
+            properties[form.file] = {"type": "string", "contentMediaType": "application/octet-stream"}
+            required.append(form.file)
+        schema = {"type": "object", "properties": properties}
+        if required:
+            schema["required"] = required
+        self.body = {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+
     def binary_body(self):
         self.body = {"required": True, "content": {"application/octet-stream": {
             "schema": {"type": "string", "contentMediaType": "application/octet-stream"}}}}

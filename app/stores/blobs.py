@@ -5,7 +5,6 @@ the path their digest names, so a crash never leaves a partial file under a dige
 rename waits for the commit; an abort deletes the temporary file. File paths never leave this module: callers
 hold BlobHandles and open them.
 """
-import hashlib
 import io
 import os
 import threading
@@ -13,7 +12,7 @@ import uuid
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional
 
 from app.errors import bad_request, too_large
-from app.stores.digests import DIGEST_ALGORITHMS, DIGEST_PREFIX, split_digest
+from app.stores.digests import DIGEST_PREFIX, Hashers, base64_digests, split_digest
 from app.stores.guard import BlobGuard
 from app.stores.interfaces import BlobHandle, BlobStat, Readable
 from app.stores.interfaces import StagedBlob as Staged
@@ -45,6 +44,10 @@ class BlobRef(BlobHandle):
 
 
 class StagedBlob(BlobRef):
+    """Bytes a store has taken in, with every digest computed meanwhile; once promoted, a handle on the stored
+    blob (a template reads $blob.digests.sha1, hex, and $blob.digests_base64.sha1)."""
+
+    template_attrs = BlobRef.template_attrs + ("digests", "digests_base64")
     __slots__ = ("final_path", "verified", "digests")
     store: str
     digest: str
@@ -55,7 +58,11 @@ class StagedBlob(BlobRef):
         super().__init__(store, digest, size, path)
         self.final_path = final_path
         self.verified = False
-        self.digests = digests or {}  # RFC 9530 algorithm name -> hex, as computed while staging
+        self.digests = digests or {}  # algorithm name (app.stores.digests.ALGORITHMS) -> hex, computed while staging
+
+    @property
+    def digests_base64(self) -> dict[str, str]:
+        return base64_digests(self.digests)
 
 
 class ServedFile(io.FileIO):
@@ -106,10 +113,9 @@ class FileBlobStore:
 
     def stage(self, stream: Readable, also: Iterable[str] = ()) -> StagedBlob:
         """Stream ``stream`` (anything with read(n)) into a temporary file while hashing it with sha-256, and
-        with the further DIGEST_ALGORITHMS named in ``also``. The file is live (garbage collection leaves it
-        alone) until it is promoted or discarded."""
-        hasher = hashlib.sha256()
-        others = {name: hashlib.new(DIGEST_ALGORITHMS[name][0]) for name in also if name != "sha-256"}
+        with the further ALGORITHMS named in ``also``. The file is live (garbage collection leaves it alone)
+        until it is promoted or discarded."""
+        hashers = Hashers({"sha256", *also})
         size = 0
         tmp_path = os.path.join(self.tmp_dir, "upload-" + uuid.uuid4().hex)
         self.guard.temp_started(tmp_path)  # before the file exists: no collection can see it unclaimed
@@ -122,9 +128,7 @@ class FileBlobStore:
                     size += len(chunk)
                     if self.max_bytes is not None and size > self.max_bytes:
                         raise too_large("blob exceeds max_blob_bytes (%d)" % self.max_bytes, "BLOB_TOO_LARGE")
-                    hasher.update(chunk)
-                    for other in others.values():
-                        other.update(chunk)
+                    hashers.update(chunk)
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
@@ -134,8 +138,8 @@ class FileBlobStore:
             _unlink(tmp_path)
             self.guard.temp_ended(tmp_path)
             raise
-        hexdigest = hasher.hexdigest()
-        digests = dict({name: other.hexdigest() for name, other in others.items()}, **{"sha-256": hexdigest})
+        digests = hashers.hexdigests()
+        hexdigest = digests["sha256"]
         return StagedBlob(self.name, DIGEST_PREFIX + hexdigest, size, tmp_path, self.path_for(hexdigest), digests)
 
     def promote(self, staged: Staged) -> None:

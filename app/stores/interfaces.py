@@ -93,7 +93,7 @@ class BlobHandle:
     ``store`` and ``digest`` are None for bytes that are in no store (an upstream's body). Concrete stores
     subclass it; ops and the HTTP layer use only what is declared here."""
 
-    template_attrs = ("digest", "size", "store")  # what a template may read of a handle ($blob.digest)
+    template_attrs: tuple[str, ...] = ("digest", "size", "store")  # what a template may read of a handle ($blob.digest)
     __slots__ = ("store", "digest", "size")
 
     def __init__(self, store: Optional[str], digest: Optional[str], size: Optional[int]) -> None:
@@ -120,8 +120,14 @@ class StagedBlob(Protocol):
     store: str
     digest: str  # "sha256:<hex>"
     size: int
-    digests: dict[str, str]  # RFC 9530 algorithm name -> hex, every algorithm computed while staging
+    digests: dict[str, str]  # algorithm name (app.stores.digests.ALGORITHMS) -> hex, each computed while staging
     verified: bool  # set by blob.verify_digest: the runtime check all_blob_puts_followed_by reads it
+
+    def stat(self) -> BlobStat: ...
+
+    def open(self, start: int = 0, end: Optional[int] = None,
+             on_close: Optional[Callable[[], None]] = None) -> BinaryIO:
+        """Its bytes (staged, or stored once promoted), as BlobHandle.open."""
 
 
 class Readable(Protocol):
@@ -137,7 +143,7 @@ class BlobStore(Protocol):
     name: str
 
     def stage(self, stream: Readable, also: Iterable[str] = ()) -> StagedBlob:
-        """Stream ``stream`` in, hashing with sha-256 and the RFC 9530 algorithms named in ``also``; 413
+        """Stream ``stream`` in, hashing with sha-256 and the algorithms ``also`` names (ALGORITHMS); 413
         BLOB_TOO_LARGE / 400 BLOB_TOO_SMALL by the store's limits, nothing kept."""
 
     def promote(self, staged: StagedBlob) -> None:

@@ -112,7 +112,9 @@ def _checks():
              "method+path pairs are unique; transactions open and close in order; routes end by responding; "
              "documents written from literal objects carry their schema's required fields; each "
              "`gc.sweep.mark.mark_blobs_by` entry names a declared document. Keys the server accepts but does not "
-             "act on are reported as warnings (\"Schema keys read and ignored\").", "",
+             "act on are reported as warnings (\"Schema keys read and ignored\"), and so is a second step of a "
+             "pipeline reading the request body (`parse.json`, `parse.multipart`, `blob.put` from request.body): a "
+             "request sends its body once.", "",
              "`validation.load_time_checks` predicates (`on_fail`: `reject_config` = error, `warn` = warning; "
              "an unknown predicate is an error):", ""]
     lines += ["- `%s`: %s" % (n, (f.__doc__ or "").strip()) for n, f in sorted(checks.LOAD_PREDICATES.items())]
@@ -140,9 +142,9 @@ def _schema_keys():
 def render():
     load_vocabulary()  # the ops the reference documents
     parts = [_section("10_intro.md"), _section("20_grammar.md"), _conditions(), _versioning(), _section("40_access.md"),
-             _ops(), _checks(), _section("45_packs.md"), _section("50_limits.md"), _section("55_server.md"),
-             _section("60_stores.md"),
-             _section("65_replication.md"), _schema_keys(), _section("70_deviations.md")]
+             _ops(), _checks(), _section("45_packs.md"), _section("50_limits.md"), _section("52_bodies.md"),
+             _section("55_server.md"), _section("60_stores.md"), _section("65_replication.md"), _schema_keys(),
+             _section("70_deviations.md")]
     return "\n".join(p.rstrip() + "\n" for p in parts)
 
 
