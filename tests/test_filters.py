@@ -381,3 +381,18 @@ def test_generated_document_with_loops_matches_the_interpreted_one(generating, r
 def test_loop_bodies_are_generated(generating):
     node = compile_value(FILES)
     assert hasattr(node.body.render, "generated_source")
+
+
+# --- the request ----------------------------------------------------------------------------------------------
+
+def test_request_base_url_reads_the_request():
+    from app.engine.context import RequestData
+    request = RequestData(base_url="https://pkgs.example.com/depot")
+    assert render("{request.base_url}/simple/{p|pep503}/", fields={"p": "A_B"}, request=request) == \
+        "https://pkgs.example.com/depot/simple/a-b/"
+
+
+def test_request_base_url_without_a_request_is_unresolved():
+    from app.engine.context import RequestData
+    assert failure("x{request.base_url}", request=RequestData()).code == "UNRESOLVED_REFERENCE"
+    assert failure("{request.base_url}").code == "UNRESOLVED_REFERENCE"

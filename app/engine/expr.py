@@ -139,7 +139,7 @@ def _absent(optional: bool, source: str) -> None:
 
 def _resolver(ref: Ref) -> Render:
     absent_ok, source = ref.absent_ok, ref.source
-    null_is_unbound = ref.namespace == "field"
+    null_is_unbound = ref.namespace in ("field", "request")  # a request without a base URL has none
     lookup = ref.lookup
 
     def resolve(ctx: Any) -> Any:
