@@ -2,6 +2,7 @@
 the WSGI environ up to a route answering it through the Flask app, and `serve --trusted-proxies` refusing a bad
 list."""
 import copy
+import json
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 
 from app.errors import DepotError
 from app.http.forwarding import base_url, is_trusted, parse_trusted_proxies
-from tests.conftest import ROOT, Depot
+from tests.conftest import ROOT, Depot, ServerProcess
 
 LOCAL = parse_trusted_proxies("127.0.0.1, 10.0.0.0/8, fd00::/8")
 
@@ -120,10 +121,10 @@ def test_a_host_header_that_is_not_a_host_is_refused(host):
 
 # --- through a route ------------------------------------------------------------------------------------------
 
-def schema_with_links(project_schema):
+def schema_with_links(project_schema, tags=("public",)):
     schema = copy.deepcopy(project_schema)
     schema["api"]["routes"].append({
-        "id": "links", "method": "GET", "path": "/links/{namespace}/{name}", "tags": ["public"], "pipeline": [
+        "id": "links", "method": "GET", "path": "/links/{namespace}/{name}", "tags": list(tags), "pipeline": [
             {"op": "parse.path", "args": {"entity": "artifact"}},
             {"op": "respond.json", "args": {"body": {
                 "self": "{request.base_url}/links/{namespace}/{name|urlquote}", "base": "{request.base_url}"}}}]})
@@ -198,3 +199,18 @@ def test_serve_refuses_a_bad_trusted_proxies_list(tmp_path):
     assert result.returncode == 2
     assert "10.0.0.1/8" in result.stderr and "--trusted-proxies" in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_a_real_server_answers_with_the_url_its_trusted_proxy_gives(tmp_path, project_schema):
+    import requests
+    schema_file = tmp_path / "schema.json"
+    schema_file.write_text(json.dumps(schema_with_links(project_schema, tags=())))
+    server = ServerProcess(tmp_path / "data", args=("--schema", str(schema_file), "--trusted-proxies", "127.0.0.1"))
+    try:
+        url = server.url + "/links/acme/hello"
+        assert requests.get(url, timeout=30).json()["base"] == server.url
+        forwarded = requests.get(url, timeout=30, headers={
+            "X-Forwarded-Proto": "https", "X-Forwarded-Host": "pkgs.example.com", "X-Forwarded-Prefix": "/depot"})
+        assert forwarded.json()["self"] == "https://pkgs.example.com/depot/links/acme/hello"
+    finally:
+        server.stop()
