@@ -24,13 +24,12 @@ into an object keyed by what ``key`` renders for each item.
 """
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Callable, Optional, Sequence, Union, cast
 
 from app.engine.codegen import FunctionBuilder, enabled as generating, literal
 from app.engine.context import RequestData
-from app.engine.filters import FILTERS, FilterDecl, FilterError, Filter, compile_filter, text
+from app.engine.filters import FilterDecl, FilterError, Filter, compile_filter, text
 from app.errors import DepotError
 
 # What a template reads from and renders to are both open: ctx is an ExecutionContext, a RowContext or any
