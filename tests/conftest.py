@@ -39,13 +39,14 @@ def project_schema():
 
 
 class Namespaces:
-    """The four namespaces a template or condition reads, and nothing else."""
+    """The five namespaces a template or condition reads, and nothing else."""
 
-    def __init__(self, fields=None, vars=None, principal=None, event=None):
+    def __init__(self, fields=None, vars=None, principal=None, event=None, request=None):
         self.fields = fields or {}
         self.vars = vars or {}
         self.principal = principal
         self.event = event
+        self.request = request
 
 
 @pytest.fixture(autouse=True)

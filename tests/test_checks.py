@@ -46,6 +46,12 @@ def assert_error(doc, place, *words):
     return matching[0]
 
 
+def assert_loads(doc):
+    _, report = compile_(doc)
+    assert report.ok, report.to_text()
+    return report
+
+
 def assert_warning(report, place, *words, check=None):
     here = [f for f in at(report.warnings, place) if all(w in f.message for w in words)]
     assert here, "no warning at %s saying %r; got:\n%s" % (place, words, report.to_text())
@@ -291,6 +297,68 @@ def test_malformed_blob_path_template(reference_schema):
     addressing = reference_schema["storage"]["blob_stores"]["primary"]["addressing"]
     addressing["path_template"] = "sha256/{digest:0:2/{digest}"
     assert_error(reference_schema, "storage.blob_stores.primary.addressing.path_template", "malformed reference")
+
+
+@pytest.mark.parametrize("route, index, name, value, words", [
+    (FETCH, 6, "key", "artifact/{namespace}/{name|slugify}/{version}/{variant}",
+     ("{name|slugify}", "unknown filter 'slugify'", "urlquote")),
+    (LATEST, 6, "body", {"links": {"self": ["{name|lower|shout}"]}}, ("unknown filter 'shout'",)),
+    (FETCH, 7, "when", {"is_null": "{$meta|nope}"}, ("unknown filter 'nope'",)),
+    (FETCH, 6, "key", "artifact/{namespace}/{name|default}/{version}/{variant}", ("'default' needs an argument",)),
+    (FETCH, 6, "key", "artifact/{namespace}/{name|lower:x}/{version}/{variant}", ("'lower' takes no argument",)),
+    (LATEST, 6, "body", {"tag": "{tag|lower}"}, ("{tag|lower}", "can never be bound")),
+    (FETCH, 8, "digest", "{$metadata.blob_digest|lower}", ("$metadata", "no earlier step")),
+    (LATEST, 6, "body", {"from": "{request.remote_addr}"}, ("{request.remote_addr}", "base_url")),
+    (LATEST, 6, "body", {"all": {"$each": "$rows", "as": "row", "emit": "$row", "sort": "version"}},
+     ("$each", "'sort'")),
+    (LATEST, 6, "body", {"all": {"$each": "$rowz", "as": "row", "emit": "$row"}}, ("$rowz", "no earlier step")),
+    (LATEST, 6, "body", {"all": {"$each": "$rows", "as": "row", "emit": "$row.version"}, "first": "$row.version"},
+     ("$row.version", "no earlier step")),  # a loop's variable is unbound outside it
+    (LATEST, 6, "body", {"all": {"$each": "$rows", "as": "row", "emit": {"v": "$row.version", "t": "{tag}"}}},
+     ("{tag}", "can never be bound")),  # the loop's emit is checked like any template
+])
+def test_misused_filters_variables_and_loops_are_load_errors(reference_schema, route, index, name, value, words):
+    """Each is an error at the argument's place, naming what is wrong (a filter, a reference, a member)."""
+    arguments = args(reference_schema, route, index)
+    if name == "body":  # members added to the route's answer
+        arguments[name].update(value)
+    else:
+        arguments[name] = value
+    assert_error(reference_schema, "api.routes[%d].pipeline[%d].args.%s" % (route, index, name), *words)
+
+
+def test_unknown_filter_in_a_document_key_template(reference_schema):
+    reference_schema["storage"]["documents"]["tag_map"]["key_template"] = "tag/{namespace}/{name}/{tag|escape}"
+    assert_error(reference_schema, "storage.documents.tag_map.key_template", "unknown filter 'escape'")
+
+
+def test_filters_in_a_blob_path_template_are_refused(reference_schema):
+    addressing = reference_schema["storage"]["blob_stores"]["primary"]["addressing"]
+    addressing["path_template"] = "sha256/{digest:0:2}/{digest|upper}"
+    assert_error(reference_schema, "storage.blob_stores.primary.addressing.path_template", "without filters")
+
+
+def test_a_field_with_a_default_that_is_never_bound_is_allowed(reference_schema):
+    args(reference_schema, LATEST, 6)["body"]["tag"] = "{tag|default:latest}"
+    assert_loads(reference_schema)
+
+
+def test_request_base_url_in_a_route_is_allowed(reference_schema):
+    args(reference_schema, LATEST, 6)["body"]["url"] = "{request.base_url}/v1/{namespace}/{name|urlquote}"
+    assert_loads(reference_schema)
+
+
+def test_request_base_url_in_an_apply_pipeline(reference_schema):
+    apply = reference_schema["replication"]["apply_pipelines"]["apply_artifact_published"]
+    apply[2]["args"]["value"] = {"url": "{request.base_url}"}
+    assert_error(reference_schema, "replication.apply_pipelines.apply_artifact_published[2].args.value",
+                 "{request.base_url}", "no request")
+
+
+def test_each_over_rows_loads(reference_schema):
+    args(reference_schema, LATEST, 6)["body"]["all"] = {"$each": "$rows", "as": "row", "key": "{$row.version}",
+                                                        "emit": {"digest": "{$row.blob_digest:7:64}"}}
+    assert_loads(reference_schema)
 
 
 def test_string_argument_given_an_object(reference_schema):

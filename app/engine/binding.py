@@ -121,6 +121,9 @@ class Scope:
         elif ref.namespace == "principal":
             if self.replay:
                 self.report.error(self.place, "%s: replayed events have no principal" % ref.source)
+        elif ref.namespace == "request":
+            if self.replay:
+                self.report.error(self.place, "%s: replayed events have no request" % ref.source)
         elif ref.root in self.fields:
             return
         elif ref.root in self.body_fields:
@@ -131,6 +134,6 @@ class Scope:
             self.report.warning(self.place, "%s is bound only if %s carries it" % (ref.source,
                                                                                  " or ".join(self.unknown_sources)),
                                 "bindings")
-        elif not ref.optional:
+        elif not ref.absent_ok:
             self.report.error(self.place, "%s can never be bound: fields bound here are %s"
                               % (ref.source, ", ".join(sorted(self.fields)) or "none"))

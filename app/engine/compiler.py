@@ -309,11 +309,12 @@ class Compiler:
             definition = BlobStoreDef(name, spec)
             template = self._template(definition.path_template, where + ".addressing.path_template")
             if template is not None:
-                bad = [r.source for r in template.refs if r.namespace != "field" or r.root not in ("digest", "algo")]
+                bad = [r.source for r in template.refs
+                       if r.namespace != "field" or r.root not in ("digest", "algo") or r.filters]
                 if bad or "digest" not in {r.root for r in template.refs}:
                     self.report.error(where + ".addressing.path_template",
-                                      "a path template may use only {digest} (with slices) and {algo}, and must "
-                                      "use {digest}")
+                                      "a path template may use only {digest} (with slices) and {algo}, without "
+                                      "filters, and must use {digest}")
             stores[name] = definition
         return stores
 

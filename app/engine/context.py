@@ -34,13 +34,19 @@ class RequestData:
     """Everything an op may read of a request. The HTTP layer fills it; tests and replay can build one directly.
 
     ``stream`` has read(n); ``declared_digests`` are the digests the client said the body has (DeclaredDigest
-    tuples, app.stores.digests); ``dropped_headers`` the names of request headers the server could not pass on.
+    tuples, app.stores.digests); ``dropped_headers`` the names of request headers the server could not pass on;
+    ``base_url`` the request's external base URL (scheme://host[:port] and the path prefix the app is served
+    under, no trailing slash), as the HTTP layer works it out (None: there is no request, as in replay).
+
+    Templates read the attributes named in ``template_attrs`` as ``{request.<name>}``, and nothing else of it.
     """
+
+    template_attrs = ("base_url",)
 
     def __init__(self, method: str = "GET", path_params: dict[str, str] | None = None,
                  query: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None, stream: Any = None,
                  content_length: int | None = None, declared_digests: Any = (), remote_addr: str | None = None,
-                 request_id: str | None = None, dropped_headers: Any = ()) -> None:
+                 request_id: str | None = None, dropped_headers: Any = (), base_url: str | None = None) -> None:
         self.method = method
         self.path_params = path_params if path_params is not None else {}
         self.query = query if query is not None else {}
@@ -51,6 +57,7 @@ class RequestData:
         self.remote_addr = remote_addr
         self.request_id = request_id
         self.dropped_headers = dropped_headers
+        self.base_url = base_url
 
 
 _UNKNOWN = object()

@@ -3,7 +3,6 @@
 Each is built once at load; ops receive them already resolved.
 """
 import re
-import string
 from functools import partial
 from operator import methodcaller
 from typing import Callable, Iterable, Mapping, Optional, Sequence
@@ -13,6 +12,7 @@ import jsonschema
 from app.engine.body import MAX_JSON_DEPTH
 from app.engine.codegen import FunctionBuilder, enabled as generating
 from app.engine.expr import Template, parse_template
+from app.engine.filters import ascii_lower, ascii_upper
 from app.engine.versions import DEFAULT_SCHEME, SCHEMES, VersionScheme
 from app.errors import DepotError, bad_request
 from app.stores.interfaces import JsonValue
@@ -65,10 +65,8 @@ def normalizer(name: str) -> Callable[[Callable[..., Normalizer]], Callable[...,
 # The built-in rules change ASCII characters only. Unicode case mapping and whitespace would fold look-alikes into
 # ASCII (the Kelvin sign K lower-cases to "k", U+017F long s upper-cases to "S"), so a name the entity's
 # constraints would refuse could pass them once normalized; left as they are, such characters meet the
-# constraints and are refused there.
+# constraints and are refused there. (The template filters lower and upper are the same two functions.)
 _ASCII_SPACE = " \t\n\r\x0b\x0c"
-_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
-_ASCII_UPPER = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
 _ASCII_SPACE_RUN = re.compile("[%s]+" % re.escape(_ASCII_SPACE))
 
 
@@ -80,12 +78,12 @@ def _trim() -> Normalizer:
 
 @normalizer("lower")
 def _lower() -> Normalizer:
-    return methodcaller("translate", _ASCII_LOWER)
+    return ascii_lower
 
 
 @normalizer("upper")
 def _upper() -> Normalizer:
-    return methodcaller("translate", _ASCII_UPPER)
+    return ascii_upper
 
 
 @normalizer("replace")
@@ -295,6 +293,7 @@ class FieldsOnly:
     vars: dict[str, JsonValue] = {}
     principal = None
     event = None
+    request = None
 
     def __init__(self, fields: dict[str, str]) -> None:
         self.fields = fields

@@ -12,6 +12,7 @@ class RowContext:
     __slots__ = ("fields", "vars")
     principal = None
     event = None
+    request = None
 
     def __init__(self, row: dict[str, JsonValue], variables: Optional[dict[str, Any]] = None) -> None:
         self.fields = row

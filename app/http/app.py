@@ -17,6 +17,7 @@ from werkzeug.routing import Map, Rule
 
 from app.identity.audit import api_token_id
 from app.engine.body import RequestBody
+from app.http.forwarding import base_url, trusted_proxies as proxies
 from app.http.openapi_views import ViewDoc, document_rules, documented
 from app.http.responses import error_response, json_response, write_response
 from app.http.server import DROPPED_HEADERS_KEY, next_request_id
@@ -65,9 +66,11 @@ class HttpRequestData(RequestData):
     remote_addr = _from_request("remote_addr")
     path = _from_request("path")
 
-    def __init__(self, req, params, limit, request_id):  # not super().__init__: it would compute every part
+    def __init__(self, req, params, limit, request_id, trusted_proxies):
+        # not super().__init__: it would compute every part
         self._req = req
         self._limit = limit
+        self._trusted_proxies = trusted_proxies
         self.method = req.method
         self.path_params = params
         self.request_id = request_id
@@ -84,13 +87,17 @@ class HttpRequestData(RequestData):
     def declared_digests(self):
         return declared_digests(self._req.headers, self._req.args)
 
+    @_lazy
+    def base_url(self):
+        return base_url(self._req.environ, self._trusted_proxies)
 
-def request_data(req, engine, params):
+
+def request_data(req, engine, params, trusted_proxies=()):
     limit = engine.limits.max_request_body_bytes
     length = req.environ.get("CONTENT_LENGTH")
     if length and length.isdigit() and int(length) > limit:
         raise too_large("request body exceeds max_request_body_bytes (%d)" % limit)
-    return HttpRequestData(req, params, limit, req.environ[REQUEST_ID_KEY])
+    return HttpRequestData(req, params, limit, req.environ[REQUEST_ID_KEY], trusted_proxies)
 
 
 class RouteRule(Rule):
@@ -107,9 +114,10 @@ class DepotFlask(Flask):
     """Flask matching each request once, against one map holding Depot's own views and the active engine's
     compiled routes. The map is rebuilt when the service's engine changes."""
 
-    def __init__(self, service):
+    def __init__(self, service, trusted_proxies):
         super().__init__("depot", static_folder=None)
         self.extensions["depot"] = service
+        self.trusted_proxies = trusted_proxies  # whose X-Forwarded-* say what {request.base_url} is
         self._routing = (None, None)
         self._routing_lock = threading.Lock()
 
@@ -131,8 +139,11 @@ class DepotFlask(Flask):
                                                   subdomain=self.url_map.default_subdomain or "")
 
 
-def create_app(service):
-    app = DepotFlask(service)
+def create_app(service, trusted_proxies=None):
+    """The Flask app serving ``service``. ``trusted_proxies``: the addresses and networks (text, as
+    DEPOT_TRUSTED_PROXIES takes them; None: that variable) whose X-Forwarded-* headers say what the request's
+    external base URL is (app.http.forwarding); ValueError for an entry that is neither."""
+    app = DepotFlask(service, proxies(trusted_proxies))
     app.config["MAX_CONTENT_LENGTH"] = None
 
     @app.before_request
@@ -194,7 +205,7 @@ def create_app(service):
         req = request._get_current_object()  # one context-local lookup instead of one per attribute
         rule = req.url_rule
         engine = rule.engine
-        data = request_data(req, engine, params)
+        data = request_data(req, engine, params, app.trusted_proxies)
         try:
             ctx = engine.run(rule.route, data, authenticate)
         except DepotError as error:

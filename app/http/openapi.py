@@ -156,17 +156,37 @@ class Operation:
                     "properties": {key: self.value_schema(item) for key, item in node.items}}
         if isinstance(node, expr.ListNode):
             return {"type": "array"}
+        if isinstance(node, expr.EachNode):
+            return self.each_schema(node)
         if node.single is None:  # literal text and references, joined
             return {"type": "string"}
         return self.ref_schema(node.single)
 
+    def each_schema(self, node):
+        """A loop's list (or object, with a key) of what its emit renders, with $name read as an item."""
+        items = _descend(self.value_schema(node.source), 0)
+        outer = self.vars.get(node.name)
+        self.vars[node.name] = items
+        try:
+            body = self.value_schema(node.body)
+        finally:
+            if outer is None:
+                del self.vars[node.name]
+            else:
+                self.vars[node.name] = outer
+        if node.key is None:
+            return {"type": "array", "items": body}
+        return {"type": "object", "additionalProperties": body}
+
     def ref_schema(self, ref):
-        if ref.slice is not None:
-            return {"type": "string"}
+        if ref.slice is not None or ref.namespace == "request" or any(d.keeps_absent for d in ref.filters):
+            return {"type": "string"}  # a substring, a URL, or what a text filter made
         known = {"var": self.vars, "field": self.fields, "principal": {"principal": PRINCIPAL}}.get(ref.namespace, {})
         schema = known.get(ref.root, {})
         for step in ref.path:
             schema = _descend(schema, step)
+        if ref.filters:  # only defaults: the value, or their text when it is absent
+            return schema if schema.get("type") == "string" else {}
         return nullable(schema) if ref.optional and schema else schema
 
     # --- the result ---
@@ -255,12 +275,20 @@ def route_operation(route):
     operation = Operation(route)
     for step in route.pipeline.steps:
         operation.errors(step.decl.errors)
+        operation.errors(_filter_errors(step))
         operation.answers(step.decl.answers)
         operation.inputs(step.decl.inputs)
         if step.decl.openapi is not None:
             step.decl.openapi(operation, step.args)
         operation.bind_outputs(step)
     return operation.to_dict()
+
+
+def _filter_errors(step):
+    """What the filters in a step's templates may answer (a filter that cannot take its input: 400)."""
+    nodes = [getattr(step.args, name, None) for name in step.decl.args]
+    return [error for node in nodes if isinstance(node, expr.NODES) for ref in expr.every_ref(node)
+            for decl in ref.filters for error in decl.errors]
 
 
 def _disabled(route):

@@ -135,6 +135,9 @@ class ServerSettings:
                            cleanup_interval=self.cleanup_interval, ident="depot", expose_tracebacks=False,
                            max_request_body_size=self.max_body_bytes + 1,  # waitress refuses sizes >= its limit
                            max_request_header_size=MAX_HEAD_BYTES,
+                           # X-Forwarded-* reach the app, which believes them only from a trusted proxy's
+                           # address (app/http/forwarding.py: networks, which waitress's one address cannot say)
+                           clear_untrusted_proxy_headers=False,
                            asyncore_use_poll=True)  # select() stops at 1024 descriptors
 
 

@@ -22,7 +22,8 @@ def build_parser():
                                 "(default: SQLite in the data dir), DEPOT_CPU_BUDGET=off (requests are charged no CPU "
                                 "time: ops.limits.max_cpu_ms_per_request is not enforced; for test suites on "
                                 "loaded machines), DEPOT_CODEGEN=off (pipelines and templates run interpreted: no "
-                                "Python is generated for them; the same answers, slower).")
+                                "Python is generated for them; the same answers, slower), DEPOT_TRUSTED_PROXIES (the "
+                                "default of --trusted-proxies).")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     serve.add_argument("--data-dir", default="./data", help="blobs, KV/index database, SQL database, keys "
@@ -45,6 +46,10 @@ def build_parser():
     serve.add_argument("--read-only", action="store_true", help="serve as a read-only replica: route steps that "
                        "change the repository answer 403 READ_ONLY; replication (python -m app replicate) still "
                        "applies the primary's events")
+    serve.add_argument("--trusted-proxies", metavar="LIST", help="IP addresses and CIDR networks (comma or space "
+                       "separated) of the reverse proxies whose X-Forwarded-Proto, -Host, -Port and -Prefix headers "
+                       "say what URL clients use ({request.base_url}); they are believed only from a direct peer "
+                       "listed here (default: $DEPOT_TRUSTED_PROXIES, else none)")
     serve.set_defaults(handler=cmd_serve)
 
     check = commands.add_parser("check", help="check a schema and print the report (exit 0: servable, 1: not)")
@@ -358,7 +363,13 @@ def cmd_serve(args):
     from app.http.server import ServerSettings, serve
     from app.repository.service import open_data_dir
     from app.stores.interfaces import StoreLocked
+    from app.http.forwarding import trusted_proxies
 
+    try:
+        trusted_proxies(args.trusted_proxies)
+    except ValueError as exc:
+        print("error: %s (--trusted-proxies or DEPOT_TRUSTED_PROXIES)" % exc, file=sys.stderr)
+        return 2
     path = args.schema or DEFAULT_SCHEMA
     doc, report = _check_file(path)
     if doc is None:
@@ -369,7 +380,7 @@ def cmd_serve(args):
         return 1
     try:
         app = create_app(open_data_dir(args.data_dir), schema=doc, schema_path=path, read_only=args.read_only,
-                         load_schema=args.load_schema, cpu_clock=_cpu_clock())
+                         load_schema=args.load_schema, cpu_clock=_cpu_clock(), trusted_proxies=args.trusted_proxies)
     except StoreLocked:
         raise datadir.in_use(args.data_dir, "stop it first, or give this one another --data-dir") from None
     service = app.extensions["depot"]

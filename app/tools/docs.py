@@ -5,6 +5,7 @@ import os
 from app.engine import checks, schema_keys
 from app.engine.conditions import KEYWORDS
 from app.engine.definitions import NORMALIZERS
+from app.engine.filters import FILTERS
 from app.engine.opspec import FLAGS, REGISTRY, load_vocabulary
 from app.engine.versions import SCHEMES
 
@@ -34,6 +35,15 @@ def _conditions():
     lines = [_section("30_conditions_head.md"), "| keyword | operand | holds when |", "|---|---|---|"]
     for name, (_, arity) in sorted(KEYWORDS.items()):
         lines.append("| `%s` | %s | %s |" % (name, _ARITY[arity], _KEYWORD_DOCS.get(name, "")))
+    return "\n".join(lines) + "\n"
+
+
+def _filters():
+    lines = [_section("22_filters_head.md"), "| filter | argument | gives | example |", "|---|---|---|---|"]
+    for name, decl in sorted(FILTERS.items()):
+        errors = " (%s)" % ", ".join("`%s`" % e for e in decl.errors) if decl.errors else ""
+        lines.append("| `%s` | %s | %s%s | `%s` |" % (name, decl.argument or "none", decl.doc, errors,
+                                                   decl.example.replace("|", "\\|")))
     return "\n".join(lines) + "\n"
 
 
@@ -141,10 +151,10 @@ def _schema_keys():
 
 def render():
     load_vocabulary()  # the ops the reference documents
-    parts = [_section("10_intro.md"), _section("20_grammar.md"), _conditions(), _versioning(), _section("40_access.md"),
-             _ops(), _checks(), _section("45_packs.md"), _section("50_limits.md"), _section("52_bodies.md"),
-             _section("55_server.md"), _section("60_stores.md"), _section("65_replication.md"), _schema_keys(),
-             _section("70_deviations.md")]
+    parts = [_section("10_intro.md"), _section("20_grammar.md"), _filters(), _section("24_each.md"), _conditions(),
+             _versioning(), _section("40_access.md"), _ops(), _checks(), _section("45_packs.md"),
+             _section("50_limits.md"), _section("52_bodies.md"), _section("55_server.md"), _section("60_stores.md"),
+             _section("65_replication.md"), _schema_keys(), _section("70_deviations.md")]
     return "\n".join(p.rstrip() + "\n" for p in parts)
 
 

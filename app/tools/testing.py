@@ -23,18 +23,21 @@ class ManualClock:
 
 
 class LocalDepot:
-    def __init__(self, data_dir, schema=None, schema_path=None, sync=True, read_only=False, cpu_clock=None):
+    def __init__(self, data_dir, schema=None, schema_path=None, sync=True, read_only=False, cpu_clock=None,
+                 trusted_proxies=None):
         """``schema`` (a document) or ``schema_path`` seeds an empty data dir, as `serve --schema` does; with
         neither, the project's schema.json. ``sync=False`` skips fsync (only for filling a benchmark's store).
         ``read_only``: a replica, as `serve --read-only`. ``cpu_clock``: what the CPU budget reads instead of
-        the thread's CPU time (a ManualClock: requests are charged only what it is advanced by)."""
+        the thread's CPU time (a ManualClock: requests are charged only what it is advanced by).
+        ``trusted_proxies``: as `serve --trusted-proxies` (None: $DEPOT_TRUSTED_PROXIES)."""
         from app.http.app import create_app
         from app.repository.service import Service
         self.data_dir, self.schema, self.schema_path = data_dir, schema, schema_path
         self.sync, self.read_only, self.cpu_clock = sync, read_only, cpu_clock
+        self.trusted_proxies = trusted_proxies
         self.service = Service(data_dir, schema=copy.deepcopy(schema), schema_path=schema_path, sync=sync,
                                announce=lambda *_: None, read_only=read_only, cpu_clock=cpu_clock)
-        self.app = create_app(self.service)
+        self.app = create_app(self.service, trusted_proxies)
         self.client = self.app.test_client()
 
     def ensure_user(self, sub, scopes):
@@ -57,7 +60,7 @@ class LocalDepot:
         """Close and start again over the same data dir (what a server restart keeps, this keeps)."""
         self.close()
         self.__init__(self.data_dir, self.schema, schema_path=self.schema_path, sync=self.sync,
-                      read_only=self.read_only, cpu_clock=self.cpu_clock)
+                      read_only=self.read_only, cpu_clock=self.cpu_clock, trusted_proxies=self.trusted_proxies)
         return self
 
     def close(self):

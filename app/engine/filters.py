@@ -1,0 +1,167 @@
+"""Template filters: the closed registry of ``{ref|name}`` and ``{ref|name:argument}`` transformations.
+
+A filter is one small function from a value to a value, declared here with its documentation, whether it takes
+an argument and the errors it may raise, so the template parser (app/engine/expr.py), the checker, OPERATIONS.md
+and the OpenAPI document all read the same declaration. A chain is resolved against this registry when the
+schema is loaded: an unknown filter, or an argument given to a filter that takes none (or missing from one that
+needs it), is a load error naming the place and the filter.
+
+Filters run on the value a reference resolved to, after any slice. An absent value (an optional reference that
+is not bound, or null) passes through every filter unchanged except ``default``, so ``{name?|lower}`` is still
+absent when ``name`` is. Text filters read a non-string value as interpolation writes it (numbers as digits,
+booleans as true/false, objects and lists as compact JSON). A filter's output is never parsed as a template.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import string
+from dataclasses import dataclass
+from operator import methodcaller
+from typing import Any, Callable, Optional, Sequence
+from urllib.parse import quote
+
+
+class FilterError(ValueError):
+    """A filter chain the registry cannot build (an unknown filter, a wrong argument): a load error."""
+
+
+@dataclass(frozen=True)
+class FilterDecl:
+    """One filter: ``apply(value, argument)`` (argument None for filters that take none)."""
+    name: str
+    doc: str
+    apply: Callable[[Any, Optional[str]], Any]
+    argument: Optional[str] = None  # what the argument is, for filters that take one (None: it takes none)
+    example: str = ""
+    errors: tuple[str, ...] = ()  # "<status> <CODE>" a request may meet when the filter cannot take its input
+    keeps_absent: bool = True  # an absent value passes through (False: the filter turns absence into a value)
+
+
+FILTERS: dict[str, FilterDecl] = {}
+INVALID_INPUT = "400 INVALID_FILTER_INPUT"
+
+
+def text(value: Any) -> str:
+    """A value as interpolation writes it into a string: strings as they are, numbers and booleans as JSON
+    spells them, objects and lists as compact JSON with sorted keys."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+# Case changes touch ASCII letters only: Unicode case mapping folds look-alikes into ASCII (the Kelvin sign K
+# lower-cases to "k", U+017F long s upper-cases to "S"), so a value that a constraint or another key would keep
+# apart could meet an ASCII one once mapped. Entity normalize rules (app/engine/definitions.py) use the same two.
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+_ASCII_UPPER = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
+
+
+# methodcallers, not functions: a C call costs no Python frame (entity normalizers run on every request)
+ascii_lower: Callable[[str], str] = methodcaller("translate", _ASCII_LOWER)
+ascii_upper: Callable[[str], str] = methodcaller("translate", _ASCII_UPPER)
+
+
+def _filter(name: str, doc: str, argument: Optional[str] = None, example: str = "", errors: Sequence[str] = (),
+            keeps_absent: bool = True) -> Callable[[Callable[[Any, Optional[str]], Any]],
+                                                   Callable[[Any, Optional[str]], Any]]:
+    def register(fn: Callable[[Any, Optional[str]], Any]) -> Callable[[Any, Optional[str]], Any]:
+        FILTERS[name] = FilterDecl(name, doc, fn, argument, example, tuple(errors), keeps_absent)
+        return fn
+    return register
+
+
+@_filter("lower", "ASCII letters in lower case (other characters unchanged)", example="{name|lower}")
+def _lower(value: Any, _: Optional[str]) -> str:
+    return ascii_lower(text(value))
+
+
+@_filter("upper", "ASCII letters in upper case (other characters unchanged)", example="{name|upper}")
+def _upper(value: Any, _: Optional[str]) -> str:
+    return ascii_upper(text(value))
+
+
+_PEP503_RUN = re.compile(r"[-_.]+")
+
+
+@_filter("pep503", "a Python project name normalized as PEP 503 says: each run of `-`, `_` and `.` becomes "
+         "one `-`, ASCII letters lower case (`Foo_Bar.baz` -> `foo-bar-baz`)", example="{project|pep503}")
+def _pep503(value: Any, _: Optional[str]) -> str:
+    return ascii_lower(_PEP503_RUN.sub("-", text(value)))
+
+
+@_filter("urlquote", "percent-encoded for one URL path segment or query value: every byte of its UTF-8 but "
+         "`A-Z a-z 0-9 - . _ ~` is encoded, `/` too (`a/b c` -> `a%2Fb%20c`); injective, so it also makes a "
+         "storage key segment of a value holding `/`", example="{filename|urlquote}")
+def _urlquote(value: Any, _: Optional[str]) -> str:
+    return quote(text(value), safe="")
+
+
+@_filter("urlquote_path", "percent-encoded for a URL path: as `urlquote`, but `/` is kept, so a value made of "
+         "segments (`library/ubuntu`) stays one path of several segments", example="{$repo|urlquote_path}")
+def _urlquote_path(value: Any, _: Optional[str]) -> str:
+    return quote(text(value), safe="/")
+
+
+_HEX = re.compile(r"\A(?:[0-9a-fA-F]{2})*\Z")
+_BASE64 = re.compile(r"\A[A-Za-z0-9+/]*={0,2}\Z")
+
+
+@_filter("hex_to_base64", "hexadecimal text (a digest as `sha256:<hex>` stores it, after a slice) as the "
+         "standard base64 of the same bytes, padded: what Content-Digest and Subresource Integrity (`sha512-...`) "
+         "carry", example="sha-256=:{$blob.digest:7:64|hex_to_base64}:", errors=(INVALID_INPUT,))
+def _hex_to_base64(value: Any, _: Optional[str]) -> str:
+    digits = text(value)
+    if not _HEX.match(digits):
+        raise ValueError("not hexadecimal text of whole bytes")
+    return base64.b64encode(bytes.fromhex(digits)).decode("ascii")
+
+
+@_filter("base64_to_hex", "standard base64 (padded) as lower-case hexadecimal text of the same bytes: a digest a "
+         "client sent base64-encoded, made comparable with a stored one", example="{$body.integrity:7:88|base64_to_hex}",
+         errors=(INVALID_INPUT,))
+def _base64_to_hex(value: Any, _: Optional[str]) -> str:
+    encoded = text(value)
+    if len(encoded) % 4 or not _BASE64.match(encoded):
+        raise ValueError("not standard padded base64")
+    try:
+        return base64.b64decode(encoded, validate=True).hex()
+    except binascii.Error:
+        raise ValueError("not standard padded base64") from None
+
+
+@_filter("default", "the argument (text) when the value is absent (an unbound reference, or null); the value "
+         "otherwise. A reference with a default is never unbound, so the checker treats it as optional",
+         argument="the text used when the value is absent (may be empty)", example="{channel|default:stable}",
+         keeps_absent=False)
+def _default(value: Any, argument: Optional[str]) -> Any:
+    return argument if value is None else value
+
+
+Filter = Callable[[Any], Any]  # one filter with its argument bound: value -> value
+
+
+def compile_filter(name: str, argument: Optional[str]) -> tuple[FilterDecl, Filter]:
+    """The declaration of filter ``name`` and its function with ``argument`` bound; FilterError when the
+    registry has no such filter, or the argument is missing or unwanted."""
+    decl = FILTERS.get(name)
+    if decl is None:
+        raise FilterError("unknown filter %r; expected one of: %s" % (name, ", ".join(sorted(FILTERS))))
+    if decl.argument is None and argument is not None:
+        raise FilterError("filter %r takes no argument (':%s')" % (name, argument))
+    if decl.argument is not None and argument is None:
+        raise FilterError("filter %r needs an argument: %s (write %s:...)" % (name, decl.argument, name))
+    apply = decl.apply
+    if decl.keeps_absent:
+        def run(value: Any) -> Any:
+            return None if value is None else apply(value, argument)
+    else:
+        def run(value: Any) -> Any:
+            return apply(value, argument)
+    return decl, run
