@@ -91,16 +91,15 @@ def parse_page(source: str | list[str]) -> PageSource:
 def _reads(tree: nodes.Template) -> Iterator[tuple[str, str, str]]:
     """fields.x, fields["x"], vars.x, vars["x"]: the names read from the pipeline's namespaces."""
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        root = node.node
-        if not isinstance(root, nodes.Name) or root.name not in ("fields", "vars"):
-            continue
         if isinstance(node, nodes.Getattr):
-            name = node.attr
-        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-            name = node.arg.value
+            root, name = node.node, node.attr
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and \
+                isinstance(node.arg.value, str):
+            root, name = node.node, node.arg.value
         else:  # a name worked out per request: nothing to check at load
             continue
-        yield NAMESPACES[root.name], name, "%s.%s" % (root.name, name)
+        if isinstance(root, nodes.Name) and root.name in ("fields", "vars"):
+            yield NAMESPACES[root.name], name, "%s.%s" % (root.name, name)
 
 
 class Page:
@@ -139,9 +138,10 @@ class RenderedText:
             try:
                 text, self.finished = _take(self.pieces, CHUNK)
             except Exception as exc:  # the status line is sent: all that is left is to cut the body short
+                error = render_failed(exc)
                 log.error("page rendering failed after the response started; the body is cut short: %s",
-                          render_failed(exc).message)
-                raise
+                          error.message)
+                raise error from exc
             yield _encode(text)
 
     def close(self) -> None:
