@@ -43,7 +43,7 @@ class PageSyntaxError(ValueError):
 def _environment(escape: bool) -> ImmutableSandboxedEnvironment:
     """``escape``: substituted values are HTML-escaped (for HTML and XML pages)."""
     environment = ImmutableSandboxedEnvironment(autoescape=escape, undefined=StrictUndefined,
-                                                keep_trailing_newline=True, cache_size=0, auto_reload=False)
+                                                keep_trailing_newline=True)
     environment.filters.update(FILTERS)
     return environment
 
