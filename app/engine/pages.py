@@ -53,39 +53,60 @@ _ENVIRONMENTS = {escape: _environment(escape) for escape in (True, False)}
 
 @dataclass(frozen=True)
 class PageSource:
-    """A template's text, parsed and checked. ``reads``: (namespace, name, as written) of each field and variable
-    it reads by name, for the binding analysis; ``namespaces``: the names of NAMESPACES it uses."""
+    """A template's text, parsed and checked, and compiled escaping substituted values (``escaped``). ``reads``:
+    (namespace, name, as written) of each field and variable it reads by name, for the binding analysis;
+    ``namespaces``: the names of NAMESPACES it uses."""
     text: str
     reads: tuple[tuple[str, str, str], ...]
     namespaces: frozenset[str]
+    escaped: JinjaTemplate
 
     def compile(self, escape: bool | None) -> Page:
         """The page, escaping substituted values when ``escape`` (None: both ways, chosen per request)."""
-        variants = (True, False) if escape is None else (escape,)
-        return Page(self, {e: _ENVIRONMENTS[e].from_string(self.text) for e in variants})
+        templates = {} if escape is False else {True: self.escaped}
+        if escape is not True:
+            templates[False] = _ENVIRONMENTS[False].from_string(self.text)
+        return Page(self, templates)
 
 
 def parse_page(source: str | list[str]) -> PageSource:
     """Parse and check a template (a string, or a list of lines joined with newlines); PageSyntaxError says what
     is wrong and on which line."""
     text = "\n".join(source) if isinstance(source, list) else source
+    environment = _ENVIRONMENTS[True]
     try:
-        tree = _ENVIRONMENTS[True].parse(text)
+        tree = environment.parse(text)
+        _check(tree)
+        escaped = environment.from_string(text)  # what the compiler alone finds (a block defined twice...)
     except TemplateSyntaxError as exc:
         raise PageSyntaxError("template line %d: %s" % (exc.lineno, exc.message)) from None
-    for node in tree.find_all(_NO_LOADER):
+    reads = frozenset(meta.find_undeclared_variables(tree) & set(NAMESPACES))
+    return PageSource(text, tuple(_reads(tree)), reads, escaped)
+
+
+def _check(tree: nodes.Template) -> None:
+    """What a page may not do, each a PageSyntaxError naming its line: use a filter or test no registry has (Jinja
+    finds an unknown test only when it runs), load other templates, set a name it reads the pipeline by, or read a
+    name it cannot see."""
+    environment = _ENVIRONMENTS[True]
+    for node in tree.find_all((nodes.Filter, nodes.Test)):
+        kind, known = ("filter", environment.filters) if isinstance(node, nodes.Filter) else \
+            ("test", environment.tests)
+        if node.name not in known:
+            raise PageSyntaxError("template line %d: unknown %s %r; expected one of: %s"
+                                  % (node.lineno, kind, node.name, ", ".join(sorted(known))))
+    for loading in tree.find_all(_NO_LOADER):
         raise PageSyntaxError("template line %d: a page cannot extend, include or import other templates"
-                              % node.lineno)
+                              % loading.lineno)
     for name in tree.find_all(nodes.Name):
         if name.ctx != "load" and name.name in NAMESPACES:
             raise PageSyntaxError("template line %d: %r is what the page reads the pipeline's %s by; it cannot be "
                                   "set" % (name.lineno, name.name, name.name))
-    unknown = meta.find_undeclared_variables(tree) - set(NAMESPACES) - set(_ENVIRONMENTS[True].globals)
+    unknown = meta.find_undeclared_variables(tree) - set(NAMESPACES) - set(environment.globals)
     if unknown:
         first = min((n for n in tree.find_all(nodes.Name) if n.name in unknown), key=lambda n: n.lineno)
         raise PageSyntaxError("template line %d: unknown name %r; a page reads %s (and the names it sets itself)"
                               % (first.lineno, first.name, ", ".join(NAMESPACES)))
-    return PageSource(text, tuple(_reads(tree)), frozenset(meta.find_undeclared_variables(tree) & set(NAMESPACES)))
 
 
 def _reads(tree: nodes.Template) -> Iterator[tuple[str, str, str]]:
