@@ -694,11 +694,13 @@ _HEADERS = Template("extra headers (not Content-Type: see content_type)", requir
 
 
 def _content_type_apart(a, scope):
-    """Content-Type is the content_type argument's, checked at load: a header of that name would be overridden."""
+    """Content-Type is the content_type argument's, checked at load: a header of that name would be overridden.
+    ``a.fixed_type``: the header of a constant content type (None: rendered per request)."""
     headers = a.headers
     names = headers.value if isinstance(headers, expr.Const) else dict(getattr(headers, "items", ()))
     if isinstance(names, dict) and any(name.lower() == "content-type" for name in names):
         raise BindError("Content-Type is set by the content_type argument, not a header", "headers")
+    a.fixed_type = a.content_type.fixed.header if a.content_type.fixed is not None else None
 
 
 @op("respond.json", "End the pipeline with a JSON response; an open transaction is aborted.",
@@ -714,7 +716,7 @@ def _content_type_apart(a, scope):
 def respond_json(ctx, a):
     headers = a.headers.render(ctx) if a.headers is not None else None
     ctx.response = ResponseSpec(a.status, headers, json=a.body.render(ctx),
-                                content_type=a.content_type.resolve(ctx).header)
+                                content_type=a.fixed_type or a.content_type.resolve(ctx).header)
 
 
 def _compile_page(a, scope):

@@ -1,6 +1,7 @@
 """Writing responses: the JSON answer and error envelope, and a ResponseSpec written out (JSON, a body streamed as
-it is produced, or a blob streamed from its store with Range/ETag/HEAD and conditional requests). Both the compiled routes (app.http.app) and the
-management API (app.http.management) answer through here, so neither imports the other."""
+it is produced, or a blob streamed from its store with Range/ETag/HEAD and conditional requests). Both the compiled
+routes (app.http.app) and the management API (app.http.management) answer through here, so neither imports the
+other."""
 import re
 from datetime import datetime, timezone
 from urllib.parse import quote
