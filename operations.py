@@ -27,8 +27,9 @@ from app.errors import DepotError, bad_request, too_large
 from app.engine import expr
 from app.http.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_ANSWERS, BLOB_INPUTS, COUNT, DIGEST, STRING,
                                     nullable, portable)
-from app.engine.opspec import (BindError, Const, JsonSchema, OpDecl, Output, RefTo, RequestInput, Scopes, Source,
-                               Template, Vocabulary)
+from app.engine.media import negotiate
+from app.engine.opspec import (BindError, Const, JsonSchema, MediaType, MediaTypes, OpDecl, Output, PageTemplate,
+                               RefTo, RequestInput, Scopes, Source, Template, Vocabulary)
 from app.stores.codec import dumps
 from app.stores.digests import (ALGORITHMS, DIGEST_PREFIX, algorithm_named, algorithm_names, hash_stream,
                                 parse_declared, split_digest)
@@ -263,6 +264,32 @@ def parse_multipart(ctx, a):
             ctx.fields.setdefault(name, value)
     if a.out:
         ctx.vars[a.out] = upload
+
+
+# --- http -------------------------------------------------------------------------------------------------
+
+@op("http.negotiate", "Choose the media type to answer with from the request's Accept header (RFC 9110 proactive "
+    "negotiation, werkzeug's parser: q-values, wildcards, several Accept headers): the offer the client rates "
+    "highest, then the one its most specific entry names, then the earliest offer; without an Accept header, the "
+    "first offer. When no offer is acceptable the answer is 406 NOT_ACCEPTABLE naming the field Accept. The answer "
+    "then varies with Accept (the response says Vary: Accept); later steps choose it with `when` conditions on "
+    "the bound variable, and respond steps may take it as their `content_type`.",
+    args={"offers": MediaTypes("the media types the route answers with (type/subtype), in the server's order of "
+                               "preference"),
+          "out": Output("variable receiving the chosen offer, as written in `offers`",
+                        schema=lambda a: {"type": "string", "enum": list(a.offers)})},
+    errors=["406 NOT_ACCEPTABLE"],
+    inputs=[RequestInput("header", "Accept", "the media types the client accepts, with q-values (RFC 9110); the "
+                         "route answers with the acceptable one it prefers, 406 when none is")],
+    example={"offers": ["application/vnd.pypi.simple.v1+json", "application/vnd.pypi.simple.v1+html", "text/html"],
+             "out": "format"})
+def http_negotiate(ctx, a):
+    ctx.vary += ("Accept",)
+    chosen = negotiate(ctx.request.headers.get("Accept"), a.offers)
+    if chosen is None:
+        raise DepotError("NOT_ACCEPTABLE", 406, "none of the media types this route answers with is acceptable "
+                         "(it offers %s)" % ", ".join(a.offers), "Accept", headers={"Vary": "Accept"})
+    ctx.vars[a.out] = chosen
 
 
 # --- normalize / validate ---------------------------------------------------------------------------------
@@ -970,22 +997,76 @@ def emit_event(ctx, a):
 _STATUS = dict(minimum=100, maximum=599)
 
 
+_HEADERS = Template("extra headers (not Content-Type: see content_type)", required=False, shape="object")
+
+
+def _content_type_apart(a, scope):
+    """Content-Type is the content_type argument's, checked at load: a header of that name would be overridden.
+    ``a.fixed_type``: the header of a constant content type (None: rendered per request)."""
+    headers = a.headers
+    names = headers.value if isinstance(headers, expr.Const) else dict(getattr(headers, "items", ()))
+    if isinstance(names, dict) and any(name.lower() == "content-type" for name in names):
+        raise BindError("Content-Type is set by the content_type argument, not a header", "headers")
+    a.fixed_type = a.content_type.fixed.header if a.content_type.fixed is not None else None
+
+
 def _streams_listing(a, scope):
     """Whether the body holds a listing read whole (index.query `all`): then it is written as it is read."""
     a.streamed = any(ref.namespace == "var" and ref.root in scope.stream_vars for ref in expr.whole_refs(a.body))
+
+
+def _prepare_json(a, scope):
+    _content_type_apart(a, scope)
+    _streams_listing(a, scope)
 
 
 @op("respond.json", "End the pipeline with a JSON response; an open transaction is aborted. A listing read whole "
     "(index.query with `all`) in the body is written as its rows are read, in bounded memory (no "
     "Content-Length: the body is sent chunked).",
     args={"status": Const("integer", "HTTP status", required=False, default=200, **_STATUS),
-          "body": Template("the JSON body", streams=True),
-          "headers": Template("extra headers", required=False, shape="object")},
-    example={"status": 200, "body": {"ok": True}}, prepare=_streams_listing,
-    openapi=lambda o, a: o.json_response(a.status, a.body), terminal=True)
+          "body": Template("the JSON body", streams=True), "headers": _HEADERS,
+          "content_type": MediaType("the Content-Type: application/json or a type with the +json suffix "
+                                    "(application/vnd.pypi.simple.v1+json), or a variable holding one (checked "
+                                    "per request: 500 INVALID_CONTENT_TYPE otherwise)", required=False,
+                                    default="application/json", json=True)},
+    errors=["500 INVALID_CONTENT_TYPE"], example={"status": 200, "body": {"ok": True}},
+    prepare=_prepare_json, openapi=lambda o, a: o.json_response(a.status, a.body, a.content_type),
+    terminal=True)
 def respond_json(ctx, a):
     headers = a.headers.render(ctx) if a.headers is not None else None
-    ctx.response = ResponseSpec(a.status, headers, json=a.body.render(ctx), streamed=a.streamed)
+    ctx.response = ResponseSpec(a.status, headers, json=a.body.render(ctx), streamed=a.streamed,
+                                content_type=a.fixed_type or a.content_type.resolve(ctx).header)
+
+
+def _compile_page(a, scope):
+    """The page, compiled once: escaping substituted values for an HTML or XML content type, not for another; both
+    ways when the content type is known only per request."""
+    _content_type_apart(a, scope)
+    fixed = a.content_type.fixed
+    a.page = a.template.compile(fixed.markup if fixed is not None else None)
+
+
+@op("respond.render", "End the pipeline with a page rendered from a Jinja2 template (HTML, or any text): the "
+    "template is compiled at load in Jinja's sandbox and sees the pipeline's fields, vars and principal (see "
+    "\"Page templates\"); for an HTML or XML content type every substituted value is escaped. The page streams: "
+    "loops over a lazy sequence of rows render row by row, and a page is never held whole. An open transaction "
+    "is aborted.",
+    args={"template": PageTemplate("the page's Jinja2 source: a string, or a list of lines joined with newlines"),
+          "status": Const("integer", "HTTP status", required=False, default=200, **_STATUS),
+          "content_type": MediaType("the Content-Type (charset=utf-8 is added when it names none), or a variable "
+                                    "holding one, such as http.negotiate's choice", required=False,
+                                    default="text/html; charset=utf-8"),
+          "headers": _HEADERS},
+    errors=["500 RENDER_FAILED", "500 INVALID_CONTENT_TYPE"],
+    example={"template": ["<!DOCTYPE html>", "<title>{{ fields.name }}</title>",
+                          "{% for row in vars.rows %}<a href=\"{{ row.url }}\">{{ row.file }}</a><br>{% endfor %}"],
+             "content_type": "text/html; charset=utf-8", "headers": {"Cache-Control": "max-age=600"}},
+    prepare=_compile_page, openapi=lambda o, a: o.text_response(a.status, a.content_type), terminal=True)
+def respond_render(ctx, a):
+    kind = a.content_type.resolve(ctx)
+    headers = a.headers.render(ctx) if a.headers is not None else None
+    ctx.response = ResponseSpec(a.status, headers, stream=a.page.stream(ctx, kind.markup),
+                                content_type=kind.text_header)
 
 
 @op("respond.bytes", "End the pipeline streaming a blob from disk as an attachment (Content-Disposition, "

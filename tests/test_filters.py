@@ -45,6 +45,10 @@ def syntax_error(source):
     ("{x|hex_to_base64}", "", ""),
     ("{x|base64_to_hex}", "AP8Q", "00ff10"),
     ("{x|default:stable}", "beta", "beta"),
+    ("{x|replace:-:_}", "a-b-c", "a_b_c"),
+    ("{x|pep503|replace:-:_}", "Foo.Bar-_baz", "foo_bar_baz"),
+    ("{x|replace:.}", "1.0.2", "102"),  # no ':': the text is removed
+    ("{x|replace::x}", "a:b", "a:b"),  # nothing to replace
 ])
 def test_filter_gives(source, value, expected):
     assert render(source, fields={"x": value}) == expected

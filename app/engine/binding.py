@@ -102,38 +102,40 @@ class Scope:
         """Check what ``refs`` read; those in ``streamed`` are taken whole by an argument that streams."""
         whole = {id(ref) for ref in streamed}
         for ref in refs:
-            self._check_ref(ref)
+            self.reads(ref.namespace, ref.root, ref.source, ref.absent_ok)
             if ref.namespace == "var" and ref.root in self.stream_vars and id(ref) not in whole:
                 self.report.error(self.place, "%s: $%s holds every row of an index key, read as the response is "
                                   "written (index.query with all): it can only be passed whole, as \"$%s\", to an "
                                   "argument that streams it (respond.json's body); to index or test rows, query a "
                                   "page (limit, page_size)" % (ref.source, ref.root, ref.root))
 
-    def _check_ref(self, ref: Ref) -> None:
-        if ref.namespace == "var":
-            if ref.root not in self.vars:
+    def reads(self, namespace: str, root: str, source: str, optional: bool = False) -> None:
+        """Check one read of ``root`` in ``namespace`` ("field", "var", "principal" or "event"), written
+        ``source``: a `{...}` or `$...` reference, or a page template's ``fields.x`` / ``vars.x``."""
+        if namespace == "var":
+            if root not in self.vars:
                 self.report.error(self.place, "%s can never be bound here: no earlier step outputs $%s (bound: %s)"
-                                  % (ref.source, ref.root, ", ".join(sorted(self.vars)) or "none"))
-        elif ref.namespace == "event":
+                                  % (source, root, ", ".join(sorted(self.vars)) or "none"))
+        elif namespace == "event":
             if not self.replay:
                 self.report.error(self.place, "%s: {event.*} is bound only in replication apply pipelines"
-                                  % ref.source)
-        elif ref.namespace == "principal":
+                                  % source)
+        elif namespace == "principal":
             if self.replay:
-                self.report.error(self.place, "%s: replayed events have no principal" % ref.source)
-        elif ref.namespace == "request":
+                self.report.error(self.place, "%s: replayed events have no principal" % source)
+        elif namespace == "request":
             if self.replay:
-                self.report.error(self.place, "%s: replayed events have no request" % ref.source)
-        elif ref.root in self.fields:
+                self.report.error(self.place, "%s: replayed events have no request" % source)
+        elif root in self.fields:
             return
-        elif ref.root in self.body_fields:
+        elif root in self.body_fields:
             self.report.warning(self.place, "%s is not a path or query field; it resolves from the parsed JSON "
-                                "body (write $%s.%s to say so)" % (ref.source, next(iter(self.json_vars), "body"),
-                                                                    ref.root), "bindings")
+                                "body (write $%s.%s to say so)" % (source, next(iter(self.json_vars), "body"),
+                                                                    root), "bindings")
         elif self.unknown_sources:
-            self.report.warning(self.place, "%s is bound only if %s carries it" % (ref.source,
+            self.report.warning(self.place, "%s is bound only if %s carries it" % (source,
                                                                                  " or ".join(self.unknown_sources)),
                                 "bindings")
-        elif not ref.absent_ok:
+        elif not optional:
             self.report.error(self.place, "%s can never be bound: fields bound here are %s"
-                              % (ref.source, ", ".join(sorted(self.fields)) or "none"))
+                              % (source, ", ".join(sorted(self.fields)) or "none"))

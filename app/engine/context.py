@@ -15,11 +15,12 @@ Principal = dict[str, Any]  # sub, scopes, kind, token_id (app.identity.auth)
 class ResponseSpec:
     """What a respond.* op decided; the HTTP layer turns it into bytes on the wire."""
 
-    __slots__ = ("status", "headers", "json", "blob", "location", "filename", "last_modified", "streamed")
+    __slots__ = ("status", "headers", "json", "blob", "location", "filename", "last_modified", "streamed", "stream",
+                 "content_type", "vary")
 
     def __init__(self, status: int, headers: Mapping[str, str] | None = None, json: Any = None, blob: Any = None,
                  location: str | None = None, filename: str | None = None, last_modified: Any = None,
-                 streamed: bool = False) -> None:
+                 streamed: bool = False, stream: Any = None, content_type: str | None = None) -> None:
         self.status = status
         self.headers = headers
         self.json = json
@@ -28,6 +29,11 @@ class ResponseSpec:
         self.location = location
         self.filename = filename  # a blob's download name (None: the HTTP layer's default)
         self.last_modified = last_modified  # an aware datetime (None: the blob file's modification time)
+        # a body streamed as it is produced: iterable of bytes, with ``length`` (None: not known) and ``close()``
+        # (app.engine.pages.RenderedText)
+        self.stream = stream
+        self.content_type = content_type  # the Content-Type of a JSON or streamed body (None: application/json)
+        self.vary: tuple[str, ...] = ()  # request headers the answer depends on (Vary), besides the URL
 
 
 class RequestData:
@@ -65,7 +71,7 @@ _UNKNOWN = object()
 
 class ExecutionContext:
     __slots__ = ("engine", "request", "fields", "vars", "event", "txn", "response", "io_ops", "exempt_ns",
-                 "exempt_wall_ns", "unverified_blobs", "held_blobs", "cleanups", "replayed", "_authenticate",
+                 "exempt_wall_ns", "unverified_blobs", "held_blobs", "cleanups", "replayed", "vary", "_authenticate",
                  "_principal")
 
     def __init__(self, engine: Engine, request: RequestData, event: dict[str, Any] | None = None,
@@ -83,6 +89,7 @@ class ExecutionContext:
         self.cleanups: list[Callable[[], None]] = []  # run once the response has been sent
         # a replayed event's bookkeeping (seq, event id), committed with its first commit
         self.replayed: tuple[int, str | None] | None = None
+        self.vary: tuple[str, ...] = ()  # request headers a step chose the answer by (http.negotiate: Accept)
         self._authenticate = authenticate
         self._principal: Any = None if authenticate is None else _UNKNOWN
 

@@ -96,6 +96,15 @@ def _pep503(value: Any, _: Optional[str]) -> str:
     return ascii_lower(_PEP503_RUN.sub("-", text(value)))
 
 
+@_filter("replace", "each occurrence of a text replaced by another: the argument is `old:new` (split at its first "
+         "`:`; without one, `old` is removed). With pep503 it spells a wheel's or sdist's file name prefix "
+         "(PEP 427: runs of `-_.` as one `_`)", argument="`old:new`, the text to replace and its replacement",
+         example="{name|pep503|replace:-:_}")
+def _replace(value: Any, argument: Optional[str]) -> str:
+    old, _, new = (argument or "").partition(":")
+    return text(value).replace(old, new) if old else text(value)
+
+
 @_filter("urlquote", "percent-encoded for one URL path segment or query value: every byte of its UTF-8 but "
          "`A-Z a-z 0-9 - . _ ~` is encoded, `/` too (`a/b c` -> `a%2Fb%20c`); injective, so it also makes a "
          "storage key segment of a value holding `/`", example="{filename|urlquote}")

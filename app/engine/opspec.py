@@ -9,7 +9,9 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable
 
-from app.engine.expr import TemplateSyntaxError, compile_value, whole_refs
+from app.engine.expr import Const as ConstNode, TemplateSyntaxError, compile_value, whole_refs
+from app.engine.media import MediaTypeError, ResponseType, content_type
+from app.engine.pages import PageSource, PageSyntaxError, parse_page
 
 if TYPE_CHECKING:
     from app.engine.binding import Scope
@@ -312,3 +314,77 @@ class Source(Template):
 
     def describe(self) -> str:
         return '"request.body" or a template'
+
+
+class MediaType(Template):
+    """A response's media type (Content-Type), as a string template: parsed at load when it is constant, per
+    request when it holds references (a variable http.negotiate bound). ``json``: it must be a JSON type."""
+
+    def __init__(self, doc: str = "", required: bool = True, default: Any = None, json: bool = False) -> None:
+        super().__init__(doc, required, default, shape="string")
+        self.json = json
+
+    def bind(self, value: Any, env: "Scope") -> ResponseType:
+        node = super().bind(value, env)
+        fixed = None
+        if isinstance(node, ConstNode):
+            try:
+                fixed = ResponseType.check(content_type(node.value), self.json)
+            except MediaTypeError as exc:
+                raise BindError(str(exc)) from None
+        return ResponseType(node, fixed, self.json)
+
+    def describe(self) -> str:
+        return "media type (template)"
+
+
+class MediaTypes(Const):
+    """A non-empty list of distinct media types, each type/subtype without parameters (what a request's Accept is
+    matched against: werkzeug matches an offer with parameters only to an Accept entry naming them too)."""
+
+    def __init__(self, doc: str = "", required: bool = True) -> None:
+        super().__init__("string list", doc, required)
+
+    def bind(self, value: Any, env: "Scope") -> tuple[str, ...]:
+        super().bind(value, env)
+        if not value:
+            raise BindError("expected at least one media type")
+        essences: list[str] = []
+        for item in value:
+            try:
+                parsed = content_type(item)
+            except MediaTypeError as exc:
+                raise BindError(str(exc)) from None
+            if parsed.essence != item.lower():
+                raise BindError("%r: an offer is type/subtype, without parameters" % item)
+            if parsed.essence in essences:
+                raise BindError("%r is offered twice" % item)
+            essences.append(parsed.essence)
+        return tuple(value)
+
+    def describe(self) -> str:
+        return "list of media types"
+
+
+class PageTemplate(Arg):
+    """A Jinja2 template (a string, or a list of lines joined with newlines), parsed and checked at load: its
+    syntax, the names it reads (app/engine/pages.py), and that each field and variable it reads by name can be
+    bound at this step, as for a `{field}` or `$var` reference."""
+    kind: ClassVar[str] = "page template"
+
+    def bind(self, value: Any, env: "Scope") -> PageSource:
+        if not isinstance(value, (str, list)) or (isinstance(value, list) and
+                                                  not all(isinstance(line, str) for line in value)):
+            raise BindError("expected a Jinja2 template: a string, or a list of lines")
+        try:
+            source = parse_page(value)
+        except PageSyntaxError as exc:
+            raise BindError(str(exc)) from None
+        for namespace, name, written in source.reads:
+            env.reads(namespace, name, written)
+        if "principal" in source.namespaces:
+            env.reads("principal", "principal", "principal")
+        return source
+
+    def describe(self) -> str:
+        return "Jinja2 template (a string or a list of lines)"

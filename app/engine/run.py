@@ -91,6 +91,8 @@ class Engine:
         if ctx.response is None:
             ctx.close()
             raise DepotError("NO_RESPONSE", 500, "the pipeline finished without responding")
+        if ctx.vary:
+            ctx.response.vary = ctx.vary
         if ctx.txn is not None:  # a response from inside an open transaction discards it
             ctx.abort_txn()
         if ctx.held_blobs:  # no step is left to reference them

@@ -7,7 +7,7 @@ headers and query parameters it reads (``inputs``), what its outputs hold (``Out
 respond.json step answers is described from its body template: each reference takes the schema of what an
 earlier step bound to it. Depot's own views describe themselves with @documented (app/http/openapi_views.py).
 """
-from app.engine import expr
+from app.engine import expr, media
 from app.http.openapi_components import (BINARY_BODY, JSON, SCHEMAS, SECURITY_SCHEMES, SERVER_ANSWERS, STRING, Access,
                                     REQUEST_ID, add_errors, blob_answers, json_answer, nullable, parameter, portable)
 from app.http.openapi_views import view_paths
@@ -28,7 +28,7 @@ class Operation:
         self.body = None
         self.json_vars = set()
         self.responses = {}
-        self.json_bodies = {}  # status -> the schemas of the JSON bodies answered with it
+        self.bodies = {}  # status -> media type -> the schemas of the bodies answered with them
         self.scopes = set(route.policy.scopes)
         self.secured = bool(route.policy.scopes) or route.policy.denied
         self.vars = {}  # variable -> the schema of its value, as the step binding it declares
@@ -132,8 +132,29 @@ class Operation:
             status, _, what = entry.partition(" ")
             self.responses.setdefault(status, {"description": what.replace("_", " ").lower()})
 
-    def json_response(self, status, body):
-        self.json_bodies.setdefault(str(status), []).append(self.value_schema(body))
+    def json_response(self, status, body, content_type=None):
+        self._body(status, self.media_types(content_type), self.value_schema(body))
+
+    def text_response(self, status, content_type):
+        self._body(status, self.media_types(content_type), STRING)
+
+    def _body(self, status, media_types, schema):
+        for media_type in media_types:
+            self.bodies.setdefault(str(status), {}).setdefault(media_type, []).append(schema)
+
+    def media_types(self, content_type):
+        """The media types a respond step's content type (media.ResponseType) may be: the one it names, or the
+        values the variable it reads may take (http.negotiate's offers), those of a JSON type for a JSON answer and
+        the others for a page (the usual split between respond.json and respond.render after a negotiation), all
+        of them when that leaves none; any (*/*) when they are not known."""
+        if content_type is None:
+            return [JSON]
+        if content_type.fixed is not None:
+            return [content_type.fixed.essence]
+        values = [value.lower() for value in self.value_schema(content_type.node).get("enum", ())
+                  if isinstance(value, str)]
+        split = [value for value in values if media.content_type(value).json == content_type.json]
+        return split or values or ["*/*"]
 
     def bytes_response(self, status):
         self.responses.update(blob_answers(status))
@@ -208,8 +229,8 @@ class Operation:
             self.errors(BINARY_BODY)
         if any(step.decl.mutates for step in self.route.pipeline.steps):
             self.errors(["403 READ_ONLY"])
-        for status, schemas in self.json_bodies.items():
-            self.responses[status] = self._json_answer(self.responses.get(status), schemas)
+        for status, bodies in self.bodies.items():
+            self.responses[status] = self._answer(self.responses.get(status), bodies)
         operation = {"operationId": self.route.id, "summary": self.route.description or self.route.id,
                      "tags": list(self.route.tags) or ["default"],
                      "parameters": list(self.parameters.values()) + [REQUEST_ID],
@@ -235,17 +256,24 @@ class Operation:
 
 
     @staticmethod
-    def _json_answer(earlier, schemas):
-        """The answer of respond.json steps with one status; an error answered with it too stays one of its
-        forms."""
+    def _answer(earlier, bodies):
+        """The answer of the respond steps with one status (media type -> the schemas of their bodies); an error
+        answered with it too stays one of its forms."""
+        content = {media_type: list(schemas) for media_type, schemas in bodies.items()}
         if earlier is not None and JSON in earlier.get("content", {}):
-            schemas = [earlier["content"][JSON]["schema"]] + schemas
-        unique = [s for i, s in enumerate(schemas) if s not in schemas[:i]]
-        answer = json_answer(unique[0] if len(unique) == 1 else {"anyOf": unique}, "the route's JSON answer")
+            content[JSON] = [earlier["content"][JSON]["schema"]] + content.get(JSON, [])
+        described = "the route's JSON answer" if list(content) == [JSON] else "the route's answer"
+        answer = {"description": described, "content": {media_type: {"schema": _one_of(schemas)}
+                                                        for media_type, schemas in content.items()}}
         if earlier is not None and earlier.get("x-error-codes"):
             answer.update({"x-error-codes": earlier["x-error-codes"],
-                           "description": "the route's JSON answer, or an error: " + earlier["description"]})
+                           "description": described + ", or an error: " + earlier["description"]})
         return answer
+
+
+def _one_of(schemas):
+    unique = [s for i, s in enumerate(schemas) if s not in schemas[:i]]
+    return unique[0] if len(unique) == 1 else {"anyOf": unique}
 
 
 def _const_schema(value):

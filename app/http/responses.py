@@ -1,6 +1,7 @@
-"""Writing responses: the JSON answer and error envelope, and a ResponseSpec written out (JSON, or a blob streamed
-from its store with Range/ETag/HEAD and conditional requests). Both the compiled routes (app.http.app) and the
-management API (app.http.management) answer through here, so neither imports the other."""
+"""Writing responses: the JSON answer and error envelope, and a ResponseSpec written out (JSON, a body streamed as
+it is produced, or a blob streamed from its store with Range/ETag/HEAD and conditional requests). Both the compiled
+routes (app.http.app) and the management API (app.http.management) answer through here, so neither imports the
+other."""
 import re
 from datetime import datetime, timezone
 from urllib.parse import quote
@@ -12,8 +13,8 @@ from werkzeug.wsgi import wrap_file
 from app.errors import DepotError
 from app.stores.codec import dumps, iter_json
 
-def json_response(payload, status=200, headers=None):
-    return Response(dumps(payload), status=status, headers=headers, mimetype="application/json")
+def json_response(payload, status=200, headers=None, content_type="application/json"):
+    return Response(dumps(payload), status=status, headers=headers, content_type=content_type)
 
 
 def error_response(error):
@@ -23,13 +24,28 @@ def error_response(error):
 def write_response(spec, on_close=None):
     """The response a ResponseSpec describes; ``on_close`` runs once it has been sent (or abandoned)."""
     if spec.blob is not None:
-        return _blob_response(spec, on_close)
-    if spec.streamed:  # a listing read as it is written: in pieces, never whole in memory
-        return _closing(Response(iter_json(spec.json), status=spec.status, headers=spec.headers,
-                                 mimetype="application/json"), on_close)
-    response = json_response(spec.json, spec.status, spec.headers)
-    if on_close is not None:  # _closing, inline: this is every JSON answer's path
-        response.call_on_close(on_close)
+        response = _blob_response(spec, on_close)
+    elif spec.stream is not None:
+        response = _closing(_stream_response(spec), on_close)
+    elif spec.streamed:  # a listing read as it is written: in pieces, never whole in memory
+        response = _closing(Response(iter_json(spec.json), status=spec.status, headers=spec.headers,
+                                     content_type=spec.content_type or "application/json"), on_close)
+    else:
+        response = json_response(spec.json, spec.status, spec.headers, spec.content_type or "application/json")
+        if on_close is not None:  # _closing, inline: this is every JSON answer's path
+            response.call_on_close(on_close)
+    if spec.vary:
+        response.vary.update(spec.vary)
+    return response
+
+
+def _stream_response(spec):
+    """A body produced as it is sent (a rendered page): its length when known in advance, else sent chunked. The
+    server iterates it in the request's thread, so its next chunk is rendered only once the last one is taken."""
+    headers = {k: v for k, v in (spec.headers or {}).items() if k.lower() not in ("content-length", "content-type")}
+    response = Response(spec.stream, status=spec.status, headers=headers, content_type=spec.content_type)
+    if spec.stream.length is not None:
+        response.content_length = spec.stream.length
     return response
 
 
