@@ -11,7 +11,7 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 import requests
 
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import ServerProcess
 from tests.pypi_clients import (PIP_ACCEPT, SIMPLE_HTML, SIMPLE_JSON, TOKEN_USER, DepotAccounts, build_sdist,
                                 build_wheel, installed, legacy_upload, normalize, pip_download, pip_install,
                                 schema_with_the_pack, simple_anchors, twine_upload, uv_pip_install,
