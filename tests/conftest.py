@@ -33,9 +33,15 @@ def reference_schema():
     return load_json(FIXTURES / "reference_schema.json")
 
 
+def load_project_schema():
+    """schema.json as Depot loads it: its packs' files embedded (app.engine.compiler.load_schema_file)."""
+    from app.engine.compiler import load_schema_file
+    return load_schema_file(str(ROOT / "schema.json"))
+
+
 @pytest.fixture
 def project_schema():
-    return load_json(ROOT / "schema.json")
+    return load_project_schema()
 
 
 class Namespaces:

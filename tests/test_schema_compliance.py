@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from app.tools import compliance
-from tests.conftest import ROOT, load_json
+from tests.conftest import ROOT, load_project_schema
 
-SCHEMA = load_json(ROOT / "schema.json")
+SCHEMA = load_project_schema()
 
 
 @pytest.mark.parametrize("category,description,check", compliance.CHECKS,
