@@ -288,15 +288,22 @@ def test_malformed_template_deep_in_an_object_argument(reference_schema):
     assert_error(reference_schema, "api.routes[1].pipeline[10].args.headers", "'}'")
 
 
-def test_malformed_document_key_template(reference_schema):
-    reference_schema["storage"]["documents"]["tag_map"]["key_template"] = "tag/{namespace}/{name}/{tag"
-    assert_error(reference_schema, "storage.documents.tag_map.key_template", "malformed reference")
-
-
-def test_malformed_blob_path_template(reference_schema):
-    addressing = reference_schema["storage"]["blob_stores"]["primary"]["addressing"]
-    addressing["path_template"] = "sha256/{digest:0:2/{digest}"
-    assert_error(reference_schema, "storage.blob_stores.primary.addressing.path_template", "malformed reference")
+@pytest.mark.parametrize("path, template, words", [
+    (("storage", "documents", "tag_map", "key_template"), "tag/{namespace}/{name}/{tag", "malformed reference"),
+    (("storage", "documents", "tag_map", "key_template"), "tag/{namespace}/{name}/{tag|escape}",
+     "unknown filter 'escape'"),
+    (("storage", "blob_stores", "primary", "addressing", "path_template"), "sha256/{digest:0:2/{digest}",
+     "malformed reference"),
+    (("storage", "blob_stores", "primary", "addressing", "path_template"), "sha256/{digest:0:2}/{digest|upper}",
+     "without filters"),
+])
+def test_store_key_and_path_templates_are_checked(reference_schema, path, template, words):
+    """A document's key template and a blob store's path template: malformed, or with filters they cannot take."""
+    holder = reference_schema
+    for key in path[:-1]:
+        holder = holder[key]
+    holder[path[-1]] = template
+    assert_error(reference_schema, ".".join(path), words)
 
 
 @pytest.mark.parametrize("route, index, name, value, words", [
@@ -327,15 +334,6 @@ def test_misused_filters_variables_and_loops_are_load_errors(reference_schema, r
     assert_error(reference_schema, "api.routes[%d].pipeline[%d].args.%s" % (route, index, name), *words)
 
 
-def test_unknown_filter_in_a_document_key_template(reference_schema):
-    reference_schema["storage"]["documents"]["tag_map"]["key_template"] = "tag/{namespace}/{name}/{tag|escape}"
-    assert_error(reference_schema, "storage.documents.tag_map.key_template", "unknown filter 'escape'")
-
-
-def test_filters_in_a_blob_path_template_are_refused(reference_schema):
-    addressing = reference_schema["storage"]["blob_stores"]["primary"]["addressing"]
-    addressing["path_template"] = "sha256/{digest:0:2}/{digest|upper}"
-    assert_error(reference_schema, "storage.blob_stores.primary.addressing.path_template", "without filters")
 
 
 def test_a_field_with_a_default_that_is_never_bound_is_allowed(reference_schema):
