@@ -285,3 +285,18 @@ def test_the_project_list_and_unknown_projects(depot, tmp_path):
     assert urlsplit(urljoin(html.url, links["list-probe"])).path == "/pypi/%s/simple/list-probe/" % NAMESPACE
     assert depot.get(depot.simple(project="no-such-probe")).status_code == 404
     assert depot.get(depot.simple("elsewhere", "list-probe")).status_code == 404  # namespaces are apart
+
+
+def test_an_admin_deletes_a_file_and_both_page_formats_drop_it(depot, tmp_path):
+    keep, gone = build_wheel(tmp_path, "del-probe", "1.0"), build_wheel(tmp_path, "del-probe", "2.0")
+    depot.upload(keep, gone)
+    url = "%s/pypi/%s/files/del-probe/%s" % (depot.url, NAMESPACE, gone.filename)
+    refused = requests.delete(url, auth=depot.auth("uploader"), timeout=60)
+    assert refused.status_code == 403, refused.text  # deleting needs the delete permission
+    deleted = requests.delete(url, auth=depot.auth("admin"), timeout=60)
+    assert deleted.status_code == 200, deleted.text
+    assert sorted(files_by_name(depot.page_json("del-probe"))) == [keep.filename]
+    anchors = [a["text"] for a in simple_anchors(depot.page_html("del-probe").text).anchors]
+    assert anchors == [keep.filename]
+    assert depot.get(url).status_code == 404 and depot.get(url + ".metadata").status_code == 404
+    assert requests.delete(url, auth=depot.auth("admin"), timeout=60).status_code == 404
