@@ -10,6 +10,7 @@ import sys
 import pytest
 import requests
 
+from app.engine.compiler import load_schema_file
 from app.repository.service import Service
 from tests.conftest import ADMIN_PASSWORD, ROOT, ServerProcess, load_json
 
@@ -31,6 +32,7 @@ def schema_file(tmp_path):
     """A temporary copy of the project's schema.json."""
     path = tmp_path / "schema.json"
     shutil.copyfile(ROOT / "schema.json", path)
+    shutil.copytree(ROOT / "packs", tmp_path / "packs")  # the packs it mounts, by paths relative to it
     return path
 
 
@@ -150,7 +152,7 @@ def test_routes_add_refuses_a_template_that_is_not_a_route(schema_file):
 
 def test_route_template_result_answers(schema_file, make_depot):
     assert cli("routes", "add", template("route"), "--schema-file", schema_file).returncode == 0
-    depot = make_depot(load_json(schema_file))
+    depot = make_depot(load_schema_file(str(schema_file)))
     read = depot.headers(("read",))
     missing = depot.client.get("/v1/acme/hello-world/info", headers=read)
     assert missing.status_code == 404
@@ -169,7 +171,7 @@ def test_route_template_result_answers(schema_file, make_depot):
 
 def test_pipeline_template_result_answers(schema_file, make_depot):
     assert cli("routes", "add", template("pipeline"), "--schema-file", schema_file).returncode == 0
-    depot = make_depot(load_json(schema_file))
+    depot = make_depot(load_schema_file(str(schema_file)))
     for name in ("hello-world", "goodbye-world", "other"):
         assert depot.publish("acme", name, "1.0.0", "linux-amd64", b"x" + name.encode()).status_code == 201
     read = depot.headers(("read",))
