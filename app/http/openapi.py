@@ -326,12 +326,24 @@ def _disabled(route):
                 responses=add_errors({}, ["404 " + code]))
 
 
+_last_described = [None, {}]  # [the compiled schema, {(path, method): operation}]: worked out once per schema
+
+
+def _route_operations(compiled):
+    """Every route's operation, worked out the first time a schema is described, not on every request (a schema
+    changes rarely; the last one described is kept)."""
+    if _last_described[0] is not compiled:
+        _last_described[:] = [compiled, {(route.path, route.method.lower()): route_operation(route)
+                                         if route.disabled is None else _disabled(route)
+                                         for route in compiled.routes}]
+    return _last_described[1]
+
+
 def document(compiled, app):
     """The document for ``app``'s own views and the routes of ``compiled``."""
     paths = view_paths(app)
-    for route in compiled.routes:
-        paths.setdefault(route.path, {})[route.method.lower()] = (
-            route_operation(route) if route.disabled is None else _disabled(route))
+    for (path, method), operation in _route_operations(compiled).items():
+        paths.setdefault(path, {})[method] = operation  # shared with later documents: only ever serialized
     return {
         "openapi": "3.1.0",
         "info": {"title": compiled.doc.get("type_id", "Depot"), "version": compiled.sha256[:12],
