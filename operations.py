@@ -1151,3 +1151,34 @@ def string_format(ctx, a):
     if value is None:  # the template is one optional reference, absent: its segment disappears
         value = ""
     ctx.vars[a.out] = value if isinstance(value, str) else json.dumps(value)
+
+
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_value_target(a, scope):
+    """value.bind names where its value goes: a variable, a field (never a path parameter: the URL decides
+    those), or both."""
+    if a.field is None and a.out is None:
+        raise BindError("value.bind needs `out` (a variable), `field` (a field), or both", "out")
+    if a.field is not None and not _FIELD_NAME.match(a.field):
+        raise BindError("a field name is an identifier, got %r" % a.field, "field")
+    if a.field is not None and a.field in scope.params:
+        raise BindError("{%s} is a path parameter: the URL decides it, a step cannot replace it" % a.field, "field")
+
+
+@op("value.bind", "Bind a template's value, of any JSON type, to a variable and/or a field: a part of a parsed "
+    "body picked out by reference and filters (`{$body.versions|keys|first}`, the one version an npm publish "
+    "names), so that later steps read it by name and entity rules can normalize and validate it as a field. A "
+    "field it binds replaces one a JSON body brought; path parameters cannot be replaced (a load error).",
+    args={"value": Template("the value"),
+          "out": Output("variable receiving the value", required=False),
+          "field": Const("string", "field receiving the value (a name; not a path parameter)", required=False)},
+    example={"value": "{$body.versions|keys|first}", "field": "version"},
+    prepare=_check_value_target, binds=lambda scope, raw: scope.bind_fields([raw["field"]] if raw.get("field") else []))
+def value_bind(ctx, a):
+    value = a.value.render(ctx)
+    if a.out:
+        ctx.vars[a.out] = value
+    if a.field:
+        ctx.fields[a.field] = value

@@ -103,6 +103,28 @@ def test_a_filtered_lone_reference_keeps_the_filters_type():
     assert render("{$x|default:1}", vars={"x": 7}) == 7  # a present value is untouched
 
 
+def test_data_filters_take_a_document_apart_keeping_types():
+    publish = {"versions": {"1.2.0": {"name": "a", "dist": {"shasum": "ab"}, "scripts": {"x": "y"}}}}
+    assert render("{$p.versions|keys}", vars={"p": publish}) == ["1.2.0"]
+    assert render("{$p.versions|keys|first}", vars={"p": publish}) == "1.2.0"
+    assert render("{$p.versions|values|first}", vars={"p": publish}) == publish["versions"]["1.2.0"]
+    manifest = publish["versions"]["1.2.0"]
+    assert render("{$m|pick:dist,name,absent}", vars={"m": manifest}) == {"dist": {"shasum": "ab"}, "name": "a"}
+    assert render("v={$p.versions|keys|first}", vars={"p": publish}) == "v=1.2.0"
+
+
+def test_first_of_an_empty_list_is_absent():
+    assert render("x/{$p?|keys|first}", vars={"p": {}}) == "x"
+    assert render("{$p|keys|first}", vars={"p": {}}) is None
+
+
+@pytest.mark.parametrize("source, value", [("{$v|keys}", [1]), ("{$v|values}", "s"), ("{$v|first}", {"a": 1}),
+                                           ("{$v|pick:a}", [1])])
+def test_data_filters_refuse_the_wrong_shape(source, value):
+    error = failure(source, vars={"v": value})
+    assert (error.status, error.code) == (400, "INVALID_FILTER_INPUT")
+
+
 # --- absent values --------------------------------------------------------------------------------------------
 
 def test_absent_optional_value_passes_through_filters():

@@ -5,6 +5,8 @@ what a running engine needs is decided at load and then only read.
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
@@ -91,7 +93,7 @@ class Route:
     id: str
     method: str
     path: str
-    rule: str  # the path in the router's syntax: {name} -> <name>
+    rule: str  # the path in the router's syntax: {name} -> <name>, {name:path} -> <path:name>
     params: tuple[str, ...]
     tags: tuple[str, ...]
     description: str
@@ -100,6 +102,25 @@ class Route:
     pipeline: Pipeline
     policy: RoutePolicy = OPEN
     disabled: tuple[str, str] | None = None  # (code, message) when a feature switch turns the route off: 404
+    spans: tuple[str, ...] = ()  # the parameters that may span several segments ({name:path})
+
+    @property
+    def template(self) -> str:
+        """The path as OpenAPI writes it: every parameter as {name}."""
+        return path_template(self.path)
+
+
+PATH_PARAM = re.compile(r"\{([^{}]*)\}")
+
+
+def split_param(text: str) -> tuple[str, str]:
+    """'name' -> ('name', ''); 'name:path' -> ('name', 'path')."""
+    name, _, kind = text.partition(":")
+    return name, kind
+
+
+def path_template(path: str) -> str:
+    return PATH_PARAM.sub(lambda m: "{%s}" % split_param(m.group(1))[0], path)
 
 
 @dataclass(frozen=True)

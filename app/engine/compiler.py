@@ -18,7 +18,7 @@ import jsonschema
 
 from app.engine import checks, packs
 from app.engine.binding import Scope
-from app.engine.compiled import CompiledSchema, Definitions, Pipeline, Route, Step
+from app.engine.compiled import PATH_PARAM, CompiledSchema, Definitions, Pipeline, Route, Step, split_param
 from app.engine.conditions import ConditionError, compile_condition
 from app.engine.definitions import (BlobStoreDef, Constraint, Document, Entity, EventLog, EventType, FieldsOnly,
                                     Limits, Upstream, Validator, Versioning, compile_normalizer)
@@ -37,13 +37,19 @@ from app.engine.versions import SCHEMES, VersionScheme
 from app.stores.interfaces import IndexDef, IndexKeyDef
 from app.stores.registry import REGISTRY as STORE_KINDS
 
-_PATH_PARAM = re.compile(r"\{([^{}]*)\}")
+_PATH_PARAM = PATH_PARAM
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_LOG = ("_depot", "eventlog/", 262144)
 PAIR_LIMIT = "rate_limit_per_username_and_address"
 OLD_PAIR_LIMIT = "rate_limit_per_username"
 RESERVED_PATHS = ("/auth", "/admin", "/health", "/openapi.json", "/docs")
 SchemaDoc = dict[str, Any]  # a schema document, parsed JSON
+
+
+def _rule_param(match: re.Match[str]) -> str:
+    """A path parameter in Werkzeug's rule syntax: {name} -> <name>, {name:path} -> <path:name>."""
+    name, kind = split_param(match.group(1))
+    return "<%s:%s>" % (kind, name) if kind else "<%s>" % name
 
 
 def schema_digest(doc: Any) -> str:
@@ -403,13 +409,15 @@ class Compiler:
                 self.report.error(where + ".id", "duplicate route id %r (also %s)"
                                   % (spec["id"], self.report.display(seen_ids[spec["id"]])))
             seen_ids.setdefault(spec["id"], where)
-            params = _PATH_PARAM.findall(spec["path"])
-            bad = [p for p in params if not _IDENT.match(p)]
+            declared = [split_param(p) for p in _PATH_PARAM.findall(spec["path"])]
+            params = [name for name, _ in declared]
+            bad = [name for name, kind in declared if not _IDENT.match(name) or kind not in ("", "path")]
             if bad or len(set(params)) != len(params) or "{" in _PATH_PARAM.sub("", spec["path"]):
-                self.report.error(where + ".path", "path parameters are {name} segments with distinct identifier "
-                                  "names")
+                self.report.error(where + ".path", "path parameters are {name} (one segment) or {name:path} "
+                                  "(one or more segments) with distinct identifier names")
                 continue
-            shape = (spec["method"], _PATH_PARAM.sub("{}", spec["path"]))
+            shape = (spec["method"], _PATH_PARAM.sub(lambda m: "{%s}" % split_param(m.group(1))[1],
+                                                      spec["path"]))
             if shape in seen_shapes:
                 self.report.error(where + ".path", "%s %s duplicates %s" % (
                     spec["method"], spec["path"], self.report.display(seen_shapes[shape])))
@@ -429,7 +437,9 @@ class Compiler:
         if "proxy" in tags and not self.features.get("proxy_enabled", True):
             disabled = ("PROXY_DISABLED", "proxying is disabled (features.proxy_enabled is false)")
         route = Route(id=spec["id"], method=spec["method"], path=spec["path"],
-                      rule=_PATH_PARAM.sub(lambda m: "<%s>" % m.group(1), spec["path"]), params=tuple(params),
+                      rule=_PATH_PARAM.sub(_rule_param, spec["path"]), params=tuple(params),
+                      spans=tuple(name for name, kind in map(split_param, _PATH_PARAM.findall(spec["path"]))
+                                  if kind == "path"),
                       tags=tags, description=spec.get("description", ""), spec=spec, place=where,
                       pipeline=compile_pipeline(spec["id"], steps, where + ".pipeline", policy), policy=policy,
                       disabled=disabled)

@@ -38,6 +38,7 @@ class FilterDecl:
     example: str = ""
     errors: tuple[str, ...] = ()  # "<status> <CODE>" a request may meet when the filter cannot take its input
     keeps_absent: bool = True  # an absent value passes through (False: the filter turns absence into a value)
+    gives: Optional[dict[str, Any]] = None  # the JSON Schema of what it gives (None: text)
 
 
 FILTERS: dict[str, FilterDecl] = {}
@@ -69,10 +70,10 @@ ascii_upper: Callable[[str], str] = methodcaller("translate", _ASCII_UPPER)
 
 
 def _filter(name: str, doc: str, argument: Optional[str] = None, example: str = "", errors: Sequence[str] = (),
-            keeps_absent: bool = True) -> Callable[[Callable[[Any, Optional[str]], Any]],
-                                                   Callable[[Any, Optional[str]], Any]]:
+            keeps_absent: bool = True, gives: Optional[dict[str, Any]] = None
+            ) -> Callable[[Callable[[Any, Optional[str]], Any]], Callable[[Any, Optional[str]], Any]]:
     def register(fn: Callable[[Any, Optional[str]], Any]) -> Callable[[Any, Optional[str]], Any]:
-        FILTERS[name] = FilterDecl(name, doc, fn, argument, example, tuple(errors), keeps_absent)
+        FILTERS[name] = FilterDecl(name, doc, fn, argument, example, tuple(errors), keeps_absent, gives)
         return fn
     return register
 
@@ -151,6 +152,47 @@ def _base64_to_hex(value: Any, _: Optional[str]) -> str:
          keeps_absent=False)
 def _default(value: Any, argument: Optional[str]) -> Any:
     return argument if value is None else value
+
+
+# Data filters: they take a value apart rather than spell it, for documents a client sends whole (an npm publish
+# names its one version as the only key of `versions`). They keep the value's type, so a template that is exactly
+# such a reference renders to a list or an object, not to text.
+
+def _object(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError("%s takes an object" % name)
+    return value
+
+
+@_filter("keys", "an object's member names, as a list in the object's order (`400 INVALID_FILTER_INPUT` for "
+         "anything but an object)", example="{$body.versions|keys|first}", errors=(INVALID_INPUT,),
+         gives={"type": "array", "items": {"type": "string"}})
+def _keys(value: Any, _: Optional[str]) -> list[str]:
+    return list(_object(value, "keys"))
+
+
+@_filter("values", "an object's member values, as a list in the object's order (`400 INVALID_FILTER_INPUT` for "
+         "anything but an object)", example="{$body.versions|values|first}", errors=(INVALID_INPUT,),
+         gives={"type": "array"})
+def _values(value: Any, _: Optional[str]) -> list[Any]:
+    return list(_object(value, "values").values())
+
+
+@_filter("first", "a list's first item; absent when the list is empty (`400 INVALID_FILTER_INPUT` for anything "
+         "but a list)", example="{$body.versions|keys|first}", errors=(INVALID_INPUT,), gives={})
+def _first(value: Any, _: Optional[str]) -> Any:
+    if not isinstance(value, list):
+        raise ValueError("first takes a list")
+    return value[0] if value else None
+
+
+@_filter("pick", "an object with only the named members it has, in the argument's order: a document's public "
+         "subset (`400 INVALID_FILTER_INPUT` for anything but an object)",
+         argument="member names, separated by commas", example="{$manifest|pick:name,version,dependencies,dist}",
+         errors=(INVALID_INPUT,), gives={"type": "object"})
+def _pick(value: Any, argument: Optional[str]) -> dict[str, Any]:
+    source = _object(value, "pick")
+    return {name: source[name] for name in (argument or "").split(",") if name in source}
 
 
 Filter = Callable[[Any], Any]  # one filter with its argument bound: value -> value

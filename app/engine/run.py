@@ -33,6 +33,11 @@ def _forbidden_param(value: str) -> bool:
     return "/" in value or "\\" in value or "\x00" in value or ".." in value or value == "."
 
 
+def _forbidden_span(value: str) -> bool:
+    """Never part of a parameter spanning segments ({name:path}): an empty, "." or ".." segment, "\\" or NUL."""
+    return "\\" in value or "\x00" in value or any(part in ("", ".", "..") for part in value.split("/"))
+
+
 class Engine:
     def __init__(self, compiled: CompiledSchema, stores: Stores, read_only: bool = False, access: Any = None,
                  cpu_clock: Clock | None = None) -> None:
@@ -72,7 +77,7 @@ class Engine:
         """Run ``route`` for ``request``; returns the context holding the ResponseSpec, or raises DepotError.
         The caller calls ``ctx.close()`` once the response has been sent (it removes temporary files)."""
         for name, value in request.path_params.items():
-            if _forbidden_param(value):
+            if _forbidden_span(value) if name in route.spans else _forbidden_param(value):
                 raise DepotError("INVALID_PATH_PARAMETER", 400, "path parameter %s contains a forbidden sequence"
                                  % name, name)
         if route.disabled is not None:

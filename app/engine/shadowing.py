@@ -12,7 +12,10 @@ import json
 import re
 from typing import Sequence
 
-from app.engine.compiled import Route, path_entity
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, Rule
+
+from app.engine.compiled import PATH_PARAM, Route, path_entity
 from app.engine.report import Report
 
 _PARAM_SEGMENT = re.compile(r"\{([^{}]*)\}")
@@ -24,7 +27,8 @@ def check_shadowing(routes: Sequence[Route], report: Report) -> None:
     """Report every route another one hides from some URL its parameters would accept."""
     for i, first in enumerate(routes):
         for second in routes[i + 1:]:
-            shadowing = _shadowing(first, second)
+            spans = first.spans or second.spans
+            shadowing = _span_shadowing(first, second) if spans else _shadowing(first, second)
             if shadowing is not None:
                 _report(*shadowing, report)
 
@@ -59,6 +63,36 @@ def _shadowing(first: Route, second: Route) -> tuple[Route, Route, Lost] | None:
     lost = [(p, loser_segments[p][0], str(winner_segments[p])) for p, literal_first in differing
             if literal_first == first_wins]
     return winner, loser, lost
+
+
+def _span_shadowing(first: Route, second: Route) -> tuple[Route, Route, Lost] | None:
+    """The same question when a parameter spans segments ({name:path}): segments no longer line up, so the
+    router itself is asked. Each route's path, its parameters filled with a sample segment, is matched against
+    both rules; when both match, the router's choice wins and the other route loses the values its parameters
+    took from that URL."""
+    if first.method != second.method:
+        return None
+    rules = Map([Rule(first.rule, endpoint=0, methods=[first.method]),
+                 Rule(second.rule, endpoint=1, methods=[second.method])]).bind("depot.invalid")
+    pair = (first, second)
+    for route in pair:
+        url = PATH_PARAM.sub("x", route.path)
+        matching = [other for other in pair if _matches(other, url)]
+        if len(matching) == 2:
+            winner = pair[rules.match(url, method=route.method)[0]]
+            loser = second if winner is first else first
+            values = _matches(loser, url) or {}
+            return winner, loser, [(0, name, value) for name, value in values.items() if value != "x"]
+    return None
+
+
+def _matches(route: Route, url: str) -> dict[str, str] | None:
+    """The parameters ``route`` binds from ``url`` alone (None: it does not match)."""
+    try:
+        return Map([Rule(route.rule, endpoint=0, methods=[route.method])]).bind("depot.invalid").match(
+            url, method=route.method)[1]
+    except HTTPException:
+        return None
 
 
 def _report(winner: Route, loser: Route, lost: Lost, report: Report) -> None:

@@ -47,7 +47,9 @@ class Operation:
             for constraint in getattr(entity, "constraints", ()):
                 if constraint.field == name and constraint.pattern:
                     schema["pattern"] = constraint.pattern
-            self.parameters[("path", name)] = parameter("path", name, schema)
+            spans = name in self.route.spans
+            self.parameters[("path", name)] = parameter(
+                "path", name, schema, "may span several segments: `/` is part of the value" if spans else None)
             self.fields[name] = schema
 
     def query_params(self, fields):
@@ -200,6 +202,9 @@ class Operation:
         return {"type": "object", "additionalProperties": body}
 
     def ref_schema(self, ref):
+        given = [d.gives for d in ref.filters if d.gives is not None]
+        if given and ref.filters[-1].gives is not None:
+            return given[-1]  # a data filter's value (keys, values, first, pick)
         if ref.slice is not None or ref.namespace == "request" or any(d.keeps_absent for d in ref.filters):
             return {"type": "string"}  # a substring, a URL, or what a text filter made
         known = {"var": self.vars, "field": self.fields, "principal": {"principal": PRINCIPAL}}.get(ref.namespace, {})
@@ -333,7 +338,7 @@ def _route_operations(compiled):
     """Every route's operation, worked out the first time a schema is described, not on every request (a schema
     changes rarely; the last one described is kept)."""
     if _last_described[0] is not compiled:
-        _last_described[:] = [compiled, {(route.path, route.method.lower()): route_operation(route)
+        _last_described[:] = [compiled, {(route.template, route.method.lower()): route_operation(route)
                                          if route.disabled is None else _disabled(route)
                                          for route in compiled.routes}]
     return _last_described[1]
