@@ -105,6 +105,46 @@ def auth_require_scopes(ctx, a):
         require(ctx.principal, a.scopes)
 
 
+_ISSUED_TOKEN = {"type": "object", "required": ["token", "username", "scopes", "expires_at"],
+                 "properties": {"token": STRING, "username": STRING, "expires_at": STRING,
+                                "scopes": {"type": "array", "items": STRING}}}
+
+
+def _text(value, field):
+    """A credential a template rendered: text, or 400 naming where it came from."""
+    if not isinstance(value, str) or not value:
+        raise bad_request("INVALID_CREDENTIALS_FORMAT", "%s is a non-empty string" % field, field)
+    return value
+
+
+@op("auth.issue_token", "Log a user in by name and password and issue an API token of that user, for clients "
+    "whose protocol logs in through the registry (npm login's PUT /-/user/org.couchdb.user:<name>, a token "
+    "endpoint): the password is checked as a login (the login rate limits apply, 429 RATE_LIMITED; a failure is "
+    "audited; 401 INVALID_CREDENTIALS alike for an unknown user, a wrong password and a disabled account), and "
+    "the token holds those of `scopes` the user holds ('admin' implies all; 403 SCOPE_NOT_HELD when none). The "
+    "token is an ordinary API token: listed and revoked under /auth/tokens, audited as token.create.",
+    args={"username": Template("the user name", shape="string"),
+          "password": Template("the password", shape="string"),
+          "scopes": Scopes("the scopes a token issued here may carry"),
+          "name": Template("the token's name, as /auth/tokens lists it (1 to 128 characters)", shape="string"),
+          "ttl_seconds": Const("integer", "the token's lifetime (default: auth.tokens.default_ttl_seconds; at most "
+                               "auth.tokens.max_ttl_seconds)", required=False, minimum=1),
+          "out": Output("variable receiving {token, username, scopes, expires_at}", schema=_ISSUED_TOKEN)},
+    errors=["400 INVALID_CREDENTIALS_FORMAT", "401 INVALID_CREDENTIALS", "403 SCOPE_NOT_HELD", "429 RATE_LIMITED",
+            "501 NOT_SUPPORTED"],
+    example={"username": "{name}", "password": "$body.password", "scopes": ["read", "write"],
+             "name": "npm login", "out": "login"},
+    io=True)
+def auth_issue_token(ctx, a):
+    accounts = ctx.engine.accounts
+    if accounts is None:
+        raise DepotError("NOT_SUPPORTED", 501, "this server issues no tokens from routes")
+    username = _text(a.username.render(ctx), "username")
+    password = _text(a.password.render(ctx), "password")
+    ctx.vars[a.out] = accounts.issue_token(username, password, _text(a.name.render(ctx), "name"), a.scopes,
+                                           a.ttl_seconds, ctx.request)
+
+
 # --- parse ------------------------------------------------------------------------------------------------
 
 @op("parse.path", "Bind the route's path parameters into the field namespace.",

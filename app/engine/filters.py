@@ -178,6 +178,19 @@ def _values(value: Any, _: Optional[str]) -> list[Any]:
     return list(_object(value, "values").values())
 
 
+@_filter("get", "an object's member by name; absent when the object has none (`400 INVALID_FILTER_INPUT` for "
+         "anything but an object). It reads names a reference's path cannot spell (`dist-tags`)",
+         argument="the member's name", example="{$body|get:dist-tags|keys|first}", errors=(INVALID_INPUT,), gives={})
+def _get(value: Any, argument: Optional[str]) -> Any:
+    return _object(value, "get").get(argument or "")
+
+
+@_filter("basename", "the text after the last `/` (all of it when there is none): a scoped npm name's own part, a "
+         "file name at the end of a path", example="{package|basename}-{version}.tgz")
+def _basename(value: Any, _: Optional[str]) -> str:
+    return text(value).rpartition("/")[2]
+
+
 @_filter("first", "a list's first item; absent when the list is empty (`400 INVALID_FILTER_INPUT` for anything "
          "but a list)", example="{$body.versions|keys|first}", errors=(INVALID_INPUT,), gives={})
 def _first(value: Any, _: Optional[str]) -> Any:

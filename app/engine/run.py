@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import requests
 
@@ -33,6 +33,16 @@ def _forbidden_param(value: str) -> bool:
     return "/" in value or "\\" in value or "\x00" in value or ".." in value or value == "."
 
 
+class Accounts(Protocol):
+    """The user accounts, as the engine may use them (the repository layer's Service provides them)."""
+
+    def issue_token(self, username: str, password: str, name: str, scopes: frozenset[str], ttl_seconds: int | None,
+                    request: RequestData) -> dict[str, Any]:
+        """Check the password as a login (rate limits, audit) and make an API token of that user holding those of
+        ``scopes`` the user holds: {"token", "username", "scopes", "expires_at"}; DepotError 401/429 otherwise."""
+        ...
+
+
 def _forbidden_span(value: str) -> bool:
     """Never part of a parameter spanning segments ({name:path}): an empty, "." or ".." segment, "\\" or NUL."""
     return "\\" in value or "\x00" in value or any(part in ("", ".", "..") for part in value.split("/"))
@@ -40,11 +50,13 @@ def _forbidden_span(value: str) -> bool:
 
 class Engine:
     def __init__(self, compiled: CompiledSchema, stores: Stores, read_only: bool = False, access: Any = None,
-                 cpu_clock: Clock | None = None) -> None:
+                 cpu_clock: Clock | None = None, accounts: Accounts | None = None) -> None:
         """``access``: the namespace grants (app.identity.access; default: none, the scopes decide); ``cpu_clock``: a
         callable returning nanoseconds that the CPU budget charges requests by instead of their thread's CPU
-        time (see app.engine.budget)."""
+        time (see app.engine.budget); ``accounts``: what auth.issue_token asks to check a password and make a
+        token (default: none, and the op answers 501)."""
         self.compiled = compiled
+        self.accounts = accounts
         self.access: Any = access if access is not None else SCOPES_ONLY  # identity.access.Access, or the scopes only
         self.clock = budget_clock(cpu_clock)
         self.stores = stores

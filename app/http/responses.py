@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from flask import Response, request
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
+from werkzeug.http import unquote_etag
 from werkzeug.wsgi import wrap_file
 
 from app.errors import DepotError
@@ -36,7 +37,24 @@ def write_response(spec, on_close=None):
             response.call_on_close(on_close)
     if spec.vary:
         response.vary.update(spec.vary)
+    if spec.blob is None and spec.status == 200 and spec.headers and response.headers.get("ETag"):
+        _conditional(response)
     return response
+
+
+def _conditional(response):
+    """A JSON or streamed answer whose step declared an ETag header: the tag is quoted when the template left it
+    bare, and a GET or HEAD whose If-None-Match names it is answered 304 with no body (the body, not yet
+    produced, is never rendered)."""
+    tag = response.headers["ETag"]
+    if not (tag.startswith('"') or tag.startswith('W/"')):
+        response.headers["ETag"] = '"%s"' % tag.replace('"', "")
+    tag, _ = unquote_etag(response.headers["ETag"])
+    if request.method in ("GET", "HEAD") and request.if_none_match.contains_weak(tag):  # RFC 9110: weak comparison
+        unsent, response.response = response.response, []
+        getattr(unsent, "close", lambda: None)()
+        response.status_code = 304
+        response.headers.pop("Content-Length", None)
 
 
 def _stream_response(spec):

@@ -277,6 +277,15 @@ class Identity:
             session.commit()
             return self.issue(user.username, user.scopes, user.token_version)
 
+    def verify_password(self, username, password):
+        """{"sub", "scopes"} of the active account ``username`` names when ``password`` is its password (a login:
+        its time is recorded); 401 INVALID_CREDENTIALS otherwise."""
+        with self.sessions() as session:
+            user = self._check_credentials(session, username, password)
+            user.last_login_at = utcnow()
+            session.commit()
+            return {"sub": user.username, "scopes": frozenset(user.scopes)}
+
     def _check_credentials(self, session, username, password):
         """The active account ``username`` names, if ``password`` is its password; else 401 INVALID_CREDENTIALS,
         the same for an unknown user, a wrong password and a disabled account (and as slow)."""

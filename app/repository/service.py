@@ -15,7 +15,8 @@ from typing import Any, Callable
 from app.identity import database
 from app.identity.audit import Audit
 from app.identity.access import Access
-from app.identity.auth import Identity, PasswordChecks, load_or_create_secret, username_key
+from app.identity.auth import (DEFAULT_TTL, Identity, PasswordChecks, holds, load_or_create_secret,
+                               username_key)
 from app.engine.budget import Clock
 from app.engine.compiled import CompiledSchema
 from app.engine.compiler import compile_or_raise, compile_schema, load_schema_file, schema_digest
@@ -106,7 +107,8 @@ class Service:
     def _activate(self, compiled: CompiledSchema) -> None:
         self.identity.configure(compiled.auth_settings)
         self.limiters = {name: self._limiter(name, rate) for name, rate in compiled.login_limits.items()}
-        self.engine = Engine(compiled, self.stores, self.read_only, self.access, self.cpu_clock)
+        self.engine = Engine(compiled, self.stores, self.read_only, self.access, self.cpu_clock,
+                             ServiceAccounts(self))
 
     def _limiter(self, name: str, rate: str) -> RateLimiter:
         current = self.limiters.get(name)
@@ -153,6 +155,35 @@ class Service:
     def close(self) -> None:
         self.stores.close()
         self.db.dispose()
+
+
+class ServiceAccounts:
+    """auth.issue_token's view of the accounts: a password checked as a login (the login rate limits before it, a
+    failure audited as one), then an API token made and audited as `POST /auth/tokens` makes one."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def issue_token(self, username: str, password: str, name: str, scopes: frozenset[str], ttl_seconds: int | None,
+                    request: RequestData) -> dict[str, Any]:
+        service, client = self.service, request_client(request)
+        service.limit_login(username, client, "route")
+        try:
+            owner = service.identity.verify_password(username, password)
+        except DepotError:
+            service.audit.record(username, "auth.login", username, "failure", client, {"via": "route"})
+            raise
+        held = sorted(scope for scope in scopes if holds(owner["scopes"], [scope]))
+        if not held:
+            raise DepotError("SCOPE_NOT_HELD", 403, "%s holds none of the scopes a token here carries (%s)"
+                             % (owner["sub"], ", ".join(sorted(scopes))), "scopes")
+        view, secret = service.identity.create_token(owner["sub"], name, held,
+                                                     ttl_seconds if ttl_seconds is not None else DEFAULT_TTL)
+        service.audit.record(owner["sub"], "token.create", "%s/%s" % (owner["sub"], view["id"]), "success", client,
+                             {"name": view["name"], "scopes": view["scopes"], "expires_at": view["expires_at"],
+                              "via": "route"})
+        return {"token": secret, "username": owner["sub"], "scopes": view["scopes"],
+                "expires_at": view["expires_at"]}
 
 
 class BasicPasswordChecks(PasswordChecks):
