@@ -113,7 +113,7 @@ def test_data_filters_take_a_document_apart_keeping_types():
     assert render("v={$p.versions|keys|first}", vars={"p": publish}) == "v=1.2.0"
     tags = {"dist-tags": {"beta": "1.2.0"}}
     assert render("{$p|get:dist-tags|keys|first}", vars={"p": tags}) == "beta"
-    assert render("x/{$p|get:nope}", vars={"p": tags}) == "x"
+    assert render("{$p|get:nope}", vars={"p": tags}) is None
     assert render("{x|basename}-1.tgz", fields={"x": "@scope/name"}) == "name-1.tgz"
     assert render("{x|basename}", fields={"x": "name"}) == "name"
 
