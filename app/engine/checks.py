@@ -254,7 +254,8 @@ def _writes_in_txn(c: Subject, arg: JsonValue, pipelines: Pipelines) -> Problems
     for pipeline, _ in pipelines:
         in_txn = False
         for step in pipeline.steps:
-            in_txn = _txn_state(step.decl, in_txn)
+            if step.when is None or step.decl.opens_txn:  # a conditional commit ends its branch, not the rest
+                in_txn = _txn_state(step.decl, in_txn)
             if step.decl.writes and not in_txn:
                 problems.append((step.place, "%s writes outside a transaction" % step.op))
     return problems
