@@ -77,7 +77,7 @@ def _span_shadowing(first: Route, second: Route) -> tuple[Route, Route, Lost] | 
     pair = (first, second)
     for route in pair:
         url = PATH_PARAM.sub("x", route.path)
-        matching = [other for other in pair if _matches(other, url)]
+        matching = [other for other in pair if _matches(other, url) is not None]
         if len(matching) == 2:
             winner = pair[rules.match(url, method=route.method)[0]]
             loser = second if winner is first else first
