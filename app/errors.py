@@ -14,6 +14,7 @@ class DepotError(Exception):
         self.field = field
         self.headers = headers or {}
         self.details = details
+        self.body = None  # the answer in a route's own error format (its error_body), when it declares one
 
     def envelope(self):
         body = {"code": self.code, "message": self.message}

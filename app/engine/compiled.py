@@ -103,6 +103,7 @@ class Route:
     policy: RoutePolicy = OPEN
     disabled: tuple[str, str] | None = None  # (code, message) when a feature switch turns the route off: 404
     spans: tuple[str, ...] = ()  # the parameters that may span several segments ({name:path})
+    error_body: Any = None  # app.engine.error_bodies.ErrorBody: its errors in its protocol's format (None: Depot's)
 
     @property
     def template(self) -> str:

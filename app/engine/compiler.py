@@ -18,6 +18,7 @@ import jsonschema
 
 from app.engine import checks, packs
 from app.engine.binding import Scope
+from app.engine.error_bodies import ErrorBody, ErrorBodyError, compile_error_body
 from app.engine.compiled import PATH_PARAM, CompiledSchema, Definitions, Pipeline, Route, Step, split_param
 from app.engine.conditions import ConditionError, compile_condition
 from app.engine.definitions import (BlobStoreDef, Constraint, Document, Entity, EventLog, EventType, FieldsOnly,
@@ -432,6 +433,7 @@ class Compiler:
         tags = tuple(spec.get("tags", []))
         steps = self._steps(spec["pipeline"], where + ".pipeline", Scope(self.report, self.definitions, params))
         own = read_challenge(spec["challenge"], where + ".challenge", self.report) if "challenge" in spec else None
+        error_body = self._error_body(spec["error_body"], where + ".error_body") if "error_body" in spec else None
         policy = route_policy(policies, tags, params, steps, where, self.report, own)
         disabled = None
         if "proxy" in tags and not self.features.get("proxy_enabled", True):
@@ -442,8 +444,15 @@ class Compiler:
                                   if kind == "path"),
                       tags=tags, description=spec.get("description", ""), spec=spec, place=where,
                       pipeline=compile_pipeline(spec["id"], steps, where + ".pipeline", policy), policy=policy,
-                      disabled=disabled)
+                      disabled=disabled, error_body=error_body)
         return route
+
+    def _error_body(self, value: Any, where: str) -> ErrorBody | None:
+        try:
+            return compile_error_body(value)
+        except ErrorBodyError as exc:
+            self.report.error(where, str(exc))
+            return None
 
     def _apply_pipelines(self) -> dict[str, Pipeline]:
         """event type -> the pipeline replaying it (replication.replay.apply_pipelines)."""

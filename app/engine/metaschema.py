@@ -20,6 +20,9 @@ _VERSIONING = {
                    "allow_prerelease": {"type": "boolean"}, "latest_policy": {"type": "object"}},
 }
 # WWW-Authenticate of a route's 401s (app/engine/policies.py reads what it says)
+# a route's error answers in its protocol's format: a template over {error.code}, {error.message}, {error.field},
+# {error.status} (app.engine.error_bodies)
+ERROR_BODY = {"type": "object"}
 _CHALLENGE = {"type": "string", "minLength": 1, "maxLength": 1024}
 
 METASCHEMA = {
@@ -136,7 +139,7 @@ METASCHEMA = {
                                "path": {"type": "string", "pattern": "^/"},
                                "tags": {"type": "array", "items": {"type": "string"}},
                                "description": {"type": "string"}, "challenge": _CHALLENGE,
-                               "pipeline": _PIPELINE}}}}},
+                               "error_body": ERROR_BODY, "pipeline": _PIPELINE}}}}},
         "events": {"type": "object", "properties": {"types": {"type": "array", "items": {
             "type": "object", "required": ["name"],
             "properties": {"name": {"type": "string"}, "durable": {"type": "boolean"},

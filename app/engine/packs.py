@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping
 
 import jsonschema
 
-from app.engine.metaschema import METASCHEMA, PACK_NAME
+from app.engine.metaschema import ERROR_BODY, METASCHEMA, PACK_NAME
 from app.engine.report import Report, place
 
 SchemaDoc = dict[str, Any]
@@ -47,7 +47,7 @@ PACK_SCHEMA = _only(
     upstreams=_TOP["upstreams"],
     auth=_only(policies=_TOP["auth"]["properties"]["policies"]),
     events=_only(types=_TOP["events"]["properties"]["types"]),
-    api=_only(routes=_TOP["api"]["properties"]["routes"]),
+    api=_only(routes=_TOP["api"]["properties"]["routes"], error_body=ERROR_BODY),
     replication=_only(apply_pipelines=_TOP["replication"]["properties"]["apply_pipelines"],
                       replay=_only(apply_pipelines={"type": "object", "additionalProperties": {"type": "string"}})),
     gc=_only(sweep=_only(mark=_only(mark_blobs_by=_TOP["gc"]["properties"]["sweep"]["properties"]["mark"]
@@ -212,8 +212,13 @@ class _Pack:
                 self._append(section, id_key, j, self._mounted(item) if section == ("api", "routes") else item)
 
     def _mounted(self, route: dict[str, Any]) -> dict[str, Any]:
-        """A route as the merged document has it: its id prefixed with the pack's name, its path under the mount."""
-        return dict(route, id="%s.%s" % (self.name, route["id"]), path=self.mount + route["path"])
+        """A route as the merged document has it: its id prefixed with the pack's name, its path under the mount,
+        and the pack's error_body."""
+        mounted = dict(route, id="%s.%s" % (self.name, route["id"]), path=self.mount + route["path"])
+        error_body = self.content.get("api", {}).get("error_body")
+        if error_body is not None and "error_body" not in route:  # the pack's format, unless the route has its own
+            mounted["error_body"] = error_body
+        return mounted
 
     def _append(self, section: tuple[str, ...], id_key: str | None, j: int, item: Any) -> None:
         dotted = ".".join(section)

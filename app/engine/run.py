@@ -90,8 +90,11 @@ class Engine:
         The caller calls ``ctx.close()`` once the response has been sent (it removes temporary files)."""
         for name, value in request.path_params.items():
             if _forbidden_span(value) if name in route.spans else _forbidden_param(value):
-                raise DepotError("INVALID_PATH_PARAMETER", 400, "path parameter %s contains a forbidden sequence"
-                                 % name, name)
+                error = DepotError("INVALID_PATH_PARAMETER", 400, "path parameter %s contains a forbidden sequence"
+                                   % name, name)
+                if route.error_body is not None:
+                    error.body = route.error_body.render(error)
+                raise error
         if route.disabled is not None:
             raise DepotError(route.disabled[0], 404, route.disabled[1])
         ctx = ExecutionContext(self, request, authenticate=authenticate)
@@ -101,6 +104,8 @@ class Engine:
             ctx.close()
             if error.status == 401 and route.policy.challenge is not None:  # the route's own, as declared
                 error.headers = dict(error.headers, **{"WWW-Authenticate": route.policy.challenge})
+            if route.error_body is not None:
+                error.body = route.error_body.render(error)
             raise
         except BaseException:
             ctx.close()

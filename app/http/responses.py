@@ -19,7 +19,8 @@ def json_response(payload, status=200, headers=None, content_type="application/j
 
 
 def error_response(error):
-    return json_response(error.envelope(), error.status, error.headers or None)
+    body = error.body if error.body is not None else error.envelope()
+    return json_response(body, error.status, error.headers or None)
 
 
 def write_response(spec, on_close=None):
