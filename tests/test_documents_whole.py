@@ -124,3 +124,28 @@ def test_a_route_logs_a_user_in_and_the_token_works(make_depot, project_schema):
     wrong = depot.client.put("/x/login", json={"name": "admin", "password": "nope"})
     assert wrong.status_code == 401 and wrong.get_json()["error"]["code"] == "INVALID_CREDENTIALS"
     assert depot.client.put("/x/login", json={"name": "", "password": "x"}).status_code == 400
+
+
+def test_a_route_answers_errors_in_its_own_format(make_depot, project_schema):
+    failing = route("npmish", "/x/fail/{name}", [
+        {"op": "parse.path", "args": {}},
+        {"op": "respond.error", "args": {"status": 409, "code": "TAKEN", "message": "{name} is taken",
+                                         "field": "name"}}])
+    failing["error_body"] = {"error": "{error.message}", "errors": [{"code": "{error.code}",
+                                                                      "detail": "{error.field?}"}],
+                             "status": "{error.status}"}
+    depot = make_depot(with_routes(project_schema, failing))
+    answer = depot.client.get("/x/fail/thing")
+    assert answer.status_code == 409
+    assert answer.get_json() == {"error": "thing is taken", "errors": [{"code": "TAKEN", "detail": "name"}],
+                                 "status": 409}
+    assert depot.client.get("/x/fail/a..b").get_json()["errors"][0]["code"] == "INVALID_PATH_PARAMETER"
+
+
+@pytest.mark.parametrize("body, words", [({"e": "{principal.sub}"}, "only"), ({"e": "{error.field}"}, "error.field?"),
+                                         ({"e": "{error.nope}"}, "only")])
+def test_an_error_body_reads_the_error_only(project_schema, body, words):
+    bad = route("bad", "/x/bad", [{"op": "respond.json", "args": {"body": {}}}])
+    bad["error_body"] = body
+    compiled, found = errors(with_routes(project_schema, bad))
+    assert compiled is None and any(words in e["message"] and e["place"].endswith(".error_body") for e in found)
