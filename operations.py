@@ -12,6 +12,7 @@ import json
 import re
 import uuid
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 from app.identity.auth import require
 from app.engine.body import parse_json as parse_json_body, read_all
@@ -20,8 +21,10 @@ from app.engine.rows import RowContext, RowStream
 from app.engine.versions import SCHEMES
 from app.engine.context import ResponseSpec
 from app.engine.archives import FORMATS, Bounds, find_member, member_matcher
+from app.engine.jsonstream import DECODINGS, DEFAULT_MAX_MEMBERS, JsonMember, JsonStreamReader, StreamSpec
 from app.engine.multipart import (DEFAULT_FIELD_BYTES, DEFAULT_FORM_BYTES, DEFAULT_MAX_ITEMS, DEFAULT_MAX_PARTS,
                                   FormFile, FormSpec, MultipartReader, boundary_of, read_form)
+from app.engine.staged import StagedUpload
 from app.engine.definitions import MAX_PAGE, MAX_PAGE_SIZE, chain, query_value
 from app.errors import DepotError, bad_request, too_large
 from app.engine import expr
@@ -29,7 +32,7 @@ from app.http.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_ANSWERS, BLOB_
                                     nullable, portable)
 from app.engine.media import negotiate
 from app.engine.opspec import (BindError, Const, JsonSchema, MediaType, MediaTypes, OpDecl, Output, PageTemplate,
-                               RefTo, RequestInput, Scopes, Source, Template, Vocabulary)
+                               RefTo, RequestInput, Scopes, Source, Template, Vocabulary, unknown_ref_message)
 from app.stores.codec import dumps
 from app.stores.digests import (ALGORITHMS, DIGEST_PREFIX, algorithm_named, algorithm_names, hash_stream,
                                 parse_declared, split_digest)
@@ -222,13 +225,91 @@ def _utf8(value):
         return value
 
 
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_STREAM_KEYS = ("members", "decode", "store", "digests", "max_members", "out")
+_STREAM_ERRORS = ["400 INVALID_ENCODING", "400 STREAMED_MEMBER_NOT_STRING", "400 TOO_MANY_STREAMED_MEMBERS",
+                  "400 BODY_INCOMPLETE", "413 BLOB_TOO_LARGE", "400 BLOB_TOO_SMALL"]
+
+
+def _prepare_json_stream(a, scope):
+    """At load: `stream`, when given, compiled: its patterns (StreamSpec), its store, its digests, its output."""
+    raw = a.stream
+    if raw is None:
+        return
+    unknown = sorted(set(raw) - set(_STREAM_KEYS))
+    if unknown:
+        raise BindError("unknown key(s) %s; expected: %s" % (", ".join(unknown), ", ".join(_STREAM_KEYS)), "stream")
+    for key in ("members", "store", "out"):
+        if key not in raw:
+            raise BindError("`stream` needs %s" % key, "stream." + key)
+    stores = scope.definitions["blob_store"]
+    if not isinstance(raw["store"], str) or raw["store"] not in stores:
+        raise BindError(unknown_ref_message("blob_store", raw["store"], stores), "stream.store")
+    out = raw["out"]
+    if not isinstance(out, str) or not _VARIABLE.match(out) or out == a.out:
+        raise BindError("expected a variable name matching [A-Za-z_][A-Za-z0-9_]*, other than `out`'s",
+                        "stream.out")
+    decode = raw.get("decode", "base64")
+    if decode not in DECODINGS:
+        raise BindError("expected one of %s, got %r" % (", ".join(DECODINGS), decode), "stream.decode")
+    max_members = raw.get("max_members", DEFAULT_MAX_MEMBERS)
+    if not isinstance(max_members, int) or isinstance(max_members, bool) or max_members < 1:
+        raise BindError("expected a positive integer, got %r" % (max_members,), "stream.max_members")
+    try:
+        digests = algorithm_names(raw.get("digests") or ())
+    except (ValueError, TypeError) as exc:
+        raise BindError(str(exc), "stream.digests") from None
+    try:
+        spec = StreamSpec.compile(raw["members"], decode, max_members)
+    except ValueError as exc:
+        message, index = exc.args
+        raise BindError(message, "stream.members" if index is None else "stream.members[%d]" % index) from None
+    a.stream = SimpleNamespace(spec=spec, store=stores[raw["store"]], digests=digests, out=out)
+
+
+def _bind_json(scope, raw):
+    scope.bind_json_body(raw.get("out"))
+    stream = raw.get("stream")
+    if isinstance(stream, dict) and isinstance(stream.get("out"), str):
+        scope.binds_var(stream["out"])
+
+
+def _document_json(o, a):
+    o.json_body(a.out)
+    if a.stream is not None:
+        o.streamed_members(a.stream.spec, a.stream.store.name, a.stream.out)
+        o.errors(_STREAM_ERRORS)
+
+
 @op("parse.json", "Parse the request body as JSON (bounded by ops.limits.max_json_bytes and max_json_depth); an "
-    "object's members also join the field namespace without overriding path parameters.",
-    args={"out": Output("variable receiving the parsed body")},
+    "object's members also join the field namespace without overriding path parameters. With `stream`, the "
+    "declared string members (a base64 file in an npm publish) are not held: each streams, decoded, into the "
+    "blob store's staging area while the body is parsed (hashed as it is written, as parse.multipart's file), "
+    "reads null in $out and the fields, and $<stream.out> lists their staged handles in document order. Memory "
+    "stays bounded whatever the members' size: max_json_bytes counts the body without them.",
+    args={"out": Output("variable receiving the parsed body"),
+          "stream": Const("object", "members to stream into a blob store: {members: [patterns], decode: base64 "
+                          "(default; standard, padded, validated; the escape \\/ is read as /, any other escape "
+                          "is 400 INVALID_ENCODING) | none (the string's own text, UTF-8), store: a blob store "
+                          "(its max_blob_bytes and min_blob_bytes apply to the decoded bytes), digests: further "
+                          "algorithms, as blob.put's, max_members (default %d; one more is 400 "
+                          "TOO_MANY_STREAMED_MEMBERS naming it), out: variable receiving the list of staged "
+                          "handles (.digest, .size, .digests.<alg>, .digests_base64.<alg>, and .path: the keys "
+                          "and item indexes leading to the member, e.g. [\"_attachments\", \"pkg-1.0.0.tgz\", "
+                          "\"data\"])}. A pattern is dot-separated steps: an object key, * for any one key, "
+                          "[] after a step for any one array item (files[].data; [].data in a top-level array); "
+                          "a backslash escapes . * [ ] or \\ in a key (a\\.b is the key \"a.b\"). Every string "
+                          "a pattern matches streams; a matched member that is not a string is 400 "
+                          "STREAMED_MEMBER_NOT_STRING. blob.put from a handle makes it a stored blob without "
+                          "copying; a handle no step takes is removed when the request ends" % DEFAULT_MAX_MEMBERS,
+                          required=False)},
     errors=["400 INVALID_JSON", "413 JSON_TOO_LARGE"],
-    example={"out": "body"}, binds=lambda scope, raw: scope.bind_json_body(raw.get("out")),
-    openapi=lambda o, a: o.json_body(a.out))
+    example={"out": "body", "stream": {"members": ["_attachments.*.data"], "decode": "base64", "store": "primary",
+                                       "digests": ["sha1", "sha512"], "max_members": 1, "out": "attachments"}},
+    prepare=_prepare_json_stream, binds=_bind_json, openapi=_document_json)
 def parse_json(ctx, a):
+    if a.stream is not None:
+        return _parse_streamed_json(ctx, a)
     limits = ctx.engine.limits
     request = ctx.request
     if request.content_length is not None and request.content_length > limits.max_json_bytes:
@@ -236,10 +317,33 @@ def parse_json(ctx, a):
     raw = read_all(request.stream, limits.max_json_bytes) if request.stream is not None else b""
     if not raw.strip():
         raise bad_request("INVALID_JSON", "request body is empty; expected JSON")
-    body = ctx.vars[a.out] = parse_json_body(raw, limits.max_json_depth)
+    _bind_body(ctx, a, parse_json_body(raw, limits.max_json_depth))
+
+
+def _bind_body(ctx, a, body):
+    ctx.vars[a.out] = body
     if isinstance(body, dict):
         for name, value in body.items():
             ctx.fields.setdefault(name, value)
+
+
+def _parse_streamed_json(ctx, a):
+    stream = a.stream
+    store = ctx.engine.blob_store(stream.store.name)
+
+    def stage(member, path):
+        with ctx.streaming():  # moving a member's bytes is not charged to the CPU budget; parsing the rest is
+            handle = JsonMember(store.stage(member, stream.digests), path)
+        ctx.cleanups.append(lambda: handle.discard(store))  # a no-op once blob.put has taken it
+        return handle
+    ctx.count_io()
+    limits = ctx.engine.limits
+    request = ctx.request
+    reader = JsonStreamReader(request.stream if request.stream is not None else io.BytesIO(), stream.spec, stage,
+                              limits.max_json_bytes, limits.max_json_depth)
+    body, handles = reader.read()
+    _bind_body(ctx, a, body)
+    ctx.vars[stream.out] = handles
 
 
 def _prepare_multipart(a, scope):
@@ -523,7 +627,7 @@ def blob_put(ctx, a):
 
 
 def _stage_from_value(store, value, digests):
-    if isinstance(value, FormFile):
+    if isinstance(value, StagedUpload):
         staged = value.take(store)
         if staged is not None:
             _complete_digests(staged, digests)

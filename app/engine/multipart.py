@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_options_header
@@ -19,8 +19,8 @@ from werkzeug.sansio.multipart import Data, Epilogue, Event, Field, File, Multip
 
 from app.engine.definitions import typed_value
 from app.errors import DepotError, bad_request
-from app.stores.digests import base64_digests
-from app.stores.interfaces import BlobHandle, BlobStat, BlobStore, Readable, StagedBlob
+from app.engine.staged import StagedUpload
+from app.stores.interfaces import Readable, StagedBlob
 
 READ_CHUNK = 256 * 1024  # bytes read from the request at a time
 # the most the decoder holds: a part's header block (or the preamble) it cannot yet decide on, and the chunk
@@ -235,49 +235,19 @@ class FormSpec:
 
 # --- the staged file part ---------------------------------------------------------------------------------------
 
-class FormFile(BlobHandle):
+class FormFile(StagedUpload):
     """A form's file part, staged in a blob store (hashed while it streamed in), with the name and type the
     client gave it: $upload.filename, .content_type, .size, .digest, .digests.<alg> (hex), .digests_base64.<alg>.
     blob.put ``from`` it takes the staged bytes over (``take``); otherwise they are discarded when the request
     ends."""
 
-    template_attrs = ("filename", "content_type", "digest", "size", "store", "digests", "digests_base64")
-    __slots__ = ("staged", "filename", "content_type", "taken")
+    template_attrs = ("filename", "content_type") + StagedUpload.template_attrs
+    __slots__ = ("filename", "content_type")
 
     def __init__(self, staged: StagedBlob, filename: Optional[str], content_type: Optional[str]) -> None:
-        super().__init__(staged.store, staged.digest, staged.size)
-        self.staged = staged
+        super().__init__(staged)
         self.filename = filename
         self.content_type = content_type
-        self.taken = False
-
-    @property
-    def digests(self) -> dict[str, str]:
-        return self.staged.digests
-
-    @property
-    def digests_base64(self) -> dict[str, str]:
-        return base64_digests(self.staged.digests)
-
-    def stat(self) -> BlobStat:
-        return self.staged.stat()
-
-    def open(self, start: int = 0, end: Optional[int] = None,
-             on_close: Optional[Callable[[], None]] = None) -> BinaryIO:
-        return self.staged.open(start, end, on_close)
-
-    def take(self, store: BlobStore) -> Optional[StagedBlob]:
-        """The staged bytes, for ``store`` to promote, if they are staged in it and nobody took them yet."""
-        if self.taken or self.staged.store != store.name:
-            return None
-        self.taken = True
-        return self.staged
-
-    def discard(self, store: BlobStore) -> None:
-        """What runs when the request ends: bytes nobody took are removed."""
-        if not self.taken:
-            self.taken = True
-            store.discard(self.staged)
 
 
 # --- reading a form ---------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ respond.json step answers is described from its body template: each reference ta
 earlier step bound to it. Depot's own views describe themselves with @documented (app/http/openapi_views.py).
 """
 from app.engine import expr, media
-from app.http.openapi_components import (BINARY_BODY, JSON, SCHEMAS, SECURITY_SCHEMES, SERVER_ANSWERS, STRING, Access,
-                                    REQUEST_ID, add_errors, blob_answers, json_answer, nullable, parameter, portable)
+from app.http.openapi_components import (BINARY_BODY, JSON, SCHEMAS, SECURITY_SCHEMES, SERVER_ANSWERS, STAGED_MEMBER,
+                                    STRING, Access, REQUEST_ID, add_errors, blob_answers, json_answer, nullable, parameter, portable)
 from app.http.openapi_views import view_paths
 from app.engine.opspec import Output
 
@@ -80,6 +80,15 @@ class Operation:
         self.json_vars.add(out)
         self.body = self.body or {"required": True, "content": {JSON: {"schema": {}}}}
 
+    def streamed_members(self, spec, store, out):
+        """parse.json with `stream`: which string members stream into the store, and the handles $out lists."""
+        self.body["description"] = (
+            "A JSON document. The string members at %s are streamed (%s) into blob store %s as they arrive, not "
+            "held: they may be as large as the store takes, while the rest of the document is bounded by "
+            "max_json_bytes." % (", ".join(spec.members), "base64-decoded" if spec.decode == "base64" else
+                                  "their text, as UTF-8", store))
+        self.vars[out] = {"type": "array", "maxItems": spec.max_members, "items": STAGED_MEMBER}
+
     def body_schema(self, value, validator):
         """validate.json_schema over a whole variable: the request body's schema, or the object of collected
         headers' (what x-header-pattern's entry then says they must satisfy)."""
@@ -87,8 +96,8 @@ class Operation:
         if single is None or single.namespace != "var" or single.path:
             return
         schema = portable(validator.schema)
-        if single.root in self.json_vars:
-            self.body = {"required": True, "content": {JSON: {"schema": schema}}}
+        if single.root in self.json_vars:  # (a description parse.json gave the body stays)
+            self.body = dict(self.body or {}, required=True, content={JSON: {"schema": schema}})
             self.vars[single.root] = schema
             for name, member in schema.get("properties", {}).items():
                 self.fields.setdefault(name, member)

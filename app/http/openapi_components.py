@@ -45,6 +45,11 @@ BOOLEAN = {"type": "boolean"}
 COUNT = {"type": "integer", "minimum": 0}
 TIME = {"type": "string", "format": "date-time"}
 DIGEST = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}
+STAGED_MEMBER = {"type": "object", "description": "a streamed JSON member, staged in a blob store",
+                 "properties": {"digest": DIGEST, "size": COUNT, "store": STRING,
+                                "digests": {"type": "object", "additionalProperties": STRING},
+                                "digests_base64": {"type": "object", "additionalProperties": STRING},
+                                "path": {"type": "array", "items": {"type": ["string", "integer"]}}}}
 SCOPES = {"type": "array", "items": STRING}
 STATUS = {"type": "string", "enum": ["active", "disabled"]}
 PERMISSION = {"type": "string", "enum": ["read", "write", "delete", "admin"]}
