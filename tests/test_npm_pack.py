@@ -216,7 +216,7 @@ def test_login_issues_a_token_that_whoami_names(npm):
     wrong = requests.put(npm.registry + "/-/user/org.couchdb.user:uploader", timeout=60,
                          json={"name": "uploader", "password": "wrong"})
     assert wrong.status_code == 401
-    assert requests.post(npm.registry + "/-/v1/login", json={}, timeout=60).status_code == 404
+    assert requests.post(npm.registry + "/-/v1/login", json={}, timeout=60).status_code == 405  # npm falls back
 
 
 def test_ping_and_audit_answer(npm):

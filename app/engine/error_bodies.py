@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.engine.expr import Node, TemplateSyntaxError, compile_value, every_ref
+from app.engine.expr import (Const, DictNode, EachNode, ListNode, Node, Template, TemplateSyntaxError, compile_value,
+                             every_ref)
 from app.errors import DepotError
 
 READABLE = ("code", "message", "status", "field")
@@ -41,6 +42,27 @@ class ErrorBody:
 
     def render(self, error: DepotError) -> Any:
         return self.template.render(_ErrorScope(error))
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """The JSON Schema of what it renders (what the OpenAPI document says its errors are)."""
+        return _schema(self.template)
+
+
+_READ_SCHEMAS = {"status": {"type": "integer"}, "field": {"type": ["string", "null"]}}
+
+
+def _schema(node: Node) -> dict[str, Any]:
+    if isinstance(node, DictNode):
+        return {"type": "object", "properties": {key: _schema(item) for key, item in node.items},
+                "required": [key for key, _ in node.items]}
+    if isinstance(node, ListNode):
+        return {"type": "array", "items": [_schema(item) for item in node.nodes][0] if node.nodes else {}}
+    if isinstance(node, Template) and node.single is not None:
+        return _READ_SCHEMAS.get(node.single.path[0], {"type": "string"})
+    if isinstance(node, Const):
+        return {"const": node.value}
+    return {} if isinstance(node, EachNode) else {"type": "string"}
 
 
 def compile_error_body(value: Any) -> ErrorBody:

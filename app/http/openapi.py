@@ -8,7 +8,7 @@ respond.json step answers is described from its body template: each reference ta
 earlier step bound to it. Depot's own views describe themselves with @documented (app/http/openapi_views.py).
 """
 from app.engine import expr, media
-from app.http.openapi_components import (BINARY_BODY, JSON, SCHEMAS, SECURITY_SCHEMES, SERVER_ANSWERS, STAGED_MEMBER,
+from app.http.openapi_components import (ref, BINARY_BODY, JSON, SCHEMAS, SECURITY_SCHEMES, SERVER_ANSWERS, STAGED_MEMBER,
                                     STRING, Access, REQUEST_ID, add_errors, blob_answers, json_answer, nullable, parameter, portable)
 from app.http.openapi_views import view_paths
 from app.engine.opspec import Output
@@ -245,6 +245,8 @@ class Operation:
             self.errors(["403 READ_ONLY"])
         for status, bodies in self.bodies.items():
             self.responses[status] = self._answer(self.responses.get(status), bodies)
+        if self.route.error_body is not None:
+            self._own_error_format(self.route.error_body.schema)
         operation = {"operationId": self.route.id, "summary": self.route.description or self.route.id,
                      "tags": list(self.route.tags) or ["default"],
                      "parameters": list(self.parameters.values()) + [REQUEST_ID],
@@ -268,6 +270,14 @@ class Operation:
             operation["description"] = " ".join(description)
         return operation
 
+
+    def _own_error_format(self, schema):
+        """Error answers in the route's error_body format; or Depot's envelope, for what is answered before the
+        route is found (a URL no route matches after all, a body over the request limit)."""
+        either = {"anyOf": [schema, ref("Error")]}
+        for status, answer in self.responses.items():
+            if "x-error-codes" in answer:
+                self.responses[status] = dict(answer, content={JSON: {"schema": either}})
 
     @staticmethod
     def _answer(earlier, bodies):
