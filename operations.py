@@ -243,30 +243,33 @@ def _document_json(o, a):
 
 @op("parse.json", "Parse the request body as JSON (bounded by ops.limits.max_json_bytes and max_json_depth); an "
     "object's members also join the field namespace without overriding path parameters. With `stream`, the "
-    "declared string members (a base64 file in an npm publish) are not held: each streams, decoded, into the "
-    "blob store's staging area while the body is parsed (hashed as it is written, as parse.multipart's file), "
-    "reads null in $out and the fields, and $<stream.out> lists their staged handles in document order. Memory "
-    "stays bounded whatever the members' size: max_json_bytes counts the body without them.",
+    "declared string members (an npm publish's base64 tarball) are never held: each streams, decoded, into the "
+    "blob store's staging area while the body is parsed, hashed as it is written (as parse.multipart's file), "
+    "and reads null in $out and the fields; the stream's `out` lists their staged handles. blob.put from a "
+    "handle makes it a stored blob without copying; a handle no step takes is removed when the request ends. "
+    "Memory stays bounded whatever the members' size: max_json_bytes counts the body without them (each one "
+    "as null).",
     args={"out": Output("variable receiving the parsed body"),
-          "stream": Const("object", "members to stream into a blob store: {members: [patterns], decode: base64 "
-                          "(default; standard, padded, validated; the escape \\/ is read as /, any other escape "
-                          "is 400 INVALID_ENCODING) | none (the string's own text, UTF-8), store: a blob store "
-                          "(its max_blob_bytes and min_blob_bytes apply to the decoded bytes), digests: further "
-                          "algorithms, as blob.put's, max_members (default %d; one more is 400 "
-                          "TOO_MANY_STREAMED_MEMBERS naming it), out: variable receiving the list of staged "
-                          "handles (.digest, .size, .digests.<alg>, .digests_base64.<alg>, and .path: the keys "
-                          "and item indexes leading to the member, e.g. [\"_attachments\", \"pkg-1.0.0.tgz\", "
-                          "\"data\"])}. A pattern is dot-separated steps: an object key, * for any one key, "
-                          "[] after a step for any one array item (files[].data; [].data in a top-level array); "
-                          "a backslash escapes . * [ ] or \\ in a key (a\\.b is the key \"a.b\"). Every string "
-                          "a pattern matches streams; a matched member that is not a string is 400 "
-                          "STREAMED_MEMBER_NOT_STRING. blob.put from a handle makes it a stored blob without "
-                          "copying; a handle no step takes is removed when the request ends" % DEFAULT_MAX_MEMBERS,
-                          required=False)},
+          "stream": Const("object", "string members to stream into a blob store: `members` (required), a "
+                          "non-empty list of patterns (below); `store` (required), the blob store they are staged "
+                          "in (its max_blob_bytes and min_blob_bytes apply to the decoded bytes); `out` "
+                          "(required), the variable receiving the list of their staged handles in document order "
+                          "(.digest, .size, .store, .digests.<alg>, .digests_base64.<alg>, and .path: the keys and "
+                          "item indexes leading to the member, e.g. `[\"_attachments\", \"pkg-1.0.0.tgz\", "
+                          "\"data\"]`, read as `$attachments[0].path[1]`); `decode`: base64 (the default: "
+                          "standard, padded, validated; the escape `\\/` reads as `/`, any other escape is 400 "
+                          "INVALID_ENCODING) or none (the string's own text, as UTF-8); `digests`: further "
+                          "algorithms hashed while staging, as blob.put's; `max_members` (default %d): one member "
+                          "more is 400 TOO_MANY_STREAMED_MEMBERS naming it. A pattern is dot-separated steps: an "
+                          "object key, `*` for any one key, `[]` after a step for any one array item "
+                          "(`files[].data`; `[].data` in a top-level array); a backslash escapes `. * [ ] \\` in "
+                          "a key (`a\\.b` is the key \"a.b\"). Every string a pattern matches streams; a "
+                          "matched member that is not a string is 400 STREAMED_MEMBER_NOT_STRING"
+                          % DEFAULT_MAX_MEMBERS, required=False)},
     errors=["400 INVALID_JSON", "413 JSON_TOO_LARGE"],
     example={"out": "body", "stream": {"members": ["_attachments.*.data"], "decode": "base64", "store": "primary",
                                        "digests": ["sha1", "sha512"], "max_members": 1, "out": "attachments"}},
-    prepare=_prepare_json_stream, binds=_bind_json, openapi=_document_json)
+    io=True, prepare=_prepare_json_stream, binds=_bind_json, openapi=_document_json)
 def parse_json(ctx, a):
     if a.stream is not None:
         return _parse_streamed_json(ctx, a)
@@ -292,11 +295,11 @@ def _parse_streamed_json(ctx, a):
     store = ctx.engine.blob_store(stream.store.name)
 
     def stage(member, path):
+        ctx.count_io()
         with ctx.streaming():  # moving a member's bytes is not charged to the CPU budget; parsing the rest is
             handle = JsonMember(store.stage(member, stream.digests), path)
         ctx.cleanups.append(lambda: handle.discard(store))  # a no-op once blob.put has taken it
         return handle
-    ctx.count_io()
     limits = ctx.engine.limits
     request = ctx.request
     reader = JsonStreamReader(request.stream if request.stream is not None else io.BytesIO(), stream.spec, stage,
@@ -551,10 +554,11 @@ def blob_get(ctx, a):
 @op("blob.put", "Stream bytes into the content-addressed store, hashing while writing (sha-256, the `digests` "
     "asked for, and from request.body also each further algorithm the client's Content-Digest declares: "
     "sha-512); inside a transaction the blob is moved into place only at commit. A form's file that "
-    "parse.multipart staged in the same store is taken over as it is, not copied (a digest it did not compute "
-    "is computed from its file).",
+    "parse.multipart staged, or a JSON member parse.json streamed, in the same store is taken over as it is, not "
+    "copied (a digest it did not compute is computed from its file).",
     args={"store": RefTo("blob_store", "the blob store"),
-          "from": Source("request.body, a body handle such as $up_resp.body, or a form's file ($upload)"),
+          "from": Source("request.body, a body handle such as $up_resp.body, a form's file ($upload) or a "
+                         "streamed JSON member ($attachments[0])"),
           "digests": _digests_arg("the bytes"),
           "out": Output("variable receiving 'sha256:<hex>'", schema=DIGEST),
           "out_size": Output("variable receiving the size in bytes", required=False, schema=COUNT),

@@ -52,11 +52,11 @@ State = tuple[Pattern, int]  # a pattern, and how many of its steps the path so 
 
 
 def invalid_json(message: str, field: Optional[str] = None) -> DepotError:
-    return bad_request("INVALID_JSON", message, field)
+    return DepotError("INVALID_JSON", 400, message, field)
 
 
 def invalid_encoding(message: str, field: Optional[str] = None) -> DepotError:
-    return bad_request("INVALID_ENCODING", message, field)
+    return DepotError("INVALID_ENCODING", 400, message, field)
 
 
 def field_name(path: list[PathStep]) -> str:
@@ -220,10 +220,10 @@ class _Structure:
             if event == "start_map" or event == "start_array":
                 if len(frames) == self.max_depth:
                     raise invalid_json("request body nests deeper than %d levels" % self.max_depth)
-                moves = self.moves.get(states)
-                if moves is None:
-                    moves = self.moves[states] = _Moves(states)
-                frames.append(_Frame(event == "start_array", moves))
+                known = self.moves.get(states)
+                if known is None:
+                    known = self.moves[states] = _Moves(states)
+                frames.append(_Frame(event == "start_array", known))
         self.after_key = after_key
         del events[:]
 
@@ -343,7 +343,10 @@ class _Text:
         if self.pending or self.high:
             what = "an incomplete escape" if self.pending else "a lone surrogate escape"
             raise invalid_json("member %s ends with %s" % (self.field, what), self.field)
-        self.utf8.decode(b"", final=True)
+        try:
+            self.utf8.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            raise invalid_json("member %s is not UTF-8: %s" % (self.field, exc.reason), self.field) from None
         return b""
 
 
