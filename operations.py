@@ -32,7 +32,7 @@ from app.http.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_ANSWERS, BLOB_
                                     nullable, portable)
 from app.engine.media import negotiate
 from app.engine.opspec import (BindError, Const, JsonSchema, MediaType, MediaTypes, OpDecl, Output, PageTemplate,
-                               RefTo, RequestInput, Scopes, Source, Template, Vocabulary, unknown_ref_message)
+                               RefTo, RequestInput, Scopes, Source, Template, Vocabulary)
 from app.stores.codec import dumps
 from app.stores.digests import (ALGORITHMS, DIGEST_PREFIX, algorithm_named, algorithm_names, hash_stream,
                                 parse_declared, split_digest)
@@ -185,46 +185,50 @@ def _utf8(value):
         return value
 
 
+_STREAM_ARGS = {  # the keys of parse.json's `stream`, bound as arguments of these kinds are
+    "members": Const("string list"), "store": RefTo("blob_store"),
+    "decode": Const("string", required=False, default="base64", choices=list(DECODINGS)),
+    "digests": Const("string list", required=False, default=[]),
+    "max_members": Const("integer", required=False, default=DEFAULT_MAX_MEMBERS, minimum=1),
+    "out": Const("string")}
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_STREAM_KEYS = ("members", "decode", "store", "digests", "max_members", "out")
 _STREAM_ERRORS = ["400 INVALID_ENCODING", "400 STREAMED_MEMBER_NOT_STRING", "400 TOO_MANY_STREAMED_MEMBERS",
                   "400 BODY_INCOMPLETE", "413 BLOB_TOO_LARGE", "400 BLOB_TOO_SMALL"]
 
 
 def _prepare_json_stream(a, scope):
-    """At load: `stream`, when given, compiled: its patterns (StreamSpec), its store, its digests, its output."""
-    raw = a.stream
-    if raw is None:
+    """At load: `stream`, when given, bound key by key (errors name the key), its patterns compiled."""
+    if a.stream is None:
         return
-    unknown = sorted(set(raw) - set(_STREAM_KEYS))
+    unknown = sorted(set(a.stream) - set(_STREAM_ARGS))
     if unknown:
-        raise BindError("unknown key(s) %s; expected: %s" % (", ".join(unknown), ", ".join(_STREAM_KEYS)), "stream")
-    for key in ("members", "store", "out"):
-        if key not in raw:
-            raise BindError("`stream` needs %s" % key, "stream." + key)
-    stores = scope.definitions["blob_store"]
-    if not isinstance(raw["store"], str) or raw["store"] not in stores:
-        raise BindError(unknown_ref_message("blob_store", raw["store"], stores), "stream.store")
-    out = raw["out"]
-    if not isinstance(out, str) or not _VARIABLE.match(out) or out == a.out:
+        raise BindError("unknown key(s) %s; expected: %s" % (", ".join(unknown), ", ".join(_STREAM_ARGS)), "stream")
+    stream = SimpleNamespace(**{key: _stream_arg(a.stream, key, scope) for key in _STREAM_ARGS})
+    if not _VARIABLE.match(stream.out) or stream.out == a.out:
         raise BindError("expected a variable name matching [A-Za-z_][A-Za-z0-9_]*, other than `out`'s",
                         "stream.out")
-    decode = raw.get("decode", "base64")
-    if decode not in DECODINGS:
-        raise BindError("expected one of %s, got %r" % (", ".join(DECODINGS), decode), "stream.decode")
-    max_members = raw.get("max_members", DEFAULT_MAX_MEMBERS)
-    if not isinstance(max_members, int) or isinstance(max_members, bool) or max_members < 1:
-        raise BindError("expected a positive integer, got %r" % (max_members,), "stream.max_members")
     try:
-        digests = algorithm_names(raw.get("digests") or ())
-    except (ValueError, TypeError) as exc:
+        stream.digests = algorithm_names(stream.digests)
+    except ValueError as exc:
         raise BindError(str(exc), "stream.digests") from None
     try:
-        spec = StreamSpec.compile(raw["members"], decode, max_members)
+        stream.spec = StreamSpec.compile(stream.members, stream.decode, stream.max_members)
     except ValueError as exc:
         message, index = exc.args
         raise BindError(message, "stream.members" if index is None else "stream.members[%d]" % index) from None
-    a.stream = SimpleNamespace(spec=spec, store=stores[raw["store"]], digests=digests, out=out)
+    a.stream = stream
+
+
+def _stream_arg(raw, key, scope):
+    arg = _STREAM_ARGS[key]
+    if key not in raw:
+        if arg.required:
+            raise BindError("`stream` needs %s (%s)" % (key, arg.describe()), "stream." + key)
+        return arg.default
+    try:
+        return arg.bind(raw[key], scope)
+    except BindError as exc:
+        raise BindError(str(exc), "stream." + key) from None
 
 
 def _bind_json(scope, raw):

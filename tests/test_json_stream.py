@@ -432,13 +432,16 @@ def test_the_route_documents_its_body_and_the_staged_handles(depot):
     (dict(STREAM, members=["a..b"]), "members[0]", "step 2 is malformed"),
     (dict(STREAM, members=["ok", "a*"]), "members[1]", "malformed"),
     (dict(STREAM, members=[]), "members", "non-empty list"),
+    (dict(STREAM, members="data"), "members", "expected string list"),
     (dict(STREAM, store="nowhere"), "store", "unknown blob store 'nowhere'"),
     (dict(STREAM, digests=["sha3"]), "digests", "unknown digest algorithm"),
+    (dict(STREAM, digests="sha1"), "digests", "expected string list"),
     (dict(STREAM, out="not a name"), "out", "variable name"),
     (dict(STREAM, out="body"), "out", "other than `out`'s"),
-    (dict(STREAM, decode="hex"), "decode", "base64, none"),
-    (dict(STREAM, max_members=0), "max_members", "positive integer"),
+    (dict(STREAM, decode="hex"), "decode", "expected one of 'base64', 'none'"),
+    (dict(STREAM, max_members=0), "max_members", "expected at least 1"),
     ({k: v for k, v in STREAM.items() if k != "store"}, "store", "needs store"),
+    ({k: v for k, v in STREAM.items() if k != "out"}, "out", "needs out"),
     (dict(STREAM, extra=1), "", "unknown key(s) extra"),
 ])
 def test_stream_misuse_is_refused_at_load_at_its_place(project_schema, stream, place, words):
