@@ -29,6 +29,9 @@ from app.engine.staged import StagedUpload
 from app.errors import DepotError, bad_request, too_large
 from app.stores.interfaces import JsonValue, Readable, StagedBlob
 
+# The C backend by name: the scanner relies on it reporting a key as soon as the key's closing quote is read (a
+# missing C extension fails here, at start, rather than running a slower parser that may report later)
+YAJL = ijson.get_backend("yajl2_c")
 READ_CHUNK = 256 * 1024  # bytes read from the request at a time
 DECODINGS = ("base64", "none")
 DEFAULT_MAX_MEMBERS = 1
@@ -439,7 +442,7 @@ class JsonStreamReader:
         self.max_depth = max_depth
         self.chunk = chunk
         self.events = ijson.sendable_list()
-        self.parser = ijson.basic_parse_coro(self.events)
+        self.parser = YAJL.basic_parse_coro(self.events)
         self.structure = _Structure(spec, max_depth)
         self.kept: list[bytes] = []  # the body as the parser read it: what json.loads decodes at the end
         self.kept_bytes = 0
