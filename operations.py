@@ -32,7 +32,7 @@ from app.http.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_ANSWERS, BLOB_
                                     nullable, portable)
 from app.engine.media import negotiate
 from app.engine.opspec import (BindError, Const, JsonSchema, MediaType, MediaTypes, OpDecl, Output, PageTemplate,
-                               RefTo, RequestInput, Scopes, Source, Template, Vocabulary, unknown_ref_message)
+                               RefTo, RequestInput, Scopes, Source, Template, Vocabulary)
 from app.stores.codec import dumps
 from app.stores.digests import (ALGORITHMS, DIGEST_PREFIX, algorithm_named, algorithm_names, hash_stream,
                                 parse_declared, split_digest)
@@ -225,46 +225,50 @@ def _utf8(value):
         return value
 
 
+_STREAM_ARGS = {  # the keys of parse.json's `stream`, bound as arguments of these kinds are
+    "members": Const("string list"), "store": RefTo("blob_store"),
+    "decode": Const("string", required=False, default="base64", choices=list(DECODINGS)),
+    "digests": Const("string list", required=False, default=[]),
+    "max_members": Const("integer", required=False, default=DEFAULT_MAX_MEMBERS, minimum=1),
+    "out": Const("string")}
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_STREAM_KEYS = ("members", "decode", "store", "digests", "max_members", "out")
 _STREAM_ERRORS = ["400 INVALID_ENCODING", "400 STREAMED_MEMBER_NOT_STRING", "400 TOO_MANY_STREAMED_MEMBERS",
                   "400 BODY_INCOMPLETE", "413 BLOB_TOO_LARGE", "400 BLOB_TOO_SMALL"]
 
 
 def _prepare_json_stream(a, scope):
-    """At load: `stream`, when given, compiled: its patterns (StreamSpec), its store, its digests, its output."""
-    raw = a.stream
-    if raw is None:
+    """At load: `stream`, when given, bound key by key (errors name the key), its patterns compiled."""
+    if a.stream is None:
         return
-    unknown = sorted(set(raw) - set(_STREAM_KEYS))
+    unknown = sorted(set(a.stream) - set(_STREAM_ARGS))
     if unknown:
-        raise BindError("unknown key(s) %s; expected: %s" % (", ".join(unknown), ", ".join(_STREAM_KEYS)), "stream")
-    for key in ("members", "store", "out"):
-        if key not in raw:
-            raise BindError("`stream` needs %s" % key, "stream." + key)
-    stores = scope.definitions["blob_store"]
-    if not isinstance(raw["store"], str) or raw["store"] not in stores:
-        raise BindError(unknown_ref_message("blob_store", raw["store"], stores), "stream.store")
-    out = raw["out"]
-    if not isinstance(out, str) or not _VARIABLE.match(out) or out == a.out:
+        raise BindError("unknown key(s) %s; expected: %s" % (", ".join(unknown), ", ".join(_STREAM_ARGS)), "stream")
+    stream = SimpleNamespace(**{key: _stream_arg(a.stream, key, scope) for key in _STREAM_ARGS})
+    if not _VARIABLE.match(stream.out) or stream.out == a.out:
         raise BindError("expected a variable name matching [A-Za-z_][A-Za-z0-9_]*, other than `out`'s",
                         "stream.out")
-    decode = raw.get("decode", "base64")
-    if decode not in DECODINGS:
-        raise BindError("expected one of %s, got %r" % (", ".join(DECODINGS), decode), "stream.decode")
-    max_members = raw.get("max_members", DEFAULT_MAX_MEMBERS)
-    if not isinstance(max_members, int) or isinstance(max_members, bool) or max_members < 1:
-        raise BindError("expected a positive integer, got %r" % (max_members,), "stream.max_members")
     try:
-        digests = algorithm_names(raw.get("digests") or ())
-    except (ValueError, TypeError) as exc:
+        stream.digests = algorithm_names(stream.digests)
+    except ValueError as exc:
         raise BindError(str(exc), "stream.digests") from None
     try:
-        spec = StreamSpec.compile(raw["members"], decode, max_members)
+        stream.spec = StreamSpec.compile(stream.members, stream.decode, stream.max_members)
     except ValueError as exc:
         message, index = exc.args
         raise BindError(message, "stream.members" if index is None else "stream.members[%d]" % index) from None
-    a.stream = SimpleNamespace(spec=spec, store=stores[raw["store"]], digests=digests, out=out)
+    a.stream = stream
+
+
+def _stream_arg(raw, key, scope):
+    arg = _STREAM_ARGS[key]
+    if key not in raw:
+        if arg.required:
+            raise BindError("`stream` needs %s (%s)" % (key, arg.describe()), "stream." + key)
+        return arg.default
+    try:
+        return arg.bind(raw[key], scope)
+    except BindError as exc:
+        raise BindError(str(exc), "stream." + key) from None
 
 
 def _bind_json(scope, raw):
@@ -283,30 +287,33 @@ def _document_json(o, a):
 
 @op("parse.json", "Parse the request body as JSON (bounded by ops.limits.max_json_bytes and max_json_depth); an "
     "object's members also join the field namespace without overriding path parameters. With `stream`, the "
-    "declared string members (a base64 file in an npm publish) are not held: each streams, decoded, into the "
-    "blob store's staging area while the body is parsed (hashed as it is written, as parse.multipart's file), "
-    "reads null in $out and the fields, and $<stream.out> lists their staged handles in document order. Memory "
-    "stays bounded whatever the members' size: max_json_bytes counts the body without them.",
+    "declared string members (an npm publish's base64 tarball) are never held: each streams, decoded, into the "
+    "blob store's staging area while the body is parsed, hashed as it is written (as parse.multipart's file), "
+    "and reads null in $out and the fields; the stream's `out` lists their staged handles. blob.put from a "
+    "handle makes it a stored blob without copying; a handle no step takes is removed when the request ends. "
+    "Memory stays bounded whatever the members' size: max_json_bytes counts the body without them (each one "
+    "as null).",
     args={"out": Output("variable receiving the parsed body"),
-          "stream": Const("object", "members to stream into a blob store: {members: [patterns], decode: base64 "
-                          "(default; standard, padded, validated; the escape \\/ is read as /, any other escape "
-                          "is 400 INVALID_ENCODING) | none (the string's own text, UTF-8), store: a blob store "
-                          "(its max_blob_bytes and min_blob_bytes apply to the decoded bytes), digests: further "
-                          "algorithms, as blob.put's, max_members (default %d; one more is 400 "
-                          "TOO_MANY_STREAMED_MEMBERS naming it), out: variable receiving the list of staged "
-                          "handles (.digest, .size, .digests.<alg>, .digests_base64.<alg>, and .path: the keys "
-                          "and item indexes leading to the member, e.g. [\"_attachments\", \"pkg-1.0.0.tgz\", "
-                          "\"data\"])}. A pattern is dot-separated steps: an object key, * for any one key, "
-                          "[] after a step for any one array item (files[].data; [].data in a top-level array); "
-                          "a backslash escapes . * [ ] or \\ in a key (a\\.b is the key \"a.b\"). Every string "
-                          "a pattern matches streams; a matched member that is not a string is 400 "
-                          "STREAMED_MEMBER_NOT_STRING. blob.put from a handle makes it a stored blob without "
-                          "copying; a handle no step takes is removed when the request ends" % DEFAULT_MAX_MEMBERS,
-                          required=False)},
+          "stream": Const("object", "string members to stream into a blob store: `members` (required), a "
+                          "non-empty list of patterns (below); `store` (required), the blob store they are staged "
+                          "in (its max_blob_bytes and min_blob_bytes apply to the decoded bytes); `out` "
+                          "(required), the variable receiving the list of their staged handles in document order "
+                          "(.digest, .size, .store, .digests.<alg>, .digests_base64.<alg>, and .path: the keys and "
+                          "item indexes leading to the member, e.g. `[\"_attachments\", \"pkg-1.0.0.tgz\", "
+                          "\"data\"]`, read as `$attachments[0].path[1]`); `decode`: base64 (the default: "
+                          "standard, padded, validated; the escape `\\/` reads as `/`, any other escape is 400 "
+                          "INVALID_ENCODING) or none (the string's own text, as UTF-8); `digests`: further "
+                          "algorithms hashed while staging, as blob.put's; `max_members` (default %d): one member "
+                          "more is 400 TOO_MANY_STREAMED_MEMBERS naming it. A pattern is dot-separated steps: an "
+                          "object key, `*` for any one key, `[]` after a step for any one array item "
+                          "(`files[].data`; `[].data` in a top-level array); a backslash escapes `. * [ ] \\` in "
+                          "a key (`a\\.b` is the key \"a.b\"). Every string a pattern matches streams; a "
+                          "matched member that is not a string is 400 STREAMED_MEMBER_NOT_STRING"
+                          % DEFAULT_MAX_MEMBERS, required=False)},
     errors=["400 INVALID_JSON", "413 JSON_TOO_LARGE"],
     example={"out": "body", "stream": {"members": ["_attachments.*.data"], "decode": "base64", "store": "primary",
                                        "digests": ["sha1", "sha512"], "max_members": 1, "out": "attachments"}},
-    prepare=_prepare_json_stream, binds=_bind_json, openapi=_document_json)
+    io=True, prepare=_prepare_json_stream, binds=_bind_json, openapi=_document_json)
 def parse_json(ctx, a):
     if a.stream is not None:
         return _parse_streamed_json(ctx, a)
@@ -332,11 +339,11 @@ def _parse_streamed_json(ctx, a):
     store = ctx.engine.blob_store(stream.store.name)
 
     def stage(member, path):
+        ctx.count_io()
         with ctx.streaming():  # moving a member's bytes is not charged to the CPU budget; parsing the rest is
             handle = JsonMember(store.stage(member, stream.digests), path)
         ctx.cleanups.append(lambda: handle.discard(store))  # a no-op once blob.put has taken it
         return handle
-    ctx.count_io()
     limits = ctx.engine.limits
     request = ctx.request
     reader = JsonStreamReader(request.stream if request.stream is not None else io.BytesIO(), stream.spec, stage,
@@ -591,10 +598,11 @@ def blob_get(ctx, a):
 @op("blob.put", "Stream bytes into the content-addressed store, hashing while writing (sha-256, the `digests` "
     "asked for, and from request.body also each further algorithm the client's Content-Digest declares: "
     "sha-512); inside a transaction the blob is moved into place only at commit. A form's file that "
-    "parse.multipart staged in the same store is taken over as it is, not copied (a digest it did not compute "
-    "is computed from its file).",
+    "parse.multipart staged, or a JSON member parse.json streamed, in the same store is taken over as it is, not "
+    "copied (a digest it did not compute is computed from its file).",
     args={"store": RefTo("blob_store", "the blob store"),
-          "from": Source("request.body, a body handle such as $up_resp.body, or a form's file ($upload)"),
+          "from": Source("request.body, a body handle such as $up_resp.body, a form's file ($upload) or a "
+                         "streamed JSON member ($attachments[0])"),
           "digests": _digests_arg("the bytes"),
           "out": Output("variable receiving 'sha256:<hex>'", schema=DIGEST),
           "out_size": Output("variable receiving the size in bytes", required=False, schema=COUNT),

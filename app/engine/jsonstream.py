@@ -29,6 +29,9 @@ from app.engine.staged import StagedUpload
 from app.errors import DepotError, bad_request, too_large
 from app.stores.interfaces import JsonValue, Readable, StagedBlob
 
+# The C backend by name: the scanner relies on it reporting a key as soon as the key's closing quote is read (a
+# missing C extension fails here, at start, rather than running a slower parser that may report later)
+YAJL = ijson.get_backend("yajl2_c")
 READ_CHUNK = 256 * 1024  # bytes read from the request at a time
 DECODINGS = ("base64", "none")
 DEFAULT_MAX_MEMBERS = 1
@@ -52,11 +55,11 @@ State = tuple[Pattern, int]  # a pattern, and how many of its steps the path so 
 
 
 def invalid_json(message: str, field: Optional[str] = None) -> DepotError:
-    return bad_request("INVALID_JSON", message, field)
+    return DepotError("INVALID_JSON", 400, message, field)
 
 
 def invalid_encoding(message: str, field: Optional[str] = None) -> DepotError:
-    return bad_request("INVALID_ENCODING", message, field)
+    return DepotError("INVALID_ENCODING", 400, message, field)
 
 
 def field_name(path: list[PathStep]) -> str:
@@ -220,10 +223,10 @@ class _Structure:
             if event == "start_map" or event == "start_array":
                 if len(frames) == self.max_depth:
                     raise invalid_json("request body nests deeper than %d levels" % self.max_depth)
-                moves = self.moves.get(states)
-                if moves is None:
-                    moves = self.moves[states] = _Moves(states)
-                frames.append(_Frame(event == "start_array", moves))
+                known = self.moves.get(states)
+                if known is None:
+                    known = self.moves[states] = _Moves(states)
+                frames.append(_Frame(event == "start_array", known))
         self.after_key = after_key
         del events[:]
 
@@ -343,7 +346,10 @@ class _Text:
         if self.pending or self.high:
             what = "an incomplete escape" if self.pending else "a lone surrogate escape"
             raise invalid_json("member %s ends with %s" % (self.field, what), self.field)
-        self.utf8.decode(b"", final=True)
+        try:
+            self.utf8.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            raise invalid_json("member %s is not UTF-8: %s" % (self.field, exc.reason), self.field) from None
         return b""
 
 
@@ -436,7 +442,7 @@ class JsonStreamReader:
         self.max_depth = max_depth
         self.chunk = chunk
         self.events = ijson.sendable_list()
-        self.parser = ijson.basic_parse_coro(self.events)
+        self.parser = YAJL.basic_parse_coro(self.events)
         self.structure = _Structure(spec, max_depth)
         self.kept: list[bytes] = []  # the body as the parser read it: what json.loads decodes at the end
         self.kept_bytes = 0
