@@ -103,7 +103,7 @@ def test_the_abbreviated_packument_keeps_what_installs_need(npm):
     assert answer.headers["Content-Type"].startswith(ABBREVIATED)
     version = answer.json()["versions"]["2.1.0"]
     assert version["dependencies"] == {"left-pad": "^1.0.0"} and "dist" in version
-    assert "readme" not in version and "scripts" not in version and "description" not in version
+    assert "readme" not in version and "scripts" not in version and "main" not in version
     assert "Accept" in answer.headers["Vary"]
 
 
@@ -228,3 +228,20 @@ def test_reads_need_credentials(npm):
     npm.publish("private", "1.0.0")
     answer = npm.request("GET", "/private", None)
     assert answer.status_code == 401 and answer.headers["WWW-Authenticate"].startswith("Basic")
+
+
+def test_one_version_by_number_or_dist_tag(npm):
+    npm.publish("single", "1.0.0")
+    npm.publish("single", "1.1.0", tag="next")
+    assert npm.request("GET", "/single/latest").json()["version"] == "1.0.0"
+    by_tag = npm.request("GET", "/single/next").json()
+    assert by_tag["version"] == "1.1.0" and by_tag["dist"]["tarball"].endswith("/single/-/single-1.1.0.tgz")
+    assert npm.request("GET", "/single/1.1.0").json()["version"] == "1.1.0"
+    assert npm.request("GET", "/single/9.9.9").status_code == 404
+    npm.publish("@acme/single", "2.0.0")
+    assert npm.request("GET", "/@acme/single/latest").json()["name"] == "@acme/single"
+
+
+def test_the_abbreviated_packument_carries_publish_times_for_pnpm(npm):
+    npm.publish("timed", "1.0.0")
+    assert set(npm.packument("timed", accept=ABBREVIATED).json()["time"]) == {"created", "modified", "1.0.0"}

@@ -50,8 +50,8 @@ def _shadowing(first: Route, second: Route) -> tuple[Route, Route, Lost] | None:
     for position, (x, y) in enumerate(zip(a, b)):
         literal_x, literal_y = isinstance(x, str), isinstance(y, str)
         if literal_x and literal_y:
-            if x != y and not ("{" in x or "{" in y):
-                return None  # two different literals: no URL matches both
+            if x != y and not _may_match(x, y):
+                return None  # two different literals (or a parameter's literal part the other lacks)
             continue
         if literal_x != literal_y:
             differing.append((position, literal_x))
@@ -93,6 +93,18 @@ def _matches(route: Route, url: str) -> dict[str, str] | None:
             url, method=route.method)[1]
     except HTTPException:
         return None
+
+
+def _may_match(x: str, y: str) -> bool:
+    """Whether two segments, literal or holding a parameter beside literal text (`@{scope}`), can be one segment
+    of the same URL."""
+    if "{" in x and "{" in y:
+        return True
+    pattern, text = (x, y) if "{" in x else (y, x)
+    if "{" not in pattern:
+        return False
+    return re.fullmatch("".join(re.escape(part) if i % 2 == 0 else "[^/]+"
+                                for i, part in enumerate(PATH_PARAM.split(pattern))), text) is not None
 
 
 def _report(winner: Route, loser: Route, lost: Lost, report: Report) -> None:
