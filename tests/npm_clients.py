@@ -23,13 +23,15 @@ What npm 11.19 and pnpm 12.4 send, and what they need back, recorded through ``W
 Verdaccio 6.8 and read in npm's own source (/usr/lib/node_modules/npm: lib/utils/auth.js, npm-profile,
 libnpmpublish, lib/commands/*.js); /work/notes/npm-wire.md has the same, longer. ``REG`` is the registry URL with
 its path (``http://h/npm/acme/``); every path below is relative to it (npm joins it, so a path prefix works).
-A scoped name is one path segment: ``@scope%2fname`` (lower-case ``%2f``, the ``@`` left alone); tarball URLs
-are used as the registry wrote them in the packument. Every authenticated request carries
-``Authorization: Bearer <token>``; npm also sends ``npm-command``, ``npm-session``, ``npm-auth-type: web``,
-``user-agent: npm/11.x node/v20.x linux x64 workspaces/false`` and, on its reads,
-``pacote-version``/``pacote-req-type`` headers (informational).
+A scoped name is one path segment: npm writes ``@scope%2fname`` (lower-case ``%2f``), pnpm ``@scope%2Fname``,
+both leave the ``@`` alone. Tarball URLs are fetched exactly as the packument wrote them, with the token when
+they lie under the registry's URL. Every request of a client with a token carries ``Authorization: Bearer
+<token>`` (pnpm's too); npm adds ``npm-command: <command>``, ``npm-auth-type: web`` and ``user-agent: npm/11.19.1
+node/v20.x linux x64 workspaces/false`` (no ``npm-session`` any more), and on packument and tarball reads
+``pacote-req-type``, ``pacote-pkg-id`` and ``pacote-integrity`` (informational); its cache sends
+``If-None-Match`` with an ETag it was given. pnpm sends ``user-agent: pnpm/12.4.2 npm/? node/? linux x64``.
 
-(The request-by-request lists sit above each method: see ``NpmClient``.)
+The request-by-request account sits in each ``NpmClient`` method's docstring.
 """
 from __future__ import annotations
 
@@ -366,14 +368,17 @@ class NpmClient:
     def install(self, *specs: str, cwd: Path | None = None, audit: bool = False) -> Ran:
         """``npm install specs`` in ``cwd`` (a fresh project by default; ``ran.cwd`` is where it ran).
 
-        For each package: ``GET /<escaped name>`` with Accept ``application/vnd.npm.install-v1+json; q=1.0,
-        application/json; q=0.8, */*`` (the abbreviated packument: name, modified, dist-tags, versions with
-        name, version, dependencies..., dist{integrity, shasum, tarball}, deprecated, engines, bin...), then
-        ``GET`` of each ``dist.tarball`` URL exactly as the packument wrote it (with the token when the URL is
+        For each package: ``GET /<escaped name>`` (the packument), then ``GET`` of each ``dist.tarball`` URL exactly as the packument wrote it (with the token when the URL is
         under the registry's host and path). npm checks the tarball against ``dist.integrity`` (else EINTEGRITY)
-        and writes ``resolved`` (that URL) and ``integrity`` into package-lock.json. With audit on, it then
-        sends ``POST /-/npm/v1/security/advisories/bulk`` (gzip JSON ``{name: [versions]}``; ``{}`` back
-        means no advisories) and falls back to ``POST /-/npm/v1/security/audits/quick`` if that fails."""
+        and writes ``resolved`` (that URL) and ``integrity`` into package-lock.json.
+
+        npm 11 builds its tree from full packuments: ``GET /<escaped name>`` with Accept ``application/json``
+        (the abbreviated form, Accept ``application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8,
+        */*``, is asked only where npm inflates an existing lock, and by ``publish``; a 404 to it makes npm
+        ask again for the full document). With audit on (``audit=True``), npm then sends ``POST
+        /-/npm/v1/security/advisories/bulk`` with ``Content-Encoding: gzip`` and the JSON ``{name: [versions
+        installed]}``; the answer is ``{name: [advisory, ...]}``, ``{}`` for none. npm 11 has no other audit
+        request, and a failure there is only reported: the install still succeeds."""
         where = cwd if cwd is not None else self.project()
         return self.npm("install", "--no-package-lock-only", *specs, cwd=where, audit=audit)
 
@@ -419,15 +424,29 @@ class NpmClient:
         return self.npm("dist-tag", "rm", name, tag)
 
     def deprecate(self, spec: str, message: str) -> Ran:
-        """``npm deprecate name@range message``: ``GET /<escaped name>?write=true`` (full packument, with
-        ``_rev`` if the registry has one), then ``PUT /<escaped name>`` with that whole packument back, each
-        matching version's manifest given ``deprecated: message`` (an empty message un-deprecates: npm sends
-        ``deprecated: ""``... see the notes) and no ``_attachments``. Any 2xx is success."""
+        """``npm deprecate name@range message``: ``GET /<escaped name>?write=true`` (Accept ``*/*``; the full
+        packument), then ``PUT /<escaped name>`` (no ``-rev``) with that whole packument back, every version
+        in the range given ``deprecated: message`` (an empty message clears it: npm sends ``deprecated: ""``)
+        and nothing else changed (``_attachments`` as the registry gave it, ``{}`` from Verdaccio). Any 2xx
+        is success. A registry tells this PUT from a publish by its lack of new versions with attachments."""
         return self.npm("deprecate", spec, message)
 
-    def unpublish(self, spec: str) -> Ran:
-        """``npm unpublish name@version`` (see the notes file for the wire)."""
-        return self.npm("unpublish", spec)
+    def unpublish(self, spec: str, force: bool = False) -> Ran:
+        """``npm unpublish name@version`` (``force``: also the last version, or ``name`` alone for the whole
+        package; npm refuses those client-side without it).
+
+        1. ``GET /<escaped name>?write=true`` with the abbreviated Accept (npm's command lists the versions).
+        2. One version of several: ``GET /<escaped name>?write=true``; ``PUT /<escaped name>/-rev/<_rev>``
+           with that packument less the version, less every dist-tag naming it (``latest`` moved to the
+           highest version left), without ``_attachments`` and ``_revisions``; then ``GET ?write=true`` again
+           for the new ``_rev`` and ``DELETE /<tarball path>/-rev/<_rev>``, the tarball path being the
+           version's ``dist.tarball`` URL's path with the registry URL's path cut off *by length* (so tarball
+           URLs must lie under the registry URL), e.g. ``DELETE /@scope/name/-/name-1.1.0.tgz/-rev/9-...``.
+        3. The only version, or the whole package: ``DELETE /<escaped name>/-rev/<_rev>``.
+        ``<_rev>`` is the packument's ``_rev`` as given (``undefined`` when it has none: a registry without
+        revisions can ignore the segment). Any 2xx is success; a 404 to the first GET counts as "already
+        gone" (success)."""
+        return self.npm("unpublish", spec, *(["--force"] if force else []))
 
 
 def _debug_log_tail(stderr: str, lines: int = 60) -> str:
