@@ -61,6 +61,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import quote, urlsplit
 
+from tests.pypi_clients import free_port, wait_listening
+
 ROOT = Path(__file__).resolve().parent.parent
 NPM_TOOLS = ROOT / "tests" / "npm" / "node_modules"  # `npm ci` in tests/npm (scripts/install.sh) puts them here
 PNPM = NPM_TOOLS / ".bin" / "pnpm"
@@ -296,8 +298,8 @@ class NpmClient:
         ``self.env(audit)`` with ``env`` added."""
         argv = [str(arg) for arg in args]
         where = Path(cwd) if cwd is not None else self.home
-        done = subprocess.run(argv, cwd=where, env=dict(self.env(audit), **(env or {})), capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        done = subprocess.run(argv, cwd=where, env=dict(self.env(audit), **(env or {})), capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         return Ran(argv, where, done.returncode, done.stdout, done.stderr,
                    _debug_log_tail(done.stderr) if done.returncode else "")
 
@@ -368,9 +370,10 @@ class NpmClient:
     def install(self, *specs: str, cwd: Path | None = None, audit: bool = False) -> Ran:
         """``npm install specs`` in ``cwd`` (a fresh project by default; ``ran.cwd`` is where it ran).
 
-        For each package: ``GET /<escaped name>`` (the packument), then ``GET`` of each ``dist.tarball`` URL exactly as the packument wrote it (with the token when the URL is
-        under the registry's host and path). npm checks the tarball against ``dist.integrity`` (else EINTEGRITY)
-        and writes ``resolved`` (that URL) and ``integrity`` into package-lock.json.
+        For each package: ``GET /<escaped name>`` (the packument), then ``GET`` of each ``dist.tarball`` URL
+        exactly as the packument wrote it (with the token when the URL is under the registry's host and path).
+        npm checks the tarball against ``dist.integrity`` (else EINTEGRITY) and writes ``resolved`` (that URL)
+        and ``integrity`` into package-lock.json.
 
         npm 11 builds its tree from full packuments: ``GET /<escaped name>`` with Accept ``application/json``
         (the abbreviated form, Accept ``application/vnd.npm.install-v1+json; q=1.0, application/json; q=0.8,
@@ -380,7 +383,7 @@ class NpmClient:
         installed]}``; the answer is ``{name: [advisory, ...]}``, ``{}`` for none. npm 11 has no other audit
         request, and a failure there is only reported: the install still succeeds."""
         where = cwd if cwd is not None else self.project()
-        return self.npm("install", "--no-package-lock-only", *specs, cwd=where, audit=audit)
+        return self.npm("install", *specs, cwd=where, audit=audit)
 
     def pnpm_install(self, *specs: str, cwd: Path | None = None, minimum_release_age: int | None = 0) -> Ran:
         """``pnpm add specs`` in ``cwd`` (a fresh project by default); pnpm-lock.yaml records each version's
@@ -499,27 +502,6 @@ def _run_in_pty(argv: list[str], cwd: Path, env: dict[str, str], answers: Sequen
 
 
 # ---------------------------------------------------------------------------------------------------- the servers
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
-    """Wait until something accepts connections on ``port``: a child server's start-up, outside anything a
-    test or benchmark measures."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=5).close()
-            return
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server on port %d did not start (exit code %s)" % (port, process.poll()))
-            time.sleep(0.05)
-
 
 VERDACCIO_CONFIG = """\
 storage: {storage}
@@ -725,7 +707,7 @@ class WireRecorder:
 
 def _read_request_body(handler: BaseHTTPRequestHandler) -> bytes:
     if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int(handler.rfile.readline().split(b";")[0].strip(), 16)
             if size == 0:
@@ -842,7 +824,7 @@ class Credentials:
     adduser: bool = False
 
 
-def run_scenario(registry: str, credentials: Credentials, work: Path, say: Any = print,
+def run_scenario(registry: str, credentials: Credentials, work: Path, say: Callable[[str], None] = print,
                  recorder: WireRecorder | None = None, republish_codes: Sequence[str] = ("E409", "E403")) -> None:
     """Everything the npm pack must serve, through the real npm and pnpm, against ``registry``: log in (or take
     the token), whoami, publish a scoped library (1.0.0, then 1.1.0 with ``--tag next``) and an unscoped app
@@ -958,7 +940,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 registry = stack.enter_context(Verdaccio(work / "verdaccio")).registry
                 credentials = Credentials(username="probe-user", password="probe user's password", adduser=True)
             recorder = stack.enter_context(WireRecorder(registry)) if args.record else None
-            say = print
+            say: Callable[[str], None] = print
             if recorder is not None and args.record_json:
                 say = _recording_to(args.record_json, recorder)
             run_scenario(recorder.url if recorder else registry, credentials, work, say=say, recorder=recorder)

@@ -431,17 +431,17 @@ class PypiServer:
         self.stop()
 
 
-def schema_with_the_pack(directory: Path) -> Path:
-    """A copy in ``directory`` of the project's schema.json with the PyPI pack (packs/pypi.json) mounted at
-    /pypi/{namespace}, whether or not it mounts it already (pack files named by absolute paths, as the copy lives
-    elsewhere): what a test or benchmark serves with `serve --schema`."""
+def schema_with_the_pack(directory: Path, pack: str = "packs/pypi.json", mount: str = "/pypi/{namespace}") -> Path:
+    """A copy in ``directory`` of the project's schema.json with the route pack ``pack`` (default the PyPI pack)
+    mounted at ``mount``, whether or not it mounts it already (pack files named by absolute paths, as the copy
+    lives elsewhere): what a test or benchmark serves with `serve --schema`."""
     schema = json.loads((ROOT / "schema.json").read_text(encoding="utf-8"))
     packs = schema.setdefault("packs", [])
-    if not any(os.path.basename(pack.get("file", "")) == "pypi.json" for pack in packs):
-        packs.append({"file": "packs/pypi.json", "mount": "/pypi/{namespace}"})
-    for pack in packs:
-        if "file" in pack:
-            pack["file"] = str(ROOT / pack["file"])
+    if not any(os.path.basename(entry.get("file", "")) == os.path.basename(pack) for entry in packs):
+        packs.append({"file": pack, "mount": mount})
+    for entry in packs:
+        if "file" in entry:
+            entry["file"] = str(ROOT / entry["file"])
     path = directory / "schema.json"
     path.write_text(json.dumps(schema), encoding="utf-8")
     return path
