@@ -21,7 +21,7 @@ registry, e.g. Depot's ``http://HOST/npm/{namespace}/``). A registry is a URL an
 
 What npm 11.19 and pnpm 12.4 send, and what they need back, recorded through ``WireRecorder`` in front of
 Verdaccio 6.8 and read in npm's own source (/usr/lib/node_modules/npm: lib/utils/auth.js, npm-profile,
-libnpmpublish, lib/commands/*.js); /work/notes/npm-wire.md has the same, longer. ``REG`` is the registry URL with
+libnpmpublish, lib/commands/*.js). ``REG`` is the registry URL with
 its path (``http://h/npm/acme/``); every path below is relative to it (npm joins it, so a path prefix works).
 A scoped name is one path segment: npm writes ``@scope%2fname`` (lower-case ``%2f``), pnpm ``@scope%2Fname``,
 both leave the ``@`` alone. Tarball URLs are fetched exactly as the packument wrote them, with the token when
@@ -48,7 +48,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -207,7 +206,7 @@ class Ran:
         return self
 
     def failed(self, *codes: str) -> Ran:
-        """This run, if it failed and its output names one of ``codes`` (``E409``, ``EPUBLISHCONFLICT``, ``403``
+        """This run, if it failed and its output names one of ``codes`` (``E409``, ``E403``, ``cannot publish over``
         ...; any failure when none is given); else an AssertionError that shows it."""
         if self.returncode == 0 or (codes and not any(code in self.output for code in codes)):
             raise AssertionError("expected a failure naming %s, got:\n%s" % (" or ".join(codes) or "anything",
@@ -413,8 +412,8 @@ class NpmClient:
     def dist_tag_add(self, spec: str, tag: str) -> Ran:
         """``npm dist-tag add name@version tag``: ``GET /-/package/<escaped name>/dist-tags`` (``{tag: version}``),
         then ``PUT /-/package/<escaped name>/dist-tags/<tag>`` with the JSON string ``"<version>"`` as body
-        (Content-Type application/json); any 2xx is success. npm first resolves ``name@version`` through the
-        packument (``GET /<escaped name>``) to check the version exists."""
+        (Content-Type application/json); any 2xx is success. npm does not check that the version exists: the
+        registry must."""
         return self.npm("dist-tag", "add", spec, tag)
 
     def dist_tag_ls(self, name: str) -> Ran:
@@ -447,8 +446,7 @@ class NpmClient:
            URLs must lie under the registry URL), e.g. ``DELETE /@scope/name/-/name-1.1.0.tgz/-rev/9-...``.
         3. The only version, or the whole package: ``DELETE /<escaped name>/-rev/<_rev>``.
         ``<_rev>`` is the packument's ``_rev`` as given (``undefined`` when it has none: a registry without
-        revisions can ignore the segment). Any 2xx is success; a 404 to the first GET counts as "already
-        gone" (success)."""
+        revisions can ignore the segment). Any 2xx is success; a 404 to the first GET is E404."""
         return self.npm("unpublish", spec, *(["--force"] if force else []))
 
 
