@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import quote, urlsplit
 
-from tests.pypi_clients import free_port, wait_listening
+from tests.pypi_clients import free_port, start_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 NPM_TOOLS = ROOT / "tests" / "npm" / "node_modules"  # `npm ci` in tests/npm (scripts/install.sh) puts them here
@@ -555,15 +555,13 @@ class Verdaccio:
         config.write_text(VERDACCIO_CONFIG.format(storage=self.directory / "storage", directory=self.directory),
                           encoding="utf-8")
         self.log_file = open(self.directory / "verdaccio.log", "w+", encoding="utf-8")
-        self.proc = subprocess.Popen(["node", str(VERDACCIO), "--config", str(config),
-                                      "--listen", "127.0.0.1:%d" % self.port],
-                                     stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                                          "HOME": str(self.directory)})
         try:
-            wait_listening(self.port, self.proc)
+            self.proc = start_listening(["node", str(VERDACCIO), "--config", str(config),
+                                         "--listen", "127.0.0.1:%d" % self.port], self.port, self.log_file,
+                                        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                             "HOME": str(self.directory)})
         except BaseException:
-            self.stop()
+            self.log_file.close()
             raise
 
     @property

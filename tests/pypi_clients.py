@@ -34,7 +34,7 @@ import zipfile
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import IO, Any, Iterable, Iterator, Sequence
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
@@ -392,6 +392,20 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], seconds: float =
             time.sleep(0.05)
 
 
+def start_listening(argv: Sequence[str], port: int, log: IO[str],
+                    env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A server process ``argv`` writing to ``log``, once it accepts connections on ``port`` (ended if it never
+    does)."""
+    process = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    try:
+        wait_listening(port, process)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process
+
+
 class PypiServer:
     """pypiserver serving ``directory`` on a free port, uploads open to anyone (``-a . -P .``) and no fallback to
     any other index. A context manager; ``url`` is its root (the legacy upload URL), ``simple`` its index."""
@@ -403,14 +417,12 @@ class PypiServer:
         self.url = "http://127.0.0.1:%d/" % self.port
         self.simple = self.url + "simple/"
         self.log = open(self.directory.parent / ("pypiserver-%d.log" % self.port), "w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pypiserver", "run", "-p", str(self.port),
-                                      "-i", "127.0.0.1", "-a", ".", "-P", ".", "--disable-fallback",
-                                      "--server", "auto", *args, str(self.directory)],
-                                     stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
-            wait_listening(self.port, self.proc)
+            self.proc = start_listening([sys.executable, "-m", "pypiserver", "run", "-p", str(self.port),
+                                         "-i", "127.0.0.1", "-a", ".", "-P", ".", "--disable-fallback",
+                                         "--server", "auto", *args, str(self.directory)], self.port, self.log)
         except BaseException:
-            self.stop()
+            self.log.close()
             raise
 
     @property
