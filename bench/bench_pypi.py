@@ -27,7 +27,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.server import ROOT, BenchServer, memory_kib, percentile  # noqa: E402
+from bench.server import ROOT, BenchServer, MemorySampler, memory_kib, percentile  # noqa: E402
 from tests.pypi_clients import (PIP_ACCEPT, SIMPLE_JSON, TOKEN_USER, PypiServer, build_wheel,  # noqa: E402
                                 legacy_upload, schema_with_the_pack, simple_anchors)
 
@@ -100,24 +99,6 @@ def time_page(target, seconds):
         if response.status_code != 200:
             raise SystemExit("%s answered %d" % (target.name, response.status_code))
     return latencies
-
-
-class MemorySampler(threading.Thread):
-    """The highest VmRSS of ``pid`` seen while running, sampled every ``interval`` seconds."""
-
-    def __init__(self, pid, interval=0.005):
-        super().__init__(daemon=True)
-        self.pid, self.interval, self.peak = pid, interval, memory_kib(pid)[0]
-        self.done = threading.Event()
-
-    def run(self):
-        while not self.done.wait(self.interval):
-            self.peak = max(self.peak, memory_kib(self.pid)[0])
-
-    def stop(self):
-        self.done.set()
-        self.join()
-        return self.peak
 
 
 def time_upload(target, dist):

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -70,3 +71,21 @@ def memory_kib(pid):
 def percentile(samples, fraction):
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+class MemorySampler(threading.Thread):
+    """The highest VmRSS of ``pid`` seen while running, sampled every ``interval`` seconds."""
+
+    def __init__(self, pid, interval=0.005):
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.peak = pid, interval, memory_kib(pid)[0]
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.wait(self.interval):
+            self.peak = max(self.peak, memory_kib(self.pid)[0])
+
+    def stop(self):
+        self.done.set()
+        self.join()
+        return self.peak

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the tests need: Debian's chromium (tests/test_docs_browser.py drives it through Playwright,
-# which is told to use it: Playwright's own browser downloads are never needed) and requirements.txt.
+# which is told to use it: Playwright's own browser downloads are never needed), requirements.txt, and the npm
+# tools pinned in tests/npm/package-lock.json (pnpm, the second npm client the npm tests drive, and Verdaccio, the
+# reference registry of tests/npm_clients.py and bench/bench_npm.py), installed by `npm ci` with the machine's
+# node and npm into tests/npm/node_modules.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x /usr/bin/chromium ]; then
@@ -10,3 +13,8 @@ if [ ! -x /usr/bin/chromium ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium
 fi
 python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt
+if command -v npm >/dev/null; then
+  (cd tests/npm && npm ci --no-audit --no-fund --loglevel=error)
+else
+  echo "install.sh: no npm on this machine: the npm client tests will fail (they need node, npm, pnpm)" >&2
+fi

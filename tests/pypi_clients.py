@@ -34,7 +34,7 @@ import zipfile
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import IO, Any, Iterable, Iterator, Sequence
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
@@ -392,6 +392,20 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], seconds: float =
             time.sleep(0.05)
 
 
+def start_listening(argv: Sequence[str], port: int, log: IO[str],
+                    env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A server process ``argv`` writing to ``log``, once it accepts connections on ``port`` (ended if it never
+    does)."""
+    process = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    try:
+        wait_listening(port, process)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return process
+
+
 class PypiServer:
     """pypiserver serving ``directory`` on a free port, uploads open to anyone (``-a . -P .``) and no fallback to
     any other index. A context manager; ``url`` is its root (the legacy upload URL), ``simple`` its index."""
@@ -403,14 +417,12 @@ class PypiServer:
         self.url = "http://127.0.0.1:%d/" % self.port
         self.simple = self.url + "simple/"
         self.log = open(self.directory.parent / ("pypiserver-%d.log" % self.port), "w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pypiserver", "run", "-p", str(self.port),
-                                      "-i", "127.0.0.1", "-a", ".", "-P", ".", "--disable-fallback",
-                                      "--server", "auto", *args, str(self.directory)],
-                                     stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
-            wait_listening(self.port, self.proc)
+            self.proc = start_listening([sys.executable, "-m", "pypiserver", "run", "-p", str(self.port),
+                                         "-i", "127.0.0.1", "-a", ".", "-P", ".", "--disable-fallback",
+                                         "--server", "auto", *args, str(self.directory)], self.port, self.log)
         except BaseException:
-            self.stop()
+            self.log.close()
             raise
 
     @property
@@ -431,17 +443,17 @@ class PypiServer:
         self.stop()
 
 
-def schema_with_the_pack(directory: Path) -> Path:
-    """A copy in ``directory`` of the project's schema.json with the PyPI pack (packs/pypi.json) mounted at
-    /pypi/{namespace}, whether or not it mounts it already (pack files named by absolute paths, as the copy lives
-    elsewhere): what a test or benchmark serves with `serve --schema`."""
+def schema_with_the_pack(directory: Path, pack: str = "packs/pypi.json", mount: str = "/pypi/{namespace}") -> Path:
+    """A copy in ``directory`` of the project's schema.json with the route pack ``pack`` (default the PyPI pack)
+    mounted at ``mount``, whether or not it mounts it already (pack files named by absolute paths, as the copy
+    lives elsewhere): what a test or benchmark serves with `serve --schema`."""
     schema = json.loads((ROOT / "schema.json").read_text(encoding="utf-8"))
     packs = schema.setdefault("packs", [])
-    if not any(os.path.basename(pack.get("file", "")) == "pypi.json" for pack in packs):
-        packs.append({"file": "packs/pypi.json", "mount": "/pypi/{namespace}"})
-    for pack in packs:
-        if "file" in pack:
-            pack["file"] = str(ROOT / pack["file"])
+    if not any(os.path.basename(entry.get("file", "")) == os.path.basename(pack) for entry in packs):
+        packs.append({"file": pack, "mount": mount})
+    for entry in packs:
+        if "file" in entry:
+            entry["file"] = str(ROOT / entry["file"])
     path = directory / "schema.json"
     path.write_text(json.dumps(schema), encoding="utf-8")
     return path
