@@ -1041,11 +1041,14 @@ def _bounded_int(value, name, low, high):
 
 
 def _index_row(ctx, a):
-    row = dict(a.value.render(ctx)) if a.value is not None else {}
-    for field, value in a.key.render(ctx).items():
+    return _checked_row(a.index, dict(a.value.render(ctx)) if a.value is not None else {}, a.key.render(ctx))
+
+
+def _checked_row(index, row, key):
+    for field, value in key.items():
         if row.setdefault(field, value) != value:
             raise DepotError("INDEX_KEY_MISMATCH", 500, "index key field %r differs from the row's value" % field)
-    a.index.rowid(row)  # fail now, naming the missing field, rather than at commit
+    index.rowid(row)  # fail now, naming the missing field, rather than at commit
     return row
 
 
@@ -1061,16 +1064,33 @@ def index_upsert(ctx, a):
         txn.index_upsert(a.index, row)
 
 
-@op("index.delete", "Remove the row identified by key (and value) from an index.",
+def _one_row_or_rows(a, scope):
+    if a.rows is not None and a.value is not None:
+        raise BindError("`rows` lists the rows to remove; `value` names one: give one of them", "rows")
+
+
+@op("index.delete", "Remove the row identified by key (and value) from an index; with `rows`, every row of a list "
+    "index.query bound (each identified by its own fields, which must agree with `key`): the tags naming an "
+    "unpublished version, say, found with a `where`.",
     args={"index": RefTo("index", "the index"), "key": Template("the index key's fields", shape="object"),
-          "value": Template("further fields identifying the row", required=False, shape="object")},
+          "value": Template("further fields identifying the row", required=False, shape="object"),
+          "rows": Template("a list of rows to remove (as index.query binds them); an empty list removes nothing",
+                           required=False)},
     writes=True, example={"index": "tags", "key": {"namespace": "{namespace}", "name": "{name}", "tag": "{tag}"}},
-    io=True)
+    errors=["500 INVALID_TEMPLATE_VALUE"], io=True, prepare=_one_row_or_rows)
 def index_delete(ctx, a):
-    row = _index_row(ctx, a)
+    if a.rows is None:
+        rows = [_index_row(ctx, a)]
+    else:
+        listed = a.rows.render(ctx)
+        if not isinstance(listed, list) or not all(isinstance(row, dict) for row in listed):
+            raise DepotError("INVALID_TEMPLATE_VALUE", 500, "index.delete's rows is a list of rows")
+        key = a.key.render(ctx)
+        rows = [_checked_row(a.index, dict(row), key) for row in listed]
     ctx.count_io()
     with ctx.writing() as txn:
-        txn.index_delete(a.index, row)
+        for row in rows:
+            txn.index_delete(a.index, row)
 
 
 # --- cache ------------------------------------------------------------------------------------------------

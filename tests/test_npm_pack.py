@@ -245,3 +245,12 @@ def test_one_version_by_number_or_dist_tag(npm):
 def test_the_abbreviated_packument_carries_publish_times_for_pnpm(npm):
     npm.publish("timed", "1.0.0")
     assert set(npm.packument("timed", accept=ABBREVIATED).json()["time"]) == {"created", "modified", "1.0.0"}
+
+
+def test_unpublish_removes_the_tags_naming_the_version(npm):
+    npm.publish("retag", "1.0.0")
+    npm.publish("retag", "1.1.0", tag="next")
+    npm.request("PUT", "/-/package/retag/dist-tags/canary", "uploader", json="1.1.0")
+    assert npm.request("DELETE", "/retag/-/retag-1.1.0.tgz/-rev/x", "admin").status_code == 200
+    assert npm.request("GET", "/-/package/retag/dist-tags").json() == {"latest": "1.0.0"}
+    assert npm.request("GET", "/retag/next").status_code == 404
