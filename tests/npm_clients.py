@@ -613,11 +613,13 @@ class WireRecorder:
                   "proxy-authorization", "proxy-authenticate", "content-length", "content-encoding"}
 
     def __init__(self, upstream: str, refuse: Callable[[str, str], int | None] | None = None,
-                 rewrite: Callable[[str, str, bytes], bytes] | None = None):
+                 rewrite: Callable[[str, str, bytes], bytes] | None = None, forwarded: bool = False):
         """``refuse(method, path)``: a status to answer in the upstream's place (an empty JSON error), or None
         to forward; ``rewrite(method, path, answer)``: the answer's body as clients get it (both for seeing
-        what clients do when a registry lacks something)."""
-        self.refuse, self.rewrite = refuse, rewrite
+        what clients do when a registry lacks something). ``forwarded``: behave as a reverse proxy does, saying
+        in X-Forwarded-Proto and X-Forwarded-Host the URL clients used, and leave answers as they are (so the
+        upstream's own URLs must already name the proxy)."""
+        self.refuse, self.rewrite, self.forwarded = refuse, rewrite, forwarded
         parts = urlsplit(upstream)
         self.upstream_host, self.upstream_port = parts.hostname or "127.0.0.1", parts.port or 80
         self.upstream_origin = "%s://%s" % (parts.scheme, parts.netloc)
@@ -659,6 +661,8 @@ class WireRecorder:
         sent = {key: value for key, value in handler.headers.items()
                 if key.lower() not in self.HOP_BY_HOP and key.lower() != "host"}
         sent["Host"] = "%s:%d" % (self.upstream_host, self.upstream_port)
+        if self.forwarded:
+            sent.update({"X-Forwarded-Proto": "http", "X-Forwarded-Host": "127.0.0.1:%d" % self.port})
         sent["Content-Length"] = str(len(body))
         sent.pop("Accept-Encoding", None)  # answers come back plain, so they can be read and rewritten
         sent.pop("accept-encoding", None)
@@ -671,7 +675,8 @@ class WireRecorder:
             answer_headers = {key.lower(): value for key, value in answer.getheaders()}
         finally:
             connection.close()
-        data = data.replace(self.upstream_origin.encode(), self.origin.encode())
+        if not self.forwarded:
+            data = data.replace(self.upstream_origin.encode(), self.origin.encode())
         if self.rewrite is not None:
             data = self.rewrite(handler.command, handler.path, data)
         handler.send_response(answer.status)
