@@ -15,6 +15,7 @@ failure can only cut the connection short, which the client sees as an incomplet
 """
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from dataclasses import dataclass
@@ -31,8 +32,18 @@ PREFETCH = 64 * 1024  # characters rendered before the response is committed
 CHUNK = 64 * 1024  # characters per chunk handed to the server after that
 # what a page sees -> the interpolation namespace it is (app.engine.expr: "field" is {name}, "var" is $name)
 NAMESPACES = {"fields": "field", "vars": "var", "principal": "principal"}
-# Depot's filters beyond Jinja's builtins: a closed registry, filled here and nowhere else (none are needed yet)
-FILTERS: dict[str, Callable[..., Any]] = {}
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+
+
+def _json(value: Any) -> str:
+    """A value as compact JSON text, its keys in their own order: for JSON written by a page (an npm packument).
+    Unlike Jinja's `tojson` it does not HTML-escape `<>&'` as \\u escapes nor sort keys, and it is plain text,
+    so an HTML page still escapes it like any value."""
+    return _COMPACT(value)
+
+
+# Depot's filters beyond Jinja's builtins: a closed registry, filled here and nowhere else
+FILTERS: dict[str, Callable[..., Any]] = {"json": _json}
 _NO_LOADER = (nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)
 
 
