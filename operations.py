@@ -31,6 +31,7 @@ from app.engine import expr
 from app.http.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_ANSWERS, BLOB_INPUTS, COUNT, DIGEST, STRING,
                                     nullable, portable)
 from app.engine.media import negotiate
+from app.engine.pages import CachedText
 from app.engine.opspec import (BindError, Const, JsonSchema, MediaType, MediaTypes, OpDecl, Output, PageTemplate,
                                RefTo, RequestInput, Scopes, Source, Template, Vocabulary)
 from app.stores.codec import dumps
@@ -1228,7 +1229,12 @@ def _compile_page(a, scope):
           "content_type": MediaType("the Content-Type (charset=utf-8 is added when it names none), or a variable "
                                     "holding one, such as http.negotiate's choice", required=False,
                                     default="text/html; charset=utf-8"),
-          "headers": _HEADERS},
+          "headers": _HEADERS,
+          "cache_key": Template("keep the rendered page in the response cache (caching.response_cache: its TTL "
+                                "and max_entry_bytes) under this key, and answer a later request whose key is "
+                                "the same from it without rendering: the key must name everything the page "
+                                "depends on (a revision written with every change, the negotiated type, "
+                                "{request.base_url} when it writes URLs)", required=False, shape="string")},
     errors=["500 RENDER_FAILED", "500 INVALID_CONTENT_TYPE"],
     example={"template": ["<!DOCTYPE html>", "<title>{{ fields.name }}</title>",
                           "{% for row in vars.rows %}<a href=\"{{ row.url }}\">{{ row.file }}</a><br>{% endfor %}"],
@@ -1237,8 +1243,18 @@ def _compile_page(a, scope):
 def respond_render(ctx, a):
     kind = a.content_type.resolve(ctx)
     headers = a.headers.render(ctx) if a.headers is not None else None
-    ctx.response = ResponseSpec(a.status, headers, stream=a.page.stream(ctx, kind.markup),
-                                content_type=kind.text_header)
+    stream = _cached_page(ctx, a, kind) if a.cache_key is not None else a.page.stream(ctx, kind.markup)
+    ctx.response = ResponseSpec(a.status, headers, stream=stream, content_type=kind.text_header)
+
+
+def _cached_page(ctx, a, kind):
+    """The page the response cache kept under the step's key, or the page rendered now and kept once whole."""
+    cache, key = ctx.engine.cache, "page/" + a.cache_key.render_key(ctx)
+    ctx.count_io()
+    hit, text = cache.get("response", key)
+    if hit and isinstance(text, str):
+        return CachedText(text)
+    return a.page.stream(ctx, kind.markup, keep=lambda whole: cache.put("response", key, whole))
 
 
 @op("respond.bytes", "End the pipeline streaming a blob from disk as an attachment (Content-Disposition, "

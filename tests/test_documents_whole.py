@@ -149,3 +149,19 @@ def test_an_error_body_reads_the_error_only(project_schema, body, words):
     bad["error_body"] = body
     compiled, found = errors(with_routes(project_schema, bad))
     assert compiled is None and any(words in e["message"] and e["place"].endswith(".error_body") for e in found)
+
+
+def test_a_page_with_a_cache_key_is_rendered_once_per_key(make_depot, project_schema):
+    """The page is kept whole under its key: a request with the same key gets it as it was rendered, even though
+    what the page would read changed (so a key must name everything the page depends on); a new key renders."""
+    page = route("cached", "/x/cached/{name}", [
+        {"op": "parse.path", "args": {"entity": "scoped"}},
+        {"op": "parse.query", "args": {"fields": {"say": {"type": "string", "default": "-"},
+                                                   "rev": {"type": "string", "default": "1"}}}},
+        {"op": "respond.render", "args": {"content_type": "text/plain", "cache_key": "k/{name}/{rev}",
+                                          "template": "{{ fields.name }} says {{ fields.say }}"}}])
+    depot = make_depot(with_routes(project_schema, page))
+    assert depot.client.get("/x/cached/ann?say=hello").data == b"ann says hello"
+    assert depot.client.get("/x/cached/ann?say=bye").data == b"ann says hello"  # kept under k/ann/1
+    assert depot.client.get("/x/cached/ann?say=bye&rev=2").data == b"ann says bye"
+    assert depot.client.get("/x/cached/bob?say=hi").data == b"bob says hi"

@@ -30,6 +30,7 @@ from app.errors import DepotError
 log = logging.getLogger("depot")
 PREFETCH = 64 * 1024  # characters rendered before the response is committed
 CHUNK = 64 * 1024  # characters per chunk handed to the server after that
+KEEP_LIMIT = 16 * 1024 * 1024  # characters of a page a page cache may keep (its own max_entry_bytes may say less)
 # what a page sees -> the interpolation namespace it is (app.engine.expr: "field" is {name}, "var" is $name)
 NAMESPACES = {"fields": "field", "vars": "var", "principal": "principal"}
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
@@ -142,11 +143,27 @@ class Page:
         self.templates = templates
         self.principal = "principal" in source.namespaces  # resolved (a token check) only for pages that read it
 
-    def stream(self, ctx: Any, escape: bool) -> RenderedText:
+    def stream(self, ctx: Any, escape: bool, keep: Callable[[str], Any] | None = None) -> RenderedText:
+        """``keep``: called with the whole text once it has rendered to its end (a page cache), if it stays
+        within KEEP_LIMIT characters."""
         seen = {"fields": ctx.fields, "vars": ctx.vars}
         if self.principal:
             seen["principal"] = ctx.principal
-        return RenderedText(self.templates[escape].generate(seen))
+        return RenderedText(self.templates[escape].generate(seen), keep)
+
+
+class CachedText:
+    """A page a page cache kept, sent as it was rendered (the same interface as RenderedText)."""
+
+    def __init__(self, text: str) -> None:
+        self.head = _encode(text)
+        self.length = len(self.head)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.head
+
+    def close(self) -> None:
+        pass
 
 
 class RenderedText:
@@ -154,7 +171,7 @@ class RenderedText:
     there raises a DepotError now; ``length`` is the page's size in bytes when it was rendered whole, else None.
     Iterating sends the rest as it renders; ``close`` stops the rendering (the response is done or abandoned)."""
 
-    def __init__(self, pieces: Iterator[str]) -> None:
+    def __init__(self, pieces: Iterator[str], keep: Callable[[str], Any] | None = None) -> None:
         self.pieces = pieces
         try:
             text, self.finished = _take(pieces, PREFETCH)
@@ -162,6 +179,9 @@ class RenderedText:
             raise render_failed(exc) from None
         self.head = _encode(text)
         self.length = len(self.head) if self.finished else None
+        self.keep, self.kept = keep, [text] if keep is not None else None
+        if self.finished:
+            self._keep()
 
     def __iter__(self) -> Iterator[bytes]:
         if self.head:
@@ -174,7 +194,18 @@ class RenderedText:
                 log.error("page rendering failed after the response started; the body is cut short: %s",
                           error.message)
                 raise error from exc
+            if self.kept is not None:
+                self.kept.append(text)
+                if len(self.kept) * CHUNK > KEEP_LIMIT:
+                    self.kept = None  # too large to keep: rendered again next time
+            if self.finished:
+                self._keep()
             yield _encode(text)
+
+    def _keep(self) -> None:
+        if self.keep is not None and self.kept is not None:
+            self.keep("".join(self.kept))
+        self.kept = None
 
     def close(self) -> None:
         close = getattr(self.pieces, "close", None)
