@@ -49,7 +49,7 @@ def _shadowing(first: Route, second: Route) -> tuple[Route, Route, Lost] | None:
     differing = []
     for position, (x, y) in enumerate(zip(a, b)):
         literal_x, literal_y = isinstance(x, str), isinstance(y, str)
-        if literal_x and literal_y:
+        if isinstance(x, str) and isinstance(y, str):
             if x != y and not _may_match(x, y):
                 return None  # two different literals (or a parameter's literal part the other lacks)
             continue
@@ -89,8 +89,9 @@ def _span_shadowing(first: Route, second: Route) -> tuple[Route, Route, Lost] | 
 def _matches(route: Route, url: str) -> dict[str, str] | None:
     """The parameters ``route`` binds from ``url`` alone (None: it does not match)."""
     try:
-        return Map([Rule(route.rule, endpoint=0, methods=[route.method])]).bind("depot.invalid").match(
+        bound = Map([Rule(route.rule, endpoint=0, methods=[route.method])]).bind("depot.invalid").match(
             url, method=route.method)[1]
+        return dict(bound)
     except HTTPException:
         return None
 
