@@ -290,8 +290,10 @@ def test_index_sorting_by_version_must_name_its_entity_when_entities_differ(proj
 
 
 def test_index_naming_no_entity_follows_the_shared_scheme(project_schema):
-    """Every entity with a version field reads it as pep440: an index naming none sorts by pep440 too."""
+    """Every entity with a version field reads it as pep440: an index naming none sorts by pep440 too. (The npm
+    pack's versions are semver by their own entity, so it is left out here.)"""
     doc = copy.deepcopy(project_schema)
+    doc["packs"] = [pack for pack in doc["packs"] if not pack["file"].endswith("npm.json")]
     doc["entities"]["versioning"].update(scheme="pep440", ordering="pep440")
     del doc["indexes"]["artifact_versions"]["entity"]
     compiled, report = compile_schema(doc, "test-schema")
