@@ -15,6 +15,7 @@ failure can only cut the connection short, which the client sees as an incomplet
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import traceback
@@ -77,14 +78,21 @@ class PageSource:
         """The page, escaping substituted values when ``escape`` (None: both ways, chosen per request)."""
         templates = {} if escape is False else {True: self.escaped}
         if escape is not True:
-            templates[False] = _ENVIRONMENTS[False].from_string(self.text)
+            templates[False] = _unescaped(self.text)
         return Page(self, templates)
 
 
 def parse_page(source: str | list[str]) -> PageSource:
     """Parse and check a template (a string, or a list of lines joined with newlines); PageSyntaxError says what
     is wrong and on which line."""
-    text = "\n".join(source) if isinstance(source, list) else source
+    return _parsed("\n".join(source) if isinstance(source, list) else source)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(text: str) -> PageSource:
+    """A page's text parsed, checked and compiled once per process: a schema loaded again (a restart of the
+    engine, a new version differing elsewhere, every test's depot) reuses it. PageSource is immutable, and a
+    compiled Jinja template renders in any number of threads at once."""
     environment = _ENVIRONMENTS[True]
     try:
         tree = environment.parse(text)
@@ -94,6 +102,11 @@ def parse_page(source: str | list[str]) -> PageSource:
         raise PageSyntaxError("template line %d: %s" % (exc.lineno, exc.message)) from None
     reads = frozenset(meta.find_undeclared_variables(tree) & set(NAMESPACES))
     return PageSource(text, tuple(_reads(tree)), reads, escaped)
+
+
+@functools.lru_cache(maxsize=256)
+def _unescaped(text: str) -> JinjaTemplate:
+    return _ENVIRONMENTS[False].from_string(text)
 
 
 def _check(tree: nodes.Template) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
@@ -25,10 +25,11 @@ Lost = list[tuple[int, str, str]]  # (position, the loser's parameter, the winne
 
 def check_shadowing(routes: Sequence[Route], report: Report) -> None:
     """Report every route another one hides from some URL its parameters would accept."""
+    alone = _SingleRules()
     for i, first in enumerate(routes):
         for second in routes[i + 1:]:
             spans = first.spans or second.spans
-            shadowing = _span_shadowing(first, second) if spans else _shadowing(first, second)
+            shadowing = _span_shadowing(first, second, alone) if spans else _shadowing(first, second)
             if shadowing is not None:
                 _report(*shadowing, report)
 
@@ -65,35 +66,43 @@ def _shadowing(first: Route, second: Route) -> tuple[Route, Route, Lost] | None:
     return winner, loser, lost
 
 
-def _span_shadowing(first: Route, second: Route) -> tuple[Route, Route, Lost] | None:
+def _span_shadowing(first: Route, second: Route, alone: _SingleRules) -> tuple[Route, Route, Lost] | None:
     """The same question when a parameter spans segments ({name:path}): segments no longer line up, so the
     router itself is asked. Each route's path, its parameters filled with a sample segment, is matched against
     both rules; when both match, the router's choice wins and the other route loses the values its parameters
     took from that URL."""
     if first.method != second.method:
         return None
-    rules = Map([Rule(first.rule, endpoint=0, methods=[first.method]),
-                 Rule(second.rule, endpoint=1, methods=[second.method])]).bind("depot.invalid")
     pair = (first, second)
     for route in pair:
         url = PATH_PARAM.sub("x", route.path)
-        matching = [other for other in pair if _matches(other, url) is not None]
-        if len(matching) == 2:
+        if all(alone.match(other, url) is not None for other in pair):
+            rules = Map([Rule(first.rule, endpoint=0, methods=[first.method]),
+                         Rule(second.rule, endpoint=1, methods=[second.method])]).bind("depot.invalid")
             winner = pair[rules.match(url, method=route.method)[0]]
             loser = second if winner is first else first
-            values = _matches(loser, url) or {}
+            values = alone.match(loser, url) or {}
             return winner, loser, [(0, name, value) for name, value in values.items() if value != "x"]
     return None
 
 
-def _matches(route: Route, url: str) -> dict[str, str] | None:
-    """The parameters ``route`` binds from ``url`` alone (None: it does not match)."""
-    try:
-        bound = Map([Rule(route.rule, endpoint=0, methods=[route.method])]).bind("depot.invalid").match(
-            url, method=route.method)[1]
-        return dict(bound)
-    except HTTPException:
-        return None
+class _SingleRules:
+    """Each route's rule alone, bound once (building a Werkzeug map costs a millisecond; a schema has hundreds
+    of pairs to ask about)."""
+
+    def __init__(self) -> None:
+        self.adapters: dict[int, Any] = {}
+
+    def match(self, route: Route, url: str) -> dict[str, str] | None:
+        """The parameters ``route`` binds from ``url`` (None: it does not match)."""
+        adapter = self.adapters.get(id(route))
+        if adapter is None:
+            adapter = self.adapters[id(route)] = Map([Rule(route.rule, endpoint=0, methods=[route.method])]).bind(
+                "depot.invalid")
+        try:
+            return dict(adapter.match(url, method=route.method)[1])
+        except HTTPException:
+            return None
 
 
 def _may_match(x: str, y: str) -> bool:
