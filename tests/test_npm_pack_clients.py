@@ -4,9 +4,9 @@ npm and pnpm installs with their lockfiles' integrity, view, dist-tag add/ls/rm,
 re-publish, unpublish, an audited install), then an install through a reverse proxy whose X-Forwarded-* headers
 Depot trusts: the tarball URLs name the proxy."""
 import pytest
-import requests
 
 from tests.conftest import ServerProcess
+from tests.pypi_clients import DepotAccounts
 from tests.npm_clients import (APP, SCOPED_LIB, Credentials, NpmClient, WireRecorder, check_npm_lock,
                                installed_version, make_package, run_scenario)
 
@@ -22,12 +22,8 @@ def depot(tmp_path_factory):
     server = ServerProcess(directory / "data", env={"DEPOT_ADMIN_PASSWORD": PASSWORD},
                            args=("--trusted-proxies", "127.0.0.1"))
     try:
-        login = requests.post(server.url + "/auth/login", json={"username": "admin", "password": PASSWORD},
-                              timeout=60).json()["token"]
-        made = requests.post(server.url + "/admin/users", headers={"Authorization": "Bearer " + login}, timeout=60,
-                             json={"username": USER, "password": USER_PASSWORD,
-                                   "scopes": ["read", "write", "admin"]})
-        assert made.status_code == 201, made.text
+        DepotAccounts(server.url, PASSWORD).post("/admin/users", {"username": USER, "password": USER_PASSWORD,
+                                                                  "scopes": ["read", "write", "admin"]})
         yield server
     finally:
         server.stop()

@@ -48,6 +48,13 @@ def _forbidden_span(value: str) -> bool:
     return "\\" in value or "\x00" in value or any(part in ("", ".", "..") for part in value.split("/"))
 
 
+def _in_route_format(route: Route, error: DepotError) -> DepotError:
+    """``error``, its body written in the route's own error format when it declares one (error_body)."""
+    if route.error_body is not None:
+        error.body = route.error_body.render(error)
+    return error
+
+
 class Engine:
     def __init__(self, compiled: CompiledSchema, stores: Stores, read_only: bool = False, access: Any = None,
                  cpu_clock: Clock | None = None, accounts: Accounts | None = None) -> None:
@@ -90,11 +97,8 @@ class Engine:
         The caller calls ``ctx.close()`` once the response has been sent (it removes temporary files)."""
         for name, value in request.path_params.items():
             if _forbidden_span(value) if name in route.spans else _forbidden_param(value):
-                error = DepotError("INVALID_PATH_PARAMETER", 400, "path parameter %s contains a forbidden sequence"
-                                   % name, name)
-                if route.error_body is not None:
-                    error.body = route.error_body.render(error)
-                raise error
+                raise _in_route_format(route, DepotError(
+                    "INVALID_PATH_PARAMETER", 400, "path parameter %s contains a forbidden sequence" % name, name))
         if route.disabled is not None:
             raise DepotError(route.disabled[0], 404, route.disabled[1])
         ctx = ExecutionContext(self, request, authenticate=authenticate)
@@ -104,9 +108,7 @@ class Engine:
             ctx.close()
             if error.status == 401 and route.policy.challenge is not None:  # the route's own, as declared
                 error.headers = dict(error.headers, **{"WWW-Authenticate": route.policy.challenge})
-            if route.error_body is not None:
-                error.body = route.error_body.render(error)
-            raise
+            raise _in_route_format(route, error)
         except BaseException:
             ctx.close()
             raise
