@@ -19,14 +19,14 @@ from app.engine.body import parse_json as parse_json_body, read_all
 from app.engine.conditions import ConditionError, compile_condition
 from app.engine.rows import RowContext, RowStream
 from app.engine.versions import SCHEMES
-from app.engine.context import ResponseSpec
+from app.engine.context import EMPTY_BODY, ResponseSpec
 from app.engine.archives import FORMATS, Bounds, find_member, member_matcher
 from app.engine.jsonstream import DECODINGS, DEFAULT_MAX_MEMBERS, JsonMember, JsonStreamReader, StreamSpec
 from app.engine.multipart import (DEFAULT_FIELD_BYTES, DEFAULT_FORM_BYTES, DEFAULT_MAX_ITEMS, DEFAULT_MAX_PARTS,
                                   FormFile, FormSpec, MultipartReader, boundary_of, read_form)
 from app.engine.staged import StagedUpload
 from app.engine.definitions import MAX_PAGE, MAX_PAGE_SIZE, chain, query_value
-from app.errors import DepotError, bad_request, too_large
+from app.errors import DepotError, bad_request, too_large, unknown_session
 from app.engine import expr
 from app.http.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_ANSWERS, BLOB_INPUTS, COUNT, DIGEST, STRING,
                                     nullable, portable)
@@ -54,8 +54,9 @@ MAX_OFFSET = MAX_PAGE * MAX_PAGE_SIZE
 _DECLARED_DIGEST = [
     RequestInput("header", "Content-Digest", "the body's digest (RFC 9530): sha-256=:<base64>:; a mismatch is 400 "
                  "DIGEST_MISMATCH and nothing is stored"),
-    RequestInput("query", "digest", "the body's digest as sha256:<hex>, for clients that cannot send "
-                 "Content-Digest", {"type": "string", "pattern": "^sha256:[0-9a-fA-F]{64}$"})]
+    RequestInput("query", "digest", "the body's digest as sha256:<hex> or sha512:<hex>, for clients that cannot "
+                 "send Content-Digest", {"type": "string",
+                                         "pattern": "^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$"})]
 
 
 def _stored(a):
@@ -241,6 +242,8 @@ def _prepare_json_stream(a, scope):
     """At load: `stream`, when given, bound key by key (errors name the key), its patterns compiled."""
     if a.stream is None:
         return
+    if getattr(a, "from") is not None:
+        raise BindError("`stream` reads the request body; `from` parses a stored document instead", "stream")
     unknown = sorted(set(a.stream) - set(_STREAM_ARGS))
     if unknown:
         raise BindError("unknown key(s) %s; expected: %s" % (", ".join(unknown), ", ".join(_STREAM_ARGS)), "stream")
@@ -273,6 +276,10 @@ def _stream_arg(raw, key, scope):
 
 
 def _bind_json(scope, raw):
+    if raw.get("from") is not None:  # a stored document: only $out is bound
+        if isinstance(raw.get("out"), str):
+            scope.binds_var(raw["out"])
+        return
     scope.bind_json_body(raw.get("out"))
     stream = raw.get("stream")
     if isinstance(stream, dict) and isinstance(stream.get("out"), str):
@@ -280,6 +287,8 @@ def _bind_json(scope, raw):
 
 
 def _document_json(o, a):
+    if getattr(a, "from") is not None:
+        return
     o.json_body(a.out)
     if a.stream is not None:
         o.streamed_members(a.stream.spec, a.stream.store.name, a.stream.out)
@@ -295,6 +304,9 @@ def _document_json(o, a):
     "Memory stays bounded whatever the members' size: max_json_bytes counts the body without them (each one "
     "as null).",
     args={"out": Output("variable receiving the parsed body"),
+          "from": Template("a blob handle ($blob, as blob.put's out_blob or blob.get bind it) to parse instead of "
+                           "the request body: a document stored byte for byte (an OCI manifest), read whole up to "
+                           "max_json_bytes; only $out is bound", required=False),
           "stream": Const("object", "string members to stream into a blob store: `members` (required), a "
                           "non-empty list of patterns (below); `store` (required), the blob store they are staged "
                           "in (its max_blob_bytes and min_blob_bytes apply to the decoded bytes); `out` "
@@ -318,6 +330,8 @@ def _document_json(o, a):
 def parse_json(ctx, a):
     if a.stream is not None:
         return _parse_streamed_json(ctx, a)
+    if getattr(a, "from") is not None:
+        return _parse_stored_json(ctx, a)
     limits = ctx.engine.limits
     request = ctx.request
     if request.content_length is not None and request.content_length > limits.max_json_bytes:
@@ -326,6 +340,20 @@ def parse_json(ctx, a):
     if not raw.strip():
         raise bad_request("INVALID_JSON", "request body is empty; expected JSON")
     _bind_body(ctx, a, parse_json_body(raw, limits.max_json_depth))
+
+
+def _parse_stored_json(ctx, a):
+    blob, limits = getattr(a, "from").render(ctx), ctx.engine.limits
+    if not isinstance(blob, BlobHandle):
+        raise DepotError("INVALID_SOURCE", 500, "parse.json `from` must name a blob handle")
+    if blob.size is not None and blob.size > limits.max_json_bytes:
+        raise too_large("the document exceeds max_json_bytes (%d)" % limits.max_json_bytes, "JSON_TOO_LARGE")
+    ctx.count_io()
+    with blob.open() as stream:
+        raw = read_all(stream, limits.max_json_bytes)
+    if not raw.strip():
+        raise bad_request("INVALID_JSON", "the document is empty; expected JSON")
+    ctx.vars[a.out] = parse_json_body(raw, limits.max_json_depth)
 
 
 def _bind_body(ctx, a, body):
@@ -472,13 +500,14 @@ def validate_entity(ctx, a):
 
 
 @op("validate.json_schema", "Validate a value against a JSON Schema; the first error names the field.",
-    args={"schema": JsonSchema("the schema to satisfy"), "value": Template("the value to validate, usually $body")},
-    errors=["400 SCHEMA_VALIDATION"],
+    args={"schema": JsonSchema("the schema to satisfy"), "value": Template("the value to validate, usually $body"),
+          "code": Const("string", "the error code of a value that fails (a protocol's own: MANIFEST_INVALID)",
+                        required=False, default="SCHEMA_VALIDATION")},
     example={"schema": {"type": "object", "required": ["version"]}, "value": "$body"},
     binds=lambda scope, raw: scope.bind_body_schema(raw.get("value"), raw.get("schema")),
-    openapi=lambda o, a: o.body_schema(a.value, a.schema))
+    openapi=lambda o, a: (o.body_schema(a.value, a.schema), o.error_response(400, a.code)))
 def validate_json_schema(ctx, a):
-    a.schema.check(a.value.render(ctx), "SCHEMA_VALIDATION", 400)
+    a.schema.check(a.value.render(ctx), a.code, 400)
 
 
 # --- transactions -----------------------------------------------------------------------------------------
@@ -515,16 +544,77 @@ def _doc_key(ctx, a):
     return (a.key or a.doc.key).render_key(ctx)
 
 
-@op("kv.get", "Read a document (null when absent) into a variable.",
-    args={"doc": RefTo("document", "the document type"),
-          "key": Template("key; defaults to the document's key_template", required=False, shape="string"),
-          "out": Output("variable receiving the document, or null", schema=_stored)},
-    example={"doc": "artifact_meta", "key": "artifact/{namespace}/{name}/{version}/{variant}", "out": "meta"}, io=True)
-def kv_get(ctx, a):
+_MISSING_KEYS = {"status", "code", "message", "field"}
+
+
+def _prepare_kv_get(a, scope):
+    """`missing`, checked and its message compiled once; `each` and `as` go together."""
+    if (a.each is None) != (getattr(a, "as") is None):
+        raise BindError("`each` and `as` go together: `as` names the variable each item is bound to", "as")
+    if a.missing is None:
+        return
+    spec = a.missing
+    if set(spec) - _MISSING_KEYS or not {"status", "code", "message"} <= set(spec):
+        raise BindError("missing is {\"status\", \"code\", \"message\"[, \"field\"]}", "missing")
+    if not isinstance(spec["status"], int) or not 400 <= spec["status"] <= 599 or not isinstance(spec["code"], str):
+        raise BindError("missing.status is an error status (400-599) and missing.code a string", "missing")
+    try:
+        message = expr.compile_value(spec["message"])
+    except expr.TemplateSyntaxError as exc:
+        raise BindError(str(exc), "missing") from None
+    scope.uses(message.refs)
+    a.missing = SimpleNamespace(status=spec["status"], code=spec["code"], message=message, field=spec.get("field"))
+
+
+def _kv_get_errors(o, a):
+    """What a step reading several documents, or refusing an absent one, may answer besides its document."""
+    if a.each is not None:
+        o.error_response(400, "TOO_MANY_ITEMS")
+    if a.missing is not None:
+        o.error_response(a.missing.status, a.missing.code)
+
+
+def _read_document(ctx, a):
     key = _doc_key(ctx, a)
+    document = ctx.txn.get(a.doc.store, key) if ctx.txn is not None else ctx.engine.documents.get(a.doc.store, key)
+    if document is None and a.missing is not None:
+        missing = a.missing
+        raise DepotError(missing.code, missing.status, str(missing.message.render(ctx)), missing.field)
+    return document
+
+
+@op("kv.get", "Read a document (null when absent) into a variable. With `each` (a list) and `as` (a variable), "
+    "one document per item, its key rendered with the item bound to `as`: the list of them, in the items' order "
+    "(at most 1000 items): a manifest's layers, say. With `missing`, an absent document is that error instead.",
+    args={"doc": RefTo("document", "the document type"),
+          "each": Template("a list: read one document per item", required=False),
+          "as": Output("variable bound to each item of `each` while its key (and `missing`'s message) is "
+                       "rendered", required=False, per_item=True),
+          "key": Template("key; defaults to the document's key_template", required=False, shape="string"),
+          "missing": Const("object", "the error an absent document is, instead of null: {\"status\", \"code\", "
+                           "\"message\" (a template), \"field\"}", required=False),
+          "out": Output("variable receiving the document, or null (with `each`: the list of them)",
+                        schema=lambda a: {"type": "array", "items": _stored(a)} if a.each is not None
+                        else _stored(a))},
+    example={"doc": "artifact_meta", "key": "artifact/{namespace}/{name}/{version}/{variant}", "out": "meta"},
+    io=True, prepare=_prepare_kv_get, openapi=lambda o, a: _kv_get_errors(o, a))
+def kv_get(ctx, a):
     ctx.count_io()
-    ctx.vars[a.out] = (ctx.txn.get(a.doc.store, key) if ctx.txn is not None
-                       else ctx.engine.documents.get(a.doc.store, key))
+    if a.each is None:
+        ctx.vars[a.out] = _read_document(ctx, a)
+        return
+    items = a.each.render(ctx)
+    items = [] if items is None else items
+    if not isinstance(items, list):
+        raise DepotError("INVALID_TEMPLATE_VALUE", 500, "kv.get each must render a list")
+    if len(items) > MAX_QUERY_LIMIT:
+        raise bad_request("TOO_MANY_ITEMS", "at most %d documents are read at once, not %d"
+                          % (MAX_QUERY_LIMIT, len(items)))
+    documents = []
+    for item in items:
+        ctx.vars[getattr(a, "as")] = item
+        documents.append(_read_document(ctx, a))
+    ctx.vars[a.out] = documents
 
 
 def _document_bytes(ctx, a):
@@ -831,6 +921,131 @@ def _small_text(blob, limit):
         return stream.read(limit).decode("utf-8", errors="replace")
 
 
+# --- upload sessions --------------------------------------------------------------------------------------
+
+_SESSIONS = RefTo("upload_sessions", "the upload sessions (storage.upload_sessions)")
+_SESSION_ID = Template("the session's id, as upload.start bound it (a path parameter, usually)", shape="string")
+_HELD_RANGE = Output("variable receiving the bytes held as an HTTP range, `0-<last byte>` (`0-0` when empty): "
+                     "what OCI's Range header says", required=False, schema=STRING)
+_HELD_SIZE = Output("variable receiving the bytes the session holds", required=False, schema=COUNT)
+_CHUNK_RANGE = re.compile(r"^(?:bytes[ =])?(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?$")
+
+
+def _upload_sessions(ctx, a):
+    return ctx.engine.upload_sessions[a.sessions.name]
+
+
+def _bind_held(ctx, a, size):
+    if a.out_size:
+        ctx.vars[a.out_size] = size
+    if a.out_range:
+        ctx.vars[a.out_range] = "0-%d" % max(size - 1, 0)
+
+
+@op("upload.start", "Start a resumable upload (an upload session: storage.upload_sessions): an empty session whose "
+    "id (32 hex digits, unguessable) later steps and requests name. The session lives in the store, not in the "
+    "process, and is forgotten after its ttl_seconds without a change (garbage collection removes it).",
+    args={"sessions": _SESSIONS, "out": Output("variable receiving the session's id", schema=STRING)},
+    example={"sessions": "uploads", "out": "session"}, io=True, mutates=True)
+def upload_start(ctx, a):
+    ctx.count_io()
+    ctx.vars[a.out] = _upload_sessions(ctx, a).start()
+
+
+def _chunk_start(ctx, a):
+    """Where the chunk says it starts (None: at the end); its length is checked against Content-Length."""
+    text = a.range.render(ctx) if a.range is not None else None
+    if text is None or text == "":
+        return None
+    match = _CHUNK_RANGE.match(str(text).strip())
+    if match is None:
+        raise DepotError("INVALID_RANGE", 400, "the chunk's range must be <first>-<last> (bytes, inclusive)",
+                         "Content-Range")
+    first, last = int(match.group(1)), int(match.group(2))
+    length = ctx.request.content_length
+    if last < first or (length is not None and last - first + 1 != length):
+        raise DepotError("UPLOAD_RANGE_INVALID", 416, "the chunk's range %d-%d does not match its %s bytes"
+                         % (first, last, length), "Content-Range")
+    return first
+
+
+@op("upload.append", "Append the request body to an upload session, streamed to the store (never held). With "
+    "`range` (a Content-Range such as `0-1023` or `bytes 0-1023/*`), the chunk must start where the session's "
+    "bytes end and be as long as the range says: otherwise 416 UPLOAD_RANGE_INVALID and nothing changes. A chunk "
+    "is all or nothing: one cut short (the client gone, the size limit passed) leaves the session as it was. "
+    "Concurrent appends to one session are serialised.",
+    args={"sessions": _SESSIONS, "session": _SESSION_ID,
+          "from": Source("request.body"),
+          "range": Template("the chunk's byte range, inclusive (its Content-Range header); absent or empty: "
+                            "appended at the end", required=False, shape="string"),
+          "out_size": _HELD_SIZE, "out_range": _HELD_RANGE},
+    errors=["404 UPLOAD_UNKNOWN", "416 UPLOAD_RANGE_INVALID", "400 INVALID_RANGE", "413 BLOB_TOO_LARGE"],
+    example={"sessions": "uploads", "session": "{session}", "from": "request.body", "range": "$content_range?",
+             "out_range": "held"},
+    io=True, mutates=True, prepare=lambda a, scope: _request_body_only(a, "upload.append"),
+    binds=lambda scope, raw: scope.reads_body("upload.append"),
+    openapi=lambda o, a: o.binary_body())
+def upload_append(ctx, a):
+    ctx.count_io()
+    offset = _chunk_start(ctx, a)
+    with ctx.streaming():
+        size = _upload_sessions(ctx, a).append(a.session.render(ctx), ctx.request.stream, offset)
+    _bind_held(ctx, a, size)
+
+
+def _request_body_only(a, name):
+    if getattr(a, "from") != Source.REQUEST_BODY:
+        raise BindError("%s appends the request body: `from` must be request.body" % name, "from")
+
+
+@op("upload.status", "Read how many bytes an upload session holds (404 UPLOAD_UNKNOWN when it is not there: "
+    "finished, cancelled or expired).",
+    args={"sessions": _SESSIONS, "session": _SESSION_ID, "out_size": _HELD_SIZE, "out_range": _HELD_RANGE},
+    errors=["404 UPLOAD_UNKNOWN"], example={"sessions": "uploads", "session": "{session}", "out_range": "held"},
+    io=True)
+def upload_status(ctx, a):
+    ctx.count_io()
+    session_id = a.session.render(ctx)
+    size = _upload_sessions(ctx, a).size(session_id)
+    if size is None:
+        raise unknown_session(session_id)
+    _bind_held(ctx, a, size)
+
+
+@op("upload.finish", "End an upload session: its bytes become a blob of the sessions' blob store, as blob.put's "
+    "do (sha-256 computed, moved into place at the transaction's commit, held from garbage collection). Check "
+    "it with blob.verify_digest before committing (a mismatch discards the bytes). The session is gone either way.",
+    args={"sessions": _SESSIONS, "session": _SESSION_ID,
+          "out": Output("variable receiving 'sha256:<hex>'", schema=DIGEST),
+          "out_size": Output("variable receiving the size in bytes", required=False, schema=COUNT),
+          "out_blob": Output(_STORED_BLOB, required=False)},
+    errors=["404 UPLOAD_UNKNOWN", "413 BLOB_TOO_LARGE", "400 BLOB_TOO_SMALL"],
+    example={"sessions": "uploads", "session": "{session}", "out": "digest"}, io=True, mutates=True)
+def upload_finish(ctx, a):
+    ctx.count_io()
+    sessions = _upload_sessions(ctx, a)
+    store = ctx.engine.blob_store(ctx.engine.compiled.definitions["upload_sessions"][a.sessions.name].blob_store)
+    with ctx.streaming():
+        staged = sessions.finish(a.session.render(ctx))
+    _keep(ctx, store, staged)
+    ctx.unverified_blobs[staged.digest] = (staged, ())
+    ctx.vars[a.out] = staged.digest
+    if a.out_size:
+        ctx.vars[a.out_size] = staged.size
+    if a.out_blob:
+        ctx.vars[a.out_blob] = staged
+
+
+@op("upload.abort", "Cancel an upload session and remove its bytes (404 UPLOAD_UNKNOWN when it is not there).",
+    args={"sessions": _SESSIONS, "session": _SESSION_ID},
+    errors=["404 UPLOAD_UNKNOWN"], example={"sessions": "uploads", "session": "{session}"}, io=True, mutates=True)
+def upload_abort(ctx, a):
+    ctx.count_io()
+    session_id = a.session.render(ctx)
+    if not _upload_sessions(ctx, a).abort(session_id):
+        raise unknown_session(session_id)
+
+
 # --- index ------------------------------------------------------------------------------------------------
 
 def _prepare_index_query(a, scope):
@@ -881,7 +1096,9 @@ def _check_keyset(a):
         if window:
             raise BindError("all binds every row (streamed as the response is written): it takes no %s"
                             % ", ".join(window), "all")
-    if a.after is not None and (a.page is not None or a.offset is not None):
+    if a.after is not None and a.after_row is not None:
+        raise BindError("after and after_row both say where to start: use one", "after_row")
+    if (a.after is not None or a.after_row is not None) and (a.page is not None or a.offset is not None):
         raise BindError("after continues from a cursor: page and offset count from the first row; give the page's "
                         "size as limit or page_size", "after")
 
@@ -911,6 +1128,10 @@ def _constant_int(node, name, low, high):
           "page_size": Template("rows a page (at most %d)" % MAX_PAGE_SIZE, required=False),
           "after": Template("a cursor a query of this key gave in `next_out`: the rows after that row (an "
                             "absent or empty value: from the first row)", required=False, shape="string"),
+          "after_row": Template("a row to read on from, by its key and sort fields (OCI's `last` tag): the rows "
+                                "after where it falls in the key's order, whether or not it is there; a row "
+                                "missing one of those fields reads from the first row", required=False,
+                                shape="object"),
           "all": Const("boolean", "bind every row of the key (no page): a listing read in batches as the "
                        "response is written, in bounded memory; only an argument that streams takes it "
                        "(respond.json's body), whole", required=False, default=False),
@@ -937,7 +1158,8 @@ def index_query(ctx, a):
         values = [key[f] for f in index_key.fields if f in key]
     keep = None if a.filter is None and a.namespace_field is None else _row_filter(ctx, a)
     indexes = ctx.engine.indexes
-    after = _read_cursor(a.after.render(ctx)) if a.after is not None else None
+    after = _read_cursor(a.after.render(ctx)) if a.after is not None else \
+        _row_cursor(indexes, index_key, a.after_row.render(ctx)) if a.after_row is not None else None
     if a.all:  # read as the response is written: one I/O op now, none charged while it streams
         rows = ctx.vars[a.out] = RowStream(indexes, index_key, values, after, keep)
         ctx.count_io()
@@ -965,6 +1187,17 @@ def index_query(ctx, a):
 
 MAX_CURSOR = 4096  # characters: a cursor is an index entry's key, far shorter
 _CURSOR = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _row_cursor(indexes, index_key, row):
+    """The position of ``row`` (real or not) in the key's order; None when it lacks a field the order needs."""
+    needed = list(index_key.fields) + [field for field, _, _ in index_key.sorts]
+    if not isinstance(row, dict) or any(row.get(field) is None for field in needed):
+        return None
+    try:
+        return indexes.cursor(index_key, row)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _cursor_text(cursor):
@@ -1173,6 +1406,16 @@ _STATUS = dict(minimum=100, maximum=599)
 _HEADERS = Template("extra headers (not Content-Type: see content_type)", required=False, shape="object")
 
 
+def _headers(ctx, a):
+    """A respond step's headers; one whose value is absent or null (an optional reference) is not sent."""
+    if a.headers is None:
+        return None
+    headers = a.headers.render(ctx)
+    if isinstance(headers, dict) and None in headers.values():
+        return {name: value for name, value in headers.items() if value is not None}
+    return headers
+
+
 def _content_type_apart(a, scope):
     """Content-Type is the content_type argument's, checked at load: a header of that name would be overridden.
     ``a.fixed_type``: the header of a constant content type (None: rendered per request)."""
@@ -1206,7 +1449,7 @@ def _prepare_json(a, scope):
     prepare=_prepare_json, openapi=lambda o, a: o.json_response(a.status, a.body, a.content_type),
     terminal=True)
 def respond_json(ctx, a):
-    headers = a.headers.render(ctx) if a.headers is not None else None
+    headers = _headers(ctx, a)
     ctx.response = ResponseSpec(a.status, headers, json=a.body.render(ctx), streamed=a.streamed,
                                 content_type=a.fixed_type or a.content_type.resolve(ctx).header)
 
@@ -1242,7 +1485,7 @@ def _compile_page(a, scope):
     prepare=_compile_page, openapi=lambda o, a: o.text_response(a.status, a.content_type), terminal=True)
 def respond_render(ctx, a):
     kind = a.content_type.resolve(ctx)
-    headers = a.headers.render(ctx) if a.headers is not None else None
+    headers = _headers(ctx, a)
     stream = _cached_page(ctx, a, kind) if a.cache_key is not None else a.page.stream(ctx, kind.markup)
     ctx.response = ResponseSpec(a.status, headers, stream=stream, content_type=kind.text_header)
 
@@ -1278,7 +1521,7 @@ def respond_bytes(ctx, a):
     body = a.body.render(ctx)
     if not isinstance(body, BlobHandle):
         raise DepotError("INVALID_BODY", 500, "respond.bytes needs a blob handle as its body")
-    headers = a.headers.render(ctx) if a.headers is not None else None
+    headers = _headers(ctx, a)
     filename = a.filename.render(ctx) if a.filename is not None else None
     modified = _timestamp(a.last_modified.render(ctx)) if a.last_modified is not None else None
     ctx.response = ResponseSpec(a.status, headers, blob=body, filename=filename or None, last_modified=modified)
@@ -1304,6 +1547,18 @@ def _timestamp(value):
 def respond_redirect(ctx, a):
     ctx.response = ResponseSpec(a.status, {"Location": a.location.render(ctx)},
                                 json={"location": a.location.render(ctx)})
+
+
+@op("respond.empty", "End the pipeline with an answer that has no body (and no Content-Type): 201, 202 or 204 "
+    "with headers such as Location or Range. An open transaction is aborted.",
+    args={"status": Const("integer", "HTTP status", required=False, default=204, minimum=200, maximum=399),
+          "headers": Template("the answer's headers", required=False, shape="object")},
+    example={"status": 202, "headers": {"Location": "/v2/{namespace}/{repo}/blobs/uploads/{$session}",
+                                        "Range": "$held"}},
+    openapi=lambda o, a: o.empty_response(a.status, a.headers), terminal=True)
+def respond_empty(ctx, a):
+    headers = _headers(ctx, a)
+    ctx.response = ResponseSpec(a.status, headers, stream=EMPTY_BODY)
 
 
 @op("respond.error", "End the pipeline with the JSON error envelope; an open transaction is aborted.",

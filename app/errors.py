@@ -37,6 +37,12 @@ def conflict(message, code="CONFLICT"):
     return DepotError(code, 409, message)
 
 
+def unknown_session(session_id):
+    """An upload session that is not there (finished, cancelled, expired, or never started)."""
+    return DepotError("UPLOAD_UNKNOWN", 404, "no upload session %r (it was finished, cancelled or expired)"
+                      % str(session_id)[:64])
+
+
 def too_large(message, code="PAYLOAD_TOO_LARGE", field=None):
     return DepotError(code, 413, message, field)
 

@@ -127,8 +127,8 @@ def test_the_reference_shows_each_ops_flags():
 
 def test_the_vocabulary_declares_what_its_names_suggest():
     """The flags of Depot's own ops, as its schemas rely on them."""
-    assert sorted(n for n, d in REGISTRY.items() if d.terminal) == ["respond.bytes", "respond.error",
-                                                                    "respond.json", "respond.redirect",
-                                                                    "respond.render"]
+    assert sorted(n for n, d in REGISTRY.items() if d.terminal) == ["respond.bytes", "respond.empty",
+                                                                    "respond.error", "respond.json",
+                                                                    "respond.redirect", "respond.render"]
     assert [n for n, d in REGISTRY.items() if d.opens_txn] == ["txn.begin"]
     assert sorted(n for n, d in REGISTRY.items() if d.closes_txn) == ["txn.abort", "txn.commit"]

@@ -103,7 +103,7 @@ def test_the_list_envelope_and_the_error_envelope_are_shared(depot):
         for status, answer in op["responses"].items():
             if status.startswith(("4", "5")) and "content" in answer and path != "/health":
                 schema = answer["content"]["application/json"]["schema"]
-                if path.startswith("/npm/"):  # the npm pack's own error format (error_body), or the envelope
+                if path.startswith(("/npm/", "/v2/")):  # a pack's own error format (error_body), or the envelope
                     schema = schema["anyOf"][1]
                 assert schema == {"$ref": "#/components/schemas/Error"}, (method, path, status)
 

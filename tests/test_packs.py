@@ -49,11 +49,12 @@ def errors_at(report, where):
 
 # --- loading ------------------------------------------------------------------------------------------------
 
-def test_the_project_schema_mounts_the_pypi_and_npm_packs_with_their_content(project_schema):
-    pypi, npm = project_schema["packs"]
+def test_the_project_schema_mounts_the_pypi_npm_and_oci_packs_with_their_content(project_schema):
+    pypi, npm, oci = project_schema["packs"]
     assert (pypi["file"], pypi["mount"]) == ("packs/pypi.json", "/pypi/{namespace}")
     assert (npm["file"], npm["mount"]) == ("packs/npm.json", "/npm/{namespace}")
-    assert pypi["content"]["api"]["routes"] and npm["content"]["api"]["routes"]  # embedded, as a version keeps it
+    assert (oci["file"], oci["mount"]) == ("packs/oci.json", "/v2")
+    assert all(pack["content"]["api"]["routes"] for pack in (pypi, npm, oci))  # embedded, as a version keeps it
 
 
 def test_a_pack_file_is_read_relative_to_the_schema_file_and_embedded(tmp_path, project_schema):

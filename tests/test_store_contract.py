@@ -9,12 +9,13 @@ transaction shows nothing before its commit, and one failed condition fails all 
 """
 import hashlib
 import io
+import os
 import threading
 
 import pytest
 
 from app.engine.compiler import compile_schema
-from app.engine.definitions import BlobStoreDef, EventLog as EventLogSettings
+from app.engine.definitions import BlobStoreDef, EventLog as EventLogSettings, UploadSessionsDef
 from app.errors import DepotError
 from app.stores.interfaces import BlobHandle, IndexDef, IndexKeyDef
 from app.stores.registry import REGISTRY, Registry, Stores
@@ -514,7 +515,8 @@ def test_stores_opens_each_kind_through_the_registry(tmp_path):
     def elsewhere(stores, definition):  # a new kind: its factory, and nothing else
         opened.append(definition.name)
         return REGISTRY.blob_stores["filesystem"](stores, definition)
-    registry = Registry(dict(REGISTRY.blob_stores, elsewhere=elsewhere), REGISTRY.kv_stores, REGISTRY.caches)
+    registry = Registry(dict(REGISTRY.blob_stores, elsewhere=elsewhere), REGISTRY.kv_stores, REGISTRY.caches,
+                        REGISTRY.upload_sessions)
     stores = Stores(str(tmp_path / "data"), registry=registry)
     try:
         store = stores.blob_store(BlobStoreDef("far", {"kind": "elsewhere", "root": "far"}))
@@ -524,3 +526,105 @@ def test_stores_opens_each_kind_through_the_registry(tmp_path):
         assert store.exists(sha(b"far bytes"))
     finally:
         stores.close()
+
+
+# --- upload sessions ------------------------------------------------------------------------------------------
+
+def open_sessions(stores, kind, ttl_seconds=3600, max_bytes=None):
+    definition = UploadSessionsDef("uploads", dict({"blob_store": "primary", "ttl_seconds": ttl_seconds},
+                                                   **({"max_bytes": max_bytes} if max_bytes is not None else {})))
+    return stores.upload_sessions(definition, BlobStoreDef("primary", spec_of(kind, root="blobs-primary")))
+
+
+@pytest.fixture(params=sorted(REGISTRY.upload_sessions))
+def sessions(request, stores):
+    return open_sessions(stores, request.param)
+
+
+def test_a_session_takes_chunks_in_order_and_finishes_as_a_staged_blob(stores, sessions):
+    session = sessions.start()
+    assert sessions.size(session) == 0
+    assert sessions.append(session, io.BytesIO(b"hello "), 0) == 6
+    assert sessions.append(session, io.BytesIO(b"world")) == 11  # no offset: at the end
+    with pytest.raises(DepotError) as refused:
+        sessions.append(session, io.BytesIO(b"!"), 3)
+    assert refused.value.status == 416 and sessions.size(session) == 11
+    staged = sessions.finish(session)
+    assert (staged.digest, staged.size) == (sha(b"hello world"), 11)
+    store = open_blob_store(stores, "filesystem")
+    assert not store.exists(staged.digest)  # staged, not stored, until promoted
+    store.commit(staged)
+    assert store.open(staged.digest).read() == b"hello world"
+    assert sessions.size(session) is None
+    with pytest.raises(DepotError) as gone:
+        sessions.append(session, io.BytesIO(b"late"))
+    assert gone.value.code == "UPLOAD_UNKNOWN"
+
+
+def test_a_chunk_cut_short_leaves_the_session_as_it_was(sessions):
+    class Broken(io.BytesIO):
+        def read(self, size=-1):
+            if self.tell() >= 4:
+                raise OSError("the client went away")
+            return super().read(4)
+    session = sessions.start()
+    sessions.append(session, io.BytesIO(b"kept"))
+    with pytest.raises(OSError):
+        sessions.append(session, Broken(b"lost bytes"))
+    assert sessions.size(session) == 4
+    sessions.append(session, io.BytesIO(b"!"), 4)
+    assert sessions.finish(session).digest == sha(b"kept!")
+
+
+def test_a_session_over_its_limit_is_refused_and_unchanged(stores):
+    sessions = open_sessions(stores, "filesystem", max_bytes=8)
+    session = sessions.start()
+    sessions.append(session, io.BytesIO(b"12345"))
+    with pytest.raises(DepotError) as refused:
+        sessions.append(session, io.BytesIO(b"67890"))
+    assert refused.value.status == 413 and sessions.size(session) == 5
+
+
+def test_concurrent_appends_at_one_offset_admit_one(sessions):
+    session = sessions.start()
+    outcomes, errors = [], []
+
+    def append(byte):
+        try:
+            sessions.append(session, io.BytesIO(byte * MIB), 0)
+            outcomes.append("ok")
+        except DepotError as exc:
+            outcomes.append(exc.status)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=append, args=(bytes([48 + i]),)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and sorted(outcomes, key=str) == [416] * 5 + ["ok"]
+    data = sessions.finish(session)
+    with data.open() as stream:
+        content = stream.read()
+    assert len(content) == MIB and len(set(content)) == 1  # one writer's bytes, whole
+
+
+def test_sessions_outlive_their_process_and_expire_when_idle(tmp_path):
+    first = Stores(str(tmp_path / "restarted"))
+    sessions = open_sessions(first, "filesystem", ttl_seconds=60)
+    kept, idle = sessions.start(), sessions.start()
+    sessions.append(kept, io.BytesIO(b"resumed "))
+    sessions.append(idle, io.BytesIO(b"abandoned"))
+    first.close()
+    reopened = Stores(str(tmp_path / "restarted"))
+    try:
+        again = open_sessions(reopened, "filesystem", ttl_seconds=60)
+        assert again.size(kept) == 8
+        path = os.path.join(again.directory, idle)
+        os.utime(path, (os.stat(path).st_mtime - 120,) * 2)
+        assert again.size(idle) is None  # expired: gone to its callers at once
+        assert again.expire() == (1, len(b"abandoned")) and not os.path.exists(path)
+        again.append(kept, io.BytesIO(b"later"), 8)
+        assert again.finish(kept).digest == sha(b"resumed later")  # hashed again from its file
+    finally:
+        reopened.close()

@@ -22,12 +22,12 @@ from app.engine.error_bodies import ErrorBody, ErrorBodyError, compile_error_bod
 from app.engine.compiled import PATH_PARAM, CompiledSchema, Definitions, Pipeline, Route, Step, split_param
 from app.engine.conditions import ConditionError, compile_condition
 from app.engine.definitions import (BlobStoreDef, Constraint, Document, Entity, EventLog, EventType, FieldsOnly,
-                                    Limits, Upstream, Validator, Versioning, compile_normalizer)
+                                    Limits, Upstream, Validator, Versioning, compile_normalizer, UploadSessionsDef)
 from app.identity.auth import DEFAULTS as AUTH_DEFAULTS
 from app.errors import SchemaLoadError
 from app.engine.expr import Ref, Template, TemplateSyntaxError, parse_template
 from app.engine.metaschema import METASCHEMA
-from app.engine.opspec import BindError, OpDecl, Output, load_vocabulary
+from app.engine.opspec import BindError, OpDecl, Output, load_vocabulary, unknown_ref_message
 from app.engine.policies import Policy, read_challenge, read_policies, route_policy
 from app.identity.ratelimit import parse_rate
 from app.engine.rows import RowContext
@@ -127,6 +127,7 @@ class Compiler:
         self.definitions["document"] = self._documents()
         self.definitions["index"] = self._indexes()
         self.definitions["blob_store"] = self._blob_stores()
+        self.definitions["upload_sessions"] = self._upload_sessions()
         self.definitions["upstream"] = {n: Upstream(n, s) for n, s in self.doc.get("upstreams", {}).items()}
         self.definitions["event_type"] = self._event_types()
         event_log = self._event_log()
@@ -324,6 +325,17 @@ class Compiler:
                                       "filters, and must use {digest}")
             stores[name] = definition
         return stores
+
+    def _upload_sessions(self) -> dict[str, UploadSessionsDef]:
+        sessions = {}
+        for name, spec in self.doc.get("storage", {}).get("upload_sessions", {}).items():
+            definition = UploadSessionsDef(name, spec)
+            if definition.blob_store not in self.definitions["blob_store"]:
+                self.report.error(place("storage.upload_sessions", name, "blob_store"), unknown_ref_message(
+                    "blob_store", definition.blob_store, self.definitions["blob_store"]))
+                continue
+            sessions[name] = definition
+        return sessions
 
     def _event_types(self) -> dict[str, EventType]:
         types: dict[str, EventType] = {}
@@ -539,8 +551,11 @@ class Compiler:
             ok = False
         bound: dict[str, Any] = {}
         inputs = [(n, a) for n, a in decl.args.items() if not isinstance(a, Output)]
-        outputs = [(n, a) for n, a in decl.args.items() if isinstance(a, Output)]
-        for arg_name, arg in inputs + outputs:  # a step's outputs are bound after its inputs are read
+        outputs = [(n, a) for n, a in decl.args.items() if isinstance(a, Output) and not a.per_item]
+        items = [(n, a) for n, a in decl.args.items() if isinstance(a, Output) and a.per_item]
+        # a step's outputs are bound after its inputs are read; a variable bound to each item of a list the step
+        # walks (kv.get's `as`) is read by its inputs, so it comes first
+        for arg_name, arg in items + inputs + outputs:
             scope.place = place(where, arg_name)
             if arg_name not in args:
                 if arg.required:

@@ -36,6 +36,21 @@ class ResponseSpec:
         self.vary: tuple[str, ...] = ()  # request headers the answer depends on (Vary), besides the URL
 
 
+class EmptyBody:
+    """The body of an answer that has none (respond.empty): a stream of no bytes."""
+
+    length = 0
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+    def close(self) -> None:
+        pass
+
+
+EMPTY_BODY = EmptyBody()
+
+
 class RequestData:
     """Everything an op may read of a request. The HTTP layer fills it; tests and replay can build one directly.
 

@@ -164,11 +164,13 @@ class Versioning:
 class Constraint:
     def __init__(self, field: str, regex: Optional[str] = None, when_present: bool = False,
                  min_length: Optional[int] = None, max_length: Optional[int] = None,
-                 enum: Optional[list[JsonValue]] = None, reserved: Optional[Iterable[str]] = None) -> None:
+                 enum: Optional[list[JsonValue]] = None, reserved: Optional[Iterable[str]] = None,
+                 code: str = "INVALID_FIELD") -> None:
         self.field = field
         self.reserved = frozenset(reserved or ())  # values a route's literal path segment takes (see checker)
         self.regex = re.compile(regex) if regex is not None else None
         self.pattern = regex
+        self.code = code  # the error code of a value it refuses (a protocol's own: OCI's NAME_INVALID, TAG_INVALID)
         # every constraint applies only to a field that is present, the only behaviour (a false when_present is
         # reported at load, app/engine/schema_keys.py): the key is accepted and not kept
         del when_present
@@ -176,18 +178,19 @@ class Constraint:
 
     def check(self, value: JsonValue) -> None:
         if not isinstance(value, str):
-            raise DepotError("INVALID_FIELD", 400, "%s must be a string" % self.field, self.field)
+            raise self._refused("%s must be a string" % self.field)
         if self.regex is not None and not self.regex.match(value):
-            raise DepotError("INVALID_FIELD", 400, "%s must match %s" % (self.field, self.pattern), self.field)
+            raise self._refused("%s must match %s" % (self.field, self.pattern))
         if self.min_length is not None and len(value) < self.min_length or \
                 self.max_length is not None and len(value) > self.max_length:
-            raise DepotError("INVALID_FIELD", 400, "%s must be %s to %s characters long"
-                             % (self.field, self.min_length, self.max_length), self.field)
+            raise self._refused("%s must be %s to %s characters long" % (self.field, self.min_length, self.max_length))
         if self.enum is not None and value not in self.enum:
-            raise DepotError("INVALID_FIELD", 400, "%s must be one of %s" % (self.field, self.enum), self.field)
+            raise self._refused("%s must be one of %s" % (self.field, self.enum))
         if value in self.reserved:
-            raise DepotError("INVALID_FIELD", 400, "%s %r is reserved: a route's path uses it" % (self.field, value),
-                             self.field)
+            raise self._refused("%s %r is reserved: a route's path uses it" % (self.field, value))
+
+    def _refused(self, message: str) -> DepotError:
+        return DepotError(self.code, 400, message, self.field)
 
 
 class Entity:
@@ -283,6 +286,21 @@ class BlobStoreDef:
         if self._layout is None:
             self._layout = parse_template(self.path_template)
         return str(self._layout.render(FieldsOnly({"digest": hexdigest, "algo": "sha256"})))
+
+
+class UploadSessionsDef:
+    """A schema's storage.upload_sessions.<name>: resumable uploads ending in ``blob_store``, forgotten after
+    ``ttl_seconds`` idle, at most ``max_bytes`` each (None: the blob store's max_blob_bytes)."""
+
+    DEFAULT_TTL_SECONDS = 3600
+
+    def __init__(self, name: str, spec: dict[str, JsonValue]) -> None:
+        self.name = name
+        self.spec = spec
+        self.blob_store = str(spec["blob_store"])
+        self.ttl_seconds = int(spec.get("ttl_seconds", self.DEFAULT_TTL_SECONDS))
+        max_bytes = spec.get("max_bytes")
+        self.max_bytes = int(max_bytes) if max_bytes is not None else None
 
 
 class FieldsOnly:

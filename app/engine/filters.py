@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 import string
@@ -199,6 +200,14 @@ def _first(value: Any, _: Optional[str]) -> Any:
     return value[0] if value else None
 
 
+@_filter("last", "a list's last item; absent when the list is empty (`400 INVALID_FILTER_INPUT` for anything but "
+         "a list)", example="{$rows|last|get:tag}", errors=(INVALID_INPUT,), gives={})
+def _last(value: Any, _: Optional[str]) -> Any:
+    if not isinstance(value, list):
+        raise ValueError("last takes a list")
+    return value[-1] if value else None
+
+
 @_filter("pick", "an object with only the named members it has, in the argument's order: a document's public "
          "subset (`400 INVALID_FILTER_INPUT` for anything but an object)",
          argument="member names, separated by commas", example="{$manifest|pick:name,version,dependencies,dist}",
@@ -206,6 +215,40 @@ def _first(value: Any, _: Optional[str]) -> Any:
 def _pick(value: Any, argument: Optional[str]) -> dict[str, Any]:
     source = _object(value, "pick")
     return {name: source[name] for name in (argument or "").split(",") if name in source}
+
+
+@_filter("split", "text split at each occurrence of the argument, as a list (`a/b/c` with `/`: `[\"a\", \"b\", "
+         "\"c\"]`); with first, an OCI repository name's namespace",
+         argument="the separator", example="{from|split:/|first}", gives={"type": "array"})
+def _split(value: Any, argument: Optional[str]) -> list[str]:
+    return text(value).split(argument or " ")
+
+
+@_filter("pluck", "the named member of each object in a list, in the list's order; an item without it (or not an "
+         "object) is left out: the digests of a manifest's layers (`400 INVALID_FILTER_INPUT` for anything but a "
+         "list)", argument="the member's name", example="{$manifest.layers|pluck:digest}", errors=(INVALID_INPUT,),
+         gives={"type": "array"})
+def _pluck(value: Any, argument: Optional[str]) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError("pluck takes a list")
+    return [item[argument] for item in value if isinstance(item, dict) and argument in item]
+
+
+@_filter("map", "a value looked up in a table written in the argument: `from=to` pairs separated by commas; a value "
+         "the table lacks passes through unchanged, unless a `*=to` pair gives what every other value becomes. It "
+         "turns Depot's error codes into a protocol's in an error body",
+         argument="from=to pairs, separated by commas (`*=to`: any other value)",
+         example="{error.code|map:BLOB_NOT_FOUND=BLOB_UNKNOWN,UPLOAD_UNKNOWN=BLOB_UPLOAD_UNKNOWN}")
+def _map(value: Any, argument: Optional[str]) -> Any:
+    table = _table(argument or "")
+    key = text(value)
+    return table.get(key, table.get("*", value))
+
+
+@functools.lru_cache(maxsize=256)
+def _table(argument: str) -> dict[str, str]:
+    pairs = [pair.partition("=") for pair in argument.split(",") if pair]
+    return {source: target for source, _, target in pairs}
 
 
 Filter = Callable[[Any], Any]  # one filter with its argument bound: value -> value

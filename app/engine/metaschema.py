@@ -52,7 +52,8 @@ METASCHEMA = {
                         "properties": {"field": {"type": "string"}, "regex": {"type": "string"},
                                        "when_present": {"type": "boolean"}, "min_length": {"type": "integer"},
                                        "max_length": {"type": "integer"}, "enum": {"type": "array"},
-                                       "reserved": {"type": "array", "items": {"type": "string"}}},
+                                       "reserved": {"type": "array", "items": {"type": "string"}},
+                                       "code": {"type": "string", "pattern": "^[A-Z][A-Z0-9_]*$"}},
                         "additionalProperties": False}},
                 },
             },
@@ -69,6 +70,11 @@ METASCHEMA = {
                                        "min_blob_bytes": {"type": "integer", "minimum": 0}}}}}},
                 "kv_stores": {"type": "object", "additionalProperties": {
                     "type": "object", "required": ["kind"]}},
+                "upload_sessions": {"type": "object", "additionalProperties": {
+                    "type": "object", "required": ["blob_store"], "additionalProperties": False,
+                    "properties": {"blob_store": {"type": "string"},
+                                   "ttl_seconds": {"type": "integer", "minimum": 1},
+                                   "max_bytes": {"type": "integer", "minimum": 0}}}},
                 "documents": {"type": "object", "additionalProperties": {
                     "type": "object", "required": ["store", "key_template"],
                     "properties": {"store": {"type": "string"}, "key_template": {"type": "string"},
@@ -157,7 +163,7 @@ METASCHEMA = {
             "sweep": {"type": "object", "properties": {
                 "sweep_unreferenced_after_seconds": {"type": "integer", "minimum": 0},
                 "mark": {"type": "object", "properties": {"mark_blobs_by": {"type": "array", "items": {
-                    "type": "string", "pattern": "^[^.]+[.][^.]+$"}}}}}}}},
+                    "type": "string", "pattern": r"^[^.\[\]]+(\.[^.\[\]]+(\[\])?)+$"}}}}}}}},
         "invariants": {"type": "object"},
         "packs": {"type": "array", "items": {
             "type": "object", "required": ["mount"],

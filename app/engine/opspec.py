@@ -195,9 +195,11 @@ class Output(Arg):
     kind: ClassVar[str] = "output"
 
     def __init__(self, doc: str = "", required: bool = True, default: Any = None,
-                 schema: dict[str, Any] | Callable[[Any], dict[str, Any]] | None = None) -> None:
+                 schema: dict[str, Any] | Callable[[Any], dict[str, Any]] | None = None,
+                 per_item: bool = False) -> None:
         super().__init__(doc, required, default)
         self.schema = schema
+        self.per_item = per_item  # bound to each item of a list the step walks: its other arguments read it
 
     def schema_for(self, bound_args: Any) -> dict[str, Any] | None:
         return self.schema(bound_args) if callable(self.schema) else self.schema

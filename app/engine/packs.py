@@ -55,7 +55,8 @@ PACK_SCHEMA = _only(
 
 # sections whose members are named by their key, merged key by key
 KEYED = (("entities",), ("storage", "kv_stores"), ("storage", "documents"), ("storage", "schemas"),
-         ("storage", "blob_stores"), ("indexes",), ("upstreams",), ("replication", "apply_pipelines"),
+         ("storage", "blob_stores"), ("storage", "upload_sessions"), ("indexes",), ("upstreams",),
+         ("replication", "apply_pipelines"),
          ("replication", "replay", "apply_pipelines"))
 # sections that are lists, appended to; items named by the given key (None: the item itself)
 LISTED = ((("auth", "policies"), "name"), (("events", "types"), "name"), (("api", "routes"), "id"),

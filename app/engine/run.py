@@ -76,6 +76,8 @@ class Engine:
         self.runtime = compiled.runtime
         self.event_log = self.state.event_log(compiled.event_log)
         self.blob_stores = {name: stores.blob_store(d) for name, d in compiled.definitions["blob_store"].items()}
+        self.upload_sessions = {name: stores.upload_sessions(d, compiled.definitions["blob_store"][d.blob_store])
+                                for name, d in compiled.definitions["upload_sessions"].items()}
         self.cache = stores.cache(compiled.caching, self._blob_from_json)
         self.routes: dict[str, Route] = {route.id: route for route in compiled.routes}
         self._sessions: dict[str, requests.Session] = {}

@@ -116,7 +116,7 @@ KEYS: dict[str, KeySpec] = {
                                        "(storage.documents), and write-once is kv.cas_put with if_absent"),
             "constraints": [{
                 "field": READ, "regex": READ, "min_length": READ, "max_length": READ, "enum": READ,
-                "reserved": READ,
+                "reserved": READ, "code": READ,
                 "when_present": Only((True,), "applies every constraint only to a field that is present"),
             }],
         },
@@ -133,6 +133,7 @@ KEYS: dict[str, KeySpec] = {
                                 "space (one database is what makes a commit atomic)"),
         }},
         "documents": {"*": {"store": READ, "key_template": READ, "schema": READ}},
+        "upload_sessions": {"*": {"blob_store": READ, "ttl_seconds": READ, "max_bytes": READ}},
         "schemas": OPAQUE,
     },
     "indexes": {"*": {
@@ -204,7 +205,8 @@ KEYS: dict[str, KeySpec] = {
             "schedule": Unsupported("a collection runs when asked: POST /admin/gc, or `python -m app gc` with the "
                                     "server stopped, from a scheduler such as cron or a systemd timer"),
             "mark": {
-                "mark_blobs_by": Read("document.field pairs; a document the schema does not declare is an error"),
+                "mark_blobs_by": Read("document.field paths (a list's items: `[]` after a step, as in "
+                                      "doc.layers[].digest); a document the schema does not declare is an error"),
                 "sources": Unsupported("the mark reads the documents mark_blobs_by names (document.field)"),
             },
             "sweep_unreferenced_after_seconds": READ,

@@ -174,6 +174,12 @@ class Operation:
         self.responses[str(status)] = dict(json_answer({"type": "object", "required": ["location"], "properties": {
             "location": STRING}}, "redirect"), headers={"Location": {"schema": STRING}})
 
+    def empty_response(self, status, headers):
+        """An answer with no body: its headers (those a template names literally) are documented."""
+        named = [name for name, _ in getattr(headers, "items", ())] if headers is not None else []
+        self.responses[str(status)] = {"description": "no body",
+                                       **({"headers": {name: {"schema": STRING} for name in named}} if named else {})}
+
     def error_response(self, status, code):
         self.errors(["%d %s" % (status, code)])
 

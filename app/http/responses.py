@@ -65,6 +65,8 @@ def _stream_response(spec):
     response = Response(spec.stream, status=spec.status, headers=headers, content_type=spec.content_type)
     if spec.stream.length is not None:
         response.content_length = spec.stream.length
+    if spec.content_type is None and spec.stream.length == 0:  # no body, so no type (respond.empty)
+        del response.headers["Content-Type"]
     return response
 
 

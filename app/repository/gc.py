@@ -1,7 +1,9 @@
 """Garbage collection of blobs, as the schema's `gc` section describes it.
 
-Mark: every blob digest named by `gc.sweep.mark.mark_blobs_by` (for example `artifact_meta.blob_digest`) in a
-document that is not a tombstone (`deleted: true`), read from a snapshot taken after the collection began.
+Mark: every blob digest named by `gc.sweep.mark.mark_blobs_by` (for example `artifact_meta.blob_digest`, or a path
+through lists such as `oci_manifest.blobs[]` or `doc.layers[].digest`) in a document that is not a tombstone
+(`deleted: true`), read from a snapshot taken after the collection began. Upload sessions idle past their
+time-to-live are removed first.
 Sweep: every blob no mark names (an orphan), and every temporary upload file, untouched for
 `gc.sweep.sweep_unreferenced_after_seconds`, unless a write in flight needs it: app/stores/guard.py is the
 protocol that makes a collection safe beside concurrent publishes, re-publishes, uploads and replication, for
@@ -34,25 +36,54 @@ def collect(engine, dry_run=False, grace_seconds=None):
         raise DepotError("GC_RUNNING", 409, "a garbage collection is already running; try again when it ends")
     try:
         cutoff = time.time() - grace_seconds
+        expired = expire_sessions(engine, dry_run)
         marked = mark(engine, marks)
         sweeps = [sweep(store, guard, marked, cutoff, dry_run) for store in engine.blob_stores.values()]
     finally:
         guard.end()
-    return summary(sweeps, len(marked), dry_run, grace_seconds)
+    return dict(summary(sweeps, len(marked), dry_run, grace_seconds), upload_sessions=expired)
+
+
+def expire_sessions(engine, dry_run):
+    """Remove the upload sessions idle past their time-to-live (a dry run removes none)."""
+    removed = removed_bytes = 0
+    for sessions in ([] if dry_run else engine.upload_sessions.values()):
+        count, size = sessions.expire()
+        removed, removed_bytes = removed + count, removed_bytes + size
+    return {"expired_removed": removed, "expired_removed_bytes": removed_bytes}
+
+
+def mark_path(source):
+    """"document.a.b[].c" -> ("document", ["a", "b[]", "c"]): the steps to a digest; `[]` after a step reads each
+    item of the list there."""
+    name, *steps = source.split(".")
+    return name, steps
+
+
+def _digests_at(value, steps):
+    """The strings found by following ``steps`` from ``value`` (each item of a list where a step ends in [])."""
+    if not steps:
+        if isinstance(value, str):
+            yield value
+        return
+    step, rest = steps[0], steps[1:]
+    listed = step.endswith("[]")
+    value = value.get(step[:-2] if listed else step) if isinstance(value, dict) else None
+    for item in (value if isinstance(value, list) else []) if listed else [value]:
+        yield from _digests_at(item, rest)
 
 
 def mark(engine, sources):
-    """Hex digests referenced by live documents, for sources written "document.field"."""
+    """Hex digests referenced by live documents, for sources written "document.field" (or a path: mark_path)."""
     documents = engine.compiled.definitions["document"]
     marked = set()
     for source in sources:
-        name, _, field = source.partition(".")
+        name, steps = mark_path(source)
         document = documents[name]  # the checker refuses a mark naming an undeclared document
         literal = document.key.parts[0] if document.key.parts and isinstance(document.key.parts[0], str) else ""
         for _, doc in engine.documents.items(document.store, literal):
-            digest = doc.get(field) if isinstance(doc, dict) else None
-            if isinstance(digest, str) and not doc.get("deleted"):
-                marked.add(digest.rpartition(":")[2])
+            if isinstance(doc, dict) and not doc.get("deleted"):
+                marked.update(digest.rpartition(":")[2] for digest in _digests_at(doc, steps))
     return marked
 
 

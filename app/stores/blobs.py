@@ -121,13 +121,8 @@ class FileBlobStore:
         self.guard.temp_started(tmp_path)  # before the file exists: no collection can see it unclaimed
         try:
             with open(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-                while True:
-                    chunk = stream.read(CHUNK)
-                    if not chunk:
-                        break
+                for chunk in bounded_chunks(stream, 0, self.max_bytes, "max_blob_bytes"):
                     size += len(chunk)
-                    if self.max_bytes is not None and size > self.max_bytes:
-                        raise too_large("blob exceeds max_blob_bytes (%d)" % self.max_bytes, "BLOB_TOO_LARGE")
                     hashers.update(chunk)
                     out.write(chunk)
                 out.flush()
@@ -247,6 +242,19 @@ class FileBlobStore:
     def health(self, detail: bool = False) -> dict[str, Any]:
         ok = os.access(self.root, os.W_OK)
         return dict({"kind": "filesystem", "ok": ok}, **({"root": self.root} if detail else {}))
+
+
+def bounded_chunks(stream: Readable, size: int, max_bytes: Optional[int], limit_name: str) -> Iterator[bytes]:
+    """What ``stream`` holds, in chunks, onto ``size`` bytes already there: 413 BLOB_TOO_LARGE as soon as the
+    total passes ``max_bytes`` (named ``limit_name`` in the message)."""
+    while True:
+        chunk = stream.read(CHUNK)
+        if not chunk:
+            return
+        size += len(chunk)
+        if max_bytes is not None and size > max_bytes:
+            raise too_large("blob exceeds %s (%d)" % (limit_name, max_bytes), "BLOB_TOO_LARGE")
+        yield chunk
 
 
 def _own(staged: Staged) -> StagedBlob:

@@ -106,7 +106,7 @@ class DeclaredDigest:
 
     def describe(self) -> str:
         if self.where == "query":
-            return "?digest=sha256:%s" % self.hexdigest
+            return "?digest=%s:%s" % (self.algorithm, self.hexdigest)
         if self.where == "header":
             return "Content-Digest %s %s" % (ALGORITHMS[self.algorithm].http_name, self.hexdigest)
         return "%s %s %s" % (self.source, self.algorithm, self.hexdigest)
@@ -114,7 +114,7 @@ class DeclaredDigest:
 
 def declared_digests(headers: Mapping[str, str], query: Mapping[str, str]) -> tuple[DeclaredDigest, ...]:
     """Every digest a client declares for its upload: each Content-Digest (RFC 9530) member whose algorithm
-    Depot computes while streaming (CONTENT_DIGEST), then ?digest=sha256:<hex>. A Content-Digest naming only
+    Depot computes while streaming (CONTENT_DIGEST), then ?digest=sha256:<hex> (or sha512:<hex>). A Content-Digest naming only
     algorithms it does not is 400 UNSUPPORTED_DIGEST_ALGORITHM; a malformed one, 400 INVALID_DIGEST. -> a tuple
     of DeclaredDigest."""
     declared = []
@@ -123,8 +123,18 @@ def declared_digests(headers: Mapping[str, str], query: Mapping[str, str]) -> tu
         declared.extend(_content_digests(header))
     value = query.get("digest")
     if value:
-        declared.append(DeclaredDigest("digest", "sha256", split_digest(value), "query"))
+        declared.append(_query_digest(value))
     return tuple(declared)
+
+
+def _query_digest(value: str) -> DeclaredDigest:
+    """?digest=sha256:<hex> or sha512:<hex> (what OCI clients send), lower-case hex."""
+    if value.startswith("sha512:"):
+        hexpart = value[len("sha512:"):]
+        if len(hexpart) != 128 or any(c not in "0123456789abcdef" for c in hexpart):
+            raise bad_request("INVALID_DIGEST", "digest must be sha512:<128 lowercase hex>", "digest")
+        return DeclaredDigest("digest", "sha512", hexpart, "query")
+    return DeclaredDigest("digest", "sha256", split_digest(value), "query")
 
 
 _DIGEST_MEMBER = re.compile(r"^([a-z][a-z0-9_.*-]*)=:([A-Za-z0-9+/=]*):(?:;.*)?$")

@@ -196,6 +196,32 @@ class BlobStore(Protocol):
     def health(self, detail: bool = False) -> dict[str, Any]: ...
 
 
+class UploadSessions(Protocol):
+    """Resumable uploads into a blob store (the schema's storage.upload_sessions): bytes arrive in chunks, each
+    appended where the last ended, across requests (and processes: a session lives in the store, not in memory),
+    then become one staged blob. A session idle longer than its time-to-live is gone."""
+    name: str
+
+    def start(self) -> str:
+        """A new, empty session's id: unguessable, made of [0-9a-f]."""
+
+    def size(self, session_id: str) -> Optional[int]:
+        """The bytes it holds; None when there is no such live session."""
+
+    def append(self, session_id: str, stream: Readable, offset: Optional[int] = None) -> int:
+        """Append the stream (all of it or nothing), which must start at ``offset`` when given (416
+        UPLOAD_RANGE_INVALID otherwise); -> the new size. 404 UPLOAD_UNKNOWN; 413 BLOB_TOO_LARGE."""
+
+    def finish(self, session_id: str) -> StagedBlob:
+        """The bytes as a staged blob of the store (promote or discard it as any other); the session ends."""
+
+    def abort(self, session_id: str) -> bool:
+        """Cancel; False when there was no such session."""
+
+    def expire(self) -> tuple[int, int]:
+        """Remove sessions idle past the time-to-live -> (sessions, bytes) removed."""
+
+
 # --- documents, indexes, events ---------------------------------------------------------------------------------
 
 class DocumentStore(Protocol):

@@ -16,7 +16,8 @@ from typing import Any, Callable, Mapping, Protocol
 from app.stores.blobs import FileBlobStore
 from app.stores.cache import CacheStore
 from app.stores.guard import BlobGuard
-from app.stores.interfaces import BlobStore, Cache, StateBackend, process_lock
+from app.stores.interfaces import BlobStore, Cache, StateBackend, UploadSessions, process_lock
+from app.stores.sessions import FileUploadSessions
 from app.stores.state import StateStore, holds_state
 
 STATE_DIR = "state"  # the data dir's embedded state database: its lock is the data dir's lease
@@ -31,6 +32,8 @@ ResolveBlob = Callable[[dict[str, Any]], Any]  # a cached handle's JSON -> the B
 BlobStoreFactory = Callable[["Stores", Any], BlobStore]  # (stores, app.engine.definitions.BlobStoreDef)
 StateFactory = Callable[["Stores", Mapping[str, KvSpec]], StateBackend]  # (stores, the kv_stores specs of its kind)
 CacheFactory = Callable[["Stores", CacheSettings, ResolveBlob], Cache]  # (stores, caching settings, resolve_blob)
+# (the blob store its sessions end in, app.engine.definitions.UploadSessionsDef), by the blob store's kind
+SessionsFactory = Callable[[BlobStore, Any], UploadSessions]
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Registry:
     blob_stores: Mapping[str, BlobStoreFactory]
     kv_stores: Mapping[str, StateFactory]
     caches: Mapping[str, CacheFactory]
+    upload_sessions: Mapping[str, SessionsFactory]
 
     def kind_problems(self, storage: dict[str, Any]) -> list[tuple[str, str]]:
         """(where, message) for each store kind in a schema's `storage` section that nothing implements, and for
@@ -53,6 +57,13 @@ class Registry:
                 problems.append(("storage.kv_stores.%s.kind" % name, "kv store kind %r is not supported; "
                                  "expected one of: %s" % (spec.get("kind"), ", ".join(sorted(self.kv_stores)))))
             kinds.setdefault(spec.get("kind"), name)
+        blob_kinds = {name: spec.get("kind") for name, spec in storage.get("blob_stores", {}).items()}
+        for name, spec in storage.get("upload_sessions", {}).items():
+            kind = blob_kinds.get(spec.get("blob_store"))
+            if kind in self.blob_stores and kind not in self.upload_sessions:
+                problems.append(("storage.upload_sessions.%s.blob_store" % name, "blob store kind %r keeps no "
+                                 "upload sessions; expected a blob store of kind: %s"
+                                 % (kind, ", ".join(sorted(self.upload_sessions)))))
         if len(kinds) > 1:
             problems.append(("storage.kv_stores", "kv stores %s are of different kinds (%s): one transaction "
                              "commits across every kv store, so they share one kind"
@@ -77,6 +88,12 @@ def _filesystem(stores: "Stores", definition: Any) -> BlobStore:
     return store
 
 
+def _file_sessions(store: BlobStore, definition: Any) -> UploadSessions:
+    if not isinstance(store, FileBlobStore):
+        raise TypeError("filesystem upload sessions need a filesystem blob store")
+    return FileUploadSessions(definition.name, store, definition.ttl_seconds, definition.max_bytes)
+
+
 def _rocksdb(stores: "Stores", specs: Mapping[str, KvSpec]) -> StateBackend:
     return stores.local_state  # every rocksdb kv store lives in the data dir's state database
 
@@ -87,7 +104,8 @@ def _embedded_cache(stores: "Stores", settings: CacheSettings, resolve_blob: Res
 
 REGISTRY = Registry(blob_stores={"filesystem": _filesystem},
                     kv_stores={"rocksdb": _rocksdb},
-                    caches={CACHE_KIND: _embedded_cache})
+                    caches={CACHE_KIND: _embedded_cache},
+                    upload_sessions={"filesystem": _file_sessions})
 
 
 def remove_leftover_uploads(store: BlobStore, guard: BlobGuard) -> tuple[int, int]:
@@ -120,6 +138,7 @@ class Stores:
             _remove(os.path.join(self.tmp_dir, name))
         self._blob_stores: dict[tuple[str, str], BlobStore] = {}  # (name, its spec as JSON) -> the store
         self._states: dict[str, StateBackend] = {}  # kv kind -> its backend
+        self._sessions: dict[tuple[str, str], UploadSessions] = {}  # (name, its spec as JSON) -> the sessions
         self._opened: set[object] = set()
 
     def first_open(self, token: Any) -> bool:
@@ -135,6 +154,15 @@ class Stores:
         if key not in self._blob_stores:
             self._blob_stores[key] = self.registry.blob_stores[definition.kind](self, definition)
         return self._blob_stores[key]
+
+    def upload_sessions(self, definition: Any, blob_store: Any) -> UploadSessions:
+        """The sessions an app.engine.definitions.UploadSessionsDef describes, over the BlobStoreDef
+        ``blob_store`` (one object per distinct definition)."""
+        key = (definition.name, json.dumps([definition.spec, blob_store.spec], sort_keys=True))
+        if key not in self._sessions:
+            self._sessions[key] = self.registry.upload_sessions[blob_store.kind](self.blob_store(blob_store),
+                                                                                definition)
+        return self._sessions[key]
 
     def state(self, kv_stores: Mapping[str, KvSpec]) -> StateBackend:
         """The state backend of a schema's kv stores (their common kind; compilation refused a mix)."""
