@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from types import SimpleNamespace
 
 from app.identity.auth import require
+from app.identity.access import require_resource
+from app.identity.permissions import RANK
 from app.engine.body import parse_json as parse_json_body, read_all
 from app.engine.conditions import ConditionError, compile_condition
 from app.engine.rows import RowContext, RowStream
@@ -93,10 +95,14 @@ def _default_permission(a, scope):
 
 @op("auth.require_scopes", "Require an authenticated principal holding every listed scope ('admin' implies all). "
     "With `namespace`, once the installation has namespace grants, the principal's permission on that namespace "
-    "is checked instead (see Namespace permissions); without grants the scopes decide.",
+    "is checked instead (see Namespace permissions); without grants the scopes decide. With `resource`, a "
+    "principal restricted to resources (an access token: auth.issue_access_token) also needs the permission on "
+    "that resource itself (a mount's source repository, say).",
     args={"scopes": Scopes("scopes the principal must hold"),
           "namespace": Template("the namespace the route acts on (e.g. {namespace}, once bound)", required=False,
                                 shape="string"),
+          "resource": Template("the resource the step acts on, for principals restricted to resources (e.g. "
+                               "{from}, a repository's name)", required=False, shape="string"),
           "permission": Const("string", "the permission needed on it (default: admin if the scopes ask admin, "
                               "write if they ask write, else read)", required=False,
                               choices=["read", "write", "delete", "admin"])},
@@ -108,6 +114,8 @@ def auth_require_scopes(ctx, a):
         ctx.engine.access.require(ctx.principal, a.namespace.render(ctx), a.permission)
     else:
         require(ctx.principal, a.scopes)
+    if a.resource is not None:
+        require_resource(ctx.principal, a.resource.render(ctx), a.permission)
 
 
 _ISSUED_TOKEN = {"type": "object", "required": ["token", "username", "scopes", "expires_at"],
@@ -148,6 +156,82 @@ def auth_issue_token(ctx, a):
     password = _text(a.password.render(ctx), "password")
     ctx.vars[a.out] = accounts.issue_token(username, password, _text(a.name.render(ctx), "name"), a.scopes,
                                            a.ttl_seconds, ctx.request)
+
+
+_ACCESS_TOKEN = {"type": "object", "required": ["token", "access_token", "expires_in", "issued_at"],
+                 "properties": {"token": STRING, "access_token": STRING, "expires_in": COUNT, "issued_at": STRING,
+                                "granted": {"type": "array", "items": STRING}}}
+_DEFAULT_ACTIONS = {"pull": "read", "push": "write", "delete": "delete", "*": "delete"}
+
+
+def _prepare_actions(a, scope):
+    if not a.actions or not all(isinstance(name, str) and permission in RANK
+                                for name, permission in a.actions.items()):
+        raise BindError("actions maps each action name to a permission: %s" % ", ".join(RANK), "actions")
+
+
+def _requested_scopes(request, parameter):
+    """Every scope the query asks for: the parameter may repeat, and each value may hold several, space-separated
+    (RFC 6749's form)."""
+    query = request.query
+    values = query.getlist(parameter) if hasattr(query, "getlist") else [query.get(parameter)]
+    return [item for value in values if isinstance(value, str) for item in value.split()]
+
+
+def _grant(ctx, a, requested):
+    """(resource name -> permission, the granted scopes as the token endpoint answers them) for the principal."""
+    resources, granted = {}, []
+    for item in requested:
+        kind, _, rest = item.partition(":")
+        name, _, actions = rest.rpartition(":")
+        if kind != a.type or not name:
+            continue  # another kind of scope (registry:catalog:*): none granted
+        rank = ctx.engine.access.effective_rank(ctx.principal, name.split("/")[0])
+        allowed = [action for action in actions.split(",") if action in a.actions and
+                   rank >= RANK[a.actions[action]]]
+        if allowed:
+            best = max((a.actions[action] for action in allowed), key=RANK.__getitem__)
+            if RANK[best] > RANK.get(resources.get(name, ""), -1):
+                resources[name] = best
+            granted.append("%s:%s:%s" % (kind, name, ",".join(allowed)))
+    return resources, granted
+
+
+@op("auth.issue_access_token", "Issue a short-lived access token restricted to the resources a token request "
+    "names (the Docker/OCI registry token flow: `GET /token?service=...&scope=repository:acme/app:pull,push`, the "
+    "`scope` parameter repeated or space-separated). The caller is the request's principal (Basic credentials, a "
+    "token); each `<type>:<name>:<actions>` scope is granted the actions whose permission (`actions`) the caller "
+    "holds on the name's namespace (its first segment) now, by grants or scopes. The token reaches only those "
+    "resources, on routes that declare their `resource` (a route naming a namespace but no resource refuses it), "
+    "manages no API tokens, and ends early with the account's token version. Unknown scope types and actions are "
+    "left out, not refused: a client then meets 403 where it asked too much. 401 without credentials; 403 for a "
+    "caller itself holding an access token (a token cannot widen itself).",
+    args={"query_parameter": Const("string", "the query parameter naming the scopes asked for", required=False,
+                                   default="scope"),
+          "type": Const("string", "the scope type granted (the first part of `<type>:<name>:<actions>`)",
+                        required=False, default="repository"),
+          "actions": Const("object", "action -> the namespace permission it needs", required=False,
+                           default=_DEFAULT_ACTIONS),
+          "ttl_seconds": Const("integer", "the token's lifetime", required=False, default=300, minimum=1,
+                               maximum=3600),
+          "out": Output("variable receiving {token, access_token, expires_in, issued_at, granted}",
+                        schema=_ACCESS_TOKEN)},
+    errors=["401 UNAUTHENTICATED", "403 FORBIDDEN", "501 NOT_SUPPORTED"],
+    example={"type": "repository", "ttl_seconds": 300, "out": "issued"}, io=True, prepare=_prepare_actions)
+def auth_issue_access_token(ctx, a):
+    accounts, principal = ctx.engine.accounts, ctx.principal
+    if accounts is None:
+        raise DepotError("NOT_SUPPORTED", 501, "this server issues no tokens from routes")
+    require(principal, frozenset(), "a token")
+    if "resources" in principal:
+        raise DepotError("FORBIDDEN", 403, "an access token cannot be exchanged for another: send the account's "
+                         "credentials")
+    resources, granted = _grant(ctx, a, _requested_scopes(ctx.request, a.query_parameter))
+    wanted = {"read"} | ({"write"} if any(RANK[p] >= RANK["write"] for p in resources.values()) else set())
+    scopes = frozenset(wanted & principal["scopes"] if "admin" not in principal["scopes"] else wanted)
+    token, expires = accounts.issue_access_token(principal["sub"], scopes, resources, a.ttl_seconds)
+    ctx.vars[a.out] = {"token": token, "access_token": token, "expires_in": a.ttl_seconds,
+                       "issued_at": _now(), "granted": granted}
 
 
 # --- parse ------------------------------------------------------------------------------------------------

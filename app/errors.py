@@ -6,6 +6,10 @@ One mapping (``DepotError.envelope``) turns any of them into the JSON body every
 
 
 class DepotError(Exception):
+    # a refusal other credentials could pass (a token lacking a scope): its route's challenge goes with it, as with
+    # a 401, so a client asks its token endpoint for a token that carries the scope
+    rechallenge = False
+
     def __init__(self, code, status, message, field=None, headers=None, details=None):
         super().__init__(message)
         self.code = code

@@ -299,8 +299,81 @@ def test_garbage_collection_removes_upload_sessions_idle_past_their_time_to_live
 def test_errors_are_in_the_oci_format_with_the_spec_codes(depot, writer):
     nobody = depot.client.get("/v2/acme/app/tags/list")
     assert nobody.status_code == 401 and oci_error(nobody) == "UNAUTHORIZED"
-    assert nobody.headers["WWW-Authenticate"].startswith("Basic")
     bad_digest = depot.client.get("/v2/acme/app/blobs/sha256:nothex", headers=writer)
     assert bad_digest.status_code == 400 and oci_error(bad_digest) == "DIGEST_INVALID"
     unknown_upload = depot.client.patch("/v2/acme/app/blobs/uploads/" + "0" * 32, data=b"x", headers=writer)
     assert unknown_upload.status_code == 404 and oci_error(unknown_upload) == "BLOB_UPLOAD_UNKNOWN"
+
+
+# --- the Bearer token flow ------------------------------------------------------------------------------------
+
+def token_for(depot, credentials, *scopes):
+    query = "&".join("scope=" + scope for scope in scopes)
+    response = depot.client.get("/v2/token?service=depot&" + query, headers=credentials)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["token"] == body["access_token"] and body["expires_in"] == 300
+    return {"Authorization": "Bearer " + body["token"]}, body["granted"]
+
+
+def test_a_401_names_the_token_endpoint_and_the_scope_the_route_needs(depot):
+    for method, path, scope in (("GET", "/v2/acme/app/tags/list", "acme/app:pull"),
+                                ("POST", "/v2/acme/tools/app/blobs/uploads/", "acme/tools/app:pull,push"),
+                                ("DELETE", "/v2/acme/app/manifests/v1", "acme/app:delete")):
+        refused = depot.client.open(path, method=method)
+        assert refused.status_code == 401 and oci_error(refused) == "UNAUTHORIZED"
+        assert refused.headers["WWW-Authenticate"] == \
+            'Bearer realm="http://localhost/v2/token",service="depot",scope="repository:%s"' % scope
+    base = depot.client.get("/v2/")
+    assert base.headers["WWW-Authenticate"] == 'Bearer realm="http://localhost/v2/token",service="depot"'
+    assert depot.client.get("/v2/token?scope=repository:acme/app:pull").status_code == 401
+
+
+def test_a_token_reaches_only_the_repositories_and_actions_it_was_issued_for(depot, writer):
+    push_blob(depot, writer, "acme/app", b"app layer")
+    push_blob(depot, writer, "acme/other", b"other layer")
+    pull, granted = token_for(depot, writer, "repository:acme/app:pull")
+    assert granted == ["repository:acme/app:pull"]
+    assert depot.client.get("/v2/acme/app/blobs/" + sha256(b"app layer"), headers=pull).data == b"app layer"
+    other = depot.client.get("/v2/acme/other/blobs/" + sha256(b"other layer"), headers=pull)
+    assert other.status_code == 403 and oci_error(other) == "DENIED"
+    push = depot.client.post("/v2/acme/app/blobs/uploads/", headers=pull)
+    assert push.status_code == 403 and oci_error(push) == "DENIED"
+    # the refusal says which token would do (oras asks its token endpoint again on a 403 that names a scope)
+    assert push.headers["WWW-Authenticate"].endswith('scope="repository:acme/app:pull,push"')
+    assert depot.client.get("/v1/acme", headers=pull).status_code == 403  # a namespace route names no repository
+    assert depot.client.post("/auth/tokens", json={"name": "escalate", "scopes": ["read"]},
+                             headers=pull).status_code == 403  # no login session
+    assert depot.client.get("/v2/token?scope=repository:acme/other:pull", headers=pull).status_code == 403
+    both, granted = token_for(depot, writer, "repository:acme/app:pull,push", "repository:acme/other:pull")
+    assert granted == ["repository:acme/app:pull,push", "repository:acme/other:pull"]
+    assert depot.client.post("/v2/acme/app/blobs/uploads/", headers=both).status_code == 202
+    mount = depot.client.post("/v2/acme/app/blobs/uploads/?mount=%s&from=acme/other" % sha256(b"other layer"),
+                              headers=both)
+    assert mount.status_code == 201
+    unmountable = depot.client.post("/v2/acme/app/blobs/uploads/?mount=%s&from=acme/third" % sha256(b"x"),
+                                    headers=both)
+    assert unmountable.status_code == 403  # the token carries nothing on the mount's source
+
+
+def test_a_token_grants_what_the_account_may_do_now(depot, admin):
+    reader_credentials = depot.headers(["read"])
+    _, granted = token_for(depot, reader_credentials, "repository:acme/app:pull,push,delete")
+    assert granted == ["repository:acme/app:pull"]  # without grants, the account's scopes decide
+    writer_credentials = depot.headers(["read", "write"])
+    _, granted = token_for(depot, writer_credentials, "repository:acme/app:pull,push", "registry:catalog:*")
+    assert granted == ["repository:acme/app:pull,push"]  # another scope type is left out
+    assert depot.client.post("/admin/grants", headers=admin, json={
+        "subject": "user:tester", "namespace": "acme", "permission": "read"}).status_code == 201
+    _, granted = token_for(depot, writer_credentials, "repository:acme/app:pull,push", "repository:beta/app:pull")
+    assert granted == ["repository:acme/app:pull"]  # once grants exist, they decide
+
+
+def test_a_token_ends_with_its_accounts_password(depot):
+    depot.ensure_user("carol", ["read", "write"])
+    login = {"Authorization": "Bearer " + depot.service.identity.issue("carol", ["read", "write"])[0]}
+    token, _ = token_for(depot, login, "repository:acme/app:pull")
+    assert depot.client.get("/v2/acme/app/tags/list", headers=token).status_code == 404  # accepted: no such repo
+    depot.service.identity.reset_password("carol", "a brand new password 12")
+    revoked = depot.client.get("/v2/acme/app/tags/list", headers=token)
+    assert revoked.status_code == 401 and oci_error(revoked) == "UNAUTHORIZED"

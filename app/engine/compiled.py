@@ -67,7 +67,8 @@ class RoutePolicy:
     scopes: frozenset[str] = frozenset()
     denied: bool = False
     namespace_guard: Callable[[Any], None] | None = None
-    challenge: str | None = None
+    challenge: Any = None  # app.engine.policies.Challenge
+    resource_guard: Callable[[Any], None] | None = None  # what a principal restricted to resources may reach
 
     @property
     def active(self) -> bool:

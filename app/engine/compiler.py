@@ -28,7 +28,7 @@ from app.errors import SchemaLoadError
 from app.engine.expr import Ref, Template, TemplateSyntaxError, parse_template
 from app.engine.metaschema import METASCHEMA
 from app.engine.opspec import BindError, OpDecl, Output, load_vocabulary, unknown_ref_message
-from app.engine.policies import Policy, read_challenge, read_policies, route_policy
+from app.engine.policies import Policy, read_policies, read_route_challenge, route_policy
 from app.identity.ratelimit import parse_rate
 from app.engine.rows import RowContext
 from app.engine.report import Report, place
@@ -444,9 +444,11 @@ class Compiler:
         """The route of ``spec``: its steps, the policies its tags select, its runner, its OpenAPI operation."""
         tags = tuple(spec.get("tags", []))
         steps = self._steps(spec["pipeline"], where + ".pipeline", Scope(self.report, self.definitions, params))
-        own = read_challenge(spec["challenge"], where + ".challenge", self.report) if "challenge" in spec else None
+        own = read_route_challenge(spec["challenge"], where + ".challenge", params, self.report) \
+            if "challenge" in spec else None
         error_body = self._error_body(spec["error_body"], where + ".error_body") if "error_body" in spec else None
-        policy = route_policy(policies, tags, params, steps, where, self.report, own)
+        resource = self._resource(spec["resource"], where + ".resource", params) if "resource" in spec else None
+        policy = route_policy(policies, tags, params, steps, where, self.report, own, resource)
         disabled = None
         if "proxy" in tags and not self.features.get("proxy_enabled", True):
             disabled = ("PROXY_DISABLED", "proxying is disabled (features.proxy_enabled is false)")
@@ -458,6 +460,18 @@ class Compiler:
                       pipeline=compile_pipeline(spec["id"], steps, where + ".pipeline", policy), policy=policy,
                       disabled=disabled, error_body=error_body)
         return route
+
+    def _resource(self, value: Any, where: str, params: list[str]) -> Template | None:
+        """A route's `resource`: what it acts on, as a template of its path parameters."""
+        template = self._template(value, where) if isinstance(value, str) else None
+        if template is None:
+            self.report.error(where, "a route's resource is a string template of its path parameters")
+            return None
+        if not template.refs or any(r.namespace != "field" or r.root not in params for r in template.refs):
+            self.report.error(where, "a route's resource reads its path parameters only (e.g. "
+                              "\"{namespace}/{repo}\")")
+            return None
+        return template
 
     def _error_body(self, value: Any, where: str) -> ErrorBody | None:
         try:

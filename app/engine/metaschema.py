@@ -145,6 +145,7 @@ METASCHEMA = {
                                "path": {"type": "string", "pattern": "^/"},
                                "tags": {"type": "array", "items": {"type": "string"}},
                                "description": {"type": "string"}, "challenge": _CHALLENGE,
+                               "resource": {"type": "string", "minLength": 1},
                                "error_body": ERROR_BODY, "pipeline": _PIPELINE}}}}},
         "events": {"type": "object", "properties": {"types": {"type": "array", "items": {
             "type": "object", "required": ["name"],

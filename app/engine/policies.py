@@ -12,11 +12,13 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
-from app.identity.access import RANK
+from app.identity.access import RANK, require_resource
 from app.identity.auth import require
 from app.engine.compiled import RoutePolicy, path_entity
-from app.engine.definitions import chain
+from app.engine.definitions import FieldsOnly, chain
+from app.engine.expr import Template, TemplateSyntaxError, parse_template
 from app.engine.report import Report, place
+from app.errors import DepotError
 
 if TYPE_CHECKING:
     from app.engine.compiled import Step
@@ -82,13 +84,93 @@ def read_challenge(text: Any, where: str, report: Report) -> str | None:
     return text
 
 
-def route_challenge(policies: Iterable[Policy], tags: Iterable[str], own: str | None) -> str | None:
+class _ChallengeScope:
+    """What a route's challenge template reads: the request's path parameters (each made safe inside a quoted
+    string) and ``{request.base_url}``."""
+    __slots__ = ("fields", "request")
+    vars: dict[str, Any] = {}
+    principal = None
+    event = None
+
+    def __init__(self, fields: Mapping[str, Any], request: Any) -> None:
+        self.fields = {name: _quotable(value) for name, value in fields.items()}
+        self.request = request
+
+
+def _quotable(value: Any) -> str:
+    text = "".join(c for c in str(value) if " " <= c <= "~")  # printable ASCII only: a header value stays one
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+class _SampleRequest:
+    template_attrs = ("base_url",)
+    base_url = "http://registry.example"
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """What a route's 401s say in WWW-Authenticate: ``text`` as declared; ``template`` when it reads the request
+    (a Bearer realm naming this server's token endpoint, a scope naming the repository asked for)."""
+    text: str
+    template: Template | None = None
+
+    def render(self, path_params: Mapping[str, Any], request: Any) -> str:
+        if self.template is None:
+            return self.text
+        return str(self.template.render(_ChallengeScope(path_params, request)))
+
+
+def read_route_challenge(text: Any, where: str, params: Sequence[str], report: Report) -> Challenge | None:
+    """A route's own ``challenge``: a challenge (read_challenge), which may read the route's path parameters and
+    ``{request.base_url}`` (write ``{{`` for a literal brace)."""
+    if not isinstance(text, str) or "{" not in text:
+        checked = read_challenge(text, where, report)
+        return Challenge(checked) if checked is not None else None
+    try:
+        template = parse_template(text)
+    except TemplateSyntaxError as exc:
+        report.error(where, str(exc))
+        return None
+    for ref in template.refs:
+        readable = (ref.namespace == "field" and ref.root in params and not ref.path) or \
+            (ref.namespace == "request" and ref.path == ("base_url",))
+        if not readable:
+            report.error(where, "a challenge reads the route's path parameters and {request.base_url} only, not %s"
+                         % ref.source)
+            return None
+    sample = str(template.render(_ChallengeScope({name: "x" for name in params}, _SampleRequest())))
+    if read_challenge(sample, where, report) is None:
+        return None
+    return Challenge(text, template)
+
+
+def route_challenge(policies: Iterable[Policy], tags: Iterable[str], own: Challenge | None) -> Challenge | None:
     """The challenge of a route's 401s: its own, else those of the policies selecting it (in their order, each
     once), else None (the default, ``Bearer``)."""
     if own is not None:
         return own
     selected = [p.challenge for p in policies if p.challenge is not None and p.tags & set(tags)]
-    return ", ".join(dict.fromkeys(selected)) or None
+    joined = ", ".join(dict.fromkeys(selected))
+    return Challenge(joined) if joined else None
+
+
+@dataclass(frozen=True)
+class ResourceGuard:
+    """A principal restricted to named resources (an access token a token endpoint issued for some repositories)
+    reaches a route only through the resource the route names (``resource``, rendered from its path parameters),
+    with at least ``permission`` on it. A route naming a namespace but no resource refuses such a principal; other
+    principals pass untouched."""
+    resource: Template | None
+    permission: str
+
+    def __call__(self, ctx: ExecutionContext) -> None:
+        principal = ctx.principal
+        resources = principal.get("resources") if principal is not None else None
+        if resources is None:
+            return
+        if self.resource is None:
+            raise DepotError("FORBIDDEN", 403, "this token was issued for %s only" % ", ".join(sorted(resources)))
+        require_resource(principal, str(self.resource.render(FieldsOnly(ctx.request.path_params))), self.permission)
 
 
 @dataclass(frozen=True)
@@ -134,7 +216,8 @@ def _policy(policy: Mapping[str, Any], where: str, declared: Mapping[str, Any], 
 
 
 def route_policy(policies: Iterable[Policy], tags: Iterable[str], params: Sequence[str], steps: Sequence[Step],
-                 where: str, report: Report, challenge: str | None = None) -> RoutePolicy:
+                 where: str, report: Report, challenge: Challenge | None = None,
+                 resource: Template | None = None) -> RoutePolicy:
     """What the policies selecting a route (by its ``tags``) ask of its requests, and the challenge of its 401s
     (``challenge``: the route's own, already read). A route with a namespace path parameter, access-controlled
     but by no namespace permission, is warned about."""
@@ -159,7 +242,10 @@ def route_policy(policies: Iterable[Policy], tags: Iterable[str], params: Sequen
         report.warning(where + ".tags", "the route has a {%s} path parameter but no policy checks a namespace "
                        "permission on it: once grants exist, any caller holding the route's scopes reaches every "
                        "namespace" % sorted(namespaces)[0])
-    return RoutePolicy(frozenset(required), denied, guard, route_challenge(policies, tags, challenge))
+    restricted = None
+    if resource is not None or namespaces:
+        restricted = ResourceGuard(resource, namespace[1] if namespace is not None else "read")
+    return RoutePolicy(frozenset(required), denied, guard, route_challenge(policies, tags, challenge), restricted)
 
 
 def param_normalizer(steps: Sequence[Step], param: str) -> Callable[[str], str]:

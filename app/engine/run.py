@@ -42,6 +42,12 @@ class Accounts(Protocol):
         ``scopes`` the user holds: {"token", "username", "scopes", "expires_at"}; DepotError 401/429 otherwise."""
         ...
 
+    def issue_access_token(self, username: str, scopes: frozenset[str], resources: Mapping[str, str],
+                           ttl_seconds: int) -> tuple[str, Any]:
+        """A short-lived token of ``username`` restricted to ``resources`` (name -> permission): (the token, when
+        it expires)."""
+        ...
+
 
 def _forbidden_span(value: str) -> bool:
     """Never part of a parameter spanning segments ({name:path}): an empty, "." or ".." segment, "\\" or NUL."""
@@ -105,11 +111,14 @@ class Engine:
             raise DepotError(route.disabled[0], 404, route.disabled[1])
         ctx = ExecutionContext(self, request, authenticate=authenticate)
         try:
+            if route.policy.resource_guard is not None:
+                route.policy.resource_guard(ctx)
             route.pipeline.run(ctx, self.limits.max_cpu_ns, self.clock)
         except DepotError as error:
             ctx.close()
-            if error.status == 401 and route.policy.challenge is not None:  # the route's own, as declared
-                error.headers = dict(error.headers, **{"WWW-Authenticate": route.policy.challenge})
+            if (error.status == 401 or error.rechallenge) and route.policy.challenge is not None:  # as declared
+                error.headers = dict(error.headers, **{
+                    "WWW-Authenticate": route.policy.challenge.render(request.path_params, request)})
             raise _in_route_format(route, error)
         except BaseException:
             ctx.close()

@@ -168,7 +168,7 @@ KEYS: dict[str, KeySpec] = {
         "limits": {name: READ for name in Limits.DEFAULTS},
     },
     "api": {"routes": [{"id": READ, "method": READ, "path": READ, "tags": READ, "description": READ,
-                        "challenge": READ, "error_body": OPAQUE, "pipeline": OPAQUE}]},
+                        "challenge": READ, "resource": READ, "error_body": OPAQUE, "pipeline": OPAQUE}]},
     "events": {"types": [{
         "name": READ, "schema": OPAQUE,
         "durable": Only((True,), "appends every event to the durable log, with its transaction's commit"),

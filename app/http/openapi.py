@@ -266,8 +266,11 @@ class Operation:
                             for p in self.header_patterns.values()]
         challenge = self.route.policy.challenge
         if challenge is not None and "401" in operation["responses"]:
+            schema = {"const": challenge.text} if challenge.template is None else {"type": "string"}
+            described = "the route's declared challenge" + ("" if challenge.template is None else
+                                                             ", from the template " + challenge.text)
             operation["responses"]["401"] = dict(operation["responses"]["401"], headers={
-                "WWW-Authenticate": {"description": "the route's declared challenge", "schema": {"const": challenge}}})
+                "WWW-Authenticate": {"description": described, "schema": schema}})
         if self.secured:
             operation["security"] = access.security()
             operation["x-required-scopes"] = sorted(self.scopes)

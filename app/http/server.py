@@ -61,7 +61,14 @@ class BodyIncomplete(BadRequest):
 
 # waitress's errors in Depot's words, the most specific class first. A transfer coding waitress cannot read is
 # answered 400, not RFC 9112's suggested 501: the request cannot be framed, and a 5xx would blame the server.
-_ERRORS = [(BodyIncomplete, 400, "BODY_INCOMPLETE"), (UriTooLong, 414, "URI_TOO_LONG"),
+class TlsOnPlainPort(BadRequest):
+    """A TLS handshake sent to this plain-HTTP port."""
+
+
+TLS_HANDSHAKE = 0x16  # a TLS record's first byte: handshake; no HTTP request line begins with it
+
+_ERRORS = [(BodyIncomplete, 400, "BODY_INCOMPLETE"), (TlsOnPlainPort, 400, "PLAIN_HTTP_ONLY"),
+           (UriTooLong, 414, "URI_TOO_LONG"),
            (RequestEntityTooLarge, 413, "PAYLOAD_TOO_LARGE"), (RequestHeaderFieldsTooLarge, 431, "HEADERS_TOO_LARGE"),
            (ServerNotImplemented, 400, "UNSUPPORTED_TRANSFER_ENCODING"), (BadRequest, 400, "BAD_REQUEST")]
 
@@ -187,16 +194,26 @@ class GuardedChannel(HTTPChannel):
             self.handle_close()
 
     def _refuse_incomplete(self):
+        self._refuse(self.request, BodyIncomplete("the client stopped sending after %d bytes of the body"
+                                                  % self.request.body_bytes_received))
+
+    def _refuse(self, request, error):
+        """Answer ``request`` (the one being received, or a new one) with ``error``; the connection then closes."""
         with self.requests_lock:
-            request, self.request = self.request, None
-            request.error = BodyIncomplete("the client stopped sending after %d bytes of the body"
-                                           % request.body_bytes_received)
+            self.request = None
+            request.error = error
             request.completed = True
             self.requests.append(request)
             if len(self.requests) == 1:
                 self.server.add_task(self)
 
     def received(self, data):
+        if self.request is None and data and data[0] == TLS_HANDSHAKE and not self.requests:
+            # a client probing for TLS first (docker, skopeo, oras): refused at once, it falls back to plain HTTP
+            # instead of waiting out its handshake timeout on a server that waits for a request line
+            self.sending_ended = True
+            self._refuse(self.parser_class(self.adj), TlsOnPlainPort("this port speaks plain HTTP, not TLS"))
+            return len(data)
         if self.request is None and data:
             self.request_began, self.request_bytes = time.monotonic(), 0
         self.request_bytes += len(data)

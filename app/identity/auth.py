@@ -28,6 +28,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.errors import DepotError, bad_request, not_found
+from app.identity.permissions import RANK
 from models import ApiToken, RevokedJwt, User, as_utc, iso, utcnow
 
 ALGORITHM = "HS256"
@@ -269,6 +270,18 @@ class Identity:
                   "aud": AUDIENCE, "jti": uuid.uuid4().hex}
         return jwt.encode(claims, self.secret, algorithm=ALGORITHM), exp
 
+    def issue_access(self, username, scopes, resources, ttl_seconds):
+        """An access token (a registry token endpoint's): a login token of ``username`` restricted to
+        ``resources`` (name -> permission), whatever its ``scopes`` would allow elsewhere, for ``ttl_seconds``.
+        It manages no API tokens (it is no login session), and ends with the account's token version as a
+        login token does."""
+        version = self._user_state(username)[1]
+        now = datetime.now(timezone.utc)
+        exp = now + timedelta(seconds=ttl_seconds)
+        claims = {"sub": username, "scopes": sorted(scopes), "ver": version, "iat": now, "exp": exp, "iss": ISSUER,
+                  "aud": AUDIENCE, "jti": uuid.uuid4().hex, "res": dict(resources)}
+        return jwt.encode(claims, self.secret, algorithm=ALGORITHM), exp
+
     def login(self, username, password):
         """A login token for ``username`` (case-insensitive; the token names the account's own spelling)."""
         with self.sessions() as session:
@@ -313,8 +326,15 @@ class Identity:
         if self._is_revoked(claims["jti"]):
             raise _unauthorized("TOKEN_REVOKED", "the token has been revoked")
         granted = frozenset(claims["scopes"]) if "admin" in scopes else frozenset(claims["scopes"]) & scopes
-        return {"sub": claims["sub"], "scopes": granted, "kind": "jwt", "token_id": claims["jti"],
-                "exp": claims["exp"]}
+        principal = {"sub": claims["sub"], "scopes": granted, "kind": "jwt", "token_id": claims["jti"],
+                     "exp": claims["exp"]}
+        if "res" in claims:  # an access token: its resources and their permissions are all it may reach
+            resources = claims["res"]
+            if not isinstance(resources, dict) or not all(isinstance(k, str) and v in RANK
+                                                          for k, v in resources.items()):
+                raise _unauthorized("INVALID_TOKEN", "the token is not valid")
+            principal.update(kind="access_token", resources=resources)
+        return principal
 
     def _user_state(self, username):
         state = self._users.get(username)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from app.identity import database
 from app.identity.audit import Audit
@@ -184,6 +184,12 @@ class ServiceAccounts:
                               "via": "route"})
         return {"token": secret, "username": owner["sub"], "scopes": view["scopes"],
                 "expires_at": view["expires_at"]}
+
+
+    def issue_access_token(self, username: str, scopes: frozenset[str], resources: Mapping[str, str],
+                           ttl_seconds: int) -> tuple[str, Any]:
+        token, expires = self.service.identity.issue_access(username, scopes, resources, ttl_seconds)
+        return token, expires
 
 
 class BasicPasswordChecks(PasswordChecks):
