@@ -418,11 +418,19 @@ def is_json(response: requests.Response) -> bool:
 
 class TokenServer:
     """A Bearer token realm for distribution's ``auth.token``: ``GET /token?service=&scope=...`` with HTTP Basic
-    credentials (refused otherwise: 401) answers a JWT (RS256, its certificate in the ``x5c`` header) granting
-    the actions asked for. ``requests`` counts the tokens issued."""
+    credentials (refused otherwise: 401) answers a JWT (RS256, its certificate in the ``x5c`` header).
+
+    ``grant``: ``"requested"`` grants exactly the actions each scope asks for (Docker Hub's way: a client must
+    fetch a new token when it needs more); ``"user"`` grants every action (pull, push, delete) on each
+    repository a scope names, whatever it asked for (GHCR's way, where a token is not bound to the actions
+    asked). The oras Python SDK (0.2.x) keeps the first token it got for everything after it, so its push,
+    which asks HEAD (pull) before POST (push), works only with the second. ``requests`` counts the tokens
+    issued."""
 
     def __init__(self, directory: Path, username: str, password: str, service: str = "oci-tests",
-                 issuer: str = "oci-tests-issuer"):
+                 issuer: str = "oci-tests-issuer", grant: str = "requested"):
+        assert grant in ("requested", "user"), grant
+        self.grant = grant
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
@@ -480,7 +488,10 @@ class TokenServer:
         for scope in scopes:
             kind, _, rest = scope.partition(":")
             name, _, actions = rest.rpartition(":")
-            access.append({"type": kind, "name": name, "actions": [a for a in actions.split(",") if a]})
+            granted = [a for a in actions.split(",") if a]
+            if self.grant == "user" and kind == "repository":
+                granted = ["pull", "push", "delete"]
+            access.append({"type": kind, "name": name, "actions": granted})
         now = int(time.time())
         claims = {"iss": self.issuer, "sub": self.username, "aud": service or self.service, "iat": now,
                   "nbf": now - 10, "exp": now + 300, "jti": secrets.token_hex(8), "access": access}
@@ -514,10 +525,11 @@ class ReferenceRegistry:
     """distribution (``/usr/bin/docker-registry``) on a free loopback port over a new filesystem storage in
     ``directory`` (a temporary directory when None), deletes enabled. ``auth``: None (anyone does anything),
     ``"htpasswd"`` (HTTP Basic with ``username``/``password``) or ``"token"`` (Bearer tokens from a
-    ``TokenServer`` that takes those credentials). A context manager; ready when ``/v2/`` answers."""
+    ``TokenServer`` that takes those credentials and grants as ``grant`` says). A context manager; ready when
+    ``/v2/`` answers."""
 
     def __init__(self, directory: Path | str | None = None, auth: str | None = None,
-                 username: str = "oci-tester", password: str = "oci tests password 1"):
+                 username: str = "oci-tester", password: str = "oci tests password 1", grant: str = "requested"):
         if not os.path.exists(DOCKER_REGISTRY):
             raise RuntimeError("%s is missing: `bash scripts/install.sh` installs Debian's docker-registry"
                                % DOCKER_REGISTRY)
@@ -525,6 +537,7 @@ class ReferenceRegistry:
         self.directory = Path(directory if directory is not None else self._tempdir.name)  # type: ignore[union-attr]
         self.directory.mkdir(parents=True, exist_ok=True)
         self.auth = auth
+        self.grant = grant
         self.username = username if auth else None
         self.password = password if auth else None
         self.token_server: TokenServer | None = None
@@ -558,7 +571,7 @@ class ReferenceRegistry:
             htpasswd.write_text("%s:%s\n" % (self.username, hashed), encoding="utf-8")
             return "auth:\n  htpasswd:\n    realm: oci-tests\n    path: %s\n" % htpasswd
         if self.auth == "token":
-            self.token_server = TokenServer(self.directory, self.username, self.password)
+            self.token_server = TokenServer(self.directory, self.username, self.password, grant=self.grant)
             return ("auth:\n  token:\n    realm: %s\n    service: %s\n    issuer: %s\n    rootcertbundle: %s\n"
                     % (self.token_server.url, self.token_server.service, self.token_server.issuer,
                        self.token_server.cert_file))
@@ -665,8 +678,9 @@ DISTRIBUTION_GAPS = {
 
 @contextlib.contextmanager
 def start_distribution(directory: Path) -> Iterator[RegistryTarget]:
-    """The reference registry behind the Bearer token flow (the flow Depot answers with), as a target."""
-    with ReferenceRegistry(directory, auth="token") as reference:
+    """The reference registry behind the Bearer token flow (the flow Depot answers with), its realm granting
+    each repository's every action (``TokenServer``'s ``"user"``: the oras SDK needs it), as a target."""
+    with ReferenceRegistry(directory, auth="token", grant="user") as reference:
         yield RegistryTarget("distribution", reference.url, reference.username, reference.password,
                              DISTRIBUTION_GAPS)
 
