@@ -41,7 +41,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import pytest
 import requests
 
-from tests.pypi_clients import free_port
+from tests.pypi_clients import free_port, stop_process
 
 DOCKER_REGISTRY = "/usr/bin/docker-registry"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -600,13 +600,7 @@ class ReferenceRegistry:
         return OciClient(self.url, self.username, self.password)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
         if self.token_server is not None:
             self.token_server.stop()
