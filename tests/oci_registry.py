@@ -226,7 +226,7 @@ class OciClient:
         return None
 
     def fetch_token(self, params: Mapping[str, str]) -> str:
-        realm = params["realm"]
+        realm = urljoin(self.base_url + "/", params["realm"])  # absolute, or relative to the registry
         query: list[tuple[str, str]] = []
         if params.get("service"):
             query.append(("service", params["service"]))
