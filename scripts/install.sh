@@ -3,14 +3,20 @@
 # which is told to use it: Playwright's own browser downloads are never needed), requirements.txt, and the npm
 # tools pinned in tests/npm/package-lock.json (pnpm, the second npm client the npm tests drive, and Verdaccio, the
 # reference registry of tests/npm_clients.py and bench/bench_npm.py), installed by `npm ci` with the machine's
-# node and npm into tests/npm/node_modules.
+# node and npm into tests/npm/node_modules. For the OCI tests: Debian's docker-registry (distribution, the
+# reference registry of tests/oci_registry.py) and skopeo (a client tests/test_oci_clients.py drives); the oras
+# Python SDK comes with requirements.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x /usr/bin/chromium ]; then
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
+[ -x /usr/bin/skopeo ] || missing+=(skopeo)
+if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt
 if command -v npm >/dev/null; then

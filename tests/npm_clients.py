@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import quote, urlsplit
 
-from tests.pypi_clients import free_port, start_listening
+from tests.pypi_clients import free_port, start_listening, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 NPM_TOOLS = ROOT / "tests" / "npm" / "node_modules"  # `npm ci` in tests/npm (scripts/install.sh) puts them here
@@ -570,13 +570,7 @@ class Verdaccio:
         return (self.directory / "verdaccio.log").read_text(encoding="utf-8", errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log_file.close()
 
     def __enter__(self) -> Verdaccio:

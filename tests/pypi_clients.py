@@ -406,6 +406,17 @@ def start_listening(argv: Sequence[str], port: int, log: IO[str],
     return process
 
 
+def stop_process(process: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    """End a child server: SIGTERM, then SIGKILL if it is still there after ``seconds``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class PypiServer:
     """pypiserver serving ``directory`` on a free port, uploads open to anyone (``-a . -P .``) and no fallback to
     any other index. A context manager; ``url`` is its root (the legacy upload URL), ``simple`` its index."""
