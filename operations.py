@@ -103,6 +103,9 @@ def _default_permission(a, scope):
                                 shape="string"),
           "resource": Template("the resource the step acts on, for principals restricted to resources (e.g. "
                                "{from}, a repository's name)", required=False, shape="string"),
+          "out": Output("variable receiving whether the principal passes (true or false), instead of refusing "
+                        "one that does not: a step that falls back (a mount becomes an upload) rather than fails",
+                        required=False, schema={"type": "boolean"}),
           "permission": Const("string", "the permission needed on it (default: admin if the scopes ask admin, "
                               "write if they ask write, else read)", required=False,
                               choices=["read", "write", "delete", "admin"])},
@@ -110,6 +113,19 @@ def _default_permission(a, scope):
     example={"scopes": ["write"]}, prepare=_default_permission,
     openapi=lambda o, a: o.require(a.scopes))
 def auth_require_scopes(ctx, a):
+    if a.out is None:
+        return _require_scopes(ctx, a)
+    try:
+        _require_scopes(ctx, a)
+    except DepotError as refusal:
+        if refusal.status not in (401, 403):
+            raise
+        ctx.vars[a.out] = False
+    else:
+        ctx.vars[a.out] = True
+
+
+def _require_scopes(ctx, a):
     if a.namespace is not None and ctx.engine.access.active:
         ctx.engine.access.require(ctx.principal, a.namespace.render(ctx), a.permission)
     else:

@@ -679,8 +679,28 @@ def start_distribution(directory: Path) -> Iterator[RegistryTarget]:
                              DISTRIBUTION_GAPS)
 
 
+DEPOT_ADMIN_PASSWORD = "oci tests admin password"
+DEPOT_USER, DEPOT_PASSWORD = "ociuser", "oci user password 42"
+
+
+@contextlib.contextmanager
+def start_depot(directory: Path) -> Iterator[RegistryTarget]:
+    """Depot (`python -m app serve`, the project's schema and its OCI pack at /v2/) with a user that may push
+    and delete everywhere: the clients reach it through its Bearer token flow."""
+    from tests.conftest import ServerProcess
+    from tests.pypi_clients import DepotAccounts
+    server = ServerProcess(directory / "data", env={"DEPOT_ADMIN_PASSWORD": DEPOT_ADMIN_PASSWORD})
+    try:
+        DepotAccounts(server.url, DEPOT_ADMIN_PASSWORD).post("/admin/users", {
+            "username": DEPOT_USER, "password": DEPOT_PASSWORD, "scopes": ["read", "write", "admin"]})
+        yield RegistryTarget("depot", server.url, DEPOT_USER, DEPOT_PASSWORD, {})
+    finally:
+        server.stop()
+
+
 REGISTRY_STARTERS: dict[str, Callable[[Path], ContextManager[RegistryTarget]]] = {
     "distribution": start_distribution,
+    "depot": start_depot,
 }
 
 
