@@ -380,3 +380,39 @@ def test_a_token_ends_with_its_accounts_password(depot):
     depot.service.identity.reset_password("carol", "a brand new password 12")
     revoked = depot.client.get("/v2/acme/app/tags/list", headers=token)
     assert revoked.status_code == 401 and oci_error(revoked) == "UNAUTHORIZED"
+
+
+# --- replication --------------------------------------------------------------------------------------------
+
+def test_a_replica_serves_the_registry_as_the_primary_does(make_depot, project_schema):
+    from tests.test_replication import apply, copy_blobs, shipped
+    primary, replica = make_depot(project_schema, "primary"), make_depot(project_schema, "replica")
+    writer, deleter = primary.headers(["read", "write"]), primary.headers(["admin"])
+    subject = image(primary, writer, "acme/app", layers=(b"base layer", b"app layer"))
+    assert put_manifest(primary, writer, "acme/app", "v1", subject).status_code == 201
+    assert put_manifest(primary, writer, "acme/app", "old", subject).status_code == 201
+    signature = image(primary, writer, "acme/app", layers=(b"signature",), subject=subject,
+                      artifact_type="application/vnd.example.signature", annotations={"signed": "yes"})
+    assert put_manifest(primary, writer, "acme/app", sha256(signature), signature).status_code == 201
+    assert primary.client.post("/v2/acme/mirror/blobs/uploads/?mount=%s&from=acme/app" % sha256(b"base layer"),
+                               headers=writer).status_code == 201
+    doomed = image(primary, writer, "acme/app", layers=(b"doomed layer",))
+    assert put_manifest(primary, writer, "acme/app", "doomed", doomed).status_code == 201
+    assert primary.client.delete("/v2/acme/app/manifests/" + sha256(doomed), headers=deleter).status_code == 202
+    assert primary.client.delete("/v2/acme/app/manifests/old", headers=deleter).status_code == 202
+    assert primary.client.delete("/v2/acme/app/blobs/" + sha256(b"doomed layer"), headers=deleter).status_code == 202
+    events = shipped(primary)["events"]
+    assert {e["type"] for e in events} == {"oci.blob_linked", "oci.manifest_pushed", "oci.manifest_deleted",
+                                           "oci.tag_deleted", "oci.blob_unlinked"}
+    copy_blobs(primary, replica, events)
+    applied = apply(replica, events)
+    assert applied.status_code == 200, applied.get_json()
+    reads = ["/v2/acme/app/tags/list", "/v2/acme/app/manifests/v1", "/v2/acme/app/manifests/" + sha256(signature),
+             "/v2/acme/app/referrers/" + sha256(subject), "/v2/acme/app/blobs/" + sha256(b"app layer"),
+             "/v2/acme/mirror/blobs/" + sha256(b"base layer"), "/v2/acme/app/manifests/doomed",
+             "/v2/acme/app/blobs/" + sha256(b"doomed layer")]
+    for path in reads:
+        here = primary.client.get(path, headers=primary.headers(["read"]))
+        there = replica.client.get(path, headers=replica.headers(["read"]))
+        assert (here.status_code, here.data) == (there.status_code, there.data), path
+    assert replica.client.get("/v2/acme/app/tags/list", headers=replica.headers(["read"])).get_json()["tags"] == ["v1"]
