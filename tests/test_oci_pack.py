@@ -416,3 +416,14 @@ def test_a_replica_serves_the_registry_as_the_primary_does(make_depot, project_s
         there = replica.client.get(path, headers=replica.headers(["read"]))
         assert (here.status_code, here.data) == (there.status_code, there.data), path
     assert replica.client.get("/v2/acme/app/tags/list", headers=replica.headers(["read"])).get_json()["tags"] == ["v1"]
+
+
+def test_a_malformed_digest_is_refused_before_an_upload_ends(depot, writer):
+    location = depot.client.post("/v2/acme/typo/blobs/uploads/", headers=writer).headers["Location"]
+    depot.client.patch(location, data=b"kept bytes", headers=writer)
+    for digest in ("sha256:abc", "md5:" + "0" * 32, "SHA256:" + "0" * 64):
+        refused = depot.client.put(location + "?digest=" + digest, headers=writer)
+        assert refused.status_code == 400 and oci_error(refused) == "DIGEST_INVALID", digest
+    assert depot.client.get(location, headers=writer).headers["Range"] == "0-9"  # the upload goes on
+    done = depot.client.put(location + "?digest=" + sha256(b"kept bytes"), headers=writer)
+    assert done.status_code == 201
