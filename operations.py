@@ -1337,7 +1337,7 @@ def _row_filter(ctx, a):
     caller may read the row's namespace. None: every row passes."""
     where = a.filter
     readable = None
-    if a.namespace_field is not None and ctx.engine.access.active:
+    if a.namespace_field is not None and (ctx.engine.access.active or _restricted(ctx.principal)):
         access, principal, field = ctx.engine.access, ctx.principal, a.namespace_field
         def readable(row):  # a row without a namespace is not namespaced
             namespace = row.get(field)
@@ -1348,6 +1348,11 @@ def _row_filter(ctx, a):
     if readable is None:
         return lambda row: where(RowContext(row, variables))
     return lambda row: readable(row) and where(RowContext(row, variables))
+
+
+def _restricted(principal):
+    """An access token: it reads only the namespaces of its resources, grants or not."""
+    return principal is not None and "resources" in principal
 
 
 def _filtered_window(candidates, a, offset, limit, keep):

@@ -407,7 +407,7 @@ def test_a_replica_serves_the_registry_as_the_primary_does(make_depot, project_s
     copy_blobs(primary, replica, events)
     applied = apply(replica, events)
     assert applied.status_code == 200, applied.get_json()
-    reads = ["/v2/acme/app/tags/list", "/v2/acme/app/manifests/v1", "/v2/acme/app/manifests/" + sha256(signature),
+    reads = ["/v2/_catalog", "/v2/acme/app/tags/list", "/v2/acme/app/manifests/v1", "/v2/acme/app/manifests/" + sha256(signature),
              "/v2/acme/app/referrers/" + sha256(subject), "/v2/acme/app/blobs/" + sha256(b"app layer"),
              "/v2/acme/mirror/blobs/" + sha256(b"base layer"), "/v2/acme/app/manifests/doomed",
              "/v2/acme/app/blobs/" + sha256(b"doomed layer")]
@@ -427,3 +427,26 @@ def test_a_malformed_digest_is_refused_before_an_upload_ends(depot, writer):
     assert depot.client.get(location, headers=writer).headers["Range"] == "0-9"  # the upload goes on
     done = depot.client.put(location + "?digest=" + sha256(b"kept bytes"), headers=writer)
     assert done.status_code == 201
+
+
+def test_the_catalog_pages_repositories_from_an_index_and_shows_only_what_the_caller_may_read(depot, writer, admin):
+    names = ["acme/zeta", "acme/alpha/one", "acme/alpha", "beta/tool", "beta/tool/sub"]
+    for name in names:
+        push_blob(depot, writer, name, name.encode())
+    seen, url = [], "/v2/_catalog?n=2"
+    while url:
+        page = depot.client.get(url, headers=writer)
+        assert page.status_code == 200 and len(page.get_json()["repositories"]) <= 2
+        seen.extend(page.get_json()["repositories"])
+        link = page.headers.get("Link")
+        url = link[1:link.index(">")] if link else None
+    assert seen == sorted(names)
+    assert depot.client.get("/v2/_catalog?last=acme/zeta", headers=writer).get_json()["repositories"] == \
+        ["beta/tool", "beta/tool/sub"]
+    token, _ = token_for(depot, writer, "repository:beta/tool:pull")
+    assert depot.client.get("/v2/_catalog", headers=token).get_json()["repositories"] == ["beta/tool",
+                                                                                          "beta/tool/sub"]
+    assert depot.client.post("/admin/grants", headers=admin, json={
+        "subject": "user:tester", "namespace": "acme", "permission": "read"}).status_code == 201
+    assert depot.client.get("/v2/_catalog", headers=writer).get_json()["repositories"] == \
+        ["acme/alpha", "acme/alpha/one", "acme/zeta"]

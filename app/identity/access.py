@@ -112,6 +112,8 @@ class ScopesOnly:
 
     @staticmethod
     def may_read(principal, namespace):
+        if principal is not None and "resources" in principal:
+            return resources_rank(principal["resources"], namespace) >= RANK["read"]
         return True
 
     @staticmethod

@@ -153,7 +153,8 @@ def render():
     load_vocabulary()  # the ops the reference documents
     parts = [_section("10_intro.md"), _section("20_grammar.md"), _filters(), _section("24_each.md"), _conditions(),
              _section("35_pages.md"), _versioning(), _section("40_access.md"), _ops(), _checks(),
-             _section("45_packs.md"), _section("46_pypi_pack.md"), _section("50_limits.md"), _section("52_bodies.md"),
+             _section("45_packs.md"), _section("46_pypi_pack.md"), _section("47_npm_pack.md"),
+             _section("48_oci_pack.md"), _section("50_limits.md"), _section("52_bodies.md"),
              _section("55_server.md"), _section("60_stores.md"), _section("65_replication.md"), _schema_keys(),
              _section("70_deviations.md")]
     return "\n".join(p.rstrip() + "\n" for p in parts)
