@@ -309,6 +309,6 @@ def _audit_route(service, route, data, ctx, status):
         principal = None
     actor = principal["sub"] if principal else "anonymous"
     outcome = "success" if status < 400 else "failure"
-    service.audit.record(actor, "route." + route.id, data.path, outcome,
+    service.audit.record_later(actor, "route." + route.id, data.path, outcome,
                          {"ip": data.remote_addr, "user_agent": data.headers.get("User-Agent"),
                           "request_id": data.request_id, "token_id": api_token_id(principal)}, {"status": status})
