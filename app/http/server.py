@@ -19,6 +19,8 @@ These hooks use waitress's channel and server internals: waitress is pinned, and
 fails if an upgrade breaks them.
 """
 import ctypes
+import errno
+import os
 import itertools
 import json
 import logging
@@ -29,6 +31,7 @@ import time
 from dataclasses import dataclass
 
 from waitress.adjustments import Adjustments
+from waitress.buffers import ReadOnlyFileBasedBuffer
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
 from waitress.server import TcpWSGIServer
@@ -43,6 +46,9 @@ MAX_HEADER_LINE = 8190
 MAX_HEADERS = 100
 MAX_HEAD_BYTES = 64 * 1024
 DROPPED_HEADERS_KEY = "depot.dropped_headers"  # WSGI environ: names of request headers waitress left out
+SENDFILE_BYTES = 8 * 1024 * 1024  # at most one sendfile call sends, so other connections get their turn
+DISCONNECTED = frozenset({errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED, errno.EPIPE,
+                          errno.EBADF})
 
 
 def next_request_id(prefix="%s-" % secrets.token_hex(4), counter=itertools.count(1)):
@@ -229,9 +235,90 @@ class GuardedChannel(HTTPChannel):
             return age > settings.header_timeout
         return age > settings.header_timeout and self.request_bytes / age < settings.min_body_rate
 
+    def _flush_some(self, do_close=True):
+        """waitress's flush, except that a file response (a blob download, a range of one) is sent with
+        ``os.sendfile``: the kernel copies it from the page cache to the socket, where waitress would read each
+        block into Python twice (once to send it, once to step over what was sent)."""
+        sent = 0
+        while True:
+            outbuf = self.outbufs[0]
+            if isinstance(outbuf, ReadOnlyFileBasedBuffer) and _has_fileno(outbuf.file):
+                num_sent, done = self._send_file(outbuf, do_close)
+            else:
+                num_sent, done = self._flush_buffer(outbuf, do_close)
+            self.total_outbufs_len -= num_sent
+            sent += num_sent
+            if not done:
+                break  # the socket is full (or gone): the I/O loop calls again when it is writable
+            if len(self.outbufs) > 1:
+                finished = self.outbufs.pop(0)
+                try:
+                    finished.close()
+                except Exception:
+                    self.logger.exception("Unexpected error when closing an outbuf")
+            else:
+                break  # caught up
+        if sent:
+            self.last_activity = time.time()
+            return True
+        return False
+
+    def _flush_buffer(self, outbuf, do_close):
+        """Send an in-memory (or spooled) buffer as waitress does: (bytes sent, whether all of it went)."""
+        sent, remaining = 0, outbuf.__len__()
+        while remaining > 0:
+            num_sent = self.send(outbuf.get(self.sendbuf_len), do_close=do_close)
+            if not num_sent:
+                return sent, False
+            outbuf.skip(num_sent, True)
+            remaining -= num_sent
+            sent += num_sent
+        return sent, True
+
+    def _send_file(self, outbuf, do_close):
+        """Send a file buffer until the socket is full: (bytes sent, whether all of it went)."""
+        sent = 0
+        while outbuf.remain > 0:
+            num_sent = self._sendfile(outbuf, do_close)
+            if not num_sent:
+                return sent, outbuf.remain <= 0
+            sent += num_sent
+        return sent, True
+
+    def _sendfile(self, outbuf, do_close):
+        """One ``os.sendfile`` of what is left of a file buffer: the bytes sent (0 when the socket takes none)."""
+        handle = outbuf.file
+        offset = handle.tell()
+        try:
+            num_sent = os.sendfile(self.socket.fileno(), handle.fileno(), offset, min(outbuf.remain, SENDFILE_BYTES))
+        except BlockingIOError:
+            return 0
+        except OSError as why:
+            if why.errno not in DISCONNECTED:
+                raise
+            if do_close:
+                self.handle_close()
+            return 0
+        if num_sent == 0:  # the file ended before its announced length (it shrank): end the response here
+            outbuf.remain = 0
+            if do_close:
+                self.handle_close()
+            return 0
+        handle.seek(offset + num_sent)
+        outbuf.remain -= num_sent
+        return num_sent
+
     def output_stalled(self, idle_timeout, now):
         """Whether a running request's response has waited ``idle_timeout`` for a reader who takes nothing."""
         return bool(self.requests) and self.total_outbufs_len > 0 and now - self.last_activity > idle_timeout
+
+
+def _has_fileno(handle):
+    try:
+        handle.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
 
 
 class GuardedServer(TcpWSGIServer):
