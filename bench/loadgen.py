@@ -1,4 +1,4 @@
-"""The HTTP load clients bench/run.py drives: wrk (Debian's `wrk`) when it is installed, else Python threads.
+"""The HTTP load clients the benchmarks drive (bench/run.py, bench_npm.py, bench_oci.py): wrk (Debian's `wrk`) when it is installed, else Python threads.
 
 Every client returns the same figures: requests/s over the whole run, p50 and p99 latency in seconds, the number
 of requests, and the body bytes received per second. Any answer but the expected status is fatal (the run
@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from bench.server import percentile
+
 PUBLISH_BYTES = 1024
 WRK_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 SIZE_UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
@@ -35,11 +37,6 @@ def wrk_version():
     answer = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
     found = re.search(r"wrk ([\w.\-]+)", answer.stdout + answer.stderr)
     return found.group(1) if found else "unknown"
-
-
-def percentile(samples, fraction):
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 # ---------------------------------------------------------------------------------------------- wrk

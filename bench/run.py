@@ -37,8 +37,8 @@ checked against issue 15's targets; the table printed at the end is the one READ
 carries, and every figure, round by round, goes to --json (default bench/results/<date>.json, or
 <date>-quick.json with --quick).
 
-    python3 bench/run.py              # ~10 min on a two-core machine
-    python3 bench/run.py --quick      # ~2 min: smaller sizes, fewer and shorter rounds
+    python3 bench/run.py              # ~9 min on a two-core machine
+    python3 bench/run.py --quick      # ~90 s: smaller sizes, fewer and shorter rounds
 """
 import argparse
 import base64
@@ -47,6 +47,7 @@ import datetime
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import shutil
 import statistics
@@ -64,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import loadgen  # noqa: E402
 from bench.bulk_load import MANY, many_versions  # noqa: E402
 from bench.hello_app import BODY as HELLO_BODY  # noqa: E402
-from bench.server import ROOT, BenchServer, MemorySampler, free_port, memory_kib  # noqa: E402
+from bench.server import ROOT, BenchServer, MemorySampler, free_port, memory_kib, percentile  # noqa: E402
 from tests.npm_clients import npm_tarball, publish_document  # noqa: E402
 from tests.pypi_clients import PIP_ACCEPT, TOKEN_USER, build_wheel, legacy_upload  # noqa: E402
 
@@ -400,7 +401,7 @@ def measure_scale(servers, queries, seconds, round_number):
         server = servers[size]
         latencies = loadgen.sequential(server.url + query.paths[size], server.auth, seconds, 5)
         results.setdefault(query.key, {})[size] = {"median": statistics.median(latencies),
-                                                   "p99": loadgen.percentile(latencies, 0.99),
+                                                   "p99": percentile(latencies, 0.99),
                                                    "requests": len(latencies)}
     return results
 
@@ -535,8 +536,18 @@ def verdicts(summary):
     return result
 
 
+def down(value, digits):
+    """``value`` with ``digits`` decimals, truncated: a figure where more is better is never rounded up."""
+    return "%.*f" % (digits, math.floor(value * 10 ** digits + 1e-6) / 10 ** digits)  # 1e-6: 2189.2 stays
+
+
+def up(value, digits):
+    """``value`` with ``digits`` decimals, rounded up: a figure where less is better is never rounded down."""
+    return "%.*f" % (digits, math.ceil(value * 10 ** digits - 1e-6) / 10 ** digits)
+
+
 def ms(seconds):
-    return "%.1f ms" % (seconds * 1000) if seconds >= 0.001 else "%.0f µs" % (seconds * 1e6)
+    return "%s ms" % up(seconds * 1000, 1) if seconds >= 0.001 else "%s µs" % up(seconds * 1e6, 0)
 
 
 def yes(met):
@@ -550,15 +561,15 @@ def report(summary, verdict, settings, sizes, client):
              "target | met |" % (by, settings["rounds"], settings["seconds"]), "|---|---|---|---|---|---|---|"]
     requests_ = summary["requests"]
     for key, figures in requests_.items():
-        rate = "%.1f" % figures["rate"]
+        rate = down(figures["rate"], 1)
         if key in ("download_10m", "nginx"):
-            rate += " (%.0f MiB/s)" % (figures["bytes_per_s"] / MIB)
+            rate += " (%s MiB/s)" % down(figures["bytes_per_s"] / MIB, 0)
         ratio = ""
         if key in summary["ratios"] and figures["ceiling"]:
-            ratio = "%.2f of %s" % (summary["ratios"][key], "nginx" if figures["ceiling"] == "nginx" else
+            ratio = "%s of %s" % (down(summary["ratios"][key], 3), "nginx" if figures["ceiling"] == "nginx" else
                                     "the Flask app")
         elif key == "hello" and "hello_vs_gunicorn" in summary["ratios"]:
-            ratio = "%.2f of gunicorn gthread" % summary["ratios"]["hello_vs_gunicorn"]
+            ratio = "%s of gunicorn gthread" % down(summary["ratios"]["hello_vs_gunicorn"], 3)
         target_key = "hello_vs_gunicorn" if key == "hello" else key
         target = verdict.get(target_key)
         lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
@@ -569,7 +580,7 @@ def report(summary, verdict, settings, sizes, client):
                   "|---|---|---|---|---|---|"]
         for mode, label in (("sequential", "one client, one at a time"), ("concurrent", "16 concurrent clients")):
             figures, target = summary["publishes"][mode], verdict["publishes_" + mode]
-            lines.append("| %s | %.1f | %s | %s | %s | %s |" % (label, figures["rate"], ms(figures["p50"]),
+            lines.append("| %s | %s | %s | %s | %s | %s |" % (label, down(figures["rate"], 1), ms(figures["p50"]),
                                                                 ms(figures["p99"]), target["target"],
                                                                 yes(target["met"])))
     if summary["big_publish"]:
@@ -577,17 +588,19 @@ def report(summary, verdict, settings, sizes, client):
         lines += ["", "| %d MiB, streamed from a file (medians of %d rounds) | seconds | MiB/s | publish's ratio "
                   "(its throughput over this one's) | target | met |" % (settings["publish_mib"], settings["rounds"]),
                   "|---|---|---|---|---|---|"]
-        lines.append("| publish (`PUT .../blob`, to the 201) | %.2f | %.0f | | | |" % (
-            big["publish"]["seconds"], big["publish"]["mib_per_s"]))
+        lines.append("| publish (`PUT .../blob`, to the 201) | %s | %s | | | |" % (
+            up(big["publish"]["seconds"], 2), down(big["publish"]["mib_per_s"], 0)))
         target = verdict["big_publish_vs_copy"]
-        lines.append("| copy of the file, fsynced | %.2f | %.0f | %.2f | %s | %s |" % (
-            big["copy"]["seconds"], big["copy"]["mib_per_s"], big["ratio_vs_copy"], target["target"],
+        lines.append("| copy of the file, fsynced | %s | %s | %s | %s | %s |" % (
+            down(big["copy"]["seconds"], 2), up(big["copy"]["mib_per_s"], 0), down(big["ratio_vs_copy"], 3),
+            target["target"],
             yes(target["met"])))
-        lines.append("| `hashlib.sha256` over the file | %.2f | %.0f | %.2f | | |" % (
-            big["sha256"]["seconds"], big["sha256"]["mib_per_s"], big["ratio_vs_sha256"]))
+        lines.append("| `hashlib.sha256` over the file | %s | %s | %s | | |" % (
+            down(big["sha256"]["seconds"], 2), up(big["sha256"]["mib_per_s"], 0), down(big["ratio_vs_sha256"], 3)))
         target = verdict["big_publish_rss_mib"]
         lines.append("| server's peak resident memory growth during the publish (highest of the rounds) | "
-                     "%.1f MiB | | | %s MiB | %s |" % (big["peak_rss_growth_mib"], target["target"], yes(target["met"])))
+                     "%s MiB | | | %s MiB | %s |" % (up(big["peak_rss_growth_mib"], 1), target["target"],
+                                                     yes(target["met"])))
     if summary["scale"]:
         (small_packages, small_versions), (large_packages, large_versions) = sizes["small"], sizes["large"]
         lines += ["", "| one request at a time, median latency | %s packages, `many` with %s versions | %s packages, "
@@ -596,8 +609,8 @@ def report(summary, verdict, settings, sizes, client):
                       "{:,}".format(large_versions)), "|---|---|---|---|---|---|"]
         for key, figures in summary["scale"].items():
             target = verdict.get(key)
-            lines.append("| %s | %s | %s | %.2f | %s | %s |" % (
-                figures["label"], ms(figures["small"]["median"]), ms(figures["large"]["median"]), figures["ratio"],
+            lines.append("| %s | %s | %s | %s | %s | %s |" % (
+                figures["label"], ms(figures["small"]["median"]), ms(figures["large"]["median"]), up(figures["ratio"], 2),
                 target["target"] if target else "", yes(target["met"]) if target else ""))
     return "\n".join(lines)
 
@@ -658,7 +671,6 @@ def run(args, settings, work, stack):
         targets = []
     summary = summarize(rounds, targets, queries, settings)
     verdict = verdicts(summary)
-    table = report(summary, verdict, settings, sizes, client)
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     return {"measured": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "mode": args.mode,
@@ -666,7 +678,7 @@ def run(args, settings, work, stack):
             "settings": settings, "sizes": sizes, "client": client, "wrk": loadgen.wrk_version(),
             "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "setup_seconds": setup_seconds,
             "seconds": time.perf_counter() - started, "notes": notes, "summary": summary, "targets": verdict,
-            "rounds": rounds, "table": table}
+            "rounds": rounds}
 
 
 def main():
@@ -680,7 +692,13 @@ def main():
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help="which sections to run, comma-separated (default: %s)" % ",".join(SECTIONS))
     parser.add_argument("--json", type=Path, help="where to write the results (default bench/results/<date>.json)")
+    parser.add_argument("--table", type=Path, metavar="RESULTS", help="print the tables of a results file and exit")
     args = parser.parse_args()
+    if args.table:
+        results = json.loads(args.table.read_text(encoding="utf-8"))
+        print(report(results["summary"], results["targets"], results["settings"], results["sizes"],
+                     results["client"]))
+        return 0
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     if set(args.sections) - set(SECTIONS):
         parser.error("unknown sections: %s" % ", ".join(sorted(set(args.sections) - set(SECTIONS))))
@@ -701,7 +719,7 @@ def main():
     print()
     for note in results["notes"]:
         print("note: " + note)
-    print(results["table"])
+    print(report(results["summary"], results["targets"], settings, results["sizes"], results["client"]))
     out = args.json
     if out is None:
         stem = datetime.date.today().isoformat() + ("-quick" if args.mode == "quick" else "")
