@@ -63,7 +63,8 @@ class Recorder:
         recorded, commit = self.recorded, self.commit
 
         def recording_commit(transaction):
-            recorded.append((transaction.state, dict(transaction.writes), dict(transaction.absent), list(transaction.index_ops),
+            recorded.append((transaction.state, dict(transaction.writes), dict(transaction.absent),
+                             list(transaction.index_ops),
                              [(prefix, dict(record)) for prefix, record in transaction.events]))
             return commit(transaction)
         self.state_module.Transaction.commit = recording_commit

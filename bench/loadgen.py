@@ -1,4 +1,5 @@
-"""The HTTP load clients the benchmarks drive (bench/run.py, bench_npm.py, bench_oci.py): wrk (Debian's `wrk`) when it is installed, else Python threads.
+"""The HTTP load clients the benchmarks drive (bench/run.py, bench_npm.py, bench_oci.py): wrk (Debian's `wrk`)
+when it is installed, else Python threads.
 
 Every client returns the same figures: requests/s over the whole run, p50 and p99 latency in seconds, the number
 of requests, and the body bytes received per second. Any answer but the expected status is fatal (the run
@@ -61,8 +62,8 @@ def _run_wrk(url, connections, seconds, headers=(), script=None):
     return figures
 
 
-# One connection per wrk thread state would share `counter`; each thread gets its own `id` (setup), so the
-# versions "<id>.<n>.0" never collide, and each body starts with them, so no two publishes send the same bytes.
+# Each wrk thread runs the script in its own Lua state, numbered by setup() (`id`): the versions "<id>.<n>.0" of
+# two threads never collide, and each body starts with them, so no two publishes send the same bytes.
 PUBLISH_LUA = """
 local prefix = %(prefix)s
 local headers = {%(headers)s}

@@ -610,7 +610,8 @@ def report(summary, verdict, settings, sizes, client):
         for key, figures in summary["scale"].items():
             target = verdict.get(key)
             lines.append("| %s | %s | %s | %s | %s | %s |" % (
-                figures["label"], ms(figures["small"]["median"]), ms(figures["large"]["median"]), up(figures["ratio"], 2),
+                figures["label"], ms(figures["small"]["median"]), ms(figures["large"]["median"]),
+                up(figures["ratio"], 2),
                 target["target"] if target else "", yes(target["met"]) if target else ""))
     return "\n".join(lines)
 

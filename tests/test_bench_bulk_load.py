@@ -30,7 +30,9 @@ def answers(depot):
         answer = client.get(path, headers=headers)
         assert answer.status_code == 200, (path, answer.get_json())
         return stable(answer.get_json())
-    pages = lambda path, total: [get("%s?page=%d" % (path, page)) for page in range(1, -(-total // 50) + 1)]  # noqa: E731
+
+    def pages(path, total):
+        return [get("%s?page=%d" % (path, page)) for page in range(1, -(-total // 50) + 1)]
     return {"packages": pages("/v1/bulk", PACKAGES), "versions": pages("/v1/bulk/many/versions", VERSIONS),
             "namespaces": get("/v1"), "search": get("/v1/search?q=many"), "search pkg": get("/v1/search?q=pkg-00004"),
             "latest": get("/v1/bulk/many/latest"), "plain latest": get("/v1/bulk/pkg-000042/latest"),
