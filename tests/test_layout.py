@@ -134,7 +134,7 @@ def test_each_layer_is_a_package_of_app():
     for layer in ("engine", "stores", "http", "identity", "repository", "tools"):
         assert (ROOT / "app" / layer / "__init__.py").is_file(), layer
     flat = sorted(path.name for path in (ROOT / "app").glob("*.py"))
-    assert flat == ["__init__.py", "__main__.py", "errors.py"]
+    assert flat == ["__init__.py", "__main__.py", "errors.py", "metrics.py"]
 
 
 def test_the_engine_the_stores_identity_and_the_ops_load_without_flask_or_the_service():
@@ -152,7 +152,7 @@ def run_fresh(script):
 
 
 # From the bottom: a package may import its own modules and those of the packages before it, never after.
-LAYERS = ("app.errors", "app.stores", "app.identity", "app.engine", "app.repository", "app.http", "app.tools")
+LAYERS = ("app.errors", "app.metrics", "app.stores", "app.identity", "app.engine", "app.repository", "app.http", "app.tools")
 
 
 def layer_of(module):

@@ -49,14 +49,15 @@ def path_entity(steps: Sequence[Step]) -> Any:
 
 class PlanStep(NamedTuple):
     """What the runner needs of a step, flattened once: the op function and its bound arguments, the condition,
-    and the op's flags the runner acts on (``io``: check the CPU budget first; ``ends``: return after it;
-    ``mutates``: refused on a read-only replica)."""
+    and the op's flags the runner acts on (``io``: check the CPU budget first, and time it (``timer``: observes
+    its seconds, app.metrics); ``ends``: return after it; ``mutates``: refused on a read-only replica)."""
     fn: Callable[[Any, Any], None]
     args: Any
     when: Condition | None
     io: bool
     ends: bool
     mutates: bool
+    timer: Callable[[float], None] | None = None
 
 
 @dataclass(frozen=True)

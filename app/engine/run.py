@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import requests
 
+from app.metrics import UPSTREAM_FETCHES, UPSTREAM_SECONDS
 from app.identity.access import SCOPES_ONLY
 from app.engine.budget import Clock, budget_clock
 from app.engine.compiled import CompiledSchema, Pipeline, Route
@@ -183,13 +184,17 @@ class Engine:
         url = upstream.base_url + path
         for attempt in range(upstream.max_attempts):
             last = attempt == upstream.max_attempts - 1
+            started = time.perf_counter()
             try:
                 response = session.request(method, url, headers=headers, timeout=upstream.timeout, stream=True,
                                            allow_redirects=True)
             except requests.RequestException as exc:
+                UPSTREAM_FETCHES.labels(upstream.name, "error").inc()
                 if last:
                     return {"status": None, "headers": {}, "body": None, "size": 0, "error": type(exc).__name__}
             else:
+                UPSTREAM_SECONDS.labels(upstream.name).observe(time.perf_counter() - started)
+                UPSTREAM_FETCHES.labels(upstream.name, "%dxx" % (response.status_code // 100)).inc()
                 if response.status_code < 500 or last:
                     return self._capture(ctx, response)
                 response.close()

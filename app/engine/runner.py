@@ -13,8 +13,11 @@ aborts the open transaction and propagates.
 """
 from __future__ import annotations
 
+import time
+
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
+from app.metrics import OP_SECONDS
 from app.engine.budget import over_budget
 from app.engine.codegen import FunctionBuilder, enabled as generating
 from app.engine.compiled import OPEN, Pipeline, PlanStep, RoutePolicy, Runner, Step
@@ -45,7 +48,8 @@ def compile_pipeline(name: str, steps: Iterable[Step], place: str, policy: Route
 
 
 def plan_of(steps: Iterable[Step]) -> tuple[PlanStep, ...]:
-    return tuple(PlanStep(s.fn, s.args, s.when, s.decl.io, s.decl.terminal, s.decl.mutates) for s in steps)
+    return tuple(PlanStep(s.fn, s.args, s.when, s.decl.io, s.decl.terminal, s.decl.mutates,
+                          OP_SECONDS.labels(s.op).observe if s.decl.io else None) for s in steps)
 
 
 def build_runner(plan: tuple[PlanStep, ...], policy_scopes: frozenset[str] = frozenset(), denied: bool = False,
@@ -82,7 +86,8 @@ def generate_runner(plan: tuple[PlanStep, ...], policy_scopes: frozenset[str] = 
                                                 builder.bind(bool(denied), "denied")), 1)
     if namespace_guard is not None:
         builder.line("%s(ctx)" % builder.bind(namespace_guard, "namespace_guard"))
-    for fn, args, when, io, ends, mutates in plan:
+    timed = builder.bind(time.perf_counter, "perf_counter")
+    for fn, args, when, io, ends, mutates, timer in plan:
         if io:  # CPU time never exceeds wall time over the same interval, so the cheap wall clock decides
             # whether the CPU clock (for the thread's, a system call) needs reading at all
             builder.line("if wall() - started_wall - ctx.exempt_wall_ns > budget and cpu() - started_cpu - "
@@ -95,7 +100,11 @@ def generate_runner(plan: tuple[PlanStep, ...], policy_scopes: frozenset[str] = 
         if mutates:
             builder.line("if ctx.engine.read_only and ctx.event is None:", deeper)
             builder.line("%s()" % read_only, deeper + 1)
+        if timer is not None:  # an I/O step's latency, for the metrics
+            builder.line("step_started = %s()" % timed, deeper)
         builder.line("%s(ctx, %s)" % (builder.bind(fn, "step"), builder.bind(args, "args")), deeper)
+        if timer is not None:
+            builder.line("%s(%s() - step_started)" % (builder.bind(timer, "timer"), timed), deeper)
         if ends:
             builder.line("return", deeper)
     if builder.lines[-1].endswith("try:"):  # nothing to run
@@ -135,7 +144,12 @@ def interpret_runner(plan: tuple[PlanStep, ...], policy_scopes: frozenset[str] =
                     continue
                 if step.mutates and ctx.engine.read_only and ctx.event is None:
                     refuse_read_only()
-                step.fn(ctx, step.args)
+                if step.timer is not None:
+                    step_started = time.perf_counter()
+                    step.fn(ctx, step.args)
+                    step.timer(time.perf_counter() - step_started)
+                else:
+                    step.fn(ctx, step.args)
                 if step.ends:
                     return None
         except BaseException:

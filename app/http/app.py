@@ -9,13 +9,16 @@ import functools
 import logging
 import re
 import threading
+import time
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
 from flask_swagger_ui import get_swaggerui_blueprint
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 
+from app import metrics
 from app.identity.audit import api_token_id
+from app.identity.auth import require
 from app.engine.body import RequestBody
 from app.http.forwarding import base_url, trusted_proxies as proxies
 from app.http.openapi_views import ViewDoc, document_rules, documented
@@ -23,7 +26,7 @@ from app.http.responses import error_response, json_response, write_response
 from app.http.server import DROPPED_HEADERS_KEY, next_request_id
 from app.engine.context import RequestData
 from app.errors import DepotError, too_large
-from app.http.openapi_components import json_answer, ref
+from app.http.openapi_components import ADMIN, json_answer, ref
 from app.stores.digests import declared_digests
 
 log = logging.getLogger("depot")
@@ -151,11 +154,23 @@ def create_app(service, trusted_proxies=None):
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = request.environ[REQUEST_ID_KEY] = (incoming if _REQUEST_ID.match(incoming)
                                                           else next_request_id())
+        g.started = time.perf_counter()
+        metrics.IN_FLIGHT.inc()
 
     @app.after_request
     def stamp_request_id(response):
         response.headers["X-Request-Id"] = g.get("request_id") or next_request_id()
+        started = g.get("started")
+        if started is not None:
+            route = _route_label(request)
+            metrics.REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+            metrics.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
         return response
+
+    @app.teardown_request
+    def leave(error=None):
+        if g.pop("started", None) is not None:
+            metrics.IN_FLIGHT.dec()
 
     @app.errorhandler(DepotError)
     def depot_error(error):
@@ -189,6 +204,15 @@ def create_app(service, trusted_proxies=None):
         return json_response(openapi.document(service.engine.compiled, app))
 
     add_docs_ui(app)
+
+    @app.get("/metrics")
+    @documented("The server's metrics in the Prometheus text format (admins; `serve --metrics-address` also serves "
+                "them on an address of their own)", access=ADMIN, answers={200: {
+                    "description": "the metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    def metrics_view():
+        principal = service.principal(request)
+        require(principal, {"admin"}, "the metrics")
+        return Response(metrics.exposition(), content_type=metrics.CONTENT_TYPE)
 
     @app.get("/health")
     @documented("The state of each store (an admin's token adds where each lives)",
@@ -244,6 +268,15 @@ def add_docs_ui(app):
                                                            DOCS_PATH + "/<path:path>": asset})
 
 
+def _route_label(req):
+    """What a request's metrics are labelled with: its schema route's id, Depot's own view, or `unmatched`."""
+    rule = req.url_rule
+    route = getattr(rule, "route", None)
+    if route is not None:
+        return route.id
+    return req.endpoint or "unmatched"
+
+
 def _is_admin(service, req):
     """Whether the request carries valid admin credentials (a bad or missing token is simply not an admin)."""
     try:
@@ -276,6 +309,6 @@ def _audit_route(service, route, data, ctx, status):
         principal = None
     actor = principal["sub"] if principal else "anonymous"
     outcome = "success" if status < 400 else "failure"
-    service.audit.record(actor, "route." + route.id, data.path, outcome,
+    service.audit.record_later(actor, "route." + route.id, data.path, outcome,
                          {"ip": data.remote_addr, "user_agent": data.headers.get("User-Agent"),
                           "request_id": data.request_id, "token_id": api_token_id(principal)}, {"status": status})

@@ -171,6 +171,7 @@ class Access:
 
 
 SIGNED_IN = Access()
+ADMIN = Access(("admin",))
 LOGIN_SESSION = Access(login_session=True)
 
 # --- response objects ---------------------------------------------------------------------------------------

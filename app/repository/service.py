@@ -153,6 +153,7 @@ class Service:
         return found
 
     def close(self) -> None:
+        self.audit.close()
         self.stores.close()
         self.db.dispose()
 

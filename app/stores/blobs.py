@@ -12,6 +12,7 @@ import uuid
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional
 
 from app.errors import bad_request, too_large
+from app.metrics import FSYNC_SECONDS
 from app.stores.digests import DIGEST_PREFIX, Hashers, base64_digests, split_digest
 from app.stores.guard import BlobGuard
 from app.stores.interfaces import BlobHandle, BlobStat, Readable
@@ -126,7 +127,8 @@ class FileBlobStore:
                     hashers.update(chunk)
                     out.write(chunk)
                 out.flush()
-                os.fsync(out.fileno())
+                with FSYNC_SECONDS.time():
+                    os.fsync(out.fileno())
             if size < self.min_bytes:
                 raise bad_request("BLOB_TOO_SMALL", "blob is smaller than min_blob_bytes (%d)" % self.min_bytes)
         except BaseException:
@@ -282,6 +284,7 @@ def _unlink(path: str) -> bool:
 def _fsync_dir(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        with FSYNC_SECONDS.time():
+            os.fsync(fd)
     finally:
         os.close(fd)

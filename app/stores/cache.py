@@ -5,6 +5,7 @@ A cache entry is advisory: it is written outside any transaction and an expired 
 import time
 from typing import Any, Callable, Optional
 
+from app.metrics import CACHE_LOOKUPS
 from app.stores.codec import dumps, loads
 
 
@@ -26,11 +27,14 @@ class CacheStore:
             return False, None
         raw = self.state.get(self._key(kind, key))
         if raw is None:
+            CACHE_LOOKUPS.labels(kind, "miss").inc()
             return False, None
         entry = loads(raw, self.resolve_blob)
         if entry["expires_at"] <= time.time():
             self.state.write([], [self._key(kind, key)])
+            CACHE_LOOKUPS.labels(kind, "miss").inc()
             return False, None
+        CACHE_LOOKUPS.labels(kind, "hit").inc()
         return True, entry["value"]
 
     def put(self, kind: str, key: str, value: Any, ttl_seconds: Optional[int] = None) -> bool:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Iterator, Optional
 
 from app.errors import DepotError, too_large, unknown_session
+from app.metrics import FSYNC_SECONDS
 from app.stores.blobs import CHUNK, FileBlobStore, StagedBlob, bounded_chunks
 from app.stores.digests import DIGEST_PREFIX, Hashers
 from app.stores.interfaces import Readable
@@ -86,7 +87,8 @@ class FileUploadSessions:
                     if carried is not None:
                         carried.update(chunk)
                     _write_all(fd, chunk)
-                os.fsync(fd)
+                with FSYNC_SECONDS.time():
+                    os.fsync(fd)
             except BaseException:
                 os.ftruncate(fd, start)  # the chunk is all or nothing
                 raise

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, cast
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
+from app.metrics import COMMIT_SECONDS
 from app.errors import DepotError, conflict
 from app.stores import sortkeys
 from app.stores.codec import dumps, loads
@@ -175,7 +176,8 @@ class StateStore:
             batch.delete(key)
         for key, value in puts:
             batch.put(key, value)
-        self.db.write(batch, self.write_options)
+        with COMMIT_SECONDS.time():
+            self.db.write(batch, self.write_options)
 
     def last_seq(self, log_prefix: bytes) -> int:
         it = self.db.iter()

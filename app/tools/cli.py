@@ -50,6 +50,9 @@ def build_parser():
                        "separated) of the reverse proxies whose X-Forwarded-Proto, -Host, -Port and -Prefix headers "
                        "say what URL clients use ({request.base_url}); they are believed only from a direct peer "
                        "listed here (default: $DEPOT_TRUSTED_PROXIES, else none)")
+    serve.add_argument("--metrics-address", metavar="HOST:PORT", help="also serve the Prometheus metrics, without "
+                       "credentials, on this address of their own (bind it where only the scraper reaches; "
+                       "default: $DEPOT_METRICS_ADDRESS, else none: GET /metrics on the main port, for admins)")
     serve.set_defaults(handler=cmd_serve)
 
     check = commands.add_parser("check", help="check a schema and print the report (exit 0: servable, 1: not)")
@@ -370,6 +373,10 @@ def cmd_serve(args):
     except ValueError as exc:
         print("error: %s (--trusted-proxies or DEPOT_TRUSTED_PROXIES)" % exc, file=sys.stderr)
         return 2
+    metrics_address = _metrics_address(args.metrics_address or os.environ.get("DEPOT_METRICS_ADDRESS"))
+    if metrics_address is False:
+        print("error: --metrics-address (or DEPOT_METRICS_ADDRESS) is HOST:PORT", file=sys.stderr)
+        return 2
     path = args.schema or DEFAULT_SCHEMA
     doc, report = _check_file(path)
     if doc is None:
@@ -388,11 +395,25 @@ def cmd_serve(args):
                               connection_limit=args.max_connections, header_timeout=args.header_timeout,
                               idle_timeout=args.idle_timeout, min_body_rate=args.min_body_rate,
                               max_body_bytes=service.engine.limits.max_request_body_bytes)
+    if metrics_address is not None:
+        from app.metrics import start_listener
+        start_listener(*metrics_address)
+        print("Metrics at http://%s:%d/metrics" % metrics_address, flush=True)
     print("Depot serving %s on http://%s:%d (data dir %s%s)" % (
         _served_schema(service, doc, path, args.schema is not None), args.host, args.port, args.data_dir,
         ", read-only replica" if args.read_only else ""), flush=True)
     serve(app, settings, on_stop=service.close)
     return 0
+
+
+def _metrics_address(text):
+    """(host, port) of --metrics-address; None when not given; False when it is not HOST:PORT."""
+    if not text:
+        return None
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return False
+    return host.strip("[]"), int(port)
 
 
 def _served_schema(service, doc, path, named):
