@@ -31,25 +31,21 @@ before the pack exists); `--only depot` Depot alone.
 """
 import argparse
 import contextlib
-import http.client
 import json
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.server import ROOT, BenchServer, MemorySampler, memory_kib, percentile  # noqa: E402
+from bench import loadgen  # noqa: E402
+from bench.server import ROOT, BenchServer, MemorySampler, memory_kib  # noqa: E402
 from tests.npm_clients import (INSTALL_V1, Verdaccio, escaped_name, integrity, npm_tarball,  # noqa: E402
                                publish_document)
 from tests.pypi_clients import schema_with_the_pack  # noqa: E402
@@ -131,75 +127,14 @@ def headers_for(target, accept):
     return {"Accept": accept, "Accept-Encoding": ACCEPT_ENCODING, "Authorization": "Bearer " + target.token}
 
 
-def python_load(url, headers, connections, seconds):
-    """Back-to-back GETs of ``url`` from ``connections`` threads, each on its own keep-alive connection, for
-    ``seconds``: (requests/s, latencies in s, bytes of an answer). Any answer but 200 is fatal."""
-    parts = urlsplit(url)
-    path = parts.path + ("?" + parts.query if parts.query else "")
-    latencies, sizes, failures = [], [], []
-    start_together = threading.Barrier(connections)
-
-    def client():
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
-        mine, body = [], b""
-        start_together.wait()
-        ends = time.monotonic() + seconds
-        while time.monotonic() < ends:
-            started = time.perf_counter()
-            connection.request("GET", path, headers=headers)
-            answer = connection.getresponse()
-            body = answer.read()
-            mine.append(time.perf_counter() - started)
-            if answer.status != 200:
-                failures.append(answer.status)
-                break
-        connection.close()
-        latencies.extend(mine)
-        sizes.append(len(body))
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    if failures:
-        raise SystemExit("%s answered %s" % (url, failures[0]))
-    return len(latencies) / elapsed, latencies, max(sizes)
-
-
-WRK_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
-
-
-def wrk_load(url, headers, connections, seconds):
-    """The same measure taken by wrk (--latency): (requests/s, {0.5: p50, 0.99: p99} in s, None)."""
-    argv = ["wrk", "-t", str(min(2, connections)), "-c", str(connections), "-d", "%ds" % max(1, round(seconds)),
-            "--latency", "--timeout", "60s"]
-    for key, value in headers.items():
-        argv += ["-H", "%s: %s" % (key, value)]
-    output = subprocess.run(argv + [url], capture_output=True, text=True, check=True).stdout
-    if "Non-2xx or 3xx responses" in output:
-        raise SystemExit("%s: wrk saw failures:\n%s" % (url, output))
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
-    quantiles = {}
-    for label, fraction in (("50%", 0.5), ("99%", 0.99)):
-        found = re.search(r"^\s+%s\s+([\d.]+)(us|ms|s|m)\s*$" % re.escape(label), output, re.MULTILINE)
-        quantiles[fraction] = float(found.group(1)) * WRK_UNITS[found.group(2)]
-    return rate, quantiles, None
-
-
 def measure_reads(target, form, client, connections, seconds):
-    """One round of one form on one server: {"rate", "p50", "p99", "bytes"}."""
+    """One round of one form on one server: {"rate", "p50", "p99", "requests", "bytes"} (bench/loadgen.py)."""
     url = target.url(PACKAGE)
     headers = headers_for(target, ACCEPTS[form])
-    if client == "wrk":
-        rate, quantiles, _ = wrk_load(url, headers, connections, seconds)
-        size = len(requests.get(url, headers=headers, timeout=600, stream=True).raw.read())
-        return {"rate": rate, "p50": quantiles[0.5], "p99": quantiles[0.99], "bytes": size}
-    rate, latencies, size = python_load(url, headers, connections, seconds)
-    return {"rate": rate, "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99), "bytes": size,
-            "requests": len(latencies)}
+    figures = loadgen.rate(client, url, headers, connections, seconds)
+    size = len(requests.get(url, headers=headers, timeout=600, stream=True).raw.read())
+    return {"rate": figures["rate"], "p50": figures["p50"], "p99": figures["p99"], "requests": figures["requests"],
+            "bytes": size}
 
 
 # ---------------------------------------------------------------------------------------------- the big publish
@@ -301,7 +236,7 @@ def print_report(names, reads, publish, args, client):
 
 
 def run(args, work, stack):
-    client = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "python")
+    client = args.client if args.client != "auto" else ("wrk" if loadgen.wrk_installed() else "python")
     tarballs = {version: npm_tarball(PACKAGE, version) for version in versions_of(args.versions)}
     targets = []
     if args.only != "depot":

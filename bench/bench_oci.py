@@ -56,10 +56,8 @@ import hashlib
 import http.client
 import json
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -71,7 +69,8 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.server import ROOT, BenchServer, MemorySampler, memory_kib, percentile  # noqa: E402
+from bench import loadgen  # noqa: E402
+from bench.server import ROOT, BenchServer, MemorySampler, memory_kib  # noqa: E402
 from tests.oci_registry import (CONFIG, LAYER, MANIFEST, Blob, OciClient, ReferenceRegistry,  # noqa: E402
                                 config_blob, describe, image_manifest, parse_challenge)
 
@@ -179,70 +178,6 @@ def check_pull(target, blob):
 
 # ---------------------------------------------------------------------------------------------- pulling
 
-def python_load(target, path, connections, seconds):
-    """Back-to-back GETs of ``path`` from ``connections`` threads, each on its own keep-alive connection, each
-    body read whole and dropped, for ``seconds``: (requests/s, bytes/s, latencies in s)."""
-    parts = urlsplit(target.url)
-    latencies, failures, received = [], [], []
-    start_together = threading.Barrier(connections)
-
-    def client():
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
-        buffer = memoryview(bytearray(MIB))
-        mine, total = [], 0
-        start_together.wait()
-        ends = time.monotonic() + seconds
-        while time.monotonic() < ends:
-            started = time.perf_counter()
-            connection.request("GET", path, headers={"Authorization": target.header})
-            answer = connection.getresponse()
-            while True:
-                count = answer.readinto(buffer)
-                if not count:
-                    break
-                total += count
-            mine.append(time.perf_counter() - started)
-            if answer.status != 200:
-                failures.append(answer.status)
-                break
-        connection.close()
-        latencies.extend(mine)
-        received.append(total)
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    if failures:
-        raise SystemExit("%s answered %s to GET %s" % (target.name, failures[0], path))
-    return {"rate": len(latencies) / elapsed, "bytes_per_s": sum(received) / elapsed,
-            "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99), "requests": len(latencies)}
-
-
-WRK_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
-SIZE_UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30}
-
-
-def wrk_load(target, path, connections, seconds):
-    """The same measure taken by wrk (--latency)."""
-    argv = ["wrk", "-t", str(min(2, connections)), "-c", str(connections), "-d", "%ds" % max(1, round(seconds)),
-            "--latency", "--timeout", "60s", "-H", "Authorization: " + target.header, target.url + path]
-    output = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    if "Non-2xx or 3xx responses" in output or "Socket errors" in output:
-        raise SystemExit("%s: wrk saw failures:\n%s" % (target.name, output))
-    figures = {"rate": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
-               "requests": int(re.search(r"(\d+) requests in", output).group(1))}
-    found = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", output)
-    figures["bytes_per_s"] = float(found.group(1)) * SIZE_UNITS[found.group(2)]
-    for label, key in (("50%", "p50"), ("99%", "p99")):
-        found = re.search(r"^\s+%s\s+([\d.]+)(us|ms|s|m)\s*$" % re.escape(label), output, re.MULTILINE)
-        figures[key] = float(found.group(1)) * WRK_UNITS[found.group(2)]
-    return figures
-
-
 def single_pull(target, path):
     """Seconds of one pull from one client on a new connection, the body read whole."""
     parts = urlsplit(target.url)
@@ -334,7 +269,7 @@ def print_report(names, summary, args, client):
 
 
 def run(args, stack):
-    client = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "python")
+    client = args.client if args.client != "auto" else ("wrk" if loadgen.wrk_installed() else "python")
     targets = []
     if args.only != "depot":
         targets.append(start_distribution(stack, args.auth))
@@ -380,7 +315,6 @@ def run(args, stack):
         check_image(target, image, tag)
     print("every image pushed in the timed rounds reads back")
 
-    load = wrk_load if client == "wrk" else python_load
     path = "/v2/%s/blobs/%s" % (REPO, pull_blob.digest)
     pulls, singles = [], []
     for number in range(args.rounds):
@@ -388,7 +322,8 @@ def run(args, stack):
         result, single = {}, {}
         for target in order:
             target.authorize()  # tokens live a few minutes: a new one per round
-            result[target.name] = load(target, path, args.connections, args.seconds)
+            result[target.name] = loadgen.rate(client, target.url + path, {"Authorization": target.header},
+                                               args.connections, args.seconds)
             single[target.name] = {"seconds": [single_pull(target, path) for _ in range(args.single)]}
         pulls.append(result)
         singles.append(single)

@@ -22,14 +22,17 @@ def free_port():
 
 
 class BenchServer:
-    """Started on entering, stopped (and its data dir removed) on leaving. ``args``: more `serve` options."""
+    """Started on entering, stopped (and its data dir removed) on leaving. ``args``: more `serve` options.
+    ``data_dir``: serve this one (made beforehand, e.g. by bench/bulk_load.py) instead of a new temporary one;
+    it is removed on leaving all the same."""
 
-    def __init__(self, args=()):
+    def __init__(self, args=(), data_dir=None):
         self.args = list(args)
+        self.given_data_dir = data_dir
         self.data_dir = self.proc = None
 
     def __enter__(self):
-        self.data_dir = tempfile.mkdtemp(prefix="depot-bench-")
+        self.data_dir = self.given_data_dir or tempfile.mkdtemp(prefix="depot-bench-")
         port = free_port()
         env = dict(os.environ, DEPOT_ADMIN_PASSWORD=PASSWORD, DEPOT_BCRYPT_ROUNDS="4")
         env.pop("DEPOT_DATABASE_URL", None)
