@@ -628,3 +628,15 @@ def test_sessions_outlive_their_process_and_expire_when_idle(tmp_path):
         assert again.finish(kept).digest == sha(b"resumed later")  # hashed again from its file
     finally:
         reopened.close()
+
+
+def test_the_embedded_state_keeps_its_memory_bounds_when_it_is_opened_again(tmp_path):
+    """RocksDB opens an existing database's default column family with the options stored in it unless they are
+    named again: the bounds must hold on every start, not only the first."""
+    from app.stores.state import BLOCK_CACHE_BYTES, StateStore
+    for _ in range(2):
+        state = StateStore(str(tmp_path / "state"))
+        try:
+            assert state.memory()["block_cache_capacity_bytes"] == BLOCK_CACHE_BYTES
+        finally:
+            state.close()

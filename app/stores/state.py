@@ -91,8 +91,11 @@ def _bounded_options() -> Options:
 
 
 def _open(path: str) -> Rdict:
+    options = _bounded_options()
     try:
-        return Rdict(path, options=_bounded_options())
+        # the default column family named with its options: without it, an existing database opens that family
+        # with the options stored in it and a default 8 MiB cache, so the bounds held on the first start only
+        return Rdict(path, options=options, column_families={"default": options})
     except Exception as exc:  # rocksdict raises plain Exceptions; only a held lock is a StoreLocked
         if any(sign in str(exc) for sign in ("While lock file", "lock hold by")):
             raise StoreLocked(path) from exc
@@ -228,6 +231,7 @@ class StateStore:
         """RocksDB's memory now, and its bound: memtables and the block cache (see _bounded_options)."""
         return {"memtables_bytes": self.db.property_int_value("rocksdb.cur-size-all-mem-tables"),
                 "block_cache_bytes": self.db.property_int_value("rocksdb.block-cache-usage"),
+                "block_cache_capacity_bytes": self.db.property_int_value("rocksdb.block-cache-capacity"),
                 "bound_bytes": WRITE_BUFFER_BYTES * WRITE_BUFFERS + BLOCK_CACHE_BYTES}
 
 
