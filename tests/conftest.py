@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -139,35 +140,41 @@ def free_port():
 
 
 class ServerProcess:
-    """`python -m app serve` in a child process on a free port (``args``: more of its options). Ready once it
-    says it listens and a first /health request answers. Its requests are charged no CPU time
-    (DEPOT_CPU_BUDGET=off), so no test depends on the machine's speed."""
+    """`python -m app serve` in a child process (``args``: more of its options), on ``port`` if given, else on
+    one the server's own bind picks (--port 0; its "Listening at" line names it): no port is chosen here and
+    released for the server to take, which a test running in parallel could take first. Ready once it says it
+    listens and a first /health request answers. Its requests are charged no CPU time (DEPOT_CPU_BUDGET=off),
+    so no test depends on the machine's speed."""
 
     def __init__(self, data_dir, env=None, drop_env=(), port=None, args=()):
         import requests
-        self.port = port or free_port()
-        self.url = "http://127.0.0.1:%d" % self.port
         environment = dict(os.environ, DEPOT_BCRYPT_ROUNDS="4", DEPOT_CPU_BUDGET="off")
         environment.update(env or {})
         for name in ("DEPOT_SECRET_KEY", "DEPOT_DATABASE_URL") + tuple(drop_env):
             environment.pop(name, None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(self.port), "--data-dir",
+        self.proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port or 0), "--data-dir",
                                       str(data_dir), "--threads", "4", *args], cwd=ROOT, env=environment,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)  # its own process group: kill() reaches every process
         self.lines = []
         listening = threading.Event()
+        bound = []
 
-        def drain():  # keep reading so the pipe never fills; note when the socket is bound
+        def drain():  # keep reading so the pipe never fills; note when (and on which port) the socket is bound
             for line in self.proc.stdout:
                 self.lines.append(line)
-                if "Listening at" in line:
+                found = re.match(r"Listening at http://127\.0\.0\.1:(\d+) ", line)
+                if found and not listening.is_set():
+                    bound.append(int(found.group(1)))
                     listening.set()
             listening.set()  # the process ended
         self.reader = threading.Thread(target=drain, daemon=True)
         self.reader.start()
         try:
-            assert listening.wait(60) and self.proc.poll() is None, "server did not start: %s" % self.output
+            assert listening.wait(60) and bound and self.proc.poll() is None, "server did not start: %s" % self.output
+            self.port = bound[0]
+            assert port is None or self.port == port, self.output
+            self.url = "http://127.0.0.1:%d" % self.port
             assert requests.get(self.url + "/health", timeout=60).status_code == 200
         except BaseException:
             self.stop()

@@ -7,6 +7,7 @@ stores; threads are released together by a Barrier and coordinated with Events, 
 """
 import copy
 import json
+import sys
 import threading
 from datetime import datetime
 
@@ -447,6 +448,47 @@ def test_readers_never_fail_while_the_schema_is_swapped(depot):
     assert all(len(per_thread) >= 4 for per_thread in statuses)
     assert set(flat) == {200}, sorted(set(flat))
     assert versions(depot)["total"] == SWAPS + 1
+
+
+class _CyclicGarbage:
+    """Garbage only the cycle collector frees, running Python code as it goes: a collection that starts while a
+    thread builds AST objects lets another thread run there."""
+
+    def __init__(self):
+        self.itself = self
+
+    def __del__(self):
+        sum(range(10))
+
+
+def test_url_maps_bound_by_threads_at_once_never_fail():
+    """The readers above rebuild the URL map after each swap while the swap compiles the next schema, both
+    binding Werkzeug rules, which goes through ast.parse; CPython 3.11 counts the AST's depth per interpreter, so
+    two threads doing it at once failed with SystemError (the test above, once in a loaded run). Every rule is
+    bound under one lock (app.engine.shadowing.url_map, DepotFlask.add_url_rule). Here threads switch as often as
+    the interpreter allows and inside the parser too; without the lock this failed on every run."""
+    from werkzeug.routing import Rule
+    from app.engine.shadowing import url_map
+    errors = []
+
+    def bind_maps():
+        try:
+            for _ in range(60):
+                url_map([Rule("/v1/<namespace>/<name>/<version>/<variant>/f%d" % n, endpoint=n) for n in range(20)])
+                for _ in range(50):
+                    _CyclicGarbage()
+        except BaseException as exc:  # reported after the join
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=bind_maps) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        join_all(threads, errors, "a thread binding rules")
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def probe_route(served_by):

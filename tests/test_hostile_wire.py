@@ -2,7 +2,6 @@
 broken chunking, smuggling shapes, traversal, NUL and control characters, bad digests. Every one is answered
 with a JSON 4xx carrying X-Request-Id (never HTML, never a 5xx), and nothing is stored."""
 import json
-import os
 import socket
 
 import pytest
@@ -16,7 +15,6 @@ MIB = 1024 * 1024
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("hostile") / "data"
-    os.environ.setdefault("DEPOT_ADMIN_PASSWORD", ADMIN_PASSWORD)
     process = ServerProcess(data_dir, env={"DEPOT_ADMIN_PASSWORD": ADMIN_PASSWORD})
     token = requests.post(process.url + "/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD},
                           timeout=30).json()["token"]

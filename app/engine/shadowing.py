@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from typing import Any, Sequence
 
 from werkzeug.exceptions import HTTPException
@@ -19,6 +20,18 @@ from app.engine.compiled import PATH_PARAM, Route, path_entity
 from app.engine.report import Report
 
 _PARAM_SEGMENT = re.compile(r"\{([^{}]*)\}")
+
+# Werkzeug compiles each rule it binds to a map through ast.parse, and CPython 3.11 counts the depth of the AST
+# objects it builds per interpreter, not per thread: two threads binding rules at once can fail with "SystemError:
+# AST constructor recursion depth mismatch" (a schema compiled while request threads rebuild the URL map after a
+# swap did). Every rule Depot binds is bound under this lock: url_map() here, and DepotFlask's add_url_rule.
+RULES_LOCK = threading.RLock()
+
+
+def url_map(rules: Sequence[Rule], **options: Any) -> Map:
+    """A Werkzeug map of ``rules`` (``options``: Map's), its rules bound under RULES_LOCK."""
+    with RULES_LOCK:
+        return Map(rules, **options)
 Segment = str | tuple[str]
 Lost = list[tuple[int, str, str]]  # (position, the loser's parameter, the winner's literal)
 
@@ -77,8 +90,8 @@ def _span_shadowing(first: Route, second: Route, alone: _SingleRules) -> tuple[R
     for route in pair:
         url = PATH_PARAM.sub("x", route.path)
         if all(alone.match(other, url) is not None for other in pair):
-            rules = Map([Rule(first.rule, endpoint=0, methods=[first.method]),
-                         Rule(second.rule, endpoint=1, methods=[second.method])]).bind("depot.invalid")
+            rules = url_map([Rule(first.rule, endpoint=0, methods=[first.method]),
+                             Rule(second.rule, endpoint=1, methods=[second.method])]).bind("depot.invalid")
             winner = pair[rules.match(url, method=route.method)[0]]
             loser = second if winner is first else first
             values = alone.match(loser, url) or {}
@@ -97,8 +110,8 @@ class _SingleRules:
         """The parameters ``route`` binds from ``url`` (None: it does not match)."""
         adapter = self.adapters.get(id(route))
         if adapter is None:
-            adapter = self.adapters[id(route)] = Map([Rule(route.rule, endpoint=0, methods=[route.method])]).bind(
-                "depot.invalid")
+            adapter = self.adapters[id(route)] = url_map([Rule(route.rule, endpoint=0,
+                                                               methods=[route.method])]).bind("depot.invalid")
         try:
             return dict(adapter.match(url, method=route.method)[1])
         except HTTPException:

@@ -14,7 +14,7 @@ import time
 from flask import Flask, Response, g, request
 from flask_swagger_ui import get_swaggerui_blueprint
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
-from werkzeug.routing import Map, Rule
+from werkzeug.routing import Rule
 
 from app import metrics
 from app.identity.audit import api_token_id
@@ -25,6 +25,7 @@ from app.http.openapi_views import ViewDoc, document_rules, documented
 from app.http.responses import error_response, json_response, write_response
 from app.http.server import DROPPED_HEADERS_KEY, next_request_id
 from app.engine.context import RequestData
+from app.engine.shadowing import RULES_LOCK, url_map as build_url_map
 from app.errors import DepotError, too_large
 from app.http.openapi_components import ADMIN, json_answer, ref
 from app.stores.digests import declared_digests
@@ -124,15 +125,21 @@ class DepotFlask(Flask):
         self._routing = (None, None)
         self._routing_lock = threading.Lock()
 
+    def add_url_rule(self, *args, **kwargs):
+        with RULES_LOCK:  # Flask binds the rule to its map at once (app.engine.shadowing.RULES_LOCK says why)
+            super().add_url_rule(*args, **kwargs)
+
     def routing_map(self):
         engine = self.extensions["depot"].engine
         built_for, url_map = self._routing
         if built_for is not engine:
             with self._routing_lock:
-                rules = [rule.empty() for rule in self.url_map.iter_rules()]
-                rules += [RouteRule(route, engine) for route in engine.compiled.routes]
-                url_map = Map(rules, strict_slashes=False, redirect_defaults=False)
-                self._routing = (engine, url_map)
+                built_for, url_map = self._routing
+                if built_for is not engine:  # not built by a thread that held the lock meanwhile
+                    rules = [rule.empty() for rule in self.url_map.iter_rules()]
+                    rules += [RouteRule(route, engine) for route in engine.compiled.routes]
+                    url_map = build_url_map(rules, strict_slashes=False, redirect_defaults=False)
+                    self._routing = (engine, url_map)
         return url_map
 
     def create_url_adapter(self, request):
