@@ -242,8 +242,9 @@ def route_policy(policies: Iterable[Policy], tags: Iterable[str], params: Sequen
         report.warning(where + ".tags", "the route has a {%s} path parameter but no policy checks a namespace "
                        "permission on it: once grants exist, any caller holding the route's scopes reaches every "
                        "namespace" % sorted(namespaces)[0])
-    restricted = None
-    if resource is not None or namespaces:
+    restricted = None  # a route open to anyone is open to an access token too: only a controlled route asks
+    controlled = bool(required) or denied or namespace is not None or any(scope_check(step) for step in steps)
+    if resource is not None or (namespaces and controlled):
         restricted = ResourceGuard(resource, namespace[1] if namespace is not None else "read")
     return RoutePolicy(frozenset(required), denied, guard, route_challenge(policies, tags, challenge), restricted)
 
