@@ -45,7 +45,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import loadgen  # noqa: E402
-from bench.server import ROOT, BenchServer, MemorySampler, memory_kib  # noqa: E402
+from bench.server import ROOT, BenchServer, MemorySampler, memory_kib, write_results  # noqa: E402
 from tests.npm_clients import (INSTALL_V1, Verdaccio, escaped_name, integrity, npm_tarball,  # noqa: E402
                                publish_document)
 from tests.pypi_clients import schema_with_the_pack  # noqa: E402
@@ -306,10 +306,7 @@ def main():
             results = run(args, work, stack)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out = args.json or ROOT / "bench" / "results" / ("bench_npm-%s.json" % time.strftime("%Y%m%d-%H%M%S"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
-    print("\nresults written to %s" % out)
+    write_results(results, "bench_npm", args.json)
     return 0
 
 

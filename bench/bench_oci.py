@@ -54,7 +54,6 @@ import base64
 import contextlib
 import hashlib
 import http.client
-import json
 import os
 import shutil
 import statistics
@@ -70,7 +69,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import loadgen  # noqa: E402
-from bench.server import ROOT, BenchServer, MemorySampler, memory_kib  # noqa: E402
+from bench.server import BenchServer, MemorySampler, memory_kib, write_results  # noqa: E402
 from tests.oci_registry import (CONFIG, LAYER, MANIFEST, Blob, OciClient, ReferenceRegistry,  # noqa: E402
                                 config_blob, describe, image_manifest, parse_challenge)
 
@@ -359,10 +358,7 @@ def main():
 
     with contextlib.ExitStack() as stack:
         results = run(args, stack)
-    out = args.json or ROOT / "bench" / "results" / ("bench_oci-%s.json" % time.strftime("%Y%m%d-%H%M%S"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
-    print("\nresults written to %s" % out)
+    write_results(results, "bench_oci", args.json)
     return 0
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import json
 import time
 from pathlib import Path
 
@@ -69,6 +70,15 @@ def memory_kib(pid):
     with open("/proc/%d/status" % pid) as handle:
         status = dict(line.split(":", 1) for line in handle if ":" in line)
     return int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
+
+
+def write_results(results, name, path=None):
+    """Write a benchmark's figures as JSON to ``path`` (default: bench/results/<name>-<time>.json); -> the path."""
+    out = path or ROOT / "bench" / "results" / ("%s-%s.json" % (name, time.strftime("%Y%m%d-%H%M%S")))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    print("\nresults written to %s" % out)
+    return out
 
 
 def percentile(samples, fraction):
