@@ -1124,7 +1124,7 @@ def upload_status(ctx, a):
 def upload_finish(ctx, a):
     ctx.count_io()
     sessions = _upload_sessions(ctx, a)
-    store = ctx.engine.blob_store(ctx.engine.compiled.definitions["upload_sessions"][a.sessions.name].blob_store)
+    store = ctx.engine.blob_store(a.sessions.blob_store)  # the sessions' definition, bound at load
     with ctx.streaming():
         staged = sessions.finish(a.session.render(ctx))
     _keep(ctx, store, staged)
