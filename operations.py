@@ -1198,9 +1198,12 @@ def _check_keyset(a):
                             % ", ".join(window), "all")
     if a.after is not None and a.after_row is not None:
         raise BindError("after and after_row both say where to start: use one", "after_row")
-    if (a.after is not None or a.after_row is not None) and (a.page is not None or a.offset is not None):
-        raise BindError("after continues from a cursor: page and offset count from the first row; give the page's "
-                        "size as limit or page_size", "after")
+    if a.after_row is not None and (a.page is not None or a.offset is not None):
+        raise BindError("after_row continues from a row: page and offset count from the first row; give the "
+                        "page's size as limit or page_size", "after_row")
+    if a.after is not None and a.offset is not None:
+        raise BindError("after continues from a cursor: offset counts from the first row; give the page's size "
+                        "as limit or page_size", "after")
 
 
 def _constant_int(node, name, low, high):
@@ -1214,7 +1217,9 @@ def _constant_int(node, name, low, high):
 
 @op("index.query", "Read rows of an index in its sort order (first row = highest version for artifact_versions). "
     "Page with limit/offset or page/page_size (at most %d a page), or by keyset: `next_out` receives a cursor "
-    "when more rows follow, and `after` reads on from it (stable while rows are added or removed). `all: true` "
+    "when more rows follow, and `after` reads on from it (stable while rows are added or removed; a route may "
+    "offer both, and a request giving `after` may not give a page past the first: a cursor's cost does not grow "
+    "with the rows before it, a page number's does). `all: true` "
     "binds every row, however many, read in batches as the response is written (respond.json streams it); "
     "`where` filters rows ({field} reads the row, $var the request); `total_out` receives the number of "
     "matching rows (all of them, whatever the page or cursor)." % MAX_PAGE_SIZE,
@@ -1267,6 +1272,8 @@ def index_query(ctx, a):
             ctx.vars[a.total_out] = indexes.count(index_key, values) if keep is None else sum(1 for _ in rows)
         return
     offset, limit = a.window or _window(ctx, a)
+    if offset and after is not None:
+        raise bad_request("INVALID_QUERY", "after reads on from a cursor: leave page out (or give 1)", "page")
     wanted = limit + 1 if a.next_out else limit  # one row more tells whether another page follows
     if keep is None:
         rows = list(indexes.rows(index_key, values, after=after, offset=offset, limit=wanted))

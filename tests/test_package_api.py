@@ -10,7 +10,7 @@ from datetime import datetime
 import pytest
 
 EVENT_PREFIX = b"kmeta\x00eventlog/"
-ENVELOPE = {"items", "total", "page", "page_size"}
+ENVELOPE = {"items", "total", "page", "page_size", "next"}  # next: the cursor of the following page, or null
 
 
 def sha(data):
@@ -33,6 +33,7 @@ def listing(response):
     assert set(body) == ENVELOPE, body
     assert isinstance(body["items"], list)
     assert isinstance(body["total"], int) and isinstance(body["page"], int) and isinstance(body["page_size"], int)
+    assert body["next"] is None or isinstance(body["next"], str)
     return body
 
 
@@ -340,7 +341,7 @@ def test_envelope_on_every_list_route(depot, read, path):
     assert body["page"] == 1 and body["page_size"] == 50 and body["total"] == 1 and len(body["items"]) == 1
     sep = "&" if "?" in path else "?"
     paged = listing(depot.client.get(path + sep + "page=2&page_size=3", headers=read))
-    assert paged == {"items": [], "total": 1, "page": 2, "page_size": 3}
+    assert paged == {"items": [], "total": 1, "page": 2, "page_size": 3, "next": None}
 
 
 # --------------------------------------------------------------------------------------------------------------
