@@ -59,6 +59,7 @@ def make_handwritten_view(service):
     from flask import Response, request
 
     from app.errors import DepotError
+    from app.identity.auth import credentials_required
 
     auth = service.identity
     state = service.engine.state
@@ -86,8 +87,8 @@ def make_handwritten_view(service):
         except DepotError as exc:
             return error(exc.status, exc.code, exc.message, exc.field, exc.headers)
         if principal is None:
-            return error(401, "UNAUTHENTICATED", "a valid bearer token is required",
-                         headers={"WWW-Authenticate": "Bearer"})
+            refused = credentials_required()
+            return error(refused.status, refused.code, refused.message, headers=refused.headers)
         scopes = principal["scopes"]
         if "read" not in scopes and "admin" not in scopes:
             return error(403, "FORBIDDEN", "a policy on this route requires scope(s): read")

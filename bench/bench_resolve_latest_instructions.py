@@ -59,7 +59,7 @@ def hold_periodic_refreshes(service):
 
     access.SNAPSHOT_SECONDS = float("inf")
     identity = service.identity
-    for cache in (identity._users, identity._revoked, identity._api):
+    for cache in (identity._users, identity._revoked, identity._api, identity._signed):
         cache.ttl = float("inf")
 
 

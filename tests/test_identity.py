@@ -225,6 +225,19 @@ def test_expired_beyond_the_skew_is_rejected(depot, alice, endpoint):
     assert_unauthorized(depot.client.get(endpoint, headers=bearer(token)), "TOKEN_EXPIRED")
 
 
+@pytest.mark.parametrize("endpoint", ["/auth/me", LATEST_MISSING])
+def test_a_token_checked_before_is_refused_once_it_expires(depot, alice, endpoint, monkeypatch):
+    """A token's signature is checked once and its claims kept: its expiry is still read on every request."""
+    from app.identity import auth
+    now = int(time.time())
+    token = forge(depot, iat=now - 60, exp=now + 60)
+    assert depot.client.get(endpoint, headers=bearer(token)).status_code != 401
+    monkeypatch.setattr(auth, "_now", lambda: now + 60 + auth.CLOCK_SKEW_SECONDS)
+    assert_unauthorized(depot.client.get(endpoint, headers=bearer(token)), "TOKEN_EXPIRED")
+    monkeypatch.setattr(auth, "_now", lambda: now + 59 + auth.CLOCK_SKEW_SECONDS)  # within the skew: still good
+    assert depot.client.get(endpoint, headers=bearer(token)).status_code != 401
+
+
 def test_expired_within_the_clock_skew_still_works(depot, alice):
     now = int(time.time())
     response = me(depot, forge(depot, iat=now - 600, exp=now - 5))
