@@ -1199,9 +1199,12 @@ def _check_keyset(a):
                             % ", ".join(window), "all")
     if a.after is not None and a.after_row is not None:
         raise BindError("after and after_row both say where to start: use one", "after_row")
-    if (a.after is not None or a.after_row is not None) and (a.page is not None or a.offset is not None):
-        raise BindError("after continues from a cursor: page and offset count from the first row; give the page's "
-                        "size as limit or page_size", "after")
+    if a.after_row is not None and (a.page is not None or a.offset is not None):
+        raise BindError("after_row continues from a row: page and offset count from the first row; give the "
+                        "page's size as limit or page_size", "after_row")
+    if a.after is not None and a.offset is not None:
+        raise BindError("after continues from a cursor: offset counts from the first row; give the page's size "
+                        "as limit or page_size", "after")
 
 
 def _constant_int(node, name, low, high):
@@ -1215,7 +1218,9 @@ def _constant_int(node, name, low, high):
 
 @op("index.query", "Read rows of an index in its sort order (first row = highest version for artifact_versions). "
     "Page with limit/offset or page/page_size (at most %d a page), or by keyset: `next_out` receives a cursor "
-    "when more rows follow, and `after` reads on from it (stable while rows are added or removed). `all: true` "
+    "when more rows follow, and `after` reads on from it (stable while rows are added or removed; a route may "
+    "offer both, and a request giving `after` may not give a page past the first: a cursor's cost does not grow "
+    "with the rows before it, a page number's does). `all: true` "
     "binds every row, however many, read in batches as the response is written (respond.json streams it); "
     "`where` filters rows ({field} reads the row, $var the request); `total_out` receives the number of "
     "matching rows (all of them, whatever the page or cursor)." % MAX_PAGE_SIZE,
@@ -1268,6 +1273,8 @@ def index_query(ctx, a):
             ctx.vars[a.total_out] = indexes.count(index_key, values) if keep is None else sum(1 for _ in rows)
         return
     offset, limit = a.window or _window(ctx, a)
+    if offset and after is not None:
+        raise bad_request("INVALID_QUERY", "after reads on from a cursor: leave page out (or give 1)", "page")
     wanted = limit + 1 if a.next_out else limit  # one row more tells whether another page follows
     if keep is None:
         rows = list(indexes.rows(index_key, values, after=after, offset=offset, limit=wanted))
@@ -1311,7 +1318,8 @@ def _search_terms(ctx, a):
     "whitespace-separated term of q, case-insensitively (a term of 3 characters or more anywhere in a field, a "
     "shorter one at the start of a field or of one of its words), in row id order. Its cost follows the rarest "
     "term, not the number of rows. Page with page/page_size (at most %d a page), or by keyset: `next_out` "
-    "receives a cursor when more rows follow, and `after` reads on from it (a page then counts from the cursor); "
+    "receives a cursor when more rows follow, and `after` reads on from it (a request giving `after` may not give "
+    "a page past the first, as with index.query); "
     "`total_out` receives the number of matching rows (all of them, whatever the page or cursor)." % MAX_PAGE_SIZE,
     args={"index": RefTo("index", "the index (one declaring `text`)"),
           "q": Template("the query: 1 to %d terms, at most %d characters" % (text_search.MAX_TERMS,
@@ -1335,6 +1343,8 @@ def index_search(ctx, a):
     indexes = ctx.engine.indexes
     after = _read_cursor(a.after.render(ctx)) if a.after is not None else None
     offset, limit = a.window or _paged(ctx, a)
+    if offset and after is not None:
+        raise bad_request("INVALID_QUERY", "after reads on from a cursor: leave page out (or give 1)", "page")
     wanted = limit + 1 if a.next_out else limit
     rows, total = _filtered_window(indexes.search(a.index, terms, after), a, offset, wanted, keep or _every_row)
     if a.total_out and after is not None:  # the total counts every match, not those after the cursor

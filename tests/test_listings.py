@@ -227,8 +227,8 @@ def test_a_streamed_listing_in_a_body_is_accepted(project_schema):
     ({"all": True, "limit": 5}, "all", "takes no limit"),
     ({"all": True, "page_size": 5}, "all", "takes no page_size"),
     ({"all": True, "next_out": "next"}, "all", "takes no next_out"),
-    ({"after": "{after?}", "page": 2}, "after", "page and offset count from the first row"),
-    ({"after": "{after?}", "limit": 2, "offset": 1}, "after", "page and offset"),
+    ({"after_row": {"tag": "x"}, "page": 2}, "after_row", "page and offset count from the first row"),
+    ({"after": "{after?}", "limit": 2, "offset": 1}, "after", "offset counts from the first row"),
     ({"all": "yes"}, "all", "expected boolean"),
 ])
 def test_keyset_and_all_misuse_is_found_at_load(project_schema, query, arg, words):
@@ -251,3 +251,23 @@ def test_the_api_describes_listings(depot):
     assert page["properties"]["items"]["type"] == "array"
     whole = paths["/all/{namespace}/{name}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert whole["properties"]["versions"]["type"] == "array"
+
+
+# --- the native listings: page numbers and cursors ------------------------------------------------------------
+
+def test_native_listings_page_by_number_or_by_cursor_alike(depot):
+    add_rows(depot, ["1.0.%d" % i for i in range(7)])
+    by_number = [get(depot, "/v1/a/b/versions?page_size=3&page=%d" % page) for page in (1, 2, 3)]
+    assert [page["total"] for page in by_number] == [7, 7, 7]
+    assert walk(depot, "/v1/a/b/versions?page_size=3") == versions(sum((p["items"] for p in by_number), []))
+    assert by_number[2]["next"] is None and isinstance(by_number[1]["next"], str)
+    # the cursor a numbered page gives reads on as the next number would
+    assert get(depot, "/v1/a/b/versions?page_size=3&after=" + by_number[0]["next"])["items"] == by_number[1]["items"]
+
+
+def test_a_cursor_with_a_page_past_the_first_is_a_clear_error(depot):
+    add_rows(depot, ["1.0.%d" % i for i in range(4)])
+    cursor = get(depot, "/v1/a/b/versions?page_size=2")["next"]
+    error = get(depot, "/v1/a/b/versions?page_size=2&page=2&after=" + cursor, status=400)["error"]
+    assert error["code"] == "INVALID_QUERY" and error["field"] == "page"
+    assert len(get(depot, "/v1/a/b/versions?page_size=2&page=1&after=" + cursor)["items"]) == 2

@@ -74,9 +74,9 @@ def test_pages_cursors_and_totals(depot):
     first, second = (search(depot, q="tool", page=p, page_size=4) for p in (1, 2))
     assert [r["name"] for r in first["items"] + second["items"]] == [e.split("/")[1] for e in everything]
     assert first["total"] == second["total"] == 7 and (second["page"], second["page_size"]) == (2, 4)
-    pages, after = [], ""
+    pages, after = [], None
     while True:
-        body = search(depot, q="tool", page_size=3, after=after)
+        body = search(depot, q="tool", page_size=3, **({"after": after} if after else {}))
         assert body["total"] == 7  # every match, whatever the cursor
         pages.append(["%s/%s" % (r["namespace"], r["name"]) for r in body["items"]])
         if body["next"] is None:
@@ -86,7 +86,7 @@ def test_pages_cursors_and_totals(depot):
 
 
 @pytest.mark.parametrize("query", [{"q": ""}, {"q": "   "}, {"q": "x" * 201}, {"q": " ".join("abcdefghijk")},
-                                   {"q": "a", "after": "not a cursor!"}, {}])
+                                   {"q": "a", "after": "not a cursor!"}, {"q": "a", "after": "AAAA", "page": 2}, {}])
 def test_a_bad_query_is_400(depot, query):
     answer = depot.client.get("/v1/search", query_string=query, headers=depot.headers(["read"]))
     assert answer.status_code == 400 and answer.get_json()["error"]["code"] == "INVALID_QUERY", answer.get_json()

@@ -336,6 +336,27 @@ def test_counts(state):
     assert state.indexes.count(every, []) == 3 and state.indexes.count(by_name, ["ns", "b"]) == 0
 
 
+def test_counts_follow_every_write_by_any_leading_prefix(state):
+    """A count is what the rows are, after upserts that move a row within its key, out of and back into a partial
+    key, upserts of an unchanged row, deletes, and in a transaction writing the same row twice."""
+    index, tags = versions_index(), tags_index()
+    publish_versions(state, index, "a", ["1.0.0", "2.0.0", "3.0.0"])
+    publish_versions(state, index, "b", ["1.0.0-rc.1", "1.0.0"], namespace="other")
+    publish_versions(state, index, "a", ["2.0.0"])  # the same row again
+    commit(state, lambda txn: txn.index_upsert(index, row("ns", "a", "4.0.0-rc.1")),
+           lambda txn: txn.index_upsert(index, row("ns", "a", "4.0.0-rc.1")))
+    commit(state, lambda txn: txn.index_delete(index, row("ns", "a", "1.0.0")))
+    for tag in ("t1", "t2"):
+        commit(state, lambda txn, tag=tag: txn.index_upsert(tags, {"namespace": "ns", "name": "a", "tag": tag}))
+    commit(state, lambda txn: txn.index_upsert(tags, {"namespace": "ns", "name": "a", "tag": "t1", "v": 2}))
+    for key in index.keys + tags.keys:
+        for values in ([], ["ns"], ["ns", "a"], ["other"], ["other", "b"], ["none", "x"], ["ns", "a", "t1"]):
+            values = values[:len(key.fields)]
+            assert state.indexes.count(key, values) == len(list(state.indexes.rows(key, values))), (key.name, values)
+    assert state.indexes.count(index.keys[0], ["ns", "a"]) == 3 and state.indexes.count(index.keys[2], []) == 5
+    assert state.indexes.count(tags.keys[0], ["ns"]) == 2
+
+
 def test_a_partial_key_holds_only_the_rows_its_where_admits(state):
     index = versions_index()
     publish_versions(state, index, "a", ["1.0.0", "2.0.0-rc.1"])

@@ -7,6 +7,9 @@ atomic write batch. Key spaces (first byte):
     i  index entries     i<index>\\0<key name>\\0<encoded key fields><encoded sort fields><encoded row id>
                          -> JSON [row id, row]
     r  index row map     r<index>\\0<row id>  -> the entry keys a row currently occupies
+    n  index counts      n<index>\\0<key name>\\0<encoded leading key fields> -> rows under that prefix (decimal),
+                         for every leading prefix of a key's fields (absent: none)
+    N  counted keys      N<index>\\0<key name>  -> present once the key's counts are complete (see _Indexes.count)
     t  text postings     t<index>\\0<token>\\0<encoded row id>  -> empty (indexes declaring `text`; app/stores/text.py)
     T  text row record   T<index>\\0<encoded row id>  -> JSON [row, its tokens]
     c  cache entries     c<kind>\\0<key>  (app/stores/cache.py)
@@ -20,7 +23,7 @@ import os
 from itertools import islice
 from typing import Any, Iterable, Iterator, Optional, Sequence, cast
 
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
 from app.metrics import COMMIT_SECONDS
 from app.errors import DepotError, conflict
@@ -54,6 +57,16 @@ class _KeyCodec:
         """The key prefix for the values of the leading key fields, in key order."""
         return self.head + b"".join(map(sortkeys.encode_value, ordered_values))
 
+    def count_keys(self, row: Row) -> list[bytes]:
+        """The count keys a row of this key adds to: one for each leading prefix of the key's fields."""
+        keys = [b"n" + self.head[1:]]
+        for field in self.key.fields:
+            keys.append(keys[-1] + sortkeys.encode_value(row.get(field)))
+        return keys
+
+    def count_key(self, ordered_values: Sequence[JsonValue]) -> bytes:
+        return b"n" + self.prefix_of(ordered_values)[1:]
+
     def entry_key(self, row: Row, rowid: str) -> bytes:
         key = self.key
         parts = [self.prefix_of([row.get(f) for f in key.fields])]
@@ -72,6 +85,10 @@ def _rowmap_key(index: IndexDef, rowid: str) -> bytes:
     return b"r" + index.name.encode() + b"\x00" + rowid.encode("utf-8")
 
 
+def _counted_key(key: IndexKeyDef) -> bytes:
+    return b"N" + key.index.encode() + b"\x00" + key.name.encode()
+
+
 # RocksDB's memory, bounded whatever the load: memtables (written to disk when full) and one block cache that also
 # holds index and filter blocks, so neither grows with the number of files. Defaults would allow 128 MiB of
 # memtables alone.
@@ -84,6 +101,13 @@ def _bounded_options() -> Options:
     table = BlockBasedOptions()
     table.set_block_cache(Cache(BLOCK_CACHE_BYTES))
     table.set_cache_index_and_filter_blocks(True)
+    # A file's index in small partitions under a pinned top level: one index block per file grows with the file
+    # (5 MiB at 100,000 packages), larger than a shard of the cache, so it was read and decoded again on every
+    # point read; partitions are cached like data blocks. Bloom filters spare reads of files without the key.
+    table.set_index_type(BlockBasedIndexType.two_level_index_search())
+    table.set_bloom_filter(10, False)
+    table.set_partition_filters(True)
+    table.set_pin_top_level_index_and_filter(True)
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     options.set_write_buffer_size(WRITE_BUFFER_BYTES)
@@ -175,6 +199,26 @@ class StateStore:
     def count(self, prefix: bytes) -> int:
         return sum(1 for _ in self.scan(prefix))
 
+    def count_rows(self, key: IndexKeyDef) -> None:
+        """Count every row of ``key`` again and keep the counts: the counts commits kept before the key was marked
+        counted (missing rows written before counts existed) are replaced, in one batch, under the commit lock."""
+        codec = self.codec(key)
+        with self.commit_lock:
+            if self.get(_counted_key(key)) is not None:
+                return
+            counts: dict[bytes, int] = {}
+            for _, raw in self.scan(codec.head):
+                for count_key in codec.count_keys(json.loads(raw)[1]):
+                    counts[count_key] = counts.get(count_key, 0) + 1
+            stale = [k for k, _ in self.scan(b"n" + codec.head[1:]) if k not in counts]
+            puts = [(k, b"%d" % n) for k, n in counts.items()] + [(_counted_key(key), b"1")]
+            self.write(puts, stale)
+
+    def forget_counts(self, index: IndexDef) -> None:
+        """Drop an index's counts (a reindex may change what its keys hold): the next count counts again."""
+        head = index.name.encode() + b"\x00"
+        self.write([], [k for k, _ in self.scan(b"N" + head)] + [k for k, _ in self.scan(b"n" + head)])
+
     def write(self, puts: Iterable[tuple[bytes, bytes]], deletes: Iterable[bytes] = ()) -> None:
         batch = WriteBatch(raw_mode=True)
         for key in deletes:
@@ -204,6 +248,7 @@ class StateStore:
         rewritten."""
         rewritten, start = 0, None
         head = b"r" + index.name.encode() + b"\x00"
+        self.forget_counts(index)
         if index.text is None:
             self._drop_text(index, batch)
         while True:
@@ -289,7 +334,13 @@ class _Indexes:
         return self.state.codec(key).entry_key(row, key.rowid(row))
 
     def count(self, key: IndexKeyDef, values: Sequence[JsonValue]) -> int:
-        return self.state.count(self.state.codec(key).prefix_of(values))
+        """One read: commits keep a count for every leading prefix of a key's fields. A key counted for the first
+        time (a database from before counts, or a reindex) is counted once, whole, under the commit lock."""
+        state = self.state
+        if state.get(_counted_key(key)) is None:
+            state.count_rows(key)
+        raw = state.get(state.codec(key).count_key(values))
+        return int(raw) if raw else 0
 
     def search(self, index: IndexDef, terms: Sequence[str], after: Optional[Cursor] = None) -> Iterator[Row]:
         if index.text is None:
@@ -485,7 +536,7 @@ def _row_entries(view: _Overlay, index: IndexDef, rowid: str) -> list[bytes]:
 
 def _apply_upsert(view: _Overlay, index: IndexDef, row: Row) -> None:
     rowid = index.rowid(row)
-    new_entries = []
+    new_entries: dict[bytes, IndexKeyDef] = {}
     for key in index.keys:
         if key.where is not None and not key.where(row):
             continue
@@ -495,23 +546,62 @@ def _apply_upsert(view: _Overlay, index: IndexDef, row: Row) -> None:
             if existing is not None and json.loads(existing)[0] != rowid:
                 raise conflict("index %s key %s is unique and already taken" % (index.name, key.name),
                                "UNIQUE_VIOLATION")
-        new_entries.append(entry)
-    for old in _row_entries(view, index, rowid):
-        if old not in new_entries:
-            view.delete(old)
+        new_entries[entry] = key
+    counts = _CountChanges(view)
+    old_entries = _row_entries(view, index, rowid)
+    _remove_entries(view, index, [old for old in old_entries if old not in new_entries], counts)
     payload = dumps([rowid, row])
-    for entry in new_entries:
+    for entry, key in new_entries.items():
+        if entry not in old_entries:
+            counts.add(view.state.codec(key), row, 1)
         view.put(entry, payload)
     view.put(_rowmap_key(index, rowid), json.dumps([e.hex() for e in new_entries]).encode())
+    counts.apply()
     _apply_text_upsert(view, index, rowid, row)
 
 
 def _apply_delete(view: _Overlay, index: IndexDef, row: Row) -> None:
     rowid = index.rowid(row)
-    for old in _row_entries(view, index, rowid):
-        view.delete(old)
+    counts = _CountChanges(view)
+    _remove_entries(view, index, _row_entries(view, index, rowid), counts)
     view.delete(_rowmap_key(index, rowid))
+    counts.apply()
     _apply_text_delete(view, index, rowid)
+
+
+def _remove_entries(view: _Overlay, index: IndexDef, entries: list[bytes], counts: "_CountChanges") -> None:
+    """Delete a row's entries, each counted out of its key's prefixes (read from the row it holds, since the row
+    now being written may have moved)."""
+    codecs = [view.state.codec(key) for key in index.keys]
+    for entry in entries:
+        raw = view.get(entry)
+        codec = next((c for c in codecs if entry.startswith(c.head)), None)
+        if raw is not None and codec is not None:
+            counts.add(codec, json.loads(raw)[1], -1)
+        view.delete(entry)
+
+
+class _CountChanges:
+    """The changes one row's write makes to its keys' counts, applied together (a move within a prefix nets 0)."""
+
+    def __init__(self, view: _Overlay) -> None:
+        self.view = view
+        self.deltas: dict[bytes, int] = {}
+
+    def add(self, codec: _KeyCodec, row: Row, delta: int) -> None:
+        for count_key in codec.count_keys(row):
+            self.deltas[count_key] = self.deltas.get(count_key, 0) + delta
+
+    def apply(self) -> None:
+        view = self.view
+        for count_key, delta in self.deltas.items():
+            if delta:
+                raw = view.get(count_key)
+                total = (int(raw) if raw else 0) + delta
+                if total > 0:
+                    view.put(count_key, b"%d" % total)
+                else:
+                    view.delete(count_key)
 
 
 # --- text search: postings kept in the same write batch as the index rows ---------------------------------------
