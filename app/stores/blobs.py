@@ -9,13 +9,14 @@ import io
 import os
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional
 
 from app.errors import bad_request, too_large
 from app.metrics import FSYNC_SECONDS
 from app.stores.digests import DIGEST_PREFIX, Hashers, base64_digests, split_digest
 from app.stores.guard import BlobGuard
-from app.stores.interfaces import BlobHandle, BlobStat, Readable
+from app.stores.interfaces import BlobHandle, BlobStat, Readable, process_lock
 from app.stores.interfaces import StagedBlob as Staged
 
 CHUNK = 1024 * 1024
@@ -102,7 +103,7 @@ class FileBlobStore:
         self.layout = layout
         self.min_bytes = min_bytes or 0
         self.max_bytes = max_bytes
-        self.guard = guard if guard is not None else BlobGuard(threading.Lock())
+        self.guard = guard if guard is not None else BlobGuard(process_lock())
         self.tmp_dir = os.path.join(root, ".tmp")
         os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
         self._dir_lock = threading.Lock()
@@ -139,10 +140,11 @@ class FileBlobStore:
         hexdigest = digests["sha256"]
         return StagedBlob(self.name, DIGEST_PREFIX + hexdigest, size, tmp_path, self.path_for(hexdigest), digests)
 
-    def promote(self, staged: Staged) -> None:
+    def promote(self, staged: Staged, defer_sync: bool = False) -> Optional[Callable[[], None]]:
         """Move a staged blob under its digest; call with the commit lock held (a transaction's commit holds
         it; ``commit`` takes it). Content addressing makes an existing file the same bytes: it is touched
-        instead, so garbage collection's grace period starts again for it."""
+        instead, so garbage collection's grace period starts again for it. The directory's sync that makes the
+        new name durable is returned with ``defer_sync`` (interfaces.BlobStore.promote)."""
         staged = _own(staged)
         hexdigest = staged.digest[len(DIGEST_PREFIX):]
         directory = os.path.dirname(staged.final_path)
@@ -156,12 +158,17 @@ class FileBlobStore:
                 os.replace(staged.path, staged.final_path)
                 renamed = True
             self.guard.promoted(hexdigest)
-        if renamed:
-            _fsync_dir(directory)  # durable before the commit records a reference to it
-        else:
+        if not renamed:
             _unlink(staged.path)
         self.guard.temp_ended(staged.path)
         staged.path = staged.final_path
+        if not renamed:
+            return None
+        sync = _DirectorySync(directory)  # durable before the commit records a reference to it
+        if defer_sync:
+            return sync
+        sync()
+        return None
 
     def commit(self, staged: Staged) -> None:
         """Promote a staged blob outside a transaction."""
@@ -279,6 +286,15 @@ def _unlink(path: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class _DirectorySync:
+    """A directory's pending sync; equal for one directory, so commits written together sync it once."""
+    directory: str
+
+    def __call__(self) -> None:
+        _fsync_dir(self.directory)
 
 
 def _fsync_dir(directory: str) -> None:

@@ -14,8 +14,8 @@ Tests/test_store_contract.py is the contract: every implementation passes the sa
 from __future__ import annotations
 
 import threading
-from typing import (Any, BinaryIO, Callable, Iterable, Iterator, NamedTuple, Optional, Protocol, Sequence,
-                    runtime_checkable)
+from typing import (Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, NamedTuple, Optional, Protocol,
+                    Sequence, runtime_checkable)
 
 JsonValue = Any  # what json.loads returns: dict, list, str, int, float, bool or None
 Row = dict[str, Any]  # an index row: a JSON object
@@ -148,9 +148,12 @@ class BlobStore(Protocol):
         """Stream ``stream`` in, hashing with sha-256 and the algorithms ``also`` names (ALGORITHMS); 413
         BLOB_TOO_LARGE / 400 BLOB_TOO_SMALL by the store's limits, nothing kept."""
 
-    def promote(self, staged: StagedBlob) -> None:
+    def promote(self, staged: StagedBlob, defer_sync: bool = False) -> Optional[Callable[[], None]]:
         """Make staged bytes visible under their digest; the commit lock is held. Bytes already there are
-        touched (their modification time restarts the grace period) and the staged copy dropped."""
+        touched (their modification time restarts the grace period) and the staged copy dropped. With
+        ``defer_sync`` what is left to make the bytes durable under their name (a directory's sync) is returned
+        instead of done, to be called before the commit referring to them is written (so commits written
+        together share it); equal ones do the same. None: nothing left."""
 
     def commit(self, staged: StagedBlob) -> None:
         """``promote`` outside a transaction: takes the commit lock."""
@@ -323,8 +326,11 @@ class Transaction(Protocol):
 
 
 class CommitLock(Protocol):
-    """Serialises commits (and the start of a garbage collection). The embedded stores use a process lock
-    (threading.Lock); a shared database would take a database-level lock."""
+    """Serialises commits' checks (and the start of a garbage collection, a reindex, a recount). A commit takes
+    it through ``for_commit()`` and leaves its writes in flight when it lets go (several commits share one sync:
+    group commit); whoever takes it otherwise (``with lock:``, ``acquire``) also waits until no write is in
+    flight, so it sees every commit made before it, durable. The embedded stores use a process lock
+    (ProcessCommitLock); a shared database would take a database-level lock."""
 
     def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
 
@@ -334,10 +340,56 @@ class CommitLock(Protocol):
 
     def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> Any: ...
 
+    def for_commit(self) -> ContextManager[Any]:
+        """The lock for a commit's checks: taken without waiting for writes in flight."""
+
+    def writes_started(self, count: int) -> None: ...
+
+    def writes_ended(self, count: int) -> None: ...
+
+
+class ProcessCommitLock:
+    """CommitLock for stores one process owns: a threading.Lock and a count of commits written but not yet
+    durable."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = threading.Condition()
+        self._in_flight = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        taken = self._lock.acquire(blocking, timeout)
+        if taken:
+            with self._idle:
+                self._idle.wait_for(lambda: self._in_flight == 0)
+        return taken
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
+        self.release()
+
+    def for_commit(self) -> ContextManager[Any]:
+        return self._lock
+
+    def writes_started(self, count: int) -> None:
+        with self._idle:
+            self._in_flight += count
+
+    def writes_ended(self, count: int) -> None:
+        with self._idle:
+            self._in_flight -= count
+            if self._in_flight == 0:
+                self._idle.notify_all()
+
 
 def process_lock() -> CommitLock:
     """The commit lock of stores one process owns."""
-    return threading.Lock()
+    return ProcessCommitLock()
 
 
 class Cache(Protocol):

@@ -20,8 +20,9 @@ Every byte key and row encoding is built here and nowhere else: callers use the 
 """
 import json
 import os
+import threading
 from itertools import islice
-from typing import Any, Iterable, Iterator, Optional, Sequence, cast
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, cast
 
 from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
@@ -146,6 +147,7 @@ class StateStore:
         self._seq: dict[bytes, int] = {}  # log prefix -> its last sequence number
         # by key identity; a plain dict (a weak one costs a Python call per lookup), bounded: schema swaps add keys
         self._codecs: dict[IndexKeyDef, _KeyCodec] = {}
+        self.group = _GroupCommit(self)
         self.documents = _Documents(self)
         self.indexes = _Indexes(self)
 
@@ -173,7 +175,14 @@ class StateStore:
     # --- raw access (this module's views, and tests) --------------------------------------------------------
 
     def get(self, raw_key: bytes) -> Optional[bytes]:
+        """The durable value: what every reader outside a commit sees."""
         return cast(Optional[bytes], self.db.get(raw_key))  # raw mode: keys and values are bytes
+
+    def latest(self, raw_key: bytes) -> Optional[bytes]:
+        """The value after every commit checked so far, durable or still being written: what a commit checks and
+        builds on."""
+        pending = self.group.pending.get(raw_key)
+        return self.get(raw_key) if pending is None else pending[1]
 
     def scan(self, prefix: bytes, limit: Optional[int] = None,
              start: Optional[bytes] = None) -> Iterator[tuple[bytes, bytes]]:
@@ -225,6 +234,18 @@ class StateStore:
             batch.delete(key)
         for key, value in puts:
             batch.put(key, value)
+        with COMMIT_SECONDS.time():
+            self.db.write(batch, self.write_options)
+
+    def write_in_order(self, changes: Iterable[dict[bytes, Optional[bytes]]]) -> None:
+        """Write several commits' changes (None: delete) as one batch, later ones over earlier: one sync."""
+        batch = WriteBatch(raw_mode=True)
+        for writes in changes:
+            for key, value in writes.items():
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
         with COMMIT_SECONDS.time():
             self.db.write(batch, self.write_options)
 
@@ -393,7 +414,7 @@ class _Overlay:
     def get(self, key: bytes) -> Optional[bytes]:
         if key in self.writes:
             return self.writes[key]
-        return self.state.get(key)
+        return self.state.latest(key)
 
     def put(self, key: bytes, value: bytes) -> None:
         self.writes[key] = value
@@ -456,7 +477,7 @@ class Transaction:
     def kv_get(self, raw_key: bytes) -> Optional[bytes]:
         if raw_key in self.writes:
             return self.writes[raw_key]
-        value = self.state.get(raw_key)
+        value = self.state.latest(raw_key)
         self.reads.setdefault(raw_key, value)
         return value
 
@@ -487,17 +508,18 @@ class Transaction:
     def commit(self) -> list[Event]:
         if not self.open:
             raise DepotError("TXN_CLOSED", 500, "transaction is not open")
+        group = self.state.group
         try:
-            with self.state.commit_lock:
+            with self.state.commit_lock.for_commit():  # checks in commit order; the write is shared (_GroupCommit)
+                generation = group.generation
                 self._validate()
                 view = _Overlay(self.state, dict(self.writes))
                 for index, row, upsert in self.index_ops:
                     (_apply_upsert if upsert else _apply_delete)(view, index, row)
                 committed = self._append_events(view)
-                for store, staged in self.blobs:
-                    store.promote(staged)
-                view.flush()
-                self.state._seq.update(committed)
+                syncs = [store.promote(staged, defer_sync=True) for store, staged in self.blobs]
+                ticket = group.enqueue(view.writes, committed, generation, [s for s in syncs if s is not None])
+            group.wait_durable(ticket)
         except BaseException:
             self.abort()
             raise
@@ -506,10 +528,10 @@ class Transaction:
 
     def _validate(self) -> None:
         for raw_key, label in self.absent.items():
-            if self.state.get(raw_key) is not None:
+            if self.state.latest(raw_key) is not None:
                 raise conflict("%s already exists" % label)
         for raw_key, seen in self.reads.items():
-            if self.state.get(raw_key) != seen:
+            if self.state.latest(raw_key) != seen:
                 raise conflict("a document read by this transaction changed before it committed")
 
     def _append_events(self, view: _Overlay) -> dict[bytes, int]:
@@ -527,6 +549,80 @@ class Transaction:
         self.open = False
         for store, staged in self.blobs:
             store.discard(staged)
+
+
+class _GroupCommit:
+    """Commits checked one after another, written together: the first commit to wait writes every change queued
+    so far in one synced batch (in the order they were checked), and the others queued with it return when it
+    is durable. Until then their changes are `pending`: later commits check against and build on them
+    (StateStore.latest) while readers see only durable state. A failed write fails every commit queued, and any
+    commit checked against them (the generation moves on), so nothing builds on what was not written."""
+
+    def __init__(self, state: StateStore) -> None:
+        self.state = state
+        self.cond = threading.Condition()
+        self.queue: list[tuple[int, dict[bytes, Optional[bytes]], list[Callable[[], None]]]] = []
+        self.pending: dict[bytes, tuple[int, Optional[bytes]]] = {}  # key -> (ticket, value) of the last write
+        self.generation = 0
+        self.last_ticket = 0
+        self.durable = 0
+        self.writing = False
+        self.failed: dict[int, BaseException] = {}
+
+    def enqueue(self, writes: dict[bytes, Optional[bytes]], sequences: dict[bytes, int], generation: int,
+                syncs: list[Callable[[], None]]) -> int:
+        """Queue a checked commit's writes, and the syncs its blobs need first; call with the commit lock held.
+        -> its ticket."""
+        with self.cond:
+            if generation != self.generation:
+                raise DepotError("COMMIT_FAILED", 503, "an earlier commit this one depended on was not written")
+            self.last_ticket += 1
+            ticket = self.last_ticket
+            self.queue.append((ticket, writes, syncs))
+            for key, value in writes.items():
+                self.pending[key] = (ticket, value)
+            self.state._seq.update(sequences)
+            self.state.commit_lock.writes_started(1)
+            return ticket
+
+    def wait_durable(self, ticket: int) -> None:
+        with self.cond:
+            while self.durable < ticket and ticket not in self.failed:
+                if self.writing:
+                    self.cond.wait()
+                else:
+                    self._write_queued()
+            error = self.failed.pop(ticket, None)
+        if error is not None:
+            raise error
+
+    def _write_queued(self) -> None:
+        """Write every queued commit as the leader; called with ``cond`` held, released while writing."""
+        batch, self.queue, self.writing = self.queue, [], True
+        self.cond.release()
+        try:
+            for sync in dict.fromkeys(sync for _, _, syncs in batch for sync in syncs):  # the blobs' names first
+                sync()
+            self.state.write_in_order(writes for _, writes, _ in batch)
+            error: Optional[BaseException] = None
+        except BaseException as exc:  # a full disk, a closed store: every commit in the batch fails alike
+            error = exc
+        finally:
+            self.cond.acquire()
+        last = batch[-1][0]
+        ended = len(batch)
+        if error is None:
+            self.pending = {k: v for k, v in self.pending.items() if v[0] > last}
+        else:  # what was queued after was checked against the lost writes: it fails too
+            failed, self.queue = batch + self.queue, []
+            ended = len(failed)
+            self.failed.update((entry[0], error) for entry in failed)
+            self.pending, self.generation = {}, self.generation + 1
+            self.state._seq.clear()
+            last = failed[-1][0]
+        self.durable, self.writing = last, False
+        self.state.commit_lock.writes_ended(ended)
+        self.cond.notify_all()
 
 
 def _row_entries(view: _Overlay, index: IndexDef, rowid: str) -> list[bytes]:
