@@ -40,6 +40,7 @@ from app.stores.codec import dumps
 from app.stores.digests import (ALGORITHMS, DIGEST_PREFIX, algorithm_named, algorithm_names, hash_stream,
                                 parse_declared, split_digest)
 from app.stores.interfaces import BlobHandle
+from app.stores import text as text_search
 
 VOCABULARY = Vocabulary()
 op = VOCABULARY.op  # each @op below declares into VOCABULARY; nothing is registered until register() is called
@@ -1292,6 +1293,72 @@ def index_query(ctx, a):
         ctx.vars[a.total_out] = total
 
 
+def _prepare_index_search(a, scope):
+    """At load: the index must declare `text`; the page window is decided when it is constant."""
+    if a.index.text is None:
+        raise BindError("index %s declares no text fields (indexes.%s.text) to search"
+                        % (a.index.name, a.index.name), "index")
+    a.window = _paged(None, a) if all(isinstance(n, expr.Const) or n is None
+                                       for n in (a.page, a.page_size)) else None
+    a.filter = None  # _row_filter's `where`: a search filters by namespace only
+
+
+def _every_row(row):
+    return True
+
+
+def _search_terms(ctx, a):
+    try:
+        return text_search.terms(a.q.render(ctx))
+    except text_search.QueryError as exc:
+        raise bad_request("INVALID_QUERY", str(exc), "q") from None
+
+
+@op("index.search", "Search an index's declared text fields (`indexes.<name>.text`): the rows matching every "
+    "whitespace-separated term of q, case-insensitively (a term of 3 characters or more anywhere in a field, a "
+    "shorter one at the start of a field or of one of its words), in row id order. Its cost follows the rarest "
+    "term, not the number of rows. Page with page/page_size (at most %d a page), or by keyset: `next_out` "
+    "receives a cursor when more rows follow, and `after` reads on from it (a request giving `after` may not give "
+    "a page past the first, as with index.query); "
+    "`total_out` receives the number of matching rows (all of them, whatever the page or cursor)." % MAX_PAGE_SIZE,
+    args={"index": RefTo("index", "the index (one declaring `text`)"),
+          "q": Template("the query: 1 to %d terms, at most %d characters" % (text_search.MAX_TERMS,
+                                                                          text_search.MAX_QUERY_CHARS)),
+          "page": Template("page number from 1", required=False),
+          "page_size": Template("rows a page (at most %d; default 50)" % MAX_PAGE_SIZE, required=False),
+          "after": Template("a cursor a search of this index gave in `next_out`: the matches after that row (an "
+                            "absent or empty value: from the first)", required=False, shape="string"),
+          "namespace_field": Const("string", "the row field naming its namespace: once namespace grants exist, "
+                                   "rows of namespaces the caller may not read are left out (and not counted)",
+                                   required=False),
+          "out": Output("variable receiving the list of rows", schema={"type": "array", "items": {"type": "object"}}),
+          "total_out": Output("variable receiving the number of matching rows", required=False, schema=COUNT),
+          "next_out": Output("variable receiving the cursor of the page's last row when more rows follow "
+                             "(pass it as `after`), else null", required=False, schema=nullable(STRING))},
+    example={"index": "packages", "q": "{q}", "page_size": 20, "out": "rows"},
+    errors=["400 INVALID_QUERY"], io=True, prepare=_prepare_index_search)
+def index_search(ctx, a):
+    terms = _search_terms(ctx, a)
+    keep = None if a.namespace_field is None else _row_filter(ctx, a)
+    indexes = ctx.engine.indexes
+    after = _read_cursor(a.after.render(ctx)) if a.after is not None else None
+    offset, limit = a.window or _paged(ctx, a)
+    if offset and after is not None:
+        raise bad_request("INVALID_QUERY", "after reads on from a cursor: leave page out (or give 1)", "page")
+    wanted = limit + 1 if a.next_out else limit
+    rows, total = _filtered_window(indexes.search(a.index, terms, after), a, offset, wanted, keep or _every_row)
+    if a.total_out and after is not None:  # the total counts every match, not those after the cursor
+        total = sum(1 for row in indexes.search(a.index, terms) if keep is None or keep(row))
+    if a.next_out:
+        more = len(rows) > limit
+        del rows[limit:]
+        ctx.vars[a.next_out] = _cursor_text(indexes.search_cursor(a.index, rows[-1])) if more else None
+    ctx.count_io(1 + len(rows))
+    ctx.vars[a.out] = rows
+    if a.total_out:
+        ctx.vars[a.total_out] = total
+
+
 MAX_CURSOR = 4096  # characters: a cursor is an index entry's key, far shorter
 _CURSOR = re.compile(r"[A-Za-z0-9_-]*")
 
@@ -1328,15 +1395,19 @@ def _read_cursor(text):
 def _window(ctx, a):
     """(offset, limit) from limit/offset or page/page_size."""
     if a.page is not None or a.page_size is not None:
-        page = _bounded_int(a.page.render(ctx) if a.page is not None else 1, "page", 1, MAX_PAGE)
-        size = _bounded_int(a.page_size.render(ctx) if a.page_size is not None else 50, "page_size", 1,
-                            MAX_PAGE_SIZE)
-        return (page - 1) * size, size
+        return _paged(ctx, a)
     limit = a.limit_value or (_bounded_int(a.limit.render(ctx), "limit", 1, MAX_QUERY_LIMIT)
                               if a.limit is not None else 100)
     offset = a.offset_value if a.offset is None or a.offset_value is not None else \
         _bounded_int(a.offset.render(ctx), "offset", 0, MAX_OFFSET)
     return offset, limit
+
+
+def _paged(ctx, a):
+    """(offset, limit) from page/page_size (defaults 1 and 50)."""
+    page = _bounded_int(a.page.render(ctx) if a.page is not None else 1, "page", 1, MAX_PAGE)
+    size = _bounded_int(a.page_size.render(ctx) if a.page_size is not None else 50, "page_size", 1, MAX_PAGE_SIZE)
+    return (page - 1) * size, size
 
 
 def _row_filter(ctx, a):

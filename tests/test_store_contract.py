@@ -391,6 +391,85 @@ def test_a_unique_key_taken_by_another_row_fails_the_whole_commit(state):
     assert list(state.indexes.rows(index.keys[0], ["ns", "a", "t"])) == [{"namespace": "ns", "name": "a", "tag": "t"}]
 
 
+# --- text search ------------------------------------------------------------------------------------------------
+
+def packages_index(text=("name", "description", "labels")):
+    keys = [IndexKeyDef("pkgs", "all", [], ["namespace", "name"], False, "semver")]
+    return IndexDef("pkgs", keys, lambda r: "%s/%s" % (r["namespace"], r["name"]),
+                    text=list(text) if text is not None else None)
+
+
+def package(name, description="", labels=None, namespace="ns"):
+    return {"namespace": namespace, "name": name, "description": description, "labels": labels or {}}
+
+
+def found(state, index, query, after=None):
+    from app.stores.text import terms
+    return [r["name"] for r in state.indexes.search(index, terms(query), after=after)]
+
+
+def test_search_finds_substrings_short_prefixes_words_and_labels_in_row_id_order(state):
+    index = packages_index()
+    commit(state, *[lambda txn, r=r: txn.index_upsert(index, r) for r in [
+        package("hello-world", "Greets The World", {"team": "Platform"}),
+        package("many-things", "a parser of many formats", {"lang": "rust"}),
+        package("zebra", "unrelated", {"os": "linux"}),
+        package("ab", "Alpha Beta")]])
+    assert found(state, index, "world") == ["hello-world"]  # substring of the name, and of the description
+    assert found(state, index, "LLO-W") == ["hello-world"]  # anywhere in the name, any case
+    assert found(state, index, "wo") == ["hello-world"]  # a short term starts a word
+    assert found(state, index, "or") == []  # ... and only starts one: "world" holds "or" inside
+    assert found(state, index, "ab") == ["ab"]  # the value itself starts with it
+    assert found(state, index, "pars") == ["many-things"]  # a word of the description
+    assert found(state, index, "platform") == ["hello-world"] and found(state, index, "lang") == ["many-things"]
+    assert found(state, index, "rust many") == ["many-things"]  # every term, each in some field
+    assert found(state, index, "rust world") == []
+    assert found(state, index, "a") == ["ab", "many-things"]  # row id order: ns/ab before ns/many-things
+    assert found(state, index, "a", after=state.indexes.search_cursor(index, package("ab"))) == ["many-things"]
+    assert found(state, index, "nothing-like-it") == []
+
+
+def test_search_follows_updates_and_deletes(state):
+    index = packages_index()
+    commit(state, lambda txn: txn.index_upsert(index, package("tool", "converts images")))
+    commit(state, lambda txn: txn.index_upsert(index, package("tool", "renders fonts", {"kind": "cli"})))
+    assert found(state, index, "images") == [] and found(state, index, "fonts cli") == ["tool"]
+    commit(state, lambda txn: txn.index_delete(index, package("tool")))
+    assert found(state, index, "fonts") == [] and found(state, index, "tool") == []
+    commit(state, lambda txn: txn.index_upsert(index, package("tool", "images again")))
+    assert found(state, index, "images") == ["tool"] and found(state, index, "fonts") == []
+
+
+def test_search_indexes_a_fields_first_characters_only(state):
+    from app.stores.text import MAX_FIELD_CHARS
+    index = packages_index()
+    commit(state, lambda txn: txn.index_upsert(index, package("long", "x" * (MAX_FIELD_CHARS - 3) + "abcdef")))
+    assert found(state, index, "xabc") == ["long"] and found(state, index, "cdef") == []
+
+
+def test_search_is_committed_with_the_rows_and_refused_by_a_failed_commit(state):
+    index, tags = packages_index(), tags_index()
+    commit(state, lambda txn: txn.index_upsert(tags, {"namespace": "ns", "name": "a", "tag": "t"}))
+    txn = state.transaction()
+    txn.index_upsert(index, package("visible", "never"))
+    assert found(state, index, "never") == []
+    txn.index_upsert(IndexDef("tags", tags.keys, lambda r: "another row"), {"namespace": "ns", "name": "a",
+                                                                           "tag": "t"})
+    with pytest.raises(DepotError):
+        txn.commit()
+    assert found(state, index, "never") == []
+
+
+def test_reindex_makes_rows_written_before_text_was_declared_searchable(state):
+    commit(state, lambda txn: txn.index_upsert(packages_index(text=None), package("older", "from before")))
+    index = packages_index()
+    assert found(state, index, "older") == []
+    assert state.reindex(index) == 1
+    assert found(state, index, "before") == ["older"]
+    assert state.reindex(packages_index(text=["name"])) == 1  # fewer fields: the others' postings go
+    assert found(state, index, "before") == [] and found(state, index, "older") == ["older"]
+
+
 # --- the event log ----------------------------------------------------------------------------------------------
 
 def append(log, *types):

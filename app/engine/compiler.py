@@ -269,8 +269,21 @@ class Compiler:
             keys = [IndexKeyDef(name, k["name"], k["fields"], k.get("sort", []), k.get("unique", False), ordering,
                                 self._row_condition(k.get("where"), place(where, "keys", i, "where"), scheme))
                     for i, k in enumerate(spec["keys"])]
-            indexes[name] = IndexDef(name, keys, _rowid_from(source), scheme.name if scheme is not None else None)
+            indexes[name] = IndexDef(name, keys, _rowid_from(source), scheme.name if scheme is not None else None,
+                                     self._text_fields(spec.get("text"), place(where, "text")))
         return indexes
+
+    def _text_fields(self, spec: Mapping[str, Any] | None, where: str) -> list[str] | None:
+        """An index's text search fields (app/stores/text.py), each named once."""
+        if spec is None:
+            return None
+        fields: list[str] = []
+        for i, field in enumerate(spec["fields"]):
+            if field in fields:
+                self.report.error(place(where, "fields", i), "field %r is already a text field" % field)
+            else:
+                fields.append(field)
+        return fields
 
     def _index_versioning(self, spec: Mapping[str, Any], where: str) -> Versioning | None:
         """The versioning an index's rows follow: its `entity`'s, else the one the entities share. None (reported

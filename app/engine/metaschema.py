@@ -95,6 +95,10 @@ METASCHEMA = {
                                    "sort": {"type": "array", "items": {
                                        "type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*(:(asc|desc))?$"}},
                                    "unique": {"type": "boolean"}}}},
+                # text search over row fields (app/stores/text.py); the compiler checks that they are distinct
+                "text": {"type": "object", "required": ["fields"], "additionalProperties": False, "properties": {
+                    "fields": {"type": "array", "minItems": 1, "maxItems": 16, "items": {
+                        "type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}}}},
                 "materialization": {"type": "object"}}}},
         "auth": {"type": "object", "properties": {
             "scopes": {"type": "array", "items": {

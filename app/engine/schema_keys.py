@@ -139,6 +139,7 @@ KEYS: dict[str, KeySpec] = {
     "indexes": {"*": {
         "source_document": READ, "entity": READ,
         "keys": [{"name": READ, "fields": READ, "sort": READ, "unique": READ, "where": OPAQUE}],
+        "text": {"fields": READ},
         "materialization": {
             "mode": Only(("incremental",), "writes index rows as the routes upsert and delete them"),
             "trigger": Only(("on_commit",), "writes index rows in the same atomic commit as the documents"),

@@ -60,15 +60,17 @@ class IndexKeyDef:
 class IndexDef:
     """An index over a document type: its keys, how a row names the document it came from (its row id), and the
     versioning scheme its rows' `version` follows (the engine's to read: a store needs each key's ordering only;
-    None when the schema leaves it undecided)."""
-    __slots__ = ("name", "keys", "rowid", "scheme", "__weakref__")
+    None when the schema leaves it undecided). ``text``: the row fields its text search reads (the schema's
+    `text.fields`; app/stores/text.py has the semantics), or None: no text search."""
+    __slots__ = ("name", "keys", "rowid", "scheme", "text", "__weakref__")
 
     def __init__(self, name: str, keys: Sequence[IndexKeyDef], rowid: Callable[[Row], str],
-                 scheme: Optional[str] = "semver") -> None:
+                 scheme: Optional[str] = "semver", text: Optional[Sequence[str]] = None) -> None:
         self.name = name
         self.keys = list(keys)
         self.rowid = rowid  # row -> its stable identity (the source document's key)
         self.scheme = scheme
+        self.text = list(text) if text is not None else None
         for key in self.keys:
             key.rowid = rowid
 
@@ -255,6 +257,15 @@ class IndexStore(Protocol):
 
     def count(self, key: IndexKeyDef, values: Sequence[JsonValue]) -> int: ...
 
+    def search(self, index: IndexDef, terms: Sequence[str], after: Optional[Cursor] = None) -> Iterator[Row]:
+        """The rows of ``index`` (one declaring ``text``) matching every one of ``terms`` (app.stores.text.terms
+        of a query; the semantics are app.stores.text.matches), in row id order, from just after ``after`` (a
+        ``search_cursor``). Kept atomically with the index's rows; the cost follows the rarest of the terms'
+        tokens, not the number of rows."""
+
+    def search_cursor(self, index: IndexDef, row: Row) -> Cursor:
+        """The position of ``row`` in ``search``'s order: pass it as ``after`` to read on from there."""
+
 
 class LoggedEvent(NamedTuple):
     record: Event
@@ -414,8 +425,9 @@ class StateBackend(Protocol):
         """The log the schema's replication.log section places (``settings``: app.engine.definitions.EventLog)."""
 
     def reindex(self, index: IndexDef) -> int:
-        """Rewrite every row of ``index`` under its current keys (after a schema change); only with no other
-        writer. -> rows rewritten."""
+        """Rewrite every row of ``index`` under its current keys and text fields (after a schema change: rows
+        written before `text` was declared become searchable, and an index no longer declaring it loses its
+        text postings); only with no other writer. -> rows rewritten."""
 
     def health(self, detail: bool = False) -> dict[str, Any]: ...
 

@@ -10,6 +10,8 @@ atomic write batch. Key spaces (first byte):
     n  index counts      n<index>\\0<key name>\\0<encoded leading key fields> -> rows under that prefix (decimal),
                          for every leading prefix of a key's fields (absent: none)
     N  counted keys      N<index>\\0<key name>  -> present once the key's counts are complete (see _Indexes.count)
+    t  text postings     t<index>\\0<token>\\0<encoded row id>  -> empty (indexes declaring `text`; app/stores/text.py)
+    T  text row record   T<index>\\0<encoded row id>  -> JSON [row, its tokens]
     c  cache entries     c<kind>\\0<key>  (app/stores/cache.py)
     x  replication       xcursor (last primary event applied), xapplied\\0<event id>
 Every byte key and row encoding is built here and nowhere else: callers use the typed views (``documents``,
@@ -26,7 +28,7 @@ from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rd
 
 from app.metrics import COMMIT_SECONDS
 from app.errors import DepotError, conflict
-from app.stores import sortkeys
+from app.stores import sortkeys, text
 from app.stores.codec import dumps, loads
 from app.stores.interfaces import (BlobStore, CommitLock, Cursor, Event, EventLog, IndexDef, IndexKeyDef, JsonValue,
                                    LoggedEvent, Row, StagedBlob, StoreLocked, process_lock)
@@ -268,6 +270,8 @@ class StateStore:
         rewritten, start = 0, None
         head = b"r" + index.name.encode() + b"\x00"
         self.forget_counts(index)
+        if index.text is None:
+            self._drop_text(index, batch)
         while True:
             with self.commit_lock:
                 rowmaps = list(self.scan(head, batch, start))
@@ -281,6 +285,16 @@ class StateStore:
             if len(rowmaps) < batch:
                 return rewritten
             start = rowmaps[-1][0]
+
+    def _drop_text(self, index: IndexDef, batch: int) -> None:
+        """Remove the text postings and row records of an index that no longer declares `text`."""
+        for head in (_text_head(b"t", index), _text_head(b"T", index)):
+            while True:
+                with self.commit_lock:
+                    keys = [key for key, _ in self.scan(head, batch)]
+                    self.write([], keys)
+                if len(keys) < batch:
+                    break
 
     def health(self, detail: bool = False) -> dict[str, Any]:
         report: dict[str, Any] = {"kind": "rocksdict", "ok": True}
@@ -348,6 +362,21 @@ class _Indexes:
             state.count_rows(key)
         raw = state.get(state.codec(key).count_key(values))
         return int(raw) if raw else 0
+
+    def search(self, index: IndexDef, terms: Sequence[str], after: Optional[Cursor] = None) -> Iterator[Row]:
+        if index.text is None:
+            raise TypeError("index %s declares no text" % index.name)
+        records = _text_head(b"T", index)
+        for rowid in _intersect(self.state, index, text.query_tokens(terms), after or b""):
+            raw = self.state.get(records + rowid)
+            if raw is None:  # deleted since its postings were read
+                continue
+            row = json.loads(raw)[0]
+            if text.matches(row, index.text, terms):
+                yield row
+
+    def search_cursor(self, index: IndexDef, row: Row) -> Cursor:
+        return sortkeys.encode_str(index.rowid(row))
 
 
 class _EventLog:
@@ -624,6 +653,7 @@ def _apply_upsert(view: _Overlay, index: IndexDef, row: Row) -> None:
         view.put(entry, payload)
     view.put(_rowmap_key(index, rowid), json.dumps([e.hex() for e in new_entries]).encode())
     counts.apply()
+    _apply_text_upsert(view, index, rowid, row)
 
 
 def _apply_delete(view: _Overlay, index: IndexDef, row: Row) -> None:
@@ -632,6 +662,7 @@ def _apply_delete(view: _Overlay, index: IndexDef, row: Row) -> None:
     _remove_entries(view, index, _row_entries(view, index, rowid), counts)
     view.delete(_rowmap_key(index, rowid))
     counts.apply()
+    _apply_text_delete(view, index, rowid)
 
 
 def _remove_entries(view: _Overlay, index: IndexDef, entries: list[bytes], counts: "_CountChanges") -> None:
@@ -667,3 +698,69 @@ class _CountChanges:
                     view.put(count_key, b"%d" % total)
                 else:
                     view.delete(count_key)
+
+
+# --- text search: postings kept in the same write batch as the index rows ---------------------------------------
+
+def _text_head(space: bytes, index: IndexDef) -> bytes:
+    return space + index.name.encode() + b"\x00"
+
+
+def _posting_head(index: IndexDef, token: str) -> bytes:
+    return _text_head(b"t", index) + token.encode("utf-8") + b"\x00"
+
+
+def _old_text_tokens(view: _Overlay, record: bytes) -> list[str]:
+    raw = view.get(record)
+    return json.loads(raw)[1] if raw else []
+
+
+def _apply_text_upsert(view: _Overlay, index: IndexDef, rowid: str, row: Row) -> None:
+    """Write the row's text record and the postings its tokens gained, delete those it lost."""
+    if index.text is None:
+        return
+    encoded = sortkeys.encode_str(rowid)
+    record = _text_head(b"T", index) + encoded
+    old = set(_old_text_tokens(view, record))
+    new = text.tokens(row, index.text)
+    for token in old - new:
+        view.delete(_posting_head(index, token) + encoded)
+    for token in new - old:
+        view.put(_posting_head(index, token) + encoded, b"")
+    view.put(record, dumps([row, sorted(new)]))
+
+
+def _apply_text_delete(view: _Overlay, index: IndexDef, rowid: str) -> None:
+    if index.text is None:
+        return
+    encoded = sortkeys.encode_str(rowid)
+    record = _text_head(b"T", index) + encoded
+    for token in _old_text_tokens(view, record):
+        view.delete(_posting_head(index, token) + encoded)
+    view.delete(record)
+
+
+def _intersect(state: StateStore, index: IndexDef, tokens: Sequence[str], after: bytes) -> Iterator[bytes]:
+    """The encoded row ids present in every token's postings, ascending, above ``after``: a leapfrog join, each
+    list's iterator seeking to the largest row id another one reached, so the work follows the shortest list."""
+    heads = [_posting_head(index, token) for token in tokens]
+    iterators = [state.db.iter() for _ in heads]
+    candidate = after + b"\x00" if after else b""  # the least row id above ``after``
+    agreed, i = 0, 0
+    while True:
+        head, it = heads[i], iterators[i]
+        it.seek(head + candidate)
+        if not it.valid():
+            return
+        key = it.key()
+        if not key.startswith(head):
+            return
+        found = key[len(head):]
+        if found == candidate:
+            agreed += 1
+        else:
+            candidate, agreed = found, 1
+        if agreed == len(heads):
+            yield candidate
+            candidate, agreed = candidate + b"\x00", 0
+        i = (i + 1) % len(heads)
