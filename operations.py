@@ -1272,9 +1272,7 @@ def index_query(ctx, a):
         if a.total_out:
             ctx.vars[a.total_out] = indexes.count(index_key, values) if keep is None else sum(1 for _ in rows)
         return
-    offset, limit = a.window or _window(ctx, a)
-    if offset and after is not None:
-        raise bad_request("INVALID_QUERY", "after reads on from a cursor: leave page out (or give 1)", "page")
+    offset, limit = _cursor_window(a.window or _window(ctx, a), after)
     wanted = limit + 1 if a.next_out else limit  # one row more tells whether another page follows
     if keep is None:
         rows = list(indexes.rows(index_key, values, after=after, offset=offset, limit=wanted))
@@ -1283,10 +1281,23 @@ def index_query(ctx, a):
         rows, total = _filtered_window(indexes.rows(index_key, values, after=after), a, offset, wanted, keep)
         if a.total_out and after is not None:  # the total counts every matching row, not those after the cursor
             total = sum(1 for row in indexes.rows(index_key, values) if keep(row))
+    _bind_page(ctx, a, rows, total, limit, lambda row: indexes.cursor(index_key, row))
+
+
+def _cursor_window(window, after):
+    """``window`` (offset, limit), refused when a cursor is given with a page past the first."""
+    if window[0] and after is not None:
+        raise bad_request("INVALID_QUERY", "after reads on from a cursor: leave page out (or give 1)", "page")
+    return window
+
+
+def _bind_page(ctx, a, rows, total, limit, cursor_of):
+    """Bind a page of ``rows`` (read with one more than ``limit`` when `next_out` asks whether more follow), its
+    next cursor (``cursor_of`` the last row) and the total."""
     if a.next_out:
         more = len(rows) > limit
         del rows[limit:]
-        ctx.vars[a.next_out] = _cursor_text(indexes.cursor(index_key, rows[-1])) if more else None
+        ctx.vars[a.next_out] = _cursor_text(cursor_of(rows[-1])) if more else None
     ctx.count_io(1 + len(rows))
     ctx.vars[a.out] = rows
     if a.total_out:
@@ -1342,21 +1353,12 @@ def index_search(ctx, a):
     keep = None if a.namespace_field is None else _row_filter(ctx, a)
     indexes = ctx.engine.indexes
     after = _read_cursor(a.after.render(ctx)) if a.after is not None else None
-    offset, limit = a.window or _paged(ctx, a)
-    if offset and after is not None:
-        raise bad_request("INVALID_QUERY", "after reads on from a cursor: leave page out (or give 1)", "page")
+    offset, limit = _cursor_window(a.window or _paged(ctx, a), after)
     wanted = limit + 1 if a.next_out else limit
     rows, total = _filtered_window(indexes.search(a.index, terms, after), a, offset, wanted, keep or _every_row)
     if a.total_out and after is not None:  # the total counts every match, not those after the cursor
         total = sum(1 for row in indexes.search(a.index, terms) if keep is None or keep(row))
-    if a.next_out:
-        more = len(rows) > limit
-        del rows[limit:]
-        ctx.vars[a.next_out] = _cursor_text(indexes.search_cursor(a.index, rows[-1])) if more else None
-    ctx.count_io(1 + len(rows))
-    ctx.vars[a.out] = rows
-    if a.total_out:
-        ctx.vars[a.total_out] = total
+    _bind_page(ctx, a, rows, total, limit, lambda row: indexes.search_cursor(a.index, row))
 
 
 MAX_CURSOR = 4096  # characters: a cursor is an index entry's key, far shorter

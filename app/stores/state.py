@@ -148,6 +148,7 @@ class StateStore:
         # by key identity; a plain dict (a weak one costs a Python call per lookup), bounded: schema swaps add keys
         self._codecs: dict[IndexKeyDef, _KeyCodec] = {}
         self.group = _GroupCommit(self)
+        self._counted: set[bytes] = set()  # keys of _counted_key known present: one read fewer per count
         self.documents = _Documents(self)
         self.indexes = _Indexes(self)
 
@@ -214,6 +215,7 @@ class StateStore:
         codec = self.codec(key)
         with self.commit_lock:
             if self.get(_counted_key(key)) is not None:
+                self._counted.add(_counted_key(key))
                 return
             counts: dict[bytes, int] = {}
             for _, raw in self.scan(codec.head):
@@ -222,20 +224,19 @@ class StateStore:
             stale = [k for k, _ in self.scan(b"n" + codec.head[1:]) if k not in counts]
             puts = [(k, b"%d" % n) for k, n in counts.items()] + [(_counted_key(key), b"1")]
             self.write(puts, stale)
+            self._counted.add(_counted_key(key))
 
     def forget_counts(self, index: IndexDef) -> None:
         """Drop an index's counts (a reindex may change what its keys hold): the next count counts again."""
         head = index.name.encode() + b"\x00"
-        self.write([], [k for k, _ in self.scan(b"N" + head)] + [k for k, _ in self.scan(b"n" + head)])
+        marks = [k for k, _ in self.scan(b"N" + head)]
+        self.write([], marks + [k for k, _ in self.scan(b"n" + head)])
+        self._counted.difference_update(marks)
 
     def write(self, puts: Iterable[tuple[bytes, bytes]], deletes: Iterable[bytes] = ()) -> None:
-        batch = WriteBatch(raw_mode=True)
-        for key in deletes:
-            batch.delete(key)
-        for key, value in puts:
-            batch.put(key, value)
-        with COMMIT_SECONDS.time():
-            self.db.write(batch, self.write_options)
+        changes: dict[bytes, Optional[bytes]] = dict.fromkeys(deletes)
+        changes.update(puts)
+        self.write_in_order([changes])
 
     def write_in_order(self, changes: Iterable[dict[bytes, Optional[bytes]]]) -> None:
         """Write several commits' changes (None: delete) as one batch, later ones over earlier: one sync."""
@@ -358,7 +359,7 @@ class _Indexes:
         """One read: commits keep a count for every leading prefix of a key's fields. A key counted for the first
         time (a database from before counts, or a reindex) is counted once, whole, under the commit lock."""
         state = self.state
-        if state.get(_counted_key(key)) is None:
+        if _counted_key(key) not in state._counted:
             state.count_rows(key)
         raw = state.get(state.codec(key).count_key(values))
         return int(raw) if raw else 0
@@ -424,8 +425,7 @@ class _Overlay:
 
     def flush(self) -> None:
         """Write the pending writes in one batch."""
-        self.state.write([(k, v) for k, v in self.writes.items() if v is not None],
-                         [k for k, v in self.writes.items() if v is None])
+        self.state.write_in_order([self.writes])
 
 
 class Transaction:
