@@ -132,6 +132,25 @@ def test_generated_dict_render_matches_the_interpreted_one(case):
     assert outcome(node.render, ctx) == outcome(node.render_interpreted, ctx)
 
 
+SHARED = {"a": "$x[0].version", "b": "$x[0].version|upper", "c": "$x[0]", "d": "{y}", "e": "{y}-{y}", "f": "{y}",
+          "g": "$x[0].a.b[1].c?"}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_references_sharing_a_prefix_read_it_once_and_decide_as_the_interpreted_path(shape):
+    """$x[0].version and $x[0] in one template: the generated function reads x and x[0] once, checks each shape
+    once, and a filter on one reference does not change what another reads."""
+    node = compile_value(SHARED)
+    source = node.render.generated_source
+    assert source.count("ctx.vars['x']") == 1 and source.count("[0]") == 1, source
+    assert source.count("ctx.fields['y']") == 1, source
+    for y in ("acme", None):
+        ctx = Namespaces(fields={"y": y}, vars={"x": [SHAPES[shape]]})
+        assert outcome(node.render, ctx) == outcome(node.render_interpreted, ctx)
+        ctx = Namespaces(fields={"y": y}, vars={"x": SHAPES[shape]})
+        assert outcome(node.render, ctx) == outcome(node.render_interpreted, ctx)
+
+
 def test_dict_render_keeps_types_and_constants():
     value = compile_value(BODY).render(namespaces_for("all bound"))
     assert value == {"namespace": "acme", "version": "1.0.0", "digest": "\"sha256:00\"",

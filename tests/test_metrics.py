@@ -66,3 +66,41 @@ def test_a_separate_address_serves_the_metrics_without_credentials(tmp_path):
         assert requests.get(server.url + "/metrics", timeout=30).status_code == 401  # the main port still asks
     finally:
         server.stop()
+
+
+def test_counts_from_many_threads_are_exact_and_outlive_their_threads():
+    """Each thread counts into cells of its own: no update is lost to a race, and a thread's counts stay once it
+    has finished (folded into the retired total at the next scrape)."""
+    import threading
+
+    from app.metrics import Counter, Gauge, Histogram
+
+    counter = Counter("depot_test_thread_counts", "test", ("kind",))
+    histogram = Histogram("depot_test_thread_latency", "test", buckets=(0.5, 1.0))
+    gauge = Gauge("depot_test_thread_gauge", "test")
+    start = threading.Barrier(8)
+
+    def work():
+        start.wait()
+        for i in range(5000):
+            counter.labels("x").inc()
+            histogram.observe(0.25 if i % 2 else 0.75)
+            gauge.inc()
+            gauge.dec()
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    from app.metrics import exposition
+    first = samples(exposition().decode())
+    second = samples(exposition().decode())  # after the finished threads' cells were folded
+    for seen in (first, second):
+        assert seen[("depot_test_thread_counts_total", (("kind", "x"),))] == 40000
+        assert seen[("depot_test_thread_latency_bucket", (("le", "0.5"),))] == 20000
+        assert seen[("depot_test_thread_latency_bucket", (("le", "1.0"),))] == 40000
+        assert seen[("depot_test_thread_latency_bucket", (("le", "+Inf"),))] == 40000
+        assert seen[("depot_test_thread_latency_count", ())] == 40000
+        assert seen[("depot_test_thread_latency_sum", ())] == 20000 * 0.25 + 20000 * 0.75
+        assert seen[("depot_test_thread_gauge", ())] == 0

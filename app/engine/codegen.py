@@ -41,6 +41,11 @@ class FunctionBuilder:
         self.depth = 1  # the indentation of the next line, in levels
         self.env: dict[str, Any] = {}
         self._names = itertools.count()
+        # plain reads already written, (namespace, root, path prefix) -> the local holding that value: the
+        # function's reads are straight-line inside one guarded block and change nothing, so a later reference
+        # going through the same prefix ($rows[0].version, $rows[0].variant) starts from that local
+        self.reads: dict[tuple[Any, ...], str] = {}
+        self.shapes: dict[str, str] = {}  # local -> the type ("dict", "list") it was checked to have
 
     def bind(self, value: Any, hint: str = "g") -> str:
         """The global name under which the generated code sees ``value``."""

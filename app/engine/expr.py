@@ -101,20 +101,44 @@ class Ref:
         IndexError: see FunctionBuilder.guarded), meets another shape, or a field is null, the statement
         ``bail`` hands the call to the interpreted path, which decides exactly as it always would (optional,
         error, a tuple, a blob handle's attribute)."""
-        target = builder.local()
         if not self.generated:
+            target = builder.local()
             builder.line("%s = %s(ctx)" % (target, builder.bind(self.resolve_interpreted, "resolve")))
             return target
-        builder.line("%s = %s[%s]" % (target, _NAMESPACE_SOURCE[self.namespace], literal(self.root)))
-        for step in self.path:
-            builder.line("if %s.__class__ is not %s:" % (target, "dict" if step.__class__ is str else "list"))
-            builder.line(bail, 1)
-            builder.line("%s = %s[%s]" % (target, target, literal(step)))
-        if self.namespace == "field":  # a null field counts as unbound
+        target = self._emit_path(builder, bail)
+        if self.transform is not None:
+            filtered = builder.local()
+            builder.line("%s = %s(%s)" % (filtered, builder.bind(self.transform, "filters"), target))
+            return filtered
+        return target
+
+    def _emit_path(self, builder: FunctionBuilder, bail: str) -> str:
+        """The plain read into a local, from the longest prefix of it the builder has read already (each step
+        into a local of its own, so every prefix can serve a later reference)."""
+        base = (self.namespace, self.root)
+        depth = len(self.path)
+        while depth >= 0 and base + self.path[:depth] not in builder.reads:
+            depth -= 1
+        created = depth < len(self.path)  # a local read now (a read already written passed its checks)
+        if depth >= 0:
+            target = builder.reads[base + self.path[:depth]]
+        else:
+            target = builder.reads[base] = builder.local()
+            builder.line("%s = %s[%s]" % (target, _NAMESPACE_SOURCE[self.namespace], literal(self.root)))
+            depth = 0
+        for index in range(depth, len(self.path)):
+            step = self.path[index]
+            shape = "dict" if step.__class__ is str else "list"
+            if builder.shapes.get(target) != shape:
+                builder.line("if %s.__class__ is not %s:" % (target, shape))
+                builder.line(bail, 1)
+                builder.shapes[target] = shape
+            value = builder.reads[base + self.path[:index + 1]] = builder.local()
+            builder.line("%s = %s[%s]" % (value, target, literal(step)))
+            target = value
+        if self.namespace == "field" and created:  # a null field counts as unbound
             builder.line("if %s is None:" % target)
             builder.line(bail, 1)
-        if self.transform is not None:
-            builder.line("%s = %s(%s)" % (target, builder.bind(self.transform, "filters"), target))
         return target
 
     def _generate_resolve(self, interpreted: Render) -> Render:
