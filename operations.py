@@ -27,7 +27,7 @@ from app.engine.jsonstream import DECODINGS, DEFAULT_MAX_MEMBERS, JsonMember, Js
 from app.engine.multipart import (DEFAULT_FIELD_BYTES, DEFAULT_FORM_BYTES, DEFAULT_MAX_ITEMS, DEFAULT_MAX_PARTS,
                                   FormFile, FormSpec, MultipartReader, boundary_of, read_form)
 from app.engine.staged import StagedUpload
-from app.engine.definitions import MAX_PAGE, MAX_PAGE_SIZE, chain, query_value
+from app.engine.definitions import MAX_PAGE, MAX_PAGE_SIZE, chain, fields_normalizer, query_value
 from app.errors import DepotError, bad_request, too_large, unknown_session
 from app.engine import expr
 from app.http.openapi_components import (BLOB_ANSWER_ERRORS, BLOB_ANSWERS, BLOB_INPUTS, COUNT, DIGEST, STRING,
@@ -578,17 +578,14 @@ def http_negotiate(ctx, a):
 def _prepare_normalize(a, scope):
     """Only the rules of fields this pipeline can have bound are kept."""
     a.normalizers = [(name, chain(rules)) for name, rules in a.entity.normalizers if scope.may_bind(name)]
+    a.normalize_fields = fields_normalizer(a.normalizers)
 
 
 @op("normalize.entity", "Apply the entity's per-field normalize rules to the fields present.",
     args={"entity": RefTo("entity", "entity whose fields' normalize rules apply")}, example={"entity": "artifact"},
     prepare=_prepare_normalize)
 def normalize_entity(ctx, a):
-    fields = ctx.fields
-    for name, normalize in a.normalizers:
-        value = fields.get(name)
-        if isinstance(value, str):
-            fields[name] = normalize(value)
+    a.normalize_fields(ctx.fields)
 
 
 @op("validate.entity", "Check the fields present against the entity's constraints and versioning scheme.",
@@ -1187,6 +1184,11 @@ def _prepare_index_query(a, scope):
             raise BindError(str(exc), "where") from None
         scope.uses([r for r in refs if r.namespace == "var"])  # {field} in a filter reads the row
         a.filter = predicate
+    # the most common query (`latest`, a metadata page): fields matched at load, a constant window, nothing but
+    # the rows wanted; index_query reads it without the general path's questions
+    a.plain = (a.key_values is not None and a.window is not None and not a.all and a.filter is None
+               and a.namespace_field is None and a.after is None and a.after_row is None and not a.total_out
+               and not a.next_out)
 
 
 def _check_keyset(a):
@@ -1254,6 +1256,12 @@ def _constant_int(node, name, low, high):
              "limit": 1, "out": "rows"},
     errors=["400 INVALID_QUERY"], io=True, prepare=_prepare_index_query)
 def index_query(ctx, a):
+    if a.plain:
+        offset, limit = a.window
+        rows = ctx.vars[a.out] = list(ctx.engine.indexes.rows(a.index_key, a.key_values(ctx), offset=offset,
+                                                              limit=limit))
+        ctx.count_io(1 + len(rows))
+        return
     if a.key_values is not None:  # the usual case: the key's fields were matched to the index at load
         index_key, values = a.index_key, a.key_values(ctx)
     else:  # the key is one reference to an object: its fields are known only now

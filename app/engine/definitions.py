@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 import jsonschema
 
 from app.engine.body import MAX_JSON_DEPTH
-from app.engine.codegen import FunctionBuilder, enabled as generating
+from app.engine.codegen import FunctionBuilder, enabled as generating, literal
 from app.engine.expr import Template, parse_template
 from app.engine.filters import ascii_lower, ascii_upper
 from app.engine.versions import DEFAULT_SCHEME, SCHEMES, VersionScheme
@@ -119,6 +119,31 @@ def chain(rules: Sequence[Normalizer]) -> Normalizer:
     return normalize
 
 
+def fields_normalizer(normalizers: Sequence[tuple[str, Normalizer]]) -> Callable[[dict[str, JsonValue]], None]:
+    """One function normalizing, in place, each named field holding a string: ``[(field, normalize), ...]``,
+    generated as one statement per field (the loop, without generation)."""
+    if not generating():
+        return partial(_normalize_fields, tuple(normalizers))
+    builder = FunctionBuilder("normalize_fields", "fields")
+    for name, normalize in normalizers:
+        value = builder.local()
+        builder.line("%s = fields.get(%s)" % (value, literal(name)))
+        builder.line("if isinstance(%s, str):" % value)
+        builder.line("fields[%s] = %s(%s)" % (literal(name), builder.bind(normalize, "rule"), value), 1)
+    if not normalizers:
+        builder.line("pass")
+    normalize_fields: Callable[[dict[str, JsonValue]], None] = builder.build()
+    return normalize_fields
+
+
+def _normalize_fields(normalizers: Sequence[tuple[str, Normalizer]], fields: dict[str, JsonValue]) -> None:
+    """``fields_normalizer`` without generated code."""
+    for name, normalize in normalizers:
+        value = fields.get(name)
+        if isinstance(value, str):
+            fields[name] = normalize(value)
+
+
 def _apply_in_order(rules: Sequence[Normalizer], value: str) -> str:
     """``chain`` without generated code."""
     for rule in rules:
@@ -175,12 +200,19 @@ class Constraint:
         # reported at load, app/engine/schema_keys.py): the key is accepted and not kept
         del when_present
         self.min_length, self.max_length, self.enum = min_length, max_length, enum
+        # most constraints are a regex alone: the other tests are skipped together, decided here
+        self._more = (min_length is not None or max_length is not None or enum is not None
+                      or bool(self.reserved))
 
     def check(self, value: JsonValue) -> None:
         if not isinstance(value, str):
             raise self._refused("%s must be a string" % self.field)
         if self.regex is not None and not self.regex.match(value):
             raise self._refused("%s must match %s" % (self.field, self.pattern))
+        if self._more:
+            self._check_more(value)
+
+    def _check_more(self, value: str) -> None:
         if self.min_length is not None and len(value) < self.min_length or \
                 self.max_length is not None and len(value) > self.max_length:
             raise self._refused("%s must be %s to %s characters long" % (self.field, self.min_length, self.max_length))
@@ -218,6 +250,8 @@ class Entity:
         """A validator over the fields ``may_bind`` admits: a route checks only what it can have bound."""
         constraints = [c for c in self.constraints if may_bind(c.field)]
         versioning = self.versioning if "version" in self.fields and may_bind("version") else None
+        if generating():
+            return _generated_checker(constraints, versioning)
 
         def check(values: Mapping[str, JsonValue]) -> None:
             for constraint in constraints:
@@ -229,6 +263,25 @@ class Entity:
                 if isinstance(version, str):
                     versioning.check(version)
         return check
+
+
+def _generated_checker(constraints: Sequence[Constraint],
+                       versioning: Optional[Versioning]) -> Callable[[Mapping[str, JsonValue]], None]:
+    """Entity.checker's check as straight-line code: each constraint's field read and checked in turn."""
+    builder = FunctionBuilder("check_fields", "values")
+    for constraint in constraints:
+        value = builder.local()
+        builder.line("%s = values.get(%s)" % (value, literal(constraint.field)))
+        builder.line("if %s is not None:" % value)
+        builder.line("%s(%s)" % (builder.bind(constraint.check, "constraint"), value), 1)
+    if versioning is not None:
+        builder.line("version = values.get('version')")
+        builder.line("if isinstance(version, str):")
+        builder.line("%s(version)" % builder.bind(versioning.check, "versioning"), 1)
+    if len(builder.lines) == 0:
+        builder.line("pass")
+    check: Callable[[Mapping[str, JsonValue]], None] = builder.build()
+    return check
 
 
 class Document:
