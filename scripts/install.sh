@@ -5,13 +5,14 @@
 # reference registry of tests/npm_clients.py and bench/bench_npm.py), installed by `npm ci` with the machine's
 # node and npm into tests/npm/node_modules. For the OCI tests: Debian's docker-registry (distribution, the
 # reference registry of tests/oci_registry.py) and skopeo (a client tests/test_oci_clients.py drives); the oras
-# Python SDK comes with requirements.txt.
+# Python SDK comes with requirements.txt. Debian's redis-server: the Redis DEPOT_CACHE_URL's tests run against.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
 [ -x /usr/bin/skopeo ] || missing+=(skopeo)
+[ -x /usr/bin/redis-server ] || missing+=(redis-server)  # DEPOT_CACHE_URL's tests (tests/test_shared_cache.py)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

@@ -7,8 +7,10 @@ over ``__token__:<the same>``, ``<username>:<that user's API token>`` or ``<user
 ``password``: bcrypt-checked, rate limited by the caller's PasswordChecks, its success cached briefly).
 Login tokens carry sub, scopes, ver (the user's token version), iat, exp, iss, aud and jti; verification requires
 every one of them and allows CLOCK_SKEW_SECONDS of skew. Each request's token is then checked against the
-user's state in SQL, through a small cache that this process invalidates whenever it changes that state
-(STATE_CACHE_SECONDS bounds how late another process's change is seen).
+user's state in SQL, through a small cache that this process invalidates whenever it changes that state.
+STATE_CACHE_SECONDS bounds how late another process's change is seen, unless the processes share a Generation
+(DEPOT_CACHE_URL: app/stores/rediscache.py): each change bumps it, each request reads it once, and whatever was
+cached before a bump is read again, so another process's change is seen at once.
 """
 import base64
 import binascii
@@ -205,23 +207,40 @@ def token_view(token, owner):
 _now = time.time  # the wall clock tokens' expiry is read by (a test moves it)
 
 
-class _TtlCache:
-    """A small dict whose entries expire; cleared entry by entry when this process changes the state."""
+class LocalGeneration:
+    """The Generation (app.stores.interfaces) of a process that shares none: it never moves, so cached state lasts
+    its time-to-live (this process drops what it changes itself)."""
 
-    def __init__(self, ttl=STATE_CACHE_SECONDS, limit=10000):
-        self.ttl, self.limit = ttl, limit
+    def current(self):
+        return 0
+
+    def bump(self):
+        pass
+
+
+def _no_epoch():
+    return 0
+
+
+class _TtlCache:
+    """A small dict whose entries expire; cleared entry by entry when this process changes the state. An entry is
+    also stale once ``epoch()`` has moved past the epoch it was put with: the one its reading began in."""
+
+    def __init__(self, ttl=STATE_CACHE_SECONDS, limit=10000, epoch=_no_epoch):
+        self.ttl, self.limit, self.epoch = ttl, limit, epoch
         self.entries = {}
 
     def get(self, key):
         entry = self.entries.get(key)
-        if entry is None or entry[1] < time.monotonic():
+        if entry is None or entry[1] < time.monotonic() or entry[2] != self.epoch():
             return None
         return entry[0]
 
-    def put(self, key, value):
+    def put(self, key, value, epoch=None):
+        """``epoch``: the epoch when the state ``value`` holds was read (default: now)."""
         if len(self.entries) >= self.limit:
             self.entries.clear()
-        self.entries[key] = (value, time.monotonic() + self.ttl)
+        self.entries[key] = (value, time.monotonic() + self.ttl, self.epoch() if epoch is None else epoch)
 
     def drop(self, key):
         self.entries.pop(key, None)
@@ -241,15 +260,23 @@ def _last_admin(username):
 
 
 class Identity:
-    def __init__(self, secret, sessions, settings=None):
+    def __init__(self, secret, sessions, settings=None, generation=None):
+        """``generation``: the Generation shared with the other processes over the same accounts (default: none,
+        LocalGeneration)."""
         self.secret = secret
         self.sessions = sessions
         self.configure(settings or {})
-        self._users = _TtlCache()  # username -> (status, token_version, scopes)
-        self._revoked = _TtlCache()  # jti -> bool
-        self._api = _TtlCache()  # secret sha256 -> token state
+        self.generation = generation if generation is not None else LocalGeneration()
+        # how often the shared generation was seen to change: what cached account state is valid for
+        self._seen_generation, self._epoch = self.generation.current(), 0
+        self._epoch_lock = threading.Lock()
+        epoch = self._current_epoch
+        self._users = _TtlCache(epoch=epoch)  # username -> (status, token_version, scopes)
+        self._revoked = _TtlCache(epoch=epoch)  # jti -> bool
+        self._api = _TtlCache(epoch=epoch)  # secret sha256 -> token state
         self._signed = _TtlCache()  # a JWT this installation signed -> its checked claims (_signed_claims)
-        self._passwords = _TtlCache(PASSWORD_CACHE_SECONDS)  # HMAC of Basic username and password -> verified
+        # HMAC of Basic username and password -> verified
+        self._passwords = _TtlCache(PASSWORD_CACHE_SECONDS, epoch=epoch)
         self._cache_key = secrets.token_bytes(32)
         self._password_locks = [threading.Lock() for _ in range(PASSWORD_CHECK_STRIPES)]
         self._last_used_lock = threading.Lock()
@@ -257,6 +284,20 @@ class Identity:
         self._accounts_lock = threading.Lock()
         # compared against when the user does not exist, so unknown users cost the same time as wrong passwords
         self._dummy_hash = hash_password(secrets.token_urlsafe(16))
+
+    def _current_epoch(self):
+        return self._epoch
+
+    def _observe_generation(self):
+        """Read the shared generation (with Redis, one GET) before trusting cached state: when it moved, another
+        process (or this one) changed credentials, and a new epoch begins, in which nothing cached before is used.
+        The epoch only ever grows, however the reads of concurrent requests interleave."""
+        current = self.generation.current()
+        if current != self._seen_generation:
+            with self._epoch_lock:
+                if current != self._seen_generation:
+                    self._seen_generation = current
+                    self._epoch += 1
 
     def configure(self, settings):
         """The active schema's settings; what it leaves out is the default, not the previous schema's value."""
@@ -357,19 +398,21 @@ class Identity:
     def _user_state(self, username):
         state = self._users.get(username)
         if state is None:
+            epoch = self._epoch
             with self.sessions() as session:
                 user = session.scalar(select(User).where(User.username == username))
                 state = ("missing", 0, frozenset()) if user is None else \
                     (user.status, user.token_version, frozenset(user.scopes))
-            self._users.put(username, state)
+            self._users.put(username, state, epoch)
         return state
 
     def _is_revoked(self, jti):
         revoked = self._revoked.get(jti)
         if revoked is None:
+            epoch = self._epoch
             with self.sessions() as session:
                 revoked = session.get(RevokedJwt, jti) is not None
-            self._revoked.put(jti, revoked)
+            self._revoked.put(jti, revoked, epoch)
         return revoked
 
     # --- requests -------------------------------------------------------------------------------------
@@ -380,6 +423,7 @@ class Identity:
         header = request.headers.get("Authorization")
         if not header:
             return None
+        self._observe_generation()
         scheme, _, credentials = header.partition(" ")
         credentials = credentials.strip()
         if scheme.lower() == "basic":
@@ -421,8 +465,9 @@ class Identity:
             with self._password_locks[key[0] % PASSWORD_CHECK_STRIPES]:  # one check for concurrent requests
                 verified = self._current(self._passwords.get(key))
                 if verified is None:
+                    epoch = self._epoch
                     verified = self._check_password_once(username, password, request, checks)
-                    self._passwords.put(key, verified)
+                    self._passwords.put(key, verified, epoch)
         name, _, scopes = verified
         return {"sub": name, "scopes": scopes, "kind": "password", "token_id": None}
 
@@ -455,6 +500,7 @@ class Identity:
                                                          timedelta(seconds=CLOCK_SKEW_SECONDS)))
                 session.commit()
             self._revoked.put(principal["token_id"], True)
+            self.generation.bump()
         elif principal["kind"] == "api_token":
             self.revoke_token(principal["sub"], principal["token_id"])
 
@@ -521,10 +567,12 @@ class Identity:
 
     def _forget(self, username):
         """Drop what this process cached about an account it just changed (and every API token's state, whose
-        scopes are bounded by their owner's, and every password verified for Basic credentials)."""
+        scopes are bounded by their owner's, and every password verified for Basic credentials), and bump the
+        shared generation: every other process reads its state again on its next request."""
         self._users.drop(username)
         self._api.clear()
         self._passwords.clear()
+        self.generation.bump()
 
     def create_user(self, username, password, scopes, status="active"):
         check_username(username)
@@ -713,6 +761,7 @@ class Identity:
             if token.revoked_at is None:
                 token.revoked_at = utcnow()
                 session.commit()
+                self.generation.bump()
             self._api.drop(token.secret_sha256)
             return token_view(token, user.username)
 
@@ -720,6 +769,7 @@ class Identity:
         digest = hashlib.sha256(secret.encode()).hexdigest()
         state = self._api.get(digest)
         if state is None:
+            epoch = self._epoch
             with self.sessions() as session:
                 row = session.execute(select(ApiToken, User).join(User, ApiToken.user_id == User.id)
                                       .where(ApiToken.secret_sha256 == digest)).first()
@@ -731,7 +781,7 @@ class Identity:
                          "scopes": frozenset(token.scopes) if "admin" in user.scopes else
                          frozenset(token.scopes) & frozenset(user.scopes),
                          "last_used_at": as_utc(token.last_used_at)}
-            self._api.put(digest, state)
+            self._api.put(digest, state, epoch)
         if state["revoked"] or not state["active"]:
             raise _unauthorized("TOKEN_REVOKED", "the token has been revoked or its owner disabled")
         now = utcnow()

@@ -26,6 +26,8 @@ from app.errors import DepotError
 from app.identity.ratelimit import RateLimiter
 from app.engine.report import Report
 from app.repository.schema_store import SchemaStore
+from app.stores.interfaces import RateLimit
+from app.stores.rediscache import CACHE_URL_ENV
 from app.stores.registry import Stores
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # app/repository/ -> the root
@@ -52,14 +54,17 @@ def open_data_dir(path: str) -> str:
 class Service:
     def __init__(self, data_dir: str, schema: dict[str, Any] | None = None, schema_path: str | None = None,
                  sync: bool = True, announce: Callable[[str], Any] = print, read_only: bool = False,
-                 load_schema: bool = False, cpu_clock: Clock | None = None) -> None:
-        """``cpu_clock``: what the per-request CPU budget reads instead of the thread's CPU time (app.engine.budget)."""
+                 load_schema: bool = False, cpu_clock: Clock | None = None, cache_url: str | None = None) -> None:
+        """``cpu_clock``: what the per-request CPU budget reads instead of the thread's CPU time (app.engine.budget).
+        ``cache_url``: where caches, login rate limits and the identity generation live (default: DEPOT_CACHE_URL;
+        unset or empty: in this process and its data dir)."""
         self.data_dir = private_dir(data_dir)
         self.read_only = read_only
         self.cpu_clock = cpu_clock
         self.announce = announce
         # first: the state store's lock is the data dir's lease (StoreLocked while another process holds it)
-        self.stores = Stores(self.data_dir, sync=sync)
+        self.stores = Stores(self.data_dir, sync=sync,
+                             cache_url=os.environ.get(CACHE_URL_ENV) if cache_url is None else cache_url)
         try:
             self._open(schema, schema_path, load_schema)
         except BaseException:
@@ -70,12 +75,14 @@ class Service:
         url = database.database_url(self.data_dir)
         database.upgrade(url)
         self.db, self.sessions = database.connect(url)
-        self.identity = Identity(load_or_create_secret(self.data_dir), self.sessions)
+        shared = self.stores.shared
+        self.identity = Identity(load_or_create_secret(self.data_dir), self.sessions,
+                                 generation=None if shared is None else shared.generation())
         self.audit = Audit(self.sessions)
         self.access = Access(self.sessions)
         self.schemas = SchemaStore(self.sessions)
         self._swap_lock = threading.Lock()
-        self.limiters: dict[str, RateLimiter] = {}
+        self.limiters: dict[str, RateLimit] = {}
         self.password_checks = BasicPasswordChecks(self)
         self._activate(self._initial_schema(schema, schema_path, load_schema))
         self.identity.ensure_admin(self.data_dir, self.announce)
@@ -110,9 +117,14 @@ class Service:
         self.engine = Engine(compiled, self.stores, self.read_only, self.access, self.cpu_clock,
                              ServiceAccounts(self))
 
-    def _limiter(self, name: str, rate: str) -> RateLimiter:
+    def _limiter(self, name: str, rate: str) -> RateLimit:
+        """The limit ``name`` at ``rate``: the one running while its rate is unchanged (its recent hits count);
+        counted in Redis when DEPOT_CACHE_URL names one, so that every process counts the same hits."""
         current = self.limiters.get(name)
-        return current if current is not None and current.rate == rate else RateLimiter(rate)
+        if current is not None and current.rate == rate:
+            return current
+        shared = self.stores.shared
+        return RateLimiter(rate) if shared is None else shared.rate_limit(name, rate)
 
     def apply_schema(self, doc: dict[str, Any], by: str, comment: str = "") -> tuple[Any, Report, bool]:
         """Check ``doc`` exactly as `python -m app check` does; on success store it as the new active version

@@ -14,8 +14,8 @@ Tests/test_store_contract.py is the contract: every implementation passes the sa
 from __future__ import annotations
 
 import threading
-from typing import (Any, BinaryIO, Callable, ContextManager, Iterable, Iterator, NamedTuple, Optional, Protocol,
-                    Sequence, runtime_checkable)
+from typing import (Any, BinaryIO, Callable, ContextManager, Hashable, Iterable, Iterator, NamedTuple, Optional,
+                    Protocol, Sequence, runtime_checkable)
 
 JsonValue = Any  # what json.loads returns: dict, list, str, int, float, bool or None
 Row = dict[str, Any]  # an index row: a JSON object
@@ -25,6 +25,10 @@ Cursor = bytes  # an opaque position in an index key's order (IndexStore.cursor)
 
 class StoreLocked(Exception):
     """Another process (a running server) holds the data dir's stores: the embedded ones admit one process."""
+
+
+class CacheServerError(Exception):
+    """DEPOT_CACHE_URL is malformed, or names a server that does not answer (raised as the stores open, at start)."""
 
 
 # --- definitions a schema gives the stores ---------------------------------------------------------------------
@@ -404,6 +408,26 @@ class Cache(Protocol):
         """Store unless caching is off or the entry exceeds max_entry_bytes; -> whether stored."""
 
     def invalidate(self, kind: str, key: str) -> None: ...
+
+
+class RateLimit(Protocol):
+    """At most so many hits per window for each key (auth.login's limits): in process, or shared by every process
+    serving the repository (DEPOT_CACHE_URL)."""
+
+    rate: str  # as the schema writes it: "5/m"
+
+    def hit(self, key: Hashable) -> int:
+        """Record a hit; 0 when allowed, else the seconds to wait before the next would be."""
+
+
+class Generation(Protocol):
+    """A counter every process serving the repository reads alike, bumped after each change that ends credentials
+    (a revoked token, a disabled, changed or deleted account): a process trusts what it cached about credentials
+    only while the counter reads as it did when the cached state was read."""
+
+    def current(self) -> int: ...
+
+    def bump(self) -> None: ...
 
 
 class StateBackend(Protocol):

@@ -2,7 +2,9 @@
 
 The schema's `storage.blob_stores.*.kind` picks a blob store implementation; `storage.kv_stores.*.kind` picks the
 state backend that keeps documents, indexes and the event log (one kind for all of a schema's kv stores: one
-transaction commits across them). The response and blob caches have no kind in the schema: the embedded one.
+transaction commits across them). The response and blob caches have no kind in the schema: the deployment picks it
+with DEPOT_CACHE_URL (``cache_url``): unset, the embedded cache in the state database; ``redis://...``, Redis,
+which then also keeps what every process must see alike (login rate limits, the identity generation: ``shared``).
 
 A new kind is a module implementing app/stores/interfaces.py (and passing tests/test_store_contract.py) plus one
 entry in REGISTRY below: the compiler accepts the kind, Stores opens it, and nothing else changes.
@@ -17,13 +19,15 @@ from app.stores.blobs import FileBlobStore
 from app.stores.cache import CacheStore
 from app.stores.guard import BlobGuard
 from app.stores.interfaces import BlobStore, Cache, StateBackend, UploadSessions, process_lock
+from app.stores.rediscache import RedisServer
 from app.stores.sessions import FileUploadSessions
 from app.stores.state import StateStore, holds_state
 
 STATE_DIR = "state"  # the data dir's embedded state database: its lock is the data dir's lease
 TMP_DIR = "tmp"
 DEFAULT_KV_KIND = "rocksdb"  # a schema that declares no kv store
-CACHE_KIND = "embedded"
+CACHE_KIND = "embedded"  # without DEPOT_CACHE_URL
+REDIS_CACHE_KIND = "redis"
 
 KvSpec = dict[str, Any]  # a schema's storage.kv_stores.<name>
 CacheSettings = dict[str, dict[str, Any]]  # cache kind -> its settings (CompiledSchema.caching)
@@ -102,9 +106,15 @@ def _embedded_cache(stores: "Stores", settings: CacheSettings, resolve_blob: Res
     return CacheStore(stores.local_state, settings, resolve_blob)
 
 
+def _redis_cache(stores: "Stores", settings: CacheSettings, resolve_blob: ResolveBlob) -> Cache:
+    if stores.shared is None:
+        raise ValueError("the redis cache needs a Redis: DEPOT_CACHE_URL=redis://host:port/db")
+    return stores.shared.cache(settings, resolve_blob)
+
+
 REGISTRY = Registry(blob_stores={"filesystem": _filesystem},
                     kv_stores={"rocksdb": _rocksdb},
-                    caches={CACHE_KIND: _embedded_cache},
+                    caches={CACHE_KIND: _embedded_cache, REDIS_CACHE_KIND: _redis_cache},
                     upload_sessions={"filesystem": _file_sessions})
 
 
@@ -122,15 +132,24 @@ def remove_leftover_uploads(store: BlobStore, guard: BlobGuard) -> tuple[int, in
 class Stores:
     """The data dir's stores, shared by every engine (schema version) that runs over it. The embedded state
     database is opened first: its lock is the data dir's lease (StoreLocked while another process holds it).
-    Opening a blob store removes what a crash can leave behind: uploads no upload of this process is writing."""
+    Opening a blob store removes what a crash can leave behind: uploads no upload of this process is writing.
+    ``cache_url`` (DEPOT_CACHE_URL; None or empty: the embedded cache) is connected to at once, so a Redis that
+    does not answer stops the start (rediscache.CacheServerError), not the first request."""
 
-    def __init__(self, data_dir: str, sync: bool = True, registry: Registry = REGISTRY) -> None:
+    def __init__(self, data_dir: str, sync: bool = True, registry: Registry = REGISTRY,
+                 cache_url: str | None = None) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.registry = registry
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         self.commit_lock = process_lock()
         self.local_state = StateStore(os.path.join(self.data_dir, STATE_DIR), sync=sync,
                                       commit_lock=self.commit_lock)
+        try:
+            self.shared = RedisServer(cache_url) if cache_url else None
+        except BaseException:
+            self.local_state.close()  # give the lease back
+            raise
+        self.cache_kind = CACHE_KIND if self.shared is None else REDIS_CACHE_KIND
         self.guard = BlobGuard(self.commit_lock)
         self.tmp_dir = os.path.join(self.data_dir, TMP_DIR)  # bodies a request is passing on (proxied)
         os.makedirs(self.tmp_dir, mode=0o700, exist_ok=True)
@@ -173,12 +192,14 @@ class Stores:
         return self._states[kind]
 
     def cache(self, settings: CacheSettings, resolve_blob: ResolveBlob) -> Cache:
-        return self.registry.caches[CACHE_KIND](self, settings, resolve_blob)
+        return self.registry.caches[self.cache_kind](self, settings, resolve_blob)
 
     def close(self) -> None:
         for state in self._states.values():
             if state is not self.local_state:
                 state.close()
+        if self.shared is not None:
+            self.shared.close()
         self.local_state.close()
 
 

@@ -19,6 +19,8 @@ from app.engine.compiler import compile_schema, load_schema_file
 from app.errors import DepotError
 from app.repository.schema_store import SchemaStore
 from app.repository.service import DEFAULT_SCHEMA
+from app.stores.interfaces import CacheServerError
+from app.stores.rediscache import CACHE_URL_ENV, RedisServer
 
 PASSWORD_VARIABLE = "DEPOT_NEW_PASSWORD"
 PASSWORD_SOURCE = "The password is asked for twice at the terminal, or read from %s." % PASSWORD_VARIABLE
@@ -176,21 +178,38 @@ def with_database(args, work):
 def change_and_audit(sessions, target, action, change):
     audit = Audit(sessions)
     try:
-        detail, message = change(Identity(None, sessions, auth_settings(sessions)))
+        cache_server = open_cache_server()
+    except CacheServerError as exc:  # before the change: a server relying on Redis would not see it at once
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+    try:
+        generation = None if cache_server is None else cache_server.generation()
+        detail, message = change(Identity(None, sessions, auth_settings(sessions), generation))
     except (CliError, DepotError) as exc:
         code = exc.code if isinstance(exc, DepotError) else "CLI_ERROR"
         audit.record(ACTOR, action, target, "failure", detail={"code": code})
         print("error: %s" % exc, file=sys.stderr)
         return 1
+    finally:
+        if cache_server is not None:
+            cache_server.close()
     audit.record(ACTOR, action, target, "success", detail=detail)
     print(message)
     return 0
 
 
+def open_cache_server():
+    """The Redis of DEPOT_CACHE_URL, when set: an account change bumps its identity generation, so that every
+    running server sees the change at its next request. None when unset."""
+    url = os.environ.get(CACHE_URL_ENV)
+    return RedisServer(url) if url else None
+
+
 def open_database(data_dir):
     """The data dir's SQL database (or DEPOT_DATABASE_URL's, when set: the data dir then plays no part), migrated
     to head: (session factory, engine). A running server may hold the data dir: these commands need only SQL, and
-    the server sees an account's change within app.identity.auth.STATE_CACHE_SECONDS."""
+    the server sees an account's change within app.identity.auth.STATE_CACHE_SECONDS (at its next request when
+    DEPOT_CACHE_URL names the Redis it uses: change_and_audit)."""
     url = os.environ.get("DEPOT_DATABASE_URL") or database.database_url(datadir.require(data_dir))
     database.upgrade(url)
     engine, sessions = database.connect(url)

@@ -23,7 +23,9 @@ def build_parser():
                                 "time: ops.limits.max_cpu_ms_per_request is not enforced; for test suites on "
                                 "loaded machines), DEPOT_CODEGEN=off (pipelines and templates run interpreted: no "
                                 "Python is generated for them; the same answers, slower), DEPOT_TRUSTED_PROXIES (the "
-                                "default of --trusted-proxies).")
+                                "default of --trusted-proxies), DEPOT_CACHE_URL (redis://host:port/db[?prefix=NAME]: "
+                                "response caches, login rate limits and token revocation shared by every process "
+                                "through Redis; default: in process).")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     serve.add_argument("--data-dir", default="./data", help="blobs, KV/index database, SQL database, keys "
@@ -431,9 +433,10 @@ def _served_schema(service, doc, path, named):
 
 
 def main(argv=None):
+    from app.stores.interfaces import CacheServerError
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except datadir.DataDirError as exc:
+    except (datadir.DataDirError, CacheServerError) as exc:  # a data dir in use, DEPOT_CACHE_URL not answering
         print("error: %s" % exc, file=sys.stderr)
         return datadir.EXIT_CODE
