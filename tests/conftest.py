@@ -195,6 +195,26 @@ class ServerProcess:
         self.reader.join(timeout=30)
 
 
+REDIS = "redis://127.0.0.1:6379/0"  # the machine's Redis (.ci/run starts it)
+
+
+@pytest.fixture
+def redis_url():
+    """A DEPOT_CACHE_URL on the machine's Redis with a key prefix of this test's own, whose keys are deleted
+    afterwards: tests running at once never see each other's entries, counts or generations."""
+    import uuid
+
+    import redis
+    prefix = "test-" + uuid.uuid4().hex[:16]
+    yield "%s?prefix=%s" % (REDIS, prefix)
+    client = redis.Redis.from_url(REDIS)
+    try:
+        for key in client.scan_iter(match=prefix + ":*"):
+            client.delete(key)
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def make_depot(tmp_path):
     """make_depot(schema, name="data", cpu_clock=None) -> Depot (a still CPU clock unless one is given); every

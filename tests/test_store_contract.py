@@ -550,8 +550,16 @@ SETTINGS = {"response": {"enabled": True, "max_entry_bytes": 200, "default_ttl_s
             "blob": {"enabled": False}}
 
 
+# a cache kind -> the fixture giving the DEPOT_CACHE_URL its tests open the stores with (a prefix of their own)
+CACHE_URLS = {"redis": "redis_url"}
+
+
 @pytest.fixture(params=sorted(REGISTRY.caches))
-def cache(request, stores):
+def cache(request, tmp_path):
+    url_fixture = CACHE_URLS.get(request.param)
+    stores = Stores(str(tmp_path / "cached"), cache_url=request.getfixturevalue(url_fixture) if url_fixture else None)
+    request.addfinalizer(stores.close)
+    assert stores.cache_kind == request.param
     blob_store = open_blob_store(stores, sorted(REGISTRY.blob_stores)[0])
 
     def resolve(info):
