@@ -183,6 +183,8 @@ def test_the_redis_cache_serves_a_cached_route(tmp_path, redis_url, monkeypatch)
             response = depot.client.get("/v1/acme/tool/1.0.0/linux-amd64/blob", headers=depot.headers())
             assert response.status_code == 200 and response.get_data() == b"cached bytes"
         assert 0 < client.pttl(cached) <= 300_000
+        health = depot.client.get("/health").get_json()
+        assert health["ok"] and health["stores"]["cache"] == {"kind": "redis", "ok": True}
     finally:
         client.close()
         depot.close()

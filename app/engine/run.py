@@ -220,6 +220,8 @@ class Engine:
         stores = {"state": self.state.health(detail)}
         for name, store in self.blob_stores.items():
             stores["blob:" + name] = store.health(detail)
+        if self.stores.shared is not None:  # DEPOT_CACHE_URL's Redis: caches, login limits, the identity generation
+            stores["cache"] = self.stores.shared.health(detail)
         return stores
 
 

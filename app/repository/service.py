@@ -23,7 +23,7 @@ from app.engine.compiler import compile_or_raise, compile_schema, load_schema_fi
 from app.engine.context import Principal, RequestData
 from app.engine.run import Engine
 from app.errors import DepotError
-from app.identity.ratelimit import RateLimiter
+from app.identity.ratelimit import RateLimiter, parse_rate
 from app.engine.report import Report
 from app.repository.schema_store import SchemaStore
 from app.stores.interfaces import RateLimit
@@ -124,7 +124,7 @@ class Service:
         if current is not None and current.rate == rate:
             return current
         shared = self.stores.shared
-        return RateLimiter(rate) if shared is None else shared.rate_limit(name, rate)
+        return RateLimiter(rate) if shared is None else shared.rate_limit(name, rate, *parse_rate(rate))
 
     def apply_schema(self, doc: dict[str, Any], by: str, comment: str = "") -> tuple[Any, Report, bool]:
         """Check ``doc`` exactly as `python -m app check` does; on success store it as the new active version

@@ -14,7 +14,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
-from app.identity.ratelimit import parse_rate
 from app.metrics import CACHE_LOOKUPS
 from app.stores.codec import dumps, loads
 from app.stores.interfaces import CacheServerError
@@ -72,8 +71,10 @@ class RedisServer:
               resolve_blob: Optional[Callable[[dict[str, Any]], Any]] = None) -> "RedisCache":
         return RedisCache(self, settings, resolve_blob)
 
-    def rate_limit(self, name: str, rate: str) -> "RedisRateLimit":
-        return RedisRateLimit(self, name, rate)
+    def rate_limit(self, name: str, rate: str, count: int, window_seconds: float) -> "RedisRateLimit":
+        """The limit ``name``: ``rate`` as the schema writes it, ``count`` hits per ``window_seconds`` (parsed by
+        app.identity.ratelimit)."""
+        return RedisRateLimit(self, name, rate, count, window_seconds)
 
     def generation(self) -> "RedisGeneration":
         return RedisGeneration(self)
@@ -158,10 +159,9 @@ return 0
 class RedisRateLimit:
     """At most ``count`` hits per ``window`` for each key, counted in Redis: every process sees the same hits."""
 
-    def __init__(self, server: RedisServer, name: str, rate: str) -> None:
-        self.server, self.name, self.rate = server, name, rate
-        self.count, window = parse_rate(rate)
-        self.window_ms = int(window * 1000)
+    def __init__(self, server: RedisServer, name: str, rate: str, count: int, window_seconds: float) -> None:
+        self.server, self.name, self.rate, self.count = server, name, rate, count
+        self.window_ms = int(window_seconds * 1000)
         self.script = server.client.register_script(_SLIDING_WINDOW)
         self.instance = uuid.uuid4().hex  # with a count of this limiter's hits, names each hit apart from all others
         self.hits = itertools.count()
