@@ -188,3 +188,38 @@ def test_the_redis_cache_serves_a_cached_route(tmp_path, redis_url, monkeypatch)
     finally:
         client.close()
         depot.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A Redis server of this test's own (so that the test can stop it): its URL, and the process."""
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in server.stdout:  # ready once it says so
+            if "Ready to accept connections" in line:
+                break
+        else:
+            raise AssertionError("redis-server did not start")
+        yield "redis://127.0.0.1:%d/0" % port, server
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_redis_that_stops_answering_fails_the_requests_that_need_it_with_503(tmp_path, own_redis, monkeypatch):
+    url, server = own_redis
+    monkeypatch.setenv("DEPOT_CACHE_URL", url)
+    depot = Depot(str(tmp_path / "data"))
+    try:
+        token = login_token(depot, "admin", ADMIN_PASSWORD)
+        assert me(depot, token).status_code == 200
+        server.terminate()
+        server.wait(timeout=30)
+        assert_error(me(depot, token), 503, "CACHE_UNAVAILABLE")
+        assert_error(login(depot, "admin", ADMIN_PASSWORD), 503, "CACHE_UNAVAILABLE")
+        assert depot.client.get("/health").status_code == 503
+    finally:
+        depot.close()

@@ -9,11 +9,13 @@ This is the one module that speaks to Redis.
 import itertools
 import json
 import uuid
-from typing import Any, Callable, Hashable, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Hashable, Iterator, Optional
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
+from app.errors import DepotError
 from app.metrics import CACHE_LOOKUPS
 from app.stores.codec import dumps, loads
 from app.stores.interfaces import CacheServerError
@@ -40,6 +42,18 @@ def split_prefix(url: str) -> tuple[str, str]:
     prefix = next((value for name, value in query if name == "prefix"), DEFAULT_PREFIX)
     rest = urlencode([(name, value) for name, value in query if name != "prefix"])
     return urlunsplit(parts._replace(query=rest)), prefix
+
+
+@contextmanager
+def answered() -> Iterator[None]:
+    """A Redis that stops answering after the start fails the request that needed it: 503 CACHE_UNAVAILABLE (a
+    cache entry or invalidation silently lost could serve stale answers; a lost count or generation, accept
+    credentials that are no longer valid)."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise DepotError("CACHE_UNAVAILABLE", 503, "the Redis of %s did not answer (%s)"
+                         % (CACHE_URL_ENV, type(exc).__name__)) from None
 
 
 class RedisServer:
@@ -108,7 +122,8 @@ class RedisCache:
     def get(self, kind: str, key: str) -> tuple[bool, Any]:
         if not self.enabled(kind):
             return False, None
-        raw = self.server.client.get(self._key(kind, key))
+        with answered():
+            raw = self.server.client.get(self._key(kind, key))
         if raw is None:
             CACHE_LOOKUPS.labels(kind, "miss").inc()
             return False, None
@@ -130,11 +145,13 @@ class RedisCache:
         if milliseconds <= 0:
             self.invalidate(kind, key)
         else:
-            self.server.client.set(self._key(kind, key), raw, px=milliseconds)
+            with answered():
+                self.server.client.set(self._key(kind, key), raw, px=milliseconds)
         return True
 
     def invalidate(self, kind: str, key: str) -> None:
-        self.server.client.delete(self._key(kind, key))
+        with answered():
+            self.server.client.delete(self._key(kind, key))
 
 
 # A sliding window per key, as app.identity.ratelimit.RateLimiter keeps in memory: a sorted set of the hits of the
@@ -169,8 +186,9 @@ class RedisRateLimit:
     def hit(self, key: Hashable) -> int:
         """Record a hit; returns 0 when allowed, else the seconds to wait before the next would be."""
         member = "%s:%d" % (self.instance, next(self.hits))
-        waited = int(self.script(keys=[self.server.key("login", self.name, self.rate, json.dumps(key))],
-                                 args=[self.count, self.window_ms, member]))
+        with answered():
+            waited = int(self.script(keys=[self.server.key("login", self.name, self.rate, json.dumps(key))],
+                                     args=[self.count, self.window_ms, member]))
         return 0 if waited == 0 else max(1, -(-waited // 1000))
 
 
@@ -182,8 +200,10 @@ class RedisGeneration:
         self.key = server.key("identity", "generation")
 
     def current(self) -> int:
-        value = self.server.client.get(self.key)
+        with answered():
+            value = self.server.client.get(self.key)
         return 0 if value is None else int(value)
 
     def bump(self) -> None:
-        self.server.client.incr(self.key)
+        with answered():
+            self.server.client.incr(self.key)
