@@ -196,23 +196,47 @@ class ServerProcess:
 
 
 REDIS = "redis://127.0.0.1:6379/0"  # the machine's Redis (.ci/run starts it)
+# DEPOT_CACHE_URL given to the test run: the whole suite then runs on that Redis, each test under a prefix of its own
+RUN_CACHE_URL = os.environ.get("DEPOT_CACHE_URL")
+
+
+def redis_prefixed(url):
+    """(``url`` with a key prefix of its own, a function deleting every key under that prefix)."""
+    import uuid
+
+    import redis
+    prefix = "test-" + uuid.uuid4().hex[:16]
+
+    def clean():
+        client = redis.Redis.from_url(url)
+        try:
+            for key in client.scan_iter(match=prefix + ":*"):
+                client.delete(key)
+        finally:
+            client.close()
+    return "%s%sprefix=%s" % (url, "&" if "?" in url else "?", prefix), clean
 
 
 @pytest.fixture
 def redis_url():
     """A DEPOT_CACHE_URL on the machine's Redis with a key prefix of this test's own, whose keys are deleted
     afterwards: tests running at once never see each other's entries, counts or generations."""
-    import uuid
+    url, clean = redis_prefixed(REDIS)
+    yield url
+    clean()
 
-    import redis
-    prefix = "test-" + uuid.uuid4().hex[:16]
-    yield "%s?prefix=%s" % (REDIS, prefix)
-    client = redis.Redis.from_url(REDIS)
-    try:
-        for key in client.scan_iter(match=prefix + ":*"):
-            client.delete(key)
-    finally:
-        client.close()
+
+@pytest.fixture(autouse=True)
+def _cache_url_of_its_own(monkeypatch):
+    """With DEPOT_CACHE_URL set for the run, each test's servers use that Redis under a prefix of the test's own
+    (tests running at once are separate repositories); without it, nothing."""
+    if not RUN_CACHE_URL:
+        yield
+        return
+    url, clean = redis_prefixed(RUN_CACHE_URL)
+    monkeypatch.setenv("DEPOT_CACHE_URL", url)
+    yield
+    clean()
 
 
 @pytest.fixture
