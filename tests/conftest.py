@@ -149,9 +149,9 @@ class ServerProcess:
     def __init__(self, data_dir, env=None, drop_env=(), port=None, args=()):
         import requests
         environment = dict(os.environ, DEPOT_BCRYPT_ROUNDS="4", DEPOT_CPU_BUDGET="off")
-        environment.update(env or {})
-        for name in ("DEPOT_SECRET_KEY", "DEPOT_DATABASE_URL") + tuple(drop_env):
+        for name in ("DEPOT_SECRET_KEY", "DEPOT_DATABASE_URL") + tuple(drop_env):  # unless ``env`` gives them
             environment.pop(name, None)
+        environment.update(env or {})
         self.proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port or 0), "--data-dir",
                                       str(data_dir), "--threads", "4", *args], cwd=ROOT, env=environment,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -19,7 +19,7 @@ import redis
 from app.stores.interfaces import CacheServerError
 from app.stores.registry import Stores
 from app.tools import cli
-from tests.conftest import ADMIN_PASSWORD, REDIS, ROOT, Depot, free_port
+from tests.conftest import ADMIN_PASSWORD, REDIS, ROOT, Depot, ServerProcess, free_port
 from tests.test_identity import assert_error, assert_unauthorized, bearer, login, login_token
 
 
@@ -113,6 +113,32 @@ def test_without_a_cache_url_each_process_counts_its_own_attempts(two_processes)
         assert_unauthorized(login(first, "admin", "wrong password"), "INVALID_CREDENTIALS")
     assert_error(login(first, "admin", ADMIN_PASSWORD), 429, "RATE_LIMITED")
     assert login(second, "admin", ADMIN_PASSWORD).status_code == 200
+
+
+def test_two_server_processes_share_revocations_and_login_attempts(tmp_path, redis_url):
+    import requests
+    shared = {"DEPOT_DATABASE_URL": "sqlite:///%s" % (tmp_path / "identity.db"), "DEPOT_CACHE_URL": redis_url,
+              "DEPOT_SECRET_KEY": "one signing key for both processes"}
+    first = ServerProcess(tmp_path / "first", env=shared)
+    try:
+        second = ServerProcess(tmp_path / "second", env=shared)
+        try:
+            def log_in(server, password):
+                return requests.post(server.url + "/auth/login", json={"username": "admin", "password": password},
+                                     timeout=60)
+            token = log_in(first, ADMIN_PASSWORD).json()["token"]
+            assert requests.get(second.url + "/auth/me", headers=bearer(token), timeout=60).status_code == 200
+            assert requests.post(first.url + "/auth/logout", headers=bearer(token), timeout=60).status_code == 200
+            refused = requests.get(second.url + "/auth/me", headers=bearer(token), timeout=60)
+            assert refused.status_code == 401 and refused.json()["error"]["code"] == "TOKEN_REVOKED"
+            for _ in range(4):  # with the login above: the 5 attempts a minute of auth.login's pair limit
+                assert log_in(second, "wrong password").status_code == 401
+            limited = log_in(first, ADMIN_PASSWORD)
+            assert limited.status_code == 429 and limited.json()["error"]["code"] == "RATE_LIMITED"
+        finally:
+            second.stop()
+    finally:
+        first.stop()
 
 
 # --- the cache -----------------------------------------------------------------------------------------------------
