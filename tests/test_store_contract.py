@@ -5,7 +5,8 @@ schema spec its tests open it with (its server, credentials) besides the kind.
 Blob stores: stage / promote / discard, reads whole and by range, exists, size, delete, the digests and uploads
 GC iterates, limits. State backends: documents, index rows (order, prefix, after-cursor, offset, counts, unique
 and partial keys), the event log (append in a transaction, read after a sequence) and replica bookkeeping; a
-transaction shows nothing before its commit, and one failed condition fails all of it; the commit lock. Caches.
+transaction shows nothing before its commit, and one failed condition fails all of it; the commit lock. Caches
+(the redis kind on the machine's Redis, under a key prefix of each test's own).
 """
 import hashlib
 import io
