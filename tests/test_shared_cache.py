@@ -2,8 +2,8 @@
 a key prefix of each test's own: the redis_url fixture).
 
 Two Depots in this process stand for two server processes: each has its own data dir (state store, blobs), and
-they share only what separate processes of one deployment share: the identity database (one SQLite file), the
-signing key and the Redis. A token revoked, an account disabled or a password changed through one is refused by
+they share only what separate processes of one deployment share: the identity database (one SQLite file, or
+PostgreSQL), the signing key and the Redis; one test runs two `serve` processes so. A token revoked, an account disabled or a password changed through one is refused by
 the other at its next request; login attempts through one count on the other. The cache contract tests run on
 Redis in tests/test_store_contract.py.
 """
@@ -21,6 +21,7 @@ from app.stores.registry import Stores
 from app.tools import cli
 from tests.conftest import ADMIN_PASSWORD, REDIS, ROOT, Depot, ServerProcess, free_port
 from tests.test_identity import assert_error, assert_unauthorized, bearer, login, login_token
+from tests.test_migrations import fresh_postgres_database
 
 
 @pytest.fixture
@@ -104,6 +105,26 @@ def test_login_attempts_through_one_process_count_on_the_other(two_processes, re
     limited = assert_error(login(second, "admin", ADMIN_PASSWORD), 429, "RATE_LIMITED")
     assert "retry in" in limited["message"]
     assert 1 <= int(login(second, "admin", ADMIN_PASSWORD).headers["Retry-After"]) <= 60
+
+
+def test_over_postgresql_a_logout_and_login_attempts_reach_the_other_process(tmp_path, redis_url, monkeypatch):
+    monkeypatch.setenv("DEPOT_SECRET_KEY", "one signing key for both processes")
+    monkeypatch.setenv("DEPOT_CACHE_URL", redis_url)
+    with fresh_postgres_database() as database_url:
+        monkeypatch.setenv("DEPOT_DATABASE_URL", database_url)
+        first = Depot(str(tmp_path / "first"))
+        second = Depot(str(tmp_path / "second"))
+        try:
+            token = login_token(first, "admin", ADMIN_PASSWORD)
+            assert me(second, token).status_code == 200
+            assert first.client.post("/auth/logout", headers=bearer(token)).status_code == 200
+            assert_unauthorized(me(second, token), "TOKEN_REVOKED")
+            for _ in range(4):  # with the login above, auth.login's pair limit: 5/m
+                assert_unauthorized(login(second, "admin", "wrong password"), "INVALID_CREDENTIALS")
+            assert_error(login(first, "admin", ADMIN_PASSWORD), 429, "RATE_LIMITED")
+        finally:
+            first.close()
+            second.close()
 
 
 def test_without_a_cache_url_each_process_counts_its_own_attempts(two_processes):
