@@ -226,6 +226,26 @@ def redis_url():
     clean()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    """With DEPOT_CACHE_URL set for the run, a fixture that outlives a test (a module's server) is set up under a
+    prefix of its own too: it is set up before any test's own prefix, and is another repository."""
+    if not RUN_CACHE_URL or fixturedef.scope == "function":
+        yield
+        return
+    url, clean = redis_prefixed(RUN_CACHE_URL)
+    before = os.environ.get("DEPOT_CACHE_URL")
+    os.environ["DEPOT_CACHE_URL"] = url
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("DEPOT_CACHE_URL", None)
+        else:
+            os.environ["DEPOT_CACHE_URL"] = before
+    fixturedef.addfinalizer(clean)
+
+
 @pytest.fixture(autouse=True)
 def _cache_url_of_its_own(monkeypatch):
     """With DEPOT_CACHE_URL set for the run, each test's servers use that Redis under a prefix of the test's own
