@@ -23,7 +23,7 @@ from app.stores.interfaces import CacheServerError
 CACHE_URL_ENV = "DEPOT_CACHE_URL"
 DEFAULT_PREFIX = "depot"
 SCHEMES = ("redis", "rediss", "unix")
-CONNECT_TIMEOUT_SECONDS = 5.0
+TIMEOUT_SECONDS = 5.0  # a Redis that hangs fails a request (503) after this, rather than holding its thread
 
 
 def shown_url(url: str) -> str:
@@ -68,7 +68,8 @@ class RedisServer:
         if not self.prefix or ":" in self.prefix:
             raise CacheServerError("%s=%s: prefix is a non-empty name without ':'" % (CACHE_URL_ENV, shown_url(url)))
         try:
-            self.client = redis.Redis.from_url(address, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS)
+            self.client = redis.Redis.from_url(address, socket_connect_timeout=TIMEOUT_SECONDS,
+                                               socket_timeout=TIMEOUT_SECONDS)
         except ValueError as exc:
             raise CacheServerError("%s=%s: %s" % (CACHE_URL_ENV, shown_url(url), exc)) from None
         try:
