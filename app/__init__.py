@@ -9,7 +9,8 @@ def create_app(data_dir, schema=None, schema_path=None, sync=True, announce=prin
     repository (replication still applies); ``cpu_clock``: what the per-request CPU budget reads instead of the
     thread's CPU time (app.engine.budget); ``trusted_proxies``: the addresses and networks whose X-Forwarded-*
     headers are believed (text; None: $DEPOT_TRUSTED_PROXIES). Raises SchemaLoadError when the schema cannot be
-    served, ValueError when trusted_proxies names something that is not an address or network."""
+    served, ValueError when trusted_proxies names something that is not an address or network,
+    app.stores.interfaces.CacheServerError when $DEPOT_CACHE_URL is no Redis URL or its Redis does not answer."""
     from app.http.app import create_app as build
     from app.http.forwarding import trusted_proxies as proxies
     from app.repository.service import Service
