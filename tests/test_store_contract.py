@@ -20,11 +20,26 @@ from app.errors import DepotError
 from app.stores.interfaces import BlobHandle, IndexDef, IndexKeyDef
 from app.stores.registry import REGISTRY, Registry, Stores
 
-SPECS = {}  # kind -> what its spec needs besides "kind" (a shared store names its server here)
+SPECS = {}  # kind -> what its spec needs besides "kind" (a shared store names its server here): set per test
+SERVERS = {"s3": "s3_server"}  # kind -> the fixture of its server, whose spec() gives a test its own place there
 MIB = 1024 * 1024
 
 
+@pytest.fixture(autouse=True)
+def kind_specs(request):
+    """The spec of each shared kind a test is parametrized with, in a place of its server no other test uses."""
+    callspec = getattr(request.node, "callspec", None)
+    kinds = {value for value in (callspec.params.values() if callspec else ()) if isinstance(value, str)}
+    for kind in kinds & set(SERVERS):
+        SPECS[kind] = request.getfixturevalue(SERVERS[kind]).spec()
+    yield
+    SPECS.clear()
+
+
 def spec_of(kind, **more):
+    """The spec of a store of ``kind``: ``root`` (a filesystem store's directory) is left out of other kinds'."""
+    if kind != "filesystem":
+        more.pop("root", None)
     return dict(SPECS.get(kind, {}), kind=kind, **more)
 
 
@@ -595,10 +610,10 @@ def storage_problems(project_schema, change):
 
 def test_a_store_kind_nothing_implements_is_refused_at_load(project_schema):
     def unknown_kinds(storage):
-        storage["blob_stores"]["primary"]["kind"] = "s3"
+        storage["blob_stores"]["primary"]["kind"] = "tape"
         storage["kv_stores"]["meta"]["kind"] = "postgresql"
     problems = storage_problems(project_schema, unknown_kinds)
-    assert ("storage.blob_stores.primary.kind", "blob store kind 's3' is not supported") in problems
+    assert ("storage.blob_stores.primary.kind", "blob store kind 'tape' is not supported") in problems
     assert ("storage.kv_stores.meta.kind", "kv store kind 'postgresql' is not supported") in problems
 
 
