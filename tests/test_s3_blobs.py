@@ -12,11 +12,12 @@ import pytest
 import requests
 
 from app.engine.compiler import compile_schema
-from app.engine.definitions import BlobStoreDef
+from app.engine.definitions import BlobStoreDef, UploadSessionsDef
 from app.errors import DepotError
 from app.stores.registry import Stores
 from app.stores.s3 import PART_SIZE
-from tests.conftest import ADMIN_PASSWORD, GatedBody, ServerProcess
+from app.stores.s3_sessions import S3UploadSessions
+from tests.conftest import ADMIN_PASSWORD, GatedBody, ServerProcess, join_all
 
 BLOB = "/v1/acme/hello/1.0.0/linux-amd64/blob"
 LARGE = bytes(range(256)) * (PART_SIZE // 256 + 4096)  # one part and 1 MiB more: a multipart upload of two parts
@@ -121,6 +122,60 @@ def test_a_spec_s_problems_are_reported_at_load_by_their_place(reference_schema)
 def test_a_valid_s3_spec_loads_without_findings(reference_schema, s3_server):
     compiled, report = compile_schema(s3_schema(reference_schema, s3_server), "test")
     assert compiled is not None and not [f for f in report.findings if "blob_stores" in f.place], report.to_text()
+
+
+# --- upload sessions ------------------------------------------------------------------------------------------
+
+def test_two_processes_appending_at_one_offset_admit_one(tmp_path, s3_server):
+    """Two servers' views of one session (no lock in common): S3's conditional write admits one chunk."""
+    spec = dict(s3_server.spec(), kind="s3")
+    opened = [Stores(str(tmp_path / name)) for name in ("one", "two")]
+    try:
+        views = [stores.upload_sessions(UploadSessionsDef("uploads", {"blob_store": "primary"}),
+                                        BlobStoreDef("primary", spec)) for stores in opened]
+        appending_at_once(views)
+    finally:
+        for stores in opened:
+            stores.close()
+
+
+def appending_at_once(views):
+    session = views[0].start()
+    outcomes, errors = [], []
+
+    def append(view, byte):
+        try:
+            outcomes.append(view.append(session, io.BytesIO(byte * 4096), 0))
+        except DepotError as exc:
+            outcomes.append(exc.status)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=append, args=(view, byte)) for view, byte in zip(views, (b"a", b"b"))]
+    for thread in threads:
+        thread.start()
+    join_all(threads, errors, "an append")
+    assert sorted(outcomes) == [416, 4096]
+    staged = views[1].finish(session)
+    with staged.open() as reader:
+        content = reader.read()
+    assert len(content) == 4096 and len(set(content)) == 1
+    assert views[0].size(session) is None
+
+
+def test_a_session_of_several_pieces_finishes_whole_and_idle_ones_expire(bucket):
+    sessions = S3UploadSessions("uploads", bucket, 3600, None)
+    session, idle = sessions.start(), sessions.start()
+    assert sessions.append(session, io.BytesIO(LARGE[:PART_SIZE + 10])) == PART_SIZE + 10  # two pieces
+    assert sessions.append(session, io.BytesIO(LARGE[PART_SIZE + 10:]), PART_SIZE + 10) == len(LARGE)
+    sessions.append(idle, io.BytesIO(b"abandoned"))
+    staged = sessions.finish(session)
+    assert (staged.digest, staged.size) == (sha(LARGE), len(LARGE))
+    bucket.commit(staged)
+    assert bucket.exists(sha(LARGE)) and sessions.size(session) is None
+    past_their_time = S3UploadSessions("uploads", bucket, -1, None)  # the same sessions, their TTL run out
+    assert sessions.size(idle) == 9 and past_their_time.size(idle) is None
+    assert past_their_time.expire() == (1, len(b"abandoned")) and sessions.size(idle) is None
+    assert sessions.abort(idle) is False
 
 
 # --- through the app ----------------------------------------------------------------------------------------

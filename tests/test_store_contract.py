@@ -652,11 +652,16 @@ def open_sessions(stores, kind, ttl_seconds=3600, max_bytes=None):
 
 
 @pytest.fixture(params=sorted(REGISTRY.upload_sessions))
-def sessions(request, stores):
-    return open_sessions(stores, request.param)
+def sessions_kind(request):
+    return request.param
 
 
-def test_a_session_takes_chunks_in_order_and_finishes_as_a_staged_blob(stores, sessions):
+@pytest.fixture
+def sessions(stores, sessions_kind):
+    return open_sessions(stores, sessions_kind)
+
+
+def test_a_session_takes_chunks_in_order_and_finishes_as_a_staged_blob(stores, sessions, sessions_kind):
     session = sessions.start()
     assert sessions.size(session) == 0
     assert sessions.append(session, io.BytesIO(b"hello "), 0) == 6
@@ -666,7 +671,7 @@ def test_a_session_takes_chunks_in_order_and_finishes_as_a_staged_blob(stores, s
     assert refused.value.status == 416 and sessions.size(session) == 11
     staged = sessions.finish(session)
     assert (staged.digest, staged.size) == (sha(b"hello world"), 11)
-    store = open_blob_store(stores, "filesystem")
+    store = open_blob_store(stores, sessions_kind)
     assert not store.exists(staged.digest)  # staged, not stored, until promoted
     store.commit(staged)
     assert store.open(staged.digest).read() == b"hello world"
@@ -691,8 +696,9 @@ def test_a_chunk_cut_short_leaves_the_session_as_it_was(sessions):
     assert sessions.finish(session).digest == sha(b"kept!")
 
 
-def test_a_session_over_its_limit_is_refused_and_unchanged(stores):
-    sessions = open_sessions(stores, "filesystem", max_bytes=8)
+@pytest.mark.parametrize("kind", sorted(REGISTRY.upload_sessions))
+def test_a_session_over_its_limit_is_refused_and_unchanged(stores, kind):
+    sessions = open_sessions(stores, kind, max_bytes=8)
     session = sessions.start()
     sessions.append(session, io.BytesIO(b"12345"))
     with pytest.raises(DepotError) as refused:

@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any, Callable, Mapping, Protocol
 
 from app.stores import s3
+from app.stores.s3_sessions import S3UploadSessions
 from app.stores.blobs import FileBlobStore
 from app.stores.cache import CacheStore
 from app.stores.guard import BlobGuard
@@ -114,6 +115,12 @@ def _file_sessions(store: BlobStore, definition: Any) -> UploadSessions:
     return FileUploadSessions(definition.name, store, definition.ttl_seconds, definition.max_bytes)
 
 
+def _s3_sessions(store: BlobStore, definition: Any) -> UploadSessions:
+    if not isinstance(store, s3.S3BlobStore):
+        raise TypeError("s3 upload sessions need an s3 blob store")
+    return S3UploadSessions(definition.name, store, definition.ttl_seconds, definition.max_bytes)
+
+
 def _rocksdb(stores: "Stores", specs: Mapping[str, KvSpec]) -> StateBackend:
     return stores.local_state  # every rocksdb kv store lives in the data dir's state database
 
@@ -125,7 +132,7 @@ def _embedded_cache(stores: "Stores", settings: CacheSettings, resolve_blob: Res
 REGISTRY = Registry(blob_stores={"filesystem": _filesystem, "s3": _s3},
                     kv_stores={"rocksdb": _rocksdb},
                     caches={CACHE_KIND: _embedded_cache},
-                    upload_sessions={"filesystem": _file_sessions},
+                    upload_sessions={"filesystem": _file_sessions, "s3": _s3_sessions},
                     blob_specs={"filesystem": _filesystem_spec, "s3": s3.spec_problems})
 
 

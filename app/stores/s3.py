@@ -251,7 +251,7 @@ class S3BlobStore:
 
     def digests(self) -> Iterator[str]:
         """Every object stored at the key its digest names (outside .tmp/), listed page by page."""
-        for key, _ in self._list(self.prefix):
+        for key, _ in self.list_objects(self.prefix):
             name = key.rpartition("/")[2]
             if not key.startswith(self.tmp_prefix) and _is_hex_digest(name) and key == self._key(name):
                 yield DIGEST_PREFIX + name
@@ -260,7 +260,7 @@ class S3BlobStore:
         """The temporary keys of uploads (the guard's names for them): staged objects, and multipart uploads a
         crash left unfinished."""
         seen = set()
-        for key, _ in self._list(self.tmp_prefix):
+        for key, _ in self.list_objects(self.tmp_prefix):
             seen.add(key)
             yield key
         for key in self._unfinished(self.tmp_prefix):
@@ -340,7 +340,7 @@ class S3BlobStore:
     def _delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
 
-    def _list(self, prefix: str) -> Iterator[tuple[str, Any]]:
+    def list_objects(self, prefix: str) -> Iterator[tuple[str, Any]]:
         """(key, listing entry) of every object under ``prefix``, a page (ListObjectsV2) at a time."""
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             for entry in page.get("Contents", []):
