@@ -18,6 +18,8 @@ from app.stores.registry import Stores
 from app.stores.s3 import PART_SIZE
 from app.stores.s3_sessions import S3UploadSessions
 from tests.conftest import ADMIN_PASSWORD, GatedBody, ServerProcess, join_all
+from tests.test_archives import METADATA, WHEEL, extract_route, sdist, wheel
+from tests.test_ops import with_routes
 
 BLOB = "/v1/acme/hello/1.0.0/linux-amd64/blob"
 LARGE = bytes(range(256)) * (PART_SIZE // 256 + 4096)  # one part and 1 MiB more: a multipart upload of two parts
@@ -40,7 +42,7 @@ def bucket(stores, s3_server):
 
 
 def s3_schema(reference_schema, s3_server):
-    """The reference schema with its blob store in S3 (a key prefix of its own)."""
+    """The reference (or project) schema with its blob store in S3 (a key prefix of its own)."""
     schema = copy.deepcopy(reference_schema)
     primary = schema["storage"]["blob_stores"]["primary"]
     del primary["root"]
@@ -219,3 +221,15 @@ def test_the_real_server_streams_an_s3_blob_and_its_ranges(tmp_path, reference_s
         assert health["stores"]["blob:primary"]["ok"] is True, health
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("archive", [wheel(WHEEL), sdist([("demo-1.0/setup.py", b"x" * 5000),
+                                                          ("demo-1.0/PKG-INFO", METADATA)])], ids=["zip", "tar.gz"])
+def test_a_member_of_an_archive_in_s3_is_extracted_by_ranged_reads(make_depot, project_schema, s3_server, archive):
+    """blob.extract seeks in the archive (zip reads its directory at the end first): an s3 object's reader does
+    not seek, so the archive is read again from each position sought."""
+    route = extract_route(member="*/METADATA" if archive.startswith(b"PK") else "*/PKG-INFO")
+    depot = make_depot(with_routes(s3_schema(project_schema, s3_server), route))
+    response = depot.client.put("/extract", data=archive, headers=depot.headers())
+    assert response.status_code == 200, response.data
+    assert response.get_json()["text"] == METADATA.decode() and response.get_json()["digest"] == sha(METADATA)
