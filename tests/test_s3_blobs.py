@@ -20,6 +20,7 @@ from app.stores.s3_sessions import S3UploadSessions
 from tests.conftest import ADMIN_PASSWORD, GatedBody, ServerProcess, join_all
 from tests.test_archives import METADATA, WHEEL, extract_route, sdist, wheel
 from tests.test_ops import with_routes
+from tests.test_streaming import traced_peak
 
 BLOB = "/v1/acme/hello/1.0.0/linux-amd64/blob"
 LARGE = bytes(range(256)) * (PART_SIZE // 256 + 4096)  # one part and 1 MiB more: a multipart upload of two parts
@@ -63,6 +64,32 @@ def test_a_blob_larger_than_a_part_is_staged_in_parts_and_read_across_them(bucke
         assert reader.read() == LARGE[start:end]
     with bucket.locate(sha(LARGE)).open() as reader:
         assert hashlib.sha256(b"".join(iter(lambda: reader.read(1 << 20), b""))).hexdigest() == sha(LARGE)[7:]
+
+
+class Generated(io.RawIOBase):
+    """``size`` bytes made as they are read: a body that is never whole in memory."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.left = size
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        count = min(len(buffer), self.left)
+        buffer[:count] = bytes([self.left % 251]) * count
+        self.left -= count
+        return count
+
+
+def test_staging_holds_about_a_part_in_memory_whatever_the_size(bucket):
+    size = 5 * PART_SIZE + 12345
+    staged, peak = traced_peak(lambda: bucket.stage(io.BufferedReader(Generated(size))))
+    (upload,) = bucket.uploads()
+    assert staged.size == size and bucket.upload_stat(upload).size == size
+    assert peak < 2 * PART_SIZE, peak  # a part and a chunk being read: not the 40 MiB
+    bucket.discard(staged)
 
 
 def test_an_upload_in_flight_is_listed_with_its_bytes_and_kept_from_collection(bucket):

@@ -1,10 +1,10 @@
 """Content-addressed objects in an S3-compatible bucket: the `s3` blob store kind.
 
 Bytes are hashed while they stream to a temporary key under ``<prefix>.tmp/`` (one PUT when they fit in one
-part, else a multipart upload in parts of PART_SIZE, so an upload holds one part in memory whatever its size).
-Only once the digest is known (and checked by the pipeline) does ``promote`` copy the object to the key its
-digest names (``<prefix>`` + the store's path_template, as the filesystem kind lays out files) and delete the
-temporary one, so no key under a digest ever holds other bytes. Keys never leave this module: callers hold
+part, else a multipart upload in parts of PART_SIZE, so an upload holds one part in memory whatever its size:
+the part's buffer is what is sent, never copied). Only once the digest is known (and checked by the pipeline)
+does ``promote`` copy the object to the key its digest names (``<prefix>`` + the store's path_template, as the
+filesystem kind lays out files) and delete the temporary one, so no key under a digest ever holds other bytes. Keys never leave this module: callers hold
 BlobHandles and open them; a read is a ranged GET streamed as it is sent. Credentials come from the environment
 (boto3's chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, an instance role), never the schema.
 
@@ -348,7 +348,7 @@ class S3BlobStore:
 
     def _unfinished(self, prefix: str) -> Iterator[str]:
         """The keys of multipart uploads begun under ``prefix`` and never completed nor aborted."""
-        for upload_id, key, _ in self._multipart(prefix):
+        for _, key, _ in self._multipart(prefix):
             yield key
 
     def _unfinished_ids(self, key: str) -> Iterator[tuple[str, float]]:
@@ -382,7 +382,7 @@ class _Upload:
 
     def finish(self) -> None:
         if self._upload_id is None:
-            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=bytes(self._buffer))
+            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._buffer)
             self._buffer = bytearray()
             return
         if self._buffer:
@@ -404,7 +404,7 @@ class _Upload:
             self._upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key)["UploadId"]
         number = len(self._parts) + 1
         answer = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id,
-                                         PartNumber=number, Body=bytes(self._buffer))
+                                         PartNumber=number, Body=self._buffer)
         self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
         self._buffer = bytearray()
 
@@ -443,7 +443,7 @@ def connect(endpoint_url: Optional[str], region: Optional[str]) -> Any:
     import boto3  # here, not at import: a data dir without an s3 store never loads it
     from botocore.config import Config
     config = Config(s3={"addressing_style": "path" if endpoint_url else "auto"}, max_pool_connections=32,
-                    retries={"max_attempts": 3, "mode": "standard"})
+                    retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=60)
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region or "us-east-1",
                                           config=config)
 

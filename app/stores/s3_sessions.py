@@ -158,7 +158,7 @@ class S3UploadSessions:
         began at ``start``): 416."""
         key = self._dir(session_id) + "%020d" % position
         try:
-            self.store.client.put_object(Bucket=self.store.bucket, Key=key, Body=bytes(piece), IfNoneMatch="*")
+            self.store.client.put_object(Bucket=self.store.bucket, Key=key, Body=piece, IfNoneMatch="*")
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 412:
                 raise
