@@ -1,12 +1,13 @@
 """Which implementation serves each store `kind` a schema names, and the data dir's open stores (Stores).
 
-The schema's `storage.blob_stores.*.kind` picks a blob store implementation (`filesystem`: files in the data dir;
-`s3`: objects in an S3-compatible bucket); `storage.kv_stores.*.kind` picks the
-state backend that keeps documents, indexes and the event log (one kind for all of a schema's kv stores: one
-transaction commits across them). The response and blob caches have no kind in the schema: the embedded one.
+The schema's `storage.blob_stores.*.kind` picks a blob store implementation (`filesystem`: files in the data
+dir; `s3`: objects in an S3-compatible bucket); `storage.kv_stores.*.kind` picks the state backend that keeps
+documents, indexes and the event log (one kind for all of a schema's kv stores: one transaction commits across
+them). The response and blob caches have no kind in the schema: the embedded one.
 
 A new kind is a module implementing app/stores/interfaces.py (and passing tests/test_store_contract.py) plus one
-entry in REGISTRY below: the compiler accepts the kind, Stores opens it, and nothing else changes.
+entry in REGISTRY below (and, for a blob store kind with spec keys of its own, their check in ``blob_specs``):
+the compiler accepts the kind and reports its spec's problems, Stores opens it, and nothing else changes.
 """
 import json
 import os
@@ -15,11 +16,11 @@ from functools import partial
 from typing import Any, Callable, Mapping, Protocol
 
 from app.stores import s3
-from app.stores.s3_sessions import S3UploadSessions
 from app.stores.blobs import FileBlobStore
 from app.stores.cache import CacheStore
 from app.stores.guard import BlobGuard
 from app.stores.interfaces import BlobStore, Cache, StateBackend, UploadSessions, process_lock
+from app.stores.s3_sessions import S3UploadSessions
 from app.stores.sessions import FileUploadSessions
 from app.stores.state import StateStore, holds_state
 
