@@ -4,6 +4,7 @@ boto3, and so the s3 blob store, reads them). tests/conftest.py starts one per p
 
     python -m tests.s3_server      # start one, print its endpoint and keys, stop on Ctrl-C
 """
+import glob
 import json
 import os
 import shutil
@@ -58,11 +59,15 @@ class SeaweedS3:
         data = os.path.join(self.workdir, "data-%d" % attempt)
         os.makedirs(data)
         self.log_path = os.path.join(self.workdir, "weed-%d.log" % attempt)
+        self.ports = ports
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [self.binary, "server", "-dir=" + data, "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                 "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=64", "-volume.preStopSeconds=0",
-                 "-filer", "-s3", "-s3.config=" + config, "-s3.port.iceberg=0", "-s3.port.lance=0",
+                [self.binary, "-logdir=" + self.workdir, "server", "-dir=" + data, "-ip=127.0.0.1",
+                 "-ip.bind=127.0.0.1", "-filer.localSocket=" + os.path.join(self.workdir, "filer.sock"),
+                 "-s3.localSocket=" + os.path.join(self.workdir, "s3.sock"),
+                 "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=64",
+                 "-volume.preStopSeconds=0", "-filer", "-s3", "-s3.config=" + config, "-s3.port.iceberg=0",
+                 "-s3.port.lance=0",
                  *("-%s=%d" % (flag, port) for flag, port in zip(PORT_FLAGS, ports))],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         try:
@@ -119,11 +124,15 @@ class SeaweedS3:
             return "".join(log.readlines()[-lines:])
 
     def stop(self):
-        """Killed, not asked to stop: its graceful shutdown takes 15 s, and its data is thrown away."""
+        """Killed, not asked to stop: its graceful shutdown takes 15 s, and its data is thrown away. Its gRPC
+        servers' unix sockets are always made in /tmp (no flag moves them), named by their ports: removed."""
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.kill()
         self.proc.wait(timeout=30)
+        for port in self.ports:
+            for path in glob.glob("/tmp/seaweedfs-*-%d.sock" % port):
+                os.unlink(path)
 
 
 class ServerDidNotStart(Exception):

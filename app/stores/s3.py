@@ -4,9 +4,10 @@ Bytes are hashed while they stream to a temporary key under ``<prefix>.tmp/`` (o
 part, else a multipart upload in parts of PART_SIZE, so an upload holds one part in memory whatever its size:
 the part's buffer is what is sent, never copied). Only once the digest is known (and checked by the pipeline)
 does ``promote`` copy the object to the key its digest names (``<prefix>`` + the store's path_template, as the
-filesystem kind lays out files) and delete the temporary one, so no key under a digest ever holds other bytes. Keys never leave this module: callers hold
-BlobHandles and open them; a read is a ranged GET streamed as it is sent. Credentials come from the environment
-(boto3's chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, an instance role), never the schema.
+filesystem kind lays out files) and delete the temporary one, so no key under a digest ever holds other bytes.
+Keys never leave this module: callers hold BlobHandles and open them; a read is a ranged GET streamed as it is
+sent. Credentials come from the environment (boto3's chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a
+profile, an instance role), never the schema.
 
 What garbage collection must keep is the data dir's BlobGuard, as for files: holds, leases and live uploads are
 known to this process only, so one collector must run for a bucket prefix at a time (a shared guard is later
