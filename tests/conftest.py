@@ -216,6 +216,22 @@ def s3_server(tmp_path_factory):
             os.environ[name] = value
 
 
+BLOB_KINDS = ("filesystem", "s3")  # the blob store kinds a test parametrized over them runs on
+
+
+def with_blob_kind(schema, kind, request):
+    """A copy of ``schema`` whose blob stores are of ``kind``: as it is for filesystem; for s3, in a key prefix of
+    this worker's S3 server (the s3_server fixture) no other test uses."""
+    import copy
+    schema = copy.deepcopy(schema)
+    if kind == "s3":
+        server = request.getfixturevalue("s3_server")
+        for spec in schema.get("storage", {}).get("blob_stores", {}).values():
+            spec.pop("root", None)
+            spec.update(server.spec(), kind="s3")
+    return schema
+
+
 @pytest.fixture
 def make_depot(tmp_path):
     """make_depot(schema, name="data", cpu_clock=None) -> Depot (a still CPU clock unless one is given); every

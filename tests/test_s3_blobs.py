@@ -15,14 +15,15 @@ from app.engine.compiler import compile_schema
 from app.engine.definitions import BlobStoreDef, UploadSessionsDef
 from app.errors import DepotError
 from app.stores.registry import Stores
-from app.stores.s3 import PART_SIZE
+from app.stores.s3 import PART_SIZE, S3BlobStore, connect
 from app.stores.s3_sessions import S3UploadSessions
-from tests.conftest import ADMIN_PASSWORD, GatedBody, ServerProcess, join_all
+from tests.conftest import ADMIN_PASSWORD, GatedBody, ServerProcess, join_all, with_blob_kind
 from tests.test_archives import METADATA, WHEEL, extract_route, sdist, wheel
 from tests.test_ops import with_routes
 from tests.test_streaming import traced_peak
 
 BLOB = "/v1/acme/hello/1.0.0/linux-amd64/blob"
+layout = BlobStoreDef("paged", {"kind": "s3"}).layout
 LARGE = bytes(range(256)) * (PART_SIZE // 256 + 4096)  # one part and 1 MiB more: a multipart upload of two parts
 
 
@@ -42,13 +43,6 @@ def bucket(stores, s3_server):
     return stores.blob_store(BlobStoreDef("primary", dict(s3_server.spec(), kind="s3")))
 
 
-def s3_schema(reference_schema, s3_server):
-    """The reference (or project) schema with its blob store in S3 (a key prefix of its own)."""
-    schema = copy.deepcopy(reference_schema)
-    primary = schema["storage"]["blob_stores"]["primary"]
-    del primary["root"]
-    primary.update(s3_server.spec(), kind="s3")
-    return schema
 
 
 # --- the store --------------------------------------------------------------------------------------------------
@@ -81,6 +75,18 @@ class Generated(io.RawIOBase):
         buffer[:count] = bytes([self.left % 251]) * count
         self.left -= count
         return count
+
+
+def test_the_bucket_is_listed_a_page_at_a_time(s3_server):
+    client = connect(s3_server.endpoint_url, "us-east-1")
+    listings = []
+    client.meta.events.register("before-parameter-build.s3.ListObjectsV2",
+                                lambda params, **_: listings.append(dict(params)))  # each request's parameters
+    store = S3BlobStore("paged", client, s3_server.bucket, s3_server.new_prefix(), layout, page_size=2)
+    for n in range(5):
+        store.commit(store.stage(io.BytesIO(b"blob %d" % n)))
+    assert sorted(store.digests()) == sorted(sha(b"blob %d" % n) for n in range(5))
+    assert len(listings) == 3 and all(listing["MaxKeys"] == 2 for listing in listings)  # 2 + 2 + 1
 
 
 def test_staging_holds_about_a_part_in_memory_whatever_the_size(bucket):
@@ -148,8 +154,8 @@ def test_a_spec_s_problems_are_reported_at_load_by_their_place(reference_schema)
         "storage.blob_stores.files.bucket"}
 
 
-def test_a_valid_s3_spec_loads_without_findings(reference_schema, s3_server):
-    compiled, report = compile_schema(s3_schema(reference_schema, s3_server), "test")
+def test_a_valid_s3_spec_loads_without_findings(reference_schema, request):
+    compiled, report = compile_schema(with_blob_kind(reference_schema, "s3", request), "test")
     assert compiled is not None and not [f for f in report.findings if "blob_stores" in f.place], report.to_text()
 
 
@@ -209,9 +215,8 @@ def test_a_session_of_several_pieces_finishes_whole_and_idle_ones_expire(bucket)
 
 # --- through the app ----------------------------------------------------------------------------------------
 
-def test_a_blob_published_to_s3_downloads_whole_by_range_and_conditionally(make_depot, reference_schema,
-                                                                           s3_server):
-    depot = make_depot(s3_schema(reference_schema, s3_server))
+def test_a_blob_published_to_s3_downloads_whole_by_range_and_conditionally(make_depot, reference_schema, request):
+    depot = make_depot(with_blob_kind(reference_schema, "s3", request))
     published = depot.publish("acme", "hello", "1.0.0", "linux-amd64", LARGE)
     assert published.status_code == 201 and published.get_json()["digest"] == sha(LARGE), published.data
     assert depot.blob_files() == []  # nothing of it in the data dir
@@ -230,9 +235,9 @@ def test_a_blob_published_to_s3_downloads_whole_by_range_and_conditionally(make_
     assert beyond.status_code == 416
 
 
-def test_the_real_server_streams_an_s3_blob_and_its_ranges(tmp_path, reference_schema, s3_server):
+def test_the_real_server_streams_an_s3_blob_and_its_ranges(tmp_path, reference_schema, request):
     schema_file = tmp_path / "schema.json"
-    schema_file.write_text(json.dumps(s3_schema(reference_schema, s3_server)))
+    schema_file.write_text(json.dumps(with_blob_kind(reference_schema, "s3", request)))
     server = ServerProcess(tmp_path / "data", args=("--schema", str(schema_file)))
     try:
         token = requests.post(server.url + "/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD},
@@ -252,11 +257,11 @@ def test_the_real_server_streams_an_s3_blob_and_its_ranges(tmp_path, reference_s
 
 @pytest.mark.parametrize("archive", [wheel(WHEEL), sdist([("demo-1.0/setup.py", b"x" * 5000),
                                                           ("demo-1.0/PKG-INFO", METADATA)])], ids=["zip", "tar.gz"])
-def test_a_member_of_an_archive_in_s3_is_extracted_by_ranged_reads(make_depot, project_schema, s3_server, archive):
+def test_a_member_of_an_archive_in_s3_is_extracted_by_ranged_reads(make_depot, project_schema, request, archive):
     """blob.extract seeks in the archive (zip reads its directory at the end first): an s3 object's reader does
     not seek, so the archive is read again from each position sought."""
     route = extract_route(member="*/METADATA" if archive.startswith(b"PK") else "*/PKG-INFO")
-    depot = make_depot(with_routes(s3_schema(project_schema, s3_server), route))
+    depot = make_depot(with_routes(with_blob_kind(project_schema, "s3", request), route))
     response = depot.client.put("/extract", data=archive, headers=depot.headers())
     assert response.status_code == 200, response.data
     assert response.get_json()["text"] == METADATA.decode() and response.get_json()["digest"] == sha(METADATA)

@@ -32,6 +32,7 @@ from app.stores.interfaces import BlobHandle, BlobStat, Readable, process_lock
 from app.stores.interfaces import StagedBlob as Staged
 
 SPEC_KEYS = ("bucket", "prefix", "endpoint_url", "region")  # what the kind reads of its spec, besides limits
+LIST_PAGE = 1000  # keys a listing asks for at a time (S3's largest page)
 PART_SIZE = 8 * 1024 * 1024  # a multipart upload's part (S3 wants at least 5 MiB for all but the last)
 TMP = ".tmp/"  # under the prefix: uploads being written or staged, never under a digest
 _MISSING = ("404", "NoSuchKey", "NotFound", "NoSuchUpload")
@@ -125,7 +126,7 @@ class S3BlobStore:
 
     def __init__(self, name: str, client: Any, bucket: str, prefix: str, layout: Callable[[str], str],
                  min_bytes: int = 0, max_bytes: Optional[int] = None, guard: Optional[BlobGuard] = None,
-                 part_size: int = PART_SIZE) -> None:
+                 part_size: int = PART_SIZE, page_size: int = LIST_PAGE) -> None:
         self.name = name
         self.client = client
         self.bucket = bucket
@@ -135,6 +136,7 @@ class S3BlobStore:
         self.max_bytes = max_bytes
         self.guard = guard if guard is not None else BlobGuard(process_lock())
         self.part_size = part_size
+        self.page_size = page_size
         self.tmp_prefix = self.prefix + TMP
 
     def _key(self, hexdigest: str) -> str:
@@ -343,7 +345,9 @@ class S3BlobStore:
 
     def list_objects(self, prefix: str) -> Iterator[tuple[str, Any]]:
         """(key, listing entry) of every object under ``prefix``, a page (ListObjectsV2) at a time."""
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.page_size})
+        for page in pages:
             for entry in page.get("Contents", []):
                 yield entry["Key"], entry
 
@@ -358,7 +362,8 @@ class S3BlobStore:
                 yield upload_id, initiated
 
     def _multipart(self, prefix: str) -> Iterator[tuple[str, str, float]]:
-        pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix)
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.page_size})
         for page in pages:
             for upload in page.get("Uploads", []) or []:
                 yield upload["UploadId"], upload["Key"], upload["Initiated"].timestamp()
