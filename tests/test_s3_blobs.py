@@ -142,7 +142,7 @@ def test_health_names_the_bucket_to_admins_and_fails_without_it(stores, s3_serve
     assert missing.health()["ok"] is False and not missing.exists(sha(b"anything"))
 
 
-def test_a_spec_s_problems_are_reported_at_load_by_their_place(reference_schema):
+def test_the_problems_of_a_blob_store_spec_are_reported_at_load_by_their_place(reference_schema):
     schema = copy.deepcopy(reference_schema)
     schema["storage"]["blob_stores"]["primary"].update(kind="s3", prefix="../up", endpoint_url="s3.example:9000")
     schema["storage"]["blob_stores"]["files"] = {"kind": "filesystem", "bucket": "depot"}
