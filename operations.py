@@ -22,7 +22,7 @@ from app.engine.conditions import ConditionError, compile_condition
 from app.engine.rows import RowContext, RowStream
 from app.engine.versions import SCHEMES
 from app.engine.context import EMPTY_BODY, ResponseSpec
-from app.engine.archives import FORMATS, Bounds, find_member, member_matcher
+from app.engine.archives import FORMATS, Bounds, find_member, member_matcher, random_access
 from app.engine.jsonstream import DECODINGS, DEFAULT_MAX_MEMBERS, JsonMember, JsonStreamReader, StreamSpec
 from app.engine.multipart import (DEFAULT_FIELD_BYTES, DEFAULT_FORM_BYTES, DEFAULT_MAX_ITEMS, DEFAULT_MAX_PARTS,
                                   FormFile, FormSpec, MultipartReader, boundary_of, read_form)
@@ -997,7 +997,7 @@ def blob_extract(ctx, a):
         raise DepotError("INVALID_SOURCE", 500, "blob.extract 'from' must be a blob handle")
     store = ctx.engine.blob_store(a.store.name)
     ctx.count_io()
-    with ctx.streaming(), io.BufferedReader(archive.open(), ARCHIVE_BUFFER) as raw, \
+    with ctx.streaming(), random_access(archive, ARCHIVE_BUFFER) as raw, \
             find_member(raw, a.format, a.matches, a.bounds) as member:
         staged = store.stage(member.stream, a.digests) if member is not None else None
     if staged is None:
