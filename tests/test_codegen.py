@@ -151,6 +151,23 @@ def test_references_sharing_a_prefix_read_it_once_and_decide_as_the_interpreted_
         assert outcome(node.render, ctx) == outcome(node.render_interpreted, ctx)
 
 
+JOINED = ["a/{x}/b", "{x}-{x}", "k/{x?}/end", "{x.version}@$y", "$y/{x|upper}", "p/{x.a.b[1].c?}/q", "{x}{x?}"]
+KEY_VALUES = {"plain": "acme", "slash": "a/b", "dots": "..", "dot": ".", "empty": "", "nul": "a\x00b", "int": 7,
+              "bool": True, "null": None, "nested": SHAPES["nested"], "dict": SHAPES["dict"]}
+
+
+@pytest.mark.parametrize("value", sorted(KEY_VALUES))
+@pytest.mark.parametrize("source", JOINED)
+def test_generated_joined_template_and_key_match_the_interpreted_ones(source, value):
+    """A template joining text and references renders (and renders as a storage key, refusing a value that adds
+    a segment) exactly as the interpreted join does, whatever the references hold."""
+    template = parse_template(source.replace("{x.a.b[1].c?}", "$x.a.b[1].c?"))
+    assert template.render.generated_source.startswith("def join")
+    ctx = Namespaces(fields={"x": KEY_VALUES[value]}, vars={"y": KEY_VALUES[value], "x": KEY_VALUES[value]})
+    assert outcome(template.render, ctx) == outcome(template._render_joined, ctx)
+    assert outcome(template.render_key, ctx) == outcome(template._render_key_interpreted, ctx)
+
+
 def test_dict_render_keeps_types_and_constants():
     value = compile_value(BODY).render(namespaces_for("all bound"))
     assert value == {"namespace": "acme", "version": "1.0.0", "digest": "\"sha256:00\"",

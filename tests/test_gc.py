@@ -4,15 +4,18 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+import pytest
+
+from tests.conftest import BLOB_KINDS, ROOT, with_blob_kind
 
 
 def digest(data):
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def test_deleted_versions_bytes_are_reclaimed_and_live_ones_kept(make_depot, project_schema):
-    depot = make_depot(project_schema)
+@pytest.mark.parametrize("kind", BLOB_KINDS)
+def test_deleted_versions_bytes_are_reclaimed_and_live_ones_kept(make_depot, project_schema, kind, request):
+    depot = make_depot(with_blob_kind(project_schema, kind, request))
     for version, data in (("1.0.0", b"kept bytes"), ("1.1.0", b"deleted bytes")):
         assert depot.publish("acme", "gc", version, "x", data).status_code == 201
     assert depot.client.delete("/v1/acme/gc/1.1.0/x", headers=depot.headers(["admin"])).status_code == 200

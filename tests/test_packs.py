@@ -15,6 +15,7 @@ import pytest
 from app.engine import packs
 from app.engine.compiler import compile_schema, load_schema_file, schema_digest
 from app.repository.service import Service
+from app.tools.testing import LocalDepot
 from tests.conftest import FIXTURES, ROOT, Depot
 
 HELLO = FIXTURES / "packs" / "hello.json"
@@ -288,3 +289,31 @@ def test_check_and_add_read_packs_relative_to_the_schema_file(tmp_path, project_
     written = json.loads(path.read_text())
     assert written["packs"] == [{"file": "packs/hello.json", "mount": "/hello/{namespace}"}]  # not embedded
     assert written["api"]["routes"][-1]["id"] == "hello_extra"
+
+
+def test_pypi_replay_writes_a_new_project_revision_for_every_change(tmp_path):
+    """On a replica the PyPI pack's apply pipelines write the project's revision (the replayed event's id) for an
+    upload, a yank and a delete, so a replica's cached project pages change with its data."""
+    from tests.pypi_clients import schema_with_the_pack
+
+    replica = LocalDepot(str(tmp_path / "data"), schema_path=str(schema_with_the_pack(tmp_path)), read_only=True)
+    try:
+        engine = replica.service.engine
+        uploaded = {"namespace": "acme", "project": "probe", "version": "1.0", "filename": "probe-1.0.tar.gz",
+                    "kind": "dist", "filetype": "sdist", "blob_digest": "sha256:" + "ab" * 32, "size": 3,
+                    "sha256": "ab" * 32, "requires_python": "", "summary": "", "upload_time": "2026-11-29T00:00:00Z",
+                    "uploaded_by": "uploader", "metadata_sha256": "", "metadata_digest": None, "metadata_size": None}
+        events = [("pypi.file_uploaded", uploaded),
+                  ("pypi.yanked", {"namespace": "acme", "project": "probe", "version": "1.0", "reason": "bad",
+                                   "at": "2026-11-29T00:00:01Z", "by": "admin"}),
+                  ("pypi.file_deleted", {"namespace": "acme", "project": "probe", "filename": "probe-1.0.tar.gz",
+                                         "at": "2026-11-29T00:00:02Z", "by": "admin"})]
+        for seq, (kind, payload) in enumerate(events, 1):
+            event_id = "%032x" % seq
+            engine.apply_event({"event_id": event_id, "type": kind, "at": payload.get("at", ""),
+                                "payload": payload}, (seq, event_id))
+            project = engine.documents.get("meta", "pypi/project/acme/probe")
+            assert project == {"namespace": "acme", "project": "probe", "updated_at": "2026-11-29T00:00:00Z",
+                               "revision": event_id}, kind
+    finally:
+        replica.service.close()

@@ -300,3 +300,40 @@ def test_an_admin_deletes_a_file_and_both_page_formats_drop_it(depot, tmp_path):
     assert anchors == [keep.filename]
     assert depot.get(url).status_code == 404 and depot.get(url + ".metadata").status_code == 404
     assert requests.delete(url, auth=depot.auth("admin"), timeout=60).status_code == 404
+
+
+def response_cache_hits(depot):
+    """The server's response cache hits so far (GET /metrics, as the admin)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    scraped = requests.get(depot.url + "/metrics", auth=depot.auth("admin"), timeout=60)
+    assert scraped.status_code == 200, scraped.text
+    return sum(sample.value for family in text_string_to_metric_families(scraped.text) for sample in family.samples
+               if sample.name == "depot_cache_lookups_total" and sample.labels == {"kind": "response",
+                                                                                   "outcome": "hit"})
+
+
+def test_the_project_page_is_kept_rendered_until_the_project_changes(depot, tmp_path):
+    """Each format of a project page is rendered once per revision of the project (written by every upload, yank
+    and delete, and replayed on replicas) and answered from the response cache until the next change."""
+    first, second = build_wheel(tmp_path, "cache-probe", "1.0"), build_wheel(tmp_path, "cache-probe", "2.0")
+    depot.upload(first)
+
+    def both_formats():
+        page = depot.page_json("cache-probe")
+        return page, [a["text"] for a in simple_anchors(depot.page_html("cache-probe").text).anchors]
+
+    rendered = both_formats()
+    hits = response_cache_hits(depot)
+    assert both_formats() == rendered and sorted(files_by_name(rendered[0])) == [first.filename]
+    assert response_cache_hits(depot) == hits + 2  # the second reading of each format came from the cache
+    depot.upload(second)
+    page, anchors = both_formats()
+    assert sorted(files_by_name(page)) == sorted(anchors) == sorted([first.filename, second.filename])
+    assert depot.yank("cache-probe", "2.0", "cached no more").status_code in (200, 204)
+    page, anchors = both_formats()
+    assert files_by_name(page)[second.filename]["yanked"] == "cached no more"
+    url = "%s/pypi/%s/files/cache-probe/%s" % (depot.url, NAMESPACE, second.filename)
+    assert requests.delete(url, auth=depot.auth("admin"), timeout=60).status_code == 200
+    page, anchors = both_formats()
+    assert sorted(files_by_name(page)) == anchors == [first.filename]

@@ -21,11 +21,26 @@ from app.errors import DepotError
 from app.stores.interfaces import BlobHandle, IndexDef, IndexKeyDef
 from app.stores.registry import REGISTRY, Registry, Stores
 
-SPECS = {}  # kind -> what its spec needs besides "kind" (a shared store names its server here)
+SPECS = {}  # kind -> what its spec needs besides "kind" (a shared store names its server here): set per test
+SERVERS = {"s3": "s3_server"}  # kind -> the fixture of its server, whose spec() gives a test its own place there
 MIB = 1024 * 1024
 
 
+@pytest.fixture(autouse=True)
+def kind_specs(request):
+    """The spec of each shared kind a test is parametrized with, in a place of its server no other test uses."""
+    callspec = getattr(request.node, "callspec", None)
+    kinds = {value for value in (callspec.params.values() if callspec else ()) if isinstance(value, str)}
+    for kind in kinds & set(SERVERS):
+        SPECS[kind] = request.getfixturevalue(SERVERS[kind]).spec()
+    yield
+    SPECS.clear()
+
+
 def spec_of(kind, **more):
+    """The spec of a store of ``kind``: ``root`` (a filesystem store's directory) is left out of other kinds'."""
+    if kind != "filesystem":
+        more.pop("root", None)
     return dict(SPECS.get(kind, {}), kind=kind, **more)
 
 
@@ -604,10 +619,10 @@ def storage_problems(project_schema, change):
 
 def test_a_store_kind_nothing_implements_is_refused_at_load(project_schema):
     def unknown_kinds(storage):
-        storage["blob_stores"]["primary"]["kind"] = "s3"
+        storage["blob_stores"]["primary"]["kind"] = "tape"
         storage["kv_stores"]["meta"]["kind"] = "postgresql"
     problems = storage_problems(project_schema, unknown_kinds)
-    assert ("storage.blob_stores.primary.kind", "blob store kind 's3' is not supported") in problems
+    assert ("storage.blob_stores.primary.kind", "blob store kind 'tape' is not supported") in problems
     assert ("storage.kv_stores.meta.kind", "kv store kind 'postgresql' is not supported") in problems
 
 
@@ -646,11 +661,16 @@ def open_sessions(stores, kind, ttl_seconds=3600, max_bytes=None):
 
 
 @pytest.fixture(params=sorted(REGISTRY.upload_sessions))
-def sessions(request, stores):
-    return open_sessions(stores, request.param)
+def sessions_kind(request):
+    return request.param
 
 
-def test_a_session_takes_chunks_in_order_and_finishes_as_a_staged_blob(stores, sessions):
+@pytest.fixture
+def sessions(stores, sessions_kind):
+    return open_sessions(stores, sessions_kind)
+
+
+def test_a_session_takes_chunks_in_order_and_finishes_as_a_staged_blob(stores, sessions, sessions_kind):
     session = sessions.start()
     assert sessions.size(session) == 0
     assert sessions.append(session, io.BytesIO(b"hello "), 0) == 6
@@ -660,7 +680,7 @@ def test_a_session_takes_chunks_in_order_and_finishes_as_a_staged_blob(stores, s
     assert refused.value.status == 416 and sessions.size(session) == 11
     staged = sessions.finish(session)
     assert (staged.digest, staged.size) == (sha(b"hello world"), 11)
-    store = open_blob_store(stores, "filesystem")
+    store = open_blob_store(stores, sessions_kind)
     assert not store.exists(staged.digest)  # staged, not stored, until promoted
     store.commit(staged)
     assert store.open(staged.digest).read() == b"hello world"
@@ -685,8 +705,9 @@ def test_a_chunk_cut_short_leaves_the_session_as_it_was(sessions):
     assert sessions.finish(session).digest == sha(b"kept!")
 
 
-def test_a_session_over_its_limit_is_refused_and_unchanged(stores):
-    sessions = open_sessions(stores, "filesystem", max_bytes=8)
+@pytest.mark.parametrize("kind", sorted(REGISTRY.upload_sessions))
+def test_a_session_over_its_limit_is_refused_and_unchanged(stores, kind):
+    sessions = open_sessions(stores, kind, max_bytes=8)
     session = sessions.start()
     sessions.append(session, io.BytesIO(b"12345"))
     with pytest.raises(DepotError) as refused:

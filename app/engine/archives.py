@@ -24,9 +24,10 @@ import zipfile
 import zlib
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO, Callable, Iterator, Optional
+from typing import IO, Any, BinaryIO, Callable, Iterator, Optional, cast
 
 from app.errors import DepotError
+from app.stores.interfaces import BlobHandle
 
 FORMATS = ("auto", "zip", "tar", "tar.gz")
 MAX_HEADER_READ = 1024 * 1024  # the largest single read tarfile may make for a header (pax, GNU long names)
@@ -39,6 +40,64 @@ _ENTRY = struct.Struct("<4s6H3L5H2L")  # a central directory entry's fixed part:
 # what zipfile, tarfile and the decompressors raise on a corrupt, truncated or unsupported archive
 ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, zlib.error, lzma.LZMAError, EOFError, NotImplementedError,
                   RuntimeError, ValueError, struct.error, OSError)
+
+
+def random_access(blob: BlobHandle, buffer_size: int) -> BinaryIO:
+    """``blob``'s bytes, seekable and buffered, however its store reads: a store's own reader when it seeks (a
+    file), else one that opens the blob again at each position sought (an object read by ranged GETs: the store
+    keeps its readers unseekable, so a server never reads them in the thread that serves every connection)."""
+    reader = blob.open()
+    if not reader.seekable():
+        reader.close()
+        reader = cast(BinaryIO, _Reopening(blob))
+    return cast(BinaryIO, io.BufferedReader(cast(Any, reader), buffer_size))
+
+
+class _Reopening(io.RawIOBase):
+    """A blob read from any position: a seek drops the open reader, the next read opens the blob there."""
+
+    def __init__(self, blob: BlobHandle) -> None:
+        super().__init__()
+        self._blob = blob
+        self._size = blob.size if blob.size is not None else blob.stat().size
+        self._position = 0
+        self._reader: Optional[BinaryIO] = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        target = max(base + offset, 0)
+        if target != self._position:
+            self._drop()
+            self._position = target
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        if self._position >= self._size:
+            return 0
+        if self._reader is None:
+            self._reader = self._blob.open(self._position)
+        data = self._reader.read(len(buffer))
+        buffer[:len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
+    def _drop(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
 
 
 def invalid_archive(message: str) -> DepotError:

@@ -326,6 +326,11 @@ class BlobStoreDef:
         self.kind = spec["kind"]
         self.spec = spec  # as the schema gives it: what an implementation of another kind reads (a bucket ...)
         self.root = spec.get("root", name)
+        # the s3 kind's bucket, its key prefix, and the server's address (none: AWS's own, in ``region``)
+        self.bucket = spec.get("bucket")
+        self.prefix = spec.get("prefix", "")
+        self.endpoint_url = spec.get("endpoint_url")
+        self.region = spec.get("region")
         addressing = spec.get("addressing", {})
         self.path_template = addressing.get("path_template", "sha256/{digest:0:2}/{digest:2:2}/{digest}")
         limits = spec.get("limits", {})

@@ -25,6 +25,7 @@ into an object keyed by what ``key`` renders for each item.
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any, Callable, Optional, Sequence, Union, cast
 
 from app.engine.codegen import FunctionBuilder, enabled as generating, literal
@@ -252,7 +253,7 @@ class Template:
     """A parsed string template. ``render`` is the lone reference's resolve when the template is exactly one
     reference (its value keeps its type), else the joined string."""
 
-    __slots__ = ("source", "parts", "refs", "single", "render")
+    __slots__ = ("source", "parts", "refs", "single", "render", "render_key")
 
     def __init__(self, source: str, parts: list[str | Ref]) -> None:
         self.source = source
@@ -260,9 +261,47 @@ class Template:
         self.refs = [p for p in parts if isinstance(p, Ref)]
         self.single: Optional[Ref] = self.refs[0] if len(parts) == 1 and self.refs else None
         self.render: Render = self.single.resolve if self.single is not None else self._render_joined
+        # a storage key: substituted values may not add segments ('/', '..') or NUL
+        self.render_key: Callable[[Any], str] = self._render_key_interpreted
+        if self.single is None and self.refs and generating():
+            self.render = self._generate_join(None)
+            self.render_key = self._generate_join(_check_key_segment)
 
     def _render_joined(self, ctx: Any) -> str:
         return self._join(ctx, None)
+
+    def _render_key_interpreted(self, ctx: Any) -> str:
+        return self._join(ctx, _check_key_segment)
+
+    def _generate_join(self, check: Optional[Callable[[Ref, str], None]]) -> Callable[[Any], str]:
+        """``_join`` as straight-line code for the common case: every reference a string (and, for a key, a
+        valid segment). Anything else (an absent optional, null, a number, an invalid segment) hands the whole
+        render to ``_join``, which decides exactly as it always does (text, errors, a vanishing segment)."""
+        builder = FunctionBuilder("join")
+        fallback = "%s(ctx)" % builder.bind(partial(self._join, check=check), "interpreted")
+
+        def emit(builder: FunctionBuilder, bail: str) -> list[str]:
+            pieces = []
+            for part in self.parts:
+                if isinstance(part, str):
+                    if part:
+                        pieces.append(literal(part))
+                    continue
+                value = part.emit(builder, bail)
+                builder.line("if %s.__class__ is not str:" % value)
+                builder.line(bail, 1)
+                if check is not None:
+                    builder.line("if '/' in %s or '\\x00' in %s or %s in ('', '.', '..'):" % (value, value, value))
+                    builder.line(bail, 1)
+                if part.prefix:
+                    pieces.append(literal(part.prefix))
+                pieces.append(value)
+            return pieces
+
+        pieces = builder.guarded(emit, fallback)
+        builder.line("return ''.join((%s,))" % ", ".join(pieces))
+        join: Callable[[Any], str] = builder.build()
+        return join
 
     def emit(self, builder: FunctionBuilder, bail: str) -> str:
         if self.single is not None:
@@ -275,10 +314,6 @@ class Template:
         if self.single is not None:
             return self.single.resolve_lenient(ctx)
         return self.render(ctx)
-
-    def render_key(self, ctx: Any) -> str:
-        """Render a storage key: substituted values may not add segments ('/', '..') or NUL."""
-        return self._join(ctx, _check_key_segment)
 
     def _join(self, ctx: Any, check: Optional[Callable[[Ref, str], None]]) -> str:
         out: list[str] = []

@@ -64,6 +64,8 @@ METASCHEMA = {
                 "blob_stores": {"type": "object", "additionalProperties": {
                     "type": "object", "required": ["kind"],
                     "properties": {"kind": {"type": "string"}, "root": {"type": "string"},
+                                   "bucket": {"type": "string"}, "prefix": {"type": "string"},
+                                   "endpoint_url": {"type": "string"}, "region": {"type": "string"},
                                    "addressing": {"type": "object"},
                                    "limits": {"type": "object", "properties": {
                                        "max_blob_bytes": {"type": "integer", "minimum": 0},

@@ -123,7 +123,7 @@ KEYS: dict[str, KeySpec] = {
     },
     "storage": {
         "blob_stores": {"*": {
-            "kind": READ, "root": READ,
+            "kind": READ, "root": READ, "bucket": READ, "prefix": READ, "endpoint_url": READ, "region": READ,
             "addressing": {"mode": READ, "digest": READ, "path_template": READ},
             "limits": {"max_blob_bytes": READ, "min_blob_bytes": READ},
         }},

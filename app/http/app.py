@@ -36,6 +36,8 @@ ROUTE_ENDPOINT = "depot_route"  # no ".": Flask would take "depot" for a bluepri
 # and look up that blueprint's hooks on every request
 READ_METHODS = ("GET", "HEAD")
 REQUEST_ID_KEY = "depot.request_id"
+_SYNC_MEMO = 1024
+STARTED_KEY = "depot.started"  # when the request's handling began (perf_counter), for its latency metric
 AUTHENTICATED_KEY = "authenticated"  # the RequestData attribute keeping its authentication's outcome
 DOCS_PATH = "/docs"
 
@@ -124,6 +126,18 @@ class DepotFlask(Flask):
         self.trusted_proxies = trusted_proxies  # whose X-Forwarded-* say what {request.base_url} is
         self._routing = (None, None)
         self._routing_lock = threading.Lock()
+        self._sync = {}
+
+    def ensure_sync(self, func):
+        """Flask asks, for every hook and view of every request, whether it is a coroutine function: the answer
+        for a given function never changes, so it is worked out once (for at most _SYNC_MEMO functions: a
+        callback made per request would be a new one each time)."""
+        known = self._sync.get(func)
+        if known is None:
+            if len(self._sync) >= _SYNC_MEMO:
+                self._sync.clear()
+            known = self._sync[func] = super().ensure_sync(func)
+        return known
 
     def add_url_rule(self, *args, **kwargs):
         with RULES_LOCK:  # Flask binds the rule to its map at once (app.engine.shadowing.RULES_LOCK says why)
@@ -156,27 +170,31 @@ def create_app(service, trusted_proxies=None):
     app = DepotFlask(service, proxies(trusted_proxies))
     app.config["MAX_CONTENT_LENGTH"] = None
 
+    # the hooks keep what they share in the WSGI environ, each reading the request proxy once: every request
+    # runs them, and each proxy or `g` access is a context-variable lookup
     @app.before_request
     def assign_request_id():
-        incoming = request.headers.get("X-Request-Id", "")
-        g.request_id = request.environ[REQUEST_ID_KEY] = (incoming if _REQUEST_ID.match(incoming)
-                                                          else next_request_id())
-        g.started = time.perf_counter()
+        environ = request.environ
+        incoming = environ.get("HTTP_X_REQUEST_ID", "")
+        g.request_id = environ[REQUEST_ID_KEY] = incoming if _REQUEST_ID.match(incoming) else next_request_id()
+        environ[STARTED_KEY] = time.perf_counter()
         metrics.IN_FLIGHT.inc()
 
     @app.after_request
     def stamp_request_id(response):
-        response.headers["X-Request-Id"] = g.get("request_id") or next_request_id()
-        started = g.get("started")
+        req = request._get_current_object()
+        environ = req.environ
+        response.headers["X-Request-Id"] = environ.get(REQUEST_ID_KEY) or next_request_id()
+        started = environ.get(STARTED_KEY)
         if started is not None:
-            route = _route_label(request)
-            metrics.REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+            route = _route_label(req)
+            metrics.REQUESTS.labels(route, req.method, str(response.status_code)).inc()
             metrics.REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
         return response
 
     @app.teardown_request
     def leave(error=None):
-        if g.pop("started", None) is not None:
+        if request.environ.pop(STARTED_KEY, None) is not None:
             metrics.IN_FLIGHT.dec()
 
     @app.errorhandler(DepotError)
@@ -230,17 +248,21 @@ def create_app(service, trusted_proxies=None):
         return json_response({"ok": ok, "stores": stores, "schema_sha256": service.engine.compiled.sha256,
                               "read_only": service.read_only}, 200 if ok else 503)
 
-    authenticate = functools.partial(principal_once, service)
+    # a write's audit may ask who called after its pipeline did: its outcome is kept on the request (a read is
+    # not audited, and its pipeline's context asks once)
+    authenticate_write = functools.partial(principal_once, service)
+    authenticate_read = service.principal
 
     def run_route(**params):
         req = request._get_current_object()  # one context-local lookup instead of one per attribute
         rule = req.url_rule
         engine = rule.engine
         data = request_data(req, engine, params, app.trusted_proxies)
+        reading = rule.route.method in READ_METHODS
         try:
-            ctx = engine.run(rule.route, data, authenticate)
+            ctx = engine.run(rule.route, data, authenticate_read if reading else authenticate_write)
         except DepotError as error:
-            if rule.route.method not in READ_METHODS:
+            if not reading:
                 _audit_route(service, rule.route, data, None, error.status)
             raise
         try:
@@ -248,7 +270,7 @@ def create_app(service, trusted_proxies=None):
         except BaseException:
             ctx.close()
             raise
-        if rule.route.method not in READ_METHODS:
+        if not reading:
             _audit_route(service, rule.route, data, ctx, response.status_code)
         return response
 

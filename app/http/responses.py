@@ -8,7 +8,9 @@ from urllib.parse import quote
 
 from flask import Response, request
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
-from werkzeug.http import unquote_etag
+from werkzeug.datastructures import Headers
+from werkzeug.http import http_date, quote_etag, unquote_etag
+from werkzeug.utils import get_content_type
 from werkzeug.wsgi import wrap_file
 
 from app.errors import DepotError
@@ -83,25 +85,24 @@ def _blob_response(spec, on_close):
     sending (which needs no worker thread, however slow the reader) serves ranges too."""
     blob = spec.blob
     given = spec.headers or {}
-    headers = {k: v for k, v in given.items() if k.lower() not in ("content-length", "etag")}
-    response = Response(status=spec.status, headers=headers,
-                        mimetype=headers.get("Content-Type", "application/octet-stream"))
     status = _stat(blob)
     size = blob.size if blob.size is not None else status.size
-    response.content_length = size
     etag = given.get("ETag") or given.get("Etag")
     etag = etag.strip('"') if etag else blob.digest
-    if etag:
-        response.set_etag(etag)
-    if blob.digest:
-        response.headers["X-Depot-Digest"] = blob.digest
-    response.last_modified = spec.last_modified or datetime.fromtimestamp(status.modified, timezone.utc)
     filename = spec.filename or (blob.digest or "").replace(":", "-")
-    if filename and "content-disposition" not in (k.lower() for k in headers):
-        response.headers["Content-Disposition"] = attachment(filename)
+    headers = _download_headers(given, size, etag, blob.digest, filename,
+                                spec.last_modified or datetime.fromtimestamp(status.modified, timezone.utc))
+    environ = request.environ
+    plain = environ["REQUEST_METHOD"] in ("GET", "HEAD") and environ.keys().isdisjoint(_CONDITIONAL)
+    if plain:  # what werkzeug's make_conditional adds to a plain GET or HEAD, without its parsing
+        headers.append(("Accept-Ranges", "bytes"))
+        if not any(name.lower() == "date" for name, _ in headers):
+            headers.append(("Date", http_date()))
+    # one Headers built whole: each werkzeug header assignment scans every header before it
+    response = Response(status=spec.status, headers=Headers(headers))
     try:
-        response.make_conditional(_ranged_environ(request.environ, size), accept_ranges=True,
-                                  complete_length=size)
+        if not plain:
+            response.make_conditional(_ranged_environ(environ, size), accept_ranges=True, complete_length=size)
     except RequestedRangeNotSatisfiable:
         return _closing(error_response(DepotError("RANGE_NOT_SATISFIABLE", 416, "the requested range is not "
                                                   "satisfiable", headers={"Content-Range": "bytes */%d" % size})),
@@ -118,6 +119,29 @@ def _blob_response(spec, on_close):
     response.response = wrap_file(request.environ, handle)
     response.direct_passthrough = True
     return response
+
+
+# the request headers that can make a download partial (206), not modified (304) or failed (412, 416)
+_CONDITIONAL = ("HTTP_RANGE", "HTTP_IF_RANGE", "HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_IF_MODIFIED_SINCE",
+                "HTTP_IF_UNMODIFIED_SINCE")
+_SET_HERE = ("content-length", "etag", "content-type", "x-depot-digest", "last-modified")
+
+
+def _download_headers(given, size, etag, digest, filename, modified):
+    """A download's headers: the step's own (its Content-Type, with a charset for text; Content-Disposition
+    unless it gives one), then the length, ETag, digest and Last-Modified of the blob."""
+    headers = [(name, value) for name, value in given.items() if name.lower() not in _SET_HERE]
+    headers.append(("Content-Type", get_content_type(given.get("Content-Type", "application/octet-stream"),
+                                                     "utf-8")))
+    headers.append(("Content-Length", str(size)))
+    if etag:
+        headers.append(("ETag", quote_etag(etag)))
+    if digest:
+        headers.append(("X-Depot-Digest", digest))
+    headers.append(("Last-Modified", http_date(modified)))
+    if filename and not any(name.lower() == "content-disposition" for name in given):
+        headers.append(("Content-Disposition", attachment(filename)))
+    return headers
 
 
 def _stat(blob):

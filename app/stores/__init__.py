@@ -17,11 +17,13 @@
         CommitLock    what a commit (and the start of a garbage collection) holds: a process lock here
         Cache         enabled(kind); get(kind, key) -> (hit, value); put(kind, key, value, ttl); invalidate
         StateBackend  documents, indexes, event_log(settings), transaction(), commit_lock, reindex, health
-    registry.py    REGISTRY: the schema's store kinds -> implementations (blob: filesystem; kv: rocksdb; the
+    registry.py    REGISTRY: the schema's store kinds -> implementations (blob: filesystem, s3; kv: rocksdb; the
                    embedded cache), and Stores, a data dir's open stores, built from it
     state.py       the rocksdb kind: documents, index rows, events, replica bookkeeping in one rocksdict database;
     cache.py       the embedded cache, in the same database (these two build every byte key and row encoding)
     blobs.py       the filesystem kind: content-addressed files (file paths stay inside it)
+    s3.py          the s3 kind: content-addressed objects in an S3-compatible bucket (keys stay inside it);
+                   s3_sessions.py, its upload sessions, kept in the bucket
     guard.py       what garbage collection must not remove at this moment (holds, leases, uploads, seen-set)
     digests.py     digest forms (sha256:<hex>) and the digests clients declare; codec.py, JSON as Depot writes it
     sortkeys.py    order-preserving byte encodings for index keys

@@ -14,6 +14,7 @@ from app.stores.interfaces import Readable
 
 DIGEST_PREFIX = "sha256:"
 CHUNK = 1024 * 1024
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def split_digest(digest: str) -> str:
     if not isinstance(digest, str):
         raise bad_request("INVALID_DIGEST", "digest must be a string", "digest")
     hexpart = digest[len(DIGEST_PREFIX):] if digest.startswith(DIGEST_PREFIX) else digest
-    if len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
+    if _SHA256_HEX.fullmatch(hexpart) is None:  # one C call: every blob reference passes here
         raise bad_request("INVALID_DIGEST", "digest must be sha256:<64 lowercase hex>", "digest")
     return hexpart
 

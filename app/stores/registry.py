@@ -1,25 +1,29 @@
 """Which implementation serves each store `kind` a schema names, and the data dir's open stores (Stores).
 
-The schema's `storage.blob_stores.*.kind` picks a blob store implementation; `storage.kv_stores.*.kind` picks the
-state backend that keeps documents, indexes and the event log (one kind for all of a schema's kv stores: one
-transaction commits across them). The response and blob caches have no kind in the schema: the deployment picks it
-with DEPOT_CACHE_URL (``cache_url``): unset, the embedded cache in the state database; ``redis://...``, Redis,
-which then also keeps what every process must see alike (login rate limits, the identity generation: ``shared``).
+The schema's `storage.blob_stores.*.kind` picks a blob store implementation (`filesystem`: files in the data
+dir; `s3`: objects in an S3-compatible bucket); `storage.kv_stores.*.kind` picks the state backend that keeps
+documents, indexes and the event log (one kind for all of a schema's kv stores: one transaction commits across
+them). The response and blob caches have no kind in the schema: the deployment picks it with DEPOT_CACHE_URL
+(``cache_url``): unset, the embedded cache in the state database; ``redis://...``, Redis, which then also keeps
+what every process must see alike (login rate limits, the identity generation: ``shared``).
 
 A new kind is a module implementing app/stores/interfaces.py (and passing tests/test_store_contract.py) plus one
-entry in REGISTRY below: the compiler accepts the kind, Stores opens it, and nothing else changes.
+entry in REGISTRY below (and, for a blob store kind with spec keys of its own, their check in ``blob_specs``):
+the compiler accepts the kind and reports its spec's problems, Stores opens it, and nothing else changes.
 """
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Mapping, Protocol
 
+from app.stores import s3
 from app.stores.blobs import FileBlobStore
 from app.stores.cache import CacheStore
 from app.stores.guard import BlobGuard
 from app.stores.interfaces import BlobStore, Cache, StateBackend, UploadSessions, process_lock
 from app.stores.rediscache import RedisServer
+from app.stores.s3_sessions import S3UploadSessions
 from app.stores.sessions import FileUploadSessions
 from app.stores.state import StateStore, holds_state
 
@@ -38,6 +42,8 @@ StateFactory = Callable[["Stores", Mapping[str, KvSpec]], StateBackend]  # (stor
 CacheFactory = Callable[["Stores", CacheSettings, ResolveBlob], Cache]  # (stores, caching settings, resolve_blob)
 # (the blob store its sessions end in, app.engine.definitions.UploadSessionsDef), by the blob store's kind
 SessionsFactory = Callable[[BlobStore, Any], UploadSessions]
+# a blob store spec -> (its key, message) for each problem of it, which the compiler reports at load
+SpecCheck = Callable[[dict[str, Any]], list[tuple[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class Registry:
     kv_stores: Mapping[str, StateFactory]
     caches: Mapping[str, CacheFactory]
     upload_sessions: Mapping[str, SessionsFactory]
+    blob_specs: Mapping[str, SpecCheck] = field(default_factory=dict)  # by kind; none: nothing to check
 
     def kind_problems(self, storage: dict[str, Any]) -> list[tuple[str, str]]:
         """(where, message) for each store kind in a schema's `storage` section that nothing implements, and for
@@ -55,6 +62,9 @@ class Registry:
             if spec.get("kind") not in self.blob_stores:
                 problems.append(("storage.blob_stores.%s.kind" % name, "blob store kind %r is not supported; "
                                  "expected one of: %s" % (spec.get("kind"), ", ".join(sorted(self.blob_stores)))))
+            check = self.blob_specs.get(spec.get("kind"))
+            problems.extend(("storage.blob_stores.%s.%s" % (name, key), message)
+                            for key, message in (check(spec) if check is not None else ()))
         kinds: dict[object, str] = {}  # kind (as the schema spells it) -> the first kv store of it
         for name, spec in storage.get("kv_stores", {}).items():
             if spec.get("kind") not in self.kv_stores:
@@ -92,10 +102,28 @@ def _filesystem(stores: "Stores", definition: Any) -> BlobStore:
     return store
 
 
+def _filesystem_spec(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(key, "only an s3 blob store reads %s; a filesystem one keeps its files under root" % key)
+            for key in s3.SPEC_KEYS if key in spec]
+
+
+def _s3(stores: "Stores", definition: Any) -> BlobStore:
+    """Objects in a bucket; nothing is removed at open: other processes may share the bucket (s3.py)."""
+    client = s3.connect(definition.endpoint_url, definition.region)
+    return s3.S3BlobStore(definition.name, client, definition.bucket, definition.prefix, definition.layout,
+                          definition.min_bytes, definition.max_bytes, stores.guard)
+
+
 def _file_sessions(store: BlobStore, definition: Any) -> UploadSessions:
     if not isinstance(store, FileBlobStore):
         raise TypeError("filesystem upload sessions need a filesystem blob store")
     return FileUploadSessions(definition.name, store, definition.ttl_seconds, definition.max_bytes)
+
+
+def _s3_sessions(store: BlobStore, definition: Any) -> UploadSessions:
+    if not isinstance(store, s3.S3BlobStore):
+        raise TypeError("s3 upload sessions need an s3 blob store")
+    return S3UploadSessions(definition.name, store, definition.ttl_seconds, definition.max_bytes)
 
 
 def _rocksdb(stores: "Stores", specs: Mapping[str, KvSpec]) -> StateBackend:
@@ -112,10 +140,11 @@ def _redis_cache(stores: "Stores", settings: CacheSettings, resolve_blob: Resolv
     return stores.shared.cache(settings, resolve_blob)
 
 
-REGISTRY = Registry(blob_stores={"filesystem": _filesystem},
+REGISTRY = Registry(blob_stores={"filesystem": _filesystem, "s3": _s3},
                     kv_stores={"rocksdb": _rocksdb},
                     caches={CACHE_KIND: _embedded_cache, REDIS_CACHE_KIND: _redis_cache},
-                    upload_sessions={"filesystem": _file_sessions})
+                    upload_sessions={"filesystem": _file_sessions, "s3": _s3_sessions},
+                    blob_specs={"filesystem": _filesystem_spec, "s3": s3.spec_problems})
 
 
 def remove_leftover_uploads(store: BlobStore, guard: BlobGuard) -> tuple[int, int]:
