@@ -265,3 +265,34 @@ def test_a_member_of_an_archive_in_s3_is_extracted_by_ranged_reads(make_depot, p
     response = depot.client.put("/extract", data=archive, headers=depot.headers())
     assert response.status_code == 200, response.data
     assert response.get_json()["text"] == METADATA.decode() and response.get_json()["digest"] == sha(METADATA)
+
+
+def test_depot_blob_url_places_the_schemas_filesystem_stores_in_a_bucket(make_depot, reference_schema, s3_server,
+                                                                          monkeypatch):
+    """DEPOT_BLOB_URL moves every filesystem blob store of the schema into a bucket, configuration only: each
+    store's objects under the URL's prefix and the store's root, nothing in the data dir."""
+    prefix = s3_server.new_prefix().rstrip("/")
+    monkeypatch.setenv("DEPOT_BLOB_URL", "s3://%s/%s?endpoint_url=%s&region=us-east-1"
+                       % (s3_server.bucket, prefix, s3_server.endpoint_url))
+    depot = make_depot(reference_schema)
+    body = b"placed by the deployment's URL"
+    published = depot.publish("acme", "hello", "1.0.0", "linux-amd64", body)
+    assert published.status_code == 201, published.data
+    assert depot.blob_files() == []
+    fetched = depot.client.get(BLOB, headers=depot.headers(["read"]))
+    assert fetched.status_code == 200 and fetched.get_data() == body
+    listed = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=prefix + "/")
+    keys = [entry["Key"] for entry in listed.get("Contents", [])]
+    root = reference_schema["storage"]["blob_stores"]["primary"].get("root", "primary").strip("/")
+    assert [key for key in keys if key.endswith(sha(body)[len("sha256:"):])] and \
+        all(key.startswith("%s/%s/" % (prefix, root)) for key in keys), keys
+
+
+@pytest.mark.parametrize("url", ["s3://b/x?foo=1", "http://example.com/bucket", "s3://Not_A_Bucket"])
+def test_a_malformed_depot_blob_url_stops_the_start_naming_it(tmp_path, monkeypatch, capsys, url):
+    from app.tools.cli import main
+
+    monkeypatch.setenv("DEPOT_BLOB_URL", url)
+    monkeypatch.setenv("DEPOT_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    assert main(["serve", "--data-dir", str(tmp_path / "data"), "--port", "0"]) == 2
+    assert "DEPOT_BLOB_URL=%s" % url in capsys.readouterr().err

@@ -28,7 +28,7 @@ from app.engine.report import Report
 from app.repository.schema_store import SchemaStore
 from app.stores.interfaces import RateLimit
 from app.stores.rediscache import CACHE_URL_ENV
-from app.stores.registry import Stores
+from app.stores.registry import BLOB_URL_ENV, Stores
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # app/repository/ -> the root
 DEFAULT_SCHEMA = os.path.join(PROJECT, "schema.json")
@@ -64,7 +64,8 @@ class Service:
         self.announce = announce
         # first: the state store's lock is the data dir's lease (StoreLocked while another process holds it)
         self.stores = Stores(self.data_dir, sync=sync,
-                             cache_url=os.environ.get(CACHE_URL_ENV) if cache_url is None else cache_url)
+                             cache_url=os.environ.get(CACHE_URL_ENV) if cache_url is None else cache_url,
+                             blob_url=os.environ.get(BLOB_URL_ENV))
         try:
             self._open(schema, schema_path, load_schema)
         except BaseException:

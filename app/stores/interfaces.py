@@ -31,6 +31,10 @@ class CacheServerError(Exception):
     """DEPOT_CACHE_URL is malformed, or names a server that does not answer (raised as the stores open, at start)."""
 
 
+class BlobLocationError(ValueError):
+    """DEPOT_BLOB_URL is malformed (raised as the stores open, at start)."""
+
+
 # --- definitions a schema gives the stores ---------------------------------------------------------------------
 
 def _no_rowid(row: Row) -> str:

@@ -16,12 +16,13 @@ import os
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Mapping, Protocol
+from urllib.parse import parse_qs, urlsplit
 
 from app.stores import s3
 from app.stores.blobs import FileBlobStore
 from app.stores.cache import CacheStore
 from app.stores.guard import BlobGuard
-from app.stores.interfaces import BlobStore, Cache, StateBackend, UploadSessions, process_lock
+from app.stores.interfaces import BlobLocationError, BlobStore, Cache, StateBackend, UploadSessions, process_lock
 from app.stores.rediscache import RedisServer
 from app.stores.s3_sessions import S3UploadSessions
 from app.stores.sessions import FileUploadSessions
@@ -166,9 +167,10 @@ class Stores:
     does not answer stops the start (rediscache.CacheServerError), not the first request."""
 
     def __init__(self, data_dir: str, sync: bool = True, registry: Registry = REGISTRY,
-                 cache_url: str | None = None) -> None:
+                 cache_url: str | None = None, blob_url: str | None = None) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.registry = registry
+        self.blob_location = blob_location(blob_url) if blob_url else None  # before anything is opened
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         self.commit_lock = process_lock()
         self.local_state = StateStore(os.path.join(self.data_dir, STATE_DIR), sync=sync,
@@ -196,8 +198,19 @@ class Stores:
         self._opened.add(token)
         return True
 
+    def placed(self, definition: Any) -> Any:
+        """The BlobStoreDef as this deployment places it: with DEPOT_BLOB_URL, a filesystem store's objects live in
+        that bucket instead, under the URL's prefix and the store's root (each store apart); else as declared."""
+        if self.blob_location is None or definition.kind != "filesystem":
+            return definition
+        spec = {key: value for key, value in definition.spec.items() if key not in ("kind", "root")}
+        prefix = self.blob_location.get("prefix", "") + definition.root.strip("/") + "/"
+        return type(definition)(definition.name, dict(spec, **dict(self.blob_location, prefix=prefix)))
+
     def blob_store(self, definition: Any) -> BlobStore:
-        """The blob store an app.engine.definitions.BlobStoreDef describes (one object per distinct definition)."""
+        """The blob store an app.engine.definitions.BlobStoreDef describes (one object per distinct definition),
+        where this deployment places it (``placed``)."""
+        definition = self.placed(definition)
         key = (definition.name, json.dumps(definition.spec, sort_keys=True))
         if key not in self._blob_stores:
             self._blob_stores[key] = self.registry.blob_stores[definition.kind](self, definition)
@@ -206,6 +219,7 @@ class Stores:
     def upload_sessions(self, definition: Any, blob_store: Any) -> UploadSessions:
         """The sessions an app.engine.definitions.UploadSessionsDef describes, over the BlobStoreDef
         ``blob_store`` (one object per distinct definition)."""
+        blob_store = self.placed(blob_store)
         key = (definition.name, json.dumps([definition.spec, blob_store.spec], sort_keys=True))
         if key not in self._sessions:
             self._sessions[key] = self.registry.upload_sessions[blob_store.kind](self.blob_store(blob_store),
@@ -230,6 +244,32 @@ class Stores:
         if self.shared is not None:
             self.shared.close()
         self.local_state.close()
+
+
+BLOB_URL_ENV = "DEPOT_BLOB_URL"
+_BLOB_URL_OPTIONS = ("endpoint_url", "region")
+
+
+def blob_location(url: str) -> dict[str, Any] | None:
+    """DEPOT_BLOB_URL read: ``s3://bucket[/prefix][?endpoint_url=http://host:port&region=NAME]`` -> what an s3
+    blob store's spec takes from it (None for ``file://``: the schema's own stores, as declared);
+    BlobLocationError naming what is wrong otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme == "file" and parts.netloc in ("", "localhost") and parts.path in ("", "/"):
+        return None
+    options = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(options) - set(_BLOB_URL_OPTIONS))
+    if parts.scheme != "s3" or not parts.netloc or unknown or any(len(v) != 1 for v in options.values()):
+        raise BlobLocationError("%s=%s: expected s3://bucket[/prefix][?endpoint_url=http(s)://host:port&region=NAME]"
+                                " (or file:// for the schema's own stores)%s" % (
+                                    BLOB_URL_ENV, url, "; unknown: " + ", ".join(unknown) if unknown else ""))
+    prefix = parts.path.strip("/")
+    location: dict[str, Any] = {"kind": "s3", "bucket": parts.netloc, "prefix": prefix + "/" if prefix else ""}
+    location.update({name: values[0] for name, values in options.items()})
+    problems = s3.spec_problems(location)
+    if problems:
+        raise BlobLocationError("%s=%s: %s" % (BLOB_URL_ENV, url, "; ".join("%s: %s" % p for p in problems)))
+    return location
 
 
 def holds_stores(data_dir: str) -> bool:

@@ -25,7 +25,9 @@ def build_parser():
                                 "Python is generated for them; the same answers, slower), DEPOT_TRUSTED_PROXIES (the "
                                 "default of --trusted-proxies), DEPOT_CACHE_URL (redis://host:port/db[?prefix=NAME]: "
                                 "response caches, login rate limits and token revocation shared by every process "
-                                "through Redis; default: in process).")
+                                "through Redis; default: in process), DEPOT_BLOB_URL (s3://bucket[/prefix][?endpoint_url=...&region=...]: every "
+                                "filesystem blob store keeps its objects in that bucket instead, under the prefix and "
+                                "its root; default: file://, as the schema declares).")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     serve.add_argument("--data-dir", default="./data", help="blobs, KV/index database, SQL database, keys "
@@ -433,10 +435,11 @@ def _served_schema(service, doc, path, named):
 
 
 def main(argv=None):
-    from app.stores.interfaces import CacheServerError
+    from app.stores.interfaces import BlobLocationError, CacheServerError
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (datadir.DataDirError, CacheServerError) as exc:  # a data dir in use, DEPOT_CACHE_URL not answering
+    except (datadir.DataDirError, CacheServerError, BlobLocationError) as exc:  # a data dir in use, DEPOT_CACHE_URL
+        # not answering, DEPOT_BLOB_URL malformed
         print("error: %s" % exc, file=sys.stderr)
         return datadir.EXIT_CODE
