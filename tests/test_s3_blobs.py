@@ -20,6 +20,7 @@ from app.stores.s3_sessions import S3UploadSessions
 from tests.conftest import ADMIN_PASSWORD, GatedBody, ServerProcess, join_all, with_blob_kind
 from tests.test_archives import METADATA, WHEEL, extract_route, sdist, wheel
 from tests.test_ops import with_routes
+from tests.test_store_contract import sha, stores  # noqa: F401 - stores is a fixture these tests use
 from tests.test_streaming import traced_peak
 
 BLOB = "/v1/acme/hello/1.0.0/linux-amd64/blob"
@@ -27,15 +28,6 @@ layout = BlobStoreDef("paged", {"kind": "s3"}).layout
 LARGE = bytes(range(256)) * (PART_SIZE // 256 + 4096)  # one part and 1 MiB more: a multipart upload of two parts
 
 
-def sha(data):
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def stores(tmp_path):
-    opened = Stores(str(tmp_path / "data"))
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional
 from app.errors import bad_request, too_large
 from app.metrics import FSYNC_SECONDS
 from app.stores.digests import DIGEST_PREFIX, Hashers, base64_digests, split_digest
-from app.stores.guard import BlobGuard
+from app.stores.guard import BlobGuard, GuardedDigests
 from app.stores.interfaces import BlobHandle, BlobStat, Readable, process_lock
 from app.stores.interfaces import StagedBlob as Staged
 
@@ -91,7 +91,7 @@ class ServedFile(io.FileIO):
                 callback()
 
 
-class FileBlobStore:
+class FileBlobStore(GuardedDigests):
     """Blob files under ``root``, at the relative path ``layout`` gives a hex sha-256 digest (the schema's
     ``addressing.path_template``, compiled by the engine); uploads are written to
     ``root/.tmp`` first. ``guard`` (shared by every store of a data dir) says what garbage collection must keep."""
@@ -181,22 +181,7 @@ class FileBlobStore:
             _unlink(staged.path)
             self.guard.temp_ended(staged.path)
 
-    # --- what garbage collection must keep ----------------------------------------------------------------
-
-    def hold(self, digest: str) -> None:
-        """Keep ``digest``'s bytes from garbage collection until ``release``: a request holds what it stored or
-        looked up, since a later step may write a reference to it."""
-        self.guard.hold(split_digest(digest))
-
-    def release(self, digest: str) -> None:
-        self.guard.release(split_digest(digest))
-
-    def lease(self, digest: str, seconds: float) -> None:
-        """Keep ``digest``'s bytes from garbage collection for ``seconds`` (or until ``end_lease``)."""
-        self.guard.lease(split_digest(digest), seconds)
-
-    def end_lease(self, digest: str) -> None:
-        self.guard.end_lease(split_digest(digest))
+    # --- what garbage collection must keep: hold, release, lease, end_lease (GuardedDigests) ---------------
 
     # --- reading ------------------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Callable, Optional
 
+from app.stores.digests import split_digest
 from app.stores.interfaces import BlobStat, CommitLock
 
 
@@ -117,3 +118,25 @@ class BlobGuard:
             if not dry_run and not delete():
                 return "gone", 0
         return "removed", status.size
+
+
+class GuardedDigests:
+    """The BlobStore methods by which a request keeps a blob from garbage collection, by digest, through the
+    store's ``guard`` (every blob store kind keeps them alike)."""
+
+    guard: BlobGuard
+
+    def hold(self, digest: str) -> None:
+        """Keep ``digest``'s bytes from garbage collection until ``release``: a request holds what it stored or
+        looked up, since a later step may write a reference to it."""
+        self.guard.hold(split_digest(digest))
+
+    def release(self, digest: str) -> None:
+        self.guard.release(split_digest(digest))
+
+    def lease(self, digest: str, seconds: float) -> None:
+        """Keep ``digest``'s bytes from garbage collection for ``seconds`` (or until ``end_lease``)."""
+        self.guard.lease(split_digest(digest), seconds)
+
+    def end_lease(self, digest: str) -> None:
+        self.guard.end_lease(split_digest(digest))

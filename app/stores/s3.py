@@ -27,7 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from app.errors import bad_request
 from app.stores.blobs import bounded_chunks
 from app.stores.digests import DIGEST_PREFIX, Hashers, base64_digests, split_digest
-from app.stores.guard import BlobGuard
+from app.stores.guard import BlobGuard, GuardedDigests
 from app.stores.interfaces import BlobHandle, BlobStat, Readable, process_lock
 from app.stores.interfaces import StagedBlob as Staged
 
@@ -119,7 +119,7 @@ class ObjectReader(io.RawIOBase):
                 callback()
 
 
-class S3BlobStore:
+class S3BlobStore(GuardedDigests):
     """Blob objects in ``bucket`` under ``prefix``, at the key ``layout`` gives a hex sha-256 digest (the
     schema's ``addressing.path_template``, as for files); uploads go to ``<prefix>.tmp/`` first. ``client`` is a
     boto3 S3 client; ``guard`` (shared by every store of a data dir) says what garbage collection must keep."""
@@ -205,20 +205,7 @@ class S3BlobStore:
             if source == target else None
         self.client.copy({"Bucket": self.bucket, "Key": source}, self.bucket, target, ExtraArgs=extra)
 
-    # --- what garbage collection must keep ----------------------------------------------------------------
-
-    def hold(self, digest: str) -> None:
-        """Keep ``digest``'s bytes from garbage collection until ``release`` (in this process)."""
-        self.guard.hold(split_digest(digest))
-
-    def release(self, digest: str) -> None:
-        self.guard.release(split_digest(digest))
-
-    def lease(self, digest: str, seconds: float) -> None:
-        self.guard.lease(split_digest(digest), seconds)
-
-    def end_lease(self, digest: str) -> None:
-        self.guard.end_lease(split_digest(digest))
+    # --- what garbage collection must keep: hold, release, lease, end_lease (GuardedDigests) ---------------
 
     # --- reading ------------------------------------------------------------------------------------------
 
