@@ -260,6 +260,46 @@ def _cache_url_of_its_own(monkeypatch):
     clean()
 
 
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"  # the machine's PostgreSQL (.ci/run starts it)
+
+
+class PostgresTables:
+    """State tables in the machine's PostgreSQL, one per test that asks (``spec()``: a postgresql kv store's spec),
+    dropped when the session ends."""
+
+    def __init__(self, url):
+        self.url, self.tables = url, []
+
+    def spec(self):
+        import uuid
+        self.tables.append("test_" + uuid.uuid4().hex[:16])
+        return {"url": self.url, "table": self.tables[-1]}
+
+    def state_url(self):
+        """A DEPOT_STATE_URL placing a repository's state in a table of its own."""
+        return "%s?table=%s" % (self.url, self.spec()["table"])
+
+    def drop(self):
+        import psycopg
+        from psycopg import sql
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            for table in self.tables:
+                connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+
+
+@pytest.fixture(scope="session")
+def postgres_state():
+    """The machine's PostgreSQL, where tests place state (PostgresTables); skipped when it does not answer."""
+    import psycopg
+    try:
+        psycopg.connect(POSTGRES, connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        pytest.skip("PostgreSQL at %s does not answer: %s" % (POSTGRES, exc))
+    tables = PostgresTables(POSTGRES)
+    yield tables
+    tables.drop()
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A SeaweedFS S3 gateway for this worker's tests (tests/s3_server.py), its identity's keys in the

@@ -22,7 +22,7 @@ from app.stores.interfaces import BlobHandle, IndexDef, IndexKeyDef
 from app.stores.registry import REGISTRY, Registry, Stores
 
 SPECS = {}  # kind -> what its spec needs besides "kind" (a shared store names its server here): set per test
-SERVERS = {"s3": "s3_server"}  # kind -> the fixture of its server, whose spec() gives a test its own place there
+SERVERS = {"s3": "s3_server", "postgresql": "postgres_state"}  # kind -> the fixture of its server, whose spec() gives a test its own place there
 MIB = 1024 * 1024
 
 
@@ -620,10 +620,10 @@ def storage_problems(project_schema, change):
 def test_a_store_kind_nothing_implements_is_refused_at_load(project_schema):
     def unknown_kinds(storage):
         storage["blob_stores"]["primary"]["kind"] = "tape"
-        storage["kv_stores"]["meta"]["kind"] = "postgresql"
+        storage["kv_stores"]["meta"]["kind"] = "punched-cards"
     problems = storage_problems(project_schema, unknown_kinds)
     assert ("storage.blob_stores.primary.kind", "blob store kind 'tape' is not supported") in problems
-    assert ("storage.kv_stores.meta.kind", "kv store kind 'postgresql' is not supported") in problems
+    assert ("storage.kv_stores.meta.kind", "kv store kind 'punched-cards' is not supported") in problems
 
 
 def test_kv_stores_of_one_schema_share_one_kind(project_schema):

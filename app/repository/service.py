@@ -28,6 +28,7 @@ from app.engine.report import Report
 from app.repository.schema_store import SchemaStore
 from app.stores.interfaces import RateLimit
 from app.stores.rediscache import CACHE_URL_ENV
+from app.stores.pgstate import STATE_URL_ENV
 from app.stores.registry import BLOB_URL_ENV, Stores
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # app/repository/ -> the root
@@ -65,7 +66,7 @@ class Service:
         # first: the state store's lock is the data dir's lease (StoreLocked while another process holds it)
         self.stores = Stores(self.data_dir, sync=sync,
                              cache_url=os.environ.get(CACHE_URL_ENV) if cache_url is None else cache_url,
-                             blob_url=os.environ.get(BLOB_URL_ENV))
+                             blob_url=os.environ.get(BLOB_URL_ENV), state_url=os.environ.get(STATE_URL_ENV))
         try:
             self._open(schema, schema_path, load_schema)
         except BaseException:

@@ -35,6 +35,11 @@ class BlobLocationError(ValueError):
     """DEPOT_BLOB_URL is malformed (raised as the stores open, at start)."""
 
 
+class StateLocationError(ValueError):
+    """DEPOT_STATE_URL (or a postgresql kv store's url) is malformed, or its server does not answer (raised as the
+    stores open, at start)."""
+
+
 # --- definitions a schema gives the stores ---------------------------------------------------------------------
 
 def _no_rowid(row: Row) -> str:

@@ -3,7 +3,8 @@
 The schema's `storage.blob_stores.*.kind` picks a blob store implementation (`filesystem`: files in the data
 dir; `s3`: objects in an S3-compatible bucket); `storage.kv_stores.*.kind` picks the state backend that keeps
 documents, indexes and the event log (one kind for all of a schema's kv stores: one transaction commits across
-them). The response and blob caches have no kind in the schema: the deployment picks it with DEPOT_CACHE_URL
+them): `rocksdb` in the data dir, or `postgresql` (app/stores/pgstate.py), where DEPOT_STATE_URL also places
+`rocksdb` kv stores (``state_url``). The response and blob caches have no kind in the schema: the deployment picks it with DEPOT_CACHE_URL
 (``cache_url``): unset, the embedded cache in the state database; ``redis://...``, Redis, which then also keeps
 what every process must see alike (login rate limits, the identity generation: ``shared``).
 
@@ -18,11 +19,12 @@ from functools import partial
 from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from app.stores import s3
+from app.stores import pgstate, s3
 from app.stores.blobs import FileBlobStore
 from app.stores.cache import CacheStore
 from app.stores.guard import BlobGuard
-from app.stores.interfaces import BlobLocationError, BlobStore, Cache, StateBackend, UploadSessions, process_lock
+from app.stores.interfaces import (BlobLocationError, BlobStore, Cache, StateBackend, StateLocationError,
+                                   UploadSessions, process_lock)
 from app.stores.rediscache import RedisServer
 from app.stores.s3_sessions import S3UploadSessions
 from app.stores.sessions import FileUploadSessions
@@ -31,6 +33,7 @@ from app.stores.state import StateStore, holds_state
 STATE_DIR = "state"  # the data dir's embedded state database: its lock is the data dir's lease
 TMP_DIR = "tmp"
 DEFAULT_KV_KIND = "rocksdb"  # a schema that declares no kv store
+STATE_URL_KIND = "postgresql"  # the kv kind DEPOT_STATE_URL places `rocksdb` kv stores in
 CACHE_KIND = "embedded"  # without DEPOT_CACHE_URL
 REDIS_CACHE_KIND = "redis"
 
@@ -54,6 +57,7 @@ class Registry:
     caches: Mapping[str, CacheFactory]
     upload_sessions: Mapping[str, SessionsFactory]
     blob_specs: Mapping[str, SpecCheck] = field(default_factory=dict)  # by kind; none: nothing to check
+    kv_specs: Mapping[str, SpecCheck] = field(default_factory=dict)  # likewise, for kv store kinds
 
     def kind_problems(self, storage: dict[str, Any]) -> list[tuple[str, str]]:
         """(where, message) for each store kind in a schema's `storage` section that nothing implements, and for
@@ -72,6 +76,9 @@ class Registry:
                 problems.append(("storage.kv_stores.%s.kind" % name, "kv store kind %r is not supported; "
                                  "expected one of: %s" % (spec.get("kind"), ", ".join(sorted(self.kv_stores)))))
             kinds.setdefault(spec.get("kind"), name)
+            check = self.kv_specs.get(spec.get("kind"))
+            problems.extend(("storage.kv_stores.%s.%s" % (name, key), message)
+                            for key, message in (check(spec) if check is not None else ()))
         blob_kinds = {name: spec.get("kind") for name, spec in storage.get("blob_stores", {}).items()}
         for name, spec in storage.get("upload_sessions", {}).items():
             kind = blob_kinds.get(spec.get("blob_store"))
@@ -131,8 +138,22 @@ def _rocksdb(stores: "Stores", specs: Mapping[str, KvSpec]) -> StateBackend:
     return stores.local_state  # every rocksdb kv store lives in the data dir's state database
 
 
+def _postgresql(stores: "Stores", specs: Mapping[str, KvSpec]) -> StateBackend:
+    """Every postgresql kv store of a schema in one table (one transaction commits across them): the first's url
+    (DEPOT_STATE_URL's when it names none) and table."""
+    spec = next(iter(specs.values()), {})
+    url = spec.get("url") or (stores.state_location or {}).get("url")
+    if not url:
+        raise StateLocationError("a postgresql kv store needs a url, or %s" % pgstate.STATE_URL_ENV)
+    engine = pgstate.PostgresKV(url, spec.get("table", pgstate.DEFAULT_TABLE))
+    return StateStore(commit_lock=stores.commit_lock, engine=engine)
+
+
 def _embedded_cache(stores: "Stores", settings: CacheSettings, resolve_blob: ResolveBlob) -> Cache:
-    return CacheStore(stores.local_state, settings, resolve_blob)
+    """In the state database: the data dir's, or the shared one DEPOT_STATE_URL names (where every process reads
+    what another invalidated)."""
+    state = stores.state({}) if stores.state_location is not None else stores.local_state
+    return CacheStore(state, settings, resolve_blob)
 
 
 def _redis_cache(stores: "Stores", settings: CacheSettings, resolve_blob: ResolveBlob) -> Cache:
@@ -142,10 +163,11 @@ def _redis_cache(stores: "Stores", settings: CacheSettings, resolve_blob: Resolv
 
 
 REGISTRY = Registry(blob_stores={"filesystem": _filesystem, "s3": _s3},
-                    kv_stores={"rocksdb": _rocksdb},
+                    kv_stores={"rocksdb": _rocksdb, "postgresql": _postgresql},
                     caches={CACHE_KIND: _embedded_cache, REDIS_CACHE_KIND: _redis_cache},
                     upload_sessions={"filesystem": _file_sessions, "s3": _s3_sessions},
-                    blob_specs={"filesystem": _filesystem_spec, "s3": s3.spec_problems})
+                    blob_specs={"filesystem": _filesystem_spec, "s3": s3.spec_problems},
+                    kv_specs={"postgresql": pgstate.spec_problems})
 
 
 def remove_leftover_uploads(store: BlobStore, guard: BlobGuard) -> tuple[int, int]:
@@ -167,10 +189,11 @@ class Stores:
     does not answer stops the start (rediscache.CacheServerError), not the first request."""
 
     def __init__(self, data_dir: str, sync: bool = True, registry: Registry = REGISTRY,
-                 cache_url: str | None = None, blob_url: str | None = None) -> None:
+                 cache_url: str | None = None, blob_url: str | None = None, state_url: str | None = None) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.registry = registry
         self.blob_location = blob_location(blob_url) if blob_url else None  # before anything is opened
+        self.state_location = pgstate.state_location(state_url) if state_url else None
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         self.commit_lock = process_lock()
         self.local_state = StateStore(os.path.join(self.data_dir, STATE_DIR), sync=sync,
@@ -187,7 +210,7 @@ class Stores:
         for name in os.listdir(self.tmp_dir):  # upstream bodies of requests that ended with the last process
             _remove(os.path.join(self.tmp_dir, name))
         self._blob_stores: dict[tuple[str, str], BlobStore] = {}  # (name, its spec as JSON) -> the store
-        self._states: dict[str, StateBackend] = {}  # kv kind -> its backend
+        self._states: dict[tuple[str, str], StateBackend] = {}  # (kv kind, its specs as JSON) -> its backend
         self._sessions: dict[tuple[str, str], UploadSessions] = {}  # (name, its spec as JSON) -> the sessions
         self._opened: set[object] = set()
 
@@ -227,12 +250,17 @@ class Stores:
         return self._sessions[key]
 
     def state(self, kv_stores: Mapping[str, KvSpec]) -> StateBackend:
-        """The state backend of a schema's kv stores (their common kind; compilation refused a mix)."""
+        """The state backend of a schema's kv stores (their common kind; compilation refused a mix), where this
+        deployment places it: with DEPOT_STATE_URL, `rocksdb` kv stores live in that PostgreSQL database."""
         kind: str = next((spec["kind"] for spec in kv_stores.values()), DEFAULT_KV_KIND)
-        if kind not in self._states:
-            self._states[kind] = self.registry.kv_stores[kind](
-                self, {name: spec for name, spec in kv_stores.items() if spec.get("kind") == kind})
-        return self._states[kind]
+        specs = {name: spec for name, spec in kv_stores.items() if spec.get("kind") == kind}
+        if self.state_location is not None and kind == DEFAULT_KV_KIND:
+            kind = STATE_URL_KIND
+            specs = {name: dict(self.state_location, kind=kind) for name in specs or ("",)}
+        key = (kind, json.dumps(sorted({json.dumps(spec, sort_keys=True) for spec in specs.values()})))
+        if key not in self._states:
+            self._states[key] = self.registry.kv_stores[kind](self, specs)
+        return self._states[key]
 
     def cache(self, settings: CacheSettings, resolve_blob: ResolveBlob) -> Cache:
         return self.registry.caches[self.cache_kind](self, settings, resolve_blob)

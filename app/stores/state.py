@@ -22,7 +22,8 @@ import json
 import os
 import threading
 from itertools import islice
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, cast
+from contextlib import contextmanager, nullcontext
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Optional, Protocol, Sequence, cast
 
 from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
 
@@ -134,28 +135,160 @@ def holds_state(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "CURRENT"))
 
 
-class StateStore:
-    """The state backend (interfaces.StateBackend) of the `rocksdb` kind, and the raw database under it."""
+class OrderedKV(Protocol):
+    """The ordered byte-key store a StateStore keeps its key spaces in: the `rocksdb` kind's database (RocksKV
+    below), or a shared one (app/stores/pgstate.py). ``shared``: other processes write the same keys, so commits
+    are checked and written at once inside ``exclusive()`` (a transaction holding the store's own lock) and no
+    process keeps what it read of them (sequence numbers) between commits."""
+    kind: str
+    shared: bool
 
-    def __init__(self, path: str, sync: bool = True, commit_lock: Optional[CommitLock] = None) -> None:
+    def get(self, key: bytes) -> Optional[bytes]: ...
+
+    def scan(self, prefix: bytes, limit: Optional[int] = None,
+             start: Optional[bytes] = None) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs under ``prefix`` in key order, from ``start`` (exclusive) when given."""
+
+    def last_key(self, prefix: bytes) -> Optional[bytes]:
+        """The greatest key under ``prefix``, or None."""
+
+    def seeker(self) -> Callable[[bytes], Optional[bytes]]:
+        """A function giving the least key at or after its argument (None: none), for a walk of many seeks."""
+
+    def write_in_order(self, changes: Iterable[dict[bytes, Optional[bytes]]]) -> None:
+        """Write several commits' changes (None: delete) atomically, later ones over earlier: one sync."""
+
+    def exclusive(self) -> ContextManager[Any]:
+        """What a commit of a shared store checks and writes in: one transaction under a lock every process
+        takes; reads and writes inside it are the transaction's. Nothing for a store one process owns."""
+
+    def probe(self) -> None:
+        """Raise when the store cannot be read."""
+
+    def details(self) -> dict[str, Any]:
+        """What /health reports of it in detail."""
+
+    def close(self) -> None: ...
+
+
+def key_after_prefix(prefix: bytes) -> Optional[bytes]:
+    """The least key greater than every key starting with ``prefix`` (None: there is none)."""
+    stripped = prefix.rstrip(b"\xff")
+    return stripped[:-1] + bytes([stripped[-1] + 1]) if stripped else None
+
+
+class RocksKV:
+    """OrderedKV in a rocksdict database one process owns (its lock file is the data dir's lease)."""
+    kind = "rocksdict"
+    shared = False
+
+    def __init__(self, path: str, sync: bool = True) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = path
         self.db: Any = _open(path)  # None once closed
         self.write_options = WriteOptions()
         self.write_options.sync = sync
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        return cast(Optional[bytes], self.db.get(key))  # raw mode: keys and values are bytes
+
+    def scan(self, prefix: bytes, limit: Optional[int] = None,
+             start: Optional[bytes] = None) -> Iterator[tuple[bytes, bytes]]:
+        it = self.db.iter()
+        if start is None:
+            it.seek(prefix)
+        else:
+            it.seek(start)
+            if it.valid() and it.key() == start:
+                it.next()
+        count = 0
+        while it.valid():
+            key = it.key()
+            if not key.startswith(prefix):
+                break
+            yield key, it.value()
+            count += 1
+            if limit is not None and count >= limit:
+                break  # without stepping the iterator past the last row wanted
+            it.next()
+
+    def last_key(self, prefix: bytes) -> Optional[bytes]:
+        it = self.db.iter()
+        upper = key_after_prefix(prefix)
+        if upper is None:
+            it.seek_to_last()
+        else:
+            it.seek_for_prev(upper)
+            if it.valid() and it.key() == upper:
+                it.prev()
+        return it.key() if it.valid() and it.key().startswith(prefix) else None
+
+    def seeker(self) -> Callable[[bytes], Optional[bytes]]:
+        it = self.db.iter()
+
+        def seek(key: bytes) -> Optional[bytes]:
+            it.seek(key)
+            return it.key() if it.valid() else None
+        return seek
+
+    def write_in_order(self, changes: Iterable[dict[bytes, Optional[bytes]]]) -> None:
+        batch = WriteBatch(raw_mode=True)
+        for writes in changes:
+            for key, value in writes.items():
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+        self.db.write(batch, self.write_options)
+
+    def exclusive(self) -> ContextManager[Any]:
+        return nullcontext()
+
+    def probe(self) -> None:
+        self.db.get(b"health-probe")
+
+    def details(self) -> dict[str, Any]:
+        return {"path": self.path, "memory": self.memory()}
+
+    def memory(self) -> dict[str, Optional[int]]:
+        """RocksDB's memory now, and its bound: memtables and the block cache (see _bounded_options)."""
+        return {"memtables_bytes": self.db.property_int_value("rocksdb.cur-size-all-mem-tables"),
+                "block_cache_bytes": self.db.property_int_value("rocksdb.block-cache-usage"),
+                "block_cache_capacity_bytes": self.db.property_int_value("rocksdb.block-cache-capacity"),
+                "bound_bytes": WRITE_BUFFER_BYTES * WRITE_BUFFERS + BLOCK_CACHE_BYTES}
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+class StateStore:
+    """The state backend (interfaces.StateBackend) over an ordered byte-key store: the `rocksdb` kind's database
+    at ``path`` unless ``engine`` gives another (app/stores/pgstate.py)."""
+
+    def __init__(self, path: str = "", sync: bool = True, commit_lock: Optional[CommitLock] = None,
+                 engine: Optional[OrderedKV] = None) -> None:
+        self.engine: OrderedKV = engine if engine is not None else RocksKV(path, sync)
         self.commit_lock = commit_lock if commit_lock is not None else process_lock()
-        self._seq: dict[bytes, int] = {}  # log prefix -> its last sequence number
+        self._seq: dict[bytes, int] = {}  # log prefix -> its last sequence number (a store one process owns)
         # by key identity; a plain dict (a weak one costs a Python call per lookup), bounded: schema swaps add keys
         self._codecs: dict[IndexKeyDef, _KeyCodec] = {}
         self.group = _GroupCommit(self)
         self._counted: set[bytes] = set()  # keys of _counted_key known present: one read fewer per count
         self.documents = _Documents(self)
         self.indexes = _Indexes(self)
+        self.get = self.engine.get  # the durable value: what every reader outside a commit sees
+        self.scan = self.engine.scan  # (key, value) under a prefix in key order, from a start key (exclusive)
 
     def close(self) -> None:
-        if self.db is not None:
-            self.db.close()
-            self.db = None
+        self.engine.close()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """No commit of any process runs meanwhile: the commit lock, and the engine's own for a shared one."""
+        with self.commit_lock, self.engine.exclusive():
+            yield
 
     # --- the typed interface --------------------------------------------------------------------------------
 
@@ -175,36 +308,11 @@ class StateStore:
 
     # --- raw access (this module's views, and tests) --------------------------------------------------------
 
-    def get(self, raw_key: bytes) -> Optional[bytes]:
-        """The durable value: what every reader outside a commit sees."""
-        return cast(Optional[bytes], self.db.get(raw_key))  # raw mode: keys and values are bytes
-
     def latest(self, raw_key: bytes) -> Optional[bytes]:
         """The value after every commit checked so far, durable or still being written: what a commit checks and
         builds on."""
         pending = self.group.pending.get(raw_key)
         return self.get(raw_key) if pending is None else pending[1]
-
-    def scan(self, prefix: bytes, limit: Optional[int] = None,
-             start: Optional[bytes] = None) -> Iterator[tuple[bytes, bytes]]:
-        """(key, value) pairs under ``prefix`` in key order, from ``start`` (exclusive) when given."""
-        it = self.db.iter()
-        if start is None:
-            it.seek(prefix)
-        else:
-            it.seek(start)
-            if it.valid() and it.key() == start:
-                it.next()
-        count = 0
-        while it.valid():
-            key = it.key()
-            if not key.startswith(prefix):
-                break
-            yield key, it.value()
-            count += 1
-            if limit is not None and count >= limit:
-                break  # without stepping the iterator past the last row wanted
-            it.next()
 
     def count(self, prefix: bytes) -> int:
         return sum(1 for _ in self.scan(prefix))
@@ -213,7 +321,7 @@ class StateStore:
         """Count every row of ``key`` again and keep the counts: the counts commits kept before the key was marked
         counted (missing rows written before counts existed) are replaced, in one batch, under the commit lock."""
         codec = self.codec(key)
-        with self.commit_lock:
+        with self.exclusive():
             if self.get(_counted_key(key)) is not None:
                 self._counted.add(_counted_key(key))
                 return
@@ -240,25 +348,18 @@ class StateStore:
 
     def write_in_order(self, changes: Iterable[dict[bytes, Optional[bytes]]]) -> None:
         """Write several commits' changes (None: delete) as one batch, later ones over earlier: one sync."""
-        batch = WriteBatch(raw_mode=True)
-        for writes in changes:
-            for key, value in writes.items():
-                if value is None:
-                    batch.delete(key)
-                else:
-                    batch.put(key, value)
         with COMMIT_SECONDS.time():
-            self.db.write(batch, self.write_options)
+            self.engine.write_in_order(changes)
 
     def last_seq(self, log_prefix: bytes) -> int:
-        it = self.db.iter()
-        it.seek_for_prev(log_prefix + b"\xff")
-        if it.valid() and it.key().startswith(log_prefix):
-            return int(it.key()[len(log_prefix):].decode())
-        return 0
+        last = self.engine.last_key(log_prefix)
+        return int(last[len(log_prefix):].decode()) if last is not None else 0
 
     def next_seq(self, log_prefix: bytes) -> int:
-        """The next event sequence number for a log; call with commit_lock held."""
+        """The next event sequence number for a log; call with commit_lock held (and, for a shared engine, inside
+        its exclusive(): other processes append too, so nothing is kept)."""
+        if self.engine.shared:
+            return self.last_seq(log_prefix) + 1
         if log_prefix not in self._seq:
             self._seq[log_prefix] = self.last_seq(log_prefix)
         return self._seq[log_prefix] + 1
@@ -274,7 +375,7 @@ class StateStore:
         if index.text is None:
             self._drop_text(index, batch)
         while True:
-            with self.commit_lock:
+            with self.exclusive():
                 rowmaps = list(self.scan(head, batch, start))
                 view = _Overlay(self, {})
                 for _, raw in rowmaps:
@@ -291,29 +392,25 @@ class StateStore:
         """Remove the text postings and row records of an index that no longer declares `text`."""
         for head in (_text_head(b"t", index), _text_head(b"T", index)):
             while True:
-                with self.commit_lock:
+                with self.exclusive():
                     keys = [key for key, _ in self.scan(head, batch)]
                     self.write([], keys)
                 if len(keys) < batch:
                     break
 
     def health(self, detail: bool = False) -> dict[str, Any]:
-        report: dict[str, Any] = {"kind": "rocksdict", "ok": True}
+        report: dict[str, Any] = {"kind": self.engine.kind, "ok": True}
         try:
-            self.db.get(b"health-probe")
+            self.engine.probe()
         except Exception as exc:  # report any store failure as unhealthy rather than crash the probe
             report.update(ok=False, error=str(exc) if detail else "the state database cannot be read")
-        if detail:
-            report["path"] = self.path
-            report["memory"] = self.memory()
+        else:
+            if detail:
+                report.update(self.engine.details())
         return report
 
     def memory(self) -> dict[str, Optional[int]]:
-        """RocksDB's memory now, and its bound: memtables and the block cache (see _bounded_options)."""
-        return {"memtables_bytes": self.db.property_int_value("rocksdb.cur-size-all-mem-tables"),
-                "block_cache_bytes": self.db.property_int_value("rocksdb.block-cache-usage"),
-                "block_cache_capacity_bytes": self.db.property_int_value("rocksdb.block-cache-capacity"),
-                "bound_bytes": WRITE_BUFFER_BYTES * WRITE_BUFFERS + BLOCK_CACHE_BYTES}
+        return cast(RocksKV, self.engine).memory()
 
 
 class _Documents:
@@ -508,23 +605,46 @@ class Transaction:
     def commit(self) -> list[Event]:
         if not self.open:
             raise DepotError("TXN_CLOSED", 500, "transaction is not open")
-        group = self.state.group
         try:
-            with self.state.commit_lock.for_commit():  # checks in commit order; the write is shared (_GroupCommit)
-                generation = group.generation
-                self._validate()
-                view = _Overlay(self.state, dict(self.writes))
-                for index, row, upsert in self.index_ops:
-                    (_apply_upsert if upsert else _apply_delete)(view, index, row)
-                committed = self._append_events(view)
-                syncs = [store.promote(staged, defer_sync=True) for store, staged in self.blobs]
-                ticket = group.enqueue(view.writes, committed, generation, [s for s in syncs if s is not None])
-            group.wait_durable(ticket)
+            if self.state.engine.shared:
+                self._commit_at_once()
+            else:
+                self._commit_grouped()
         except BaseException:
             self.abort()
             raise
         self.open = False
         return [record for _, record in self.events]
+
+    def _commit_grouped(self) -> None:
+        """Checked in commit order under the process's lock; the write is shared with the commits checked while
+        it waited (_GroupCommit)."""
+        group = self.state.group
+        with self.state.commit_lock.for_commit():
+            generation = group.generation
+            view, committed = self._checked_writes()
+            syncs = [store.promote(staged, defer_sync=True) for store, staged in self.blobs]
+            ticket = group.enqueue(view.writes, committed, generation, [s for s in syncs if s is not None])
+        group.wait_durable(ticket)
+
+    def _commit_at_once(self) -> None:
+        """A shared engine's commit: checked and written in one of its transactions, under the lock every process
+        takes, so a commit of another process is either wholly before it or wholly after."""
+        state = self.state
+        with state.commit_lock.for_commit(), state.engine.exclusive():
+            view, _ = self._checked_writes()
+            for store, staged in self.blobs:
+                store.promote(staged)
+            state.write_in_order([view.writes])
+
+    def _checked_writes(self) -> tuple["_Overlay", dict[bytes, int]]:
+        """Check the conditions, then every write the commit makes (index entries, counts, postings, events) ->
+        (the writes, each log's last sequence number); call with the commit lock held."""
+        self._validate()
+        view = _Overlay(self.state, dict(self.writes))
+        for index, row, upsert in self.index_ops:
+            (_apply_upsert if upsert else _apply_delete)(view, index, row)
+        return view, self._append_events(view)
 
     def _validate(self) -> None:
         for raw_key, label in self.absent.items():
@@ -744,16 +864,13 @@ def _intersect(state: StateStore, index: IndexDef, tokens: Sequence[str], after:
     """The encoded row ids present in every token's postings, ascending, above ``after``: a leapfrog join, each
     list's iterator seeking to the largest row id another one reached, so the work follows the shortest list."""
     heads = [_posting_head(index, token) for token in tokens]
-    iterators = [state.db.iter() for _ in heads]
+    seekers = [state.engine.seeker() for _ in heads]
     candidate = after + b"\x00" if after else b""  # the least row id above ``after``
     agreed, i = 0, 0
     while True:
-        head, it = heads[i], iterators[i]
-        it.seek(head + candidate)
-        if not it.valid():
-            return
-        key = it.key()
-        if not key.startswith(head):
+        head = heads[i]
+        key = seekers[i](head + candidate)
+        if key is None or not key.startswith(head):
             return
         found = key[len(head):]
         if found == candidate:

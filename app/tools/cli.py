@@ -27,7 +27,10 @@ def build_parser():
                                 "response caches, login rate limits and token revocation shared by every process "
                                 "through Redis; default: in process), DEPOT_BLOB_URL (s3://bucket[/prefix][?endpoint_url=...&region=...]: every "
                                 "filesystem blob store keeps its objects in that bucket instead, under the prefix and "
-                                "its root; default: file://, as the schema declares).")
+                                "its root; default: file://, as the schema declares), DEPOT_STATE_URL "
+                                "(postgresql://[user@]host[:port]/database[?table=NAME]: documents, indexes, the event "
+                                "log and the response cache of every rocksdb kv store in that database, shared by "
+                                "every process serving it; default: the data dir's RocksDB).")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     serve.add_argument("--data-dir", default="./data", help="blobs, KV/index database, SQL database, keys "
@@ -435,11 +438,11 @@ def _served_schema(service, doc, path, named):
 
 
 def main(argv=None):
-    from app.stores.interfaces import BlobLocationError, CacheServerError
+    from app.stores.interfaces import BlobLocationError, CacheServerError, StateLocationError
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (datadir.DataDirError, CacheServerError, BlobLocationError) as exc:  # a data dir in use, DEPOT_CACHE_URL
-        # not answering, DEPOT_BLOB_URL malformed
+    except (datadir.DataDirError, CacheServerError, BlobLocationError, StateLocationError) as exc:  # a data dir in
+        # use, DEPOT_CACHE_URL or DEPOT_STATE_URL not answering, DEPOT_BLOB_URL or DEPOT_STATE_URL malformed
         print("error: %s" % exc, file=sys.stderr)
         return datadir.EXIT_CODE
