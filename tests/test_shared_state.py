@@ -5,7 +5,10 @@ The shared stack here is what a deployment of several processes uses: state and 
 PostgreSQL database, blobs in the tests' S3 server (DEPOT_BLOB_URL), caches, limits and revocations in the
 machine's Redis (DEPOT_CACHE_URL). Each process has its own data dir: they share nothing else.
 """
+import os
+import signal
 import threading
+import time
 
 import pytest
 import requests
@@ -115,3 +118,46 @@ def test_a_malformed_state_url_or_a_silent_server_stops_the_start_naming_it(tmp_
         assert says in err, err
     with pytest.raises(StateLocationError):
         Stores(str(tmp_path / "other"), state_url="sqlite:///state.db")
+
+
+# --- serve --workers N ----------------------------------------------------------------------------------------------
+
+def children(pid):
+    """The process ids of ``pid``'s children (Linux /proc)."""
+    with open("/proc/%d/task/%d/children" % (pid, pid)) as listing:
+        return [int(child) for child in listing.read().split()]
+
+
+def test_several_workers_serve_one_port_and_a_dead_one_is_started_again(shared_stack, tmp_path):
+    server = ServerProcess(tmp_path / "data", env=shared_stack, args=("--workers", "2"))
+    try:
+        workers = children(server.proc.pid)
+        assert len(workers) == 2, server.output
+        token = requests.post(server.url + "/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD},
+                              timeout=60).json()["token"]
+        put = server.url + "/v1/acme/workers/1.0.0/%s/blob" % VARIANT
+        assert requests.put(put, data=b"served by a worker", headers=bearer(token), timeout=60).status_code == 201
+        os.kill(workers[0], signal.SIGKILL)
+        for _ in range(20):  # each request is answered, by the other worker while the first is started again
+            fetched = requests.get(put, headers=bearer(token), timeout=60)
+            assert fetched.status_code == 200 and fetched.content == b"served by a worker"
+        deadline = time.monotonic() + 60
+        while len(children(server.proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling the supervisor's children until it has started the worker again
+        again = children(server.proc.pid)
+        assert len(again) == 2 and workers[0] not in again and workers[1] in again
+    finally:
+        server.stop()
+    for pid in again:
+        assert not os.path.exists("/proc/%d" % pid) or open("/proc/%d/stat" % pid).read().split()[2] == "Z"
+
+
+def test_several_workers_over_the_embedded_stores_are_refused_saying_why(tmp_path, monkeypatch, capsys):
+    from app.tools.cli import main
+    for name in ("DEPOT_STATE_URL", "DEPOT_BLOB_URL", "DEPOT_CACHE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DEPOT_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    assert main(["serve", "--data-dir", str(tmp_path / "data"), "--port", "0", "--workers", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "serve one process" in err and all(name in err for name in ("DEPOT_STATE_URL", "DEPOT_BLOB_URL",
+                                                                       "DEPOT_CACHE_URL")), err

@@ -26,9 +26,11 @@ import json
 import logging
 import secrets
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 from waitress.adjustments import Adjustments
 from waitress.buffers import ReadOnlyFileBasedBuffer
@@ -141,6 +143,7 @@ class ServerSettings:
     min_body_rate: int = 1024
     max_body_bytes: int = 2 ** 31
     cleanup_interval: float = 1.0
+    listen_fd: Optional[int] = None  # a listening socket inherited (serve --workers): served instead of host:port
 
     def adjustments(self):
         return Adjustments(host=self.host, port=self.port, threads=self.threads,
@@ -328,7 +331,9 @@ class GuardedServer(TcpWSGIServer):
         adjustments = settings.adjustments()
         dispatcher = ThreadedTaskDispatcher()
         dispatcher.set_thread_count(adjustments.threads)
-        super().__init__(app, {}, dispatcher=dispatcher, adj=adjustments, sockinfo=adjustments.listen[0])
+        inherited = None if settings.listen_fd is None else socket.socket(fileno=settings.listen_fd)
+        super().__init__(app, {}, dispatcher=dispatcher, adj=adjustments, sockinfo=adjustments.listen[0],
+                         _sock=inherited, bind_socket=inherited is None)
         self.settings = settings
 
     def maintenance(self, now):

@@ -40,6 +40,11 @@ def build_parser():
                        "when FILE differs from it")
     serve.add_argument("--load-schema", action="store_true", help="load --schema FILE (default schema.json) as a "
                        "new schema version when it differs from the active one, and serve it")
+    serve.add_argument("--workers", type=int, default=1, help="server processes sharing the port (default 1); "
+                       "more than one needs every store shared: DEPOT_STATE_URL, DEPOT_BLOB_URL and DEPOT_CACHE_URL "
+                       "(the data dir's embedded stores serve one process, and serve refuses otherwise). Each worker "
+                       "runs --threads threads and keeps its lease and temporary files under DATA_DIR/workers/N")
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker's inherited socket
     serve.add_argument("--threads", type=int, default=16, help="threads running requests (default 16); slow "
                        "clients take none: one I/O thread reads and writes every connection")
     serve.add_argument("--max-connections", type=int, default=1000, help="open connections accepted at once "
@@ -392,6 +397,8 @@ def cmd_serve(args):
         print(report.to_text(), file=sys.stderr)
         print("refusing to start: the schema cannot be served", file=sys.stderr)
         return 1
+    if args.workers > 1:
+        return _serve_workers(args, doc, path)
     try:
         app = create_app(open_data_dir(args.data_dir), schema=doc, schema_path=path, read_only=args.read_only,
                          load_schema=args.load_schema, cpu_clock=_cpu_clock(), trusted_proxies=args.trusted_proxies)
@@ -401,7 +408,7 @@ def cmd_serve(args):
     settings = ServerSettings(host=args.host, port=args.port, threads=args.threads,
                               connection_limit=args.max_connections, header_timeout=args.header_timeout,
                               idle_timeout=args.idle_timeout, min_body_rate=args.min_body_rate,
-                              max_body_bytes=service.engine.limits.max_request_body_bytes)
+                              max_body_bytes=service.engine.limits.max_request_body_bytes, listen_fd=args.listen_fd)
     if metrics_address is not None:
         from app.metrics import start_listener
         start_listener(*metrics_address)
@@ -411,6 +418,58 @@ def cmd_serve(args):
         ", read-only replica" if args.read_only else ""), flush=True)
     serve(app, settings, on_stop=service.close)
     return 0
+
+
+def _serve_workers(args, doc, path):
+    """--workers N: open the data dir once (its first start, the schema's version), then serve it from N worker
+    processes on one socket, over the shared stores (app/http/workers.py)."""
+    from app.http import workers
+    from app.identity import database
+    from app.identity.auth import load_or_create_secret
+    from app.repository.service import Service, open_data_dir
+    from app.stores.interfaces import StoreLocked
+    from app.stores.registry import lease
+
+    missing = workers.missing_shared_stores(os.environ)
+    if missing:
+        print("error: %s" % workers.refusal(args.workers, missing), file=sys.stderr)
+        return 2
+    if args.metrics_address or os.environ.get("DEPOT_METRICS_ADDRESS"):
+        print("error: --metrics-address serves one process's metrics; with --workers, scrape GET /metrics",
+              file=sys.stderr)
+        return 2
+    data_dir = open_data_dir(args.data_dir)
+    try:
+        Service(data_dir, schema=doc, schema_path=path, load_schema=args.load_schema).close()
+        held = lease(data_dir)  # the data dir is in use while the workers serve it
+    except StoreLocked:
+        raise datadir.in_use(args.data_dir, "stop it first, or give this one another --data-dir") from None
+    try:
+        sock = workers.listening_socket(args.host, args.port)
+        env = dict(os.environ, DEPOT_SECRET_KEY=load_or_create_secret(data_dir),
+                   DEPOT_DATABASE_URL=database.database_url(data_dir))
+        team = [workers.Worker(number, _worker_argv(args, os.path.join(data_dir, workers.WORKERS_DIR, str(number)),
+                                                    path, sock.fileno()))
+                for number in range(1, args.workers + 1)]
+        host, port = sock.getsockname()[:2]
+        print("Listening at http://%s:%d (%d workers, %d threads each)" % (host, port, args.workers, args.threads),
+              flush=True)
+        return workers.Supervisor(team, env, sock).run()
+    finally:
+        held.close()
+
+
+def _worker_argv(args, data_dir, schema_path, fd):
+    """One worker's command line: the same serving options, its own data dir, the inherited socket."""
+    argv = [sys.executable, "-m", "app", "serve", "--data-dir", data_dir, "--schema", schema_path,
+            "--listen-fd", str(fd), "--host", args.host, "--threads", str(args.threads),
+            "--max-connections", str(args.max_connections), "--header-timeout", str(args.header_timeout),
+            "--idle-timeout", str(args.idle_timeout), "--min-body-rate", str(args.min_body_rate)]
+    if args.read_only:
+        argv.append("--read-only")
+    if args.trusted_proxies:
+        argv += ["--trusted-proxies", args.trusted_proxies]
+    return argv
 
 
 def _metrics_address(text):
