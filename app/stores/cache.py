@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional
 
 from app.metrics import CACHE_LOOKUPS
 from app.stores.codec import dumps, loads
+from app.stores.state import CACHE_SPACE
 
 
 class CacheStore:
@@ -17,7 +18,7 @@ class CacheStore:
         self.resolve_blob = resolve_blob
 
     def _key(self, kind: str, key: str) -> bytes:
-        return b"c" + kind.encode() + b"\x00" + key.encode("utf-8")
+        return CACHE_SPACE + kind.encode() + b"\x00" + key.encode("utf-8")
 
     def enabled(self, kind: str) -> bool:
         return bool(self.settings.get(kind, {}).get("enabled", False))

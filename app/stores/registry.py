@@ -12,6 +12,7 @@ A new kind is a module implementing app/stores/interfaces.py (and passing tests/
 entry in REGISTRY below (and, for a blob store kind with spec keys of its own, their check in ``blob_specs``):
 the compiler accepts the kind and reports its spec's problems, Stores opens it, and nothing else changes.
 """
+import copy
 import json
 import os
 from dataclasses import dataclass, field
@@ -213,6 +214,18 @@ class Stores:
         self._states: dict[tuple[str, str], StateBackend] = {}  # (kv kind, its specs as JSON) -> its backend
         self._sessions: dict[tuple[str, str], UploadSessions] = {}  # (name, its spec as JSON) -> the sessions
         self._opened: set[object] = set()
+        self._owner = True  # closes the data dir's own stores (a relocated copy does not)
+
+    def relocated(self, state_url: str | None, blob_url: str | None) -> "Stores":
+        """The same data dir's stores placed elsewhere, as DEPOT_STATE_URL and DEPOT_BLOB_URL would place them
+        (None: embedded, as the schema declares): what migrate-store copies into. It shares this one's lease,
+        guard and commit lock; closing it closes only what it opened."""
+        other = copy.copy(self)
+        other.state_location = pgstate.state_location(state_url) if state_url else None
+        other.blob_location = blob_location(blob_url) if blob_url else None
+        other._blob_stores, other._states, other._sessions, other._opened = {}, {}, {}, set()
+        other._owner = False
+        return other
 
     def first_open(self, token: Any) -> bool:
         """True the first time ``token`` is given: what an implementation does once per data dir."""
@@ -269,6 +282,8 @@ class Stores:
         for state in self._states.values():
             if state is not self.local_state:
                 state.close()
+        if not self._owner:
+            return
         if self.shared is not None:
             self.shared.close()
         self.local_state.close()

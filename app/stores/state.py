@@ -37,6 +37,7 @@ from app.stores.interfaces import (BlobStore, CommitLock, Cursor, Event, EventLo
 __all__ = ["StateStore", "Transaction", "StoreLocked", "IndexDef", "IndexKeyDef", "dumps", "loads", "kv_key"]
 
 SEQ_WIDTH = 20
+CACHE_SPACE = b"c"  # the key space of the embedded cache's entries (app/stores/cache.py)
 CURSOR_KEY = b"xcursor"
 _APPLIED_HEAD = b"xapplied\x00"
 _MAX_CODECS = 4096  # index keys whose codecs are kept (a schema has tens)

@@ -89,6 +89,18 @@ def build_parser():
     reindex.add_argument("--data-dir", default="./data", help="data dir (default ./data)")
     reindex.set_defaults(handler=cmd_reindex)
 
+    migrate = commands.add_parser("migrate-store", help="copy the repository's state and blobs from where they are "
+                                  "(as DEPOT_STATE_URL and DEPOT_BLOB_URL place them) to other stores, verifying "
+                                  "every blob's digest and the copied state; the server must be stopped")
+    migrate.add_argument("--data-dir", default="./data", help="an existing data dir (default ./data)")
+    migrate.add_argument("--to-state", metavar="URL", help="postgresql://[user@]host[:port]/database[?table=NAME], "
+                         "or `embedded` (the data dir's RocksDB); it must hold no repository yet. Default: the "
+                         "state stays where it is")
+    migrate.add_argument("--to-blobs", metavar="URL", help="s3://bucket[/prefix][?endpoint_url=...&region=...], or "
+                         "file:// (the schema's own stores); blobs already there are kept. Default: the blobs stay "
+                         "where they are")
+    migrate.set_defaults(handler=cmd_migrate_store)
+
     replicate = commands.add_parser(
         "replicate", help="copy what a primary has published to a replica (both running), blobs before events",
         description="Feed a replica from a primary through their /admin/replication APIs: blob bytes first, then "
@@ -295,6 +307,54 @@ def cmd_reindex(args):
         service.close()
     print(json.dumps({"rows_rewritten": counts}, indent=2))
     return 0
+
+
+def cmd_migrate_store(args):
+    from app.stores import migrate
+    from app.stores.pgstate import STATE_URL_ENV
+    from app.stores.registry import BLOB_URL_ENV
+
+    if not args.to_state and not args.to_blobs:
+        print("error: nothing to move: give --to-state, --to-blobs or both", file=sys.stderr)
+        return 2
+    service = stopped_service(args, "stop it first")
+    try:
+        target = service.stores.relocated(
+            os.environ.get(STATE_URL_ENV) if args.to_state is None else
+            None if args.to_state == "embedded" else args.to_state,
+            os.environ.get(BLOB_URL_ENV) if args.to_blobs is None else args.to_blobs)
+        try:
+            report = _migrate(service, target, args)
+        finally:
+            target.close()
+    except migrate.MigrationError as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+    finally:
+        service.close()
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _migrate(service, target, args):
+    """Copy what ``args`` moves from the service's stores to ``target`` (Stores.relocated) -> the report."""
+    from app.stores import migrate
+    definitions = service.engine.compiled.definitions
+    report = {}
+    if args.to_state:
+        state = target.state(definitions["kv_store"])
+        if state is service.engine.state:
+            raise migrate.MigrationError("the state is there already")
+        report["state"] = {"keys_copied": migrate.copy_state(service.engine.state, state)}
+    if args.to_blobs:
+        report["blobs"] = {}
+        for name, definition in definitions["blob_store"].items():
+            if target.placed(definition).spec == service.stores.placed(definition).spec:
+                report["blobs"][name] = "there already"
+                continue
+            report["blobs"][name] = migrate.copy_blobs(service.engine.blob_stores[name],
+                                                       target.blob_store(definition)).to_json()
+    return report
 
 
 def cmd_replicate(args):
