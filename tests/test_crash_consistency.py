@@ -1,6 +1,6 @@
 """A real server killed with SIGKILL while clients publish and tag, then restarted, trial after trial over one
 data dir: everything acknowledged is intact, nothing unacknowledged is half-visible, and no temporary file
-survives the restart. DEPOT_CRASH_TRIALS sets the number of trials (10 by default; 20 on demand)."""
+survives the restart. On the embedded stores, and on the shared ones (PostgreSQL, S3, Redis). DEPOT_CRASH_TRIALS sets the number of trials (10 by default; 20 on demand)."""
 import hashlib
 import os
 import random
@@ -112,15 +112,27 @@ def temp_files(data_dir):
     return [name for d in dirs if os.path.isdir(d) for name in os.listdir(d)]
 
 
+@pytest.fixture(params=["embedded", "shared"])
+def stack(request):
+    """The environment the server runs in: the embedded stores, or the shared ones (state in a PostgreSQL table,
+    blobs under an S3 prefix, caches under a Redis prefix, each of this test's own)."""
+    if request.param == "embedded":
+        return {}
+    state, s3 = request.getfixturevalue("postgres_state"), request.getfixturevalue("s3_server")
+    return {"DEPOT_STATE_URL": state.state_url(), "DEPOT_CACHE_URL": request.getfixturevalue("redis_url"),
+            "DEPOT_BLOB_URL": "s3://%s/%s?endpoint_url=%s&region=us-east-1"
+                              % (s3.bucket, s3.new_prefix().rstrip("/"), s3.endpoint_url)}
+
+
 @pytest.mark.attack
-def test_sigkill_during_publishes_and_tags_loses_nothing_acknowledged(tmp_path):
+def test_sigkill_during_publishes_and_tags_loses_nothing_acknowledged(tmp_path, stack):
     data_dir = tmp_path / "data"
-    ledger, rng, verified = Ledger(), random.Random(1234), set()
+    ledger, rng, verified, auth = Ledger(), random.Random(1234), set(), None
     for trial in range(TRIALS):
-        server = ServerProcess(data_dir)
+        server = ServerProcess(data_dir, env=stack)
         try:
             assert temp_files(data_dir) == []  # what the last kill left was removed at start
-            auth = login(server.url)
+            auth = auth or login(server.url)  # once: on the shared stack login attempts are counted across restarts
             verify(server.url, auth, ledger, paths=[p for p in ledger.attempted if p not in verified])
             verified.update(ledger.attempted)
             writers = [threading.Thread(target=write_until_killed, daemon=True,
@@ -136,10 +148,10 @@ def test_sigkill_during_publishes_and_tags_loses_nothing_acknowledged(tmp_path):
             assert not any(thread.is_alive() for thread in writers)
         finally:
             server.stop()
-    server = ServerProcess(data_dir)
+    server = ServerProcess(data_dir, env=stack)
     try:
         assert temp_files(data_dir) == []
-        verify(server.url, login(server.url), ledger)
+        verify(server.url, auth, ledger)
         assert len(ledger.published) >= TRIALS  # the trials did publish
     finally:
         server.stop()
