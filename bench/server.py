@@ -27,9 +27,10 @@ class BenchServer:
     ``data_dir``: serve this one (made beforehand, e.g. by bench/bulk_load.py) instead of a new temporary one;
     it is removed on leaving all the same."""
 
-    def __init__(self, args=(), data_dir=None):
+    def __init__(self, args=(), data_dir=None, env=None):
         self.args = list(args)
         self.given_data_dir = data_dir
+        self.env = dict(env or {})  # more environment (DEPOT_STATE_URL ...)
         self.data_dir = self.proc = None
 
     def __enter__(self):
@@ -37,6 +38,7 @@ class BenchServer:
         port = free_port()
         env = dict(os.environ, DEPOT_ADMIN_PASSWORD=PASSWORD, DEPOT_BCRYPT_ROUNDS="4")
         env.pop("DEPOT_DATABASE_URL", None)
+        env.update(self.env)
         self.proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port), "--data-dir",
                                       self.data_dir, *self.args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)

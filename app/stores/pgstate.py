@@ -12,11 +12,13 @@ commits of every process are checked and written one after another, each wholly 
 if-absent put has exactly one winner, an index's unique key one row), and the event log's next number is read
 inside it, so readers never see a gap. Reads outside a commit see what is committed.
 
-Connections: one per thread (a server's threads are bounded), autocommit outside commits.
+Connections: one per thread (a server's threads are bounded; a thread's is closed when it ends), autocommit
+outside commits.
 """
 import hashlib
 import re
 import threading
+import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Optional
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -71,6 +73,14 @@ def state_location(url: str) -> dict[str, Any]:
     return spec
 
 
+class _Held:
+    """A thread's connection, held in its thread-local storage."""
+    __slots__ = ("connection", "__weakref__")
+
+    def __init__(self, connection: "psycopg.Connection[Any]") -> None:
+        self.connection = connection
+
+
 class PostgresKV:
     """interfaces' OrderedKV (app/stores/state.py) in one PostgreSQL table."""
     kind = "postgresql"
@@ -82,7 +92,7 @@ class PostgresKV:
         self.lock_id = int.from_bytes(hashlib.sha256(b"depot-state:" + table.encode()).digest()[:8], "big",
                                       signed=True)
         self._local = threading.local()
-        self._connections: list[psycopg.Connection[Any]] = []
+        self._connections: set[psycopg.Connection[Any]] = set()
         self._guard = threading.Lock()
         name = sql.Identifier(table)
         self._get = sql.SQL("SELECT v FROM {} WHERE k = %s").format(name)
@@ -101,16 +111,24 @@ class PostgresKV:
                                        .format(name))
 
     def _connection(self) -> "psycopg.Connection[Any]":
-        connection = getattr(self._local, "connection", None)
-        if connection is None or connection.closed:
+        held = getattr(self._local, "held", None)
+        if held is None or held.connection.closed:
             try:
                 connection = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_SECONDS)
             except psycopg.OperationalError as exc:
                 raise StateLocationError("the PostgreSQL state database does not answer: %s" % exc) from exc
-            self._local.connection = connection
+            held = self._local.held = _Held(connection)
             with self._guard:
-                self._connections.append(connection)
-        return connection
+                self._connections.add(connection)
+            # closed when its thread ends (Python drops a thread's locals then), so threads that come and go do
+            # not pile up connections on the server
+            weakref.finalize(held, self._drop, connection)
+        return held.connection
+
+    def _drop(self, connection: "psycopg.Connection[Any]") -> None:
+        with self._guard:
+            self._connections.discard(connection)
+        connection.close()
 
     def _rows(self, query: "sql.SQL | sql.Composed", *params: Any) -> list[tuple[Any, ...]]:
         rows: list[tuple[Any, ...]] = self._connection().execute(query, params).fetchall()
@@ -178,6 +196,6 @@ class PostgresKV:
 
     def close(self) -> None:
         with self._guard:
-            connections, self._connections = self._connections, []
+            connections, self._connections = self._connections, set()
         for connection in connections:
             connection.close()
