@@ -161,3 +161,18 @@ def test_several_workers_over_the_embedded_stores_are_refused_saying_why(tmp_pat
     err = capsys.readouterr().err
     assert "serve one process" in err and all(name in err for name in ("DEPOT_STATE_URL", "DEPOT_BLOB_URL",
                                                                        "DEPOT_CACHE_URL")), err
+
+
+def test_a_schema_loaded_through_one_process_is_served_by_the_other(two_depots, reference_schema):
+    first, second = two_depots
+    changed = dict(reference_schema, description="loaded through the first process")
+    admin = {"Authorization": "Bearer " + login_token(first, "admin", ADMIN_PASSWORD)}
+    before = second.client.get("/health").get_json()["schema_sha256"]
+    loaded = first.client.post("/admin/schema", json=changed, headers=admin)
+    assert loaded.status_code == 201, loaded.get_data(as_text=True)
+    wanted = first.client.get("/health").get_json()["schema_sha256"]
+    assert wanted != before
+    deadline = time.monotonic() + 60
+    while second.client.get("/health").get_json()["schema_sha256"] != wanted and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling until the other's follower has swapped the schema in (every 2 s)
+    assert second.client.get("/health").get_json()["schema_sha256"] == wanted

@@ -33,6 +33,7 @@ from app.stores.registry import BLOB_URL_ENV, Stores
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # app/repository/ -> the root
 DEFAULT_SCHEMA = os.path.join(PROJECT, "schema.json")
+SCHEMA_POLL_SECONDS = 2.0  # how soon a process on shared state serves a schema version another one loaded
 
 
 def private_dir(path: str) -> str:
@@ -63,6 +64,7 @@ class Service:
         self.read_only = read_only
         self.cpu_clock = cpu_clock
         self.announce = announce
+        self._closing = threading.Event()  # set by close(): the schema follower ends
         # first: the state store's lock is the data dir's lease (StoreLocked while another process holds it)
         self.stores = Stores(self.data_dir, sync=sync,
                              cache_url=os.environ.get(CACHE_URL_ENV) if cache_url is None else cache_url,
@@ -88,6 +90,27 @@ class Service:
         self.password_checks = BasicPasswordChecks(self)
         self._activate(self._initial_schema(schema, schema_path, load_schema))
         self.identity.ensure_admin(self.data_dir, self.announce)
+        if self.stores.state_location is not None:  # other processes serve this repository and may load schemas
+            threading.Thread(target=self._follow_schemas, name="depot-schema-follower", daemon=True).start()
+
+    def _follow_schemas(self) -> None:
+        """Every SCHEMA_POLL_SECONDS, serve the database's active schema version if another process loaded one
+        (POST /admin/schema through another worker or node). A database that does not answer is asked again
+        next time; requests go on being served meanwhile."""
+        while not self._closing.wait(SCHEMA_POLL_SECONDS):
+            try:
+                self.follow_active_schema()
+            except Exception:  # noqa: BLE001 - a blip of the database must not end the follower
+                continue
+
+    def follow_active_schema(self) -> bool:
+        """Swap in the database's active schema version when it is not the one served; -> whether it was."""
+        row = self.schemas.active()
+        with self._swap_lock:
+            if row is None or row.sha256 == self.engine.compiled.sha256:
+                return False
+            self._activate(self._compile_row(row))
+            return True
 
     def _initial_schema(self, schema: dict[str, Any] | None, schema_path: str | None,
                         load: bool) -> CompiledSchema:
@@ -167,6 +190,7 @@ class Service:
         return found
 
     def close(self) -> None:
+        self._closing.set()
         self.audit.close()
         self.stores.close()
         self.db.dispose()
