@@ -34,13 +34,13 @@ def test_the_reference_loads_and_each_key_it_holds_that_nothing_acts_on_is_repor
         "storage.kv_stores.meta.root",
         "auth.scopes[0].actions", "auth.scopes[1].actions", "auth.scopes[2].actions",
         "caching.response_cache.vary_headers", "caching.response_cache.revalidate",
-        "caching.blob_cache.pin_on_access", "caching.blob_cache.max_bytes", "caching.blob_cache.eviction",
+        "caching.blob_cache.pin_on_access",
         "gc.retention.immutable_after_publish", "gc.retention.keep_last_n_versions",
         "gc.sweep.schedule", "gc.sweep.mark.sources",
         "features.allow_overwrite_artifacts",
     ])
     assert found["gc.sweep.schedule"].startswith(UNSUPPORTED + ": ") and "cron" in found["gc.sweep.schedule"]
-    assert found["caching.blob_cache.max_bytes"].startswith(UNSUPPORTED + ": ")
+    assert found["caching.blob_cache.pin_on_access"].startswith(UNSUPPORTED + ": ")
     assert found["capabilities.features[1]"].startswith('"virtual" is ' + UNSUPPORTED)
     assert found["features.allow_overwrite_artifacts"].startswith(NOT_READ)
     # the keys that describe what the server always does, with the values it implements, are silent
@@ -63,8 +63,9 @@ def _set(doc, path, value):
     (("gc", "sweep", "schedule"), {"rrule": "FREQ=DAILY"}, "gc.sweep.schedule", [UNSUPPORTED, "cron"]),
     (("gc", "retention", "keep_last_n_versions"), 5, "gc.retention.keep_last_n_versions",
      [UNSUPPORTED, "never removes versions"]),
-    (("caching", "blob_cache", "eviction"), {"policy": "lru"}, "caching.blob_cache.eviction", [UNSUPPORTED]),
-    (("caching", "blob_cache", "max_bytes"), 1024, "caching.blob_cache.max_bytes", [UNSUPPORTED]),
+    (("caching", "blob_cache", "eviction"), {"policy": "fifo"}, "caching.blob_cache.eviction.policy",
+     ['"fifo" is ' + UNSUPPORTED, "least recently read"]),
+    (("caching", "blob_cache", "pin_on_access"), True, "caching.blob_cache.pin_on_access", [UNSUPPORTED]),
     (("storage", "kv_stores", "meta", "root"), "/data/meta", "storage.kv_stores.meta.root", [UNSUPPORTED]),
     (("events", "types", 2, "durable"), False, "events.types[2].durable",
      ["false is " + UNSUPPORTED, "durable log", "it implements true"]),
@@ -168,8 +169,8 @@ def test_gc_enabled_must_be_a_boolean(project_schema):
 def test_operations_md_lists_every_key_the_server_does_not_plainly_read():
     rendered = docs.render()
     section = rendered[rendered.index("## Schema keys read and ignored"):rendered.index("## Deviations")]
-    for key in ("gc.sweep.schedule", "gc.retention.keep_last_n_versions", "caching.blob_cache.max_bytes",
-                "caching.blob_cache.eviction", "events.types[].durable", "features.*", "gc.enabled",
+    for key in ("gc.sweep.schedule", "gc.retention.keep_last_n_versions", "caching.blob_cache.pin_on_access",
+                "caching.blob_cache.eviction.policy", "events.types[].durable", "features.*", "gc.enabled",
                 "entities.*.primary_key", "auth.scopes[].actions"):
         assert "| `%s` |" % key in section
     assert len([line for line in section.splitlines() if line.startswith("| `")]) == len(schema_keys.documented())

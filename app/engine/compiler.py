@@ -12,7 +12,7 @@ import json
 import os
 import re
 from types import SimpleNamespace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import jsonschema
 
@@ -327,7 +327,7 @@ class Compiler:
                 self.report.error(where + ".addressing.mode", "only content_addressed blob stores are supported")
             if addressing.get("digest", "sha256") != "sha256":
                 self.report.error(where + ".addressing.digest", "only sha256 is supported")
-            definition = BlobStoreDef(name, spec)
+            definition = BlobStoreDef(name, spec, self._local_cache_bytes())
             template = self._template(definition.path_template, where + ".addressing.path_template")
             if template is not None:
                 bad = [r.source for r in template.refs
@@ -418,6 +418,12 @@ class Compiler:
             except ValueError as exc:
                 self.report.error(place("auth.login", key), str(exc))
         return limits
+
+    def _local_cache_bytes(self) -> Optional[int]:
+        """caching.blob_cache's bound, when it is enabled with one: remote blob stores keep a local disk cache."""
+        blob_cache = self.doc.get("caching", {}).get("blob_cache", {})
+        bound = blob_cache.get("max_bytes")
+        return bound if blob_cache.get("enabled", False) and isinstance(bound, int) and bound > 0 else None
 
     def _caching(self) -> dict[str, dict[str, Any]]:
         caching = self.doc.get("caching", {})

@@ -321,8 +321,12 @@ class Upstream:
 
 
 class BlobStoreDef:
-    def __init__(self, name: str, spec: dict[str, JsonValue]) -> None:
+    """A schema's storage.blob_stores.<name>. ``local_cache_bytes``: the bound of the local disk cache a remote
+    store (s3) keeps whole blobs in (caching.blob_cache, when enabled with max_bytes), or None: no cache."""
+
+    def __init__(self, name: str, spec: dict[str, JsonValue], local_cache_bytes: Optional[int] = None) -> None:
         self.name = name
+        self.local_cache_bytes = local_cache_bytes
         self.kind = spec["kind"]
         self.spec = spec  # as the schema gives it: what an implementation of another kind reads (a bucket ...)
         self.root = spec.get("root", name)

@@ -81,8 +81,8 @@ _CACHE: dict[str, KeySpec] = {"enabled": READ, "max_entry_bytes": READ, "default
           "revalidate": Unsupported("entries are not revalidated; they live default_ttl_seconds (or the "
                                     "cache.put's ttl_seconds). Downloads always carry ETag and Last-Modified and "
                                     "answer If-None-Match and If-Modified-Since")}
-_BLOB_CACHE_LATER = Unsupported("the blob cache keeps entries for their time to live only; a bounded blob cache "
-                                "with eviction is planned with the S3 blob store")
+_BLOB_CACHE_LATER = Unsupported("blobs are not pinned: the local disk cache of an s3 blob store removes the least "
+                                "recently read ones first")
 # an unknown scheme or ordering is a load error (app.engine.compiler), so both are plainly read
 _VERSIONING: dict[str, KeySpec] = {
     "scheme": READ, "ordering": READ, "allow_prerelease": READ,
@@ -160,8 +160,8 @@ KEYS: dict[str, KeySpec] = {
     }},
     "caching": {
         "response_cache": _CACHE,
-        "blob_cache": dict(_CACHE, pin_on_access=_BLOB_CACHE_LATER, max_bytes=_BLOB_CACHE_LATER,
-                           eviction=_BLOB_CACHE_LATER),
+        "blob_cache": dict(_CACHE, pin_on_access=_BLOB_CACHE_LATER, max_bytes=READ,
+                           eviction={"policy": Only(("lru",), "removes the least recently read blobs first")}),
     },
     "ops": {
         "closed_world": Only((True,), "runs only the ops of its own closed vocabulary"),

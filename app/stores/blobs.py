@@ -67,6 +67,22 @@ class StagedBlob(BlobRef):
         return base64_digests(self.digests)
 
 
+class ReadStream(io.RawIOBase):
+    """A readable stream whose subclass defines ``read``: what a server's file wrapper and ``readinto`` callers
+    (shutil, hashing loops) need besides."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readall(self) -> bytes:
+        return self.read()
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
 class ServedFile(io.FileIO):
     """A blob file being read, from where it is sought to up to ``end``: reads stop there, so any server's file
     wrapper sends exactly the range (and, the file being seekable, sends it without a worker thread). The

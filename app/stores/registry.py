@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from app.stores import pgstate, s3
+from app.stores.blobcache import DiskBlobCache
 from app.stores.blobs import FileBlobStore
 from app.stores.cache import CacheStore
 from app.stores.guard import BlobGuard
@@ -33,6 +34,7 @@ from app.stores.state import StateStore, holds_state
 
 STATE_DIR = "state"  # the data dir's embedded state database: its lock is the data dir's lease
 TMP_DIR = "tmp"
+BLOB_CACHE_DIR = "blob-cache"  # remote blob stores' local disk caches, one directory per store
 DEFAULT_KV_KIND = "rocksdb"  # a schema that declares no kv store
 STATE_URL_KIND = "postgresql"  # the kv kind DEPOT_STATE_URL places `rocksdb` kv stores in
 CACHE_KIND = "embedded"  # without DEPOT_CACHE_URL
@@ -119,8 +121,12 @@ def _filesystem_spec(spec: dict[str, Any]) -> list[tuple[str, str]]:
 def _s3(stores: "Stores", definition: Any) -> BlobStore:
     """Objects in a bucket; nothing is removed at open: other processes may share the bucket (s3.py)."""
     client = s3.connect(definition.endpoint_url, definition.region)
+    cache = None
+    if definition.local_cache_bytes:
+        cache = DiskBlobCache(os.path.join(stores.data_dir, BLOB_CACHE_DIR, definition.name),
+                              definition.local_cache_bytes)
     return s3.S3BlobStore(definition.name, client, definition.bucket, definition.prefix, definition.layout,
-                          definition.min_bytes, definition.max_bytes, stores.guard)
+                          definition.min_bytes, definition.max_bytes, stores.guard, cache=cache)
 
 
 def _file_sessions(store: BlobStore, definition: Any) -> UploadSessions:
@@ -241,7 +247,8 @@ class Stores:
             return definition
         spec = {key: value for key, value in definition.spec.items() if key not in ("kind", "root")}
         prefix = self.blob_location.get("prefix", "") + definition.root.strip("/") + "/"
-        return type(definition)(definition.name, dict(spec, **dict(self.blob_location, prefix=prefix)))
+        return type(definition)(definition.name, dict(spec, **dict(self.blob_location, prefix=prefix)),
+                                definition.local_cache_bytes)
 
     def blob_store(self, definition: Any) -> BlobStore:
         """The blob store an app.engine.definitions.BlobStoreDef describes (one object per distinct definition),

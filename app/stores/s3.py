@@ -16,7 +16,6 @@ collection removes those older than its grace period.
 """
 from __future__ import annotations
 
-import io
 import re
 import uuid
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Optional, cast
@@ -25,7 +24,8 @@ from urllib.parse import urlsplit
 from botocore.exceptions import BotoCoreError, ClientError
 
 from app.errors import bad_request
-from app.stores.blobs import bounded_chunks
+from app.stores.blobcache import DiskBlobCache
+from app.stores.blobs import ReadStream, bounded_chunks
 from app.stores.digests import DIGEST_PREFIX, Hashers, base64_digests, split_digest
 from app.stores.guard import BlobGuard, GuardedDigests
 from app.stores.interfaces import BlobHandle, BlobStat, Readable, process_lock
@@ -41,12 +41,14 @@ _MISSING = ("404", "NoSuchKey", "NotFound", "NoSuchUpload")
 class S3Handle(BlobHandle):
     """A blob of an S3 blob store (stored, or staged under a temporary key) as the object at ``key``."""
 
-    __slots__ = ("owner", "key")
+    __slots__ = ("owner", "key", "located")
 
-    def __init__(self, owner: "S3BlobStore", digest: Optional[str], size: Optional[int], key: str) -> None:
+    def __init__(self, owner: "S3BlobStore", digest: Optional[str], size: Optional[int], key: str,
+                 located: bool = False) -> None:
         super().__init__(owner.name, digest, size)
         self.owner = owner
         self.key = key
+        self.located = located  # found in the bucket just now (locate): its local copy may be served
 
     def stat(self) -> BlobStat:
         status = self.owner.head(self.key)
@@ -56,7 +58,18 @@ class S3Handle(BlobHandle):
 
     def open(self, start: int = 0, end: Optional[int] = None,
              on_close: Optional[Callable[[], None]] = None) -> BinaryIO:
-        return self.owner.read(self.key, start, end, on_close)
+        """From the store's local disk cache when it holds the blob (and the bucket still does), else by a GET,
+        kept in the cache as it is read when the whole blob is (app/stores/blobcache.py)."""
+        cache = self.owner.cache
+        if cache is None or not self.located or self.digest is None:
+            return self.owner.read(self.key, start, end, on_close)
+        hexdigest = self.digest[len(DIGEST_PREFIX):]
+        cached = cache.open(hexdigest, start, end, on_close)
+        if cached is not None:
+            return cached
+        reader = self.owner.read(self.key, start, end, on_close)
+        whole = start == 0 and (end is None or end == self.size) and self.size is not None
+        return cache.filling(hexdigest, cast(int, self.size), reader) if whole else reader
 
 
 class S3StagedBlob(S3Handle):
@@ -81,7 +94,7 @@ class S3StagedBlob(S3Handle):
         return base64_digests(self.digests)
 
 
-class ObjectReader(io.RawIOBase):
+class ObjectReader(ReadStream):
     """An object's bytes as a GET streams them. Not seekable, so a server's file wrapper reads it in the request's
     thread (never in the thread that serves every connection); ``on_close`` runs once, when it is closed."""
 
@@ -90,21 +103,10 @@ class ObjectReader(io.RawIOBase):
         self._body = body  # a botocore StreamingBody, or None: nothing to read
         self._on_close = on_close
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, size: Optional[int] = -1) -> bytes:
         if self._body is None:
             return b""
         return cast(bytes, self._body.read(None if size is None or size < 0 else size))
-
-    def readall(self) -> bytes:
-        return self.read()
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
     def close(self) -> None:
         if self.closed:
@@ -126,8 +128,10 @@ class S3BlobStore(GuardedDigests):
 
     def __init__(self, name: str, client: Any, bucket: str, prefix: str, layout: Callable[[str], str],
                  min_bytes: int = 0, max_bytes: Optional[int] = None, guard: Optional[BlobGuard] = None,
-                 part_size: int = PART_SIZE, page_size: int = LIST_PAGE) -> None:
+                 part_size: int = PART_SIZE, page_size: int = LIST_PAGE,
+                 cache: Optional[DiskBlobCache] = None) -> None:
         self.name = name
+        self.cache = cache  # whole blobs on local disk in front of the bucket (caching.blob_cache), or None
         self.client = client
         self.bucket = bucket
         self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
@@ -214,7 +218,7 @@ class S3BlobStore(GuardedDigests):
         status = self.head(self._key(hexdigest))
         if status is None:
             return None
-        return S3Handle(self, DIGEST_PREFIX + hexdigest, status.size, self._key(hexdigest))
+        return S3Handle(self, DIGEST_PREFIX + hexdigest, status.size, self._key(hexdigest), located=True)
 
     def ref(self, digest: str, size: Optional[int]) -> S3Handle:
         return S3Handle(self, digest, size, self._key(split_digest(digest)))
@@ -233,7 +237,10 @@ class S3BlobStore(GuardedDigests):
         return self.ref(digest, None).open(start, end)
 
     def delete(self, digest: str) -> bool:
-        key = self._key(split_digest(digest))
+        hexdigest = split_digest(digest)
+        key = self._key(hexdigest)
+        if self.cache is not None:
+            self.cache.forget(hexdigest)
         if self.head(key) is None:
             return False
         self._delete(key)
