@@ -84,7 +84,8 @@ def test_one_publish_of_the_same_coordinates_wins_across_processes_and_the_log_h
     assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 4
 
 
-def test_two_server_processes_share_state_blobs_and_revocations(shared_stack, tmp_path):
+def test_two_server_processes_share_state_blobs_and_revocations_and_one_of_40_racing_publishes_wins(shared_stack,
+                                                                                                  tmp_path):
     first = ServerProcess(tmp_path / "first", env=shared_stack)
     try:
         second = ServerProcess(tmp_path / "second", env=shared_stack)
@@ -97,6 +98,20 @@ def test_two_server_processes_share_state_blobs_and_revocations(shared_stack, tm
             fetched = requests.get(second.url + put, headers=bearer(token), timeout=60)
             assert fetched.status_code == 200 and fetched.content == b"over the wire"
             assert requests.put(second.url + put, data=b"again", headers=bearer(token), timeout=60).status_code == 409
+            race = "/v1/acme/raced/1.0.0/%s/blob" % VARIANT
+            statuses, errors = [], []
+
+            def publish(server, n):
+                try:
+                    statuses.append(requests.put(server.url + race, data=b"racer %d" % n, headers=bearer(token),
+                                                 timeout=120).status_code)
+                except Exception as exc:  # noqa: BLE001 - reported by join_all
+                    errors.append(exc)
+            racers = [threading.Thread(target=publish, args=((first, second)[n % 2], n)) for n in range(40)]
+            for racer in racers:
+                racer.start()
+            join_all(racers, errors)
+            assert sorted(statuses) == [201] + [409] * 39, statuses
             assert requests.post(second.url + "/auth/logout", headers=bearer(token), timeout=60).status_code == 200
             refused = requests.get(first.url + "/v1/acme/served/latest", headers=bearer(token), timeout=60)
             assert refused.status_code == 401 and refused.json()["error"]["code"] == "TOKEN_REVOKED"
