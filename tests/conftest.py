@@ -1,4 +1,5 @@
 """Shared fixtures: real stores in temporary directories, real HTTP through the Flask app."""
+import contextlib
 import io
 import json
 import os
@@ -69,8 +70,9 @@ class Depot(LocalDepot):
     budget's clock stands still unless the test gives one it advances: no test depends on the machine's speed."""
 
     def __init__(self, data_dir, schema=None, cpu_clock=None, **options):
-        super().__init__(data_dir, schema, cpu_clock=cpu_clock if cpu_clock is not None else ManualClock(),
-                         **options)
+        with environment(place_of(data_dir)):  # a run on the shared stack: the data dir's repository's place
+            super().__init__(data_dir, schema, cpu_clock=cpu_clock if cpu_clock is not None else ManualClock(),
+                             **options)
 
     def headers(self, scopes=("read", "write"), **extra):
         return dict({"Authorization": "Bearer " + self.token(scopes)}, **extra)
@@ -152,6 +154,7 @@ class ServerProcess:
         environment = dict(os.environ, DEPOT_BCRYPT_ROUNDS="4", DEPOT_CPU_BUDGET="off")
         for name in ("DEPOT_SECRET_KEY", "DEPOT_DATABASE_URL") + tuple(drop_env):  # unless ``env`` gives them
             environment.pop(name, None)
+        environment.update(place_of(data_dir))
         environment.update(env or {})
         self.proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port or 0), "--data-dir",
                                       str(data_dir), "--threads", "4", *args], cwd=ROOT, env=environment,
@@ -342,17 +345,14 @@ def pytest_fixture_setup(fixturedef, request):
         yield
         return
     env, clean = made
-    before = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
+    with environment(env):
         yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     fixturedef.addfinalizer(clean)
+
+
+_TEST_PLACE = {}  # the environment _repository_of_its_own gave the running test
+_PLACES = {}  # the running test's data dirs -> the place of the repository each holds
+_CLEANUPS = []
 
 
 @pytest.fixture(autouse=True)
@@ -366,8 +366,46 @@ def _repository_of_its_own(monkeypatch):
     env, clean = made
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    _TEST_PLACE.update(env)
     yield
-    clean()
+    for cleanup in [clean] + _CLEANUPS:
+        cleanup()
+    _TEST_PLACE.clear()
+    _PLACES.clear()
+    _CLEANUPS.clear()
+
+
+def place_of(data_dir):
+    """In a run on the shared stack, the environment placing the repository of ``data_dir``: the test's own for
+    the first data dir it serves, a place of its own for each other (a replica is another repository than its
+    primary, as separate data dirs are on the embedded stores); nothing when the test placed it itself or the
+    run is on the embedded stores."""
+    if RUN_STACK is None or not _TEST_PLACE or any(os.environ.get(k) != v for k, v in _TEST_PLACE.items()):
+        return {}
+    key = os.path.abspath(str(data_dir))
+    if key not in _PLACES:
+        if _PLACES:
+            env, clean = RUN_STACK.env()
+            _CLEANUPS.append(clean)
+        else:
+            env = dict(_TEST_PLACE)
+        _PLACES[key] = env
+    return _PLACES[key]
+
+
+@contextlib.contextmanager
+def environment(env):
+    """``env`` set in os.environ meanwhile."""
+    before = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
