@@ -67,10 +67,7 @@ class HttpRequestData(RequestData):
     pays only for what its pipeline uses."""
 
     query = _from_request("args")
-    headers = _from_request("headers")
     content_length = _from_request("content_length")
-    remote_addr = _from_request("remote_addr")
-    path = _from_request("path")
 
     def __init__(self, req, params, limit, request_id, trusted_proxies):
         # not super().__init__: it would compute every part
@@ -80,6 +77,11 @@ class HttpRequestData(RequestData):
         self.method = req.method
         self.path_params = params
         self.request_id = request_id
+        # what werkzeug holds as plain attributes is copied: reading it through a property costs two calls, and
+        # every request with credentials reads the headers
+        self.headers = req.headers
+        self.remote_addr = req.remote_addr
+        self.path = req.path
 
     @_lazy
     def stream(self):
