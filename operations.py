@@ -1258,8 +1258,8 @@ def _constant_int(node, name, low, high):
 def index_query(ctx, a):
     if a.plain:
         offset, limit = a.window
-        rows = ctx.vars[a.out] = list(ctx.engine.indexes.rows(a.index_key, a.key_values(ctx), offset=offset,
-                                                              limit=limit))
+        # by position (key, values, after, offset, limit): every plain query's path
+        rows = ctx.vars[a.out] = list(ctx.engine.indexes.rows(a.index_key, a.key_values(ctx), None, offset, limit))
         ctx.count_io(1 + len(rows))
         return
     if a.key_values is not None:  # the usual case: the key's fields were matched to the index at load
