@@ -1258,8 +1258,8 @@ def _constant_int(node, name, low, high):
 def index_query(ctx, a):
     if a.plain:
         offset, limit = a.window
-        rows = ctx.vars[a.out] = list(ctx.engine.indexes.rows(a.index_key, a.key_values(ctx), offset=offset,
-                                                              limit=limit))
+        # by position (key, values, after, offset, limit): every plain query's path
+        rows = ctx.vars[a.out] = list(ctx.engine.indexes.rows(a.index_key, a.key_values(ctx), None, offset, limit))
         ctx.count_io(1 + len(rows))
         return
     if a.key_values is not None:  # the usual case: the key's fields were matched to the index at load
@@ -1647,9 +1647,11 @@ def _prepare_json(a, scope):
     prepare=_prepare_json, openapi=lambda o, a: o.json_response(a.status, a.body, a.content_type),
     terminal=True)
 def respond_json(ctx, a):
-    headers = _headers(ctx, a)
-    ctx.response = ResponseSpec(a.status, headers, json=a.body.render(ctx), streamed=a.streamed,
-                                content_type=a.fixed_type or a.content_type.resolve(ctx).header)
+    headers = _headers(ctx, a) if a.headers is not None else None
+    body = a.body.render(ctx)
+    # by position (status, headers, json, content_type, streamed): this is every JSON answer's path
+    ctx.response = ResponseSpec(a.status, headers, body, a.fixed_type or a.content_type.resolve(ctx).header,
+                                a.streamed)
 
 
 def _compile_page(a, scope):

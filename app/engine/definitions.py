@@ -70,7 +70,8 @@ _ASCII_SPACE = " \t\n\r\x0b\x0c"
 _ASCII_SPACE_RUN = re.compile("[%s]+" % re.escape(_ASCII_SPACE))
 
 
-# methodcallers, not lambdas: a request normalizes each field, and a C call costs no Python frame
+# methodcallers, not lambdas: a request normalizes each field, and a C call costs no Python frame (ascii_lower and
+# ascii_upper are functions: see app.engine.filters)
 @normalizer("trim")
 def _trim() -> Normalizer:
     return methodcaller("strip", _ASCII_SPACE)
@@ -111,12 +112,17 @@ def chain(rules: Sequence[Normalizer]) -> Normalizer:
     if not generating():
         return partial(_apply_in_order, tuple(rules))
     builder = FunctionBuilder("normalize", "value")
-    call = "value"
-    for rule in rules:
-        call = "%s(%s)" % (builder.bind(rule, "rule"), call)
-    builder.line("return " + call)
+    builder.line("return " + _nested_calls(builder, rules, "value"))
     normalize: Normalizer = builder.build()
+    normalize.rules = tuple(rules)  # type: ignore[attr-defined]  # for fields_normalizer to write out in place
     return normalize
+
+
+def _nested_calls(builder: FunctionBuilder, rules: Sequence[Normalizer], value: str) -> str:
+    """``rules[-1](...rules[0](value))`` as an expression, each rule bound as a global of ``builder``."""
+    for rule in rules:
+        value = "%s(%s)" % (builder.bind(rule, "rule"), value)
+    return value
 
 
 def fields_normalizer(normalizers: Sequence[tuple[str, Normalizer]]) -> Callable[[dict[str, JsonValue]], None]:
@@ -129,7 +135,8 @@ def fields_normalizer(normalizers: Sequence[tuple[str, Normalizer]]) -> Callable
         value = builder.local()
         builder.line("%s = fields.get(%s)" % (value, literal(name)))
         builder.line("if isinstance(%s, str):" % value)
-        builder.line("fields[%s] = %s(%s)" % (literal(name), builder.bind(normalize, "rule"), value), 1)
+        rules = getattr(normalize, "rules", (normalize,))  # a generated chain's rules, called here: one frame less
+        builder.line("fields[%s] = %s" % (literal(name), _nested_calls(builder, rules, value)), 1)
     if not normalizers:
         builder.line("pass")
     normalize_fields: Callable[[dict[str, JsonValue]], None] = builder.build()
@@ -203,6 +210,7 @@ class Constraint:
         # most constraints are a regex alone: the other tests are skipped together, decided here
         self._more = (min_length is not None or max_length is not None or enum is not None
                       or bool(self.reserved))
+        self.regex_alone = not self._more  # a string its regex (if it has one) matches passes
 
     def check(self, value: JsonValue) -> None:
         if not isinstance(value, str):
@@ -272,7 +280,13 @@ def _generated_checker(constraints: Sequence[Constraint],
     for constraint in constraints:
         value = builder.local()
         builder.line("%s = values.get(%s)" % (value, literal(constraint.field)))
-        builder.line("if %s is not None:" % value)
+        if constraint.regex is not None and constraint.regex_alone:
+            # a regex alone (the usual constraint): a string it matches passes here, anything else is left to
+            # the constraint's own check, which refuses it as it would have
+            builder.line("if %s is not None and not (%s.__class__ is str and %s(%s)):" % (
+                value, value, builder.bind(constraint.regex.match, "match"), value))
+        else:
+            builder.line("if %s is not None:" % value)
         builder.line("%s(%s)" % (builder.bind(constraint.check, "constraint"), value), 1)
     if versioning is not None:
         builder.line("version = values.get('version')")

@@ -67,12 +67,14 @@ class HttpRequestData(RequestData):
     pays only for what its pipeline uses."""
 
     query = _from_request("args")
-    headers = _from_request("headers")
     content_length = _from_request("content_length")
-    remote_addr = _from_request("remote_addr")
-    path = _from_request("path")
 
     def __init__(self, req, params, limit, request_id, trusted_proxies):
+        """``limit``: the most bytes a body may have; a request declaring a longer one is refused here, before its
+        pipeline runs."""
+        length = req.environ.get("CONTENT_LENGTH")
+        if length and length.isdigit() and int(length) > limit:
+            raise too_large("request body exceeds max_request_body_bytes (%d)" % limit)
         # not super().__init__: it would compute every part
         self._req = req
         self._limit = limit
@@ -80,6 +82,11 @@ class HttpRequestData(RequestData):
         self.method = req.method
         self.path_params = params
         self.request_id = request_id
+        # what werkzeug holds as plain attributes is copied: reading it through a property costs two calls, and
+        # every request with credentials reads the headers
+        self.headers = req.headers
+        self.remote_addr = req.remote_addr
+        self.path = req.path
 
     @_lazy
     def stream(self):
@@ -96,14 +103,6 @@ class HttpRequestData(RequestData):
     @_lazy
     def base_url(self):
         return base_url(self._req.environ, self._trusted_proxies)
-
-
-def request_data(req, engine, params, trusted_proxies=()):
-    limit = engine.limits.max_request_body_bytes
-    length = req.environ.get("CONTENT_LENGTH")
-    if length and length.isdigit() and int(length) > limit:
-        raise too_large("request body exceeds max_request_body_bytes (%d)" % limit)
-    return HttpRequestData(req, params, limit, req.environ[REQUEST_ID_KEY], trusted_proxies)
 
 
 class RouteRule(Rule):
@@ -257,7 +256,8 @@ def create_app(service, trusted_proxies=None):
         req = request._get_current_object()  # one context-local lookup instead of one per attribute
         rule = req.url_rule
         engine = rule.engine
-        data = request_data(req, engine, params, app.trusted_proxies)
+        data = HttpRequestData(req, params, engine.limits.max_request_body_bytes, req.environ[REQUEST_ID_KEY],
+                               app.trusted_proxies)
         reading = rule.route.method in READ_METHODS
         try:
             ctx = engine.run(rule.route, data, authenticate_read if reading else authenticate_write)

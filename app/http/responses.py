@@ -34,9 +34,10 @@ def write_response(spec, on_close=None):
     elif spec.streamed:  # a listing read as it is written: in pieces, never whole in memory
         response = _closing(Response(iter_json(spec.json), status=spec.status, headers=spec.headers,
                                      content_type=spec.content_type or "application/json"), on_close)
-    else:
-        response = json_response(spec.json, spec.status, spec.headers, spec.content_type or "application/json")
-        if on_close is not None:  # _closing, inline: this is every JSON answer's path
+    else:  # json_response and _closing, inline: this is every JSON answer's path
+        response = Response(dumps(spec.json), status=spec.status, headers=spec.headers,
+                            content_type=spec.content_type or "application/json")
+        if on_close is not None:
             response.call_on_close(on_close)
     if spec.vary:
         response.vary.update(spec.vary)
