@@ -319,6 +319,41 @@ def repository_env():
     return None
 
 
+# Tests of what only the embedded stores have: blob files and their paths, faults injected into the filesystem
+# store, fsync counts, the embedded database's keys and bulk loader, the in-process guard's races, memory bounds
+# measured on the filesystem store (the s3 store's own are in tests/test_s3_blobs.py). A run on the shared stack
+# skips them, saying so; the shared stores' own behaviour is tested in tests/test_shared_state.py,
+# tests/test_s3_blobs.py, tests/test_blob_cache.py and the contract suite.
+EMBEDDED_ONLY = (
+    "tests/test_http.py::test_a_download_is_an_attachment_named_by_its_digest_and_dated_by_its_file_by_default",
+    "tests/test_http.py::test_a_store_fault_", "tests/test_http.py::test_health_reports_",
+    "tests/test_json_stream.py::test_a_publish_stores_its_attachment_and_answers_with_its_digests",
+    "tests/test_json_stream.py::test_a_100_mib_attachment_streams_through_in_bounded_memory",
+    "tests/test_metrics.py::test_requests_ops_commits_fsyncs_and_cache_lookups_are_counted",
+    "tests/test_multipart.py::", "tests/test_archives.py::test_a_wheels_metadata_is_stored_as_its_own_blob",
+    "tests/test_bench_bulk_load.py::",
+    "tests/test_oci_pack.py::test_garbage_collection_removes_upload_sessions_idle_past_their_time_to_live",
+    "tests/test_concurrency.py::", "tests/test_ops.py::test_blob_", "tests/test_ops.py::test_replayed_events_",
+    "tests/test_package_api.py::test_second_publish_is_409_and_leaves_no_orphan_blob",
+    "tests/test_package_api.py::test_same_bytes_under_two_coordinates_share_one_blob",
+    "tests/test_persistence.py::test_a_publish_conflict_writes_nothing",
+    "tests/test_persistence.py::test_identical_bytes_under_two_coordinates_share_one_blob_across_restart",
+    "tests/test_gc.py::test_a_blob_published_again_after_the_mark_is_not_swept", "tests/test_gc_race.py::",
+    "tests/test_streaming.py::test_a_64_mib_upload_streams_in_bounded_memory",
+    "tests/test_streaming.py::test_a_sha_512_content_digest_is_checked_while_streaming_in_bounded_memory",
+    "tests/test_slow_clients.py::", "tests/test_server.py::test_health_shows_where_stores_live_to_admins_only",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    if not RUN_SHARED_STACK:
+        return
+    skip = pytest.mark.skip(reason="tests the embedded stores; this run is on the shared stack (DEPOT_TEST_STACK)")
+    for item in items:
+        if item.nodeid.startswith(EMBEDDED_ONLY):
+            item.add_marker(skip)
+
+
 def needs_embedded_stores():
     """Skip a test of what only the embedded stores have (a data dir's blob files, RocksDB's own behaviour) in a
     run on the shared stack."""
