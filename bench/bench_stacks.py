@@ -102,8 +102,8 @@ def main():
                                   for route, path in ROUTES.items()} for name in order})
             print("round %d done" % (number + 1), flush=True)
     summary = summarize(rounds)
-    print_table(summary, client, args)
     write_results({"settings": vars(args), "client": client, "rounds": rounds, "summary": summary}, "stacks")
+    print_table(summary, client, args)
 
 
 def summarize(rounds):
@@ -124,7 +124,7 @@ def print_table(summary, client, args):
     print("| stack | " + " | ".join("%s req/s (ratio)" % route for route in ROUTES) + " |")
     print("|---|" + "---|" * len(ROUTES))
     for name, routes in summary.items():
-        print("| %s | " % name + " | ".join("%.0f (%.2f)" % (routes[r]["rate"], routes[r]["ratio"]) for r in ROUTES)
+        print("| %s | " % name + " | ".join("%.0f (%.2f)" % (routes[r]["rps"], routes[r]["ratio"]) for r in ROUTES)
               + " |")
 
 
