@@ -67,6 +67,13 @@ class StagedBlob(BlobRef):
         return base64_digests(self.digests)
 
 
+def run_on_close(reader: Any) -> None:
+    """Run a reader's ``on_close`` callback, once: it is cleared before it runs."""
+    callback, reader.on_close = reader.on_close, None
+    if callback is not None:
+        callback()
+
+
 class ReadStream(io.RawIOBase):
     """A readable stream whose subclass defines ``read``: what a server's file wrapper and ``readinto`` callers
     (shutil, hashing loops) need besides."""
@@ -102,9 +109,7 @@ class ServedFile(io.FileIO):
         try:
             super().close()
         finally:
-            callback, self.on_close = self.on_close, None
-            if callback is not None:
-                callback()
+            run_on_close(self)
 
 
 class FileBlobStore(GuardedDigests):

@@ -25,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from app.errors import bad_request
 from app.stores.blobcache import DiskBlobCache
-from app.stores.blobs import ReadStream, bounded_chunks
+from app.stores.blobs import ReadStream, bounded_chunks, run_on_close
 from app.stores.digests import DIGEST_PREFIX, Hashers, base64_digests, split_digest
 from app.stores.guard import BlobGuard, GuardedDigests
 from app.stores.interfaces import BlobHandle, BlobStat, Readable, process_lock
@@ -101,7 +101,7 @@ class ObjectReader(ReadStream):
     def __init__(self, body: Any, on_close: Optional[Callable[[], None]]) -> None:
         super().__init__()
         self._body = body  # a botocore StreamingBody, or None: nothing to read
-        self._on_close = on_close
+        self.on_close = on_close
 
     def read(self, size: Optional[int] = -1) -> bytes:
         if self._body is None:
@@ -116,9 +116,7 @@ class ObjectReader(ReadStream):
                 self._body.close()
             super().close()
         finally:
-            callback, self._on_close = self._on_close, None
-            if callback is not None:
-                callback()
+            run_on_close(self)
 
 
 class S3BlobStore(GuardedDigests):

@@ -28,7 +28,7 @@ from app.errors import DepotError, too_large, unknown_session
 from app.stores.blobs import bounded_chunks
 from app.stores.s3 import PART_SIZE, S3BlobStore, S3StagedBlob
 from app.stores.interfaces import Readable
-from app.stores.sessions import UploadOffsetMismatch
+from app.stores.sessions import SessionSettings, UploadOffsetMismatch
 
 _SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
 _PIECE = re.compile(r"^[0-9]{20}$")
@@ -41,15 +41,13 @@ class _Session(NamedTuple):
     modified: float  # time.time() of its newest object
 
 
-class S3UploadSessions:
-    """The sessions named ``name`` of ``store``: at most ``max_bytes`` each (None: the store's max_blob_bytes),
-    forgotten after ``ttl_seconds`` without a change."""
+class S3UploadSessions(SessionSettings):
+    """Upload sessions as objects in the store's bucket (SessionSettings says what it is given)."""
+
+    store: S3BlobStore
 
     def __init__(self, name: str, store: S3BlobStore, ttl_seconds: float, max_bytes: Optional[int]) -> None:
-        self.name = name
-        self.store = store
-        self.ttl_seconds = ttl_seconds
-        self.max_bytes = max_bytes if max_bytes is not None else store.max_bytes
+        super().__init__(name, store, ttl_seconds, max_bytes)
         self.root = "%s.sessions/%s/" % (store.prefix, name)
         self._locks: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
         self._locks_lock = threading.Lock()

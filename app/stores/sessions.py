@@ -19,7 +19,7 @@ import time
 import uuid
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from app.errors import DepotError, too_large, unknown_session
 from app.metrics import FSYNC_SECONDS
@@ -40,15 +40,24 @@ class UploadOffsetMismatch(DepotError):
         self.size = size
 
 
-class FileUploadSessions:
-    """The sessions named ``name`` of ``store``: at most ``max_bytes`` each (None: the store's max_blob_bytes),
-    forgotten after ``ttl_seconds`` without a change."""
+class SessionSettings:
+    """What every kind of upload sessions is given: sessions named ``name`` of ``store``, at most ``max_bytes``
+    each (None: the store's max_blob_bytes), forgotten after ``ttl_seconds`` without a change."""
 
-    def __init__(self, name: str, store: FileBlobStore, ttl_seconds: float, max_bytes: Optional[int]) -> None:
+    def __init__(self, name: str, store: Any, ttl_seconds: float, max_bytes: Optional[int]) -> None:
         self.name = name
         self.store = store
         self.ttl_seconds = ttl_seconds
         self.max_bytes = max_bytes if max_bytes is not None else store.max_bytes
+
+
+class FileUploadSessions(SessionSettings):
+    """Upload sessions as files beside the store's blobs (SessionSettings says what it is given)."""
+
+    store: FileBlobStore
+
+    def __init__(self, name: str, store: FileBlobStore, ttl_seconds: float, max_bytes: Optional[int]) -> None:
+        super().__init__(name, store, ttl_seconds, max_bytes)
         self.directory = os.path.join(store.root, ".sessions", name)
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         self._hashes: OrderedDict[str, tuple[int, Hashers]] = OrderedDict()  # id -> (bytes hashed, sha-256 so far)
