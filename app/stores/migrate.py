@@ -2,7 +2,8 @@
 
 The state is copied key by key between two state backends of this package (the same layout on every engine:
 app/stores/state.py), in batches, into a target that holds no state yet; the response cache is not copied (a miss
-is always safe). Then both are read again, in order, and must hold the same keys and values (a digest over each).
+is always safe). What is read from the source is fingerprinted as it is copied (a digest over the keys and
+values, in order); the target is then read again and must give the same fingerprint.
 Blobs are streamed from each source blob store into its target one, hashed as they are written: a blob whose
 bytes do not match its digest stops the copy and is not stored; a blob the target holds already is left as it is.
 """
@@ -46,30 +47,39 @@ def copy_state(source: StateBackend, target: StateBackend) -> int:
     if next(_state_items(target_engine), None) is not None:
         raise MigrationError("the target state already holds a repository: migrate-store copies into an empty one")
     batch: dict[bytes, bytes | None] = {}
-    copied = 0
+    copied = _Fingerprint()  # of what was read from the source, taken while copying it
     for key, value in _state_items(source_engine):
+        copied.add(key, value)
         batch[key] = value
         if len(batch) >= BATCH_KEYS:
-            copied += _write(target_engine, batch)
+            _write(target_engine, batch)
             batch = {}
-    copied += _write(target_engine, batch)
-    if _digest(source_engine) != _digest(target_engine):
+    _write(target_engine, batch)
+    written = _Fingerprint()
+    for key, value in _state_items(target_engine):
+        written.add(key, value)
+    if written.value() != copied.value():
         raise MigrationError("the copied state differs from its source (was the source written to meanwhile?)")
-    return copied
+    return copied.count
 
 
-def _write(engine: Any, batch: dict[bytes, bytes | None]) -> int:
+def _write(engine: Any, batch: dict[bytes, bytes | None]) -> None:
     if batch:
         engine.write_in_order([batch])
-    return len(batch)
 
 
-def _digest(engine: Any) -> tuple[int, str]:
-    digest, count = hashlib.sha256(), 0
-    for key, value in _state_items(engine):
-        digest.update(b"%d:%s%d:%s" % (len(key), key, len(value), value))
-        count += 1
-    return count, digest.hexdigest()
+class _Fingerprint:
+    """A digest over (key, value) pairs in order, and their count."""
+
+    def __init__(self) -> None:
+        self.digest, self.count = hashlib.sha256(), 0
+
+    def add(self, key: bytes, value: bytes) -> None:
+        self.digest.update(b"%d:%s%d:%s" % (len(key), key, len(value), value))
+        self.count += 1
+
+    def value(self) -> tuple[int, str]:
+        return self.count, self.digest.hexdigest()
 
 
 def copy_blobs(source: BlobStore, target: BlobStore) -> BlobsCopied:
